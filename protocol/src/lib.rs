@@ -1,0 +1,18 @@
+//! shoal-protocol: the wire formats and sans-IO state machines of shoal.
+//!
+//! Nothing here does I/O: no sockets, no runtime, no file system. What lives
+//! here is what two shoal nodes (or shoal and another IPFS implementation) must
+//! agree on byte for byte:
+//!
+//! - [`block`]: content identifiers (CIDv1) and block verification;
+//! - [`manifest`]: [`SegmentManifest`] and [`StreamManifest`], the dag-cbor
+//!   documents that describe a stream, with strict, bounded decoding.
+
+pub mod block;
+mod bounded;
+pub mod manifest;
+
+pub use block::{BlockError, Cid, Codec, MAX_BLOCK_SIZE};
+pub use manifest::{
+    ManifestError, Rendition, SegmentManifest, SegmentRef, StreamKind, StreamManifest,
+};
