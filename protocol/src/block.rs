@@ -114,6 +114,45 @@ pub fn verify_multihash(code: u64, digest: &[u8], bytes: &[u8]) -> Result<(), Ha
     if ok { Ok(()) } else { Err(HashCheck::Mismatch) }
 }
 
+/// A block whose bytes are known to hash to its CID.
+///
+/// The only ways to make one are to hash the bytes ([`Block::new`]) or to
+/// check them against a CID ([`Block::verified`]), so a store that takes a
+/// `Block` never needs to hash again.
+#[derive(Clone, Copy, Debug)]
+pub struct Block<'a> {
+    cid: Cid,
+    bytes: &'a [u8],
+}
+
+impl<'a> Block<'a> {
+    /// Hashes `bytes` (sha2-256) into a block of `codec`.
+    pub fn new(codec: Codec, bytes: &'a [u8]) -> Result<Self, BlockError> {
+        let cid = cid_of(codec, bytes);
+        if bytes.len() > MAX_BLOCK_SIZE {
+            return Err(BlockError::TooLarge {
+                cid,
+                len: bytes.len(),
+            });
+        }
+        Ok(Block { cid, bytes })
+    }
+
+    /// Checks `bytes` against `cid`.
+    pub fn verified(cid: Cid, bytes: &'a [u8]) -> Result<Self, BlockError> {
+        verify(&cid, bytes)?;
+        Ok(Block { cid, bytes })
+    }
+
+    pub fn cid(&self) -> &Cid {
+        &self.cid
+    }
+
+    pub fn bytes(&self) -> &'a [u8] {
+        self.bytes
+    }
+}
+
 /// Parses a CID typed by a user, with a message that says what is wrong.
 pub fn parse_cid(text: &str) -> Result<Cid, String> {
     let cid = Cid::try_from(text.trim()).map_err(|e| format!("invalid CID {text:?}: {e}"))?;

@@ -12,7 +12,7 @@ pub mod block;
 mod bounded;
 pub mod manifest;
 
-pub use block::{BlockError, Cid, Codec, MAX_BLOCK_SIZE};
+pub use block::{Block, BlockError, Cid, Codec, MAX_BLOCK_SIZE};
 pub use manifest::{
     ManifestError, Rendition, SegmentManifest, SegmentRef, StreamKind, StreamManifest,
 };

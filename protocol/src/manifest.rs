@@ -353,6 +353,32 @@ impl StreamManifest {
     }
 }
 
+/// The blocks a block links to: none for a raw block, the segment manifests
+/// of a stream manifest, the shards of a segment manifest.
+pub fn links(cid: &Cid, bytes: &[u8]) -> Result<Vec<Cid>, ManifestError> {
+    match Codec::of(cid) {
+        Some(Codec::Raw) => Ok(Vec::new()),
+        Some(Codec::DagCbor) => {
+            #[derive(Deserialize)]
+            struct KindProbe {
+                #[serde(default)]
+                kind: Option<serde::de::IgnoredAny>,
+            }
+            let probe: KindProbe = serde_ipld_dagcbor::from_slice(bytes)
+                .map_err(|e| ManifestError::Malformed(e.to_string()))?;
+            if probe.kind.is_some() {
+                Ok(StreamManifest::from_block(bytes)?.segment_links().collect())
+            } else {
+                Ok(SegmentManifest::from_block(bytes)?.shards)
+            }
+        }
+        None => Err(ManifestError::Invalid(format!(
+            "{cid} has codec {:#x}, which is not a shoal block",
+            cid.codec()
+        ))),
+    }
+}
+
 /// True for a name that is one path component, safe to create in a folder.
 pub fn is_safe_file_name(name: &str) -> bool {
     !name.is_empty()

@@ -1,1 +1,12 @@
+//! shoal-storage: where shoal keeps content on disk.
+//!
+//! - [`codec`]: systematic Reed-Solomon over segments;
+//! - [`blockstore`]: the redb database of blocks, pins, quota and GC;
+//! - [`import`]: files and HLS presentations into blocks and manifests;
+//! - [`assemble`]: blocks back into files and HLS presentations;
+//! - [`hls`]: the HLS playlist reader and writer those two share.
 
+pub mod blockstore;
+pub mod codec;
+
+pub use blockstore::{Blockstore, StoreError, StoreOptions};

@@ -1,0 +1,866 @@
+//! The blockstore: every block of a repo in one redb database.
+//!
+//! A block is written in a redb transaction together with its bookkeeping, so
+//! after a crash (even SIGKILL half-way through an import) the database holds
+//! exactly the blocks of the transactions that committed, each complete and
+//! verified when it went in. Blocks are verified again when they are read: a
+//! block whose bytes no longer match its CID is reported, never returned.
+//!
+//! Space is bounded by an optional byte quota. When a write would pass it, the
+//! least recently used blocks that no pin protects are evicted first; blocks of
+//! an import still in progress are protected too (see [`Staging`]).
+//!
+//! Pins are recursive: pinning a stream root protects its manifests and every
+//! shard below them. A reference count per block lets streams share blocks.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+
+use redb::{
+    Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
+    WriteTransaction,
+};
+use shoal_protocol::block::{self, Block, BlockError, Cid};
+use shoal_protocol::manifest::{self, ManifestError};
+
+/// Block bytes by CID.
+const BLOCKS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("blocks");
+/// Per block: (size in bytes, last-use stamp).
+const META: TableDefinition<&[u8], (u64, u64)> = TableDefinition::new("block_meta");
+/// Last-use stamp to CID: the eviction order, oldest first.
+const LRU: TableDefinition<u64, &[u8]> = TableDefinition::new("lru");
+/// Recursively pinned roots.
+const PINS: TableDefinition<&[u8], ()> = TableDefinition::new("pins");
+/// Per block: how many pinned roots reach it.
+const PIN_REFS: TableDefinition<&[u8], u64> = TableDefinition::new("pin_refs");
+/// Totals kept in step with the tables.
+const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
+
+const BYTES: &str = "bytes";
+const CLOCK: &str = "clock";
+const FORMAT: &str = "format";
+/// Layout version of the tables above.
+const FORMAT_VERSION: u64 = 1;
+
+/// redb's page cache. Its default (1 GiB) is sized for servers; the blocks
+/// shoal reads are verified and handed on once, so a small cache costs little
+/// and keeps a phone's memory free.
+pub const DEFAULT_CACHE_BYTES: usize = 16 << 20;
+
+/// Reads waiting to move their blocks to the young end of the eviction order.
+/// They are applied with the next write; past this many the oldest are
+/// dropped, which only makes eviction slightly less exact.
+const MAX_PENDING_TOUCHES: usize = 4096;
+
+/// Options for opening a store.
+#[derive(Clone, Debug)]
+pub struct StoreOptions {
+    /// Most bytes of blocks to keep; `None` for no limit.
+    pub quota: Option<u64>,
+    /// redb cache size in bytes.
+    pub cache_bytes: usize,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            quota: None,
+            cache_bytes: DEFAULT_CACHE_BYTES,
+        }
+    }
+}
+
+/// What went wrong in the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{path} is in use by another shoal process")]
+    Locked { path: PathBuf },
+    #[error("repo database {path} is damaged: {detail}")]
+    Damaged { path: PathBuf, detail: String },
+    #[error("block {cid} in {path} is damaged: its bytes no longer match its CID")]
+    CorruptBlock { cid: Cid, path: PathBuf },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("repo database {path}: {detail}")]
+    Database { path: PathBuf, detail: String },
+    #[error(transparent)]
+    Block(#[from] BlockError),
+    #[error("block {0} is not in the store")]
+    Missing(Cid),
+    #[error("block {0} is pinned; unpin its root first")]
+    Pinned(Cid),
+    #[error("{0} is not pinned")]
+    NotPinned(Cid),
+    #[error("{cid}: {source}")]
+    Manifest { cid: Cid, source: ManifestError },
+    #[error(
+        "storing {incoming} bytes would pass the quota of {quota} bytes: \
+         {protected} bytes are pinned or being imported"
+    )]
+    QuotaExceeded {
+        incoming: u64,
+        quota: u64,
+        protected: u64,
+    },
+    /// A redb error not yet tied to the database's path.
+    #[error("{0}")]
+    Redb(redb::Error),
+}
+
+macro_rules! from_redb {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StoreError {
+            fn from(e: $t) -> Self {
+                StoreError::Redb(e.into())
+            }
+        }
+    )*};
+}
+from_redb!(
+    redb::Error,
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError,
+    redb::SetDurabilityError
+);
+
+/// Totals for `shoal repo stat`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StoreStat {
+    pub blocks: u64,
+    pub bytes: u64,
+    pub quota: Option<u64>,
+    pub pinned_roots: u64,
+    /// Size of the database file on disk.
+    pub file_bytes: u64,
+}
+
+/// What a garbage collection removed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GcStat {
+    pub blocks: u64,
+    pub bytes: u64,
+}
+
+#[derive(Default)]
+struct Volatile {
+    /// Keys of blocks read since the last write.
+    touched: Vec<Vec<u8>>,
+    /// Keys of blocks written by imports in progress, with a count per import.
+    staged: HashMap<Vec<u8>, u32>,
+}
+
+/// A repo's blocks.
+pub struct Blockstore {
+    db: Database,
+    path: PathBuf,
+    quota: Option<u64>,
+    volatile: Mutex<Volatile>,
+}
+
+impl Blockstore {
+    /// Creates the database file (or opens it if it exists).
+    pub fn create(path: &Path, options: &StoreOptions) -> Result<Self, StoreError> {
+        let store = Self::open_db(path, options, true)?;
+        store.contextualize((|| {
+            let txn = store.db.begin_write()?;
+            {
+                txn.open_table(BLOCKS)?;
+                txn.open_table(META)?;
+                txn.open_table(LRU)?;
+                txn.open_table(PINS)?;
+                txn.open_table(PIN_REFS)?;
+                let mut counters = txn.open_table(COUNTERS)?;
+                if counters.get(FORMAT)?.is_none() {
+                    counters.insert(FORMAT, FORMAT_VERSION)?;
+                }
+            }
+            txn.commit()?;
+            Ok(())
+        })())?;
+        store.check_format()?;
+        Ok(store)
+    }
+
+    /// Opens an existing database file.
+    pub fn open(path: &Path, options: &StoreOptions) -> Result<Self, StoreError> {
+        let store = Self::open_db(path, options, false)?;
+        store.check_format()?;
+        Ok(store)
+    }
+
+    fn open_db(path: &Path, options: &StoreOptions, create: bool) -> Result<Self, StoreError> {
+        let mut builder = Database::builder();
+        builder.set_cache_size(options.cache_bytes);
+        let opened = if create {
+            builder.create(path)
+        } else {
+            builder.open(path)
+        };
+        let db = opened.map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Locked {
+                path: path.to_owned(),
+            },
+            redb::DatabaseError::Storage(redb::StorageError::Io(source))
+                if source.kind() != std::io::ErrorKind::InvalidData =>
+            {
+                StoreError::Io {
+                    path: path.to_owned(),
+                    source,
+                }
+            }
+            other => StoreError::Damaged {
+                path: path.to_owned(),
+                detail: other.to_string(),
+            },
+        })?;
+        Ok(Blockstore {
+            db,
+            path: path.to_owned(),
+            quota: options.quota,
+            volatile: Mutex::new(Volatile::default()),
+        })
+    }
+
+    fn check_format(&self) -> Result<(), StoreError> {
+        let format = self.contextualize((|| {
+            let txn = self.db.begin_read()?;
+            let counters = txn.open_table(COUNTERS)?;
+            Ok(counters.get(FORMAT)?.map(|v| v.value()))
+        })());
+        match format {
+            Ok(Some(FORMAT_VERSION)) => Ok(()),
+            Ok(Some(other)) => Err(StoreError::Damaged {
+                path: self.path.clone(),
+                detail: format!("table layout {other} is not one this shoal reads"),
+            }),
+            Ok(None) => Err(StoreError::Damaged {
+                path: self.path.clone(),
+                detail: "not a shoal blockstore (no format marker)".into(),
+            }),
+            Err(StoreError::Database { detail, .. }) => Err(StoreError::Damaged {
+                path: self.path.clone(),
+                detail,
+            }),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Ties a bare redb error to this database's path.
+    fn contextualize<T>(&self, r: Result<T, StoreError>) -> Result<T, StoreError> {
+        r.map_err(|e| match e {
+            StoreError::Redb(redb::Error::Corrupted(detail)) => StoreError::Damaged {
+                path: self.path.clone(),
+                detail,
+            },
+            StoreError::Redb(redb::Error::Io(source)) => StoreError::Io {
+                path: self.path.clone(),
+                source,
+            },
+            StoreError::Redb(redb::Error::TableDoesNotExist(table)) => StoreError::Damaged {
+                path: self.path.clone(),
+                detail: format!("table {table} is missing"),
+            },
+            StoreError::Redb(other) => StoreError::Database {
+                path: self.path.clone(),
+                detail: other.to_string(),
+            },
+            other => other,
+        })
+    }
+
+    fn volatile(&self) -> MutexGuard<'_, Volatile> {
+        // The guarded state is only bookkeeping; a panic elsewhere while it
+        // was held leaves it usable.
+        self.volatile.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Stores blocks in one durable transaction. Blocks already present are
+    /// kept as they are.
+    pub fn put_many(&self, blocks: &[Block<'_>]) -> Result<(), StoreError> {
+        self.write_blocks(blocks, Durability::Immediate, None)
+    }
+
+    /// Stores one block, checking that its bytes hash to its CID.
+    pub fn put(&self, cid: &Cid, bytes: &[u8]) -> Result<(), StoreError> {
+        self.put_many(&[Block::verified(*cid, bytes)?])
+    }
+
+    fn write_blocks(
+        &self,
+        blocks: &[Block<'_>],
+        durability: Durability,
+        pin_root: Option<&Cid>,
+    ) -> Result<(), StoreError> {
+        self.contextualize((|| {
+            let mut txn = self.db.begin_write()?;
+            txn.set_durability(durability)?;
+            self.apply_touches(&txn)?;
+            self.insert_blocks(&txn, blocks)?;
+            if let Some(root) = pin_root {
+                pin_in(&txn, root, &self.path)?;
+            }
+            txn.commit()?;
+            Ok(())
+        })())
+    }
+
+    fn insert_blocks(
+        &self,
+        txn: &WriteTransaction,
+        blocks: &[Block<'_>],
+    ) -> Result<(), StoreError> {
+        let mut meta = txn.open_table(META)?;
+        // Every key of the batch is kept from eviction, also those already
+        // stored: the caller is about to rely on them.
+        let mut batch = HashSet::with_capacity(blocks.len());
+        let mut new: Vec<&Block<'_>> = Vec::with_capacity(blocks.len());
+        for b in blocks {
+            let key = b.cid().to_bytes();
+            if meta.get(key.as_slice())?.is_none() && !batch.contains(&key) {
+                new.push(b);
+            }
+            batch.insert(key);
+        }
+        if new.is_empty() {
+            return Ok(());
+        }
+        let incoming: u64 = new.iter().map(|b| b.bytes().len() as u64).sum();
+        let mut counters = txn.open_table(COUNTERS)?;
+        let mut bytes = get_counter(&counters, BYTES)?;
+        if let Some(quota) = self.quota
+            && bytes + incoming > quota
+        {
+            drop(meta);
+            drop(counters);
+            let freed = self.evict(txn, bytes + incoming - quota, &batch, incoming, quota)?;
+            bytes -= freed;
+            counters = txn.open_table(COUNTERS)?;
+            meta = txn.open_table(META)?;
+        }
+        let mut clock = get_counter(&counters, CLOCK)?;
+        let mut table = txn.open_table(BLOCKS)?;
+        let mut lru = txn.open_table(LRU)?;
+        for b in new {
+            let key = b.cid().to_bytes();
+            table.insert(key.as_slice(), b.bytes())?;
+            clock += 1;
+            meta.insert(key.as_slice(), (b.bytes().len() as u64, clock))?;
+            lru.insert(clock, key.as_slice())?;
+            bytes += b.bytes().len() as u64;
+        }
+        counters.insert(BYTES, bytes)?;
+        counters.insert(CLOCK, clock)?;
+        Ok(())
+    }
+
+    /// Evicts least recently used, unprotected blocks until `needed` bytes
+    /// are freed; returns the bytes freed.
+    fn evict(
+        &self,
+        txn: &WriteTransaction,
+        needed: u64,
+        incoming_keys: &HashSet<Vec<u8>>,
+        incoming: u64,
+        quota: u64,
+    ) -> Result<u64, StoreError> {
+        let staged: HashSet<Vec<u8>> = self.volatile().staged.keys().cloned().collect();
+        let refs = txn.open_table(PIN_REFS)?;
+        let mut victims = Vec::new();
+        let mut freed = 0u64;
+        {
+            let lru = txn.open_table(LRU)?;
+            let meta = txn.open_table(META)?;
+            for entry in lru.iter()? {
+                let (stamp, key) = entry?;
+                let key = key.value();
+                if staged.contains(key) || incoming_keys.contains(key) || refs.get(key)?.is_some() {
+                    continue;
+                }
+                let size = meta.get(key)?.map(|v| v.value().0).unwrap_or(0);
+                victims.push((stamp.value(), key.to_vec()));
+                freed += size;
+                if freed >= needed {
+                    break;
+                }
+            }
+        }
+        if freed < needed {
+            let bytes = get_counter(&txn.open_table(COUNTERS)?, BYTES)?;
+            return Err(StoreError::QuotaExceeded {
+                incoming,
+                quota,
+                protected: bytes - freed,
+            });
+        }
+        let mut lru = txn.open_table(LRU)?;
+        let mut meta = txn.open_table(META)?;
+        let mut table = txn.open_table(BLOCKS)?;
+        for (stamp, key) in &victims {
+            lru.remove(stamp)?;
+            meta.remove(key.as_slice())?;
+            table.remove(key.as_slice())?;
+        }
+        tracing::debug!(
+            blocks = victims.len(),
+            bytes = freed,
+            "evicted to stay within quota"
+        );
+        Ok(freed)
+    }
+
+    /// Moves recently read blocks to the young end of the eviction order.
+    fn apply_touches(&self, txn: &WriteTransaction) -> Result<(), StoreError> {
+        let touched = std::mem::take(&mut self.volatile().touched);
+        if touched.is_empty() {
+            return Ok(());
+        }
+        let mut counters = txn.open_table(COUNTERS)?;
+        let mut clock = get_counter(&counters, CLOCK)?;
+        let mut meta = txn.open_table(META)?;
+        let mut lru = txn.open_table(LRU)?;
+        for key in touched {
+            let Some((size, stamp)) = meta.get(key.as_slice())?.map(|v| v.value()) else {
+                continue;
+            };
+            clock += 1;
+            lru.remove(stamp)?;
+            lru.insert(clock, key.as_slice())?;
+            meta.insert(key.as_slice(), (size, clock))?;
+        }
+        counters.insert(CLOCK, clock)?;
+        Ok(())
+    }
+
+    /// Reads a block, verifying it against its CID.
+    pub fn get(&self, cid: &Cid) -> Result<Option<Vec<u8>>, StoreError> {
+        let key = cid.to_bytes();
+        let bytes = self.contextualize((|| {
+            let txn = self.db.begin_read()?;
+            let table = txn.open_table(BLOCKS)?;
+            Ok(table.get(key.as_slice())?.map(|v| v.value().to_vec()))
+        })())?;
+        let Some(bytes) = bytes else {
+            return Ok(None);
+        };
+        if block::verify(cid, &bytes).is_err() {
+            return Err(StoreError::CorruptBlock {
+                cid: *cid,
+                path: self.path.clone(),
+            });
+        }
+        let mut v = self.volatile();
+        if v.touched.len() >= MAX_PENDING_TOUCHES {
+            v.touched.remove(0);
+        }
+        v.touched.push(key);
+        Ok(Some(bytes))
+    }
+
+    /// Reads a block that must be present.
+    pub fn require(&self, cid: &Cid) -> Result<Vec<u8>, StoreError> {
+        self.get(cid)?.ok_or(StoreError::Missing(*cid))
+    }
+
+    /// The size of a stored block.
+    pub fn size(&self, cid: &Cid) -> Result<Option<u64>, StoreError> {
+        let key = cid.to_bytes();
+        self.contextualize((|| {
+            let txn = self.db.begin_read()?;
+            let meta = txn.open_table(META)?;
+            Ok(meta.get(key.as_slice())?.map(|v| v.value().0))
+        })())
+    }
+
+    /// Whether a block is stored.
+    pub fn has(&self, cid: &Cid) -> Result<bool, StoreError> {
+        Ok(self.size(cid)?.is_some())
+    }
+
+    /// Every stored block with its size.
+    pub fn list(&self) -> Result<Vec<(Cid, u64)>, StoreError> {
+        self.contextualize((|| {
+            let txn = self.db.begin_read()?;
+            let meta = txn.open_table(META)?;
+            let mut out = Vec::with_capacity(meta.len()? as usize);
+            for entry in meta.iter()? {
+                let (key, value) = entry?;
+                let cid = Cid::try_from(key.value()).map_err(|e| {
+                    StoreError::Redb(redb::Error::Corrupted(format!(
+                        "stored key is not a CID: {e}"
+                    )))
+                })?;
+                out.push((cid, value.value().0));
+            }
+            Ok(out)
+        })())
+    }
+
+    /// Deletes a block that no pin protects. Returns whether it was there.
+    pub fn delete(&self, cid: &Cid) -> Result<bool, StoreError> {
+        let key = cid.to_bytes();
+        self.contextualize((|| {
+            let txn = self.db.begin_write()?;
+            if txn.open_table(PIN_REFS)?.get(key.as_slice())?.is_some() {
+                return Err(StoreError::Pinned(*cid));
+            }
+            let found = remove_block(&txn, &key)?;
+            txn.commit()?;
+            Ok(found)
+        })())
+    }
+
+    /// Pins `root` and everything below it. Every block of the DAG must be
+    /// present.
+    pub fn pin(&self, root: &Cid) -> Result<(), StoreError> {
+        self.contextualize((|| {
+            let txn = self.db.begin_write()?;
+            pin_in(&txn, root, &self.path)?;
+            txn.commit()?;
+            Ok(())
+        })())
+    }
+
+    /// Removes the pin on `root`.
+    pub fn unpin(&self, root: &Cid) -> Result<(), StoreError> {
+        self.contextualize((|| {
+            let txn = self.db.begin_write()?;
+            let key = root.to_bytes();
+            if txn.open_table(PINS)?.remove(key.as_slice())?.is_none() {
+                return Err(StoreError::NotPinned(*root));
+            }
+            let dag = walk_dag(&txn, root, &self.path)?;
+            let mut refs = txn.open_table(PIN_REFS)?;
+            for key in dag {
+                let count = refs.get(key.as_slice())?.map(|v| v.value()).unwrap_or(0);
+                if count <= 1 {
+                    refs.remove(key.as_slice())?;
+                } else {
+                    refs.insert(key.as_slice(), count - 1)?;
+                }
+            }
+            drop(refs);
+            txn.commit()?;
+            Ok(())
+        })())
+    }
+
+    /// The pinned roots.
+    pub fn pins(&self) -> Result<Vec<Cid>, StoreError> {
+        self.contextualize((|| {
+            let txn = self.db.begin_read()?;
+            let pins = txn.open_table(PINS)?;
+            let mut out = Vec::new();
+            for entry in pins.iter()? {
+                let (key, _) = entry?;
+                out.push(Cid::try_from(key.value()).map_err(|e| {
+                    StoreError::Redb(redb::Error::Corrupted(format!(
+                        "pinned key is not a CID: {e}"
+                    )))
+                })?);
+            }
+            Ok(out)
+        })())
+    }
+
+    /// Deletes every block that no pin protects and no import is writing.
+    pub fn gc(&self) -> Result<GcStat, StoreError> {
+        let staged: HashSet<Vec<u8>> = self.volatile().staged.keys().cloned().collect();
+        self.contextualize((|| {
+            let txn = self.db.begin_write()?;
+            let mut doomed = Vec::new();
+            {
+                let meta = txn.open_table(META)?;
+                let refs = txn.open_table(PIN_REFS)?;
+                for entry in meta.iter()? {
+                    let (key, _) = entry?;
+                    let key = key.value();
+                    if !staged.contains(key) && refs.get(key)?.is_none() {
+                        doomed.push(key.to_vec());
+                    }
+                }
+            }
+            let mut stat = GcStat::default();
+            for key in &doomed {
+                let size = txn
+                    .open_table(META)?
+                    .get(key.as_slice())?
+                    .map(|v| v.value().0);
+                if remove_block(&txn, key)? {
+                    stat.blocks += 1;
+                    stat.bytes += size.unwrap_or(0);
+                }
+            }
+            txn.commit()?;
+            Ok(stat)
+        })())
+    }
+
+    /// Totals.
+    pub fn stat(&self) -> Result<StoreStat, StoreError> {
+        let file_bytes = std::fs::metadata(&self.path)
+            .map(|m| m.len())
+            .map_err(|source| StoreError::Io {
+                path: self.path.clone(),
+                source,
+            })?;
+        self.contextualize((|| {
+            let txn = self.db.begin_read()?;
+            let counters = txn.open_table(COUNTERS)?;
+            Ok(StoreStat {
+                blocks: txn.open_table(META)?.len()?,
+                bytes: counters.get(BYTES)?.map(|v| v.value()).unwrap_or(0),
+                quota: self.quota,
+                pinned_roots: txn.open_table(PINS)?.len()?,
+                file_bytes,
+            })
+        })())
+    }
+
+    /// Starts an import: blocks written through the returned [`Staging`] are
+    /// protected from eviction and GC until it is dropped.
+    pub fn stage(&self) -> Staging<'_> {
+        Staging {
+            store: self,
+            keys: Vec::new(),
+        }
+    }
+}
+
+/// An import in progress. See [`Blockstore::stage`].
+pub struct Staging<'a> {
+    store: &'a Blockstore,
+    keys: Vec<Vec<u8>>,
+}
+
+impl Staging<'_> {
+    /// Stores blocks. `durable` makes the commit wait for the disk; an import
+    /// commits most batches without waiting and the last one durably, since
+    /// a crash before the root is stored loses the import either way.
+    pub fn put(&mut self, blocks: &[Block<'_>], durable: bool) -> Result<(), StoreError> {
+        {
+            let mut v = self.store.volatile();
+            for b in blocks {
+                let key = b.cid().to_bytes();
+                *v.staged.entry(key.clone()).or_default() += 1;
+                self.keys.push(key);
+            }
+        }
+        let durability = if durable {
+            Durability::Immediate
+        } else {
+            Durability::None
+        };
+        self.store.write_blocks(blocks, durability, None)
+    }
+
+    /// Stores the root block and pins it, durably, in one transaction.
+    pub fn finish(self, root: Block<'_>) -> Result<(), StoreError> {
+        self.store
+            .write_blocks(&[root], Durability::Immediate, Some(root.cid()))
+    }
+}
+
+impl Drop for Staging<'_> {
+    fn drop(&mut self) {
+        let mut v = self.store.volatile();
+        for key in self.keys.drain(..) {
+            if let Some(count) = v.staged.get_mut(&key) {
+                *count -= 1;
+                if *count == 0 {
+                    v.staged.remove(&key);
+                }
+            }
+        }
+    }
+}
+
+fn get_counter(
+    table: &impl ReadableTable<&'static str, u64>,
+    name: &str,
+) -> Result<u64, StoreError> {
+    Ok(table.get(name)?.map(|v| v.value()).unwrap_or(0))
+}
+
+/// Removes a block and its bookkeeping; returns whether it was there.
+fn remove_block(txn: &WriteTransaction, key: &[u8]) -> Result<bool, StoreError> {
+    let Some((size, stamp)) = txn.open_table(META)?.remove(key)?.map(|v| v.value()) else {
+        return Ok(false);
+    };
+    txn.open_table(LRU)?.remove(stamp)?;
+    txn.open_table(BLOCKS)?.remove(key)?;
+    let mut counters = txn.open_table(COUNTERS)?;
+    let bytes = get_counter(&counters, BYTES)?;
+    counters.insert(BYTES, bytes.saturating_sub(size))?;
+    Ok(true)
+}
+
+/// Pins `root` inside `txn`: one more reference on every block below it.
+fn pin_in(txn: &WriteTransaction, root: &Cid, path: &Path) -> Result<(), StoreError> {
+    let key = root.to_bytes();
+    if txn.open_table(PINS)?.get(key.as_slice())?.is_some() {
+        return Ok(());
+    }
+    let dag = walk_dag(txn, root, path)?;
+    let mut refs = txn.open_table(PIN_REFS)?;
+    for key in dag {
+        let count = refs.get(key.as_slice())?.map(|v| v.value()).unwrap_or(0);
+        refs.insert(key.as_slice(), count + 1)?;
+    }
+    txn.open_table(PINS)?.insert(key.as_slice(), ())?;
+    Ok(())
+}
+
+/// The keys of every block reachable from `root`, each once. Manifests are
+/// read and decoded; leaves only need to be present.
+fn walk_dag(
+    txn: &WriteTransaction,
+    root: &Cid,
+    path: &Path,
+) -> Result<HashSet<Vec<u8>>, StoreError> {
+    let blocks = txn.open_table(BLOCKS)?;
+    let meta = txn.open_table(META)?;
+    let mut seen = HashSet::new();
+    let mut stack = vec![*root];
+    while let Some(cid) = stack.pop() {
+        let key = cid.to_bytes();
+        if seen.contains(&key) {
+            continue;
+        }
+        if cid.codec() == block::Codec::Raw.code() {
+            if meta.get(key.as_slice())?.is_none() {
+                return Err(StoreError::Missing(cid));
+            }
+        } else {
+            let guard = blocks
+                .get(key.as_slice())?
+                .ok_or(StoreError::Missing(cid))?;
+            let bytes = guard.value();
+            block::verify(&cid, bytes).map_err(|_| StoreError::CorruptBlock {
+                cid,
+                path: path.to_owned(),
+            })?;
+            let links = manifest::links(&cid, bytes)
+                .map_err(|source| StoreError::Manifest { cid, source })?;
+            stack.extend(links);
+        }
+        seen.insert(key);
+    }
+    Ok(seen)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shoal_protocol::block::Codec;
+
+    fn store(quota: Option<u64>) -> (tempfile::TempDir, Blockstore) {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = StoreOptions {
+            quota,
+            ..StoreOptions::default()
+        };
+        let s = Blockstore::create(&dir.path().join("blocks.redb"), &opts).unwrap();
+        (dir, s)
+    }
+
+    #[test]
+    fn put_get_has_delete_list() {
+        let (_d, s) = store(None);
+        let cid = block::cid_of(Codec::Raw, b"abc");
+        assert!(!s.has(&cid).unwrap());
+        s.put(&cid, b"abc").unwrap();
+        s.put(&cid, b"abc").unwrap();
+        assert_eq!(s.get(&cid).unwrap().as_deref(), Some(&b"abc"[..]));
+        assert_eq!(s.size(&cid).unwrap(), Some(3));
+        assert_eq!(s.list().unwrap(), vec![(cid, 3)]);
+        assert_eq!(s.stat().unwrap().bytes, 3);
+        assert!(s.delete(&cid).unwrap());
+        assert!(!s.delete(&cid).unwrap());
+        assert_eq!(s.get(&cid).unwrap(), None);
+        assert_eq!(s.stat().unwrap().bytes, 0);
+    }
+
+    #[test]
+    fn put_refuses_bytes_that_do_not_match() {
+        let (_d, s) = store(None);
+        let cid = block::cid_of(Codec::Raw, b"abc");
+        assert!(matches!(
+            s.put(&cid, b"abd"),
+            Err(StoreError::Block(BlockError::HashMismatch { .. }))
+        ));
+        assert!(!s.has(&cid).unwrap());
+    }
+
+    #[test]
+    fn quota_evicts_least_recently_used_unpinned() {
+        let (_d, s) = store(Some(300));
+        let data: Vec<Vec<u8>> = (0..3u8).map(|i| vec![i; 100]).collect();
+        let cids: Vec<Cid> = data.iter().map(|d| block::cid_of(Codec::Raw, d)).collect();
+        for (c, d) in cids.iter().zip(&data) {
+            s.put(c, d).unwrap();
+        }
+        // Reading block 0 makes block 1 the least recently used.
+        s.get(&cids[0]).unwrap();
+        let extra = vec![9u8; 100];
+        s.put(&block::cid_of(Codec::Raw, &extra), &extra).unwrap();
+        assert!(s.has(&cids[0]).unwrap());
+        assert!(!s.has(&cids[1]).unwrap());
+        assert!(s.has(&cids[2]).unwrap());
+        assert_eq!(s.stat().unwrap().bytes, 300);
+    }
+
+    #[test]
+    fn quota_never_evicts_staged_blocks() {
+        let (_d, s) = store(Some(250));
+        let mut staging = s.stage();
+        let a = vec![1u8; 100];
+        let b = vec![2u8; 100];
+        let c = vec![3u8; 100];
+        staging
+            .put(&[Block::new(Codec::Raw, &a).unwrap()], false)
+            .unwrap();
+        staging
+            .put(&[Block::new(Codec::Raw, &b).unwrap()], false)
+            .unwrap();
+        let err = staging
+            .put(&[Block::new(Codec::Raw, &c).unwrap()], true)
+            .unwrap_err();
+        assert!(matches!(err, StoreError::QuotaExceeded { .. }), "{err}");
+        drop(staging);
+        // Once the import is gone its blocks are ordinary unpinned blocks.
+        s.put(&block::cid_of(Codec::Raw, &c), &c).unwrap();
+        assert!(!s.has(&block::cid_of(Codec::Raw, &a)).unwrap());
+    }
+
+    #[test]
+    fn reopen_keeps_blocks() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("blocks.redb");
+        let cid = block::cid_of(Codec::Raw, b"kept");
+        {
+            let s = Blockstore::create(&path, &StoreOptions::default()).unwrap();
+            s.put(&cid, b"kept").unwrap();
+        }
+        let s = Blockstore::open(&path, &StoreOptions::default()).unwrap();
+        assert_eq!(s.require(&cid).unwrap(), b"kept");
+    }
+
+    #[test]
+    fn second_open_is_locked() {
+        let (d, _s) = store(None);
+        let err = Blockstore::open(&d.path().join("blocks.redb"), &StoreOptions::default());
+        assert!(matches!(err, Err(StoreError::Locked { .. })));
+    }
+}
