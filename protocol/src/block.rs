@@ -138,6 +138,14 @@ impl<'a> Block<'a> {
         Ok(Block { cid, bytes })
     }
 
+    /// A block whose CID the caller has just computed from these very bytes
+    /// with [`cid_of`], as an importer does when hashing and storing happen
+    /// on different threads. Debug builds check it.
+    pub fn prehashed(cid: Cid, bytes: &'a [u8]) -> Self {
+        debug_assert_eq!(verify(&cid, bytes), Ok(()));
+        Block { cid, bytes }
+    }
+
     /// Checks `bytes` against `cid`.
     pub fn verified(cid: Cid, bytes: &'a [u8]) -> Result<Self, BlockError> {
         verify(&cid, bytes)?;

@@ -307,6 +307,11 @@ impl StreamManifest {
                     r.playlist
                 ));
             }
+            if self.renditions.len() > 1 && r.playlist == "index.m3u8" {
+                return invalid(
+                    "index.m3u8 is the master playlist of a stream with several renditions".into(),
+                );
+            }
             if !names.insert(r.playlist.as_str()) {
                 return invalid(format!("two renditions are named {:?}", r.playlist));
             }

@@ -290,6 +290,7 @@ impl Blockstore {
     /// kept as they are.
     pub fn put_many(&self, blocks: &[Block<'_>]) -> Result<(), StoreError> {
         self.write_blocks(blocks, Durability::Immediate, None)
+            .map(drop)
     }
 
     /// Stores one block, checking that its bytes hash to its CID.
@@ -302,25 +303,26 @@ impl Blockstore {
         blocks: &[Block<'_>],
         durability: Durability,
         pin_root: Option<&Cid>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Vec<Vec<u8>>, StoreError> {
         self.contextualize((|| {
             let mut txn = self.db.begin_write()?;
             txn.set_durability(durability)?;
             self.apply_touches(&txn)?;
-            self.insert_blocks(&txn, blocks)?;
+            let new = self.insert_blocks(&txn, blocks)?;
             if let Some(root) = pin_root {
                 pin_in(&txn, root, &self.path)?;
             }
             txn.commit()?;
-            Ok(())
+            Ok(new)
         })())
     }
 
+    /// Inserts the blocks not yet stored; returns their keys.
     fn insert_blocks(
         &self,
         txn: &WriteTransaction,
         blocks: &[Block<'_>],
-    ) -> Result<(), StoreError> {
+    ) -> Result<Vec<Vec<u8>>, StoreError> {
         let mut meta = txn.open_table(META)?;
         // Every key of the batch is kept from eviction, also those already
         // stored: the caller is about to rely on them.
@@ -334,7 +336,7 @@ impl Blockstore {
             batch.insert(key);
         }
         if new.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let incoming: u64 = new.iter().map(|b| b.bytes().len() as u64).sum();
         let mut counters = txn.open_table(COUNTERS)?;
@@ -352,6 +354,7 @@ impl Blockstore {
         let mut clock = get_counter(&counters, CLOCK)?;
         let mut table = txn.open_table(BLOCKS)?;
         let mut lru = txn.open_table(LRU)?;
+        let mut keys = Vec::with_capacity(new.len());
         for b in new {
             let key = b.cid().to_bytes();
             table.insert(key.as_slice(), b.bytes())?;
@@ -359,10 +362,11 @@ impl Blockstore {
             meta.insert(key.as_slice(), (b.bytes().len() as u64, clock))?;
             lru.insert(clock, key.as_slice())?;
             bytes += b.bytes().len() as u64;
+            keys.push(key);
         }
         counters.insert(BYTES, bytes)?;
         counters.insert(CLOCK, clock)?;
-        Ok(())
+        Ok(keys)
     }
 
     /// Evicts least recently used, unprotected blocks until `needed` bytes
@@ -629,19 +633,40 @@ impl Blockstore {
     }
 
     /// Starts an import: blocks written through the returned [`Staging`] are
-    /// protected from eviction and GC until it is dropped.
+    /// protected from eviction and GC until it is finished or dropped. An
+    /// import dropped unfinished removes the blocks it added.
     pub fn stage(&self) -> Staging<'_> {
         Staging {
             store: self,
             keys: Vec::new(),
+            added: Vec::new(),
+            finished: false,
         }
+    }
+
+    /// Removes blocks an abandoned import added, unless a pin now holds them.
+    fn roll_back(&self, added: &[Vec<u8>]) -> Result<(), StoreError> {
+        self.contextualize((|| {
+            let txn = self.db.begin_write()?;
+            for key in added {
+                if txn.open_table(PIN_REFS)?.get(key.as_slice())?.is_none() {
+                    remove_block(&txn, key)?;
+                }
+            }
+            txn.commit()?;
+            Ok(())
+        })())
     }
 }
 
 /// An import in progress. See [`Blockstore::stage`].
 pub struct Staging<'a> {
     store: &'a Blockstore,
+    /// Every key written, for the eviction guard.
     keys: Vec<Vec<u8>>,
+    /// Keys this import added to the store.
+    added: Vec<Vec<u8>>,
+    finished: bool,
 }
 
 impl Staging<'_> {
@@ -662,18 +687,27 @@ impl Staging<'_> {
         } else {
             Durability::None
         };
-        self.store.write_blocks(blocks, durability, None)
+        let added = self.store.write_blocks(blocks, durability, None)?;
+        self.added.extend(added);
+        Ok(())
     }
 
     /// Stores the root block and pins it, durably, in one transaction.
-    pub fn finish(self, root: Block<'_>) -> Result<(), StoreError> {
+    pub fn finish(mut self, root: Block<'_>) -> Result<(), StoreError> {
         self.store
-            .write_blocks(&[root], Durability::Immediate, Some(root.cid()))
+            .write_blocks(&[root], Durability::Immediate, Some(root.cid()))?;
+        self.finished = true;
+        Ok(())
     }
 }
 
 impl Drop for Staging<'_> {
     fn drop(&mut self) {
+        if !self.finished && !self.added.is_empty() {
+            if let Err(e) = self.store.roll_back(&self.added) {
+                tracing::warn!(error = %e, "could not remove the blocks of an abandoned import; `shoal repo gc` will");
+            }
+        }
         let mut v = self.store.volatile();
         for key in self.keys.drain(..) {
             if let Some(count) = v.staged.get_mut(&key) {
@@ -839,9 +873,9 @@ mod tests {
             .unwrap_err();
         assert!(matches!(err, StoreError::QuotaExceeded { .. }), "{err}");
         drop(staging);
-        // Once the import is gone its blocks are ordinary unpinned blocks.
+        // The abandoned import took its blocks with it.
+        assert_eq!(s.stat().unwrap().blocks, 0);
         s.put(&block::cid_of(Codec::Raw, &c), &c).unwrap();
-        assert!(!s.has(&block::cid_of(Codec::Raw, &a)).unwrap());
     }
 
     #[test]

@@ -10,3 +10,10 @@ pub mod blockstore;
 pub mod codec;
 
 pub use blockstore::{Blockstore, StoreError, StoreOptions};
+pub mod hls;
+pub mod import;
+
+pub use import::{ImportError, ImportOptions, Imported, import_file, import_hls};
+pub mod assemble;
+
+pub use assemble::{AssembleError, export_hls, write_stream};

@@ -1,0 +1,406 @@
+//! Reading and writing HLS playlists (RFC 8216), as far as shoal uses them.
+//!
+//! The reader is strict: it accepts the VOD playlists an encoder writes (media
+//! playlists with MPEG-TS or fMP4 segments, master playlists of variant
+//! streams) and refuses with a line number what it cannot keep faithfully
+//! (byte ranges, encryption, discontinuities, alternate renditions, remote
+//! URIs) rather than silently dropping it.
+
+use std::fmt::Write as _;
+
+/// Largest playlist file read, so a bad path cannot make shoal read gigabytes.
+pub const MAX_PLAYLIST_BYTES: u64 = 16 << 20;
+
+/// Longest segment duration accepted, in microseconds (one hour).
+const MAX_SEGMENT_DURATION_US: u64 = 3_600_000_000;
+
+/// A playlist that could not be used, with the line at fault (1-based; 0 for
+/// the playlist as a whole).
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("line {line}: {message}")]
+pub struct PlaylistError {
+    pub line: usize,
+    pub message: String,
+}
+
+fn err<T>(line: usize, message: impl Into<String>) -> Result<T, PlaylistError> {
+    Err(PlaylistError {
+        line,
+        message: message.into(),
+    })
+}
+
+/// A media segment of a media playlist.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MediaSegment {
+    pub uri: String,
+    pub duration_us: u64,
+}
+
+/// A media playlist.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MediaPlaylist {
+    pub media_sequence: u64,
+    /// URI of the initialisation section (EXT-X-MAP), for fMP4.
+    pub init: Option<String>,
+    pub segments: Vec<MediaSegment>,
+    /// Whether EXT-X-ENDLIST was present.
+    pub ended: bool,
+}
+
+/// One variant stream of a master playlist.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Variant {
+    pub uri: String,
+    pub bandwidth: u64,
+    pub resolution: Option<String>,
+    pub codecs: Option<String>,
+}
+
+/// A parsed playlist.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Playlist {
+    Master(Vec<Variant>),
+    Media(MediaPlaylist),
+}
+
+/// Parses a playlist.
+pub fn parse(text: &str) -> Result<Playlist, PlaylistError> {
+    let mut lines = text
+        .trim_start_matches('\u{feff}')
+        .lines()
+        .enumerate()
+        .map(|(i, l)| (i + 1, l.trim()))
+        .filter(|(_, l)| !l.is_empty());
+    match lines.next() {
+        Some((_, "#EXTM3U")) => {}
+        Some((n, _)) => return err(n, "not an HLS playlist: the first line must be #EXTM3U"),
+        None => return err(0, "the playlist is empty"),
+    }
+
+    let mut media = MediaPlaylist::default();
+    let mut variants = Vec::new();
+    let mut pending_duration: Option<u64> = None;
+    let mut pending_variant: Option<Variant> = None;
+    let mut is_media = false;
+
+    for (n, line) in lines {
+        if let Some(tag) = line.strip_prefix('#') {
+            if !tag.starts_with("EXT") {
+                continue; // a comment
+            }
+            let (name, value) = tag.split_once(':').unwrap_or((tag, ""));
+            match name {
+                "EXTINF" => {
+                    is_media = true;
+                    let duration = value.split(',').next().unwrap_or("");
+                    pending_duration = Some(parse_duration(n, duration)?);
+                }
+                "EXT-X-MEDIA-SEQUENCE" => {
+                    is_media = true;
+                    media.media_sequence = value.parse().or_else(|_| {
+                        err(n, format!("EXT-X-MEDIA-SEQUENCE {value:?} is not a number"))
+                    })?;
+                }
+                "EXT-X-TARGETDURATION" | "EXT-X-PLAYLIST-TYPE" => is_media = true,
+                "EXT-X-ENDLIST" => {
+                    is_media = true;
+                    media.ended = true;
+                }
+                "EXT-X-MAP" => {
+                    is_media = true;
+                    let attrs = attributes(n, value)?;
+                    if attrs.iter().any(|(k, _)| k == "BYTERANGE") {
+                        return err(n, "EXT-X-MAP with BYTERANGE is not supported");
+                    }
+                    if media.init.is_some() || !media.segments.is_empty() {
+                        return err(
+                            n,
+                            "only one EXT-X-MAP, before the first segment, is supported",
+                        );
+                    }
+                    let uri = find(&attrs, "URI").ok_or_else(|| PlaylistError {
+                        line: n,
+                        message: "EXT-X-MAP has no URI".into(),
+                    })?;
+                    media.init = Some(check_uri(n, uri)?);
+                }
+                "EXT-X-KEY" => {
+                    let attrs = attributes(n, value)?;
+                    if find(&attrs, "METHOD") != Some("NONE") {
+                        return err(n, "encrypted segments (EXT-X-KEY) are not supported");
+                    }
+                }
+                "EXT-X-BYTERANGE" => {
+                    return err(n, "byte-range segments (EXT-X-BYTERANGE) are not supported");
+                }
+                "EXT-X-DISCONTINUITY" => {
+                    return err(n, "discontinuities (EXT-X-DISCONTINUITY) are not supported");
+                }
+                "EXT-X-MEDIA" => {
+                    return err(n, "alternate renditions (EXT-X-MEDIA) are not supported");
+                }
+                "EXT-X-I-FRAME-STREAM-INF" => return err(n, "I-frame playlists are not supported"),
+                "EXT-X-STREAM-INF" => {
+                    let attrs = attributes(n, value)?;
+                    let bandwidth = find(&attrs, "BANDWIDTH")
+                        .and_then(|b| b.parse().ok())
+                        .ok_or_else(|| PlaylistError {
+                            line: n,
+                            message: "EXT-X-STREAM-INF needs a numeric BANDWIDTH".into(),
+                        })?;
+                    pending_variant = Some(Variant {
+                        uri: String::new(),
+                        bandwidth,
+                        resolution: find(&attrs, "RESOLUTION").map(str::to_owned),
+                        codecs: find(&attrs, "CODECS").map(str::to_owned),
+                    });
+                }
+                _ => {} // tags that change nothing shoal keeps
+            }
+        } else if let Some(mut variant) = pending_variant.take() {
+            variant.uri = check_uri(n, line)?;
+            variants.push(variant);
+        } else if let Some(duration_us) = pending_duration.take() {
+            media.segments.push(MediaSegment {
+                uri: check_uri(n, line)?,
+                duration_us,
+            });
+            if media.segments.len() > shoal_protocol::manifest::MAX_SEGMENTS {
+                return err(
+                    n,
+                    format!(
+                        "more than {} segments in one playlist",
+                        shoal_protocol::manifest::MAX_SEGMENTS
+                    ),
+                );
+            }
+        } else {
+            return err(
+                n,
+                format!("URI {line:?} follows neither #EXTINF nor #EXT-X-STREAM-INF"),
+            );
+        }
+    }
+
+    match (is_media, variants.is_empty()) {
+        (true, false) => err(0, "the playlist mixes master and media playlist tags"),
+        (false, false) => Ok(Playlist::Master(variants)),
+        (_, true) if pending_variant.is_some() => err(0, "EXT-X-STREAM-INF without a URI"),
+        (_, true) => Ok(Playlist::Media(media)),
+    }
+}
+
+/// Parses a decimal number of seconds into microseconds, exactly.
+fn parse_duration(line: usize, text: &str) -> Result<u64, PlaylistError> {
+    let bad = || PlaylistError {
+        line,
+        message: format!("segment duration {text:?} is not a number of seconds"),
+    };
+    let (whole, frac) = text.split_once('.').unwrap_or((text, ""));
+    if whole.is_empty() && frac.is_empty()
+        || !whole.bytes().all(|b| b.is_ascii_digit())
+        || !frac.bytes().all(|b| b.is_ascii_digit())
+        || whole.len() > 10
+    {
+        return Err(bad());
+    }
+    let seconds: u64 = if whole.is_empty() {
+        0
+    } else {
+        whole.parse().map_err(|_| bad())?
+    };
+    // Round to the nearest microsecond.
+    let mut micros = 0u64;
+    for (i, d) in frac
+        .bytes()
+        .chain(std::iter::repeat(b'0'))
+        .take(7)
+        .enumerate()
+    {
+        let d = u64::from(d - b'0');
+        if i < 6 {
+            micros = micros * 10 + d;
+        } else if d >= 5 {
+            micros += 1;
+        }
+    }
+    let total = seconds * 1_000_000 + micros;
+    if total > MAX_SEGMENT_DURATION_US {
+        return err(line, format!("segment duration {text} s is over an hour"));
+    }
+    Ok(total)
+}
+
+/// Accepts a relative path URI, the only kind shoal can read from disk.
+fn check_uri(line: usize, uri: &str) -> Result<String, PlaylistError> {
+    if uri.contains("://") || uri.starts_with("data:") {
+        return err(
+            line,
+            format!(
+                "URI {uri:?} is remote; shoal imports playlists whose segments are local files"
+            ),
+        );
+    }
+    if uri.contains('?') || uri.contains('#') {
+        return err(
+            line,
+            format!("URI {uri:?} has a query or fragment; expected a plain file path"),
+        );
+    }
+    Ok(uri.to_owned())
+}
+
+/// Splits an attribute list (`A=1,B="x,y"`).
+fn attributes(line: usize, text: &str) -> Result<Vec<(String, String)>, PlaylistError> {
+    let mut out = Vec::new();
+    let mut rest = text.trim();
+    while !rest.is_empty() {
+        let Some((name, after)) = rest.split_once('=') else {
+            return err(line, format!("malformed attribute list {text:?}"));
+        };
+        let (value, after) = if let Some(quoted) = after.strip_prefix('"') {
+            let Some(end) = quoted.find('"') else {
+                return err(line, format!("unterminated quoted attribute in {text:?}"));
+            };
+            (&quoted[..end], &quoted[end + 1..])
+        } else {
+            after.split_at(after.find(',').unwrap_or(after.len()))
+        };
+        out.push((name.trim().to_owned(), value.to_owned()));
+        rest = after.trim_start();
+        rest = rest.strip_prefix(',').unwrap_or(rest).trim_start();
+    }
+    Ok(out)
+}
+
+fn find<'a>(attrs: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    attrs
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+/// Formats microseconds as decimal seconds with six places.
+pub fn format_duration(us: u64) -> String {
+    format!("{}.{:06}", us / 1_000_000, us % 1_000_000)
+}
+
+/// Writes a VOD media playlist. `segments` are (URI, duration) pairs.
+pub fn write_media(media_sequence: u64, init: Option<&str>, segments: &[(String, u64)]) -> String {
+    let target = segments
+        .iter()
+        .map(|(_, us)| us.div_ceil(1_000_000))
+        .max()
+        .unwrap_or(1)
+        .max(1);
+    let mut out = String::from("#EXTM3U\n");
+    // Version 6 is the first that allows EXT-X-MAP in a media playlist
+    // without I-frames; 3 is enough for decimal durations.
+    let version = if init.is_some() { 6 } else { 3 };
+    let _ = writeln!(out, "#EXT-X-VERSION:{version}");
+    let _ = writeln!(out, "#EXT-X-TARGETDURATION:{target}");
+    let _ = writeln!(out, "#EXT-X-MEDIA-SEQUENCE:{media_sequence}");
+    out.push_str("#EXT-X-PLAYLIST-TYPE:VOD\n");
+    if let Some(init) = init {
+        let _ = writeln!(out, "#EXT-X-MAP:URI=\"{init}\"");
+    }
+    for (uri, us) in segments {
+        let _ = writeln!(out, "#EXTINF:{},\n{uri}", format_duration(*us));
+    }
+    out.push_str("#EXT-X-ENDLIST\n");
+    out
+}
+
+/// Writes a master playlist.
+pub fn write_master(variants: &[Variant]) -> String {
+    let mut out = String::from("#EXTM3U\n#EXT-X-VERSION:3\n");
+    for v in variants {
+        let _ = write!(out, "#EXT-X-STREAM-INF:BANDWIDTH={}", v.bandwidth);
+        if let Some(r) = &v.resolution {
+            let _ = write!(out, ",RESOLUTION={r}");
+        }
+        if let Some(c) = &v.codecs {
+            let _ = write!(out, ",CODECS=\"{c}\"");
+        }
+        let _ = writeln!(out, "\n{}", v.uri);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MEDIA: &str = "#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:2\n#EXT-X-MEDIA-SEQUENCE:0\n\
+        #EXTINF:2.000000,\nseg0.ts\n#EXTINF:1.966667,\nseg1.ts\n#EXT-X-ENDLIST\n";
+
+    #[test]
+    fn media_playlist() {
+        let Playlist::Media(m) = parse(MEDIA).unwrap() else {
+            panic!("media")
+        };
+        assert!(m.ended);
+        assert_eq!(m.segments.len(), 2);
+        assert_eq!(m.segments[1].duration_us, 1_966_667);
+        assert_eq!(m.segments[1].uri, "seg1.ts");
+    }
+
+    #[test]
+    fn written_playlist_reads_back() {
+        let segs = vec![
+            ("a.m4s".to_string(), 2_000_000),
+            ("b.m4s".to_string(), 1_500_000),
+        ];
+        let text = write_media(5, Some("init.mp4"), &segs);
+        let Playlist::Media(m) = parse(&text).unwrap() else {
+            panic!("media")
+        };
+        assert_eq!(m.media_sequence, 5);
+        assert_eq!(m.init.as_deref(), Some("init.mp4"));
+        assert_eq!(m.segments[1].duration_us, 1_500_000);
+        assert!(text.contains("#EXT-X-TARGETDURATION:2\n"));
+    }
+
+    #[test]
+    fn master_playlist() {
+        let text = "#EXTM3U\n#EXT-X-STREAM-INF:BANDWIDTH=1200000,RESOLUTION=1280x720,CODECS=\"avc1.64001f,mp4a.40.2\"\nv0/index.m3u8\n\
+            #EXT-X-STREAM-INF:BANDWIDTH=400000\nv1/index.m3u8\n";
+        let Playlist::Master(v) = parse(text).unwrap() else {
+            panic!("master")
+        };
+        assert_eq!(v.len(), 2);
+        assert_eq!(v[0].codecs.as_deref(), Some("avc1.64001f,mp4a.40.2"));
+        assert_eq!(v[0].resolution.as_deref(), Some("1280x720"));
+        assert_eq!(v[1].bandwidth, 400_000);
+        assert_eq!(parse(&write_master(&v)).unwrap(), Playlist::Master(v));
+    }
+
+    #[test]
+    fn durations_are_exact() {
+        assert_eq!(parse_duration(1, "2").unwrap(), 2_000_000);
+        assert_eq!(parse_duration(1, "0.0333335").unwrap(), 33_334);
+        assert!(parse_duration(1, "-1").is_err());
+        assert!(parse_duration(1, "abc").is_err());
+        assert!(parse_duration(1, "1e3").is_err());
+        assert!(parse_duration(1, "99999").is_err());
+        assert_eq!(format_duration(1_966_667), "1.966667");
+    }
+
+    #[test]
+    fn refusals_name_the_line() {
+        assert_eq!(parse("hello\n").unwrap_err().line, 1);
+        assert_eq!(parse("").unwrap_err().line, 0);
+        let e = parse("#EXTM3U\n#EXTINF:2,\nhttp://cdn/x.ts\n").unwrap_err();
+        assert_eq!(e.line, 3);
+        assert!(e.message.contains("remote"));
+        let e = parse("#EXTM3U\n#EXT-X-KEY:METHOD=AES-128,URI=\"k\"\n").unwrap_err();
+        assert!(e.message.contains("encrypted"));
+        let e = parse("#EXTM3U\n#EXTINF:2,\na.ts\nb.ts\n").unwrap_err();
+        assert_eq!(e.line, 4);
+        let e = parse("#EXTM3U\n#EXTINF:x,\na.ts\n").unwrap_err();
+        assert_eq!(e.line, 2);
+        let e = parse("#EXTM3U\n#EXT-X-STREAM-INF:RESOLUTION=1x1\na.m3u8\n").unwrap_err();
+        assert!(e.message.contains("BANDWIDTH"));
+    }
+}
