@@ -154,7 +154,8 @@ fn run(cli: Cli) -> Result<()> {
             let repo = Repo::open(&dir)?;
             let stream = assemble::load_stream(&repo.store, &cid)?;
             let bar = progress::bytes(stream.size, "exporting");
-            let entry = assemble::export_hls(&repo.store, &cid, &out, &mut |n| bar.set_position(n))?;
+            let entry =
+                assemble::export_hls(&repo.store, &cid, &out, &mut |n| bar.set_position(n))?;
             bar.finish_and_clear();
             println!("{}", entry.display());
             Ok(())
@@ -228,8 +229,8 @@ fn get(repo: &Repo, cid: &str, output: &Path) -> Result<()> {
     let tmp = parent.join(format!(".{name}.partial-{}", std::process::id()));
     let bar = progress::bytes(stream.size, "getting");
     let result = (|| -> Result<()> {
-        let file = std::fs::File::create(&tmp)
-            .with_context(|| format!("creating {}", tmp.display()))?;
+        let file =
+            std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
         let mut out = io::BufWriter::with_capacity(1 << 20, file);
         assemble::write_stream(&repo.store, &cid, &mut out, &mut |n| bar.set_position(n))?;
         let file = out

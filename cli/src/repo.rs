@@ -113,8 +113,8 @@ impl Repo {
         }
         let text = std::fs::read_to_string(&config_path)
             .with_context(|| format!("reading {}", config_path.display()))?;
-        let config: Config =
-            toml::from_str(&text).with_context(|| format!("{} is invalid", config_path.display()))?;
+        let config: Config = toml::from_str(&text)
+            .with_context(|| format!("{} is invalid", config_path.display()))?;
         config
             .import
             .options()

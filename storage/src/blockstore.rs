@@ -24,8 +24,8 @@ use redb::{
 use shoal_protocol::block::{self, Block, BlockError, Cid};
 use shoal_protocol::manifest::{self, ManifestError};
 
-/// Block bytes by CID.
-const BLOCKS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("blocks");
+/// Block bytes by (CID, chunk number). See [`CHUNK_BYTES`].
+const BLOCKS: TableDefinition<(&[u8], u32), &[u8]> = TableDefinition::new("block_chunks");
 /// Per block: (size in bytes, last-use stamp).
 const META: TableDefinition<&[u8], (u64, u64)> = TableDefinition::new("block_meta");
 /// Last-use stamp to CID: the eviction order, oldest first.
@@ -42,6 +42,13 @@ const CLOCK: &str = "clock";
 const FORMAT: &str = "format";
 /// Layout version of the tables above.
 const FORMAT_VERSION: u64 = 1;
+
+/// Blocks are stored in chunks of this many bytes. redb gives a value larger
+/// than a page a leaf of its own, sized to the next power of two: a 410 KiB
+/// shard stored whole takes a 512 KiB leaf. Chunks just under a power of two
+/// (leaving room for the leaf header and key) waste almost nothing; only a
+/// block's last chunk is rounded up.
+pub const CHUNK_BYTES: usize = (64 << 10) - 256;
 
 /// redb's page cache. Its default (1 GiB) is sized for servers; the blocks
 /// shoal reads are verified and handed on once, so a small cache costs little
@@ -357,7 +364,7 @@ impl Blockstore {
         let mut keys = Vec::with_capacity(new.len());
         for b in new {
             let key = b.cid().to_bytes();
-            table.insert(key.as_slice(), b.bytes())?;
+            write_value(&mut table, &key, b.bytes())?;
             clock += 1;
             meta.insert(key.as_slice(), (b.bytes().len() as u64, clock))?;
             lru.insert(clock, key.as_slice())?;
@@ -393,7 +400,7 @@ impl Blockstore {
                     continue;
                 }
                 let size = meta.get(key)?.map(|v| v.value().0).unwrap_or(0);
-                victims.push((stamp.value(), key.to_vec()));
+                victims.push((stamp.value(), key.to_vec(), size));
                 freed += size;
                 if freed >= needed {
                     break;
@@ -411,10 +418,10 @@ impl Blockstore {
         let mut lru = txn.open_table(LRU)?;
         let mut meta = txn.open_table(META)?;
         let mut table = txn.open_table(BLOCKS)?;
-        for (stamp, key) in &victims {
+        for (stamp, key, size) in &victims {
             lru.remove(stamp)?;
             meta.remove(key.as_slice())?;
-            table.remove(key.as_slice())?;
+            remove_value(&mut table, key, *size)?;
         }
         tracing::debug!(
             blocks = victims.len(),
@@ -452,8 +459,14 @@ impl Blockstore {
         let key = cid.to_bytes();
         let bytes = self.contextualize((|| {
             let txn = self.db.begin_read()?;
-            let table = txn.open_table(BLOCKS)?;
-            Ok(table.get(key.as_slice())?.map(|v| v.value().to_vec()))
+            let Some((size, _)) = txn
+                .open_table(META)?
+                .get(key.as_slice())?
+                .map(|v| v.value())
+            else {
+                return Ok(None);
+            };
+            Ok(Some(read_value(&txn.open_table(BLOCKS)?, &key, size)?))
         })())?;
         let Some(bytes) = bytes else {
             return Ok(None);
@@ -727,13 +740,55 @@ fn get_counter(
     Ok(table.get(name)?.map(|v| v.value()).unwrap_or(0))
 }
 
+fn write_value(
+    table: &mut redb::Table<'_, (&'static [u8], u32), &'static [u8]>,
+    key: &[u8],
+    bytes: &[u8],
+) -> Result<(), StoreError> {
+    for (i, chunk) in bytes.chunks(CHUNK_BYTES).enumerate() {
+        table.insert((key, i as u32), chunk)?;
+    }
+    Ok(())
+}
+
+/// Reads a block's chunks. A missing or short chunk reads as fewer bytes,
+/// which the caller's CID check then reports as damage.
+fn read_value(
+    table: &impl ReadableTable<(&'static [u8], u32), &'static [u8]>,
+    key: &[u8],
+    size: u64,
+) -> Result<Vec<u8>, StoreError> {
+    let size = usize::try_from(size)
+        .unwrap_or(usize::MAX)
+        .min(block::MAX_BLOCK_SIZE);
+    let mut out = Vec::with_capacity(size);
+    for i in 0..size.div_ceil(CHUNK_BYTES) {
+        match table.get((key, i as u32))? {
+            Some(chunk) => out.extend_from_slice(chunk.value()),
+            None => break,
+        }
+    }
+    Ok(out)
+}
+
+fn remove_value(
+    table: &mut redb::Table<'_, (&'static [u8], u32), &'static [u8]>,
+    key: &[u8],
+    size: u64,
+) -> Result<(), StoreError> {
+    for i in 0..(size as usize).div_ceil(CHUNK_BYTES) {
+        table.remove((key, i as u32))?;
+    }
+    Ok(())
+}
+
 /// Removes a block and its bookkeeping; returns whether it was there.
 fn remove_block(txn: &WriteTransaction, key: &[u8]) -> Result<bool, StoreError> {
     let Some((size, stamp)) = txn.open_table(META)?.remove(key)?.map(|v| v.value()) else {
         return Ok(false);
     };
     txn.open_table(LRU)?.remove(stamp)?;
-    txn.open_table(BLOCKS)?.remove(key)?;
+    remove_value(&mut txn.open_table(BLOCKS)?, key, size)?;
     let mut counters = txn.open_table(COUNTERS)?;
     let bytes = get_counter(&counters, BYTES)?;
     counters.insert(BYTES, bytes.saturating_sub(size))?;
@@ -777,15 +832,16 @@ fn walk_dag(
                 return Err(StoreError::Missing(cid));
             }
         } else {
-            let guard = blocks
+            let (size, _) = meta
                 .get(key.as_slice())?
-                .ok_or(StoreError::Missing(cid))?;
-            let bytes = guard.value();
-            block::verify(&cid, bytes).map_err(|_| StoreError::CorruptBlock {
+                .ok_or(StoreError::Missing(cid))?
+                .value();
+            let bytes = read_value(&blocks, &key, size)?;
+            block::verify(&cid, &bytes).map_err(|_| StoreError::CorruptBlock {
                 cid,
                 path: path.to_owned(),
             })?;
-            let links = manifest::links(&cid, bytes)
+            let links = manifest::links(&cid, &bytes)
                 .map_err(|source| StoreError::Manifest { cid, source })?;
             stack.extend(links);
         }

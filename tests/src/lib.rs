@@ -1,1 +1,241 @@
+//! Helpers for shoal's end-to-end tests: run the real `shoal` binary against
+//! a throw-away repo, measure its peak memory, make test content.
 
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use sha2::{Digest, Sha256};
+
+/// The `shoal` binary built next to the test executable
+/// (`target/<profile>/shoal`). `scripts/test` builds it first.
+pub fn shoal_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> -> target/<profile>/shoal
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test executable lives in target/<profile>/deps");
+    let bin = dir.join("shoal");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it with `cargo build --workspace --bins` (scripts/test does)",
+        bin.display()
+    );
+    bin
+}
+
+/// A throw-away folder holding a repo (`repo/`) and test files.
+pub struct Sandbox {
+    pub dir: tempfile::TempDir,
+}
+
+/// What a finished `shoal` process did.
+pub struct Run {
+    pub status: i32,
+    pub stdout: String,
+    pub stderr: String,
+    /// Peak resident memory of the process, in bytes.
+    pub max_rss: u64,
+}
+
+impl Run {
+    /// Asserts success and returns stdout without its trailing newline.
+    pub fn ok(&self) -> &str {
+        assert_eq!(self.status, 0, "shoal failed: {}", self.stderr);
+        self.stdout.trim_end()
+    }
+
+    /// Asserts the failure every bad input must give: status 1, one line on
+    /// stderr, and that line mentions `needle`.
+    pub fn fails_with(&self, needle: &str) {
+        assert_eq!(
+            self.status, 1,
+            "expected failure, got {}: {}",
+            self.status, self.stdout
+        );
+        let lines: Vec<&str> = self.stderr.lines().collect();
+        assert_eq!(
+            lines.len(),
+            1,
+            "expected one line on stderr, got {:?}",
+            self.stderr
+        );
+        assert!(
+            lines[0].starts_with("shoal: ") && lines[0].contains(needle),
+            "stderr {:?} does not mention {needle:?}",
+            self.stderr
+        );
+    }
+}
+
+impl Default for Sandbox {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Sandbox {
+    pub fn new() -> Self {
+        Sandbox {
+            dir: tempfile::Builder::new()
+                .prefix("shoal-test-")
+                .tempdir()
+                .expect("temp dir"),
+        }
+    }
+
+    /// A sandbox whose repo is initialised.
+    pub fn with_repo() -> Self {
+        let s = Self::new();
+        s.shoal(&["init"]).ok();
+        s
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub fn repo(&self) -> PathBuf {
+        self.path("repo")
+    }
+
+    /// A `shoal` command on this sandbox's repo, not yet started.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(shoal_bin());
+        c.args(args)
+            .env("SHOAL_REPO", self.repo())
+            .current_dir(self.dir.path())
+            .stdin(Stdio::null());
+        c
+    }
+
+    /// Runs `shoal` to completion and measures it.
+    pub fn shoal(&self, args: &[&str]) -> Run {
+        run_measured(self.command(args))
+    }
+
+    /// Writes `len` bytes of deterministic pseudo-random content, streaming,
+    /// and returns its sha256.
+    pub fn write_random_file(&self, name: &str, len: u64, seed: u64) -> (PathBuf, [u8; 32]) {
+        let path = self.path(name);
+        let mut file = std::io::BufWriter::new(std::fs::File::create(&path).expect("create"));
+        let mut hasher = Sha256::new();
+        let mut rng = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        let mut buf = vec![0u8; 1 << 20];
+        let mut left = len;
+        while left > 0 {
+            for chunk in buf.chunks_exact_mut(8) {
+                // xorshift64*: fast, and every byte differs between seeds.
+                rng ^= rng >> 12;
+                rng ^= rng << 25;
+                rng ^= rng >> 27;
+                chunk.copy_from_slice(&rng.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes());
+            }
+            let n = left.min(buf.len() as u64) as usize;
+            file.write_all(&buf[..n]).expect("write");
+            hasher.update(&buf[..n]);
+            left -= n as u64;
+        }
+        file.flush().expect("flush");
+        (path, hasher.finalize().into())
+    }
+
+    /// Names of the entries of the sandbox folder, sorted.
+    pub fn entries(&self, dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .map(|rd| {
+                rd.filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        names
+    }
+}
+
+/// The sha256 of a file, read in pieces.
+pub fn sha256_file(path: &Path) -> [u8; 32] {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path).expect("open");
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf).expect("read");
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    hasher.finalize().into()
+}
+
+/// Runs a command to completion, reaping it with `wait4` to learn its peak
+/// resident memory.
+pub fn run_measured(mut command: Command) -> Run {
+    command.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let child = command.spawn().expect("spawn shoal");
+    let pid = child.id() as libc::pid_t;
+    // Read both pipes on threads so a chatty child cannot block on a full pipe.
+    let mut child = child;
+    let mut out = child.stdout.take().expect("stdout");
+    let mut err = child.stderr.take().expect("stderr");
+    let out_thread = std::thread::spawn(move || {
+        let mut s = Vec::new();
+        std::io::Read::read_to_end(&mut out, &mut s).ok();
+        s
+    });
+    let err_thread = std::thread::spawn(move || {
+        let mut s = Vec::new();
+        std::io::Read::read_to_end(&mut err, &mut s).ok();
+        s
+    });
+    let mut status: libc::c_int = 0;
+    // SAFETY: rusage is plain data, zeroed is a valid value; pid is our child.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    assert_eq!(rc, pid, "wait4 failed");
+    // The child is reaped; std's Child must not wait for it again.
+    std::mem::forget(child);
+    let stdout = String::from_utf8_lossy(&out_thread.join().unwrap_or_default()).into_owned();
+    let stderr = String::from_utf8_lossy(&err_thread.join().unwrap_or_default()).into_owned();
+    let code = if libc::WIFEXITED(status) {
+        libc::WEXITSTATUS(status)
+    } else {
+        -libc::WTERMSIG(status)
+    };
+    Run {
+        status: code,
+        stdout,
+        stderr,
+        max_rss: usage.ru_maxrss as u64 * 1024,
+    }
+}
+
+/// Output of a plain command, asserting it succeeded.
+pub fn check_output(command: &mut Command) -> Output {
+    let out = command
+        .output()
+        .unwrap_or_else(|e| panic!("running {command:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{command:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Asserts a tool the tests need is installed (`scripts/test` installs it).
+pub fn require_tool(name: &str) {
+    let found = Command::new(name)
+        .arg("-version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok();
+    assert!(
+        found,
+        "{name} is not installed; run ./scripts/test, which installs it"
+    );
+}
