@@ -93,6 +93,8 @@ enum RepoCommand {
     },
     /// Delete every block no pin protects
     Gc,
+    /// Read every block and check it against its CID
+    Verify,
 }
 
 fn main() -> ExitCode {
@@ -174,7 +176,11 @@ fn add(repo: &Repo, args: AddArgs) -> Result<()> {
     options.k = args.k.unwrap_or(options.k);
     options.m = args.m.unwrap_or(options.m);
     options.segment_size = args.segment_size.unwrap_or(options.segment_size);
-    options.validate()?;
+    if args.hls {
+        options.validate_coding()?;
+    } else {
+        options.validate()?;
+    }
     let total = if args.hls {
         0
     } else {
@@ -300,6 +306,19 @@ fn repo_cmd(repo: &Repo, cmd: RepoCommand) -> Result<()> {
         RepoCommand::Gc => {
             let g = repo.store.gc()?;
             println!("removed {} blocks ({} bytes)", g.blocks, g.bytes);
+        }
+        RepoCommand::Verify => {
+            let damaged = repo.store.verify_all()?;
+            if !damaged.is_empty() {
+                let list: Vec<String> = damaged.iter().map(Cid::to_string).collect();
+                anyhow::bail!(
+                    "{} damaged block(s) in {}: {}",
+                    damaged.len(),
+                    repo.store.path().display(),
+                    list.join(", ")
+                );
+            }
+            println!("every block matches its CID");
         }
     }
     Ok(())

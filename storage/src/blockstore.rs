@@ -624,6 +624,20 @@ impl Blockstore {
         })())
     }
 
+    /// Reads every block and checks it against its CID; returns the CIDs of
+    /// the blocks that fail.
+    pub fn verify_all(&self) -> Result<Vec<Cid>, StoreError> {
+        let mut damaged = Vec::new();
+        for (cid, _) in self.list()? {
+            match self.get(&cid) {
+                Ok(_) => {}
+                Err(StoreError::CorruptBlock { cid, .. }) => damaged.push(cid),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(damaged)
+    }
+
     /// Totals.
     pub fn stat(&self) -> Result<StoreStat, StoreError> {
         let file_bytes = std::fs::metadata(&self.path)

@@ -63,14 +63,21 @@ impl Default for ImportOptions {
 }
 
 impl ImportOptions {
-    /// Checks the options against the limits of the format.
-    pub fn validate(&self) -> Result<(), ImportError> {
+    /// Checks `k` and `m` against the limits of the format.
+    pub fn validate_coding(&self) -> Result<(), ImportError> {
         let (k, m) = (usize::from(self.k), usize::from(self.m));
         if k == 0 || k + m > MAX_SHARDS {
             return Err(ImportError::Options(format!(
                 "k={k}, m={m}: need k >= 1 and k + m <= {MAX_SHARDS}"
             )));
         }
+        Ok(())
+    }
+
+    /// Checks every option, the segment size included.
+    pub fn validate(&self) -> Result<(), ImportError> {
+        self.validate_coding()?;
+        let k = usize::from(self.k);
         if self.segment_size == 0 || self.segment_size > k * MAX_BLOCK_SIZE {
             return Err(ImportError::Options(format!(
                 "segment size {} must be between 1 and k x {MAX_BLOCK_SIZE} = {} bytes",
@@ -471,7 +478,7 @@ pub fn import_hls(
     opts: &ImportOptions,
     progress: &mut dyn FnMut(u64),
 ) -> Result<Imported, ImportError> {
-    opts.validate()?;
+    opts.validate_coding()?;
     let planned = plan_hls(playlist)?;
 
     // Every file, in order: per rendition its init section, then segments.

@@ -17,12 +17,28 @@ fn encode_two_renditions(sb: &Sandbox, segment_type: &str) -> std::path::PathBuf
     check_output(
         Command::new("ffmpeg")
             .current_dir(&out)
-            .args(["-v", "error", "-f", "lavfi", "-i", "testsrc=size=640x360:rate=25"])
+            .args([
+                "-v",
+                "error",
+                "-f",
+                "lavfi",
+                "-i",
+                "testsrc=size=640x360:rate=25",
+            ])
             .args(["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000"])
             .args(["-t", "10"])
             .args(["-filter_complex", "[0:v]split=2[a][b];[b]scale=320:180[b2]"])
             .args(["-map", "[a]", "-map", "[b2]", "-map", "1:a", "-map", "1:a"])
-            .args(["-c:v", "libx264", "-preset", "ultrafast", "-g", "50", "-keyint_min", "50"])
+            .args([
+                "-c:v",
+                "libx264",
+                "-preset",
+                "ultrafast",
+                "-g",
+                "50",
+                "-keyint_min",
+                "50",
+            ])
             .args(["-sc_threshold", "0", "-b:v:0", "800k", "-b:v:1", "300k"])
             .args(["-c:a", "aac", "-b:a", "64k"])
             .args(["-var_stream_map", "v:0,a:0 v:1,a:1"])
@@ -58,7 +74,14 @@ fn probe(path: &Path) -> (f64, usize) {
     require_tool("ffprobe");
     let out = check_output(
         Command::new("ffprobe")
-            .args(["-v", "error", "-print_format", "json", "-show_format", "-show_streams"])
+            .args([
+                "-v",
+                "error",
+                "-print_format",
+                "json",
+                "-show_format",
+                "-show_streams",
+            ])
             .arg(path),
     );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -75,9 +98,15 @@ fn probe(path: &Path) -> (f64, usize) {
 fn round_trip(segment_type: &str) {
     let sb = Sandbox::with_repo();
     let master = encode_two_renditions(&sb, segment_type);
-    let root = sb.shoal(&["add", "--hls", master.to_str().unwrap()]).ok().to_owned();
+    let root = sb
+        .shoal(&["add", "--hls", master.to_str().unwrap()])
+        .ok()
+        .to_owned();
     let exported = sb.path("exported");
-    let entry = sb.shoal(&["export-hls", &root, exported.to_str().unwrap()]).ok().to_owned();
+    let entry = sb
+        .shoal(&["export-hls", &root, exported.to_str().unwrap()])
+        .ok()
+        .to_owned();
     assert_eq!(Path::new(&entry), exported.join("index.m3u8"));
 
     let source = media_playlists(&master);
@@ -86,7 +115,11 @@ fn round_trip(segment_type: &str) {
     assert_eq!(copy.len(), 2);
     for ((src_path, src), (copy_path, cp)) in source.iter().zip(&copy) {
         // Same segments, same durations to the microsecond, same bytes.
-        assert!(src.segments.len() >= 5, "ffmpeg wrote {} segments", src.segments.len());
+        assert!(
+            src.segments.len() >= 5,
+            "ffmpeg wrote {} segments",
+            src.segments.len()
+        );
         assert_eq!(cp.segments.len(), src.segments.len());
         assert!(cp.ended);
         for (a, b) in src.segments.iter().zip(&cp.segments) {
@@ -106,9 +139,15 @@ fn round_trip(segment_type: &str) {
         let (src_duration, src_videos) = probe(src_path);
         let (copy_duration, copy_videos) = probe(copy_path);
         assert_eq!(copy_videos, src_videos);
-        assert!((copy_duration - src_duration).abs() < 0.05, "{copy_duration} vs {src_duration}");
+        assert!(
+            (copy_duration - src_duration).abs() < 0.05,
+            "{copy_duration} vs {src_duration}"
+        );
         let listed: u64 = cp.segments.iter().map(|s| s.duration_us).sum();
-        assert!((listed as f64 / 1e6 - copy_duration).abs() < 0.5, "{listed} us vs {copy_duration} s");
+        assert!(
+            (listed as f64 / 1e6 - copy_duration).abs() < 0.5,
+            "{listed} us vs {copy_duration} s"
+        );
     }
     // And through the master playlist: both renditions, about 10 s.
     let (duration, videos) = probe(&exported.join("index.m3u8"));
@@ -131,12 +170,17 @@ fn a_media_playlist_alone_round_trips() {
     let sb = Sandbox::with_repo();
     let master = encode_two_renditions(&sb, "mpegts");
     let media = master.parent().unwrap().join("v1/index.m3u8");
-    let root = sb.shoal(&["add", "--hls", media.to_str().unwrap()]).ok().to_owned();
+    let root = sb
+        .shoal(&["add", "--hls", media.to_str().unwrap()])
+        .ok()
+        .to_owned();
     let exported = sb.path("one");
-    sb.shoal(&["export-hls", &root, exported.to_str().unwrap()]).ok();
+    sb.shoal(&["export-hls", &root, exported.to_str().unwrap()])
+        .ok();
     let (duration, videos) = probe(&exported.join("index.m3u8"));
     assert_eq!(videos, 1);
     assert!((duration - 10.0).abs() < 0.5, "{duration}");
     // `get` of an HLS root says what to do instead.
-    sb.shoal(&["get", &root, "-o", "x"]).fails_with("export-hls");
+    sb.shoal(&["get", &root, "-o", "x"])
+        .fails_with("export-hls");
 }

@@ -1,0 +1,197 @@
+//! Bad input from a user or a file: one line on stderr, exit status 1, and
+//! nothing half-written left behind.
+
+use shoal_tests::Sandbox;
+
+fn blocks(sb: &Sandbox) -> u64 {
+    let v: serde_json::Value =
+        serde_json::from_str(sb.shoal(&["repo", "stat", "--json"]).ok()).unwrap();
+    v["blocks"].as_u64().unwrap()
+}
+
+/// A repo holding one small file, and its root.
+fn repo_with_file() -> (Sandbox, String) {
+    let sb = Sandbox::with_repo();
+    let (f, _) = sb.write_random_file("have.bin", 100_000, 1);
+    let root = sb.shoal(&["add", f.to_str().unwrap()]).ok().to_owned();
+    (sb, root)
+}
+
+/// Runs `args`, expects the failure, and checks that the repo and the
+/// sandbox folder are as they were.
+fn refused(sb: &Sandbox, args: &[&str], needle: &str) {
+    let before_blocks = blocks(sb);
+    let before_files = sb.entries(sb.dir.path());
+    sb.shoal(args).fails_with(needle);
+    assert_eq!(blocks(sb), before_blocks, "{args:?} changed the repo");
+    assert_eq!(
+        sb.entries(sb.dir.path()),
+        before_files,
+        "{args:?} left files behind"
+    );
+}
+
+#[test]
+fn missing_or_unreadable_input_files() {
+    let (sb, _) = repo_with_file();
+    refused(&sb, &["add", "nope.bin"], "nope.bin");
+    std::fs::create_dir(sb.path("a-dir")).unwrap();
+    refused(&sb, &["add", "a-dir"], "is a directory");
+    refused(&sb, &["add", "--hls", "nope.m3u8"], "nope.m3u8");
+}
+
+#[test]
+fn malformed_playlists_name_file_and_line() {
+    let (sb, _) = repo_with_file();
+    std::fs::write(sb.path("seg0.ts"), vec![0x47u8; 1880]).unwrap();
+    let cases: &[(&str, &str, &str)] = &[
+        ("not-hls.m3u8", "hello\n", "line 1: not an HLS playlist"),
+        ("empty.m3u8", "", "the playlist is empty"),
+        (
+            "bad-duration.m3u8",
+            "#EXTM3U\n#EXTINF:soon,\nseg0.ts\n#EXT-X-ENDLIST\n",
+            "line 2",
+        ),
+        (
+            "orphan-uri.m3u8",
+            "#EXTM3U\nseg0.ts\n#EXT-X-ENDLIST\n",
+            "line 2",
+        ),
+        (
+            "remote.m3u8",
+            "#EXTM3U\n#EXTINF:2,\nhttp://example.invalid/a.ts\n#EXT-X-ENDLIST\n",
+            "remote",
+        ),
+        (
+            "live.m3u8",
+            "#EXTM3U\n#EXTINF:2,\nseg0.ts\n",
+            "EXT-X-ENDLIST",
+        ),
+        (
+            "encrypted.m3u8",
+            "#EXTM3U\n#EXT-X-KEY:METHOD=AES-128,URI=\"k\"\n#EXTINF:2,\nseg0.ts\n#EXT-X-ENDLIST\n",
+            "encrypted",
+        ),
+        (
+            "missing-seg.m3u8",
+            "#EXTM3U\n#EXTINF:2,\nseg0.ts\n#EXTINF:2,\nseg1.ts\n#EXT-X-ENDLIST\n",
+            "seg1.ts",
+        ),
+        (
+            "bad-master.m3u8",
+            "#EXTM3U\n#EXT-X-STREAM-INF:BANDWIDTH=1\nnope/index.m3u8\n",
+            "nope/index.m3u8",
+        ),
+    ];
+    for (name, text, needle) in cases {
+        std::fs::write(sb.path(name), text).unwrap();
+        refused(&sb, &["add", "--hls", name], needle);
+    }
+    std::fs::write(sb.path("binary.m3u8"), [0xff, 0xfe, 0x00, 0x80]).unwrap();
+    refused(&sb, &["add", "--hls", "binary.m3u8"], "not UTF-8");
+}
+
+#[test]
+fn invalid_cid_strings() {
+    let (sb, _) = repo_with_file();
+    for args in [
+        vec!["get", "not-a-cid", "-o", "out"],
+        vec!["cat", "bafy!!!"],
+        vec!["export-hls", "Qm", "dir"],
+        vec!["pin", "add", ""],
+        vec!["pin", "rm", "zzz"],
+    ] {
+        refused(&sb, &args, "invalid CID");
+    }
+}
+
+#[test]
+fn unknown_cids() {
+    let (sb, _) = repo_with_file();
+    // A well-formed CID of content this repo never saw.
+    let unknown = "bafyreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku";
+    refused(&sb, &["get", unknown, "-o", "out"], "not in the repo");
+    refused(&sb, &["cat", unknown], "not in the repo");
+    refused(&sb, &["export-hls", unknown, "dir"], "not in the repo");
+    refused(&sb, &["pin", "add", unknown], "not in the store");
+    // A raw block is not a stream root.
+    let raw = "bafkreibm6jg3ux5qumhcn2b3flc3tyu6dmlb4xa7u5bf44yegnrjhc4yeq";
+    refused(&sb, &["get", raw, "-o", "out"], "raw block");
+}
+
+#[test]
+fn uninitialised_repo() {
+    let sb = Sandbox::new();
+    let (f, _) = sb.write_random_file("f.bin", 10, 1);
+    for args in [
+        vec!["add", f.to_str().unwrap()],
+        vec![
+            "get",
+            "bafyreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku",
+            "-o",
+            "out",
+        ],
+        vec!["pin", "ls"],
+        vec!["repo", "stat"],
+        vec!["repo", "gc"],
+    ] {
+        sb.shoal(&args).fails_with("shoal init");
+        assert!(!sb.repo().exists(), "{args:?} created a repo");
+        assert!(!sb.path("out").exists());
+    }
+}
+
+#[test]
+fn bad_options_and_config() {
+    let (sb, _) = repo_with_file();
+    refused(&sb, &["add", "--k", "0", "have.bin"], "k=0");
+    refused(
+        &sb,
+        &["add", "--k", "200", "--m", "100", "have.bin"],
+        "k + m <= 256",
+    );
+    refused(
+        &sb,
+        &["add", "--segment-size", "0", "have.bin"],
+        "segment size",
+    );
+    let config = sb.repo().join("config.toml");
+    let good = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, "[import]\nk = \"ten\"\n").unwrap();
+    sb.shoal(&["repo", "stat"])
+        .fails_with("config.toml is invalid");
+    std::fs::write(&config, "[store]\nquota = 5\n").unwrap();
+    sb.shoal(&["repo", "stat"])
+        .fails_with("config.toml is invalid");
+    std::fs::write(&config, good).unwrap();
+    sb.shoal(&["repo", "stat"]).ok();
+}
+
+#[test]
+fn export_into_a_non_empty_folder_changes_nothing() {
+    let (sb, root) = repo_with_file();
+    std::fs::create_dir(sb.path("full")).unwrap();
+    std::fs::write(sb.path("full/keep.txt"), "mine").unwrap();
+    // A file stream is refused before the folder is looked at...
+    refused(&sb, &["export-hls", &root, "full"], "use get");
+    assert_eq!(
+        std::fs::read_to_string(sb.path("full/keep.txt")).unwrap(),
+        "mine"
+    );
+}
+
+#[test]
+fn quota_too_small_for_an_import_keeps_the_repo_as_it_was() {
+    let (sb, root) = repo_with_file();
+    let config = sb.repo().join("config.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text.replace("[store]", "[store]\nquota_bytes = 1000000"),
+    )
+    .unwrap();
+    let (big, _) = sb.write_random_file("big.bin", 3_000_000, 2);
+    refused(&sb, &["add", big.to_str().unwrap()], "quota");
+    // What was pinned before is intact.
+    sb.shoal(&["get", &root, "-o", "again.bin"]).ok();
+}
