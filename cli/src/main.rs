@@ -99,6 +99,7 @@ enum RepoCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    init_logging();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -109,6 +110,20 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Log lines go to stderr; `SHOAL_LOG` (error, warn, info, debug, trace)
+/// sets how many, warnings by default.
+fn init_logging() {
+    let level = std::env::var("SHOAL_LOG")
+        .ok()
+        .and_then(|l| l.parse::<tracing::Level>().ok())
+        .unwrap_or(tracing::Level::WARN);
+    tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_writer(io::stderr)
+        .with_target(false)
+        .init();
 }
 
 /// The error and its causes on one line.

@@ -130,7 +130,7 @@ impl SegmentManifest {
             ));
         }
         let shard_size = self.shard_size as usize;
-        if shard_size == 0 || shard_size % 2 != 0 || shard_size > MAX_BLOCK_SIZE {
+        if shard_size == 0 || !shard_size.is_multiple_of(2) || shard_size > MAX_BLOCK_SIZE {
             return invalid(format!(
                 "segment {} has shard size {shard_size}; need an even size in 2..={MAX_BLOCK_SIZE}",
                 self.index

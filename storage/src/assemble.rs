@@ -12,7 +12,7 @@ use shoal_protocol::block::{Block, Cid, Codec};
 use shoal_protocol::manifest::{ManifestError, SegmentManifest, StreamKind, StreamManifest};
 
 use crate::blockstore::{Blockstore, StoreError};
-use crate::codec::{self, CodecError};
+use crate::codec::{self, CodecError, Decoder};
 use crate::hls;
 
 /// Why content could not be assembled.
@@ -107,6 +107,7 @@ fn read_shards(
 /// Rebuilds a segment and checks it against its hash.
 pub fn read_segment(
     store: &Blockstore,
+    decoder: &mut Decoder,
     manifest: &SegmentManifest,
     cid: &Cid,
     position: u64,
@@ -118,14 +119,15 @@ pub fn read_segment(
         cid: *cid,
         reason,
     };
-    let bytes = codec::reconstruct(
-        usize::from(manifest.k),
-        usize::from(manifest.m),
-        manifest.shard_size as usize,
-        manifest.length as usize,
-        &view,
-    )
-    .map_err(|e| seg_err(e.to_string()))?;
+    let bytes = decoder
+        .reconstruct(
+            usize::from(manifest.k),
+            usize::from(manifest.m),
+            manifest.shard_size as usize,
+            manifest.length as usize,
+            &view,
+        )
+        .map_err(|e| seg_err(e.to_string()))?;
     if !manifest.verify_segment(&bytes) {
         return Err(seg_err(
             "the rebuilt bytes do not match the segment hash".into(),
@@ -182,9 +184,10 @@ pub fn write_stream(
         });
     }
     let mut written = 0u64;
+    let mut decoder = Decoder::default();
     for (position, seg) in stream.renditions[0].segments.iter().enumerate() {
         let manifest = load_segment(store, &seg.cid, position as u64)?;
-        let bytes = read_segment(store, &manifest, &seg.cid, position as u64)?;
+        let bytes = read_segment(store, &mut decoder, &manifest, &seg.cid, position as u64)?;
         out.write_all(&bytes).map_err(AssembleError::Output)?;
         written += bytes.len() as u64;
         progress(written);
@@ -263,6 +266,7 @@ fn write_presentation(
     let single = stream.renditions.len() == 1 && stream.renditions[0].bandwidth.is_none();
     let mut done = 0u64;
     let mut variants = Vec::new();
+    let mut decoder = Decoder::default();
     for (r_index, r) in stream.renditions.iter().enumerate() {
         let stem = if single {
             "segment".to_string()
@@ -272,7 +276,7 @@ fn write_presentation(
         let init_name = match &r.init {
             Some(cid) => {
                 let manifest = load_segment(store, cid, 0)?;
-                let bytes = read_segment(store, &manifest, cid, 0)?;
+                let bytes = read_segment(store, &mut decoder, &manifest, cid, 0)?;
                 let file = format!("{stem}_init.mp4");
                 write(dir.join(&file), &bytes)?;
                 done += bytes.len() as u64;
@@ -284,7 +288,7 @@ fn write_presentation(
         let mut entries = Vec::with_capacity(r.segments.len());
         for (i, seg) in r.segments.iter().enumerate() {
             let manifest = load_segment(store, &seg.cid, i as u64)?;
-            let bytes = read_segment(store, &manifest, &seg.cid, i as u64)?;
+            let bytes = read_segment(store, &mut decoder, &manifest, &seg.cid, i as u64)?;
             let file = format!("{stem}_{i:05}.{}", r.segment_extension);
             write(dir.join(&file), &bytes)?;
             done += bytes.len() as u64;

@@ -730,10 +730,14 @@ impl Staging<'_> {
 
 impl Drop for Staging<'_> {
     fn drop(&mut self) {
-        if !self.finished && !self.added.is_empty() {
-            if let Err(e) = self.store.roll_back(&self.added) {
-                tracing::warn!(error = %e, "could not remove the blocks of an abandoned import; `shoal repo gc` will");
-            }
+        if !self.finished
+            && !self.added.is_empty()
+            && let Err(e) = self.store.roll_back(&self.added)
+        {
+            tracing::warn!(
+                error = %e,
+                "could not remove the blocks of an abandoned import; `shoal repo gc` will"
+            );
         }
         let mut v = self.store.volatile();
         for key in self.keys.drain(..) {

@@ -147,10 +147,85 @@ impl Encoder {
     }
 }
 
-/// Rebuilds a segment of `len` bytes from whichever shards are present.
-///
-/// `shards[i]` is shard `i` (data shards first) or `None` when it is lost.
-/// Any `k` present shards suffice.
+/// Rebuilds segments, reusing the Reed-Solomon decoder's buffers from one
+/// segment to the next.
+#[derive(Default)]
+pub struct Decoder {
+    rs: Option<ReedSolomonDecoder>,
+}
+
+impl Decoder {
+    /// Rebuilds a segment of `len` bytes from whichever shards are present.
+    ///
+    /// `shards[i]` is shard `i` (data shards first) or `None` when it is
+    /// lost. Any `k` present shards suffice.
+    pub fn reconstruct(
+        &mut self,
+        k: usize,
+        m: usize,
+        shard_size: usize,
+        len: usize,
+        shards: &[Option<&[u8]>],
+    ) -> Result<Vec<u8>, CodecError> {
+        check_shards(k, m, shard_size, shards)?;
+        if len > k * shard_size {
+            return Err(CodecError::Parameters(format!(
+                "{len} bytes do not fit {k} shards of {shard_size} bytes"
+            )));
+        }
+        let mut out = Vec::with_capacity(k * shard_size);
+        if shards[..k].iter().all(Option::is_some) {
+            for shard in shards[..k].iter().flatten() {
+                out.extend_from_slice(shard);
+            }
+        } else {
+            let restored = self.decode(k, m, shard_size, shards)?;
+            for (i, shard) in shards[..k].iter().enumerate() {
+                match shard {
+                    Some(bytes) => out.extend_from_slice(bytes),
+                    None => {
+                        out.extend_from_slice(restored.restored_original(i).ok_or_else(|| {
+                            CodecError::Parameters(format!("data shard {i} was not restored"))
+                        })?)
+                    }
+                }
+            }
+        }
+        out.truncate(len);
+        Ok(out)
+    }
+
+    /// Runs the Reed-Solomon decoder over the present shards.
+    fn decode(
+        &mut self,
+        k: usize,
+        m: usize,
+        shard_size: usize,
+        shards: &[Option<&[u8]>],
+    ) -> Result<reed_solomon_simd::DecoderResult<'_>, CodecError> {
+        let rs = match self.rs.take() {
+            Some(mut rs) => {
+                rs.reset(k, m, shard_size)?;
+                rs
+            }
+            None => ReedSolomonDecoder::new(k, m, shard_size)?,
+        };
+        let rs = self.rs.insert(rs);
+        for (i, shard) in shards.iter().enumerate() {
+            if let Some(bytes) = shard {
+                if i < k {
+                    rs.add_original_shard(i, bytes)?;
+                } else {
+                    rs.add_recovery_shard(i - k, bytes)?;
+                }
+            }
+        }
+        Ok(rs.decode()?)
+    }
+}
+
+/// Rebuilds a segment of `len` bytes from whichever shards are present; see
+/// [`Decoder::reconstruct`].
 pub fn reconstruct(
     k: usize,
     m: usize,
@@ -158,28 +233,7 @@ pub fn reconstruct(
     len: usize,
     shards: &[Option<&[u8]>],
 ) -> Result<Vec<u8>, CodecError> {
-    check_shards(k, m, shard_size, shards)?;
-    if len > k * shard_size {
-        return Err(CodecError::Parameters(format!(
-            "{len} bytes do not fit {k} shards of {shard_size} bytes"
-        )));
-    }
-    let mut out = Vec::with_capacity(k * shard_size);
-    if shards[..k].iter().all(Option::is_some) {
-        for shard in shards[..k].iter().flatten() {
-            out.extend_from_slice(shard);
-        }
-    } else {
-        let restored = decode_missing(k, m, shard_size, shards)?;
-        for (i, shard) in shards[..k].iter().enumerate() {
-            match shard {
-                Some(bytes) => out.extend_from_slice(bytes),
-                None => out.extend_from_slice(&restored[i]),
-            }
-        }
-    }
-    out.truncate(len);
-    Ok(out)
+    Decoder::default().reconstruct(k, m, shard_size, len, shards)
 }
 
 /// Regenerates every missing shard (data and parity), returned as
@@ -195,34 +249,26 @@ pub fn repair(
     if missing.is_empty() {
         return Ok(Vec::new());
     }
-    let mut data: Vec<Vec<u8>> = Vec::with_capacity(k);
-    let restored = if shards[..k].iter().any(Option::is_none) {
-        decode_missing(k, m, shard_size, shards)?
-    } else {
-        vec![Vec::new(); k]
-    };
-    for (i, shard) in shards[..k].iter().enumerate() {
-        data.push(match shard {
-            Some(bytes) => bytes.to_vec(),
-            None => restored[i].clone(),
-        });
-    }
+    // The whole data part, rebuilt, then its parity encoded afresh.
+    let data = Decoder::default().reconstruct(k, m, shard_size, k * shard_size, shards)?;
     let mut rs = ReedSolomonEncoder::new(k, m, shard_size)?;
-    for shard in &data {
+    for shard in data.chunks_exact(shard_size) {
         rs.add_original_shard(shard)?;
     }
-    let parity: Vec<Vec<u8>> = rs.encode()?.recovery_iter().map(<[u8]>::to_vec).collect();
-    Ok(missing
+    let encoded = rs.encode()?;
+    missing
         .into_iter()
         .map(|i| {
             let bytes = if i < k {
-                std::mem::take(&mut data[i])
+                Some(&data[i * shard_size..(i + 1) * shard_size])
             } else {
-                parity[i - k].clone()
+                encoded.recovery(i - k)
             };
-            (i, bytes)
+            bytes
+                .map(|b| (i, b.to_vec()))
+                .ok_or_else(|| CodecError::Parameters(format!("shard {i} was not produced")))
         })
-        .collect())
+        .collect()
 }
 
 fn check_shards(
@@ -257,32 +303,6 @@ fn check_shards(
         });
     }
     Ok(())
-}
-
-/// Runs the Reed-Solomon decoder; returns a vector of `k` entries in which
-/// the missing data shards are filled (present ones are left empty).
-fn decode_missing(
-    k: usize,
-    m: usize,
-    shard_size: usize,
-    shards: &[Option<&[u8]>],
-) -> Result<Vec<Vec<u8>>, CodecError> {
-    let mut rs = ReedSolomonDecoder::new(k, m, shard_size)?;
-    for (i, shard) in shards.iter().enumerate() {
-        if let Some(bytes) = shard {
-            if i < k {
-                rs.add_original_shard(i, bytes)?;
-            } else {
-                rs.add_recovery_shard(i - k, bytes)?;
-            }
-        }
-    }
-    let result = rs.decode()?;
-    let mut out = vec![Vec::new(); k];
-    for (i, bytes) in result.restored_original_iter() {
-        out[i] = bytes.to_vec();
-    }
-    Ok(out)
 }
 
 #[cfg(test)]

@@ -6,6 +6,10 @@
 //! - [`assemble`]: blocks back into files and HLS presentations;
 //! - [`hls`]: the HLS playlist reader and writer those two share.
 
+// Errors name the CID they are about (a CID is ~100 bytes inline) so the
+// user can act on them; they are returned on cold paths only.
+#![allow(clippy::result_large_err)]
+
 pub mod blockstore;
 pub mod codec;
 
