@@ -106,9 +106,25 @@ pub enum HashCheck {
 
 /// Checks `bytes` against a multihash given as its code and digest.
 pub fn verify_multihash(code: u64, digest: &[u8], bytes: &[u8]) -> Result<(), HashCheck> {
+    verify_multihash_parts(code, digest, &[bytes])
+}
+
+/// Checks the concatenation of `parts` against a multihash, without
+/// concatenating them.
+pub fn verify_multihash_parts(code: u64, digest: &[u8], parts: &[&[u8]]) -> Result<(), HashCheck> {
     let ok = match code {
-        SHA2_256 => digest == sha256(bytes).as_slice(),
-        BLAKE3 => digest == blake3::hash(bytes).as_bytes().as_slice(),
+        SHA2_256 => {
+            let mut h = Sha256::new();
+            parts.iter().for_each(|p| h.update(p));
+            digest == h.finalize().as_slice()
+        }
+        BLAKE3 => {
+            let mut h = blake3::Hasher::new();
+            parts.iter().for_each(|p| {
+                h.update(p);
+            });
+            digest == h.finalize().as_bytes().as_slice()
+        }
         other => return Err(HashCheck::Unsupported(other)),
     };
     if ok { Ok(()) } else { Err(HashCheck::Mismatch) }

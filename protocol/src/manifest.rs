@@ -156,10 +156,16 @@ impl SegmentManifest {
 
     /// Checks rebuilt segment bytes against the manifest's length and hash.
     pub fn verify_segment(&self, bytes: &[u8]) -> bool {
+        self.verify_segment_parts(&[bytes])
+    }
+
+    /// [`SegmentManifest::verify_segment`] for a segment in pieces.
+    pub fn verify_segment_parts(&self, parts: &[&[u8]]) -> bool {
         let Ok((code, digest)) = split_multihash(&self.hash) else {
             return false;
         };
-        bytes.len() as u64 == self.length && block::verify_multihash(code, digest, bytes).is_ok()
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        len as u64 == self.length && block::verify_multihash_parts(code, digest, parts).is_ok()
     }
 }
 

@@ -98,7 +98,26 @@ fn bench(c: &mut Criterion) {
                 .map(|(i, sh)| (i >= m).then_some(sh.as_slice()))
                 .collect();
             let mut dec = codec::Decoder::default();
-            b.iter(|| dec.reconstruct(k, m, s, SEGMENT, &view).unwrap().len())
+            b.iter(|| {
+                dec.with_segment(k, m, s, SEGMENT, &view, |parts| parts.len())
+                    .unwrap()
+            })
+        });
+        // The same, copied into one contiguous buffer (what a caller that
+        // needs a single slice pays on top).
+        g.bench_function("shoal-contiguous", |b| {
+            let view: Vec<Option<&[u8]>> = all
+                .iter()
+                .enumerate()
+                .map(|(i, sh)| (i >= m).then_some(sh.as_slice()))
+                .collect();
+            let mut dec = codec::Decoder::default();
+            let mut out = Vec::new();
+            b.iter(|| {
+                dec.reconstruct_into(k, m, s, SEGMENT, &view, &mut out)
+                    .unwrap();
+                out.len()
+            })
         });
         g.bench_function("rs-erasure", |b| {
             let rs = Rse::new(k, m).unwrap();
@@ -126,6 +145,9 @@ fn main() {
         .collect();
     for g in &groups {
         rows.push((g.as_str(), "shoal", g.as_str(), "rs-simd"));
+        if g.starts_with("recover") {
+            rows.push((g.as_str(), "shoal-contiguous", g.as_str(), "rs-simd"));
+        }
         rows.push((g.as_str(), "rs-erasure", g.as_str(), "rs-simd"));
     }
     common::print_ratios(

@@ -104,14 +104,16 @@ fn read_shards(
     Ok(shards)
 }
 
-/// Rebuilds a segment and checks it against its hash.
-pub fn read_segment(
+/// Rebuilds a segment, checks it against its hash, and hands it to `f` as
+/// consecutive pieces (no copy is made of it).
+pub fn with_segment<R>(
     store: &Blockstore,
     decoder: &mut Decoder,
     manifest: &SegmentManifest,
     cid: &Cid,
     position: u64,
-) -> Result<Vec<u8>, AssembleError> {
+    f: impl FnOnce(&[&[u8]]) -> R,
+) -> Result<R, AssembleError> {
     let shards = read_shards(store, manifest)?;
     let view: Vec<Option<&[u8]>> = shards.iter().map(|s| s.as_deref()).collect();
     let seg_err = |reason: String| AssembleError::Segment {
@@ -119,21 +121,34 @@ pub fn read_segment(
         cid: *cid,
         reason,
     };
-    let bytes = decoder
-        .reconstruct(
+    decoder
+        .with_segment(
             usize::from(manifest.k),
             usize::from(manifest.m),
             manifest.shard_size as usize,
             manifest.length as usize,
             &view,
+            |parts| {
+                if manifest.verify_segment_parts(parts) {
+                    Ok(f(parts))
+                } else {
+                    Err(seg_err(
+                        "the rebuilt bytes do not match the segment hash".into(),
+                    ))
+                }
+            },
         )
-        .map_err(|e| seg_err(e.to_string()))?;
-    if !manifest.verify_segment(&bytes) {
-        return Err(seg_err(
-            "the rebuilt bytes do not match the segment hash".into(),
-        ));
+        .map_err(|e| seg_err(e.to_string()))?
+}
+
+/// Writes every piece to `out`.
+fn write_parts(out: &mut dyn Write, parts: &[&[u8]]) -> io::Result<u64> {
+    let mut n = 0;
+    for part in parts {
+        out.write_all(part)?;
+        n += part.len() as u64;
     }
-    Ok(bytes)
+    Ok(n)
 }
 
 /// Regenerates and stores the lost shards of a segment; returns how many
@@ -187,9 +202,16 @@ pub fn write_stream(
     let mut decoder = Decoder::default();
     for (position, seg) in stream.renditions[0].segments.iter().enumerate() {
         let manifest = load_segment(store, &seg.cid, position as u64)?;
-        let bytes = read_segment(store, &mut decoder, &manifest, &seg.cid, position as u64)?;
-        out.write_all(&bytes).map_err(AssembleError::Output)?;
-        written += bytes.len() as u64;
+        let n = with_segment(
+            store,
+            &mut decoder,
+            &manifest,
+            &seg.cid,
+            position as u64,
+            |parts| write_parts(out, parts),
+        )?
+        .map_err(AssembleError::Output)?;
+        written += n;
         progress(written);
     }
     out.flush().map_err(AssembleError::Output)?;
@@ -256,8 +278,10 @@ fn write_presentation(
     dir: &Path,
     progress: &mut dyn FnMut(u64),
 ) -> Result<(), AssembleError> {
-    let write = |path: PathBuf, bytes: &[u8]| {
-        std::fs::write(&path, bytes).map_err(|source| AssembleError::Io { path, source })
+    let write = |path: PathBuf, parts: &[&[u8]]| -> Result<u64, AssembleError> {
+        std::fs::File::create(&path)
+            .and_then(|mut f| write_parts(&mut f, parts))
+            .map_err(|source| AssembleError::Io { path, source })
     };
     std::fs::create_dir_all(dir).map_err(|source| AssembleError::Io {
         path: dir.to_owned(),
@@ -276,10 +300,10 @@ fn write_presentation(
         let init_name = match &r.init {
             Some(cid) => {
                 let manifest = load_segment(store, cid, 0)?;
-                let bytes = read_segment(store, &mut decoder, &manifest, cid, 0)?;
                 let file = format!("{stem}_init.mp4");
-                write(dir.join(&file), &bytes)?;
-                done += bytes.len() as u64;
+                done += with_segment(store, &mut decoder, &manifest, cid, 0, |parts| {
+                    write(dir.join(&file), parts)
+                })??;
                 progress(done);
                 Some(file)
             }
@@ -288,10 +312,15 @@ fn write_presentation(
         let mut entries = Vec::with_capacity(r.segments.len());
         for (i, seg) in r.segments.iter().enumerate() {
             let manifest = load_segment(store, &seg.cid, i as u64)?;
-            let bytes = read_segment(store, &mut decoder, &manifest, &seg.cid, i as u64)?;
             let file = format!("{stem}_{i:05}.{}", r.segment_extension);
-            write(dir.join(&file), &bytes)?;
-            done += bytes.len() as u64;
+            done += with_segment(
+                store,
+                &mut decoder,
+                &manifest,
+                &seg.cid,
+                i as u64,
+                |parts| write(dir.join(&file), parts),
+            )??;
             progress(done);
             entries.push((file, seg.duration_us.unwrap_or(0)));
         }
@@ -301,7 +330,7 @@ fn write_presentation(
             r.playlist.clone()
         };
         let text = hls::write_media(r.media_sequence, init_name.as_deref(), &entries);
-        write(dir.join(&playlist), text.as_bytes())?;
+        write(dir.join(&playlist), &[text.as_bytes()])?;
         variants.push(hls::Variant {
             uri: playlist,
             bandwidth: r.bandwidth.unwrap_or(0),
@@ -312,7 +341,7 @@ fn write_presentation(
     if !single {
         write(
             dir.join("index.m3u8"),
-            hls::write_master(&variants).as_bytes(),
+            &[hls::write_master(&variants).as_bytes()],
         )?;
     }
     Ok(())

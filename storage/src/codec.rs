@@ -167,32 +167,71 @@ impl Decoder {
         len: usize,
         shards: &[Option<&[u8]>],
     ) -> Result<Vec<u8>, CodecError> {
+        let mut out = Vec::new();
+        self.reconstruct_into(k, m, shard_size, len, shards, &mut out)?;
+        Ok(out)
+    }
+
+    /// [`Decoder::reconstruct`] into a buffer the caller keeps from one
+    /// segment to the next (its old contents are replaced).
+    pub fn reconstruct_into(
+        &mut self,
+        k: usize,
+        m: usize,
+        shard_size: usize,
+        len: usize,
+        shards: &[Option<&[u8]>],
+        out: &mut Vec<u8>,
+    ) -> Result<(), CodecError> {
+        out.clear();
+        self.with_segment(k, m, shard_size, len, shards, |parts| {
+            out.reserve(len);
+            for part in parts {
+                out.extend_from_slice(part);
+            }
+        })
+    }
+
+    /// Rebuilds a segment without copying it: `f` gets the segment as `k`
+    /// consecutive pieces (present shards and restored ones, the last cut
+    /// to `len`), borrowed from `shards` and from the decoder.
+    pub fn with_segment<R>(
+        &mut self,
+        k: usize,
+        m: usize,
+        shard_size: usize,
+        len: usize,
+        shards: &[Option<&[u8]>],
+        f: impl FnOnce(&[&[u8]]) -> R,
+    ) -> Result<R, CodecError> {
         check_shards(k, m, shard_size, shards)?;
         if len > k * shard_size {
             return Err(CodecError::Parameters(format!(
                 "{len} bytes do not fit {k} shards of {shard_size} bytes"
             )));
         }
-        let mut out = Vec::with_capacity(k * shard_size);
-        if shards[..k].iter().all(Option::is_some) {
-            for shard in shards[..k].iter().flatten() {
-                out.extend_from_slice(shard);
-            }
+        let restored = if shards[..k].iter().all(Option::is_some) {
+            None
         } else {
-            let restored = self.decode(k, m, shard_size, shards)?;
-            for (i, shard) in shards[..k].iter().enumerate() {
-                match shard {
-                    Some(bytes) => out.extend_from_slice(bytes),
-                    None => {
-                        out.extend_from_slice(restored.restored_original(i).ok_or_else(|| {
-                            CodecError::Parameters(format!("data shard {i} was not restored"))
-                        })?)
-                    }
-                }
-            }
+            Some(self.decode(k, m, shard_size, shards)?)
+        };
+        let mut parts: Vec<&[u8]> = Vec::with_capacity(k);
+        let mut left = len;
+        for (i, shard) in shards[..k].iter().enumerate() {
+            let bytes = match shard {
+                Some(bytes) => *bytes,
+                None => restored
+                    .as_ref()
+                    .and_then(|r| r.restored_original(i))
+                    .ok_or_else(|| {
+                        CodecError::Parameters(format!("data shard {i} was not restored"))
+                    })?,
+            };
+            let take = left.min(bytes.len());
+            parts.push(&bytes[..take]);
+            left -= take;
         }
-        out.truncate(len);
-        Ok(out)
+        Ok(f(&parts))
     }
 
     /// Runs the Reed-Solomon decoder over the present shards.
