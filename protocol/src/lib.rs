@@ -6,12 +6,14 @@
 //!
 //! - [`block`]: content identifiers (CIDv1) and block verification;
 //! - [`manifest`]: [`SegmentManifest`] and [`StreamManifest`], the dag-cbor
-//!   documents that describe a stream, with strict, bounded decoding.
+//!   documents that describe a stream, with strict, bounded decoding;
+//! - [`bitswap`]: the Bitswap 1.2.0 wire format and engine.
 
 // Errors name the CID they are about (a CID is ~100 bytes inline) so the
 // user can act on them; they are returned on cold paths only.
 #![allow(clippy::result_large_err)]
 
+pub mod bitswap;
 pub mod block;
 mod bounded;
 pub mod manifest;

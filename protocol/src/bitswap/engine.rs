@@ -1,0 +1,719 @@
+//! The Bitswap engine: both sides of the protocol as a state machine.
+//!
+//! It is fed peer events and decoded messages and returns [`Output`]s: what
+//! to send to whom, which verified blocks arrived and from whom, and which
+//! peers to disconnect. It owns no socket, no store and no clock; the node
+//! moves the bytes, reads blocks from its store and keeps the ban list.
+//! `P` is the peer identifier (libp2p's `PeerId` in the node).
+//!
+//! What it guarantees beyond the IPFS implementations:
+//!
+//! - A peer's want stays open until the peer cancels it or the block has
+//!   been sent: a block that enters the store later ([`Engine::block_stored`])
+//!   goes to every peer still waiting for it. Live streams ask for shards
+//!   before they exist.
+//! - Every block handed out in [`Output::Received`] names the peer that sent
+//!   it, and its CID was computed from its bytes by the wire decoder.
+//! - A block nobody asked that peer for (which is what a corrupted block
+//!   looks like once its CID is computed from its bytes) gets the peer
+//!   disconnected: [`Output::Disconnect`].
+//! - Memory per peer is bounded: at most [`EngineConfig::max_peer_wants`]
+//!   open wants and [`EngineConfig::max_queued_bytes`] of blocks queued for
+//!   sending; wants beyond are dropped, blocks beyond wait for
+//!   [`Engine::sent`].
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::hash::Hash;
+
+use cid::Cid;
+
+use super::wire::{Message, Presence, WantEntry, WantType};
+
+/// Limits, each with the reason for its default.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// Open wants kept per peer. A client fetching a 4 MiB segment wants 14
+    /// shards; 8192 covers hundreds of segments in flight, and at ~150
+    /// bytes an entry bounds a peer's wantlist to about 1.2 MiB.
+    pub max_peer_wants: usize,
+    /// Bytes of blocks queued for one peer and not yet sent. 16 MiB is four
+    /// full messages: enough to keep a fast link busy, small enough that a
+    /// slow peer cannot hold much memory.
+    pub max_queued_bytes: usize,
+    /// Cancelled asks remembered per peer, so that a block already on its
+    /// way when we cancelled is not taken for an unrequested one.
+    pub remembered_cancels: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            max_peer_wants: 8192,
+            max_queued_bytes: 16 << 20,
+            remembered_cancels: 1024,
+        }
+    }
+}
+
+/// What the engine asks the node to look up in its store.
+pub trait BlockSource {
+    /// The size of a block the node holds, or `None`.
+    fn block_size(&self, cid: &Cid) -> Option<usize>;
+}
+
+/// A message for the node to send: entries and presences as they are, and
+/// the CIDs of blocks to read from the store and attach.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Outgoing {
+    pub wantlist: Vec<WantEntry>,
+    pub presences: Vec<(Cid, Presence)>,
+    pub blocks: Vec<Cid>,
+    /// Bytes of `blocks`, already counted against the peer's queue; report
+    /// them back with [`Engine::sent`] once written (or dropped).
+    pub block_bytes: usize,
+}
+
+impl Outgoing {
+    fn is_empty(&self) -> bool {
+        self.wantlist.is_empty() && self.presences.is_empty() && self.blocks.is_empty()
+    }
+}
+
+/// Why a peer is disconnected.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Misbehaviour {
+    /// It sent a block nobody asked it for: corrupted, or spam.
+    UnrequestedBlock(Cid),
+    /// It sent a block whose hash function shoal cannot check.
+    UncheckableBlock,
+}
+
+/// What the engine asks of the node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Output<P> {
+    Send {
+        peer: P,
+        message: Outgoing,
+    },
+    /// A block we wanted, verified against its CID, from `peer`.
+    Received {
+        peer: P,
+        cid: Cid,
+        data: Vec<u8>,
+    },
+    /// A peer told us whether it has a block we asked about.
+    Presence {
+        peer: P,
+        cid: Cid,
+        presence: Presence,
+    },
+    Disconnect {
+        peer: P,
+        reason: Misbehaviour,
+    },
+}
+
+#[derive(Default)]
+struct PeerState {
+    /// The peer's open wants.
+    wants: HashMap<Cid, WantType>,
+    /// Want-blocks we can serve but that wait for room in the queue.
+    deferred: VecDeque<Cid>,
+    queued_bytes: usize,
+    /// Our wants sent to this peer.
+    asked: HashMap<Cid, WantType>,
+    /// Our recently cancelled asks, oldest first.
+    cancelled: VecDeque<Cid>,
+    cancelled_set: HashSet<Cid>,
+    /// Entries dropped because the wantlist was full.
+    dropped_wants: u64,
+}
+
+/// The Bitswap engine. See the module documentation.
+pub struct Engine<P> {
+    config: EngineConfig,
+    peers: HashMap<P, PeerState>,
+    /// Our open wants and their type.
+    wants: HashMap<Cid, WantType>,
+}
+
+impl<P: Clone + Eq + Hash> Engine<P> {
+    pub fn new(config: EngineConfig) -> Self {
+        Engine {
+            config,
+            peers: HashMap::new(),
+            wants: HashMap::new(),
+        }
+    }
+
+    pub fn peer_connected(&mut self, peer: P) {
+        self.peers.entry(peer).or_default();
+    }
+
+    /// Forgets a peer; returns the CIDs we had asked it for, to ask others.
+    pub fn peer_disconnected(&mut self, peer: &P) -> Vec<Cid> {
+        self.peers
+            .remove(peer)
+            .map(|s| {
+                s.asked
+                    .into_keys()
+                    .filter(|c| self.wants.contains_key(c))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    pub fn is_connected(&self, peer: &P) -> bool {
+        self.peers.contains_key(peer)
+    }
+
+    /// Our open wants.
+    pub fn wants(&self) -> impl Iterator<Item = (&Cid, &WantType)> {
+        self.wants.iter()
+    }
+
+    /// How many wants a peer has open with us.
+    pub fn peer_want_count(&self, peer: &P) -> usize {
+        self.peers.get(peer).map_or(0, |s| s.wants.len())
+    }
+
+    /// Bytes queued for a peer and not yet reported sent.
+    pub fn queued_bytes(&self, peer: &P) -> usize {
+        self.peers.get(peer).map_or(0, |s| s.queued_bytes)
+    }
+
+    /// Asks `peer` for `cid`. A want-block upgrades an earlier want-have.
+    pub fn want(&mut self, peer: &P, cid: Cid, want_type: WantType, out: &mut Vec<Output<P>>) {
+        let Some(state) = self.peers.get_mut(peer) else {
+            return;
+        };
+        let entry = self.wants.entry(cid).or_insert(want_type);
+        if want_type == WantType::Block {
+            *entry = WantType::Block;
+        }
+        if state.asked.get(&cid) == Some(&WantType::Block) {
+            return;
+        }
+        state.asked.insert(cid, want_type);
+        out.push(Output::Send {
+            peer: peer.clone(),
+            message: Outgoing {
+                wantlist: vec![WantEntry {
+                    cid,
+                    priority: 1,
+                    cancel: false,
+                    want_type,
+                    send_dont_have: true,
+                }],
+                ..Outgoing::default()
+            },
+        });
+    }
+
+    /// Gives up on `cid`: cancels it with every peer asked.
+    pub fn cancel(&mut self, cid: &Cid, out: &mut Vec<Output<P>>) {
+        self.wants.remove(cid);
+        self.cancel_asks(cid, None, out);
+    }
+
+    /// Cancels our asks for `cid` with every peer but `except`.
+    fn cancel_asks(&mut self, cid: &Cid, except: Option<&P>, out: &mut Vec<Output<P>>) {
+        let limit = self.config.remembered_cancels;
+        for (peer, state) in &mut self.peers {
+            if state.asked.remove(cid).is_none() {
+                continue;
+            }
+            remember_cancel(state, *cid, limit);
+            if Some(peer) == except {
+                continue;
+            }
+            out.push(Output::Send {
+                peer: peer.clone(),
+                message: Outgoing {
+                    wantlist: vec![WantEntry {
+                        cid: *cid,
+                        priority: 0,
+                        cancel: true,
+                        want_type: WantType::Block,
+                        send_dont_have: false,
+                    }],
+                    ..Outgoing::default()
+                },
+            });
+        }
+    }
+
+    /// Handles a message from `peer`.
+    pub fn on_message(
+        &mut self,
+        peer: &P,
+        msg: Message,
+        store: &impl BlockSource,
+        out: &mut Vec<Output<P>>,
+    ) {
+        if !self.peers.contains_key(peer) {
+            self.peer_connected(peer.clone());
+        }
+        if msg.unreadable_blocks > 0 {
+            out.push(Output::Disconnect {
+                peer: peer.clone(),
+                reason: Misbehaviour::UncheckableBlock,
+            });
+            return;
+        }
+        // Blocks first: a block nobody asked for ends the conversation.
+        for block in msg.blocks {
+            let Some(state) = self.peers.get(peer) else {
+                return;
+            };
+            let asked = state.asked.contains_key(&block.cid);
+            let late = state.cancelled_set.contains(&block.cid);
+            if !asked && !late {
+                out.push(Output::Disconnect {
+                    peer: peer.clone(),
+                    reason: Misbehaviour::UnrequestedBlock(block.cid),
+                });
+                return;
+            }
+            if self.wants.remove(&block.cid).is_some() {
+                self.cancel_asks(&block.cid, Some(peer), out);
+                out.push(Output::Received {
+                    peer: peer.clone(),
+                    cid: block.cid,
+                    data: block.data,
+                });
+            }
+        }
+        for (cid, presence) in msg.presences {
+            let asked = self
+                .peers
+                .get(peer)
+                .is_some_and(|s| s.asked.contains_key(&cid));
+            if asked {
+                out.push(Output::Presence {
+                    peer: peer.clone(),
+                    cid,
+                    presence,
+                });
+            }
+        }
+        self.on_wantlist(peer, msg.wantlist, msg.full, store, out);
+    }
+
+    fn on_wantlist(
+        &mut self,
+        peer: &P,
+        entries: Vec<WantEntry>,
+        full: bool,
+        store: &impl BlockSource,
+        out: &mut Vec<Output<P>>,
+    ) {
+        let max_wants = self.config.max_peer_wants;
+        let Some(state) = self.peers.get_mut(peer) else {
+            return;
+        };
+        if full {
+            state.wants.clear();
+            state.deferred.clear();
+        }
+        let mut reply = Outgoing::default();
+        for e in entries {
+            if e.cancel {
+                state.wants.remove(&e.cid);
+                continue;
+            }
+            if !state.wants.contains_key(&e.cid) && state.wants.len() >= max_wants {
+                state.dropped_wants += 1;
+                continue;
+            }
+            state.wants.insert(e.cid, e.want_type);
+            match (e.want_type, store.block_size(&e.cid)) {
+                (WantType::Have, Some(_)) => {
+                    reply.presences.push((e.cid, Presence::Have));
+                    // A want-have is answered; the want stays open so that
+                    // a later want-block or cancel finds it.
+                }
+                (WantType::Block, Some(_)) => state.deferred.push_back(e.cid),
+                (_, None) if e.send_dont_have => {
+                    reply.presences.push((e.cid, Presence::DontHave));
+                }
+                (_, None) => {}
+            }
+        }
+        state.deferred.retain(|c| state.wants.contains_key(c));
+        self.fill_queue(peer, store, &mut reply);
+        if !reply.is_empty() {
+            out.push(Output::Send {
+                peer: peer.clone(),
+                message: reply,
+            });
+        }
+    }
+
+    /// Moves deferred want-blocks of `peer` into `reply` while the queue has
+    /// room. A block is sent once; its want is then closed.
+    fn fill_queue(&mut self, peer: &P, store: &impl BlockSource, reply: &mut Outgoing) {
+        let max = self.config.max_queued_bytes;
+        let Some(state) = self.peers.get_mut(peer) else {
+            return;
+        };
+        while let Some(cid) = state.deferred.front().copied() {
+            let Some(size) = store.block_size(&cid) else {
+                // Gone from the store (evicted): the want stays open.
+                state.deferred.pop_front();
+                continue;
+            };
+            // One block always fits an empty queue, so a block larger than
+            // the limit cannot stall the peer forever.
+            if state.queued_bytes > 0 && state.queued_bytes + size > max {
+                break;
+            }
+            state.deferred.pop_front();
+            state.wants.remove(&cid);
+            state.queued_bytes += size;
+            reply.blocks.push(cid);
+            reply.block_bytes += size;
+        }
+    }
+
+    /// The node finished writing (or dropped) `bytes` of blocks to `peer`;
+    /// queued want-blocks may now go out.
+    pub fn sent(
+        &mut self,
+        peer: &P,
+        bytes: usize,
+        store: &impl BlockSource,
+        out: &mut Vec<Output<P>>,
+    ) {
+        let Some(state) = self.peers.get_mut(peer) else {
+            return;
+        };
+        state.queued_bytes = state.queued_bytes.saturating_sub(bytes);
+        let mut reply = Outgoing::default();
+        self.fill_queue(peer, store, &mut reply);
+        if !reply.is_empty() {
+            out.push(Output::Send {
+                peer: peer.clone(),
+                message: reply,
+            });
+        }
+    }
+
+    /// A block entered the store: every peer still wanting it gets it (or a
+    /// HAVE for a want-have).
+    pub fn block_stored(&mut self, cid: &Cid, store: &impl BlockSource, out: &mut Vec<Output<P>>) {
+        let waiting: Vec<(P, WantType)> = self
+            .peers
+            .iter()
+            .filter_map(|(p, s)| s.wants.get(cid).map(|w| (p.clone(), *w)))
+            .collect();
+        for (peer, want_type) in waiting {
+            let mut reply = Outgoing::default();
+            match want_type {
+                WantType::Have => reply.presences.push((*cid, Presence::Have)),
+                WantType::Block => {
+                    if let Some(state) = self.peers.get_mut(&peer)
+                        && !state.deferred.contains(cid)
+                    {
+                        state.deferred.push_back(*cid);
+                    }
+                    self.fill_queue(&peer, store, &mut reply);
+                }
+            }
+            if !reply.is_empty() {
+                out.push(Output::Send {
+                    peer,
+                    message: reply,
+                });
+            }
+        }
+        // A block we wanted that arrived by another path (an import, HTTP).
+        if self.wants.remove(cid).is_some() {
+            self.cancel_asks(cid, None, out);
+        }
+    }
+
+    /// Wants dropped from a peer because its wantlist was full.
+    pub fn dropped_wants(&self, peer: &P) -> u64 {
+        self.peers.get(peer).map_or(0, |s| s.dropped_wants)
+    }
+}
+
+fn remember_cancel(state: &mut PeerState, cid: Cid, limit: usize) {
+    if state.cancelled_set.insert(cid) {
+        state.cancelled.push_back(cid);
+        while state.cancelled.len() > limit {
+            if let Some(old) = state.cancelled.pop_front() {
+                state.cancelled_set.remove(&old);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bitswap::wire::WireBlock;
+    use crate::block::{Codec, cid_of};
+
+    #[derive(Default)]
+    struct Store(HashMap<Cid, usize>);
+    impl BlockSource for Store {
+        fn block_size(&self, cid: &Cid) -> Option<usize> {
+            self.0.get(cid).copied()
+        }
+    }
+
+    fn want(cid: Cid, want_type: WantType, send_dont_have: bool) -> WantEntry {
+        WantEntry {
+            cid,
+            priority: 1,
+            cancel: false,
+            want_type,
+            send_dont_have,
+        }
+    }
+
+    fn wants_msg(entries: Vec<WantEntry>) -> Message {
+        Message {
+            wantlist: entries,
+            ..Message::default()
+        }
+    }
+
+    fn sends(out: &[Output<u32>]) -> Vec<(u32, Outgoing)> {
+        out.iter()
+            .filter_map(|o| match o {
+                Output::Send { peer, message } => Some((*peer, message.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn want_before_the_block_exists_is_served_when_it_arrives() {
+        let mut e = Engine::new(EngineConfig::default());
+        let mut store = Store::default();
+        let cid = cid_of(Codec::Raw, b"later");
+        let mut out = Vec::new();
+        e.peer_connected(7u32);
+        e.peer_connected(8u32);
+        e.on_message(
+            &7,
+            wants_msg(vec![want(cid, WantType::Block, true)]),
+            &store,
+            &mut out,
+        );
+        e.on_message(
+            &8,
+            wants_msg(vec![want(cid, WantType::Have, false)]),
+            &store,
+            &mut out,
+        );
+        // Peer 7 hears DONT_HAVE (it asked for it); peer 8 hears nothing.
+        assert_eq!(
+            sends(&out),
+            vec![(
+                7,
+                Outgoing {
+                    presences: vec![(cid, Presence::DontHave)],
+                    ..Outgoing::default()
+                }
+            )]
+        );
+        out.clear();
+
+        store.0.insert(cid, 5);
+        e.block_stored(&cid, &store, &mut out);
+        let mut s = sends(&out);
+        s.sort_by_key(|(p, _)| *p);
+        assert_eq!(s[0].0, 7);
+        assert_eq!(s[0].1.blocks, vec![cid]);
+        assert_eq!(
+            s[1],
+            (
+                8,
+                Outgoing {
+                    presences: vec![(cid, Presence::Have)],
+                    ..Outgoing::default()
+                }
+            )
+        );
+        // Sent once: the want of peer 7 is closed.
+        out.clear();
+        e.block_stored(&cid, &store, &mut out);
+        assert!(
+            sends(&out)
+                .iter()
+                .all(|(p, m)| *p != 7 || m.blocks.is_empty())
+        );
+    }
+
+    #[test]
+    fn a_cancelled_want_is_not_served() {
+        let mut e = Engine::new(EngineConfig::default());
+        let mut store = Store::default();
+        let cid = cid_of(Codec::Raw, b"x");
+        let mut out = Vec::new();
+        e.on_message(
+            &1u32,
+            wants_msg(vec![want(cid, WantType::Block, false)]),
+            &store,
+            &mut out,
+        );
+        let mut cancel = want(cid, WantType::Block, false);
+        cancel.cancel = true;
+        e.on_message(&1, wants_msg(vec![cancel]), &store, &mut out);
+        store.0.insert(cid, 1);
+        out.clear();
+        e.block_stored(&cid, &store, &mut out);
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn received_blocks_name_their_sender_and_cancel_the_rest() {
+        let mut e = Engine::new(EngineConfig::default());
+        let store = Store::default();
+        let data = b"shard".to_vec();
+        let cid = cid_of(Codec::Raw, &data);
+        let mut out = Vec::new();
+        for p in [1u32, 2, 3] {
+            e.peer_connected(p);
+            e.want(&p, cid, WantType::Block, &mut out);
+        }
+        out.clear();
+        let msg = Message {
+            blocks: vec![WireBlock {
+                cid,
+                data: data.clone(),
+            }],
+            ..Message::default()
+        };
+        e.on_message(&2, msg.clone(), &store, &mut out);
+        assert!(out.contains(&Output::Received {
+            peer: 2,
+            cid,
+            data: data.clone()
+        }));
+        let mut cancelled: Vec<u32> = sends(&out)
+            .into_iter()
+            .filter(|(_, m)| m.wantlist.iter().any(|w| w.cancel && w.cid == cid))
+            .map(|(p, _)| p)
+            .collect();
+        cancelled.sort();
+        assert_eq!(cancelled, vec![1, 3]);
+        // Peer 1's copy was already on its way: late, not misbehaviour.
+        out.clear();
+        e.on_message(&1, msg, &store, &mut out);
+        assert!(out.is_empty(), "{out:?}");
+    }
+
+    #[test]
+    fn an_unrequested_block_disconnects_the_sender() {
+        let mut e = Engine::new(EngineConfig::default());
+        let store = Store::default();
+        let wanted = cid_of(Codec::Raw, b"good");
+        let mut out = Vec::new();
+        e.peer_connected(9u32);
+        e.want(&9, wanted, WantType::Block, &mut out);
+        out.clear();
+        // The peer "answers" with corrupted bytes: their CID is not the one
+        // asked for.
+        let bad = WireBlock {
+            cid: cid_of(Codec::Raw, b"g00d"),
+            data: b"g00d".to_vec(),
+        };
+        e.on_message(
+            &9,
+            Message {
+                blocks: vec![bad.clone()],
+                ..Message::default()
+            },
+            &store,
+            &mut out,
+        );
+        assert_eq!(
+            out,
+            vec![Output::Disconnect {
+                peer: 9,
+                reason: Misbehaviour::UnrequestedBlock(bad.cid)
+            }]
+        );
+        // The want is still open, to be asked of someone else.
+        assert!(e.wants().any(|(c, _)| *c == wanted));
+    }
+
+    #[test]
+    fn wantlists_and_queues_are_bounded() {
+        let config = EngineConfig {
+            max_peer_wants: 10,
+            max_queued_bytes: 100,
+            ..EngineConfig::default()
+        };
+        let mut e = Engine::new(config);
+        let mut store = Store::default();
+        let cids: Vec<Cid> = (0..20u8).map(|i| cid_of(Codec::Raw, &[i])).collect();
+        for c in &cids {
+            store.0.insert(*c, 40);
+        }
+        let mut out = Vec::new();
+        let entries = cids
+            .iter()
+            .map(|c| want(*c, WantType::Block, false))
+            .collect();
+        e.on_message(&1u32, wants_msg(entries), &store, &mut out);
+        assert_eq!(e.peer_want_count(&1) + 2, 10, "two were sent and closed");
+        assert_eq!(e.dropped_wants(&1), 10);
+        // 100 bytes of queue: two 40-byte blocks, the rest wait.
+        let s = sends(&out);
+        assert_eq!(s[0].1.blocks.len(), 2);
+        assert_eq!(e.queued_bytes(&1), 80);
+        out.clear();
+        e.sent(&1, 80, &store, &mut out);
+        assert_eq!(sends(&out)[0].1.blocks.len(), 2);
+    }
+
+    #[test]
+    fn full_wantlist_replaces_the_old_one() {
+        let mut e = Engine::new(EngineConfig::default());
+        let store = Store::default();
+        let a = cid_of(Codec::Raw, b"a");
+        let b = cid_of(Codec::Raw, b"b");
+        let mut out = Vec::new();
+        e.on_message(
+            &1u32,
+            wants_msg(vec![want(a, WantType::Block, false)]),
+            &store,
+            &mut out,
+        );
+        let mut msg = wants_msg(vec![want(b, WantType::Block, false)]);
+        msg.full = true;
+        e.on_message(&1, msg, &store, &mut out);
+        assert_eq!(e.peer_want_count(&1), 1);
+    }
+
+    #[test]
+    fn presences_are_reported_only_for_what_was_asked() {
+        let mut e = Engine::new(EngineConfig::default());
+        let store = Store::default();
+        let a = cid_of(Codec::Raw, b"a");
+        let b = cid_of(Codec::Raw, b"b");
+        let mut out = Vec::new();
+        e.peer_connected(1u32);
+        e.want(&1, a, WantType::Have, &mut out);
+        out.clear();
+        let msg = Message {
+            presences: vec![(a, Presence::Have), (b, Presence::Have)],
+            ..Message::default()
+        };
+        e.on_message(&1, msg, &store, &mut out);
+        assert_eq!(
+            out,
+            vec![Output::Presence {
+                peer: 1,
+                cid: a,
+                presence: Presence::Have
+            }]
+        );
+    }
+}
