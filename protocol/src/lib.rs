@@ -7,7 +7,8 @@
 //! - [`block`]: content identifiers (CIDv1) and block verification;
 //! - [`manifest`]: [`SegmentManifest`] and [`StreamManifest`], the dag-cbor
 //!   documents that describe a stream, with strict, bounded decoding;
-//! - [`bitswap`]: the Bitswap 1.2.0 wire format and engine.
+//! - [`bitswap`]: the Bitswap 1.2.0 wire format and engine;
+//! - [`fetch`]: the planner that spreads block requests over peers.
 
 // Errors name the CID they are about (a CID is ~100 bytes inline) so the
 // user can act on them; they are returned on cold paths only.
@@ -16,6 +17,7 @@
 pub mod bitswap;
 pub mod block;
 mod bounded;
+pub mod fetch;
 pub mod manifest;
 
 pub use block::{Block, BlockError, Cid, Codec, MAX_BLOCK_SIZE};

@@ -367,8 +367,14 @@ impl StreamManifest {
 /// The blocks a block links to: none for a raw block, the segment manifests
 /// of a stream manifest, the shards of a segment manifest.
 pub fn links(cid: &Cid, bytes: &[u8]) -> Result<Vec<Cid>, ManifestError> {
+    Ok(links_needed(cid, bytes)?.0)
+}
+
+/// [`links`], with how many of them make the block complete: all of a
+/// stream's segments, but any `k` of a segment's shards.
+pub fn links_needed(cid: &Cid, bytes: &[u8]) -> Result<(Vec<Cid>, usize), ManifestError> {
     match Codec::of(cid) {
-        Some(Codec::Raw) => Ok(Vec::new()),
+        Some(Codec::Raw) => Ok((Vec::new(), 0)),
         Some(Codec::DagCbor) => {
             #[derive(Deserialize)]
             struct KindProbe {
@@ -378,9 +384,13 @@ pub fn links(cid: &Cid, bytes: &[u8]) -> Result<Vec<Cid>, ManifestError> {
             let probe: KindProbe = serde_ipld_dagcbor::from_slice(bytes)
                 .map_err(|e| ManifestError::Malformed(e.to_string()))?;
             if probe.kind.is_some() {
-                Ok(StreamManifest::from_block(bytes)?.segment_links().collect())
+                let links: Vec<Cid> = StreamManifest::from_block(bytes)?.segment_links().collect();
+                let n = links.len();
+                Ok((links, n))
             } else {
-                Ok(SegmentManifest::from_block(bytes)?.shards)
+                let seg = SegmentManifest::from_block(bytes)?;
+                let k = usize::from(seg.k);
+                Ok((seg.shards, k))
             }
         }
         None => Err(ManifestError::Invalid(format!(

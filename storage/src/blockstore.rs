@@ -830,7 +830,8 @@ fn pin_in(txn: &WriteTransaction, root: &Cid, path: &Path) -> Result<(), StoreEr
 }
 
 /// The keys of every block reachable from `root`, each once. Manifests are
-/// read and decoded; leaves only need to be present.
+/// read and decoded; shards only need to be present, and a segment is
+/// complete with any `k` of its shards (the others are not referenced).
 fn walk_dag(
     txn: &WriteTransaction,
     root: &Cid,
@@ -845,23 +846,37 @@ fn walk_dag(
         if seen.contains(&key) {
             continue;
         }
-        if cid.codec() == block::Codec::Raw.code() {
-            if meta.get(key.as_slice())?.is_none() {
-                return Err(StoreError::Missing(cid));
-            }
-        } else {
-            let (size, _) = meta
-                .get(key.as_slice())?
-                .ok_or(StoreError::Missing(cid))?
-                .value();
+        let (size, _) = meta
+            .get(key.as_slice())?
+            .ok_or(StoreError::Missing(cid))?
+            .value();
+        if cid.codec() != block::Codec::Raw.code() {
             let bytes = read_value(&blocks, &key, size)?;
             block::verify(&cid, &bytes).map_err(|_| StoreError::CorruptBlock {
                 cid,
                 path: path.to_owned(),
             })?;
-            let links = manifest::links(&cid, &bytes)
+            let (links, needed) = manifest::links_needed(&cid, &bytes)
                 .map_err(|source| StoreError::Manifest { cid, source })?;
-            stack.extend(links);
+            if needed == links.len() {
+                stack.extend(links);
+            } else {
+                // Shards: leaves, so presence is all that is checked.
+                let mut present = 0;
+                let mut first_missing = None;
+                for shard in links {
+                    let shard_key = shard.to_bytes();
+                    if meta.get(shard_key.as_slice())?.is_some() {
+                        present += 1;
+                        seen.insert(shard_key);
+                    } else {
+                        first_missing.get_or_insert(shard);
+                    }
+                }
+                if present < needed {
+                    return Err(StoreError::Missing(first_missing.unwrap_or(cid)));
+                }
+            }
         }
         seen.insert(key);
     }

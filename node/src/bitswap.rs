@@ -1,0 +1,201 @@
+//! Bitswap streams: the bytes between the engine and the network.
+//!
+//! Inbound, one task per stream reads length-prefixed frames, refusing a
+//! frame whose declared length is over the limit before reading it, decodes
+//! it and hands the message to the event loop. Outbound, one task per peer
+//! owns a stream, reads the blocks a message names from the store, splits
+//! large replies under the message limit and reports the bytes it wrote.
+//! All protocol decisions are the engine's (`shoal_protocol::bitswap`).
+
+use std::sync::Arc;
+
+use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
+use libp2p::{PeerId, Stream, StreamProtocol};
+use shoal_protocol::bitswap::wire::{self, MAX_MESSAGE_SIZE, split_blocks};
+use shoal_protocol::bitswap::{Message, Outgoing, PROTOCOLS, WireBlock, WireError};
+use shoal_storage::Blockstore;
+use tokio::sync::mpsc;
+
+/// What the stream tasks tell the event loop.
+#[derive(Debug)]
+pub(crate) enum StreamEvent {
+    Message(PeerId, Message),
+    /// The writer wrote (or dropped) this many bytes of blocks.
+    Sent(PeerId, usize),
+    /// The peer sent something that is not a valid Bitswap message.
+    Malformed(PeerId, WireError),
+}
+
+pub(crate) fn protocols() -> Vec<StreamProtocol> {
+    PROTOCOLS.iter().map(|p| StreamProtocol::new(p)).collect()
+}
+
+/// Accepts inbound Bitswap streams of every version.
+pub(crate) fn spawn_acceptors(
+    control: &mut libp2p_stream::Control,
+    events: mpsc::Sender<StreamEvent>,
+) -> Result<(), libp2p_stream::AlreadyRegistered> {
+    for protocol in protocols() {
+        let mut incoming = control.accept(protocol)?;
+        let events = events.clone();
+        tokio::spawn(async move {
+            while let Some((peer, stream)) = incoming.next().await {
+                tokio::spawn(read_stream(peer, stream, events.clone()));
+            }
+        });
+    }
+    Ok(())
+}
+
+/// Reads one unsigned varint, a byte at a time (at most 10 bytes).
+async fn read_length(stream: &mut Stream) -> std::io::Result<Option<u64>> {
+    let mut buf = [0u8; 10];
+    for i in 0..buf.len() {
+        let mut byte = [0u8; 1];
+        if stream.read(&mut byte).await? == 0 {
+            return if i == 0 {
+                Ok(None)
+            } else {
+                Err(std::io::ErrorKind::UnexpectedEof.into())
+            };
+        }
+        buf[i] = byte[0];
+        if byte[0] & 0x80 == 0 {
+            return match wire::read_varint(&buf[..=i]) {
+                Ok(Some((v, _))) => Ok(Some(v)),
+                _ => Err(std::io::ErrorKind::InvalidData.into()),
+            };
+        }
+    }
+    Err(std::io::ErrorKind::InvalidData.into())
+}
+
+async fn read_stream(peer: PeerId, mut stream: Stream, events: mpsc::Sender<StreamEvent>) {
+    loop {
+        let len = match read_length(&mut stream).await {
+            Ok(Some(len)) => len,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "bitswap stream ended");
+                return;
+            }
+        };
+        if len > MAX_MESSAGE_SIZE as u64 {
+            let _ = events
+                .send(StreamEvent::Malformed(peer, WireError::TooLarge(len)))
+                .await;
+            return;
+        }
+        // The length is within the limit: only now is memory reserved.
+        let mut body = vec![0u8; len as usize];
+        if let Err(e) = stream.read_exact(&mut body).await {
+            tracing::debug!(%peer, error = %e, "bitswap stream ended inside a message");
+            return;
+        }
+        let event = match Message::decode(&body) {
+            Ok(msg) => StreamEvent::Message(peer, msg),
+            Err(e) => StreamEvent::Malformed(peer, e),
+        };
+        let stop = matches!(event, StreamEvent::Malformed(..));
+        if events.send(event).await.is_err() || stop {
+            return;
+        }
+    }
+}
+
+/// Opens a Bitswap stream to `peer`, newest protocol version first.
+async fn open(control: &mut libp2p_stream::Control, peer: PeerId) -> Option<Stream> {
+    for protocol in protocols() {
+        match control.open_stream(peer, protocol.clone()).await {
+            Ok(stream) => return Some(stream),
+            Err(libp2p_stream::OpenStreamError::UnsupportedProtocol(_)) => continue,
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "cannot open a bitswap stream");
+                return None;
+            }
+        }
+    }
+    None
+}
+
+/// Builds the wire messages for one engine message: blocks read from the
+/// store, split under the size limit.
+fn build(out: Outgoing, store: &Blockstore) -> Vec<Message> {
+    let mut blocks = Vec::with_capacity(out.blocks.len());
+    for cid in &out.blocks {
+        match store.get(cid) {
+            Ok(Some(data)) => blocks.push(WireBlock { cid: *cid, data }),
+            Ok(None) => tracing::debug!(%cid, "block left the store before it was sent"),
+            Err(e) => tracing::warn!(%cid, error = %e, "cannot read a block to send"),
+        }
+    }
+    let mut msgs = split_blocks(blocks, out.presences);
+    if !out.wantlist.is_empty() {
+        match msgs.first_mut() {
+            Some(first) => first.wantlist = out.wantlist,
+            None => msgs.push(Message {
+                wantlist: out.wantlist,
+                ..Message::default()
+            }),
+        }
+    }
+    msgs
+}
+
+/// Starts the writer of one peer; returns its queue. The queue needs no
+/// bound of its own: it holds CIDs, not bytes, and the engine bounds what
+/// goes in (its per-peer byte budget for blocks, our own wants, and the
+/// peer's bounded wantlist for presences).
+pub(crate) fn spawn_writer(
+    peer: PeerId,
+    mut control: libp2p_stream::Control,
+    store: Arc<Blockstore>,
+    events: mpsc::Sender<StreamEvent>,
+) -> mpsc::UnboundedSender<Outgoing> {
+    let (tx, mut rx) = mpsc::unbounded_channel::<Outgoing>();
+    tokio::spawn(async move {
+        let mut stream: Option<Stream> = None;
+        while let Some(out) = rx.recv().await {
+            let block_bytes = out.block_bytes;
+            let msgs = {
+                let store = store.clone();
+                tokio::task::spawn_blocking(move || build(out, &store))
+                    .await
+                    .unwrap_or_default()
+            };
+            for msg in msgs {
+                let frame = msg.encode_framed();
+                // One retry on a fresh stream: the old one may have been
+                // closed by the peer since the last message.
+                for _attempt in 0..2 {
+                    if stream.is_none() {
+                        stream = open(&mut control, peer).await;
+                    }
+                    let Some(s) = stream.as_mut() else { break };
+                    match s.write_all(&frame).await {
+                        Ok(()) => {
+                            let _ = s.flush().await;
+                            break;
+                        }
+                        Err(e) => {
+                            tracing::debug!(%peer, error = %e, "bitswap write failed");
+                            stream = None;
+                        }
+                    }
+                }
+            }
+            if block_bytes > 0
+                && events
+                    .send(StreamEvent::Sent(peer, block_bytes))
+                    .await
+                    .is_err()
+            {
+                return;
+            }
+        }
+        if let Some(mut s) = stream {
+            let _ = s.close().await;
+        }
+    });
+    tx
+}

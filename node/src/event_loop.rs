@@ -1,0 +1,529 @@
+//! The one task that owns the swarm: it takes commands from [`crate::Node`]
+//! handles, swarm events, and stream events, and drives the Bitswap engine
+//! and the fetch jobs. No lock is held around the swarm; everything that
+//! touches it happens here.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use libp2p::swarm::dial_opts::DialOpts;
+use libp2p::swarm::{ConnectionId, SwarmEvent};
+use libp2p::{Multiaddr, PeerId, Swarm, identify, kad, mdns};
+use shoal_protocol::bitswap::{BlockSource, Engine, Outgoing, Output, Presence, WantType};
+use shoal_protocol::block::{Block, Cid};
+use shoal_protocol::fetch::FetchAction;
+use shoal_storage::Blockstore;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::behaviour::{Behaviour, BehaviourEvent};
+use crate::bitswap::{self, StreamEvent};
+use crate::fetch::{FetchJob, FetchReport};
+use crate::{NodeConfig, NodeError};
+
+/// How often timeouts and bans are checked.
+const TICK: Duration = Duration::from_millis(200);
+
+pub(crate) enum Command {
+    ListenAddrs(oneshot::Sender<Vec<Multiaddr>>),
+    Dial(Multiaddr, oneshot::Sender<Result<PeerId, NodeError>>),
+    Peers(oneshot::Sender<Vec<PeerId>>),
+    Provide(Cid, oneshot::Sender<Result<(), NodeError>>),
+    BlocksStored(Vec<Cid>),
+    Fetch(Cid, oneshot::Sender<Result<FetchReport, NodeError>>),
+    Banned(oneshot::Sender<Vec<PeerId>>),
+    Shutdown(oneshot::Sender<()>),
+}
+
+struct StoreSource<'a>(&'a Blockstore);
+
+impl BlockSource for StoreSource<'_> {
+    fn block_size(&self, cid: &Cid) -> Option<usize> {
+        self.0.size(cid).ok().flatten().map(|s| s as usize)
+    }
+}
+
+pub(crate) struct Job {
+    job: FetchJob,
+    reply: oneshot::Sender<Result<FetchReport, NodeError>>,
+}
+
+pub(crate) struct EventLoop {
+    pub(crate) swarm: Swarm<Behaviour>,
+    pub(crate) config: NodeConfig,
+    pub(crate) store: Arc<Blockstore>,
+    pub(crate) engine: Engine<PeerId>,
+    pub(crate) commands: mpsc::Receiver<Command>,
+    pub(crate) stream_events: mpsc::Receiver<StreamEvent>,
+    pub(crate) stream_events_tx: mpsc::Sender<StreamEvent>,
+    pub(crate) control: libp2p_stream::Control,
+    pub(crate) writers: HashMap<PeerId, mpsc::UnboundedSender<Outgoing>>,
+    pub(crate) banned: HashMap<PeerId, Instant>,
+    pub(crate) pending_dials: HashMap<ConnectionId, oneshot::Sender<Result<PeerId, NodeError>>>,
+    pub(crate) pending_provides: HashMap<kad::QueryId, oneshot::Sender<Result<(), NodeError>>>,
+    pub(crate) provider_queries: HashMap<kad::QueryId, Cid>,
+    pub(crate) jobs: Vec<Job>,
+}
+
+impl EventLoop {
+    pub(crate) async fn run(mut self) {
+        let mut tick = tokio::time::interval(TICK);
+        loop {
+            tokio::select! {
+                event = self.swarm.select_next_some() => self.on_swarm_event(event),
+                command = self.commands.recv() => match command {
+                    Some(Command::Shutdown(reply)) => {
+                        let _ = reply.send(());
+                        break;
+                    }
+                    Some(command) => self.on_command(command),
+                    None => break,
+                },
+                Some(event) = self.stream_events.recv() => self.on_stream_event(event),
+                _ = tick.tick() => self.on_tick(),
+            }
+        }
+        for job in self.jobs.drain(..) {
+            let _ = job.reply.send(Err(NodeError::ShutDown));
+        }
+        tracing::debug!("node event loop stopped");
+    }
+
+    fn on_command(&mut self, command: Command) {
+        match command {
+            Command::ListenAddrs(reply) => {
+                let _ = reply.send(self.swarm.listeners().cloned().collect());
+            }
+            Command::Dial(addr, reply) => {
+                let opts = DialOpts::unknown_peer_id().address(addr.clone()).build();
+                let id = opts.connection_id();
+                match self.swarm.dial(opts) {
+                    Ok(()) => {
+                        self.pending_dials.insert(id, reply);
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(NodeError::Dial {
+                            addr: addr.to_string(),
+                            detail: e.to_string(),
+                        }));
+                    }
+                }
+            }
+            Command::Peers(reply) => {
+                let _ = reply.send(self.swarm.connected_peers().copied().collect());
+            }
+            Command::Provide(cid, reply) => {
+                let key = kad::RecordKey::new(&cid.to_bytes());
+                match self.swarm.behaviour_mut().kad.start_providing(key) {
+                    Ok(id) => {
+                        self.pending_provides.insert(id, reply);
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(NodeError::Provide(e.to_string())));
+                    }
+                }
+            }
+            Command::BlocksStored(cids) => {
+                let mut out = Vec::new();
+                let source = StoreSource(&self.store);
+                for cid in &cids {
+                    self.engine.block_stored(cid, &source, &mut out);
+                }
+                self.apply(out);
+            }
+            Command::Fetch(root, reply) => self.start_fetch(root, reply),
+            Command::Banned(reply) => {
+                let _ = reply.send(self.banned.keys().copied().collect());
+            }
+            Command::Shutdown(_) => unreachable!("handled in run"),
+        }
+    }
+
+    fn start_fetch(&mut self, root: Cid, reply: oneshot::Sender<Result<FetchReport, NodeError>>) {
+        let now = Instant::now();
+        let (mut job, mut actions) = match FetchJob::new(
+            root,
+            self.config.fetch.clone(),
+            self.config.segment_window,
+            &self.store,
+            now,
+        ) {
+            Ok(x) => x,
+            Err(e) => {
+                let _ = reply.send(Err(e));
+                return;
+            }
+        };
+        let peers: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
+        for peer in peers {
+            actions.extend(job.add_candidate(peer, now));
+        }
+        let key = kad::RecordKey::new(&root.to_bytes());
+        let query = self.swarm.behaviour_mut().kad.get_providers(key);
+        self.provider_queries.insert(query, root);
+        self.jobs.push(Job { job, reply });
+        self.run_actions(actions);
+        self.finish_jobs();
+    }
+
+    /// Carries out fetch planner actions through the engine.
+    fn run_actions(&mut self, actions: Vec<FetchAction<PeerId>>) {
+        if actions.is_empty() {
+            return;
+        }
+        let mut out = Vec::new();
+        for action in actions {
+            match action {
+                FetchAction::WantHave { peer, cid } => {
+                    self.engine.want(&peer, cid, WantType::Have, &mut out)
+                }
+                FetchAction::WantBlock { peer, cid } => {
+                    self.engine.want(&peer, cid, WantType::Block, &mut out)
+                }
+                FetchAction::Cancel { cid } => {
+                    let still_wanted = self.jobs.iter().any(|j| j.job.wants(&cid));
+                    if !still_wanted {
+                        self.engine.cancel(&cid, &mut out);
+                    }
+                }
+            }
+        }
+        self.apply(out);
+    }
+
+    /// Carries out engine outputs.
+    fn apply(&mut self, outputs: Vec<Output<PeerId>>) {
+        let mut received: Vec<(PeerId, Cid, Vec<u8>)> = Vec::new();
+        let mut actions = Vec::new();
+        // One message per peer for everything this batch sends it.
+        let mut sends: HashMap<PeerId, Outgoing> = HashMap::new();
+        let now = Instant::now();
+        for output in outputs {
+            match output {
+                Output::Send { peer, message } => {
+                    let merged = sends.entry(peer).or_default();
+                    merged.wantlist.extend(message.wantlist);
+                    merged.presences.extend(message.presences);
+                    merged.blocks.extend(message.blocks);
+                    merged.block_bytes += message.block_bytes;
+                }
+                Output::Received { peer, cid, data } => received.push((peer, cid, data)),
+                Output::Presence {
+                    peer,
+                    cid,
+                    presence,
+                } => {
+                    for job in &mut self.jobs {
+                        actions.extend(job.job.on_presence(
+                            &peer,
+                            &cid,
+                            presence == Presence::Have,
+                            now,
+                        ));
+                    }
+                }
+                Output::Disconnect { peer, reason } => {
+                    tracing::warn!(%peer, ?reason, "peer misbehaved; disconnecting and banning it");
+                    self.ban(peer);
+                    for job in &mut self.jobs {
+                        actions.extend(job.job.on_peer_gone(&peer, now));
+                    }
+                }
+            }
+        }
+        for (peer, message) in sends {
+            self.send(peer, message);
+        }
+        if !received.is_empty() {
+            self.store_received(received, &mut actions);
+        }
+        if !actions.is_empty() {
+            self.run_actions(actions);
+        }
+        self.finish_jobs();
+    }
+
+    /// Stores verified blocks, credits their senders, serves peers waiting
+    /// for them, and tells the fetch jobs.
+    fn store_received(
+        &mut self,
+        received: Vec<(PeerId, Cid, Vec<u8>)>,
+        actions: &mut Vec<FetchAction<PeerId>>,
+    ) {
+        // The engine computed every CID from its bytes; the store checks
+        // again as it takes them.
+        let blocks: Vec<Block<'_>> = received
+            .iter()
+            .filter_map(|(peer, cid, data)| match Block::verified(*cid, data) {
+                Ok(b) => Some(b),
+                Err(e) => {
+                    tracing::warn!(%peer, %cid, error = %e, "refused a received block");
+                    None
+                }
+            })
+            .collect();
+        if let Err(e) = self.store.put_many(&blocks) {
+            tracing::error!(error = %e, "cannot store received blocks");
+            return;
+        }
+        let now = Instant::now();
+        let mut out = Vec::new();
+        let source = StoreSource(&self.store);
+        for (peer, cid, data) in &received {
+            tracing::trace!(%peer, %cid, bytes = data.len(), "block received");
+            self.engine.block_stored(cid, &source, &mut out);
+            for job in &mut self.jobs {
+                match job
+                    .job
+                    .on_block(Some(*peer), cid, data.len(), &self.store, now)
+                {
+                    Ok(a) => actions.extend(a),
+                    Err(e) => job.job.fail(e),
+                }
+            }
+        }
+        self.apply(out);
+    }
+
+    fn send(&mut self, peer: PeerId, message: Outgoing) {
+        let writer = self.writers.entry(peer).or_insert_with(|| {
+            bitswap::spawn_writer(
+                peer,
+                self.control.clone(),
+                self.store.clone(),
+                self.stream_events_tx.clone(),
+            )
+        });
+        let bytes = message.block_bytes;
+        if writer.send(message).is_err() {
+            // The writer has stopped: release the queue space the engine
+            // counted; a new writer starts with the next message.
+            tracing::debug!(%peer, "bitswap writer gone; message dropped");
+            self.writers.remove(&peer);
+            let mut out = Vec::new();
+            self.engine
+                .sent(&peer, bytes, &StoreSource(&self.store), &mut out);
+        }
+    }
+
+    fn ban(&mut self, peer: PeerId) {
+        self.banned
+            .insert(peer, Instant::now() + self.config.ban_duration);
+        self.swarm.behaviour_mut().blocked.block_peer(peer);
+        self.writers.remove(&peer);
+        let _ = self.engine.peer_disconnected(&peer);
+    }
+
+    fn on_stream_event(&mut self, event: StreamEvent) {
+        match event {
+            StreamEvent::Message(peer, msg) => {
+                if self.banned.contains_key(&peer) {
+                    return;
+                }
+                let mut out = Vec::new();
+                self.engine
+                    .on_message(&peer, msg, &StoreSource(&self.store), &mut out);
+                self.apply(out);
+            }
+            StreamEvent::Sent(peer, bytes) => {
+                let mut out = Vec::new();
+                self.engine
+                    .sent(&peer, bytes, &StoreSource(&self.store), &mut out);
+                self.apply(out);
+            }
+            StreamEvent::Malformed(peer, error) => {
+                tracing::warn!(%peer, %error, "malformed bitswap message; disconnecting and banning the peer");
+                self.ban(peer);
+                let now = Instant::now();
+                let mut actions = Vec::new();
+                for job in &mut self.jobs {
+                    actions.extend(job.job.on_peer_gone(&peer, now));
+                }
+                self.run_actions(actions);
+            }
+        }
+    }
+
+    fn on_tick(&mut self) {
+        let now = Instant::now();
+        let expired: Vec<PeerId> = self
+            .banned
+            .iter()
+            .filter(|(_, until)| **until <= now)
+            .map(|(p, _)| *p)
+            .collect();
+        for peer in expired {
+            self.banned.remove(&peer);
+            self.swarm.behaviour_mut().blocked.unblock_peer(peer);
+        }
+        let mut actions = Vec::new();
+        let timeout = self.config.fetch_stall_timeout;
+        for job in &mut self.jobs {
+            actions.extend(job.job.tick(now));
+            if let Some(e) = job.job.stalled(now, timeout) {
+                job.job.fail(e);
+            }
+        }
+        self.run_actions(actions);
+        self.finish_jobs();
+    }
+
+    /// Replies to finished and failed jobs, pins what was fetched and
+    /// provides it.
+    fn finish_jobs(&mut self) {
+        let mut i = 0;
+        while i < self.jobs.len() {
+            let failed = self.jobs[i].job.take_failure();
+            if failed.is_none() && !self.jobs[i].job.is_done() {
+                i += 1;
+                continue;
+            }
+            let Job { mut job, reply } = self.jobs.swap_remove(i);
+            let result = match failed {
+                Some(e) => {
+                    let actions = job.cancel();
+                    self.run_actions(actions);
+                    Err(e)
+                }
+                None => match self.store.pin(&job.root) {
+                    Ok(()) => {
+                        let key = kad::RecordKey::new(&job.root.to_bytes());
+                        if let Err(e) = self.swarm.behaviour_mut().kad.start_providing(key) {
+                            tracing::warn!(root = %job.root, error = %e, "cannot provide fetched content");
+                        }
+                        Ok(job.report())
+                    }
+                    Err(e) => Err(e.into()),
+                },
+            };
+            let _ = reply.send(result);
+        }
+    }
+
+    fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        match event {
+            SwarmEvent::NewListenAddr { address, .. } => {
+                tracing::info!(%address, "listening");
+            }
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                connection_id,
+                endpoint,
+                num_established,
+                ..
+            } => {
+                if let Some(reply) = self.pending_dials.remove(&connection_id) {
+                    let _ = reply.send(Ok(peer_id));
+                }
+                if endpoint.is_dialer() {
+                    self.swarm
+                        .behaviour_mut()
+                        .kad
+                        .add_address(&peer_id, endpoint.get_remote_address().clone());
+                }
+                if num_established.get() == 1 {
+                    self.engine.peer_connected(peer_id);
+                    let now = Instant::now();
+                    let mut actions = Vec::new();
+                    for job in &mut self.jobs {
+                        actions.extend(job.job.add_candidate(peer_id, now));
+                    }
+                    self.run_actions(actions);
+                }
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established: 0,
+                ..
+            } => {
+                self.writers.remove(&peer_id);
+                let _ = self.engine.peer_disconnected(&peer_id);
+                let now = Instant::now();
+                let mut actions = Vec::new();
+                for job in &mut self.jobs {
+                    actions.extend(job.job.on_peer_gone(&peer_id, now));
+                }
+                self.run_actions(actions);
+            }
+            SwarmEvent::OutgoingConnectionError {
+                connection_id,
+                error,
+                ..
+            } => {
+                if let Some(reply) = self.pending_dials.remove(&connection_id) {
+                    let _ = reply.send(Err(NodeError::Dial {
+                        addr: String::new(),
+                        detail: error.to_string(),
+                    }));
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
+                peer_id,
+                info,
+                ..
+            })) => {
+                for addr in info.listen_addrs {
+                    self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
+                for (peer, addr) in found {
+                    self.swarm.behaviour_mut().kad.add_address(&peer, addr);
+                    if !self.swarm.is_connected(&peer) {
+                        let _ = self.swarm.dial(peer);
+                    }
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
+                id,
+                result,
+                ..
+            })) => self.on_kad_result(id, result),
+            _ => {}
+        }
+    }
+
+    fn on_kad_result(&mut self, id: kad::QueryId, result: kad::QueryResult) {
+        match result {
+            kad::QueryResult::StartProviding(result) => {
+                if let Some(reply) = self.pending_provides.remove(&id) {
+                    // The record is stored locally either way; a timeout
+                    // only means fewer remote peers hold it yet.
+                    if let Err(e) = &result {
+                        tracing::debug!(error = %e, "provider record reached fewer peers than wanted");
+                    }
+                    let _ = reply.send(Ok(()));
+                }
+            }
+            kad::QueryResult::GetProviders(Ok(kad::GetProvidersOk::FoundProviders {
+                providers,
+                ..
+            })) => {
+                let Some(root) = self.provider_queries.get(&id).copied() else {
+                    return;
+                };
+                let local = *self.swarm.local_peer_id();
+                let now = Instant::now();
+                let mut actions = Vec::new();
+                for peer in providers {
+                    if peer == local || self.banned.contains_key(&peer) {
+                        continue;
+                    }
+                    if self.swarm.is_connected(&peer) {
+                        for job in self.jobs.iter_mut().filter(|j| j.job.root == root) {
+                            actions.extend(job.job.add_candidate(peer, now));
+                        }
+                    } else if let Err(e) = self.swarm.dial(peer) {
+                        tracing::debug!(%peer, error = %e, "cannot dial a provider");
+                    }
+                }
+                self.run_actions(actions);
+            }
+            kad::QueryResult::GetProviders(_) => {
+                self.provider_queries.remove(&id);
+            }
+            _ => {}
+        }
+    }
+}

@@ -1,0 +1,63 @@
+//! The node's ed25519 identity, kept in the repo with mode 0600.
+
+use std::io::Write;
+use std::path::Path;
+
+use libp2p::identity::Keypair;
+
+use crate::NodeError;
+
+/// Reads the key at `path`, or creates one there (readable by the owner
+/// only) if there is none.
+pub fn load_or_create(path: &Path) -> Result<Keypair, NodeError> {
+    let io_err = |source| NodeError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    match std::fs::read(path) {
+        Ok(bytes) => Keypair::from_protobuf_encoding(&bytes).map_err(|e| NodeError::Identity {
+            path: path.to_owned(),
+            detail: e.to_string(),
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let key = Keypair::generate_ed25519();
+            let bytes = key
+                .to_protobuf_encoding()
+                .map_err(|e| NodeError::Identity {
+                    path: path.to_owned(),
+                    detail: e.to_string(),
+                })?;
+            let tmp = path.with_extension("tmp");
+            let mut options = std::fs::OpenOptions::new();
+            options.write(true).create(true).truncate(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+            let mut file = options.open(&tmp).map_err(io_err)?;
+            file.write_all(&bytes).map_err(io_err)?;
+            file.sync_all().map_err(io_err)?;
+            std::fs::rename(&tmp, path).map_err(io_err)?;
+            Ok(key)
+        }
+        Err(e) => Err(io_err(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn key_is_created_private_and_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("identity.key");
+        let a = super::load_or_create(&path).unwrap();
+        let b = super::load_or_create(&path).unwrap();
+        assert_eq!(a.public().to_peer_id(), b.public().to_peer_id());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        std::fs::write(&path, b"garbage").unwrap();
+        assert!(super::load_or_create(&path).is_err());
+    }
+}

@@ -1,0 +1,315 @@
+//! shoal-node: the peer-to-peer node.
+//!
+//! A [`Node`] is a cheap-to-clone handle; one task (the event loop) owns the
+//! libp2p swarm and receives the handle's commands over a channel, replying
+//! through oneshots. The swarm combines TCP and QUIC (noise, yamux),
+//! identify, ping, Kademlia on `/shoal/kad/1.0.0`, gossipsub (signed,
+//! validated before forwarding), autonat, relay client and DCUtR, mDNS,
+//! connection limits, a block list for banned peers, and Bitswap streams
+//! driven by the sans-IO engine of `shoal-protocol`.
+
+// Errors name the CID they are about (a CID is ~100 bytes inline) so the
+// user can act on them; they are returned on cold paths only.
+#![allow(clippy::result_large_err)]
+
+mod behaviour;
+mod bitswap;
+pub mod config;
+mod event_loop;
+mod fetch;
+pub mod identity;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use libp2p::identity::Keypair;
+use libp2p::swarm::behaviour::toggle::Toggle;
+use libp2p::{
+    Multiaddr, PeerId, StreamProtocol, allow_block_list, autonat, connection_limits, dcutr,
+    gossipsub, identify, kad, mdns, noise, ping, tcp, yamux,
+};
+use shoal_protocol::bitswap::{Engine, EngineConfig};
+use shoal_protocol::block::Cid;
+use shoal_storage::{Blockstore, StoreError};
+use tokio::sync::{mpsc, oneshot};
+
+pub use config::NodeConfig;
+pub use fetch::FetchReport;
+pub use libp2p;
+
+use crate::behaviour::Behaviour;
+use crate::event_loop::{Command, EventLoop};
+
+/// Largest gossipsub message: announcements are small, and a bound keeps a
+/// flood cheap to refuse.
+const GOSSIPSUB_MAX_BYTES: usize = 64 << 10;
+
+/// What went wrong in the node.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("identity key {path} is unreadable: {detail}")]
+    Identity { path: PathBuf, detail: String },
+    #[error("cannot start the network: {0}")]
+    Transport(String),
+    #[error("cannot listen on {addr}: {detail}")]
+    Listen { addr: String, detail: String },
+    #[error("cannot reach {addr}: {detail}")]
+    Dial { addr: String, detail: String },
+    #[error("cannot announce content: {0}")]
+    Provide(String),
+    #[error("fetching {root}: {detail}")]
+    Fetch { root: Cid, detail: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("the node has shut down")]
+    ShutDown,
+}
+
+/// A handle to a running node.
+#[derive(Clone)]
+pub struct Node {
+    peer_id: PeerId,
+    commands: mpsc::Sender<Command>,
+    store: Arc<Blockstore>,
+}
+
+impl Node {
+    /// Starts a node on the current tokio runtime: binds the listen
+    /// addresses, joins through the bootstrap peers, and returns once
+    /// listening.
+    pub async fn start(
+        config: NodeConfig,
+        keypair: Keypair,
+        store: Arc<Blockstore>,
+    ) -> Result<Node, NodeError> {
+        let peer_id = keypair.public().to_peer_id();
+        let mut swarm = build_swarm(&config, keypair)?;
+        for addr in &config.listen {
+            swarm
+                .listen_on(addr.clone())
+                .map_err(|e| NodeError::Listen {
+                    addr: addr.to_string(),
+                    detail: e.to_string(),
+                })?;
+        }
+        // Serve the DHT from the start: nodes on one LAN or loopback have
+        // no confirmed external address for the automatic switch.
+        swarm.behaviour_mut().kad.set_mode(Some(kad::Mode::Server));
+        for addr in &config.bootstrap {
+            match peer_of(addr) {
+                Some(peer) => {
+                    swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
+                }
+                None => {
+                    tracing::warn!(%addr, "bootstrap address has no /p2p/ peer id; dialing it anyway")
+                }
+            }
+            if let Err(e) = swarm.dial(addr.clone()) {
+                tracing::warn!(%addr, error = %e, "cannot dial bootstrap peer");
+            }
+        }
+        if !config.bootstrap.is_empty() {
+            let _ = swarm.behaviour_mut().kad.bootstrap();
+        }
+
+        let mut control = swarm.behaviour().streams.new_control();
+        let (events_tx, events_rx) = mpsc::channel(1024);
+        bitswap::spawn_acceptors(&mut control, events_tx.clone())
+            .map_err(|e| NodeError::Transport(format!("{e:?}")))?;
+
+        // Wait until every listener has an address.
+        let (commands_tx, commands_rx) = mpsc::channel(256);
+        let event_loop = EventLoop {
+            swarm,
+            config,
+            store: store.clone(),
+            engine: Engine::new(EngineConfig::default()),
+            commands: commands_rx,
+            stream_events: events_rx,
+            stream_events_tx: events_tx,
+            control,
+            writers: HashMap::new(),
+            banned: HashMap::new(),
+            pending_dials: HashMap::new(),
+            pending_provides: HashMap::new(),
+            provider_queries: HashMap::new(),
+            jobs: Vec::new(),
+        };
+        tokio::spawn(event_loop.run());
+        let node = Node {
+            peer_id,
+            commands: commands_tx,
+            store,
+        };
+        Ok(node)
+    }
+
+    pub fn peer_id(&self) -> PeerId {
+        self.peer_id
+    }
+
+    pub fn store(&self) -> &Arc<Blockstore> {
+        &self.store
+    }
+
+    async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, NodeError> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(make(tx))
+            .await
+            .map_err(|_| NodeError::ShutDown)?;
+        rx.await.map_err(|_| NodeError::ShutDown)
+    }
+
+    /// The addresses the node listens on, waiting (up to five seconds) for
+    /// the listeners to be bound.
+    pub async fn listen_addrs(&self) -> Result<Vec<Multiaddr>, NodeError> {
+        for _ in 0..100 {
+            let addrs = self.ask(Command::ListenAddrs).await?;
+            if !addrs.is_empty() {
+                return Ok(addrs);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.ask(Command::ListenAddrs).await
+    }
+
+    /// Connects to a peer; returns its id once connected.
+    pub async fn dial(&self, addr: Multiaddr) -> Result<PeerId, NodeError> {
+        let text = addr.to_string();
+        self.ask(|tx| Command::Dial(addr, tx))
+            .await?
+            .map_err(|e| match e {
+                NodeError::Dial { detail, .. } => NodeError::Dial { addr: text, detail },
+                other => other,
+            })
+    }
+
+    /// The peers connected now.
+    pub async fn peers(&self) -> Result<Vec<PeerId>, NodeError> {
+        self.ask(Command::Peers).await
+    }
+
+    /// Peers banned for misbehaviour.
+    pub async fn banned(&self) -> Result<Vec<PeerId>, NodeError> {
+        self.ask(Command::Banned).await
+    }
+
+    /// Announces in the DHT that this node provides `root`. Kademlia
+    /// republishes the record periodically.
+    pub async fn provide(&self, root: Cid) -> Result<(), NodeError> {
+        self.ask(|tx| Command::Provide(root, tx)).await?
+    }
+
+    /// Tells the node that blocks entered its store (an import): peers
+    /// still wanting them get them now.
+    pub async fn blocks_stored(&self, cids: Vec<Cid>) -> Result<(), NodeError> {
+        self.commands
+            .send(Command::BlocksStored(cids))
+            .await
+            .map_err(|_| NodeError::ShutDown)
+    }
+
+    /// Fetches a stream from the network into the store (what is already
+    /// there is not fetched again), pins it and provides it.
+    pub async fn fetch(&self, root: Cid) -> Result<FetchReport, NodeError> {
+        self.ask(|tx| Command::Fetch(root, tx)).await?
+    }
+
+    /// Stops the event loop; the swarm and its connections close.
+    pub async fn shutdown(&self) {
+        let _ = self.ask(Command::Shutdown).await;
+    }
+}
+
+/// The peer id at the end of a multiaddr (`…/p2p/<id>`), if any.
+pub fn peer_of(addr: &Multiaddr) -> Option<PeerId> {
+    addr.iter().find_map(|p| match p {
+        libp2p::multiaddr::Protocol::P2p(peer) => Some(peer),
+        _ => None,
+    })
+}
+
+fn build_swarm(
+    config: &NodeConfig,
+    keypair: Keypair,
+) -> Result<libp2p::Swarm<Behaviour>, NodeError> {
+    let kad_protocol = StreamProtocol::try_from_owned(config.kad_protocol.clone())
+        .map_err(|e| NodeError::Transport(format!("Kademlia protocol name: {e}")))?;
+    let limits = connection_limits::ConnectionLimits::default()
+        .with_max_established(Some(config.max_connections))
+        .with_max_established_per_peer(Some(config.max_connections_per_peer));
+    let mdns_enabled = config.mdns;
+    let provide_interval = config.provide_interval;
+    let swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default().nodelay(true),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .map_err(|e| NodeError::Transport(e.to_string()))?
+        .with_quic()
+        .with_dns()
+        .map_err(|e| NodeError::Transport(e.to_string()))?
+        .with_relay_client(noise::Config::new, yamux::Config::default)
+        .map_err(|e| NodeError::Transport(e.to_string()))?
+        .with_behaviour(|key, relay| {
+            let peer_id = key.public().to_peer_id();
+            let mut kad_config = kad::Config::new(kad_protocol);
+            kad_config.set_provider_publication_interval(Some(provide_interval));
+            let kad = kad::Behaviour::with_config(
+                peer_id,
+                kad::store::MemoryStore::new(peer_id),
+                kad_config,
+            );
+            let gossipsub_config = gossipsub::ConfigBuilder::default()
+                .validation_mode(gossipsub::ValidationMode::Strict)
+                .validate_messages()
+                .max_transmit_size(GOSSIPSUB_MAX_BYTES)
+                .build()
+                .map_err(|e| e.to_string())?;
+            let gossipsub = gossipsub::Behaviour::new(
+                gossipsub::MessageAuthenticity::Signed(key.clone()),
+                gossipsub_config,
+            )?;
+            let mdns = if mdns_enabled {
+                Some(mdns::tokio::Behaviour::new(
+                    mdns::Config::default(),
+                    peer_id,
+                )?)
+            } else {
+                None
+            };
+            Ok(Behaviour {
+                limits: connection_limits::Behaviour::new(limits),
+                blocked: allow_block_list::Behaviour::default(),
+                identify: identify::Behaviour::new(identify::Config::new(
+                    "/shoal/1.0.0".into(),
+                    key.public(),
+                )),
+                ping: ping::Behaviour::default(),
+                kad,
+                gossipsub,
+                autonat: autonat::Behaviour::new(peer_id, autonat::Config::default()),
+                relay,
+                dcutr: dcutr::Behaviour::new(peer_id),
+                mdns: Toggle::from(mdns),
+                streams: libp2p_stream::Behaviour::new(),
+            })
+        })
+        .map_err(|e| NodeError::Transport(e.to_string()))?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+        .build();
+    Ok(swarm)
+}
