@@ -30,7 +30,6 @@ pub(crate) enum Command {
     Dial(Multiaddr, oneshot::Sender<Result<PeerId, NodeError>>),
     Peers(oneshot::Sender<Vec<PeerId>>),
     Provide(Cid, oneshot::Sender<Result<(), NodeError>>),
-    BlocksStored(Vec<Cid>),
     Fetch(Cid, oneshot::Sender<Result<FetchReport, NodeError>>),
     Banned(oneshot::Sender<Vec<PeerId>>),
     Shutdown(oneshot::Sender<()>),
@@ -56,6 +55,7 @@ pub(crate) struct EventLoop {
     pub(crate) engine: Engine<PeerId>,
     pub(crate) commands: mpsc::Receiver<Command>,
     pub(crate) stream_events: mpsc::Receiver<StreamEvent>,
+    pub(crate) stored: mpsc::UnboundedReceiver<Vec<Cid>>,
     pub(crate) stream_events_tx: mpsc::Sender<StreamEvent>,
     pub(crate) control: libp2p_stream::Control,
     pub(crate) writers: HashMap<PeerId, mpsc::UnboundedSender<Outgoing>>,
@@ -81,6 +81,7 @@ impl EventLoop {
                     None => break,
                 },
                 Some(event) = self.stream_events.recv() => self.on_stream_event(event),
+                Some(cids) = self.stored.recv() => self.on_blocks_stored(cids),
                 _ = tick.tick() => self.on_tick(),
             }
         }
@@ -124,20 +125,22 @@ impl EventLoop {
                     }
                 }
             }
-            Command::BlocksStored(cids) => {
-                let mut out = Vec::new();
-                let source = StoreSource(&self.store);
-                for cid in &cids {
-                    self.engine.block_stored(cid, &source, &mut out);
-                }
-                self.apply(out);
-            }
             Command::Fetch(root, reply) => self.start_fetch(root, reply),
             Command::Banned(reply) => {
                 let _ = reply.send(self.banned.keys().copied().collect());
             }
             Command::Shutdown(_) => unreachable!("handled in run"),
         }
+    }
+
+    /// Blocks entered the store: peers waiting for them get them.
+    fn on_blocks_stored(&mut self, cids: Vec<Cid>) {
+        let mut out = Vec::new();
+        let source = StoreSource(&self.store);
+        for cid in &cids {
+            self.engine.block_stored(cid, &source, &mut out);
+        }
+        self.apply(out);
     }
 
     fn start_fetch(&mut self, root: Cid, reply: oneshot::Sender<Result<FetchReport, NodeError>>) {
@@ -267,12 +270,11 @@ impl EventLoop {
             tracing::error!(error = %e, "cannot store received blocks");
             return;
         }
+        // Peers waiting for these blocks hear of them through the store's
+        // listener (`on_blocks_stored`), like blocks from any source.
         let now = Instant::now();
-        let mut out = Vec::new();
-        let source = StoreSource(&self.store);
         for (peer, cid, data) in &received {
             tracing::trace!(%peer, %cid, bytes = data.len(), "block received");
-            self.engine.block_stored(cid, &source, &mut out);
             for job in &mut self.jobs {
                 match job
                     .job
@@ -283,7 +285,6 @@ impl EventLoop {
                 }
             }
         }
-        self.apply(out);
     }
 
     fn send(&mut self, peer: PeerId, message: Outgoing) {

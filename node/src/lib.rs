@@ -124,8 +124,15 @@ impl Node {
         bitswap::spawn_acceptors(&mut control, events_tx.clone())
             .map_err(|e| NodeError::Transport(format!("{e:?}")))?;
 
-        // Wait until every listener has an address.
         let (commands_tx, commands_rx) = mpsc::channel(256);
+        // Every block that enters the store, by whatever path, may be one a
+        // peer is waiting for.
+        // Unbounded: a notice is a few CIDs, the loop drains them at once,
+        // and dropping one would leave a peer waiting for ever.
+        let (stored_tx, stored_rx) = mpsc::unbounded_channel::<Vec<Cid>>();
+        store.set_listener(Box::new(move |cids| {
+            let _ = stored_tx.send(cids.to_vec());
+        }));
         let event_loop = EventLoop {
             swarm,
             config,
@@ -133,6 +140,7 @@ impl Node {
             engine: Engine::new(EngineConfig::default()),
             commands: commands_rx,
             stream_events: events_rx,
+            stored: stored_rx,
             stream_events_tx: events_tx,
             control,
             writers: HashMap::new(),
@@ -209,15 +217,6 @@ impl Node {
     /// republishes the record periodically.
     pub async fn provide(&self, root: Cid) -> Result<(), NodeError> {
         self.ask(|tx| Command::Provide(root, tx)).await?
-    }
-
-    /// Tells the node that blocks entered its store (an import): peers
-    /// still wanting them get them now.
-    pub async fn blocks_stored(&self, cids: Vec<Cid>) -> Result<(), NodeError> {
-        self.commands
-            .send(Command::BlocksStored(cids))
-            .await
-            .map_err(|_| NodeError::ShutDown)
     }
 
     /// Fetches a stream from the network into the store (what is already

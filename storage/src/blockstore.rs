@@ -169,7 +169,13 @@ pub struct Blockstore {
     path: PathBuf,
     quota: Option<u64>,
     volatile: Mutex<Volatile>,
+    listener: std::sync::RwLock<Option<BlockListener>>,
 }
+
+/// Called with the CIDs of blocks newly stored, after their transaction
+/// committed. The node uses it to serve peers that asked for a block before
+/// it existed, whichever way the block arrived (import, peer, HTTP).
+pub type BlockListener = Box<dyn Fn(&[Cid]) + Send + Sync>;
 
 impl Blockstore {
     /// Creates the database file (or opens it if it exists).
@@ -232,6 +238,7 @@ impl Blockstore {
             path: path.to_owned(),
             quota: options.quota,
             volatile: Mutex::new(Volatile::default()),
+            listener: std::sync::RwLock::new(None),
         })
     }
 
@@ -256,6 +263,26 @@ impl Blockstore {
                 detail,
             }),
             Err(e) => Err(e),
+        }
+    }
+
+    /// Sets the function told about every newly stored block (replacing
+    /// any earlier one).
+    pub fn set_listener(&self, listener: BlockListener) {
+        *self.listener.write().unwrap_or_else(|p| p.into_inner()) = Some(listener);
+    }
+
+    fn notify(&self, keys: &[Vec<u8>]) {
+        if keys.is_empty() {
+            return;
+        }
+        let guard = self.listener.read().unwrap_or_else(|p| p.into_inner());
+        if let Some(listener) = guard.as_ref() {
+            let cids: Vec<Cid> = keys
+                .iter()
+                .filter_map(|k| Cid::try_from(k.as_slice()).ok())
+                .collect();
+            listener(&cids);
         }
     }
 
@@ -311,7 +338,7 @@ impl Blockstore {
         durability: Durability,
         pin_root: Option<&Cid>,
     ) -> Result<Vec<Vec<u8>>, StoreError> {
-        self.contextualize((|| {
+        let new = self.contextualize((|| {
             let mut txn = self.db.begin_write()?;
             txn.set_durability(durability)?;
             self.apply_touches(&txn)?;
@@ -321,7 +348,9 @@ impl Blockstore {
             }
             txn.commit()?;
             Ok(new)
-        })())
+        })())?;
+        self.notify(&new);
+        Ok(new)
     }
 
     /// Inserts the blocks not yet stored; returns their keys.
@@ -965,6 +994,20 @@ mod tests {
         // The abandoned import took its blocks with it.
         assert_eq!(s.stat().unwrap().blocks, 0);
         s.put(&block::cid_of(Codec::Raw, &c), &c).unwrap();
+    }
+
+    #[test]
+    fn the_listener_hears_new_blocks_once() {
+        let (_d, s) = store(None);
+        let heard = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let h = heard.clone();
+        s.set_listener(Box::new(move |cids| {
+            h.lock().unwrap().extend_from_slice(cids)
+        }));
+        let cid = block::cid_of(Codec::Raw, b"new");
+        s.put(&cid, b"new").unwrap();
+        s.put(&cid, b"new").unwrap();
+        assert_eq!(*heard.lock().unwrap(), vec![cid]);
     }
 
     #[test]

@@ -13,7 +13,7 @@
 pub mod blockstore;
 pub mod codec;
 
-pub use blockstore::{Blockstore, StoreError, StoreOptions};
+pub use blockstore::{BlockListener, Blockstore, StoreError, StoreOptions};
 pub mod hls;
 pub mod import;
 

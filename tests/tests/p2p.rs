@@ -116,3 +116,292 @@ async fn five_nodes_over_tcp() {
 async fn five_nodes_over_quic() {
     five_nodes_fetch("quic").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_want_sent_before_the_block_exists_is_served_when_it_is_added() {
+    let sb = Sandbox::new();
+    let a = start("tcp", None).await;
+    let e = start("tcp", Some(&a.addr)).await;
+    wait_for_peers(&e.node, 1).await;
+    // Import into a scratch store first, only to learn the root.
+    let scratch = start("tcp", None).await;
+    let (root, bytes) = import(&sb, &scratch.node, 3_000_000, 7);
+    scratch.node.shutdown().await;
+
+    let fetch = tokio::spawn({
+        let e = e.node.clone();
+        async move { e.fetch(root).await }
+    });
+    // E's wants are out; A has nothing yet and answers DONT_HAVE.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!fetch.is_finished());
+    // A imports the content: every block enters A's store, and E's open
+    // wants are served without E asking again.
+    let (root_a, _) = import(&sb, &a.node, 3_000_000, 7);
+    assert_eq!(root_a, root);
+    let report = tokio::time::timeout(FETCH_TIMEOUT, fetch)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(read_back(&e.node, &root), bytes);
+    assert_eq!(report.from_peers[0].0, a.node.peer_id());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_of_five_providers_killed_mid_transfer() {
+    let sb = Sandbox::new();
+    let b = start("tcp", None).await;
+    let a = start("tcp", Some(&b.addr)).await;
+    let c = start("tcp", Some(&b.addr)).await;
+    let d = start("tcp", Some(&b.addr)).await;
+    wait_for_peers(&b.node, 3).await;
+    let len = 48_000_000;
+    let (root, bytes) = import(&sb, &a.node, len, 3);
+    assert_eq!(import(&sb, &c.node, len, 3).0, root);
+    assert_eq!(import(&sb, &d.node, len, 3).0, root);
+    // D, the survivor, lacks m data shards of every segment: E can only
+    // finish with D's parity shards.
+    let store = d.node.store();
+    store.unpin(&root).unwrap();
+    let stream = shoal_storage::assemble::load_stream(store, &root).unwrap();
+    let mut dropped = 0;
+    for seg in &stream.renditions[0].segments {
+        let m = shoal_protocol::manifest::SegmentManifest::from_block(
+            &store.require(&seg.cid).unwrap(),
+        )
+        .unwrap();
+        for shard in &m.shards[..usize::from(m.m)] {
+            dropped += usize::from(store.delete(shard).unwrap());
+        }
+    }
+    assert!(dropped > 0);
+    for n in [&a, &c, &d] {
+        n.node.provide(root).await.unwrap();
+    }
+
+    let e = start("tcp", Some(&b.addr)).await;
+    wait_for_peers(&e.node, 1).await;
+    let fetch = tokio::spawn({
+        let e = e.node.clone();
+        async move { e.fetch(root).await }
+    });
+    // Kill A and C once E holds a tenth of the stream (bounded wait).
+    let total_blocks = stream.renditions[0].segments.len() as u64 * 11;
+    let mut killed = false;
+    for _ in 0..20_000 {
+        if e.node.store().stat().unwrap().blocks >= total_blocks / 10 {
+            assert!(!fetch.is_finished(), "the fetch ended before the kill");
+            a.node.shutdown().await;
+            c.node.shutdown().await;
+            killed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_micros(500)).await;
+    }
+    assert!(killed, "E never got a tenth of the stream");
+    let report = tokio::time::timeout(FETCH_TIMEOUT, fetch)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(read_back(&e.node, &root), bytes);
+    let from_d = report
+        .from_peers
+        .iter()
+        .find(|(p, _)| *p == d.node.peer_id())
+        .map(|(_, b)| *b);
+    assert!(from_d.unwrap_or(0) > 0, "{report:?}");
+}
+
+/// A peer that speaks Bitswap dishonestly.
+mod evil {
+    use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
+    use shoal_node::libp2p::{self, Multiaddr, PeerId, StreamProtocol, noise, tcp, yamux};
+    use shoal_protocol::bitswap::wire::FrameDecoder;
+    use shoal_protocol::bitswap::{Message, Presence, WantType, WireBlock};
+
+    #[derive(Clone, Copy)]
+    pub enum Mode {
+        /// Claims every block and sends corrupted bytes for it.
+        CorruptBlocks,
+        /// Declares a 1 GiB message.
+        Oversized,
+        /// Sends a frame that is not a protobuf message.
+        Garbage,
+    }
+
+    pub struct Evil {
+        pub peer: PeerId,
+        pub addr: Multiaddr,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    impl Drop for Evil {
+        fn drop(&mut self) {
+            self.task.abort();
+        }
+    }
+
+    const PROTOCOL: StreamProtocol = StreamProtocol::new("/ipfs/bitswap/1.2.0");
+
+    pub async fn start(mode: Mode) -> Evil {
+        let mut swarm = libp2p::SwarmBuilder::with_new_identity()
+            .with_tokio()
+            .with_tcp(
+                tcp::Config::default(),
+                noise::Config::new,
+                yamux::Config::default,
+            )
+            .unwrap()
+            .with_behaviour(|_| libp2p_stream::Behaviour::new())
+            .unwrap()
+            .with_swarm_config(|c| {
+                c.with_idle_connection_timeout(std::time::Duration::from_secs(60))
+            })
+            .build();
+        swarm
+            .listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap())
+            .unwrap();
+        let addr = loop {
+            if let libp2p::swarm::SwarmEvent::NewListenAddr { address, .. } =
+                swarm.select_next_some().await
+            {
+                break address;
+            }
+        };
+        let peer = *swarm.local_peer_id();
+        let mut control = swarm.behaviour().new_control();
+        let mut incoming = control.accept(PROTOCOL).unwrap();
+        let task = tokio::spawn(async move {
+            let drive = async move {
+                loop {
+                    swarm.select_next_some().await;
+                }
+            };
+            let serve = async move {
+                while let Some((from, mut stream)) = incoming.next().await {
+                    let mut control = control.clone();
+                    tokio::spawn(async move {
+                        let mut out = match control.open_stream(from, PROTOCOL).await {
+                            Ok(s) => s,
+                            Err(_) => return,
+                        };
+                        match mode {
+                            Mode::Oversized => {
+                                // A length prefix of 1 GiB, then a trickle.
+                                let _ = out.write_all(&[0x80, 0x80, 0x80, 0x80, 0x04]).await;
+                                let _ = out.write_all(&[0u8; 1024]).await;
+                                let _ = out.flush().await;
+                                return;
+                            }
+                            Mode::Garbage => {
+                                let _ = out.write_all(&[0x05, 0x0b, 0xff, 0xff, 0xff, 0xff]).await;
+                                let _ = out.flush().await;
+                                return;
+                            }
+                            Mode::CorruptBlocks => {}
+                        }
+                        let mut frames = FrameDecoder::default();
+                        let mut buf = vec![0u8; 64 << 10];
+                        loop {
+                            let n = match stream.read(&mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => n,
+                            };
+                            frames.extend(&buf[..n]);
+                            while let Ok(Some(frame)) = frames.next_frame() {
+                                let Ok(msg) = Message::decode(&frame) else {
+                                    return;
+                                };
+                                let mut reply = Message::default();
+                                for want in msg.wantlist.iter().filter(|w| !w.cancel) {
+                                    match want.want_type {
+                                        WantType::Have => {
+                                            reply.presences.push((want.cid, Presence::Have))
+                                        }
+                                        WantType::Block => reply.blocks.push(WireBlock {
+                                            cid: want.cid,
+                                            data: b"corrupted bytes, not the block".to_vec(),
+                                        }),
+                                    }
+                                }
+                                if !reply.is_empty()
+                                    && out.write_all(&reply.encode_framed()).await.is_err()
+                                {
+                                    return;
+                                }
+                                let _ = out.flush().await;
+                            }
+                        }
+                    });
+                }
+            };
+            tokio::join!(drive, serve);
+        });
+        Evil {
+            peer,
+            addr: addr.with(libp2p::multiaddr::Protocol::P2p(peer)),
+            task,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_sending_corrupted_blocks_is_banned_and_honest_peers_finish_the_fetch() {
+    let sb = Sandbox::new();
+    let a = start("tcp", None).await;
+    let (root, bytes) = import(&sb, &a.node, 4_000_000, 11);
+    let liar = evil::start(evil::Mode::CorruptBlocks).await;
+    let e = start("tcp", None).await;
+    // E knows the liar first, and A.
+    e.node.dial(liar.addr.clone()).await.unwrap();
+    e.node.dial(a.addr.clone()).await.unwrap();
+    let report = tokio::time::timeout(FETCH_TIMEOUT, e.node.fetch(root))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(read_back(&e.node, &root), bytes);
+    assert!(e.node.banned().await.unwrap().contains(&liar.peer));
+    assert!(!e.node.peers().await.unwrap().contains(&liar.peer));
+    assert!(report.from_peers.iter().all(|(p, _)| *p != liar.peer));
+    // Nothing the liar sent is in E's store: every stored block verifies.
+    assert_eq!(e.node.store().verify_all().unwrap(), Vec::<Cid>::new());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_and_malformed_messages_get_the_sender_banned() {
+    for mode in [evil::Mode::Oversized, evil::Mode::Garbage] {
+        let bad = evil::start(mode).await;
+        let e = start("tcp", None).await;
+        e.node.dial(bad.addr.clone()).await.unwrap();
+        // The evil peer speaks when E opens a stream to it: ask for
+        // something so E does.
+        let unknown =
+            shoal_protocol::block::cid_of(shoal_protocol::block::Codec::DagCbor, b"nothing");
+        let fetch = tokio::spawn({
+            let e = e.node.clone();
+            async move { e.fetch(unknown).await }
+        });
+        let mut banned = false;
+        for _ in 0..200 {
+            if e.node.banned().await.unwrap().contains(&bad.peer) {
+                banned = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        assert!(banned, "the peer was not banned");
+        fetch.abort();
+        // E still works: a fresh honest peer serves it.
+        let sb = Sandbox::new();
+        let a = start("tcp", None).await;
+        let (root, bytes) = import(&sb, &a.node, 500_000, 2);
+        e.node.dial(a.addr.clone()).await.unwrap();
+        tokio::time::timeout(FETCH_TIMEOUT, e.node.fetch(root))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(read_back(&e.node, &root), bytes);
+    }
+}
