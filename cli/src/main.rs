@@ -1,18 +1,27 @@
 //! `shoal`: the command-line interface of a shoal node.
+//!
+//! Every command works on a repo. While a daemon holds the repo, commands
+//! go through its HTTP API (and `get`, `cat` and `export-hls` fetch what
+//! the repo lacks from the network); otherwise they open the repo
+//! themselves.
 
+mod client;
 mod progress;
-mod repo;
 
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
+use shoal_node::api::{self, AddResult, IdResult, RepoStat};
+use shoal_node::daemon::{Daemon, DaemonOptions};
+use shoal_node::libp2p::Multiaddr;
+use shoal_node::repo::{self, Repo, RepoPaths};
 use shoal_protocol::block::{Cid, parse_cid};
-use shoal_storage::{assemble, import};
+use shoal_storage::assemble;
 
-use crate::repo::Repo;
+use crate::client::Client;
 
 #[derive(Parser)]
 #[command(name = "shoal", version, about = "A peer-to-peer video delivery node")]
@@ -28,6 +37,17 @@ struct Cli {
 enum Command {
     /// Create a repo (does nothing to one that exists)
     Init,
+    /// Run the node and its HTTP API until interrupted
+    Daemon(DaemonArgs),
+    /// Show this node's peer id and listen addresses
+    Id {
+        #[arg(long)]
+        json: bool,
+    },
+    /// List connected peers (needs a running daemon)
+    Peers,
+    /// Connect to a peer (needs a running daemon)
+    Connect { multiaddr: String },
     /// Import a file, or an HLS VOD presentation with --hls; prints the root CID
     Add(AddArgs),
     /// Write a stream's bytes to a file
@@ -51,6 +71,22 @@ enum Command {
     /// Inspect and maintain the repo
     #[command(subcommand)]
     Repo(RepoCommand),
+}
+
+#[derive(Args)]
+struct DaemonArgs {
+    /// Address to listen on (repeatable) [default: from config.toml]
+    #[arg(long, value_name = "MULTIADDR")]
+    listen: Vec<String>,
+    /// Peer to join the network through, with /p2p/<peer id> (repeatable)
+    #[arg(long, value_name = "MULTIADDR")]
+    bootstrap: Vec<String>,
+    /// Address of the HTTP API [default: from config.toml, 127.0.0.1:5080]
+    #[arg(long, value_name = "HOST:PORT")]
+    api: Option<String>,
+    /// Do not look for peers on the local network
+    #[arg(long)]
+    no_mdns: bool,
 }
 
 #[derive(Args)]
@@ -143,10 +179,34 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
     })
 }
 
+/// Where a command is carried out.
+enum Backend {
+    Local(Repo),
+    Daemon(Client),
+}
+
+fn backend(dir: &Path) -> Result<Backend> {
+    let paths = RepoPaths::load(dir)?;
+    if let Some(url) = paths.daemon_api()
+        && let Some(client) = Client::connect(&url, paths.config.api.token.clone())?
+    {
+        return Ok(Backend::Daemon(client));
+    }
+    Ok(Backend::Local(Repo::open(dir)?))
+}
+
+fn daemon_only(dir: &Path, what: &str) -> Result<Client> {
+    match backend(dir)? {
+        Backend::Daemon(client) => Ok(client),
+        Backend::Local(_) => bail!("{what} needs a running daemon; start one with `shoal daemon`"),
+    }
+}
+
 fn run(cli: Cli) -> Result<()> {
     let dir = match cli.repo {
         Some(dir) => dir,
-        None => repo::default_dir()?,
+        None => repo::default_dir()
+            .context("no data folder is known for this user; pass --repo DIR or set SHOAL_REPO")?,
     };
     match cli.command {
         Command::Init => {
@@ -157,28 +217,67 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Add(args) => add(&Repo::open(&dir)?, args),
-        Command::Get { cid, output } => get(&Repo::open(&dir)?, &cid, &output),
+        Command::Daemon(args) => daemon(&dir, args),
+        Command::Id { json } => id(&dir, json),
+        Command::Peers => {
+            let v: serde_json::Value = daemon_only(&dir, "peers")?.get("peers", &[])?;
+            for p in v["peers"].as_array().into_iter().flatten() {
+                println!("{}", p.as_str().unwrap_or_default());
+            }
+            Ok(())
+        }
+        Command::Connect { multiaddr } => {
+            multiaddr
+                .parse::<Multiaddr>()
+                .with_context(|| format!("invalid multiaddr {multiaddr:?}"))?;
+            let v: serde_json::Value =
+                daemon_only(&dir, "connect")?.post("connect", &[("arg", &multiaddr)])?;
+            println!("connected to {}", v["peer_id"].as_str().unwrap_or_default());
+            Ok(())
+        }
+        Command::Add(args) => add(&backend(&dir)?, args),
+        Command::Get { cid, output } => {
+            let cid = cid_arg(&cid)?;
+            get(&backend(&dir)?, &cid, &output)
+        }
         Command::Cat { cid } => {
             let cid = cid_arg(&cid)?;
-            let repo = Repo::open(&dir)?;
             let mut out = io::BufWriter::with_capacity(1 << 20, io::stdout().lock());
-            assemble::write_stream(&repo.store, &cid, &mut out, &mut |_| {})?;
+            match backend(&dir)? {
+                Backend::Local(repo) => {
+                    assemble::write_stream(&repo.store, &cid, &mut out, &mut |_| {})?;
+                }
+                Backend::Daemon(client) => {
+                    client.cat(&cid.to_string(), &mut out, &mut |_| {})?;
+                }
+            }
             Ok(())
         }
         Command::ExportHls { cid, dir: out } => {
             let cid = cid_arg(&cid)?;
-            let repo = Repo::open(&dir)?;
-            let stream = assemble::load_stream(&repo.store, &cid)?;
-            let bar = progress::bytes(stream.size, "exporting");
-            let entry =
-                assemble::export_hls(&repo.store, &cid, &out, &mut |n| bar.set_position(n))?;
-            bar.finish_and_clear();
-            println!("{}", entry.display());
+            match backend(&dir)? {
+                Backend::Local(repo) => {
+                    let stream = assemble::load_stream(&repo.store, &cid)?;
+                    let bar = progress::bytes(stream.size, "exporting");
+                    let entry = assemble::export_hls(&repo.store, &cid, &out, &mut |n| {
+                        bar.set_position(n)
+                    })?;
+                    bar.finish_and_clear();
+                    println!("{}", entry.display());
+                }
+                Backend::Daemon(client) => {
+                    let out = absolute(&out)?;
+                    let v: serde_json::Value = client.post(
+                        "export-hls",
+                        &[("arg", &cid.to_string()), ("dir", &out.to_string_lossy())],
+                    )?;
+                    println!("{}", v["entry"].as_str().unwrap_or_default());
+                }
+            }
             Ok(())
         }
-        Command::Pin(cmd) => pin(&Repo::open(&dir)?, cmd),
-        Command::Repo(cmd) => repo_cmd(&Repo::open(&dir)?, cmd),
+        Command::Pin(cmd) => pin(&backend(&dir)?, cmd),
+        Command::Repo(cmd) => repo_cmd(&backend(&dir)?, cmd),
     }
 }
 
@@ -186,58 +285,131 @@ fn cid_arg(text: &str) -> Result<Cid> {
     parse_cid(text).map_err(anyhow::Error::msg)
 }
 
-fn add(repo: &Repo, args: AddArgs) -> Result<()> {
-    let mut options = repo.config.import.options();
-    options.k = args.k.unwrap_or(options.k);
-    options.m = args.m.unwrap_or(options.m);
-    options.segment_size = args.segment_size.unwrap_or(options.segment_size);
-    if args.hls {
-        options.validate_coding()?;
-    } else {
-        options.validate()?;
-    }
-    let total = if args.hls {
-        0
-    } else {
-        std::fs::metadata(&args.path)
-            .with_context(|| format!("{}", args.path.display()))?
-            .len()
+fn absolute(path: &Path) -> Result<PathBuf> {
+    std::path::absolute(path).with_context(|| format!("{}", path.display()))
+}
+
+fn daemon(dir: &Path, args: DaemonArgs) -> Result<()> {
+    let parse = |texts: &[String], what: &str| -> Result<Vec<Multiaddr>> {
+        texts
+            .iter()
+            .map(|t| t.parse().with_context(|| format!("invalid {what} {t:?}")))
+            .collect()
     };
-    let bar = progress::bytes(total, "adding");
-    let mut on_progress = |n: u64| {
-        if n > bar.length().unwrap_or(0) {
-            bar.set_length(n);
+    let options = DaemonOptions {
+        listen: parse(&args.listen, "listen address")?,
+        bootstrap: parse(&args.bootstrap, "bootstrap address")?,
+        api: args.api,
+        mdns: args.no_mdns.then_some(false),
+    };
+    let rt = tokio::runtime::Runtime::new().context("starting the runtime")?;
+    rt.block_on(async {
+        let daemon = Daemon::start(dir, options).await?;
+        let addrs = daemon.node.listen_addrs().await?;
+        let peer = daemon.node.peer_id();
+        println!("peer id: {peer}");
+        for addr in &addrs {
+            println!("listening on {addr}/p2p/{peer}");
         }
-        bar.set_position(n);
+        println!("api: http://{}", daemon.api_addr);
+        println!("daemon ready");
+        io::stdout().flush()?;
+        daemon.run_until_signal().await?;
+        anyhow::Ok(())
+    })?;
+    println!("daemon stopped");
+    Ok(())
+}
+
+fn id(dir: &Path, json: bool) -> Result<()> {
+    let result = match backend(dir)? {
+        Backend::Daemon(client) => client.get::<IdResult>("id", &[])?,
+        Backend::Local(repo) => {
+            let key = shoal_node::identity::load_or_create(&repo.paths.identity())?;
+            IdResult {
+                peer_id: key.public().to_peer_id().to_string(),
+                addrs: Vec::new(),
+            }
+        }
     };
-    let imported = if args.hls {
-        import::import_hls(&repo.store, &args.path, &options, &mut on_progress)?
+    if json {
+        println!("{}", serde_json::to_string(&result)?);
     } else {
-        import::import_file(&repo.store, &args.path, &options, &mut on_progress)?
+        println!("{}", result.peer_id);
+        for addr in &result.addrs {
+            println!("{addr}");
+        }
+    }
+    Ok(())
+}
+
+fn add(backend: &Backend, args: AddArgs) -> Result<()> {
+    let result: AddResult = match backend {
+        Backend::Local(repo) => {
+            let mut options = repo.paths.config.import.options();
+            options.k = args.k.unwrap_or(options.k);
+            options.m = args.m.unwrap_or(options.m);
+            options.segment_size = args.segment_size.unwrap_or(options.segment_size);
+            if args.hls {
+                options.validate_coding()?;
+            } else {
+                options.validate()?;
+            }
+            let total = if args.hls {
+                0
+            } else {
+                std::fs::metadata(&args.path)
+                    .with_context(|| format!("{}", args.path.display()))?
+                    .len()
+            };
+            let bar = progress::bytes(total, "adding");
+            let mut on_progress = |n: u64| {
+                if n > bar.length().unwrap_or(0) {
+                    bar.set_length(n);
+                }
+                bar.set_position(n);
+            };
+            let result = api::add(
+                &repo.store,
+                &args.path,
+                args.hls,
+                &options,
+                &mut on_progress,
+            )?;
+            bar.finish_and_clear();
+            result
+        }
+        Backend::Daemon(client) => {
+            let path = absolute(&args.path)?;
+            let path = path.to_string_lossy();
+            let mut query: Vec<(&str, String)> = vec![("path", path.into_owned())];
+            if args.hls {
+                query.push(("hls", "true".into()));
+            }
+            if let Some(k) = args.k {
+                query.push(("k", k.to_string()));
+            }
+            if let Some(m) = args.m {
+                query.push(("m", m.to_string()));
+            }
+            if let Some(s) = args.segment_size {
+                query.push(("segment_size", s.to_string()));
+            }
+            let query: Vec<(&str, &str)> = query.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            client.post("add", &query)?
+        }
     };
-    bar.finish_and_clear();
     if args.json {
-        let details = serde_json::json!({
-            "root": imported.root.to_string(),
-            "kind": if args.hls { "hls-vod" } else { "file" },
-            "size": imported.size,
-            "segments": imported.segments,
-            "blocks": imported.blocks,
-            "k": options.k,
-            "m": options.m,
-        });
-        println!("{details}");
+        println!("{}", serde_json::to_string(&result)?);
     } else {
-        println!("{}", imported.root);
+        println!("{}", result.root);
     }
     Ok(())
 }
 
 /// Writes into a hidden temporary file beside `output` and renames it into
 /// place, so a failed `get` leaves no partial file.
-fn get(repo: &Repo, cid: &str, output: &Path) -> Result<()> {
-    let cid = cid_arg(cid)?;
-    let stream = assemble::load_stream(&repo.store, &cid)?;
+fn get(backend: &Backend, cid: &Cid, output: &Path) -> Result<()> {
     let name = output
         .file_name()
         .with_context(|| format!("{} is not a file path", output.display()))?
@@ -247,13 +419,30 @@ fn get(repo: &Repo, cid: &str, output: &Path) -> Result<()> {
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
+    let size = match backend {
+        Backend::Local(repo) => Some(assemble::load_stream(&repo.store, cid)?.size),
+        Backend::Daemon(_) => None,
+    };
     let tmp = parent.join(format!(".{name}.partial-{}", std::process::id()));
-    let bar = progress::bytes(stream.size, "getting");
+    let bar = progress::bytes(size.unwrap_or(0), "getting");
     let result = (|| -> Result<()> {
         let file =
             std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
         let mut out = io::BufWriter::with_capacity(1 << 20, file);
-        assemble::write_stream(&repo.store, &cid, &mut out, &mut |n| bar.set_position(n))?;
+        let mut on_progress = |n: u64| {
+            if n > bar.length().unwrap_or(0) {
+                bar.set_length(n);
+            }
+            bar.set_position(n);
+        };
+        match backend {
+            Backend::Local(repo) => {
+                assemble::write_stream(&repo.store, cid, &mut out, &mut on_progress)?;
+            }
+            Backend::Daemon(client) => {
+                client.cat(&cid.to_string(), &mut out, &mut on_progress)?;
+            }
+        }
         let file = out
             .into_inner()
             .map_err(|e| e.into_error())
@@ -270,21 +459,45 @@ fn get(repo: &Repo, cid: &str, output: &Path) -> Result<()> {
     result
 }
 
-fn pin(repo: &Repo, cmd: PinCommand) -> Result<()> {
-    match cmd {
-        PinCommand::Add { cid } => {
+fn pin(backend: &Backend, cmd: PinCommand) -> Result<()> {
+    match (cmd, backend) {
+        (PinCommand::Add { cid }, b) => {
             let cid = cid_arg(&cid)?;
-            repo.store.pin(&cid)?;
+            match b {
+                Backend::Local(repo) => repo.store.pin(&cid)?,
+                Backend::Daemon(c) => {
+                    c.post::<serde_json::Value>("pin/add", &[("arg", &cid.to_string())])?;
+                }
+            }
             println!("pinned {cid}");
         }
-        PinCommand::Rm { cid } => {
+        (PinCommand::Rm { cid }, b) => {
             let cid = cid_arg(&cid)?;
-            repo.store.unpin(&cid)?;
+            match b {
+                Backend::Local(repo) => repo.store.unpin(&cid)?,
+                Backend::Daemon(c) => {
+                    c.post::<serde_json::Value>("pin/rm", &[("arg", &cid.to_string())])?;
+                }
+            }
             println!("unpinned {cid}");
         }
-        PinCommand::Ls => {
+        (PinCommand::Ls, b) => {
+            let pins: Vec<String> = match b {
+                Backend::Local(repo) => {
+                    repo.store.pins()?.iter().map(ToString::to_string).collect()
+                }
+                Backend::Daemon(c) => {
+                    let v: serde_json::Value = c.get("pin/ls", &[])?;
+                    v["pins"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|p| p.as_str().map(str::to_owned))
+                        .collect()
+                }
+            };
             let mut out = io::stdout().lock();
-            for cid in repo.store.pins()? {
+            for cid in pins {
                 writeln!(out, "{cid}")?;
             }
         }
@@ -292,45 +505,69 @@ fn pin(repo: &Repo, cmd: PinCommand) -> Result<()> {
     Ok(())
 }
 
-fn repo_cmd(repo: &Repo, cmd: RepoCommand) -> Result<()> {
+fn repo_cmd(backend: &Backend, cmd: RepoCommand) -> Result<()> {
     match cmd {
         RepoCommand::Stat { json } => {
-            let s = repo.store.stat()?;
+            let s: RepoStat = match backend {
+                Backend::Local(repo) => api::repo_stat(&repo.store, &repo.paths.dir)?,
+                Backend::Daemon(c) => c.get("repo/stat", &[])?,
+            };
             if json {
-                let details = serde_json::json!({
-                    "path": repo.dir,
-                    "blocks": s.blocks,
-                    "bytes": s.bytes,
-                    "quota_bytes": s.quota,
-                    "pinned_roots": s.pinned_roots,
-                    "database_bytes": s.file_bytes,
-                });
-                println!("{details}");
+                println!("{}", serde_json::to_string(&s)?);
             } else {
-                println!("repo:          {}", repo.dir.display());
+                println!("repo:          {}", s.path.display());
                 println!("blocks:        {}", s.blocks);
                 println!("block bytes:   {}", s.bytes);
-                match s.quota {
+                match s.quota_bytes {
                     Some(q) => println!("quota bytes:   {q}"),
                     None => println!("quota bytes:   none"),
                 }
                 println!("pinned roots:  {}", s.pinned_roots);
-                println!("database size: {}", s.file_bytes);
+                println!("database size: {}", s.database_bytes);
             }
         }
         RepoCommand::Gc => {
-            let g = repo.store.gc()?;
-            println!("removed {} blocks ({} bytes)", g.blocks, g.bytes);
+            let (blocks, bytes) = match backend {
+                Backend::Local(repo) => {
+                    let g = repo.store.gc()?;
+                    (g.blocks, g.bytes)
+                }
+                Backend::Daemon(c) => {
+                    let v: serde_json::Value = c.post("repo/gc", &[])?;
+                    (
+                        v["blocks"].as_u64().unwrap_or(0),
+                        v["bytes"].as_u64().unwrap_or(0),
+                    )
+                }
+            };
+            println!("removed {blocks} blocks ({bytes} bytes)");
         }
         RepoCommand::Verify => {
-            let damaged = repo.store.verify_all()?;
+            let (damaged, path): (Vec<String>, String) = match backend {
+                Backend::Local(repo) => (
+                    repo.store
+                        .verify_all()?
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect(),
+                    repo.store.path().display().to_string(),
+                ),
+                Backend::Daemon(c) => {
+                    let v: serde_json::Value = c.post("repo/verify", &[])?;
+                    let list = v["damaged"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|p| p.as_str().map(str::to_owned))
+                        .collect();
+                    (list, "the daemon's repo".into())
+                }
+            };
             if !damaged.is_empty() {
-                let list: Vec<String> = damaged.iter().map(Cid::to_string).collect();
-                anyhow::bail!(
-                    "{} damaged block(s) in {}: {}",
+                bail!(
+                    "{} damaged block(s) in {path}: {}",
                     damaged.len(),
-                    repo.store.path().display(),
-                    list.join(", ")
+                    damaged.join(", ")
                 );
             }
             println!("every block matches its CID");

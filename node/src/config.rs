@@ -32,6 +32,10 @@ pub struct NodeConfig {
     pub segment_window: usize,
     /// A fetch with no progress for this long fails.
     pub fetch_stall_timeout: Duration,
+    /// A fetch that no known peer can complete, with the DHT search over,
+    /// fails after this long: long enough for content being added right
+    /// now to arrive, short enough that a wrong CID is reported quickly.
+    pub fetch_hopeless_grace: Duration,
     pub fetch: FetchConfig,
 }
 
@@ -53,6 +57,7 @@ impl Default for NodeConfig {
             ban_duration: Duration::from_secs(3600),
             segment_window: 8,
             fetch_stall_timeout: Duration::from_secs(30),
+            fetch_hopeless_grace: Duration::from_secs(5),
             fetch: FetchConfig::default(),
         }
     }

@@ -362,7 +362,12 @@ impl EventLoop {
         let timeout = self.config.fetch_stall_timeout;
         for job in &mut self.jobs {
             actions.extend(job.job.tick(now));
-            if let Some(e) = job.job.stalled(now, timeout) {
+            let give_up = self.config.fetch_hopeless_grace;
+            if let Some(e) = job
+                .job
+                .stalled(now, timeout)
+                .or_else(|| job.job.hopeless(now, give_up))
+            {
                 job.job.fail(e);
             }
         }
@@ -479,8 +484,19 @@ impl EventLoop {
             SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
                 id,
                 result,
+                step,
                 ..
-            })) => self.on_kad_result(id, result),
+            })) => {
+                self.on_kad_result(id, result);
+                if step.last
+                    && let Some(root) = self.provider_queries.remove(&id)
+                {
+                    for job in self.jobs.iter_mut().filter(|j| j.job.root == root) {
+                        job.job.providers_searched();
+                    }
+                    self.finish_jobs();
+                }
+            }
             _ => {}
         }
     }
@@ -520,9 +536,6 @@ impl EventLoop {
                     }
                 }
                 self.run_actions(actions);
-            }
-            kad::QueryResult::GetProviders(_) => {
-                self.provider_queries.remove(&id);
             }
             _ => {}
         }

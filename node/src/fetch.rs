@@ -61,6 +61,10 @@ pub(crate) struct FetchJob {
     blocks_fetched: u64,
     bytes_fetched: u64,
     failure: Option<NodeError>,
+    /// Whether the DHT search for providers has finished.
+    providers_searched: bool,
+    /// Since when no known peer could complete the fetch.
+    hopeless_since: Option<Instant>,
 }
 
 pub(crate) type Actions = Vec<FetchAction<PeerId>>;
@@ -90,6 +94,8 @@ impl FetchJob {
             blocks_fetched: 0,
             bytes_fetched: 0,
             failure: None,
+            providers_searched: false,
+            hopeless_since: None,
         };
         let mut actions = Vec::new();
         if store.has(&root)? {
@@ -337,6 +343,50 @@ impl FetchJob {
                 && self.groups.is_empty()
                 && self.manifests.is_empty()
                 && self.segments.is_empty()
+        })
+    }
+
+    /// The DHT search for providers has finished: no new candidate will
+    /// come from it.
+    pub(crate) fn providers_searched(&mut self) {
+        self.providers_searched = true;
+    }
+
+    /// The error to fail with when, for `grace`, every known peer has
+    /// answered and together they cannot complete some group, and the DHT
+    /// has no more providers to offer.
+    pub(crate) fn hopeless(
+        &mut self,
+        now: Instant,
+        grace: std::time::Duration,
+    ) -> Option<NodeError> {
+        let stuck = self
+            .groups
+            .values()
+            .find(|g| g.fetch.is_stuck())
+            .filter(|_| self.providers_searched);
+        let Some(stuck) = stuck else {
+            self.hopeless_since = None;
+            return None;
+        };
+        let since = *self.hopeless_since.get_or_insert(now);
+        if now.duration_since(since) < grace {
+            return None;
+        }
+        let what = match stuck.kind {
+            GroupKind::Root => "the root manifest".to_string(),
+            GroupKind::Manifest { position } => format!("the manifest of segment {position}"),
+            GroupKind::Shards { position } => format!(
+                "enough shards of segment {position} ({} found)",
+                stuck.fetch.received().len()
+            ),
+        };
+        Some(NodeError::Fetch {
+            root: self.root,
+            detail: format!(
+                "none of the {} reachable peer(s) has {what}",
+                self.candidates.len()
+            ),
         })
     }
 

@@ -12,12 +12,15 @@
 // user can act on them; they are returned on cold paths only.
 #![allow(clippy::result_large_err)]
 
+pub mod api;
 mod behaviour;
 mod bitswap;
 pub mod config;
+pub mod daemon;
 mod event_loop;
 mod fetch;
 pub mod identity;
+pub mod repo;
 
 use std::collections::HashMap;
 use std::path::PathBuf;

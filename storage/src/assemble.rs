@@ -51,6 +51,34 @@ pub fn load_stream(store: &Blockstore, root: &Cid) -> Result<StreamManifest, Ass
     })
 }
 
+/// Whether the store holds the whole stream: its root, every segment
+/// manifest, and at least `k` shards of every segment.
+pub fn is_complete(store: &Blockstore, root: &Cid) -> Result<bool, AssembleError> {
+    let stream = match load_stream(store, root) {
+        Ok(stream) => stream,
+        Err(AssembleError::NotFound(_)) => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    for cid in stream.segment_links() {
+        let Some(bytes) = store.get(&cid)? else {
+            return Ok(false);
+        };
+        let Ok(manifest) = SegmentManifest::from_block(&bytes) else {
+            return Ok(false);
+        };
+        let mut present = 0;
+        for shard in &manifest.shards {
+            if store.has(shard)? {
+                present += 1;
+            }
+        }
+        if present < usize::from(manifest.k) {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
 /// Reads a segment manifest; `position` names the segment in errors.
 pub fn load_segment(
     store: &Blockstore,

@@ -1,0 +1,130 @@
+//! Talking to a running daemon over its HTTP API.
+
+use std::io::Write;
+
+use anyhow::{Context, Result, bail};
+use futures::StreamExt;
+use serde::de::DeserializeOwned;
+
+/// A daemon's API.
+pub struct Client {
+    base: String,
+    token: Option<String>,
+    http: reqwest::Client,
+    rt: tokio::runtime::Runtime,
+}
+
+impl Client {
+    /// Connects to the daemon at `base` (`http://host:port`), or `None` if
+    /// nothing answers there (a daemon that stopped without cleaning up).
+    pub fn connect(base: &str, token: Option<String>) -> Result<Option<Client>> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting the HTTP client")?;
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .context("starting the HTTP client")?;
+        let client = Client {
+            base: base.trim_end_matches('/').to_owned(),
+            token,
+            http,
+            rt,
+        };
+        let probe = client
+            .rt
+            .block_on(client.request(reqwest::Method::GET, "id", &[]).send());
+        Ok(probe.ok().map(|_| client))
+    }
+
+    fn request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        query: &[(&str, &str)],
+    ) -> reqwest::RequestBuilder {
+        let mut r = self
+            .http
+            .request(method, format!("{}/api/v0/{path}", self.base))
+            .query(query);
+        if let Some(token) = &self.token {
+            r = r.bearer_auth(token);
+        }
+        r
+    }
+
+    async fn checked(response: reqwest::Response) -> Result<reqwest::Response> {
+        if response.status().is_success() {
+            return Ok(response);
+        }
+        let status = response.status();
+        let text = response.text().await.unwrap_or_default();
+        let message = serde_json::from_str::<serde_json::Value>(&text)
+            .ok()
+            .and_then(|v| v["error"].as_str().map(str::to_owned))
+            .unwrap_or_else(|| format!("daemon answered {status}: {text}"));
+        bail!("{message}")
+    }
+
+    fn call<T: DeserializeOwned>(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        query: &[(&str, &str)],
+    ) -> Result<T> {
+        self.rt.block_on(async {
+            let response = self
+                .request(method, path, query)
+                .send()
+                .await
+                .context("the daemon did not answer")?;
+            let response = Self::checked(response).await?;
+            response
+                .json::<T>()
+                .await
+                .context("reading the daemon's answer")
+        })
+    }
+
+    pub fn get<T: DeserializeOwned>(&self, path: &str, query: &[(&str, &str)]) -> Result<T> {
+        self.call(reqwest::Method::GET, path, query)
+    }
+
+    pub fn post<T: DeserializeOwned>(&self, path: &str, query: &[(&str, &str)]) -> Result<T> {
+        self.call(reqwest::Method::POST, path, query)
+    }
+
+    /// Streams a stream's bytes into `out`; returns how many were written.
+    pub fn cat(
+        &self,
+        cid: &str,
+        out: &mut dyn Write,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<u64> {
+        self.rt.block_on(async {
+            let response = self
+                .request(reqwest::Method::GET, "cat", &[("arg", cid)])
+                .send()
+                .await
+                .context("the daemon did not answer")?;
+            let response = Self::checked(response).await?;
+            let expected = response.content_length();
+            let mut body = response.bytes_stream();
+            let mut written = 0u64;
+            while let Some(chunk) = body.next().await {
+                let chunk = chunk.context("the daemon stopped sending the stream")?;
+                out.write_all(&chunk)?;
+                written += chunk.len() as u64;
+                progress(written);
+            }
+            if let Some(expected) = expected
+                && expected != written
+            {
+                bail!("the daemon sent {written} of {expected} bytes");
+            }
+            out.flush()?;
+            Ok(written)
+        })
+    }
+}

@@ -1,0 +1,412 @@
+//! The daemon's HTTP API: JSON under `/api/v0/`.
+//!
+//! Loopback only unless an access token is configured; with a token every
+//! request must carry `Authorization: Bearer <token>`. Errors are JSON
+//! `{"error": "..."}` with a 4xx or 5xx status. The response types are
+//! shared with the CLI, which prints the same JSON whether it went through
+//! a daemon or opened the repo itself.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Query, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use shoal_protocol::block::{Cid, parse_cid};
+use shoal_storage::{AssembleError, Blockstore, ImportError, ImportOptions, StoreError};
+
+use crate::{Node, NodeError};
+
+/// What `add` reports.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AddResult {
+    pub root: String,
+    pub kind: String,
+    pub size: u64,
+    pub segments: u64,
+    pub blocks: u64,
+    pub k: u16,
+    pub m: u16,
+}
+
+/// What `repo stat` reports.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RepoStat {
+    pub path: PathBuf,
+    pub blocks: u64,
+    pub bytes: u64,
+    pub quota_bytes: Option<u64>,
+    pub pinned_roots: u64,
+    pub database_bytes: u64,
+}
+
+/// What `id` reports.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct IdResult {
+    pub peer_id: String,
+    pub addrs: Vec<String>,
+}
+
+/// Imports a file or HLS presentation and reports it (used by the API and
+/// by the CLI when no daemon runs).
+pub fn add(
+    store: &Blockstore,
+    path: &std::path::Path,
+    hls: bool,
+    options: &ImportOptions,
+    progress: &mut dyn FnMut(u64),
+) -> Result<AddResult, ImportError> {
+    let imported = if hls {
+        shoal_storage::import_hls(store, path, options, progress)?
+    } else {
+        shoal_storage::import_file(store, path, options, progress)?
+    };
+    Ok(AddResult {
+        root: imported.root.to_string(),
+        kind: if hls { "hls-vod" } else { "file" }.into(),
+        size: imported.size,
+        segments: imported.segments,
+        blocks: imported.blocks,
+        k: options.k,
+        m: options.m,
+    })
+}
+
+/// The store's totals as reported by `repo stat`.
+pub fn repo_stat(store: &Blockstore, dir: &std::path::Path) -> Result<RepoStat, StoreError> {
+    let s = store.stat()?;
+    Ok(RepoStat {
+        path: dir.to_owned(),
+        blocks: s.blocks,
+        bytes: s.bytes,
+        quota_bytes: s.quota,
+        pinned_roots: s.pinned_roots,
+        database_bytes: s.file_bytes,
+    })
+}
+
+pub(crate) struct ApiState {
+    pub(crate) node: Node,
+    pub(crate) dir: PathBuf,
+    pub(crate) import: ImportOptions,
+    pub(crate) token: Option<String>,
+}
+
+/// An error as the API returns it.
+pub struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(serde_json::json!({ "error": self.1 }))).into_response()
+    }
+}
+
+fn bad_request(msg: impl Into<String>) -> ApiError {
+    ApiError(StatusCode::BAD_REQUEST, msg.into())
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        let status = match e {
+            StoreError::Missing(_) | StoreError::NotPinned(_) => StatusCode::NOT_FOUND,
+            StoreError::Pinned(_) | StoreError::QuotaExceeded { .. } => StatusCode::CONFLICT,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError(status, e.to_string())
+    }
+}
+
+impl From<ImportError> for ApiError {
+    fn from(e: ImportError) -> Self {
+        match e {
+            ImportError::Store(s) => s.into(),
+            other => bad_request(other.to_string()),
+        }
+    }
+}
+
+impl From<AssembleError> for ApiError {
+    fn from(e: AssembleError) -> Self {
+        let status = match e {
+            AssembleError::NotFound(_) => StatusCode::NOT_FOUND,
+            AssembleError::NotAStream { .. } | AssembleError::Io { .. } => StatusCode::BAD_REQUEST,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError(status, e.to_string())
+    }
+}
+
+impl From<NodeError> for ApiError {
+    fn from(e: NodeError) -> Self {
+        let status = match e {
+            NodeError::Fetch { .. } => StatusCode::NOT_FOUND,
+            NodeError::Dial { .. } => StatusCode::BAD_GATEWAY,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError(status, e.to_string())
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+#[derive(Deserialize)]
+struct Arg {
+    arg: String,
+}
+
+fn cid_arg(q: &Arg) -> ApiResult<Cid> {
+    parse_cid(&q.arg).map_err(bad_request)
+}
+
+/// Runs blocking store work off the async threads.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> ApiResult<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+}
+
+pub(crate) fn router(state: Arc<ApiState>) -> Router {
+    Router::new()
+        .route("/api/v0/id", get(id))
+        .route("/api/v0/peers", get(peers))
+        .route("/api/v0/connect", post(connect))
+        .route("/api/v0/add", post(add_handler))
+        .route("/api/v0/cat", get(cat))
+        .route("/api/v0/fetch", post(fetch))
+        .route("/api/v0/export-hls", post(export_hls))
+        .route("/api/v0/pin/add", post(pin_add))
+        .route("/api/v0/pin/rm", post(pin_rm))
+        .route("/api/v0/pin/ls", get(pin_ls))
+        .route("/api/v0/repo/stat", get(stat))
+        .route("/api/v0/repo/gc", post(gc))
+        .route("/api/v0/repo/verify", post(verify))
+        .layer(middleware::from_fn_with_state(state.clone(), authorize))
+        .with_state(state)
+}
+
+async fn authorize(State(state): State<Arc<ApiState>>, request: Request, next: Next) -> Response {
+    if let Some(token) = &state.token {
+        let given = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if given != Some(token.as_str()) {
+            return ApiError(
+                StatusCode::UNAUTHORIZED,
+                "missing or wrong access token".into(),
+            )
+            .into_response();
+        }
+    }
+    next.run(request).await
+}
+
+async fn id(State(s): State<Arc<ApiState>>) -> ApiResult<Json<IdResult>> {
+    let addrs = s.node.listen_addrs().await?;
+    Ok(Json(IdResult {
+        peer_id: s.node.peer_id().to_string(),
+        addrs: addrs.iter().map(ToString::to_string).collect(),
+    }))
+}
+
+async fn peers(State(s): State<Arc<ApiState>>) -> ApiResult<Json<serde_json::Value>> {
+    let peers: Vec<String> = s
+        .node
+        .peers()
+        .await?
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    Ok(Json(serde_json::json!({ "peers": peers })))
+}
+
+async fn connect(
+    State(s): State<Arc<ApiState>>,
+    Query(q): Query<Arg>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let addr: libp2p::Multiaddr = q
+        .arg
+        .parse()
+        .map_err(|e| bad_request(format!("invalid multiaddr {:?}: {e}", q.arg)))?;
+    let peer = s.node.dial(addr).await?;
+    Ok(Json(serde_json::json!({ "peer_id": peer.to_string() })))
+}
+
+#[derive(Deserialize)]
+struct AddQuery {
+    path: PathBuf,
+    #[serde(default)]
+    hls: bool,
+    k: Option<u16>,
+    m: Option<u16>,
+    segment_size: Option<usize>,
+}
+
+async fn add_handler(
+    State(s): State<Arc<ApiState>>,
+    Query(q): Query<AddQuery>,
+) -> ApiResult<Json<AddResult>> {
+    if !q.path.is_absolute() {
+        return Err(bad_request(format!(
+            "{} is not an absolute path",
+            q.path.display()
+        )));
+    }
+    let mut options = s.import;
+    options.k = q.k.unwrap_or(options.k);
+    options.m = q.m.unwrap_or(options.m);
+    options.segment_size = q.segment_size.unwrap_or(options.segment_size);
+    let store = s.node.store().clone();
+    let result = blocking(move || add(&store, &q.path, q.hls, &options, &mut |_| {})).await??;
+    let root = parse_cid(&result.root).map_err(bad_request)?;
+    s.node.provide(root).await?;
+    Ok(Json(result))
+}
+
+/// Makes sure the stream is complete in the store, fetching what is missing
+/// from the network.
+async fn ensure_local(s: &ApiState, root: Cid) -> ApiResult<()> {
+    let store = s.node.store().clone();
+    let complete = blocking(move || shoal_storage::assemble::is_complete(&store, &root)).await??;
+    if !complete {
+        s.node.fetch(root).await?;
+    }
+    Ok(())
+}
+
+async fn fetch(
+    State(s): State<Arc<ApiState>>,
+    Query(q): Query<Arg>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let root = cid_arg(&q)?;
+    let report = s.node.fetch(root).await?;
+    Ok(Json(serde_json::json!({
+        "root": root.to_string(),
+        "segments": report.segments,
+        "blocks_fetched": report.blocks_fetched,
+        "bytes_fetched": report.bytes_fetched,
+        "from_peers": report.from_peers.iter().map(|(p, b)| serde_json::json!({"peer": p.to_string(), "bytes": b})).collect::<Vec<_>>(),
+    })))
+}
+
+/// Chunks of a streamed response in flight: bounded, so a slow reader
+/// holds at most a few segments' worth of memory.
+const CAT_CHUNKS: usize = 4;
+
+async fn cat(State(s): State<Arc<ApiState>>, Query(q): Query<Arg>) -> ApiResult<Response> {
+    let root = cid_arg(&q)?;
+    ensure_local(&s, root).await?;
+    let store = s.node.store().clone();
+    // Errors that can be reported with a status come before the first byte.
+    let size = {
+        let store = store.clone();
+        blocking(move || shoal_storage::assemble::load_stream(&store, &root))
+            .await??
+            .size
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(CAT_CHUNKS);
+    tokio::task::spawn_blocking(move || {
+        let mut writer = ChannelWriter(tx.clone());
+        if let Err(e) = shoal_storage::write_stream(&store, &root, &mut writer, &mut |_| {}) {
+            let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
+        }
+    });
+    let body = Body::from_stream(futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    }));
+    Ok(([(header::CONTENT_LENGTH, size.to_string())], body).into_response())
+}
+
+/// A `Write` that hands its bytes to an async body.
+struct ChannelWriter(tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>);
+
+impl std::io::Write for ChannelWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .blocking_send(Ok(Bytes::copy_from_slice(buf)))
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::BrokenPipe))?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[derive(Deserialize)]
+struct ExportQuery {
+    arg: String,
+    dir: PathBuf,
+}
+
+async fn export_hls(
+    State(s): State<Arc<ApiState>>,
+    Query(q): Query<ExportQuery>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let root = parse_cid(&q.arg).map_err(bad_request)?;
+    if !q.dir.is_absolute() {
+        return Err(bad_request(format!(
+            "{} is not an absolute path",
+            q.dir.display()
+        )));
+    }
+    ensure_local(&s, root).await?;
+    let store = s.node.store().clone();
+    let entry =
+        blocking(move || shoal_storage::export_hls(&store, &root, &q.dir, &mut |_| {})).await??;
+    Ok(Json(serde_json::json!({ "entry": entry })))
+}
+
+async fn pin_add(
+    State(s): State<Arc<ApiState>>,
+    Query(q): Query<Arg>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let root = cid_arg(&q)?;
+    let store = s.node.store().clone();
+    blocking(move || store.pin(&root)).await??;
+    Ok(Json(serde_json::json!({ "pinned": root.to_string() })))
+}
+
+async fn pin_rm(
+    State(s): State<Arc<ApiState>>,
+    Query(q): Query<Arg>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let root = cid_arg(&q)?;
+    let store = s.node.store().clone();
+    blocking(move || store.unpin(&root)).await??;
+    Ok(Json(serde_json::json!({ "unpinned": root.to_string() })))
+}
+
+async fn pin_ls(State(s): State<Arc<ApiState>>) -> ApiResult<Json<serde_json::Value>> {
+    let store = s.node.store().clone();
+    let pins = blocking(move || store.pins()).await??;
+    let pins: Vec<String> = pins.iter().map(ToString::to_string).collect();
+    Ok(Json(serde_json::json!({ "pins": pins })))
+}
+
+async fn stat(State(s): State<Arc<ApiState>>) -> ApiResult<Json<RepoStat>> {
+    let store = s.node.store().clone();
+    let dir = s.dir.clone();
+    Ok(Json(blocking(move || repo_stat(&store, &dir)).await??))
+}
+
+async fn gc(State(s): State<Arc<ApiState>>) -> ApiResult<Json<serde_json::Value>> {
+    let store = s.node.store().clone();
+    let g = blocking(move || store.gc()).await??;
+    Ok(Json(
+        serde_json::json!({ "blocks": g.blocks, "bytes": g.bytes }),
+    ))
+}
+
+async fn verify(State(s): State<Arc<ApiState>>) -> ApiResult<Json<serde_json::Value>> {
+    let store = s.node.store().clone();
+    let damaged = blocking(move || store.verify_all()).await??;
+    let damaged: Vec<String> = damaged.iter().map(ToString::to_string).collect();
+    Ok(Json(serde_json::json!({ "damaged": damaged })))
+}

@@ -1,0 +1,179 @@
+//! `shoal daemon`: the node and its HTTP API, on a repo, until a signal.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use libp2p::Multiaddr;
+
+use crate::api::{self, ApiState};
+use crate::repo::{RepoError, RepoPaths};
+use crate::{Node, NodeConfig, NodeError, identity};
+
+/// Command-line settings that override `config.toml`.
+#[derive(Clone, Debug, Default)]
+pub struct DaemonOptions {
+    pub listen: Vec<Multiaddr>,
+    pub bootstrap: Vec<Multiaddr>,
+    pub api: Option<String>,
+    pub mdns: Option<bool>,
+}
+
+/// Why the daemon could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Repo(#[from] RepoError),
+    #[error(transparent)]
+    Node(#[from] NodeError),
+    #[error("invalid {what} {value:?}: {detail}")]
+    Setting {
+        what: &'static str,
+        value: String,
+        detail: String,
+    },
+    #[error(
+        "refusing to serve the API on {0} without an access token: set [api] token in config.toml, or use a loopback address"
+    )]
+    ApiNotLoopback(SocketAddr),
+    #[error("cannot serve the API on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// A started daemon.
+pub struct Daemon {
+    pub node: Node,
+    pub api_addr: SocketAddr,
+    listener: tokio::net::TcpListener,
+    paths: RepoPaths,
+}
+
+fn parse_addrs(what: &'static str, texts: &[String]) -> Result<Vec<Multiaddr>, DaemonError> {
+    texts
+        .iter()
+        .map(|t| {
+            t.parse()
+                .map_err(|e: libp2p::multiaddr::Error| DaemonError::Setting {
+                    what,
+                    value: t.clone(),
+                    detail: e.to_string(),
+                })
+        })
+        .collect()
+}
+
+impl Daemon {
+    /// Opens the repo, starts the node, binds the API and announces the
+    /// pinned streams.
+    pub async fn start(dir: &Path, options: DaemonOptions) -> Result<Daemon, DaemonError> {
+        let paths = RepoPaths::load(dir)?;
+        let store = Arc::new(paths.open_store()?);
+        let key = identity::load_or_create(&paths.identity())?;
+        let net = &paths.config.node;
+        let listen = if options.listen.is_empty() {
+            parse_addrs("listen address", &net.listen)?
+        } else {
+            options.listen.clone()
+        };
+        let mut bootstrap = parse_addrs("bootstrap address", &net.bootstrap)?;
+        bootstrap.extend(options.bootstrap.iter().cloned());
+        let config = NodeConfig {
+            listen,
+            bootstrap,
+            mdns: options.mdns.unwrap_or(net.mdns),
+            ..NodeConfig::default()
+        };
+        let api_text = options
+            .api
+            .clone()
+            .unwrap_or_else(|| paths.config.api.address.clone());
+        let api_addr: SocketAddr =
+            api_text
+                .parse()
+                .map_err(|e: std::net::AddrParseError| DaemonError::Setting {
+                    what: "API address",
+                    value: api_text.clone(),
+                    detail: e.to_string(),
+                })?;
+        if !api_addr.ip().is_loopback() && paths.config.api.token.is_none() {
+            return Err(DaemonError::ApiNotLoopback(api_addr));
+        }
+        let listener = tokio::net::TcpListener::bind(api_addr)
+            .await
+            .map_err(|source| DaemonError::Bind {
+                addr: api_addr,
+                source,
+            })?;
+        let api_addr = listener.local_addr().map_err(|source| DaemonError::Bind {
+            addr: api_addr,
+            source,
+        })?;
+        let node = Node::start(config, key, store.clone()).await?;
+        let pins = store.pins().map_err(RepoError::from)?;
+        for root in pins {
+            if let Err(e) = node.provide(root).await {
+                tracing::warn!(%root, error = %e, "cannot announce a pinned stream");
+            }
+        }
+        Ok(Daemon {
+            node,
+            api_addr,
+            listener,
+            paths,
+        })
+    }
+
+    /// Serves the API until SIGINT or SIGTERM, then shuts down cleanly: the
+    /// API stops, the node closes its connections, the store is closed and
+    /// the `api` file removed.
+    pub async fn run_until_signal(self) -> Result<(), DaemonError> {
+        let api_file = self.paths.api_file();
+        let url = format!("http://{}", self.api_addr);
+        std::fs::write(&api_file, format!("{url}\n")).map_err(|source| RepoError::Io {
+            path: api_file.clone(),
+            source,
+        })?;
+        let state = Arc::new(ApiState {
+            node: self.node.clone(),
+            dir: self.paths.dir.clone(),
+            import: self.paths.config.import.options(),
+            token: self.paths.config.api.token.clone(),
+        });
+        let app = api::router(state);
+        let served = axum::serve(self.listener, app)
+            .with_graceful_shutdown(signal())
+            .await;
+        let _ = std::fs::remove_file(&api_file);
+        self.node.shutdown().await;
+        served.map_err(|source| DaemonError::Bind {
+            addr: self.api_addr,
+            source,
+        })
+    }
+}
+
+async fn signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+    tracing::info!("signal received; shutting down");
+}

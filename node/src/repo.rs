@@ -1,0 +1,258 @@
+//! The repo folder: settings, identity and the block database.
+//!
+//! ```text
+//! <repo>/config.toml    settings (written by `shoal init`)
+//! <repo>/blocks.redb    every block, pin and counter
+//! <repo>/identity.key   the node's ed25519 key (mode 0600)
+//! <repo>/api            the address of the running daemon's API, if any
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use shoal_storage::{Blockstore, ImportOptions, StoreError, StoreOptions};
+
+const CONFIG: &str = "config.toml";
+const DATABASE: &str = "blocks.redb";
+const IDENTITY: &str = "identity.key";
+const API_FILE: &str = "api";
+
+/// What is wrong with a repo.
+#[derive(Debug, thiserror::Error)]
+pub enum RepoError {
+    #[error("no shoal repo at {0} (run `shoal init`, or point --repo / SHOAL_REPO at one)")]
+    NotInitialised(PathBuf),
+    #[error("{path} is invalid: {detail}")]
+    Config { path: PathBuf, detail: String },
+    #[error("the repo at {0} has no blocks.redb; it is damaged or was not initialised")]
+    NoDatabase(PathBuf),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> RepoError + '_ {
+    move |source| RepoError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// `config.toml`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub store: StoreConfig,
+    pub import: ImportConfig,
+    pub node: NetworkConfig,
+    pub api: ApiConfig,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// Most bytes of blocks to keep; unpinned blocks are evicted, least
+    /// recently used first. Absent: no limit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quota_bytes: Option<u64>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ImportConfig {
+    pub k: u16,
+    pub m: u16,
+    pub segment_size: usize,
+}
+
+impl Default for ImportConfig {
+    fn default() -> Self {
+        let d = ImportOptions::default();
+        ImportConfig {
+            k: d.k,
+            m: d.m,
+            segment_size: d.segment_size,
+        }
+    }
+}
+
+impl ImportConfig {
+    pub fn options(&self) -> ImportOptions {
+        ImportOptions {
+            k: self.k,
+            m: self.m,
+            segment_size: self.segment_size,
+        }
+    }
+}
+
+/// The `[node]` section: how the daemon joins the network.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NetworkConfig {
+    /// Multiaddrs to listen on.
+    pub listen: Vec<String>,
+    /// Multiaddrs (with `/p2p/<peer id>`) of peers to join through.
+    pub bootstrap: Vec<String>,
+    /// Find peers on the local network.
+    pub mdns: bool,
+}
+
+impl Default for NetworkConfig {
+    fn default() -> Self {
+        NetworkConfig {
+            // A fixed port (not 4001, which IPFS daemons use) so that a
+            // port forward or firewall rule keeps working across restarts.
+            listen: vec![
+                "/ip4/0.0.0.0/tcp/4101".into(),
+                "/ip4/0.0.0.0/udp/4101/quic-v1".into(),
+            ],
+            bootstrap: Vec::new(),
+            mdns: true,
+        }
+    }
+}
+
+/// The `[api]` section: the daemon's HTTP API.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// Address to serve on. Without a token only loopback addresses are
+    /// accepted: the API can read and write files as the daemon's user.
+    pub address: String,
+    /// Bearer token every request must carry; set it to serve beyond
+    /// loopback.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            address: "127.0.0.1:5080".into(),
+            token: None,
+        }
+    }
+}
+
+/// The repo folder used when neither `--repo` nor `SHOAL_REPO` is given:
+/// `$XDG_DATA_HOME/shoal` (`~/.local/share/shoal`) on Linux, the platform's
+/// data folder elsewhere.
+pub fn default_dir() -> Option<PathBuf> {
+    dirs::data_dir().map(|d| d.join("shoal"))
+}
+
+/// A repo's paths and settings, without opening the database.
+#[derive(Clone, Debug)]
+pub struct RepoPaths {
+    pub dir: PathBuf,
+    pub config: Config,
+}
+
+impl RepoPaths {
+    /// Reads the settings of an initialised repo.
+    pub fn load(dir: &Path) -> Result<RepoPaths, RepoError> {
+        let config_path = dir.join(CONFIG);
+        if !config_path.exists() {
+            return Err(RepoError::NotInitialised(dir.to_owned()));
+        }
+        let text = std::fs::read_to_string(&config_path).map_err(io_err(&config_path))?;
+        let invalid = |detail: String| RepoError::Config {
+            path: config_path.clone(),
+            detail: detail.replace('\n', " "),
+        };
+        let config: Config = toml::from_str(&text).map_err(|e| invalid(e.to_string()))?;
+        config
+            .import
+            .options()
+            .validate()
+            .map_err(|e| invalid(e.to_string()))?;
+        Ok(RepoPaths {
+            dir: dir.to_owned(),
+            config,
+        })
+    }
+
+    pub fn database(&self) -> PathBuf {
+        self.dir.join(DATABASE)
+    }
+
+    pub fn identity(&self) -> PathBuf {
+        self.dir.join(IDENTITY)
+    }
+
+    pub fn api_file(&self) -> PathBuf {
+        self.dir.join(API_FILE)
+    }
+
+    /// The API address a running daemon wrote, if any.
+    pub fn daemon_api(&self) -> Option<String> {
+        std::fs::read_to_string(self.api_file())
+            .ok()
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty())
+    }
+
+    /// Opens the block database (exclusively: one process at a time).
+    pub fn open_store(&self) -> Result<Blockstore, RepoError> {
+        let db = self.database();
+        if !db.exists() {
+            return Err(RepoError::NoDatabase(self.dir.clone()));
+        }
+        let options = StoreOptions {
+            quota: self.config.store.quota_bytes,
+            ..StoreOptions::default()
+        };
+        Ok(Blockstore::open(&db, &options)?)
+    }
+}
+
+/// An opened repo.
+pub struct Repo {
+    pub paths: RepoPaths,
+    pub store: Arc<Blockstore>,
+}
+
+impl Repo {
+    /// Creates the repo if it does not exist yet; returns whether it did.
+    pub fn init(dir: &Path) -> Result<bool, RepoError> {
+        let config_path = dir.join(CONFIG);
+        if config_path.exists() {
+            // Already a repo: make sure it opens, change nothing.
+            Repo::open(dir)?;
+            return Ok(false);
+        }
+        std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+        let text = format!(
+            "# shoal repo settings. Sizes are in bytes.\n{}",
+            toml::to_string(&Config::default()).map_err(|e| RepoError::Config {
+                path: config_path.clone(),
+                detail: e.to_string(),
+            })?
+        );
+        // The database and key first, the config last: a repo is
+        // initialised once its config exists, so an interrupted init is
+        // simply run again.
+        Blockstore::create(&dir.join(DATABASE), &StoreOptions::default())?;
+        crate::identity::load_or_create(&dir.join(IDENTITY)).map_err(|e| RepoError::Config {
+            path: dir.join(IDENTITY),
+            detail: e.to_string(),
+        })?;
+        let tmp = dir.join(format!(".{CONFIG}.tmp"));
+        std::fs::write(&tmp, text).map_err(io_err(&tmp))?;
+        std::fs::rename(&tmp, &config_path).map_err(io_err(&config_path))?;
+        Ok(true)
+    }
+
+    /// Opens an initialised repo.
+    pub fn open(dir: &Path) -> Result<Repo, RepoError> {
+        let paths = RepoPaths::load(dir)?;
+        let store = Arc::new(paths.open_store()?);
+        Ok(Repo { paths, store })
+    }
+}
