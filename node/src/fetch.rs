@@ -122,7 +122,10 @@ impl FetchJob {
             actions.extend(fetch.add_peer(*peer, now));
         }
         for cid in cids {
-            self.by_cid.entry(cid).or_default().push(id);
+            let ids = self.by_cid.entry(cid).or_default();
+            if !ids.contains(&id) {
+                ids.push(id);
+            }
         }
         self.groups.insert(id, Group { kind, fetch });
         id

@@ -54,7 +54,9 @@ pub enum FetchAction<P> {
 pub struct GroupFetch<P> {
     config: FetchConfig,
     cids: Vec<Cid>,
-    index: HashMap<Cid, usize>,
+    /// Positions of each CID: a segment's zero-padding shards are equal
+    /// blocks, so one CID may fill several positions.
+    index: HashMap<Cid, Vec<usize>>,
     need: usize,
     peers: HashSet<P>,
     has: HashMap<P, HashSet<usize>>,
@@ -71,7 +73,10 @@ impl<P: Clone + Eq + Hash> GroupFetch<P> {
     /// A fetch of any `need` of `cids` (in preference order: data shards
     /// first). `need` is clamped to `1..=cids.len()`.
     pub fn new(config: FetchConfig, cids: Vec<Cid>, need: usize) -> Self {
-        let index = cids.iter().enumerate().map(|(i, c)| (*c, i)).collect();
+        let mut index: HashMap<Cid, Vec<usize>> = HashMap::new();
+        for (i, c) in cids.iter().enumerate() {
+            index.entry(*c).or_default().push(i);
+        }
         let need = need.clamp(1, cids.len().max(1));
         GroupFetch {
             config,
@@ -131,8 +136,9 @@ impl<P: Clone + Eq + Hash> GroupFetch<P> {
         if self.is_complete() || !self.peers.insert(peer.clone()) {
             return out;
         }
+        let mut seen = HashSet::new();
         for (i, cid) in self.cids.iter().enumerate() {
-            if !self.done.contains(&i) {
+            if !self.done.contains(&i) && seen.insert(*cid) {
                 out.push(FetchAction::WantHave {
                     peer: peer.clone(),
                     cid: *cid,
@@ -151,22 +157,24 @@ impl<P: Clone + Eq + Hash> GroupFetch<P> {
         have: bool,
         now: Instant,
     ) -> Vec<FetchAction<P>> {
-        let Some(&i) = self.index.get(cid) else {
+        let Some(positions) = self.index.get(cid).cloned() else {
             return Vec::new();
         };
         if !self.peers.contains(peer) {
             return Vec::new();
         }
-        if have {
-            self.has.entry(peer.clone()).or_default().insert(i);
-        } else {
-            self.lacks.entry(peer.clone()).or_default().insert(i);
-            if self.has.get(peer).is_some_and(|s| s.contains(&i)) {
-                self.has.entry(peer.clone()).or_default().remove(&i);
-            }
-            // A DONT_HAVE for a want-block frees the slot at once.
-            if self.requested.get(&i).is_some_and(|(p, _)| p == peer) {
-                self.requested.remove(&i);
+        for i in positions {
+            if have {
+                self.has.entry(peer.clone()).or_default().insert(i);
+            } else {
+                self.lacks.entry(peer.clone()).or_default().insert(i);
+                if let Some(s) = self.has.get_mut(peer) {
+                    s.remove(&i);
+                }
+                // A DONT_HAVE for a want-block frees the slot at once.
+                if self.requested.get(&i).is_some_and(|(p, _)| p == peer) {
+                    self.requested.remove(&i);
+                }
             }
         }
         self.schedule(now)
@@ -174,11 +182,13 @@ impl<P: Clone + Eq + Hash> GroupFetch<P> {
 
     /// A verified block of the group arrived (from anyone).
     pub fn on_block(&mut self, cid: &Cid, now: Instant) -> Vec<FetchAction<P>> {
-        let Some(&i) = self.index.get(cid) else {
+        let Some(positions) = self.index.get(cid).cloned() else {
             return Vec::new();
         };
-        self.requested.remove(&i);
-        self.done.insert(i);
+        for i in positions {
+            self.requested.remove(&i);
+            self.done.insert(i);
+        }
         if self.is_complete() {
             return self.finish();
         }
@@ -229,8 +239,9 @@ impl<P: Clone + Eq + Hash> GroupFetch<P> {
         }
         self.cancelled = true;
         self.requested.clear();
+        let mut seen = HashSet::new();
         (0..self.cids.len())
-            .filter(|i| !self.done.contains(i))
+            .filter(|i| !self.done.contains(i) && seen.insert(self.cids[*i]))
             .map(|i| FetchAction::Cancel { cid: self.cids[i] })
             .collect()
     }
@@ -267,8 +278,13 @@ impl<P: Clone + Eq + Hash> GroupFetch<P> {
             // The first block (data shards come first) that is neither
             // received nor requested and that a usable peer has, from the
             // least loaded such peer.
+            let asked: HashSet<Cid> = self.requested.keys().map(|i| self.cids[*i]).collect();
             let pick = (0..self.cids.len())
-                .filter(|i| !self.done.contains(i) && !self.requested.contains_key(i))
+                .filter(|i| {
+                    !self.done.contains(i)
+                        && !self.requested.contains_key(i)
+                        && !asked.contains(&self.cids[*i])
+                })
                 .find_map(|i| self.holder(i, &load).map(|p| (i, p)));
             let Some((i, peer)) = pick else {
                 break;
@@ -390,6 +406,24 @@ mod tests {
         );
         let again = want_blocks(&g.on_presence(&2, &moved[0].1, false, t));
         assert!(again.iter().all(|(_, c)| *c != moved[0].1));
+    }
+
+    #[test]
+    fn equal_shards_count_once_each_position() {
+        // A short segment: three zero-padding shards share one CID.
+        let zero = cid_of(Codec::Raw, &[0u8; 64]);
+        let a = cid_of(Codec::Raw, b"a");
+        let cids = vec![a, zero, zero, zero, cid_of(Codec::Raw, b"p")];
+        let mut g = GroupFetch::new(FetchConfig::default(), cids.clone(), 4);
+        let t = Instant::now();
+        let asks = g.add_peer(1u32, t);
+        assert_eq!(asks.len(), 3, "one want-have per distinct CID");
+        for c in [a, zero] {
+            g.on_presence(&1, &c, true, t);
+        }
+        let _ = g.on_block(&zero, t);
+        let _ = g.on_block(&a, t);
+        assert!(g.is_complete());
     }
 
     #[test]

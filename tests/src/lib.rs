@@ -239,3 +239,99 @@ pub fn require_tool(name: &str) {
         "{name} is not installed; run ./scripts/test, which installs it"
     );
 }
+
+/// A `shoal daemon` running as a child process on a sandbox's repo. Dropping
+/// it sends SIGTERM and waits (SIGKILL after ten seconds).
+pub struct DaemonProcess {
+    child: Option<std::process::Child>,
+    /// A listen address with `/p2p/<peer id>`.
+    pub addr: String,
+    pub peer_id: String,
+    pub api: String,
+}
+
+impl Sandbox {
+    /// Starts `shoal daemon` on this sandbox's repo, on loopback with free
+    /// ports, and waits (at most 30 s) until it is ready.
+    pub fn start_daemon(&self, bootstrap: Option<&str>) -> DaemonProcess {
+        use std::io::BufRead;
+        let mut args = vec![
+            "daemon",
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--api",
+            "127.0.0.1:0",
+            "--no-mdns",
+        ];
+        if let Some(b) = bootstrap {
+            args.extend(["--bootstrap", b]);
+        }
+        let mut child = self
+            .command(&args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn shoal daemon");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut daemon = DaemonProcess {
+            child: Some(child),
+            addr: String::new(),
+            peer_id: String::new(),
+            api: String::new(),
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let line = rx
+                .recv_timeout(left)
+                .expect("the daemon became ready within 30 s");
+            if let Some(rest) = line.strip_prefix("listening on ") {
+                if daemon.addr.is_empty() {
+                    daemon.addr = rest.to_owned();
+                }
+            } else if let Some(rest) = line.strip_prefix("peer id: ") {
+                daemon.peer_id = rest.to_owned();
+            } else if let Some(rest) = line.strip_prefix("api: ") {
+                daemon.api = rest.to_owned();
+            } else if line == "daemon ready" {
+                break;
+            }
+        }
+        daemon
+    }
+}
+
+impl DaemonProcess {
+    /// Sends SIGTERM and waits for the exit status (SIGKILL after 10 s).
+    pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take()?;
+        // SAFETY: plain kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        child.wait().ok()
+    }
+}
+
+impl Drop for DaemonProcess {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
