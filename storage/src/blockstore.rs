@@ -327,6 +327,14 @@ impl Blockstore {
             .map(drop)
     }
 
+    /// Stores blocks in one transaction that does not wait for the disk:
+    /// after a crash they may be gone, never half there. The next durable
+    /// commit (any `put_many`, pin or import end) makes them permanent.
+    /// For blocks that can be fetched again, such as a download's.
+    pub fn put_many_lazily(&self, blocks: &[Block<'_>]) -> Result<(), StoreError> {
+        self.write_blocks(blocks, Durability::None, None).map(drop)
+    }
+
     /// Stores one block, checking that its bytes hash to its CID.
     pub fn put(&self, cid: &Cid, bytes: &[u8]) -> Result<(), StoreError> {
         self.put_many(&[Block::verified(*cid, bytes)?])
