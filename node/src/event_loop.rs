@@ -30,7 +30,8 @@ pub(crate) enum Command {
     Dial(Multiaddr, oneshot::Sender<Result<PeerId, NodeError>>),
     Peers(oneshot::Sender<Vec<PeerId>>),
     Provide(Cid, oneshot::Sender<Result<(), NodeError>>),
-    Fetch(Cid, oneshot::Sender<Result<FetchReport, NodeError>>),
+    /// Fetch a stream (`false`) or a single block (`true`).
+    Fetch(Cid, bool, oneshot::Sender<Result<FetchReport, NodeError>>),
     Banned(oneshot::Sender<Vec<PeerId>>),
     Shutdown(oneshot::Sender<()>),
 }
@@ -125,7 +126,7 @@ impl EventLoop {
                     }
                 }
             }
-            Command::Fetch(root, reply) => self.start_fetch(root, reply),
+            Command::Fetch(root, single, reply) => self.start_fetch(root, single, reply),
             Command::Banned(reply) => {
                 let _ = reply.send(self.banned.keys().copied().collect());
             }
@@ -143,10 +144,16 @@ impl EventLoop {
         self.apply(out);
     }
 
-    fn start_fetch(&mut self, root: Cid, reply: oneshot::Sender<Result<FetchReport, NodeError>>) {
+    fn start_fetch(
+        &mut self,
+        root: Cid,
+        single: bool,
+        reply: oneshot::Sender<Result<FetchReport, NodeError>>,
+    ) {
         let now = Instant::now();
         let (mut job, mut actions) = match FetchJob::new(
             root,
+            single,
             self.config.fetch.clone(),
             self.config.segment_window,
             &self.store,

@@ -31,9 +31,15 @@ pub struct FetchReport {
 }
 
 enum GroupKind {
+    /// One block wanted for itself, not as a stream root.
+    Single,
     Root,
-    Manifest { position: usize },
-    Shards { position: usize },
+    Manifest {
+        position: usize,
+    },
+    Shards {
+        position: usize,
+    },
 }
 
 struct Group {
@@ -70,8 +76,10 @@ pub(crate) struct FetchJob {
 pub(crate) type Actions = Vec<FetchAction<PeerId>>;
 
 impl FetchJob {
+    /// A fetch of `root` and, unless `single`, the whole stream below it.
     pub(crate) fn new(
         root: Cid,
+        single: bool,
         config: FetchConfig,
         segment_window: usize,
         store: &Blockstore,
@@ -98,7 +106,13 @@ impl FetchJob {
             hopeless_since: None,
         };
         let mut actions = Vec::new();
-        if store.has(&root)? {
+        if single {
+            if store.has(&root)? {
+                job.total_segments = Some(0);
+            } else {
+                job.add_group(GroupKind::Single, vec![root], 1, now, &mut actions);
+            }
+        } else if store.has(&root)? {
             job.root_arrived(store)?;
             job.fill(store, now, &mut actions)?;
         } else {
@@ -297,6 +311,7 @@ impl FetchJob {
                 continue;
             };
             match group.kind {
+                GroupKind::Single => self.total_segments = Some(0),
                 GroupKind::Root => self.root_arrived(store)?,
                 GroupKind::Manifest { position } => self.manifest_arrived(position, cid, store)?,
                 GroupKind::Shards { .. } => self.done_segments += 1,
@@ -377,6 +392,7 @@ impl FetchJob {
             return None;
         }
         let what = match stuck.kind {
+            GroupKind::Single => "the block".to_string(),
             GroupKind::Root => "the root manifest".to_string(),
             GroupKind::Manifest { position } => format!("the manifest of segment {position}"),
             GroupKind::Shards { position } => format!(
@@ -402,6 +418,7 @@ impl FetchJob {
             .groups
             .values()
             .map(|g| match g.kind {
+                GroupKind::Single => "the block".to_string(),
                 GroupKind::Root => "the root manifest".to_string(),
                 GroupKind::Manifest { position } => format!("the manifest of segment {position}"),
                 GroupKind::Shards { position } => format!(

@@ -225,7 +225,14 @@ impl Node {
     /// Fetches a stream from the network into the store (what is already
     /// there is not fetched again), pins it and provides it.
     pub async fn fetch(&self, root: Cid) -> Result<FetchReport, NodeError> {
-        self.ask(|tx| Command::Fetch(root, tx)).await?
+        self.ask(|tx| Command::Fetch(root, false, tx)).await?
+    }
+
+    /// Fetches one block of any kind (not a stream) into the store, pins it
+    /// and returns its bytes: what any IPFS node can ask of shoal.
+    pub async fn fetch_block(&self, cid: Cid) -> Result<Vec<u8>, NodeError> {
+        self.ask(|tx| Command::Fetch(cid, true, tx)).await??;
+        Ok(self.store.require(&cid)?)
     }
 
     /// Stops the event loop; the swarm and its connections close.
