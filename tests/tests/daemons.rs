@@ -84,3 +84,45 @@ fn an_hls_presentation_is_exported_from_the_network() {
         vec![0x47u8; 188 * 50]
     );
 }
+
+#[test]
+fn the_api_refuses_the_network_without_a_token_and_requests_without_it() {
+    let sb = Sandbox::with_repo();
+    // Beyond loopback without a token: refused at start.
+    let run = sb.shoal(&[
+        "daemon",
+        "--listen",
+        "/ip4/127.0.0.1/tcp/0",
+        "--api",
+        "0.0.0.0:0",
+        "--no-mdns",
+    ]);
+    run.fails_with("without an access token");
+
+    // With a token, every request must carry it; the CLI reads it from the
+    // repo's config.
+    let config = sb.repo().join("config.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text.replace("[api]", "[api]\ntoken = \"s3cret\"")).unwrap();
+    let d = sb.start_daemon(None);
+    sb.shoal(&["repo", "stat"]).ok();
+    let host = d.api.trim_start_matches("http://");
+    let ask = |auth: Option<&str>| -> String {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(host).unwrap();
+        let auth = auth
+            .map(|t| format!("Authorization: Bearer {t}\r\n"))
+            .unwrap_or_default();
+        write!(
+            s,
+            "GET /api/v0/id HTTP/1.1\r\nHost: {host}\r\n{auth}Connection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut reply = String::new();
+        s.read_to_string(&mut reply).unwrap();
+        reply
+    };
+    assert!(ask(None).starts_with("HTTP/1.1 401"), "{}", ask(None));
+    assert!(ask(Some("wrong")).starts_with("HTTP/1.1 401"));
+    assert!(ask(Some("s3cret")).starts_with("HTTP/1.1 200"));
+}

@@ -115,8 +115,8 @@ pub enum Output<P> {
 
 #[derive(Default)]
 struct PeerState {
-    /// The peer's open wants.
-    wants: HashMap<Cid, WantType>,
+    /// The peer's open wants, with their priority.
+    wants: HashMap<Cid, (WantType, i32)>,
     /// Want-blocks we can serve but that wait for room in the queue.
     deferred: VecDeque<Cid>,
     queued_bytes: usize,
@@ -326,7 +326,7 @@ impl<P: Clone + Eq + Hash> Engine<P> {
                 state.dropped_wants += 1;
                 continue;
             }
-            state.wants.insert(e.cid, e.want_type);
+            state.wants.insert(e.cid, (e.want_type, e.priority));
             match (e.want_type, store.block_size(&e.cid)) {
                 (WantType::Have, Some(_)) => {
                     reply.presences.push((e.cid, Presence::Have));
@@ -341,6 +341,13 @@ impl<P: Clone + Eq + Hash> Engine<P> {
             }
         }
         state.deferred.retain(|c| state.wants.contains_key(c));
+        // The peer's highest priorities go first (a stable sort keeps
+        // arrival order among equals).
+        let wants = &state.wants;
+        state
+            .deferred
+            .make_contiguous()
+            .sort_by_key(|c| std::cmp::Reverse(wants.get(c).map_or(i32::MIN, |w| w.1)));
         self.fill_queue(peer, store, &mut reply);
         if !reply.is_empty() {
             out.push(Output::Send {
@@ -405,7 +412,7 @@ impl<P: Clone + Eq + Hash> Engine<P> {
         let waiting: Vec<(P, WantType)> = self
             .peers
             .iter()
-            .filter_map(|(p, s)| s.wants.get(cid).map(|w| (p.clone(), *w)))
+            .filter_map(|(p, s)| s.wants.get(cid).map(|w| (p.clone(), w.0)))
             .collect();
         for (peer, want_type) in waiting {
             let mut reply = Outgoing::default();
@@ -671,6 +678,30 @@ mod tests {
         out.clear();
         e.sent(&1, 80, &store, &mut out);
         assert_eq!(sends(&out)[0].1.blocks.len(), 2);
+    }
+
+    #[test]
+    fn higher_priority_wants_are_served_first() {
+        let config = EngineConfig {
+            max_queued_bytes: 10,
+            ..EngineConfig::default()
+        };
+        let mut e = Engine::new(config);
+        let mut store = Store::default();
+        let low = cid_of(Codec::Raw, b"low");
+        let high = cid_of(Codec::Raw, b"high");
+        store.0.insert(low, 10);
+        store.0.insert(high, 10);
+        let mut entries = vec![
+            want(low, WantType::Block, false),
+            want(high, WantType::Block, false),
+        ];
+        entries[0].priority = 1;
+        entries[1].priority = 9;
+        let mut out = Vec::new();
+        e.on_message(&1u32, wants_msg(entries), &store, &mut out);
+        // Room for one block: the high-priority one goes first.
+        assert_eq!(sends(&out)[0].1.blocks, vec![high]);
     }
 
     #[test]
