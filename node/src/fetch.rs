@@ -47,6 +47,21 @@ struct Group {
     fetch: GroupFetch<PeerId>,
 }
 
+impl Group {
+    /// What the group fetches, for error messages.
+    fn describe(&self) -> String {
+        match self.kind {
+            GroupKind::Single => "the block".to_string(),
+            GroupKind::Root => "the root manifest".to_string(),
+            GroupKind::Manifest { position } => format!("the manifest of segment {position}"),
+            GroupKind::Shards { position } => format!(
+                "shards of segment {position} ({} found)",
+                self.fetch.received().len()
+            ),
+        }
+    }
+}
+
 /// One stream being fetched.
 pub(crate) struct FetchJob {
     pub(crate) root: Cid,
@@ -391,19 +406,11 @@ impl FetchJob {
         if now.duration_since(since) < grace {
             return None;
         }
-        let what = match stuck.kind {
-            GroupKind::Single => "the block".to_string(),
-            GroupKind::Root => "the root manifest".to_string(),
-            GroupKind::Manifest { position } => format!("the manifest of segment {position}"),
-            GroupKind::Shards { position } => format!(
-                "enough shards of segment {position} ({} found)",
-                stuck.fetch.received().len()
-            ),
-        };
+        let what = stuck.describe();
         Some(NodeError::Fetch {
             root: self.root,
             detail: format!(
-                "none of the {} reachable peer(s) has {what}",
+                "no reachable peer ({} known) can provide {what}",
                 self.candidates.len()
             ),
         })
@@ -417,15 +424,7 @@ impl FetchJob {
         let what = self
             .groups
             .values()
-            .map(|g| match g.kind {
-                GroupKind::Single => "the block".to_string(),
-                GroupKind::Root => "the root manifest".to_string(),
-                GroupKind::Manifest { position } => format!("the manifest of segment {position}"),
-                GroupKind::Shards { position } => format!(
-                    "segment {position} ({} of its shards found)",
-                    g.fetch.received().len()
-                ),
-            })
+            .map(Group::describe)
             .next()
             .unwrap_or_else(|| "the stream".into());
         Some(NodeError::Fetch {
