@@ -13,7 +13,7 @@
 //! Pins are recursive: pinning a stream root protects its manifests and every
 //! shard below them. A reference count per block lets streams share blocks.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
@@ -158,7 +158,7 @@ pub struct GcStat {
 #[derive(Default)]
 struct Volatile {
     /// Keys of blocks read since the last write.
-    touched: Vec<Vec<u8>>,
+    touched: VecDeque<Vec<u8>>,
     /// Keys of blocks written by imports in progress, with a count per import.
     staged: HashMap<Vec<u8>, u32>,
 }
@@ -423,7 +423,11 @@ impl Blockstore {
         incoming: u64,
         quota: u64,
     ) -> Result<u64, StoreError> {
-        let staged: HashSet<Vec<u8>> = self.volatile().staged.keys().cloned().collect();
+        // Held for the scan: only imports' bookkeeping waits on it, and
+        // copying the set on every write of a large import would cost
+        // quadratic time.
+        let volatile = self.volatile();
+        let staged = &volatile.staged;
         let refs = txn.open_table(PIN_REFS)?;
         let mut victims = Vec::new();
         let mut freed = 0u64;
@@ -433,7 +437,10 @@ impl Blockstore {
             for entry in lru.iter()? {
                 let (stamp, key) = entry?;
                 let key = key.value();
-                if staged.contains(key) || incoming_keys.contains(key) || refs.get(key)?.is_some() {
+                if staged.contains_key(key)
+                    || incoming_keys.contains(key)
+                    || refs.get(key)?.is_some()
+                {
                     continue;
                 }
                 let size = meta.get(key)?.map(|v| v.value().0).unwrap_or(0);
@@ -444,6 +451,7 @@ impl Blockstore {
                 }
             }
         }
+        drop(volatile);
         if freed < needed {
             let bytes = get_counter(&txn.open_table(COUNTERS)?, BYTES)?;
             return Err(StoreError::QuotaExceeded {
@@ -516,9 +524,9 @@ impl Blockstore {
         }
         let mut v = self.volatile();
         if v.touched.len() >= MAX_PENDING_TOUCHES {
-            v.touched.remove(0);
+            v.touched.pop_front();
         }
-        v.touched.push(key);
+        v.touched.push_back(key);
         Ok(Some(bytes))
     }
 
