@@ -111,37 +111,80 @@ impl Message {
 
     /// Encodes the message body (without the length prefix).
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.encoded_len_hint());
-        if !self.wantlist.is_empty() || self.full {
-            let mut wl = Vec::new();
-            for e in &self.wantlist {
-                let mut entry = Vec::with_capacity(e.cid.encoded_len() + 16);
-                put_bytes(&mut entry, 1, &e.cid.to_bytes());
-                if e.priority != 0 {
-                    put_varint_field(&mut entry, 2, e.priority as i64 as u64);
-                }
-                if e.cancel {
-                    put_varint_field(&mut entry, 3, 1);
-                }
-                if e.want_type == WantType::Have {
-                    put_varint_field(&mut entry, 4, 1);
-                }
-                if e.send_dont_have {
-                    put_varint_field(&mut entry, 5, 1);
-                }
-                put_bytes(&mut wl, 1, &entry);
-            }
-            if self.full {
-                put_varint_field(&mut wl, 2, 1);
-            }
-            put_bytes(&mut out, 1, &wl);
+        self.encode_with_prefix(false)
+    }
+
+    /// Encodes with the unsigned-varint length prefix.
+    pub fn encode_framed(&self) -> Vec<u8> {
+        self.encode_with_prefix(true)
+    }
+
+    /// Block data is the bulk of a message and is copied once, straight
+    /// into the output: its length is known from the sizes alone, so only
+    /// the small parts (wantlist, presences) are built separately first.
+    fn encode_with_prefix(&self, framed: bool) -> Vec<u8> {
+        let head = self.encode_wantlist();
+        let tail = self.encode_presences();
+        let prefixes: Vec<Vec<u8>> = self.blocks.iter().map(|b| cid_prefix(&b.cid)).collect();
+        let block_len =
+            |prefix: &[u8], data: &[u8]| field_len(1, prefix.len()) + field_len(2, data.len());
+        let body_len = head.len()
+            + tail.len()
+            + self
+                .blocks
+                .iter()
+                .zip(&prefixes)
+                .map(|(b, p)| field_len(3, block_len(p, &b.data)))
+                .sum::<usize>();
+        let mut out = Vec::with_capacity(body_len + 10);
+        if framed {
+            put_varint(&mut out, body_len as u64);
         }
-        for b in &self.blocks {
-            let mut blk = Vec::with_capacity(b.data.len() + 16);
-            put_bytes(&mut blk, 1, &cid_prefix(&b.cid));
-            put_bytes(&mut blk, 2, &b.data);
-            put_bytes(&mut out, 3, &blk);
+        out.extend_from_slice(&head);
+        for (b, prefix) in self.blocks.iter().zip(&prefixes) {
+            put_varint(&mut out, (3 << 3) | u64::from(LEN));
+            put_varint(&mut out, block_len(prefix, &b.data) as u64);
+            put_bytes(&mut out, 1, prefix);
+            put_bytes(&mut out, 2, &b.data);
         }
+        out.extend_from_slice(&tail);
+        out
+    }
+
+    /// Field 1 (the wantlist), or nothing.
+    fn encode_wantlist(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        if self.wantlist.is_empty() && !self.full {
+            return out;
+        }
+        let mut wl = Vec::with_capacity(self.wantlist.len() * 48 + 2);
+        for e in &self.wantlist {
+            let mut entry = Vec::with_capacity(e.cid.encoded_len() + 16);
+            put_bytes(&mut entry, 1, &e.cid.to_bytes());
+            if e.priority != 0 {
+                put_varint_field(&mut entry, 2, e.priority as i64 as u64);
+            }
+            if e.cancel {
+                put_varint_field(&mut entry, 3, 1);
+            }
+            if e.want_type == WantType::Have {
+                put_varint_field(&mut entry, 4, 1);
+            }
+            if e.send_dont_have {
+                put_varint_field(&mut entry, 5, 1);
+            }
+            put_bytes(&mut wl, 1, &entry);
+        }
+        if self.full {
+            put_varint_field(&mut wl, 2, 1);
+        }
+        put_bytes(&mut out, 1, &wl);
+        out
+    }
+
+    /// Fields 4 (presences) and 5 (pending bytes).
+    fn encode_presences(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.presences.len() * 48 + 8);
         for (cid, presence) in &self.presences {
             let mut p = Vec::with_capacity(cid.encoded_len() + 4);
             put_bytes(&mut p, 1, &cid.to_bytes());
@@ -153,21 +196,6 @@ impl Message {
         if self.pending_bytes != 0 {
             put_varint_field(&mut out, 5, self.pending_bytes as i64 as u64);
         }
-        out
-    }
-
-    fn encoded_len_hint(&self) -> usize {
-        self.blocks.iter().map(|b| b.data.len() + 16).sum::<usize>()
-            + (self.wantlist.len() + self.presences.len()) * 48
-            + 16
-    }
-
-    /// Encodes with the unsigned-varint length prefix.
-    pub fn encode_framed(&self) -> Vec<u8> {
-        let body = self.encode();
-        let mut out = Vec::with_capacity(body.len() + 5);
-        put_varint(&mut out, body.len() as u64);
-        out.extend_from_slice(&body);
         out
     }
 
@@ -395,6 +423,15 @@ fn put_varint(out: &mut Vec<u8>, mut v: u64) {
     out.push(v as u8);
 }
 
+fn varint_len(v: u64) -> usize {
+    (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
+}
+
+/// Encoded size of a length-delimited field holding `len` bytes.
+fn field_len(field: u32, len: usize) -> usize {
+    varint_len((u64::from(field) << 3) | u64::from(LEN)) + varint_len(len as u64) + len
+}
+
 fn put_varint_field(out: &mut Vec<u8>, field: u32, v: u64) {
     put_varint(out, u64::from(field) << 3);
     put_varint(out, v);
@@ -574,6 +611,25 @@ mod tests {
         assert!(Message::decode(&[0x0a, 0xff, 0xff, 0xff, 0xff, 0x0f]).is_err());
         assert!(Message::decode(&[0x0b]).is_err()); // wire type 3 (groups)
         assert!(Message::decode(&[0xff; 11]).is_err());
+    }
+
+    #[test]
+    fn framed_length_is_exact() {
+        let mut m = sample();
+        m.blocks.push(WireBlock {
+            cid: cid_of(Codec::Raw, &[7u8; 300]),
+            data: vec![7u8; 300],
+        });
+        let framed = m.encode_framed();
+        let (len, n) = read_varint(&framed).unwrap().unwrap();
+        assert_eq!(len as usize, framed.len() - n);
+        assert_eq!(&framed[n..], m.encode().as_slice());
+        assert_eq!(Message::decode(&framed[n..]).unwrap(), m);
+        for v in [0u64, 1, 127, 128, 16383, 16384, u64::MAX] {
+            let mut out = Vec::new();
+            put_varint(&mut out, v);
+            assert_eq!(varint_len(v), out.len(), "{v}");
+        }
     }
 
     #[test]
