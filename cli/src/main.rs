@@ -221,8 +221,8 @@ fn run(cli: Cli) -> Result<()> {
         Command::Id { json } => id(&dir, json),
         Command::Peers => {
             let v: serde_json::Value = daemon_only(&dir, "peers")?.get("peers", &[])?;
-            for p in v["peers"].as_array().into_iter().flatten() {
-                println!("{}", p.as_str().unwrap_or_default());
+            for peer in json_strings(&v, "peers") {
+                println!("{peer}");
             }
             Ok(())
         }
@@ -460,49 +460,44 @@ fn get(backend: &Backend, cid: &Cid, output: &Path) -> Result<()> {
 }
 
 fn pin(backend: &Backend, cmd: PinCommand) -> Result<()> {
-    match (cmd, backend) {
-        (PinCommand::Add { cid }, b) => {
-            let cid = cid_arg(&cid)?;
-            match b {
-                Backend::Local(repo) => repo.store.pin(&cid)?,
-                Backend::Daemon(c) => {
-                    c.post::<serde_json::Value>("pin/add", &[("arg", &cid.to_string())])?;
-                }
-            }
-            println!("pinned {cid}");
-        }
-        (PinCommand::Rm { cid }, b) => {
-            let cid = cid_arg(&cid)?;
-            match b {
-                Backend::Local(repo) => repo.store.unpin(&cid)?,
-                Backend::Daemon(c) => {
-                    c.post::<serde_json::Value>("pin/rm", &[("arg", &cid.to_string())])?;
-                }
-            }
-            println!("unpinned {cid}");
-        }
-        (PinCommand::Ls, b) => {
-            let pins: Vec<String> = match b {
-                Backend::Local(repo) => {
-                    repo.store.pins()?.iter().map(ToString::to_string).collect()
-                }
-                Backend::Daemon(c) => {
-                    let v: serde_json::Value = c.get("pin/ls", &[])?;
-                    v["pins"]
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .filter_map(|p| p.as_str().map(str::to_owned))
-                        .collect()
-                }
-            };
-            let mut out = io::stdout().lock();
-            for cid in pins {
-                writeln!(out, "{cid}")?;
-            }
+    let (cid, add) = match cmd {
+        PinCommand::Add { cid } => (cid, true),
+        PinCommand::Rm { cid } => (cid, false),
+        PinCommand::Ls => return pin_ls(backend),
+    };
+    let cid = cid_arg(&cid)?;
+    match backend {
+        Backend::Local(repo) if add => repo.store.pin(&cid)?,
+        Backend::Local(repo) => repo.store.unpin(&cid)?,
+        Backend::Daemon(c) => {
+            let path = if add { "pin/add" } else { "pin/rm" };
+            c.post::<serde_json::Value>(path, &[("arg", &cid.to_string())])?;
         }
     }
+    println!("{} {cid}", if add { "pinned" } else { "unpinned" });
     Ok(())
+}
+
+fn pin_ls(backend: &Backend) -> Result<()> {
+    let pins: Vec<String> = match backend {
+        Backend::Local(repo) => repo.store.pins()?.iter().map(ToString::to_string).collect(),
+        Backend::Daemon(c) => json_strings(&c.get("pin/ls", &[])?, "pins"),
+    };
+    let mut out = io::stdout().lock();
+    for cid in pins {
+        writeln!(out, "{cid}")?;
+    }
+    Ok(())
+}
+
+/// The strings of the list `key` in a daemon's JSON answer.
+fn json_strings(v: &serde_json::Value, key: &str) -> Vec<String> {
+    v[key]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p.as_str().map(str::to_owned))
+        .collect()
 }
 
 fn repo_cmd(backend: &Backend, cmd: RepoCommand) -> Result<()> {
@@ -554,13 +549,7 @@ fn repo_cmd(backend: &Backend, cmd: RepoCommand) -> Result<()> {
                 ),
                 Backend::Daemon(c) => {
                     let v: serde_json::Value = c.post("repo/verify", &[])?;
-                    let list = v["damaged"]
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .filter_map(|p| p.as_str().map(str::to_owned))
-                        .collect();
-                    (list, "the daemon's repo".into())
+                    (json_strings(&v, "damaged"), "the daemon's repo".into())
                 }
             };
             if !damaged.is_empty() {

@@ -79,6 +79,7 @@ impl EventLoop {
                         break;
                     }
                     Some(command) => self.on_command(command),
+                    // Every handle is gone: nobody can ask anything more.
                     None => break,
                 },
                 Some(event) = self.stream_events.recv() => self.on_stream_event(event),
@@ -130,7 +131,10 @@ impl EventLoop {
             Command::Banned(reply) => {
                 let _ = reply.send(self.banned.keys().copied().collect());
             }
-            Command::Shutdown(_) => unreachable!("handled in run"),
+            // Stopping needs the loop itself; `run` handles it first.
+            Command::Shutdown(reply) => {
+                let _ = reply.send(());
+            }
         }
     }
 
