@@ -23,6 +23,7 @@ use redb::{
 };
 use shoal_protocol::block::{self, Block, BlockError, Cid};
 use shoal_protocol::manifest::{self, ManifestError};
+use xxhash_rust::xxh3::xxh3_64;
 
 /// Block bytes by (CID, chunk number). See [`CHUNK_BYTES`].
 const BLOCKS: TableDefinition<(&[u8], u32), &[u8]> = TableDefinition::new("block_chunks");
@@ -34,6 +35,11 @@ const LRU: TableDefinition<u64, &[u8]> = TableDefinition::new("lru");
 const PINS: TableDefinition<&[u8], ()> = TableDefinition::new("pins");
 /// Per block: how many pinned roots reach it.
 const PIN_REFS: TableDefinition<&[u8], u64> = TableDefinition::new("pin_refs");
+/// Per block: the xxh3-64 checksum of its bytes, taken when it was stored.
+/// Reads check it instead of recomputing the CID's SHA-256 (see
+/// [`Blockstore::get`]). Stores made before this table existed lack it, and
+/// their blocks are checked against their CIDs.
+const SUMS: TableDefinition<&[u8], u64> = TableDefinition::new("block_sums");
 /// Totals kept in step with the tables.
 const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
 
@@ -189,6 +195,7 @@ impl Blockstore {
                 txn.open_table(LRU)?;
                 txn.open_table(PINS)?;
                 txn.open_table(PIN_REFS)?;
+                txn.open_table(SUMS)?;
                 let mut counters = txn.open_table(COUNTERS)?;
                 if counters.get(FORMAT)?.is_none() {
                     counters.insert(FORMAT, FORMAT_VERSION)?;
@@ -398,10 +405,12 @@ impl Blockstore {
         let mut clock = get_counter(&counters, CLOCK)?;
         let mut table = txn.open_table(BLOCKS)?;
         let mut lru = txn.open_table(LRU)?;
+        let mut sums = txn.open_table(SUMS)?;
         let mut keys = Vec::with_capacity(new.len());
         for b in new {
             let key = b.cid().to_bytes();
             write_value(&mut table, &key, b.bytes())?;
+            sums.insert(key.as_slice(), xxh3_64(b.bytes()))?;
             clock += 1;
             meta.insert(key.as_slice(), (b.bytes().len() as u64, clock))?;
             lru.insert(clock, key.as_slice())?;
@@ -499,10 +508,22 @@ impl Blockstore {
         Ok(())
     }
 
-    /// Reads a block, verifying it against its CID.
+    /// Reads a block, checking that its bytes are the ones stored.
+    ///
+    /// Every block was verified against its CID when it entered the store;
+    /// what a read must catch is damage at rest, which is not adversarial.
+    /// So a read compares an xxh3 checksum taken at write time (some 20×
+    /// cheaper than SHA-256, which matters because a seeder reads a popular
+    /// block once for every peer it serves) and recomputes the CID only when
+    /// the checksum is missing or disagrees — so a damaged checksum never
+    /// hides a good block. [`Blockstore::verify_all`] always recomputes.
     pub fn get(&self, cid: &Cid) -> Result<Option<Vec<u8>>, StoreError> {
+        self.read(cid, false)
+    }
+
+    fn read(&self, cid: &Cid, full_check: bool) -> Result<Option<Vec<u8>>, StoreError> {
         let key = cid.to_bytes();
-        let bytes = self.contextualize((|| {
+        let found = self.contextualize((|| {
             let txn = self.db.begin_read()?;
             let Some((size, _)) = txn
                 .open_table(META)?
@@ -511,12 +532,21 @@ impl Blockstore {
             else {
                 return Ok(None);
             };
-            Ok(Some(read_value(&txn.open_table(BLOCKS)?, &key, size)?))
+            let sum = match txn.open_table(SUMS) {
+                Ok(sums) => sums.get(key.as_slice())?.map(|v| v.value()),
+                Err(redb::TableError::TableDoesNotExist(_)) => None,
+                Err(e) => return Err(e.into()),
+            };
+            Ok(Some((
+                read_value(&txn.open_table(BLOCKS)?, &key, size)?,
+                sum,
+            )))
         })())?;
-        let Some(bytes) = bytes else {
+        let Some((bytes, sum)) = found else {
             return Ok(None);
         };
-        if block::verify(cid, &bytes).is_err() {
+        let sum_holds = !full_check && sum == Some(xxh3_64(&bytes));
+        if !sum_holds && block::verify(cid, &bytes).is_err() {
             return Err(StoreError::CorruptBlock {
                 cid: *cid,
                 path: self.path.clone(),
@@ -674,7 +704,7 @@ impl Blockstore {
     pub fn verify_all(&self) -> Result<Vec<Cid>, StoreError> {
         let mut damaged = Vec::new();
         for (cid, _) in self.list()? {
-            match self.get(&cid) {
+            match self.read(&cid, true) {
                 Ok(_) => {}
                 Err(StoreError::CorruptBlock { cid, .. }) => damaged.push(cid),
                 Err(e) => return Err(e),
@@ -851,6 +881,7 @@ fn remove_block(txn: &WriteTransaction, key: &[u8]) -> Result<bool, StoreError> 
         return Ok(false);
     };
     txn.open_table(LRU)?.remove(stamp)?;
+    txn.open_table(SUMS)?.remove(key)?;
     remove_value(&mut txn.open_table(BLOCKS)?, key, size)?;
     let mut counters = txn.open_table(COUNTERS)?;
     let bytes = get_counter(&counters, BYTES)?;
@@ -958,6 +989,46 @@ mod tests {
         assert!(!s.delete(&cid).unwrap());
         assert_eq!(s.get(&cid).unwrap(), None);
         assert_eq!(s.stat().unwrap().bytes, 0);
+    }
+
+    /// Overwrites a block's bytes in place, as damage at rest would.
+    fn damage(s: &Blockstore, cid: &Cid, bytes: &[u8]) {
+        let txn = s.db.begin_write().unwrap();
+        write_value(&mut txn.open_table(BLOCKS).unwrap(), &cid.to_bytes(), bytes).unwrap();
+        txn.commit().unwrap();
+    }
+
+    #[test]
+    fn reads_catch_damage_by_checksum_and_by_cid() {
+        let (_d, s) = store(None);
+        let cid = block::cid_of(Codec::Raw, b"abc");
+        s.put(&cid, b"abc").unwrap();
+        damage(&s, &cid, b"abd");
+        assert!(matches!(s.get(&cid), Err(StoreError::CorruptBlock { .. })));
+        assert_eq!(s.verify_all().unwrap(), vec![cid]);
+        // Without its checksum (a store made before checksums existed) the
+        // damage is found by the CID.
+        let txn = s.db.begin_write().unwrap();
+        txn.delete_table(SUMS).unwrap();
+        txn.commit().unwrap();
+        assert!(matches!(s.get(&cid), Err(StoreError::CorruptBlock { .. })));
+        damage(&s, &cid, b"abc");
+        assert_eq!(s.get(&cid).unwrap().as_deref(), Some(&b"abc"[..]));
+    }
+
+    #[test]
+    fn a_damaged_checksum_does_not_hide_a_good_block() {
+        let (_d, s) = store(None);
+        let cid = block::cid_of(Codec::Raw, b"abc");
+        s.put(&cid, b"abc").unwrap();
+        let txn = s.db.begin_write().unwrap();
+        txn.open_table(SUMS)
+            .unwrap()
+            .insert(cid.to_bytes().as_slice(), 12345)
+            .unwrap();
+        txn.commit().unwrap();
+        assert_eq!(s.get(&cid).unwrap().as_deref(), Some(&b"abc"[..]));
+        assert!(s.verify_all().unwrap().is_empty());
     }
 
     #[test]
