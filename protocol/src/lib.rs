@@ -7,6 +7,7 @@
 //! - [`block`]: content identifiers (CIDv1) and block verification;
 //! - [`manifest`]: [`SegmentManifest`] and [`StreamManifest`], the dag-cbor
 //!   documents that describe a stream, with strict, bounded decoding;
+//! - [`channel`]: live channels: ids, signed announcements and records;
 //! - [`bitswap`]: the Bitswap 1.2.0 wire format and engine;
 //! - [`fetch`]: the planner that spreads block requests over peers.
 
@@ -17,6 +18,7 @@
 pub mod bitswap;
 pub mod block;
 mod bounded;
+pub mod channel;
 pub mod fetch;
 pub mod manifest;
 
