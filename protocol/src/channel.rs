@@ -90,7 +90,9 @@ impl ChannelId {
     /// The id of a public key; `None` if the bytes are not a valid ed25519
     /// point.
     pub fn from_bytes(bytes: [u8; 32]) -> Option<Self> {
-        VerifyingKey::from_bytes(&bytes).ok().map(|_| ChannelId(bytes))
+        VerifyingKey::from_bytes(&bytes)
+            .ok()
+            .map(|_| ChannelId(bytes))
     }
 
     pub fn as_bytes(&self) -> &[u8; 32] {
@@ -179,6 +181,7 @@ impl ChannelKey {
         rendition: u16,
         sequence: u64,
         published_ms: u64,
+        uri: &str,
         manifest: Vec<u8>,
     ) -> Vec<u8> {
         self.seal(
@@ -189,6 +192,7 @@ impl ChannelKey {
                 rendition,
                 sequence,
                 published_ms,
+                uri: uri.to_owned(),
                 manifest,
             },
         )
@@ -227,6 +231,10 @@ pub struct Announcement {
     pub sequence: u64,
     /// When the broadcaster published it, in Unix milliseconds.
     pub published_ms: u64,
+    /// The segment's file name, relative to its media playlist: where an
+    /// HTTP origin serves it.
+    #[serde(deserialize_with = "bounded::string::<_, MAX_TEXT>")]
+    pub uri: String,
     /// The segment manifest block (dag-cbor). Its CID is computed from
     /// these bytes rather than carried beside them, so the two cannot
     /// disagree.
@@ -241,6 +249,7 @@ pub struct VerifiedAnnouncement {
     pub rendition: u16,
     pub sequence: u64,
     pub published_ms: u64,
+    pub uri: String,
     pub manifest_cid: Cid,
     pub manifest_bytes: Vec<u8>,
     pub manifest: SegmentManifest,
@@ -255,6 +264,12 @@ impl Announcement {
         if a.version != CHANNEL_VERSION {
             return Err(ChannelError::UnsupportedVersion(a.version));
         }
+        if !is_safe_relative_path(&a.uri) {
+            return Err(ChannelError::Invalid(format!(
+                "segment uri {:?} is not a plain relative path",
+                a.uri
+            )));
+        }
         let manifest = SegmentManifest::from_block(&a.manifest)?;
         if manifest.index != a.sequence {
             return Err(ChannelError::Invalid(format!(
@@ -267,6 +282,7 @@ impl Announcement {
             rendition: a.rendition,
             sequence: a.sequence,
             published_ms: a.published_ms,
+            uri: a.uri,
             manifest_cid: crate::block::cid_of(crate::block::Codec::DagCbor, &a.manifest),
             manifest_bytes: a.manifest,
             manifest,
@@ -303,6 +319,9 @@ impl From<RecentSegment> for (u64, Cid, u64) {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LiveRendition {
+    /// The media playlist, relative to the channel's origin URLs.
+    #[serde(deserialize_with = "bounded::string::<_, MAX_TEXT>")]
+    pub playlist: String,
     /// Peak bits per second (EXT-X-STREAM-INF BANDWIDTH).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bandwidth: Option<u64>,
@@ -379,6 +398,12 @@ impl ChannelRecord {
             }
         }
         for (i, rendition) in r.renditions.iter().enumerate() {
+            if !is_safe_relative_path(&rendition.playlist) {
+                return Err(ChannelError::Invalid(format!(
+                    "rendition {i}: playlist {:?} is not a plain relative path",
+                    rendition.playlist
+                )));
+            }
             if !rendition
                 .recent
                 .windows(2)
@@ -391,6 +416,12 @@ impl ChannelRecord {
         }
         Ok(r)
     }
+}
+
+/// A relative path of plain file names (`a/b.ts`): nothing that climbs out
+/// of the origin's directory or names another host.
+pub fn is_safe_relative_path(path: &str) -> bool {
+    path.len() <= MAX_TEXT && path.split('/').all(crate::manifest::is_safe_file_name)
 }
 
 fn check_channel(expected: &ChannelId, found: &[u8]) -> Result<(), ChannelError> {
@@ -511,14 +542,14 @@ mod tests {
     fn announcements_open_only_under_their_channel_key() {
         let k = key(1);
         let m = manifest(7);
-        let bytes = k.announce(0, 7, 1000, m.clone());
+        let bytes = k.announce(0, 7, 1000, "seg7.ts", m.clone());
         let a = Announcement::open(&k.id(), &bytes).unwrap();
         assert_eq!((a.rendition, a.sequence, a.published_ms), (0, 7, 1000));
         assert_eq!(a.manifest_cid, block::cid_of(Codec::DagCbor, &m));
         assert_eq!(a.manifest.index, 7);
 
         // Signed by somebody else, but sent on this channel's topic.
-        let forged = key(2).announce(0, 8, 1000, manifest(8));
+        let forged = key(2).announce(0, 8, 1000, "seg8.ts", manifest(8));
         assert_eq!(
             Announcement::open(&k.id(), &forged),
             Err(ChannelError::BadSignature(k.id()))
@@ -535,16 +566,22 @@ mod tests {
     fn announcements_refuse_bad_bodies_even_when_signed() {
         let k = key(1);
         // The sequence disagrees with the manifest it carries.
-        let bytes = k.announce(0, 8, 1000, manifest(7));
+        let bytes = k.announce(0, 8, 1000, "seg8.ts", manifest(7));
         assert!(matches!(
             Announcement::open(&k.id(), &bytes),
             Err(ChannelError::Invalid(_))
         ));
         // The manifest is not one.
-        let bytes = k.announce(0, 7, 1000, b"garbage".to_vec());
+        let bytes = k.announce(0, 7, 1000, "seg7.ts", b"garbage".to_vec());
         assert!(matches!(
             Announcement::open(&k.id(), &bytes),
             Err(ChannelError::Manifest(_))
+        ));
+        // A segment path that climbs out of the origin's directory.
+        let bytes = k.announce(0, 7, 1000, "../../etc/passwd", manifest(7));
+        assert!(matches!(
+            Announcement::open(&k.id(), &bytes),
+            Err(ChannelError::Invalid(_))
         ));
         // Oversized: refused before anything is decoded.
         let huge = vec![0u8; MAX_ANNOUNCEMENT_BYTES + 1];
@@ -567,6 +604,7 @@ mod tests {
             expires_ms: 99,
             target_duration_us: 2_000_000,
             renditions: vec![LiveRendition {
+                playlist: "index.m3u8".into(),
                 segment_extension: "ts".into(),
                 recent: vec![
                     RecentSegment {

@@ -66,7 +66,19 @@ pub struct GroupFetch<P> {
     /// Peers that let a request time out: asked again by this group only
     /// when no other peer has the block.
     slow: HashSet<P>,
+    /// Positions in the order blocks are requested.
+    order: Vec<usize>,
+    /// A peer to spare (see [`GroupFetch::spare`]).
+    spared: Option<Spared<P>>,
     cancelled: bool,
+}
+
+/// A peer asked for at most `quota` blocks before `until`.
+struct Spared<P> {
+    peer: P,
+    quota: usize,
+    until: Instant,
+    asked: usize,
 }
 
 impl<P: Clone + Eq + Hash> GroupFetch<P> {
@@ -80,7 +92,6 @@ impl<P: Clone + Eq + Hash> GroupFetch<P> {
         let need = need.clamp(1, cids.len().max(1));
         GroupFetch {
             config,
-            cids,
             index,
             need,
             peers: HashSet::new(),
@@ -89,8 +100,36 @@ impl<P: Clone + Eq + Hash> GroupFetch<P> {
             requested: HashMap::new(),
             done: HashSet::new(),
             slow: HashSet::new(),
+            order: (0..cids.len()).collect(),
+            spared: None,
             cancelled: false,
+            cids,
         }
+    }
+
+    /// Requests blocks starting at position `first` and wrapping around,
+    /// instead of from the first. Viewers of a live segment each start at
+    /// a different shard, so that what they take from the source differs
+    /// and they can trade the rest among themselves.
+    pub fn rotate(&mut self, first: usize) {
+        let n = self.cids.len();
+        if n > 0 {
+            self.order = (0..n).map(|i| (first + i) % n).collect();
+        }
+    }
+
+    /// Asks `peer` for at most `quota` blocks before `until`, while other
+    /// peers may get the rest: a live source that every viewer can reach
+    /// should send each shard to a few viewers, not every shard to all.
+    /// After `until` it is asked like any other peer, so the deadline
+    /// holds even when no other viewer has the blocks.
+    pub fn spare(&mut self, peer: P, quota: usize, until: Instant) {
+        self.spared = Some(Spared {
+            peer,
+            quota,
+            until,
+            asked: 0,
+        });
     }
 
     /// The blocks of the group.
@@ -136,12 +175,14 @@ impl<P: Clone + Eq + Hash> GroupFetch<P> {
         if self.is_complete() || !self.peers.insert(peer.clone()) {
             return out;
         }
+        // In request order: peers answer in the order they are asked.
         let mut seen = HashSet::new();
-        for (i, cid) in self.cids.iter().enumerate() {
-            if !self.done.contains(&i) && seen.insert(*cid) {
+        for &i in &self.order {
+            let cid = self.cids[i];
+            if !self.done.contains(&i) && seen.insert(cid) {
                 out.push(FetchAction::WantHave {
                     peer: peer.clone(),
-                    cid: *cid,
+                    cid,
                 });
             }
         }
@@ -249,13 +290,23 @@ impl<P: Clone + Eq + Hash> GroupFetch<P> {
     /// The peer to ask for block `i`: one that has it and has room, the
     /// least loaded first, and one that never let a request time out
     /// before a slow one (a slow peer is still better than none).
-    fn holder(&self, i: usize, load: &HashMap<P, usize>) -> Option<P> {
+    fn holder(&self, i: usize, load: &HashMap<P, usize>, now: Instant) -> Option<P> {
         let max = self.config.max_in_flight_per_peer;
         let load_of = |p: &P| load.get(p).copied().unwrap_or(0);
+        let spared_out = self
+            .spared
+            .as_ref()
+            .filter(|s| now < s.until && s.asked >= s.quota)
+            .map(|s| &s.peer);
         let usable = self
             .has
             .iter()
-            .filter(|(p, s)| s.contains(&i) && self.peers.contains(*p) && load_of(p) < max)
+            .filter(|(p, s)| {
+                s.contains(&i)
+                    && self.peers.contains(*p)
+                    && load_of(p) < max
+                    && Some(*p) != spared_out
+            })
             .map(|(p, _)| p);
         let (fast, slow): (Vec<&P>, Vec<&P>) = usable.partition(|p| !self.slow.contains(*p));
         fast.into_iter()
@@ -279,16 +330,22 @@ impl<P: Clone + Eq + Hash> GroupFetch<P> {
             // received nor requested and that a usable peer has, from the
             // least loaded such peer.
             let asked: HashSet<Cid> = self.requested.keys().map(|i| self.cids[*i]).collect();
-            let pick = (0..self.cids.len())
+            let pick = self
+                .order
+                .iter()
+                .copied()
                 .filter(|i| {
                     !self.done.contains(i)
                         && !self.requested.contains_key(i)
                         && !asked.contains(&self.cids[*i])
                 })
-                .find_map(|i| self.holder(i, &load).map(|p| (i, p)));
+                .find_map(|i| self.holder(i, &load, now).map(|p| (i, p)));
             let Some((i, peer)) = pick else {
                 break;
             };
+            if let Some(s) = self.spared.as_mut().filter(|s| s.peer == peer) {
+                s.asked += 1;
+            }
             *load.entry(peer.clone()).or_default() += 1;
             self.requested.insert(i, (peer.clone(), now));
             out.push(FetchAction::WantBlock {
@@ -364,6 +421,35 @@ mod tests {
             })
             .collect();
         assert_eq!(cancels, [wb[3].1, cids[4]].into_iter().collect());
+    }
+
+    #[test]
+    fn a_spared_source_sends_its_quota_then_waits_for_other_peers() {
+        let cids = shards(6);
+        let config = FetchConfig {
+            max_in_flight_per_peer: 4,
+            ..FetchConfig::default()
+        };
+        let mut g = GroupFetch::new(config, cids.clone(), 4);
+        let t = Instant::now();
+        g.rotate(3);
+        g.spare(1u32, 2, t + Duration::from_secs(1));
+        g.add_peer(1, t);
+        g.add_peer(2, t);
+        let mut wb = Vec::new();
+        for i in [3, 4, 5, 0, 1, 2] {
+            wb.extend(want_blocks(&g.on_presence(&1, &cids[i], true, t)));
+        }
+        // Two shards from the source, starting at the rotation.
+        assert_eq!(wb, vec![(1, cids[3]), (1, cids[4])]);
+        // Another viewer gets shard 0: it is asked, not the source.
+        assert_eq!(
+            want_blocks(&g.on_presence(&2, &cids[0], true, t)),
+            vec![(2, cids[0])]
+        );
+        // Past the wait the source is asked for what nobody else has.
+        let later = want_blocks(&g.tick(t + Duration::from_secs(1)));
+        assert_eq!(later, vec![(1, cids[5])]);
     }
 
     #[test]

@@ -9,7 +9,8 @@
 //!   documents that describe a stream, with strict, bounded decoding;
 //! - [`channel`]: live channels: ids, signed announcements and records;
 //! - [`bitswap`]: the Bitswap 1.2.0 wire format and engine;
-//! - [`fetch`]: the planner that spreads block requests over peers.
+//! - [`fetch`]: the planner that spreads block requests over peers;
+//! - [`live`]: the deadline-aware planner of a watched live channel.
 
 // Errors name the CID they are about (a CID is ~100 bytes inline) so the
 // user can act on them; they are returned on cold paths only.
@@ -20,6 +21,7 @@ pub mod block;
 mod bounded;
 pub mod channel;
 pub mod fetch;
+pub mod live;
 pub mod manifest;
 
 pub use block::{Block, BlockError, Cid, Codec, MAX_BLOCK_SIZE};

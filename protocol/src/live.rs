@@ -1,0 +1,995 @@
+//! The viewer's side of a live channel, without I/O: which announcements to
+//! accept, which shards to ask which peer for, when to turn to an HTTP
+//! origin, and which segments make up the sliding window a player sees.
+//!
+//! For every accepted announcement a [`LivePlanner`] runs a [`GroupFetch`]
+//! over the segment's shards (any `k` of `k + m`) with the connected peers
+//! as candidates. The peer that published the segment is *spared*: it is
+//! asked for a few shards only until [`LiveConfig::source_wait`] has
+//! passed, and each viewer starts at a different shard, so the source
+//! uploads each shard to a few viewers and they trade the rest. If the
+//! segment is still incomplete [`LiveConfig::p2p_budget`] after it was
+//! announced and the channel has HTTP origins, the planner asks for the
+//! missing data shards over HTTP as one byte range (data shards are the
+//! segment's own bytes, so a range of the encoder's file *is* those shards,
+//! and each is verified against its CID like a block from a peer).
+//!
+//! A segment with `k` shards is handed to the caller to check (its hash)
+//! and then enters its rendition's window; the oldest leaves it, and its
+//! blocks may be released. The caller feeds the planner announcements,
+//! peers, blocks, HTTP results and the time, and carries out the
+//! [`LiveAction`]s it returns.
+
+use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::hash::Hash;
+use std::time::{Duration, Instant};
+
+use crate::block::Cid;
+use crate::channel::{MAX_LIVE_RENDITIONS, RecentSegment, VerifiedAnnouncement};
+use crate::fetch::{FetchAction, FetchConfig, GroupFetch};
+use crate::manifest::SegmentManifest;
+
+/// Limits and timings, each with the reason for its default.
+#[derive(Clone, Debug)]
+pub struct LiveConfig {
+    /// How long peers have to deliver a segment before its missing shards
+    /// are fetched from an HTTP origin. On loopback and LANs peers deliver
+    /// in tens of milliseconds; 1.5 s leaves room for a slow uplink and
+    /// still completes a 2 s segment before the next one is announced.
+    pub p2p_budget: Duration,
+    /// Complete segments kept per rendition: the gateway's sliding
+    /// playlist, and what this viewer serves to others. Six segments let a
+    /// player start three target durations behind the live edge (hls.js's
+    /// default) with room to spare; phones may keep fewer.
+    pub window: usize,
+    /// Segments fetched at once per rendition; when a newer one would pass
+    /// this, the oldest incomplete one is given up (a player at the live
+    /// edge has moved past it).
+    pub max_pending: usize,
+    /// Shards a viewer asks the source for before other viewers have had
+    /// [`LiveConfig::source_wait`] to deliver. Two of a 10 + 4 segment per
+    /// viewer spread the source's upload over the swarm.
+    pub source_quota: usize,
+    /// How long other viewers have to deliver shards before the source is
+    /// asked for the rest. Loopback and LAN peers answer in milliseconds;
+    /// 300 ms keeps the deadline (`p2p_budget`) well ahead.
+    pub source_wait: Duration,
+    /// Announcements dated this far in the future are refused: a publisher
+    /// cannot pin a segment at the live edge for ever.
+    pub max_clock_skew: Duration,
+    /// HTTP attempts per segment before it is left to peers alone.
+    pub http_attempts: u32,
+    /// Latency samples kept for the percentiles.
+    pub latency_samples: usize,
+    pub fetch: FetchConfig,
+}
+
+impl Default for LiveConfig {
+    fn default() -> Self {
+        LiveConfig {
+            p2p_budget: Duration::from_millis(1500),
+            window: 6,
+            max_pending: 4,
+            source_quota: 2,
+            source_wait: Duration::from_millis(300),
+            max_clock_skew: Duration::from_secs(30),
+            http_attempts: 3,
+            latency_samples: 1024,
+            fetch: FetchConfig {
+                // A live shard is small and urgent: move on quickly.
+                block_timeout: Duration::from_millis(750),
+                ..FetchConfig::default()
+            },
+        }
+    }
+}
+
+/// What to do with a gossiped announcement.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// New: forward it and fetch the segment.
+    Accept,
+    /// Refused; the sender should be penalised.
+    Reject(String),
+}
+
+/// Bytes `start..end` of a segment from an HTTP origin: data shards
+/// `first_shard..` of it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpRequest {
+    pub rendition: u16,
+    pub sequence: u64,
+    /// The segment's file name relative to the rendition's playlist.
+    pub uri: String,
+    pub start: u64,
+    pub end: u64,
+    pub first_shard: usize,
+    pub manifest: SegmentManifest,
+}
+
+/// What the planner asks the caller to do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LiveAction<P> {
+    Fetch(FetchAction<P>),
+    Http(HttpRequest),
+    /// Enough shards are stored: check the segment and report with
+    /// [`LivePlanner::segment_checked`].
+    Check {
+        rendition: u16,
+        sequence: u64,
+        manifest: Cid,
+    },
+    /// A segment left the window (or was given up): its blocks are no
+    /// longer needed for playback.
+    Release {
+        manifest: Cid,
+        shards: Vec<Cid>,
+    },
+}
+
+/// A complete segment in a rendition's window.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WindowSegment {
+    pub sequence: u64,
+    pub manifest: Cid,
+    pub duration_us: u64,
+    pub uri: String,
+    pub length: u64,
+}
+
+/// Counters of one watch session.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct LiveStats {
+    pub segments: u64,
+    /// Segments given up before they were complete.
+    pub missed: u64,
+    /// Segments complete later than one segment duration after their
+    /// announcement: a player at the live edge would have stalled.
+    pub late: u64,
+    pub bytes_from_peers: u64,
+    pub bytes_from_http: u64,
+    /// From the start of the session to its first complete segment.
+    pub startup: Option<Duration>,
+    /// Milliseconds from publication to completion, most recent last.
+    pub latencies_ms: VecDeque<u64>,
+    pub rejected: u64,
+}
+
+impl LiveStats {
+    /// Bytes from peers over all bytes received.
+    pub fn offload(&self) -> Option<f64> {
+        let total = self.bytes_from_peers + self.bytes_from_http;
+        (total > 0).then(|| self.bytes_from_peers as f64 / total as f64)
+    }
+
+    /// The `q`-quantile (0..=1) of the latencies.
+    pub fn latency_quantile_ms(&self, q: f64) -> Option<u64> {
+        let mut v: Vec<u64> = self.latencies_ms.iter().copied().collect();
+        if v.is_empty() {
+            return None;
+        }
+        v.sort_unstable();
+        let i = ((v.len() - 1) as f64 * q.clamp(0.0, 1.0)).round() as usize;
+        Some(v[i])
+    }
+}
+
+enum Stage<P> {
+    /// Known from a channel record: the manifest itself is fetched first.
+    Manifest(GroupFetch<P>),
+    Shards {
+        manifest: SegmentManifest,
+        fetch: GroupFetch<P>,
+    },
+    /// Handed to the caller to check.
+    Checking { manifest: SegmentManifest },
+}
+
+struct Pending<P> {
+    manifest_cid: Cid,
+    uri: String,
+    published_ms: Option<u64>,
+    announced: Instant,
+    stage: Stage<P>,
+    http_attempts: u32,
+    http_in_flight: bool,
+    /// When the next HTTP attempt may start.
+    http_after: Instant,
+}
+
+struct Rendition<P> {
+    highest: Option<u64>,
+    pending: BTreeMap<u64, Pending<P>>,
+    window: VecDeque<WindowSegment>,
+}
+
+impl<P> Default for Rendition<P> {
+    fn default() -> Self {
+        Rendition {
+            highest: None,
+            pending: BTreeMap::new(),
+            window: VecDeque::new(),
+        }
+    }
+}
+
+/// The plan of one watched channel. See the module documentation.
+pub struct LivePlanner<P> {
+    config: LiveConfig,
+    started: Instant,
+    /// Where this viewer starts in every segment's shards.
+    rotation: usize,
+    peers: HashSet<P>,
+    source: Option<P>,
+    http: bool,
+    renditions: Vec<Rendition<P>>,
+    stats: LiveStats,
+}
+
+impl<P: Clone + Eq + Hash> LivePlanner<P> {
+    /// A plan starting `now`. `rotation` should differ between viewers
+    /// (a hash of the peer id); `http` says whether the channel has
+    /// origins.
+    pub fn new(config: LiveConfig, rotation: usize, http: bool, now: Instant) -> Self {
+        LivePlanner {
+            config,
+            started: now,
+            rotation,
+            peers: HashSet::new(),
+            source: None,
+            http,
+            renditions: Vec::new(),
+            stats: LiveStats::default(),
+        }
+    }
+
+    pub fn stats(&self) -> &LiveStats {
+        &self.stats
+    }
+
+    pub fn set_http(&mut self, http: bool) {
+        self.http = http;
+    }
+
+    /// The complete segments of a rendition, oldest first.
+    pub fn window(&self, rendition: u16) -> impl Iterator<Item = &WindowSegment> {
+        self.renditions
+            .get(usize::from(rendition))
+            .into_iter()
+            .flat_map(|r| r.window.iter())
+    }
+
+    /// Renditions heard of so far.
+    pub fn rendition_count(&self) -> usize {
+        self.renditions.len()
+    }
+
+    /// Whether a block is one this plan is waiting for.
+    pub fn wants(&self, cid: &Cid) -> bool {
+        self.renditions
+            .iter()
+            .flat_map(|r| r.pending.values())
+            .any(|p| match &p.stage {
+                Stage::Manifest(f) | Stage::Shards { fetch: f, .. } => {
+                    !f.is_complete() && f.cids().contains(cid)
+                }
+                Stage::Checking { .. } => false,
+            })
+    }
+
+    fn rendition_mut(&mut self, rendition: u16) -> Option<&mut Rendition<P>> {
+        let i = usize::from(rendition);
+        if i >= MAX_LIVE_RENDITIONS {
+            return None;
+        }
+        if self.renditions.len() <= i {
+            self.renditions.resize_with(i + 1, Rendition::default);
+        }
+        self.renditions.get_mut(i)
+    }
+
+    /// A candidate peer for every segment being fetched.
+    pub fn add_peer(&mut self, peer: P, now: Instant) -> Vec<LiveAction<P>> {
+        if !self.peers.insert(peer.clone()) {
+            return Vec::new();
+        }
+        self.each_fetch(|f| f.add_peer(peer.clone(), now))
+    }
+
+    pub fn peer_gone(&mut self, peer: &P, now: Instant) -> Vec<LiveAction<P>> {
+        self.peers.remove(peer);
+        self.each_fetch(|f| f.on_peer_gone(peer, now))
+    }
+
+    pub fn on_presence(
+        &mut self,
+        peer: &P,
+        cid: &Cid,
+        have: bool,
+        now: Instant,
+    ) -> Vec<LiveAction<P>> {
+        self.each_fetch(|f| f.on_presence(peer, cid, have, now))
+    }
+
+    fn each_fetch(
+        &mut self,
+        mut f: impl FnMut(&mut GroupFetch<P>) -> Vec<FetchAction<P>>,
+    ) -> Vec<LiveAction<P>> {
+        let mut out = Vec::new();
+        for r in &mut self.renditions {
+            for p in r.pending.values_mut() {
+                if let Stage::Manifest(g) | Stage::Shards { fetch: g, .. } = &mut p.stage {
+                    out.extend(f(g).into_iter().map(LiveAction::Fetch));
+                }
+            }
+        }
+        out
+    }
+
+    /// A gossiped announcement, already opened (signature and form
+    /// checked); `source` is the peer that published it. `now_ms` is the
+    /// wall clock in Unix milliseconds.
+    pub fn offer(
+        &mut self,
+        a: &VerifiedAnnouncement,
+        source: Option<P>,
+        now: Instant,
+        now_ms: u64,
+    ) -> (Verdict, Vec<LiveAction<P>>) {
+        let skew = self.config.max_clock_skew.as_millis() as u64;
+        if a.published_ms > now_ms.saturating_add(skew) {
+            self.stats.rejected += 1;
+            return (
+                Verdict::Reject(format!(
+                    "published {} ms in the future",
+                    a.published_ms - now_ms
+                )),
+                Vec::new(),
+            );
+        }
+        let Some(r) = self.rendition_mut(a.rendition) else {
+            self.stats.rejected += 1;
+            return (
+                Verdict::Reject(format!("rendition {} is out of range", a.rendition)),
+                Vec::new(),
+            );
+        };
+        if let Some(h) = r.highest
+            && a.sequence <= h
+        {
+            self.stats.rejected += 1;
+            return (
+                Verdict::Reject(format!(
+                    "sequence {} is not after {h}: replayed or rewound",
+                    a.sequence
+                )),
+                Vec::new(),
+            );
+        }
+        r.highest = Some(a.sequence);
+        if let Some(s) = source {
+            self.source = Some(s);
+        }
+        let fetch = self.shard_fetch(&a.manifest, a.sequence, now);
+        let pending = Pending {
+            manifest_cid: a.manifest_cid,
+            uri: a.uri.clone(),
+            published_ms: Some(a.published_ms),
+            announced: now,
+            stage: Stage::Shards {
+                manifest: a.manifest.clone(),
+                fetch,
+            },
+            http_attempts: 0,
+            http_in_flight: false,
+            http_after: now + self.config.p2p_budget,
+        };
+        let mut out = self.insert(a.rendition, a.sequence, pending, now);
+        out.extend(self.start(a.rendition, a.sequence, now));
+        (Verdict::Accept, out)
+    }
+
+    /// Segments listed by a channel record, for a viewer that joins late:
+    /// their manifests are fetched, then their shards. Ignored for a
+    /// rendition that already has announcements.
+    pub fn seed(
+        &mut self,
+        rendition: u16,
+        recent: &[RecentSegment],
+        uri_of: impl Fn(u64) -> String,
+        now: Instant,
+    ) -> Vec<LiveAction<P>> {
+        let config = self.config.fetch.clone();
+        let window = self.config.window;
+        let budget = self.config.p2p_budget;
+        let Some(r) = self.rendition_mut(rendition) else {
+            return Vec::new();
+        };
+        if r.highest.is_some() {
+            return Vec::new();
+        }
+        let take = recent.len().min(window);
+        let mut started = Vec::new();
+        for s in &recent[recent.len() - take..] {
+            r.highest = Some(s.sequence);
+            r.pending.insert(
+                s.sequence,
+                Pending {
+                    manifest_cid: s.manifest,
+                    uri: uri_of(s.sequence),
+                    published_ms: None,
+                    announced: now,
+                    stage: Stage::Manifest(GroupFetch::new(config.clone(), vec![s.manifest], 1)),
+                    http_attempts: 0,
+                    http_in_flight: false,
+                    http_after: now + budget,
+                },
+            );
+            started.push(s.sequence);
+        }
+        let mut out = Vec::new();
+        for seq in started {
+            out.extend(self.start(rendition, seq, now));
+        }
+        out
+    }
+
+    fn shard_fetch(&self, m: &SegmentManifest, sequence: u64, now: Instant) -> GroupFetch<P> {
+        let mut fetch = GroupFetch::new(
+            self.config.fetch.clone(),
+            m.shards.clone(),
+            usize::from(m.k),
+        );
+        let n = m.shards.len().max(1);
+        fetch.rotate((self.rotation.wrapping_add(sequence as usize)) % n);
+        if let Some(s) = &self.source {
+            fetch.spare(
+                s.clone(),
+                self.config.source_quota,
+                now + self.config.source_wait,
+            );
+        }
+        fetch
+    }
+
+    /// Adds a pending segment, giving up the oldest beyond `max_pending`.
+    fn insert(
+        &mut self,
+        rendition: u16,
+        sequence: u64,
+        pending: Pending<P>,
+        now: Instant,
+    ) -> Vec<LiveAction<P>> {
+        let max = self.config.max_pending.max(1);
+        let mut out = Vec::new();
+        let Some(r) = self.rendition_mut(rendition) else {
+            return out;
+        };
+        r.pending.insert(sequence, pending);
+        let mut given_up = Vec::new();
+        while r.pending.len() > max {
+            if let Some((_, p)) = r.pending.pop_first() {
+                given_up.push(p);
+            }
+        }
+        for mut p in given_up {
+            self.stats.missed += 1;
+            out.extend(give_up(&mut p, now));
+        }
+        out
+    }
+
+    /// Asks the candidate peers for a segment's next blocks.
+    fn start(&mut self, rendition: u16, sequence: u64, now: Instant) -> Vec<LiveAction<P>> {
+        let peers: Vec<P> = self.peers.iter().cloned().collect();
+        let Some(p) = self
+            .renditions
+            .get_mut(usize::from(rendition))
+            .and_then(|r| r.pending.get_mut(&sequence))
+        else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        if let Stage::Manifest(g) | Stage::Shards { fetch: g, .. } = &mut p.stage {
+            for peer in peers {
+                out.extend(g.add_peer(peer, now).into_iter().map(LiveAction::Fetch));
+            }
+        }
+        out
+    }
+
+    /// A verified block arrived (from a peer, or HTTP when `from_http`);
+    /// `bytes` are its contents.
+    pub fn on_block(
+        &mut self,
+        cid: &Cid,
+        bytes: &[u8],
+        from_http: bool,
+        now: Instant,
+    ) -> Vec<LiveAction<P>> {
+        let mut out = Vec::new();
+        let mut counted = false;
+        let mut advanced = Vec::new();
+        let mut bad = Vec::new();
+        for (ri, r) in self.renditions.iter_mut().enumerate() {
+            for (seq, p) in r.pending.iter_mut() {
+                match &mut p.stage {
+                    Stage::Manifest(g) if g.cids().contains(cid) && !g.is_complete() => {
+                        out.extend(g.on_block(cid, now).into_iter().map(LiveAction::Fetch));
+                        counted = true;
+                        match SegmentManifest::from_block(bytes) {
+                            Ok(m) if m.index == *seq => {
+                                let mut fetch = GroupFetch::new(
+                                    self.config.fetch.clone(),
+                                    m.shards.clone(),
+                                    usize::from(m.k),
+                                );
+                                let n = m.shards.len().max(1);
+                                fetch.rotate(self.rotation.wrapping_add(*seq as usize) % n);
+                                p.stage = Stage::Shards { manifest: m, fetch };
+                                advanced.push((ri as u16, *seq));
+                            }
+                            // Listed by the signed record, so only the
+                            // broadcaster could have got it wrong.
+                            _ => bad.push((ri, *seq)),
+                        }
+                    }
+                    Stage::Shards { fetch, manifest } if fetch.cids().contains(cid) => {
+                        if !fetch.is_complete() {
+                            counted = true;
+                        }
+                        out.extend(fetch.on_block(cid, now).into_iter().map(LiveAction::Fetch));
+                        if fetch.is_complete() {
+                            let manifest = manifest.clone();
+                            p.stage = Stage::Checking { manifest };
+                            out.push(LiveAction::Check {
+                                rendition: ri as u16,
+                                sequence: *seq,
+                                manifest: p.manifest_cid,
+                            });
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        if counted {
+            if from_http {
+                self.stats.bytes_from_http += bytes.len() as u64;
+            } else {
+                self.stats.bytes_from_peers += bytes.len() as u64;
+            }
+        }
+        for (ri, seq) in bad {
+            if let Some(mut p) = self.renditions[ri].pending.remove(&seq) {
+                self.stats.missed += 1;
+                out.extend(give_up(&mut p, now));
+            }
+        }
+        for (r, seq) in advanced {
+            out.extend(self.start(r, seq, now));
+        }
+        out
+    }
+
+    /// The caller checked a segment handed out by [`LiveAction::Check`]:
+    /// `ok` if it rebuilt and matched its hash. `now_ms` is the wall clock.
+    pub fn segment_checked(
+        &mut self,
+        rendition: u16,
+        sequence: u64,
+        ok: bool,
+        now: Instant,
+        now_ms: u64,
+    ) -> Vec<LiveAction<P>> {
+        let window = self.config.window.max(1);
+        let samples = self.config.latency_samples;
+        let mut out = Vec::new();
+        let Some(r) = self.renditions.get_mut(usize::from(rendition)) else {
+            return out;
+        };
+        let Some(mut p) = r.pending.remove(&sequence) else {
+            return out;
+        };
+        let Stage::Checking { manifest } = &p.stage else {
+            r.pending.insert(sequence, p);
+            return out;
+        };
+        if !ok {
+            self.stats.missed += 1;
+            out.extend(give_up(&mut p, now));
+            return out;
+        }
+        let duration_us = manifest.duration_us.unwrap_or(0);
+        let seg = WindowSegment {
+            sequence,
+            manifest: p.manifest_cid,
+            duration_us,
+            uri: p.uri.clone(),
+            length: manifest.length,
+        };
+        // Segments complete out of order at times; the window stays sorted.
+        let at = r.window.partition_point(|w| w.sequence < sequence);
+        r.window.insert(at, seg);
+        while r.window.len() > window {
+            if let Some(old) = r.window.pop_front() {
+                out.push(LiveAction::Release {
+                    manifest: old.manifest,
+                    shards: Vec::new(),
+                });
+            }
+        }
+        self.stats.segments += 1;
+        if self.stats.startup.is_none() {
+            self.stats.startup = Some(now.duration_since(self.started));
+        }
+        if duration_us > 0 && now.duration_since(p.announced) > Duration::from_micros(duration_us) {
+            self.stats.late += 1;
+        }
+        if let Some(published) = p.published_ms {
+            self.stats
+                .latencies_ms
+                .push_back(now_ms.saturating_sub(published));
+            while self.stats.latencies_ms.len() > samples {
+                self.stats.latencies_ms.pop_front();
+            }
+        }
+        out
+    }
+
+    /// An HTTP request ended; `ok` if every shard in it verified and was
+    /// stored (the blocks themselves come through [`LivePlanner::on_block`]).
+    pub fn http_done(&mut self, rendition: u16, sequence: u64, ok: bool, now: Instant) {
+        let budget = self.config.p2p_budget;
+        if let Some(p) = self
+            .renditions
+            .get_mut(usize::from(rendition))
+            .and_then(|r| r.pending.get_mut(&sequence))
+        {
+            p.http_in_flight = false;
+            if !ok {
+                // Back off: half the budget again before the next attempt.
+                p.http_after = now + budget / 2;
+            }
+        }
+    }
+
+    /// Moves timed-out requests, turns late segments over to HTTP.
+    pub fn tick(&mut self, now: Instant) -> Vec<LiveAction<P>> {
+        let mut out = self.each_fetch(|f| f.tick(now));
+        if !self.http {
+            return out;
+        }
+        let attempts = self.config.http_attempts;
+        for (ri, r) in self.renditions.iter_mut().enumerate() {
+            for (seq, p) in r.pending.iter_mut() {
+                let Stage::Shards { manifest, fetch } = &p.stage else {
+                    continue;
+                };
+                if p.http_in_flight
+                    || now < p.http_after
+                    || p.http_attempts >= attempts
+                    || fetch.is_complete()
+                {
+                    continue;
+                }
+                if let Some(req) = http_request(ri as u16, *seq, &p.uri, manifest, fetch) {
+                    p.http_in_flight = true;
+                    p.http_attempts += 1;
+                    out.push(LiveAction::Http(req));
+                }
+            }
+        }
+        out
+    }
+}
+
+/// The missing data shards a segment needs, as one byte range of the
+/// encoder's file: the first `k - received` data shards not yet received,
+/// from the first to the last of them. Data shards wholly past the end of
+/// the segment are zeros and never fetched (the caller makes them).
+fn http_request<P: Clone + Eq + Hash>(
+    rendition: u16,
+    sequence: u64,
+    uri: &str,
+    manifest: &SegmentManifest,
+    fetch: &GroupFetch<P>,
+) -> Option<HttpRequest> {
+    let k = usize::from(manifest.k);
+    let need = k.saturating_sub(fetch.received().len());
+    let missing: Vec<usize> = (0..k)
+        .filter(|i| !fetch.received().contains(i))
+        .take(need)
+        .collect();
+    let (&first, &last) = (missing.first()?, missing.last()?);
+    let size = u64::from(manifest.shard_size);
+    let start = (first as u64 * size).min(manifest.length);
+    let end = ((last as u64 + 1) * size).min(manifest.length);
+    Some(HttpRequest {
+        rendition,
+        sequence,
+        uri: uri.to_owned(),
+        start,
+        end,
+        first_shard: first,
+        manifest: manifest.clone(),
+    })
+}
+
+fn give_up<P: Clone + Eq + Hash>(p: &mut Pending<P>, _now: Instant) -> Vec<LiveAction<P>> {
+    let mut out = Vec::new();
+    let shards = match &mut p.stage {
+        Stage::Manifest(g) => {
+            out.extend(g.cancel().into_iter().map(LiveAction::Fetch));
+            Vec::new()
+        }
+        Stage::Shards { fetch, manifest } => {
+            out.extend(fetch.cancel().into_iter().map(LiveAction::Fetch));
+            manifest.shards.clone()
+        }
+        Stage::Checking { manifest } => manifest.shards.clone(),
+    };
+    out.push(LiveAction::Release {
+        manifest: p.manifest_cid,
+        shards,
+    });
+    out
+}
+
+/// Splits bytes fetched over HTTP for an [`HttpRequest`] into its data
+/// shards, zero-padding the last one, and appends the all-zero shards past
+/// the segment's end. Returns `(shard index, bytes)`; the caller verifies
+/// each against the manifest's CID before storing it.
+pub fn shards_from_range(req: &HttpRequest, bytes: &[u8]) -> Vec<(usize, Vec<u8>)> {
+    let size = req.manifest.shard_size as usize;
+    let k = usize::from(req.manifest.k);
+    let mut out = Vec::new();
+    if size == 0 {
+        return out;
+    }
+    for (j, chunk) in bytes.chunks(size).enumerate() {
+        let mut shard = chunk.to_vec();
+        shard.resize(size, 0);
+        out.push((req.first_shard + j, shard));
+    }
+    let real = (req.manifest.length as usize).div_ceil(size);
+    for i in real..k {
+        out.push((i, vec![0; size]));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::block::{self, Codec};
+    use crate::channel::ChannelKey;
+
+    const K: u16 = 4;
+    const M: u16 = 2;
+    const SIZE: usize = 8;
+
+    /// A segment of `len` bytes and its announcement.
+    fn segment(seq: u64, len: usize) -> (Vec<u8>, Vec<Vec<u8>>, VerifiedAnnouncement) {
+        let bytes: Vec<u8> = (0..len).map(|i| (i as u64 * 7 + seq) as u8).collect();
+        let mut shards: Vec<Vec<u8>> = Vec::new();
+        for i in 0..usize::from(K) {
+            let mut s = bytes[(i * SIZE).min(len)..((i + 1) * SIZE).min(len)].to_vec();
+            s.resize(SIZE, 0);
+            shards.push(s);
+        }
+        for i in 0..usize::from(M) {
+            shards.push(vec![0xF0 + i as u8; SIZE]);
+        }
+        let manifest = SegmentManifest {
+            version: 1,
+            index: seq,
+            length: len as u64,
+            duration_us: Some(2_000_000),
+            hash: block::sha256_multihash(&block::sha256(&bytes)).to_bytes(),
+            k: K,
+            m: M,
+            shard_size: SIZE as u32,
+            shards: shards
+                .iter()
+                .map(|s| block::cid_of(Codec::Raw, s))
+                .collect(),
+        };
+        let key = ChannelKey::from_seed(&[1; 32]);
+        let signed = key.announce(0, seq, 1_000, &format!("s{seq}.ts"), manifest.to_block().1);
+        let a = crate::channel::Announcement::open(&key.id(), &signed).unwrap();
+        (bytes, shards, a)
+    }
+
+    fn wants(actions: &[LiveAction<u32>]) -> Vec<(u32, Cid)> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                LiveAction::Fetch(FetchAction::WantBlock { peer, cid }) => Some((*peer, *cid)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn replayed_rewound_and_future_announcements_are_rejected() {
+        let t = Instant::now();
+        let mut p = LivePlanner::<u32>::new(LiveConfig::default(), 0, false, t);
+        let (_, _, a5) = segment(5, 20);
+        let (_, _, a4) = segment(4, 20);
+        assert_eq!(p.offer(&a5, Some(1), t, 1_000).0, Verdict::Accept);
+        assert!(matches!(
+            p.offer(&a5, Some(1), t, 1_000).0,
+            Verdict::Reject(_)
+        ));
+        assert!(matches!(
+            p.offer(&a4, Some(1), t, 1_000).0,
+            Verdict::Reject(_)
+        ));
+        // Dated an hour ahead of our clock.
+        let (_, _, mut future) = segment(6, 20);
+        future.published_ms = 1_000 + 3_600_000;
+        assert!(matches!(
+            p.offer(&future, Some(1), t, 1_000).0,
+            Verdict::Reject(_)
+        ));
+        assert_eq!(p.stats().rejected, 3);
+    }
+
+    #[test]
+    fn a_segment_completes_from_peers_and_enters_the_window() {
+        let t = Instant::now();
+        let mut p = LivePlanner::<u32>::new(LiveConfig::default(), 0, false, t);
+        p.add_peer(1, t);
+        p.add_peer(2, t);
+        let (_, shards, a) = segment(9, 30);
+        let (v, out) = p.offer(&a, Some(1), t, 1_000);
+        assert_eq!(v, Verdict::Accept);
+        // Want-haves to both peers.
+        assert_eq!(
+            out.iter()
+                .filter(|x| matches!(x, LiveAction::Fetch(FetchAction::WantHave { .. })))
+                .count(),
+            12
+        );
+        let mut out = Vec::new();
+        for s in &shards {
+            out.extend(p.on_presence(&2, &block::cid_of(Codec::Raw, s), true, t));
+        }
+        assert_eq!(wants(&out).len(), 2, "two at a time from one peer");
+        let mut checks = Vec::new();
+        for s in &shards[..usize::from(K)] {
+            let acts = p.on_block(&block::cid_of(Codec::Raw, s), s, false, t);
+            checks.extend(
+                acts.into_iter()
+                    .filter(|x| matches!(x, LiveAction::Check { .. })),
+            );
+        }
+        assert_eq!(
+            checks,
+            vec![LiveAction::Check {
+                rendition: 0,
+                sequence: 9,
+                manifest: a.manifest_cid
+            }]
+        );
+        assert_eq!(p.window(0).count(), 0, "not before the check");
+        p.segment_checked(0, 9, true, t + Duration::from_millis(100), 1_250);
+        let w: Vec<_> = p.window(0).cloned().collect();
+        assert_eq!(w.len(), 1);
+        assert_eq!(
+            (w[0].sequence, w[0].uri.as_str(), w[0].length),
+            (9, "s9.ts", 30)
+        );
+        let s = p.stats();
+        assert_eq!((s.segments, s.late, s.missed), (1, 0, 0));
+        assert_eq!(s.bytes_from_peers, (SIZE * usize::from(K)) as u64);
+        assert_eq!(s.latency_quantile_ms(0.5), Some(250));
+        assert_eq!(s.startup, Some(Duration::from_millis(100)));
+    }
+
+    #[test]
+    fn http_fills_in_the_missing_data_shards_after_the_budget() {
+        let t = Instant::now();
+        let config = LiveConfig::default();
+        let budget = config.p2p_budget;
+        let mut p = LivePlanner::<u32>::new(config, 0, true, t);
+        p.add_peer(1, t);
+        // 20 bytes: data shards 0, 1 and half of 2 are real, 3 is padding.
+        let (bytes, shards, a) = segment(3, 20);
+        p.offer(&a, Some(1), t, 1_000);
+        // One shard arrives from a peer, then nothing.
+        p.on_block(&block::cid_of(Codec::Raw, &shards[1]), &shards[1], false, t);
+        assert!(
+            p.tick(t + budget / 2)
+                .iter()
+                .all(|x| !matches!(x, LiveAction::Http(_)))
+        );
+        let out = p.tick(t + budget);
+        let reqs: Vec<&HttpRequest> = out
+            .iter()
+            .filter_map(|x| match x {
+                LiveAction::Http(r) => Some(r),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(reqs.len(), 1);
+        let r = reqs[0];
+        // Shards 0, 2, 3 are missing; 3 is padding, so the range stops at
+        // the end of the file.
+        assert_eq!(
+            (r.uri.as_str(), r.start, r.end, r.first_shard),
+            ("s3.ts", 0, 20, 0)
+        );
+        assert!(
+            p.tick(t + budget * 2)
+                .iter()
+                .all(|x| !matches!(x, LiveAction::Http(_))),
+            "one request in flight"
+        );
+        let got = shards_from_range(r, &bytes[r.start as usize..r.end as usize]);
+        let mut checks = 0;
+        for (i, s) in &got {
+            let cid = block::cid_of(Codec::Raw, s);
+            if *i < usize::from(K) {
+                assert_eq!(
+                    cid, a.manifest.shards[*i],
+                    "shard {i} rebuilt from the range"
+                );
+            }
+            checks += p
+                .on_block(&cid, s, true, t + budget)
+                .iter()
+                .filter(|x| matches!(x, LiveAction::Check { .. }))
+                .count();
+        }
+        assert_eq!(checks, 1);
+        p.http_done(0, 3, true, t + budget);
+        p.segment_checked(0, 3, true, t + budget, 2_000);
+        let s = p.stats();
+        assert_eq!(s.bytes_from_peers, SIZE as u64);
+        assert!(s.bytes_from_http > 0);
+        assert!(s.offload().unwrap() < 0.5);
+    }
+
+    #[test]
+    fn the_window_slides_and_releases_old_segments() {
+        let t = Instant::now();
+        let config = LiveConfig {
+            window: 2,
+            ..LiveConfig::default()
+        };
+        let mut p = LivePlanner::<u32>::new(config, 0, false, t);
+        let mut released = Vec::new();
+        for seq in 0..4 {
+            let (_, shards, a) = segment(seq, 32);
+            p.offer(&a, None, t, 1_000);
+            for s in &shards[..usize::from(K)] {
+                p.on_block(&block::cid_of(Codec::Raw, s), s, false, t);
+            }
+            for x in p.segment_checked(0, seq, true, t, 1_000) {
+                if let LiveAction::Release { manifest, .. } = x {
+                    released.push(manifest);
+                }
+            }
+        }
+        let seqs: Vec<u64> = p.window(0).map(|w| w.sequence).collect();
+        assert_eq!(seqs, vec![2, 3]);
+        assert_eq!(released.len(), 2);
+    }
+
+    #[test]
+    fn too_many_incomplete_segments_are_given_up() {
+        let t = Instant::now();
+        let config = LiveConfig {
+            max_pending: 2,
+            ..LiveConfig::default()
+        };
+        let mut p = LivePlanner::<u32>::new(config, 0, false, t);
+        for seq in 0..3 {
+            let (_, _, a) = segment(seq, 32);
+            p.offer(&a, None, t, 1_000);
+        }
+        assert_eq!(p.stats().missed, 1);
+    }
+}
