@@ -38,6 +38,11 @@ impl Client {
         Ok(probe.ok().map(|_| client))
     }
 
+    /// The daemon's base URL (`http://host:port`).
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
     fn request(
         &self,
         method: reqwest::Method,
@@ -93,6 +98,37 @@ impl Client {
 
     pub fn post<T: DeserializeOwned>(&self, path: &str, query: &[(&str, &str)]) -> Result<T> {
         self.call(reqwest::Method::POST, path, query)
+    }
+
+    /// Posts `body` as JSON and hands each line of the streamed answer
+    /// (JSON lines) to `on_line` until the daemon ends it.
+    pub fn post_lines(
+        &self,
+        path: &str,
+        body: &impl serde::Serialize,
+        on_line: &mut dyn FnMut(serde_json::Value) -> Result<()>,
+    ) -> Result<()> {
+        self.rt.block_on(async {
+            let response = self
+                .request(reqwest::Method::POST, path, &[])
+                .json(body)
+                .send()
+                .await
+                .context("the daemon did not answer")?;
+            let response = Self::checked(response).await?;
+            let mut stream = response.bytes_stream();
+            let mut pending: Vec<u8> = Vec::new();
+            while let Some(chunk) = stream.next().await {
+                pending.extend_from_slice(&chunk.context("the daemon stopped answering")?);
+                while let Some(end) = pending.iter().position(|&b| b == b'\n') {
+                    let line: Vec<u8> = pending.drain(..=end).collect();
+                    let value: serde_json::Value = serde_json::from_slice(&line)
+                        .context("the daemon sent something that is not JSON")?;
+                    on_line(value)?;
+                }
+            }
+            Ok(())
+        })
     }
 
     /// Streams a stream's bytes into `out`; returns how many were written.

@@ -71,6 +71,53 @@ enum Command {
     /// Inspect and maintain the repo
     #[command(subcommand)]
     Repo(RepoCommand),
+    /// Manage the live channels this repo can broadcast
+    #[command(subcommand)]
+    Channel(ChannelCommand),
+    /// Broadcast a live channel from the folder a live encoder writes
+    /// (needs a running daemon)
+    Broadcast(BroadcastArgs),
+    /// Watch a live channel: prints the URL to open in any HLS player, then
+    /// the session's statistics until interrupted (needs a running daemon)
+    Watch {
+        /// The channel id (`z…`)
+        channel: String,
+    },
+    /// Statistics of the live sessions (needs a running daemon)
+    Stats {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum ChannelCommand {
+    /// Make a new channel key; prints the channel id viewers watch
+    Create { name: String },
+    /// List this repo's channels and their ids
+    Ls,
+}
+
+#[derive(Args)]
+struct BroadcastArgs {
+    /// The channel's name (see `shoal channel create`)
+    name: String,
+    /// The folder the encoder writes (e.g. `ffmpeg ... -f hls DIR/index.m3u8`)
+    #[arg(long, value_name = "DIR")]
+    hls_dir: PathBuf,
+    /// The top playlist in that folder [default: the master playlist, or the only one]
+    #[arg(long, value_name = "FILE")]
+    playlist: Option<String>,
+    /// HTTP origin serving the same folder, used by viewers when peers are
+    /// too slow (repeatable)
+    #[arg(long, value_name = "URL")]
+    origin: Vec<String>,
+    /// Data shards per segment [default: from config.toml]
+    #[arg(long)]
+    k: Option<u16>,
+    /// Parity shards per segment [default: from config.toml]
+    #[arg(long)]
+    m: Option<u16>,
 }
 
 #[derive(Args)]
@@ -278,7 +325,116 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Pin(cmd) => pin(&backend(&dir)?, cmd),
         Command::Repo(cmd) => repo_cmd(&backend(&dir)?, cmd),
+        Command::Channel(ChannelCommand::Create { name }) => {
+            RepoPaths::load(&dir)?;
+            let id = shoal_node::channel_keys::create(&dir, &name)?;
+            println!("{id}");
+            Ok(())
+        }
+        Command::Channel(ChannelCommand::Ls) => {
+            RepoPaths::load(&dir)?;
+            for (name, id) in shoal_node::channel_keys::list(&dir)? {
+                println!("{name}\t{id}");
+            }
+            Ok(())
+        }
+        Command::Broadcast(args) => broadcast(&dir, args),
+        Command::Watch { channel } => watch(&dir, &channel),
+        Command::Stats { json } => stats(&dir, json),
     }
+}
+
+fn broadcast(dir: &Path, args: BroadcastArgs) -> Result<()> {
+    let client = daemon_only(dir, "broadcast")?;
+    // Checked here too, so a typo is reported before anything starts.
+    shoal_node::channel_keys::load(dir, &args.name)?;
+    let request = api::BroadcastRequest {
+        name: args.name,
+        dir: absolute(&args.hls_dir)?,
+        playlist: args.playlist,
+        origins: args.origin,
+        k: args.k,
+        m: args.m,
+    };
+    let mut failure = None;
+    client.post_lines("broadcast", &request, &mut |line| {
+        if let Some(channel) = line["channel"].as_str() {
+            println!("broadcasting channel {channel}");
+        } else if let Some(e) = line["error"].as_str() {
+            failure = Some(e.to_owned());
+        } else {
+            println!(
+                "published rendition {} segment {} ({} bytes)",
+                line["rendition"], line["sequence"], line["bytes"]
+            );
+        }
+        io::stdout().flush()?;
+        Ok(())
+    })?;
+    match failure {
+        Some(e) => bail!("{e}"),
+        None => {
+            println!("the encoder ended the stream");
+            Ok(())
+        }
+    }
+}
+
+fn watch(dir: &Path, channel: &str) -> Result<()> {
+    let client = daemon_only(dir, "watch")?;
+    let v: serde_json::Value = client.post("watch", &[("arg", channel)])?;
+    println!("{}{}", client.base(), v["url"].as_str().unwrap_or_default());
+    io::stdout().flush()?;
+    loop {
+        std::thread::sleep(std::time::Duration::from_secs(2));
+        let v: serde_json::Value = client.get("stats", &[("arg", channel)])?;
+        let sessions: Vec<api::LiveStatsReport> =
+            serde_json::from_value(v["sessions"].clone()).unwrap_or_default();
+        for r in sessions {
+            println!("{}", stats_line(&r));
+        }
+        io::stdout().flush()?;
+    }
+}
+
+fn stats_line(r: &api::LiveStatsReport) -> String {
+    let ms = |v: Option<u64>| v.map_or("-".into(), |v| format!("{v} ms"));
+    format!(
+        "{} segments, {} missed, {} stalls, offload {}, peers {}, latency p50 {} p95 {}, startup {}",
+        r.segments,
+        r.missed,
+        r.late,
+        r.offload
+            .map_or("-".into(), |o| format!("{:.1}%", o * 100.0)),
+        r.peers,
+        ms(r.latency_p50_ms),
+        ms(r.latency_p95_ms),
+        ms(r.startup_ms),
+    )
+}
+
+fn stats(dir: &Path, json: bool) -> Result<()> {
+    let client = daemon_only(dir, "stats")?;
+    let v: serde_json::Value = client.get("stats", &[])?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    let sessions: Vec<api::LiveStatsReport> =
+        serde_json::from_value(v["sessions"].clone()).context("reading the daemon's answer")?;
+    println!("peers: {}", v["peers"]);
+    if sessions.is_empty() {
+        println!("no live sessions");
+    }
+    for r in sessions {
+        println!(
+            "{} ({}): {}",
+            r.channel,
+            r.name.as_deref().unwrap_or("?"),
+            stats_line(&r)
+        );
+    }
+    Ok(())
 }
 
 fn cid_arg(text: &str) -> Result<Cid> {

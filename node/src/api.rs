@@ -18,6 +18,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use shoal_protocol::block::{Cid, parse_cid};
+use shoal_protocol::channel::ChannelId;
 use shoal_storage::{AssembleError, Blockstore, ImportError, ImportOptions, StoreError};
 
 use crate::{Node, NodeError};
@@ -99,6 +100,12 @@ pub(crate) struct ApiState {
 
 /// An error as the API returns it.
 pub struct ApiError(StatusCode, String);
+
+impl ApiError {
+    pub(crate) fn new(status: StatusCode, message: String) -> Self {
+        ApiError(status, message)
+    }
+}
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
@@ -185,6 +192,12 @@ pub(crate) fn router(state: Arc<ApiState>) -> Router {
         .route("/api/v0/repo/stat", get(stat))
         .route("/api/v0/repo/gc", post(gc))
         .route("/api/v0/repo/verify", post(verify))
+        .route("/api/v0/watch", post(watch))
+        .route("/api/v0/unwatch", post(unwatch))
+        .route("/api/v0/stats", get(stats))
+        .route("/api/v0/broadcast", post(broadcast))
+        .route("/metrics", get(metrics))
+        .merge(crate::gateway::routes())
         .layer(middleware::from_fn_with_state(state.clone(), authorize))
         .with_state(state)
 }
@@ -269,6 +282,265 @@ async fn add_handler(
     Ok(Json(result))
 }
 
+/// One watch session's numbers, as `shoal stats` shows them.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct LiveStatsReport {
+    pub channel: String,
+    pub name: Option<String>,
+    pub url: String,
+    pub segments: u64,
+    /// Segments given up before they were complete.
+    pub missed: u64,
+    /// Segments complete later than one segment duration after their
+    /// announcement (a player at the live edge would have stalled).
+    pub late: u64,
+    pub bytes_from_peers: u64,
+    pub bytes_from_http: u64,
+    /// Share of bytes from peers (0..1), once anything arrived.
+    pub offload: Option<f64>,
+    pub startup_ms: Option<u64>,
+    /// Publication to completion.
+    pub latency_p50_ms: Option<u64>,
+    pub latency_p95_ms: Option<u64>,
+    pub peers: usize,
+    pub rejected_announcements: u64,
+    pub renditions: usize,
+}
+
+impl LiveStatsReport {
+    fn of(view: &crate::LiveView) -> Self {
+        let st = &view.stats;
+        LiveStatsReport {
+            channel: view.channel.to_string(),
+            name: view.name.clone(),
+            url: format!("/live/{}/index.m3u8", view.channel),
+            segments: st.segments,
+            missed: st.missed,
+            late: st.late,
+            bytes_from_peers: st.bytes_from_peers,
+            bytes_from_http: st.bytes_from_http,
+            offload: st.offload(),
+            startup_ms: st.startup.map(|d| d.as_millis() as u64),
+            latency_p50_ms: st.latency_quantile_ms(0.5),
+            latency_p95_ms: st.latency_quantile_ms(0.95),
+            peers: view.peers,
+            rejected_announcements: st.rejected,
+            renditions: view.renditions.len(),
+        }
+    }
+}
+
+fn channel_arg(q: &Arg) -> ApiResult<ChannelId> {
+    q.arg
+        .parse()
+        .map_err(|e: shoal_protocol::channel::ChannelError| bad_request(e.to_string()))
+}
+
+async fn watch(
+    State(s): State<Arc<ApiState>>,
+    Query(q): Query<Arg>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let channel = channel_arg(&q)?;
+    s.node.watch(channel).await?;
+    Ok(Json(serde_json::json!({
+        "channel": channel.to_string(),
+        "url": format!("/live/{channel}/index.m3u8"),
+    })))
+}
+
+async fn unwatch(
+    State(s): State<Arc<ApiState>>,
+    Query(q): Query<Arg>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let channel = channel_arg(&q)?;
+    s.node.unwatch(channel).await?;
+    Ok(Json(serde_json::json!({ "channel": channel.to_string() })))
+}
+
+#[derive(Deserialize)]
+struct OptArg {
+    arg: Option<String>,
+}
+
+/// Every watch session (or the one named), with the node's peer count.
+async fn live_reports(s: &ApiState, only: Option<ChannelId>) -> ApiResult<Vec<LiveStatsReport>> {
+    let channels = match only {
+        Some(c) => vec![c],
+        None => s.node.watching().await?,
+    };
+    let mut out = Vec::new();
+    for c in channels {
+        if let Some(view) = s.node.live_view(c).await? {
+            out.push(LiveStatsReport::of(&view));
+        }
+    }
+    Ok(out)
+}
+
+async fn stats(
+    State(s): State<Arc<ApiState>>,
+    Query(q): Query<OptArg>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let only = match q.arg {
+        Some(arg) => Some(channel_arg(&Arg { arg })?),
+        None => None,
+    };
+    let sessions = live_reports(&s, only).await?;
+    if only.is_some() && sessions.is_empty() {
+        return Err(ApiError(
+            StatusCode::NOT_FOUND,
+            "not watching that channel".into(),
+        ));
+    }
+    let peers = s.node.peers().await?.len();
+    Ok(Json(
+        serde_json::json!({ "peers": peers, "sessions": sessions }),
+    ))
+}
+
+/// A Prometheus series: name, type, help, and its value in a report.
+type Series = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&LiveStatsReport) -> f64,
+);
+
+/// Prometheus text exposition of the same numbers.
+async fn metrics(State(s): State<Arc<ApiState>>) -> ApiResult<Response> {
+    use std::fmt::Write as _;
+    let sessions = live_reports(&s, None).await?;
+    let peers = s.node.peers().await?.len();
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "# HELP shoal_peers Connected peers.\n# TYPE shoal_peers gauge\nshoal_peers {peers}"
+    );
+    let series: [Series; 7] = [
+        (
+            "shoal_live_segments_total",
+            "counter",
+            "Segments complete.",
+            |r| r.segments as f64,
+        ),
+        (
+            "shoal_live_missed_total",
+            "counter",
+            "Segments given up.",
+            |r| r.missed as f64,
+        ),
+        (
+            "shoal_live_stalls_total",
+            "counter",
+            "Segments complete after their deadline.",
+            |r| r.late as f64,
+        ),
+        (
+            "shoal_live_bytes_from_peers_total",
+            "counter",
+            "Bytes received from peers.",
+            |r| r.bytes_from_peers as f64,
+        ),
+        (
+            "shoal_live_bytes_from_http_total",
+            "counter",
+            "Bytes received from HTTP origins.",
+            |r| r.bytes_from_http as f64,
+        ),
+        ("shoal_live_peers", "gauge", "Peers of the channel.", |r| {
+            r.peers as f64
+        }),
+        (
+            "shoal_live_latency_p95_seconds",
+            "gauge",
+            "Publication to completion, 95th percentile.",
+            |r| r.latency_p95_ms.unwrap_or(0) as f64 / 1000.0,
+        ),
+    ];
+    for (name, kind, help, value) in series {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for r in &sessions {
+            let _ = writeln!(out, "{name}{{channel=\"{}\"}} {}", r.channel, value(r));
+        }
+    }
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response())
+}
+
+/// What `shoal broadcast` asks for.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct BroadcastRequest {
+    pub name: String,
+    pub dir: PathBuf,
+    #[serde(default)]
+    pub playlist: Option<String>,
+    #[serde(default)]
+    pub origins: Vec<String>,
+    #[serde(default)]
+    pub k: Option<u16>,
+    #[serde(default)]
+    pub m: Option<u16>,
+}
+
+/// Broadcasts until the encoder ends the stream or the client goes away;
+/// the response is one JSON line per published segment, and a last line
+/// `{"error": ...}` if the broadcast failed.
+async fn broadcast(
+    State(s): State<Arc<ApiState>>,
+    Json(req): Json<BroadcastRequest>,
+) -> ApiResult<Response> {
+    if !req.dir.is_absolute() {
+        return Err(bad_request(format!(
+            "{} is not an absolute path",
+            req.dir.display()
+        )));
+    }
+    let key =
+        crate::channel_keys::load(&s.dir, &req.name).map_err(|e| bad_request(e.to_string()))?;
+    let mut import = s.import;
+    import.k = req.k.unwrap_or(import.k);
+    import.m = req.m.unwrap_or(import.m);
+    import.validate_coding()?;
+    let options = crate::broadcast::BroadcastOptions {
+        dir: req.dir,
+        playlist: req.playlist,
+        origins: req.origins,
+        import,
+        name: req.name,
+    };
+    let (tx, mut rx) = tokio::sync::mpsc::channel(16);
+    let (line_tx, line_rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(16);
+    let node = s.node.clone();
+    let channel = key.id();
+    let first = serde_json::json!({ "channel": channel.to_string() }).to_string() + "\n";
+    let _ = line_tx.send(Ok(Bytes::from(first))).await;
+    let lines = line_tx.clone();
+    tokio::spawn(async move {
+        while let Some(p) = rx.recv().await {
+            let line = serde_json::to_string(&p).unwrap_or_default() + "\n";
+            if lines.send(Ok(Bytes::from(line))).await.is_err() {
+                return;
+            }
+        }
+    });
+    tokio::spawn(async move {
+        let result = crate::broadcast::broadcast(node, key, options, tx).await;
+        if let Err(e) = result {
+            tracing::warn!(%channel, error = %e, "broadcast stopped");
+            let line = serde_json::json!({ "error": e.to_string() }).to_string() + "\n";
+            let _ = line_tx.send(Ok(Bytes::from(line))).await;
+        }
+    });
+    let body = Body::from_stream(receiver_stream(line_rx));
+    Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response())
+}
+
+/// A receiver as a stream (of body chunks).
+fn receiver_stream<T: Send + 'static>(
+    mut rx: tokio::sync::mpsc::Receiver<T>,
+) -> impl futures::Stream<Item = T> + Send + 'static {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
 /// Makes sure the stream is complete in the store, fetching what is missing
 /// from the network.
 async fn ensure_local(s: &ApiState, root: Cid) -> ApiResult<()> {
@@ -317,9 +589,7 @@ async fn cat(State(s): State<Arc<ApiState>>, Query(q): Query<Arg>) -> ApiResult<
             let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
         }
     });
-    let body = Body::from_stream(futures::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|item| (item, rx))
-    }));
+    let body = Body::from_stream(receiver_stream(rx));
     Ok(([(header::CONTENT_LENGTH, size.to_string())], body).into_response())
 }
 

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use libp2p::Multiaddr;
 use shoal_protocol::fetch::FetchConfig;
+use shoal_protocol::live::LiveConfig;
 
 /// How a node runs.
 #[derive(Clone, Debug)]
@@ -37,6 +38,15 @@ pub struct NodeConfig {
     /// now to arrive, short enough that a wrong CID is reported quickly.
     pub fetch_hopeless_grace: Duration,
     pub fetch: FetchConfig,
+    /// Deadlines and windows of watched live channels.
+    pub live: LiveConfig,
+    /// Viewers of a channel dialed per DHT lookup: enough for a gossip mesh
+    /// (gossipsub keeps 6 mesh peers) and several shard sources each.
+    pub live_max_dials: usize,
+    /// One HTTP request to an origin (a segment's missing shards) may take
+    /// this long; by then the segment is late anyway and the next origin
+    /// or attempt is tried.
+    pub origin_timeout: Duration,
 }
 
 impl Default for NodeConfig {
@@ -59,6 +69,9 @@ impl Default for NodeConfig {
             fetch_stall_timeout: Duration::from_secs(30),
             fetch_hopeless_grace: Duration::from_secs(5),
             fetch: FetchConfig::default(),
+            live: LiveConfig::default(),
+            live_max_dials: 16,
+            origin_timeout: Duration::from_secs(5),
         }
     }
 }

@@ -8,11 +8,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
+use libp2p::kad::store::RecordStore;
 use libp2p::swarm::dial_opts::DialOpts;
 use libp2p::swarm::{ConnectionId, SwarmEvent};
-use libp2p::{Multiaddr, PeerId, Swarm, identify, kad, mdns};
+use libp2p::{Multiaddr, PeerId, Swarm, gossipsub, identify, kad, mdns};
 use shoal_protocol::bitswap::{BlockSource, Engine, Outgoing, Output, Presence, WantType};
 use shoal_protocol::block::{Block, Cid};
+use shoal_protocol::channel::ChannelId;
 use shoal_protocol::fetch::FetchAction;
 use shoal_storage::Blockstore;
 use tokio::sync::{mpsc, oneshot};
@@ -20,6 +22,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::behaviour::{Behaviour, BehaviourEvent};
 use crate::bitswap::{self, StreamEvent};
 use crate::fetch::{FetchJob, FetchReport};
+use crate::live::{Live, LiveView};
 use crate::{NodeConfig, NodeError};
 
 /// How often timeouts and bans are checked.
@@ -33,6 +36,18 @@ pub(crate) enum Command {
     /// Fetch a stream (`false`) or a single block (`true`).
     Fetch(Cid, bool, oneshot::Sender<Result<FetchReport, NodeError>>),
     Banned(oneshot::Sender<Vec<PeerId>>),
+    Watch(ChannelId, oneshot::Sender<()>),
+    Unwatch(ChannelId, oneshot::Sender<()>),
+    LiveView(ChannelId, oneshot::Sender<Option<LiveView>>),
+    Watching(oneshot::Sender<Vec<ChannelId>>),
+    Publish(
+        ChannelId,
+        u16,
+        Vec<u8>,
+        oneshot::Sender<Result<(), NodeError>>,
+    ),
+    PutRecord(ChannelId, Vec<u8>, oneshot::Sender<Result<(), NodeError>>),
+    GossipScore(PeerId, oneshot::Sender<Option<f64>>),
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -65,6 +80,7 @@ pub(crate) struct EventLoop {
     pub(crate) pending_provides: HashMap<kad::QueryId, oneshot::Sender<Result<(), NodeError>>>,
     pub(crate) provider_queries: HashMap<kad::QueryId, Cid>,
     pub(crate) jobs: Vec<Job>,
+    pub(crate) live: Live,
 }
 
 impl EventLoop {
@@ -84,6 +100,7 @@ impl EventLoop {
                 },
                 Some(event) = self.stream_events.recv() => self.on_stream_event(event),
                 Some(cids) = self.stored.recv() => self.on_blocks_stored(cids),
+                Some(event) = self.live.events_rx.recv() => self.on_live_event(event),
                 _ = tick.tick() => self.on_tick(),
             }
         }
@@ -130,6 +147,29 @@ impl EventLoop {
             Command::Fetch(root, single, reply) => self.start_fetch(root, single, reply),
             Command::Banned(reply) => {
                 let _ = reply.send(self.banned.keys().copied().collect());
+            }
+            Command::Watch(channel, reply) => {
+                self.watch(channel);
+                let _ = reply.send(());
+            }
+            Command::Unwatch(channel, reply) => {
+                self.unwatch(&channel);
+                let _ = reply.send(());
+            }
+            Command::LiveView(channel, reply) => {
+                let _ = reply.send(self.live_view(&channel));
+            }
+            Command::Watching(reply) => {
+                let _ = reply.send(self.live.sessions.keys().copied().collect());
+            }
+            Command::Publish(channel, rendition, data, reply) => {
+                let _ = reply.send(self.publish(channel, rendition, data));
+            }
+            Command::PutRecord(channel, data, reply) => {
+                self.put_channel_record(channel, data, reply)
+            }
+            Command::GossipScore(peer, reply) => {
+                let _ = reply.send(self.swarm.behaviour().gossipsub.peer_score(&peer));
             }
             // Stopping needs the loop itself; `run` handles it first.
             Command::Shutdown(reply) => {
@@ -182,7 +222,7 @@ impl EventLoop {
     }
 
     /// Carries out fetch planner actions through the engine.
-    fn run_actions(&mut self, actions: Vec<FetchAction<PeerId>>) {
+    pub(crate) fn run_actions(&mut self, actions: Vec<FetchAction<PeerId>>) {
         if actions.is_empty() {
             return;
         }
@@ -196,7 +236,8 @@ impl EventLoop {
                     self.engine.want(&peer, cid, WantType::Block, &mut out)
                 }
                 FetchAction::Cancel { cid } => {
-                    let still_wanted = self.jobs.iter().any(|j| j.job.wants(&cid));
+                    let still_wanted =
+                        self.jobs.iter().any(|j| j.job.wants(&cid)) || self.live.wants(&cid);
                     if !still_wanted {
                         self.engine.cancel(&cid, &mut out);
                     }
@@ -236,6 +277,7 @@ impl EventLoop {
                             now,
                         ));
                     }
+                    self.live_presence(&peer, &cid, presence == Presence::Have);
                 }
                 Output::Disconnect { peer, reason } => {
                     tracing::warn!(%peer, ?reason, "peer misbehaved; disconnecting and banning it");
@@ -243,6 +285,7 @@ impl EventLoop {
                     for job in &mut self.jobs {
                         actions.extend(job.job.on_peer_gone(&peer, now));
                     }
+                    self.live_peer_gone(&peer);
                 }
             }
         }
@@ -279,6 +322,7 @@ impl EventLoop {
         }
         // Peers waiting for these blocks hear of them through the store's
         // listener (`on_blocks_stored`), like blocks from any source.
+        self.live_blocks(&received);
         let now = Instant::now();
         for (peer, cid, data) in &received {
             tracing::trace!(%peer, %cid, bytes = data.len(), "block received");
@@ -349,6 +393,7 @@ impl EventLoop {
                     actions.extend(job.job.on_peer_gone(&peer, now));
                 }
                 self.run_actions(actions);
+                self.live_peer_gone(&peer);
             }
         }
     }
@@ -380,6 +425,7 @@ impl EventLoop {
         }
         self.run_actions(actions);
         self.finish_jobs();
+        self.live_tick();
     }
 
     /// Replies to finished and failed jobs, pins what was fetched and
@@ -458,6 +504,7 @@ impl EventLoop {
                     actions.extend(job.job.on_peer_gone(&peer_id, now));
                 }
                 self.run_actions(actions);
+                self.live_peer_gone(&peer_id);
             }
             SwarmEvent::OutgoingConnectionError {
                 connection_id,
@@ -488,12 +535,47 @@ impl EventLoop {
                     }
                 }
             }
+            SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Message {
+                propagation_source,
+                message_id,
+                message,
+            })) => self.on_gossip_message(propagation_source, message_id, message),
+            SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Subscribed {
+                peer_id,
+                topic,
+            })) => self.on_gossip_subscribed(peer_id, &topic),
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::InboundRequest { request })) => {
+                match request {
+                    kad::InboundRequest::PutRecord {
+                        source,
+                        record: Some(record),
+                        ..
+                    } => self.on_inbound_record(source, record),
+                    kad::InboundRequest::AddProvider {
+                        record: Some(record),
+                    } => {
+                        if let Err(e) = self
+                            .swarm
+                            .behaviour_mut()
+                            .kad
+                            .store_mut()
+                            .add_provider(record)
+                        {
+                            tracing::debug!(error = %e, "cannot keep a provider record");
+                        }
+                    }
+                    _ => {}
+                }
+            }
             SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
                 id,
                 result,
                 step,
                 ..
             })) => {
+                if self.on_live_kad_result(id, &result, step.last) {
+                    return;
+                }
                 self.on_kad_result(id, result);
                 if step.last
                     && let Some(root) = self.provider_queries.remove(&id)

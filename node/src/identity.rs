@@ -27,19 +27,25 @@ pub fn load_or_create(path: &Path) -> Result<Keypair, NodeError> {
                     path: path.to_owned(),
                     detail: e.to_string(),
                 })?;
-            let tmp = path.with_extension("tmp");
-            let mut options = std::fs::OpenOptions::new();
-            options.write(true).create(true).truncate(true);
-            #[cfg(unix)]
-            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-            let mut file = options.open(&tmp).map_err(io_err)?;
-            file.write_all(&bytes).map_err(io_err)?;
-            file.sync_all().map_err(io_err)?;
-            std::fs::rename(&tmp, path).map_err(io_err)?;
+            write_private(path, &bytes).map_err(io_err)?;
             Ok(key)
         }
         Err(e) => Err(io_err(e)),
     }
+}
+
+/// Writes a secret to `path` readable by the owner only, atomically (a
+/// temporary file, synced, then renamed over `path`).
+pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)
 }
 
 #[cfg(test)]

@@ -15,11 +15,15 @@
 pub mod api;
 mod behaviour;
 mod bitswap;
+pub mod broadcast;
+pub mod channel_keys;
 pub mod config;
 pub mod daemon;
 mod event_loop;
 mod fetch;
+mod gateway;
 pub mod identity;
+pub mod live;
 pub mod repo;
 
 use std::collections::HashMap;
@@ -35,12 +39,14 @@ use libp2p::{
 };
 use shoal_protocol::bitswap::{Engine, EngineConfig};
 use shoal_protocol::block::Cid;
+use shoal_protocol::channel::ChannelId;
 use shoal_storage::{Blockstore, StoreError};
 use tokio::sync::{mpsc, oneshot};
 
 pub use config::NodeConfig;
 pub use fetch::FetchReport;
 pub use libp2p;
+pub use live::{LiveView, RenditionView};
 
 use crate::behaviour::Behaviour;
 use crate::event_loop::{Command, EventLoop};
@@ -67,6 +73,8 @@ pub enum NodeError {
     Dial { addr: String, detail: String },
     #[error("cannot announce content: {0}")]
     Provide(String),
+    #[error("cannot publish: {0}")]
+    Publish(String),
     #[error("fetching {root}: {detail}")]
     Fetch { root: Cid, detail: String },
     #[error(transparent)]
@@ -122,6 +130,11 @@ impl Node {
             let _ = swarm.behaviour_mut().kad.bootstrap();
         }
 
+        let config_live = (
+            config.live.clone(),
+            config.live_max_dials,
+            config.origin_timeout,
+        );
         let mut control = swarm.behaviour().streams.new_control();
         let (events_tx, events_rx) = mpsc::channel(1024);
         bitswap::spawn_acceptors(&mut control, events_tx.clone())
@@ -152,6 +165,7 @@ impl Node {
             pending_provides: HashMap::new(),
             provider_queries: HashMap::new(),
             jobs: Vec::new(),
+            live: live::Live::new(config_live.0, config_live.1, config_live.2),
         };
         tokio::spawn(event_loop.run());
         let node = Node {
@@ -235,6 +249,54 @@ impl Node {
         Ok(self.store.require(&cid)?)
     }
 
+    /// Starts watching a live channel (or keeps watching it): subscribes to
+    /// its announcements, finds its record and other viewers in the DHT,
+    /// and fetches new segments as they are announced.
+    pub async fn watch(&self, channel: ChannelId) -> Result<(), NodeError> {
+        self.ask(|tx| Command::Watch(channel, tx)).await
+    }
+
+    /// Stops watching a channel.
+    pub async fn unwatch(&self, channel: ChannelId) -> Result<(), NodeError> {
+        self.ask(|tx| Command::Unwatch(channel, tx)).await
+    }
+
+    /// What this node holds of a watched channel (`None` if not watching).
+    pub async fn live_view(&self, channel: ChannelId) -> Result<Option<LiveView>, NodeError> {
+        self.ask(|tx| Command::LiveView(channel, tx)).await
+    }
+
+    /// Channels being watched.
+    pub async fn watching(&self) -> Result<Vec<ChannelId>, NodeError> {
+        self.ask(Command::Watching).await
+    }
+
+    /// Publishes a (signed) announcement on a rendition's topic.
+    pub async fn publish(
+        &self,
+        channel: ChannelId,
+        rendition: u16,
+        announcement: Vec<u8>,
+    ) -> Result<(), NodeError> {
+        self.ask(|tx| Command::Publish(channel, rendition, announcement, tx))
+            .await?
+    }
+
+    /// Stores a signed channel record in the DHT and provides the channel.
+    pub async fn put_channel_record(
+        &self,
+        channel: ChannelId,
+        record: Vec<u8>,
+    ) -> Result<(), NodeError> {
+        self.ask(|tx| Command::PutRecord(channel, record, tx))
+            .await?
+    }
+
+    /// A peer's gossipsub score (negative after invalid messages).
+    pub async fn gossip_score(&self, peer: PeerId) -> Result<Option<f64>, NodeError> {
+        self.ask(|tx| Command::GossipScore(peer, tx)).await
+    }
+
     /// Stops the event loop; the swarm and its connections close.
     pub async fn shutdown(&self) {
         let _ = self.ask(Command::Shutdown).await;
@@ -277,6 +339,9 @@ fn build_swarm(
             let peer_id = key.public().to_peer_id();
             let mut kad_config = kad::Config::new(kad_protocol);
             kad_config.set_provider_publication_interval(Some(provide_interval));
+            // Records are checked before they are stored (only signed
+            // channel records are kept); provider records are kept as is.
+            kad_config.set_record_filtering(kad::StoreInserts::FilterBoth);
             let kad = kad::Behaviour::with_config(
                 peer_id,
                 kad::store::MemoryStore::new(peer_id),
@@ -286,11 +351,21 @@ fn build_swarm(
                 .validation_mode(gossipsub::ValidationMode::Strict)
                 .validate_messages()
                 .max_transmit_size(GOSSIPSUB_MAX_BYTES)
+                // A message is known by its content: a replayed
+                // announcement is a duplicate while remembered, and a
+                // rewound one after that.
+                .message_id_fn(|m: &gossipsub::Message| {
+                    gossipsub::MessageId::from(shoal_protocol::block::sha256(&m.data).to_vec())
+                })
                 .build()
                 .map_err(|e| e.to_string())?;
-            let gossipsub = gossipsub::Behaviour::new(
+            let mut gossipsub = gossipsub::Behaviour::new(
                 gossipsub::MessageAuthenticity::Signed(key.clone()),
                 gossipsub_config,
+            )?;
+            gossipsub.with_peer_score(
+                live::peer_score_params(),
+                gossipsub::PeerScoreThresholds::default(),
             )?;
             let mdns = if mdns_enabled {
                 Some(mdns::tokio::Behaviour::new(

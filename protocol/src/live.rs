@@ -32,11 +32,20 @@ use crate::manifest::SegmentManifest;
 /// Limits and timings, each with the reason for its default.
 #[derive(Clone, Debug)]
 pub struct LiveConfig {
-    /// How long peers have to deliver a segment before its missing shards
-    /// are fetched from an HTTP origin. On loopback and LANs peers deliver
-    /// in tens of milliseconds; 1.5 s leaves room for a slow uplink and
-    /// still completes a 2 s segment before the next one is announced.
+    /// When a segment must be complete, in segment durations after its
+    /// announcement. A player at hls.js's default distance from the live
+    /// edge (three target durations) needs a segment about two durations
+    /// after it was announced; a segment complete later is counted as a
+    /// stall.
+    pub deadline_durations: f64,
+    /// Longest time peers have to deliver a segment before its missing
+    /// shards are fetched from an HTTP origin. On loopback and LANs peers
+    /// deliver in tens of milliseconds; 1.5 s leaves room for a slow
+    /// uplink.
     pub p2p_budget: Duration,
+    /// Peers never get more than this share of the deadline, so the
+    /// origin has the rest to deliver in.
+    pub p2p_share: f64,
     /// Complete segments kept per rendition: the gateway's sliding
     /// playlist, and what this viewer serves to others. Six segments let a
     /// player start three target durations behind the live edge (hls.js's
@@ -64,10 +73,23 @@ pub struct LiveConfig {
     pub fetch: FetchConfig,
 }
 
+impl LiveConfig {
+    /// When a segment of `duration_us` must be complete, after its
+    /// announcement (twice the P2P budget when the duration is unknown).
+    pub fn deadline(&self, duration_us: u64) -> Duration {
+        if duration_us == 0 {
+            return self.p2p_budget * 2;
+        }
+        Duration::from_micros(duration_us).mul_f64(self.deadline_durations.max(0.0))
+    }
+}
+
 impl Default for LiveConfig {
     fn default() -> Self {
         LiveConfig {
+            deadline_durations: 2.0,
             p2p_budget: Duration::from_millis(1500),
+            p2p_share: 0.5,
             window: 6,
             max_pending: 4,
             source_quota: 2,
@@ -143,8 +165,9 @@ pub struct LiveStats {
     pub segments: u64,
     /// Segments given up before they were complete.
     pub missed: u64,
-    /// Segments complete later than one segment duration after their
-    /// announcement: a player at the live edge would have stalled.
+    /// Segments complete after their deadline
+    /// ([`LiveConfig::deadline_durations`]): a player at the live edge
+    /// would have stalled.
     pub late: u64,
     pub bytes_from_peers: u64,
     pub bytes_from_http: u64,
@@ -243,8 +266,28 @@ impl<P: Clone + Eq + Hash> LivePlanner<P> {
         }
     }
 
+    /// When a segment of `duration_us` must be complete, after its
+    /// announcement.
+    pub fn deadline(&self, duration_us: u64) -> Duration {
+        self.config.deadline(duration_us)
+    }
+
+    /// How long peers have for a segment of `duration_us` before HTTP.
+    fn p2p_time(&self, duration_us: u64) -> Duration {
+        self.config.p2p_budget.min(
+            self.deadline(duration_us)
+                .mul_f64(self.config.p2p_share.clamp(0.0, 1.0)),
+        )
+    }
+
     pub fn stats(&self) -> &LiveStats {
         &self.stats
+    }
+
+    /// Counts an announcement refused before it reached the planner (bad
+    /// signature or form).
+    pub fn note_rejected(&mut self) {
+        self.stats.rejected += 1;
     }
 
     pub fn set_http(&mut self, http: bool) {
@@ -382,7 +425,7 @@ impl<P: Clone + Eq + Hash> LivePlanner<P> {
             },
             http_attempts: 0,
             http_in_flight: false,
-            http_after: now + self.config.p2p_budget,
+            http_after: now + self.p2p_time(a.manifest.duration_us.unwrap_or(0)),
         };
         let mut out = self.insert(a.rendition, a.sequence, pending, now);
         out.extend(self.start(a.rendition, a.sequence, now));
@@ -584,6 +627,7 @@ impl<P: Clone + Eq + Hash> LivePlanner<P> {
     ) -> Vec<LiveAction<P>> {
         let window = self.config.window.max(1);
         let samples = self.config.latency_samples;
+        let config = self.config.clone();
         let mut out = Vec::new();
         let Some(r) = self.renditions.get_mut(usize::from(rendition)) else {
             return out;
@@ -623,7 +667,8 @@ impl<P: Clone + Eq + Hash> LivePlanner<P> {
         if self.stats.startup.is_none() {
             self.stats.startup = Some(now.duration_since(self.started));
         }
-        if duration_us > 0 && now.duration_since(p.announced) > Duration::from_micros(duration_us) {
+        let deadline = config.deadline(duration_us);
+        if now.duration_since(p.announced) > deadline {
             self.stats.late += 1;
         }
         if let Some(published) = p.published_ms {

@@ -288,9 +288,26 @@ pub fn format_duration(us: u64) -> String {
 
 /// Writes a VOD media playlist. `segments` are (URI, duration) pairs.
 pub fn write_media(media_sequence: u64, init: Option<&str>, segments: &[(String, u64)]) -> String {
+    write_media_playlist(media_sequence, init, segments, None)
+}
+
+/// Writes the sliding playlist of a live stream: no playlist type and no
+/// end, so a player reloads it every target duration. `target_us` is the
+/// channel's target duration (0: the longest segment listed).
+pub fn write_live_media(media_sequence: u64, target_us: u64, segments: &[(String, u64)]) -> String {
+    write_media_playlist(media_sequence, None, segments, Some(target_us))
+}
+
+fn write_media_playlist(
+    media_sequence: u64,
+    init: Option<&str>,
+    segments: &[(String, u64)],
+    live_target_us: Option<u64>,
+) -> String {
     let target = segments
         .iter()
         .map(|(_, us)| us.div_ceil(1_000_000))
+        .chain(live_target_us.map(|us| us.div_ceil(1_000_000)))
         .max()
         .unwrap_or(1)
         .max(1);
@@ -301,14 +318,18 @@ pub fn write_media(media_sequence: u64, init: Option<&str>, segments: &[(String,
     let _ = writeln!(out, "#EXT-X-VERSION:{version}");
     let _ = writeln!(out, "#EXT-X-TARGETDURATION:{target}");
     let _ = writeln!(out, "#EXT-X-MEDIA-SEQUENCE:{media_sequence}");
-    out.push_str("#EXT-X-PLAYLIST-TYPE:VOD\n");
+    if live_target_us.is_none() {
+        out.push_str("#EXT-X-PLAYLIST-TYPE:VOD\n");
+    }
     if let Some(init) = init {
         let _ = writeln!(out, "#EXT-X-MAP:URI=\"{init}\"");
     }
     for (uri, us) in segments {
         let _ = writeln!(out, "#EXTINF:{},\n{uri}", format_duration(*us));
     }
-    out.push_str("#EXT-X-ENDLIST\n");
+    if live_target_us.is_none() {
+        out.push_str("#EXT-X-ENDLIST\n");
+    }
     out
 }
 

@@ -281,6 +281,51 @@ where
     })
 }
 
+/// One segment stored on its own: what a live broadcaster announces.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredSegment {
+    pub manifest_cid: Cid,
+    /// The manifest block, as announced inline.
+    pub manifest_bytes: Vec<u8>,
+    pub manifest: SegmentManifest,
+    /// Blocks written, the manifest included.
+    pub blocks: usize,
+}
+
+/// Codes and stores one segment (a live HLS segment) in one durable
+/// transaction, unpinned: a live window keeps segments only while they are
+/// recent, and the quota's eviction or `repo gc` may take them after.
+pub fn import_segment(
+    store: &Blockstore,
+    encoder: &mut Encoder,
+    bytes: Vec<u8>,
+    index: u64,
+    duration_us: Option<u64>,
+    opts: &ImportOptions,
+) -> Result<StoredSegment, ImportError> {
+    opts.validate_coding()?;
+    let prepared = prepare(
+        encoder,
+        Input {
+            bytes,
+            index,
+            duration_us,
+        },
+        opts,
+    )?;
+    let blocks = prepared.blocks();
+    store.put_many(&blocks)?;
+    let (manifest_cid, manifest_bytes) = prepared.manifest.clone();
+    let manifest = SegmentManifest::from_block(&manifest_bytes)
+        .map_err(|e| ImportError::Options(format!("segment manifest: {e}")))?;
+    Ok(StoredSegment {
+        manifest_cid,
+        manifest_bytes,
+        manifest,
+        blocks: blocks.len(),
+    })
+}
+
 /// Reads a file `segment_size` bytes at a time.
 fn file_inputs(
     mut file: File,

@@ -17,7 +17,9 @@ pub use blockstore::{BlockListener, Blockstore, StoreError, StoreOptions};
 pub mod hls;
 pub mod import;
 
-pub use import::{ImportError, ImportOptions, Imported, import_file, import_hls};
+pub use import::{
+    ImportError, ImportOptions, Imported, StoredSegment, import_file, import_hls, import_segment,
+};
 pub mod assemble;
 
 pub use assemble::{AssembleError, export_hls, write_stream};

@@ -1,0 +1,396 @@
+//! Broadcasting a live channel from the folder a live encoder writes.
+//!
+//! An encoder such as `ffmpeg -f hls` writes each segment, closes it, and
+//! only then rewrites its media playlist to list it (through a temporary
+//! file renamed over the old one). So a segment listed in the playlist is
+//! complete, and a segment still being written is never listed: the
+//! broadcaster polls the playlists and imports only what they list. For
+//! each new segment it codes and stores the shards, signs an announcement
+//! and publishes it on the rendition's topic; then it signs a new channel
+//! record (renditions, origins, the latest segments) and puts it in the
+//! DHT for viewers who join later.
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use shoal_protocol::channel::{
+    ChannelId, ChannelKey, ChannelRecord, LiveRendition, Origin, RECORD_WINDOW, RecentSegment,
+    is_safe_relative_path,
+};
+use shoal_storage::hls::{self, Playlist};
+use shoal_storage::import::MAX_HLS_SEGMENT_BYTES;
+use shoal_storage::{ImportOptions, codec::Encoder, import_segment};
+use tokio::sync::mpsc;
+
+use crate::live::unix_ms;
+use crate::{Node, NodeError};
+
+/// How often the encoder's playlists are read. A quarter of a second adds
+/// at most that to a segment's latency and costs a few small reads.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(250);
+
+/// How long a channel record stays valid without a newer one: a viewer
+/// that finds only an older record knows the channel has stopped.
+const RECORD_LIFETIME: Duration = Duration::from_secs(60);
+
+/// What to broadcast.
+#[derive(Clone, Debug)]
+pub struct BroadcastOptions {
+    /// The folder the encoder writes.
+    pub dir: PathBuf,
+    /// The top playlist in `dir` (master or media); found when `None`.
+    pub playlist: Option<String>,
+    /// HTTP origins serving `dir`.
+    pub origins: Vec<String>,
+    pub import: ImportOptions,
+    pub name: String,
+}
+
+/// One published segment.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Published {
+    pub rendition: u16,
+    pub sequence: u64,
+    pub uri: String,
+    pub bytes: u64,
+    pub manifest: String,
+}
+
+/// Why a broadcast stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum BroadcastError {
+    #[error("{path}: {detail}")]
+    Input { path: PathBuf, detail: String },
+    #[error("invalid origin {0:?}: an origin is an http:// or https:// URL")]
+    Origin(String),
+    #[error(transparent)]
+    Node(#[from] NodeError),
+    #[error("storing a segment: {0}")]
+    Import(#[from] shoal_storage::ImportError),
+}
+
+struct RenditionState {
+    info: LiveRendition,
+    /// Path of the media playlist inside the folder.
+    playlist: PathBuf,
+    /// Highest sequence published.
+    last: Option<u64>,
+    recent: VecDeque<RecentSegment>,
+}
+
+/// Broadcasts until the encoder ends the stream (EXT-X-ENDLIST in every
+/// rendition) or `events` is closed (the caller went away). Each published
+/// segment is reported on `events`.
+pub async fn broadcast(
+    node: Node,
+    key: ChannelKey,
+    options: BroadcastOptions,
+    events: mpsc::Sender<Published>,
+) -> Result<(), BroadcastError> {
+    for o in &options.origins {
+        if !(o.starts_with("http://") || o.starts_with("https://"))
+            || o.len() > shoal_protocol::channel::MAX_URL
+        {
+            return Err(BroadcastError::Origin(o.clone()));
+        }
+    }
+    let channel = key.id();
+    let top = loop {
+        match find_playlist(&options.dir, options.playlist.as_deref())? {
+            Some(p) => break p,
+            None => {
+                if events.is_closed() {
+                    return Ok(());
+                }
+                tokio::time::sleep(POLL_INTERVAL).await;
+            }
+        }
+    };
+    let mut renditions = read_renditions(&options.dir, &top)?;
+    tracing::info!(%channel, renditions = renditions.len(), playlist = %top, "broadcasting");
+    let mut encoder = Encoder::default();
+    let mut record_sequence = 0u64;
+    let mut target_duration_us = 0u64;
+    loop {
+        if events.is_closed() {
+            return Ok(());
+        }
+        let mut published_any = false;
+        let mut ended = 0;
+        for (r, state) in renditions.iter_mut().enumerate() {
+            let media = match read_media(&options.dir, &state.playlist) {
+                Ok(m) => m,
+                Err(e) => {
+                    // Encoders replace playlists atomically, so this is a
+                    // real problem; say so, and try again next time.
+                    tracing::warn!(%channel, error = %e, "cannot read the encoder's playlist");
+                    continue;
+                }
+            };
+            if media.ended {
+                ended += 1;
+            }
+            let first_new = match state.last {
+                Some(last) => last + 1,
+                // Starting on a running encoder: the latest few only.
+                None => (media.media_sequence + media.segments.len() as u64)
+                    .saturating_sub(RECORD_WINDOW as u64),
+            };
+            for (i, seg) in media.segments.iter().enumerate() {
+                let sequence = media.media_sequence + i as u64;
+                if sequence < first_new {
+                    continue;
+                }
+                target_duration_us = target_duration_us.max(seg.duration_us);
+                let published = publish_segment(
+                    &node,
+                    &key,
+                    &options,
+                    &mut encoder,
+                    state,
+                    r as u16,
+                    sequence,
+                    seg,
+                )
+                .await?;
+                published_any = true;
+                if events.send(published).await.is_err() {
+                    return Ok(());
+                }
+            }
+        }
+        if published_any {
+            record_sequence += 1;
+            let record = ChannelRecord {
+                name: options.name.clone(),
+                sequence: record_sequence,
+                expires_ms: unix_ms() + RECORD_LIFETIME.as_millis() as u64,
+                target_duration_us,
+                renditions: renditions
+                    .iter()
+                    .map(|s| LiveRendition {
+                        recent: s.recent.iter().copied().collect(),
+                        ..s.info.clone()
+                    })
+                    .collect(),
+                origins: options.origins.iter().cloned().map(Origin).collect(),
+                ..ChannelRecord::default()
+            };
+            node.put_channel_record(channel, key.sign_record(&record))
+                .await?;
+        }
+        if ended == renditions.len() && !renditions.is_empty() {
+            tracing::info!(%channel, "the encoder ended the stream");
+            return Ok(());
+        }
+        tokio::time::sleep(POLL_INTERVAL).await;
+        // A master playlist may gain renditions only by restarting the
+        // encoder; re-reading it each time keeps names right if it does.
+        if renditions.is_empty() {
+            renditions = read_renditions(&options.dir, &top)?;
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn publish_segment(
+    node: &Node,
+    key: &ChannelKey,
+    options: &BroadcastOptions,
+    encoder: &mut Encoder,
+    state: &mut RenditionState,
+    rendition: u16,
+    sequence: u64,
+    seg: &hls::MediaSegment,
+) -> Result<Published, BroadcastError> {
+    let channel: ChannelId = key.id();
+    let base = state
+        .playlist
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    if !is_safe_relative_path(&seg.uri) {
+        return Err(BroadcastError::Input {
+            path: options.dir.join(&state.playlist),
+            detail: format!("segment {:?} is not a plain relative path", seg.uri),
+        });
+    }
+    let path = options.dir.join(&base).join(&seg.uri);
+    let bytes = read_segment(&path)?;
+    let len = bytes.len() as u64;
+    let store = node.store().clone();
+    let import = options.import;
+    let duration = Some(seg.duration_us);
+    let mut enc = std::mem::take(encoder);
+    let (stored, enc) = tokio::task::spawn_blocking(move || {
+        let r = import_segment(&store, &mut enc, bytes, sequence, duration, &import);
+        (r, enc)
+    })
+    .await
+    .map_err(|e| BroadcastError::Input {
+        path: path.clone(),
+        detail: e.to_string(),
+    })?;
+    *encoder = enc;
+    let stored = stored?;
+    let announcement = key.announce(
+        rendition,
+        sequence,
+        unix_ms(),
+        &seg.uri,
+        stored.manifest_bytes.clone(),
+    );
+    node.publish(channel, rendition, announcement).await?;
+    state.last = Some(sequence);
+    state.recent.push_back(RecentSegment {
+        sequence,
+        manifest: stored.manifest_cid,
+        duration_us: seg.duration_us,
+    });
+    while state.recent.len() > RECORD_WINDOW {
+        state.recent.pop_front();
+    }
+    tracing::info!(%channel, rendition, sequence, bytes = len, "published");
+    Ok(Published {
+        rendition,
+        sequence,
+        uri: seg.uri.clone(),
+        bytes: len,
+        manifest: stored.manifest_cid.to_string(),
+    })
+}
+
+fn input_err(path: &Path, detail: impl std::fmt::Display) -> BroadcastError {
+    BroadcastError::Input {
+        path: path.to_owned(),
+        detail: detail.to_string(),
+    }
+}
+
+fn read_segment(path: &Path) -> Result<Vec<u8>, BroadcastError> {
+    let meta = std::fs::metadata(path).map_err(|e| input_err(path, e))?;
+    if meta.len() > MAX_HLS_SEGMENT_BYTES {
+        return Err(input_err(
+            path,
+            format!(
+                "segment is {} bytes, over the {MAX_HLS_SEGMENT_BYTES}-byte limit",
+                meta.len()
+            ),
+        ));
+    }
+    if meta.len() == 0 {
+        return Err(input_err(path, "segment is empty"));
+    }
+    std::fs::read(path).map_err(|e| input_err(path, e))
+}
+
+fn read_playlist(path: &Path) -> Result<Playlist, BroadcastError> {
+    let meta = std::fs::metadata(path).map_err(|e| input_err(path, e))?;
+    if meta.len() > hls::MAX_PLAYLIST_BYTES {
+        return Err(input_err(path, "playlist too large"));
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| input_err(path, e))?;
+    hls::parse(&text).map_err(|e| input_err(path, e))
+}
+
+fn read_media(dir: &Path, playlist: &Path) -> Result<hls::MediaPlaylist, BroadcastError> {
+    let path = dir.join(playlist);
+    match read_playlist(&path)? {
+        Playlist::Media(m) => {
+            if m.init.is_some() {
+                return Err(input_err(
+                    &path,
+                    "fMP4 segments (EXT-X-MAP) are not broadcast yet; have the encoder write MPEG-TS",
+                ));
+            }
+            Ok(m)
+        }
+        Playlist::Master(_) => Err(input_err(&path, "expected a media playlist")),
+    }
+}
+
+/// The top playlist: the one named, else a master playlist in `dir`, else
+/// the only playlist there. `None` while the encoder has written none.
+fn find_playlist(dir: &Path, named: Option<&str>) -> Result<Option<String>, BroadcastError> {
+    if !dir.is_dir() {
+        return Err(input_err(dir, "not a folder"));
+    }
+    if let Some(name) = named {
+        if !is_safe_relative_path(name) {
+            return Err(input_err(
+                dir,
+                format!("playlist {name:?} is not a plain relative path"),
+            ));
+        }
+        return Ok(dir.join(name).exists().then(|| name.to_owned()));
+    }
+    let mut found: Vec<String> = std::fs::read_dir(dir)
+        .map_err(|e| input_err(dir, e))?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".m3u8"))
+        .collect();
+    found.sort();
+    let masters: Vec<&String> = found
+        .iter()
+        .filter(|n| matches!(read_playlist(&dir.join(n)), Ok(Playlist::Master(_))))
+        .collect();
+    match (masters.as_slice(), found.as_slice()) {
+        ([m], _) => Ok(Some((*m).clone())),
+        ([], []) => Ok(None),
+        ([], [only]) => Ok(Some(only.clone())),
+        _ => Err(input_err(
+            dir,
+            format!(
+                "several playlists ({}); name the top one with --playlist",
+                found.join(", ")
+            ),
+        )),
+    }
+}
+
+fn read_renditions(dir: &Path, top: &str) -> Result<Vec<RenditionState>, BroadcastError> {
+    let state = |playlist: &str, bandwidth, resolution, codecs| {
+        // MPEG-TS only: fMP4 playlists are refused by `read_media`.
+        let ext = "ts".to_string();
+        RenditionState {
+            info: LiveRendition {
+                playlist: playlist.to_owned(),
+                bandwidth,
+                resolution,
+                codecs,
+                segment_extension: ext,
+                ..LiveRendition::default()
+            },
+            playlist: PathBuf::from(playlist),
+            last: None,
+            recent: VecDeque::new(),
+        }
+    };
+    match read_playlist(&dir.join(top))? {
+        Playlist::Media(_) => Ok(vec![state(top, None, None, None)]),
+        Playlist::Master(variants) => {
+            if variants.len() > shoal_protocol::channel::MAX_LIVE_RENDITIONS {
+                return Err(input_err(&dir.join(top), "too many renditions"));
+            }
+            variants
+                .iter()
+                .map(|v| {
+                    if !is_safe_relative_path(&v.uri) {
+                        return Err(input_err(
+                            &dir.join(top),
+                            format!("variant {:?} is not a plain relative path", v.uri),
+                        ));
+                    }
+                    Ok(state(
+                        &v.uri,
+                        Some(v.bandwidth),
+                        v.resolution.clone(),
+                        v.codecs.clone(),
+                    ))
+                })
+                .collect()
+        }
+    }
+}

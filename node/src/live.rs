@@ -1,0 +1,866 @@
+//! Live channels in the event loop: watching (gossip announcements checked
+//! and scored, segments planned by `shoal_protocol::live`, HTTP fill-in),
+//! publishing, and the channel records kept in the DHT.
+//!
+//! A watched channel is a [`LiveSession`]: the channel's record, the
+//! topics subscribed, and a [`LivePlanner`]. Announcements are opened
+//! (signature first) and offered to the planner, whose verdict is reported
+//! to gossipsub: a rejected message is not forwarded and costs its sender
+//! score. The planner's actions become Bitswap wants, HTTP range requests
+//! (run as tasks; every shard they return is verified against its CID
+//! before it is stored), segment checks (run on the blocking pool) and
+//! releases of segments that left the window.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use libp2p::PeerId;
+use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance, TopicHash};
+use libp2p::kad::{self, store::RecordStore};
+use shoal_protocol::block::{self, Block, Cid, Codec};
+use shoal_protocol::channel::{
+    Announcement, ChannelId, ChannelRecord, LiveRendition, MAX_RECORD_BYTES,
+};
+use shoal_protocol::live::{
+    HttpRequest, LiveAction, LiveConfig, LivePlanner, LiveStats, Verdict, WindowSegment,
+    shards_from_range,
+};
+use shoal_protocol::manifest::SegmentManifest;
+use shoal_storage::Blockstore;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::NodeError;
+use crate::event_loop::EventLoop;
+
+/// How often a watching node looks for more viewers of the channel and for
+/// a newer channel record.
+const LIVE_DISCOVERY_INTERVAL: Duration = Duration::from_secs(15);
+
+/// A session nobody has looked at (playlist, stats) for this long ends: a
+/// player polls its live playlist every target duration.
+pub const LIVE_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The longest segment an HTTP origin may send (matches the importer's
+/// limit for HLS segments).
+const MAX_HTTP_BYTES: u64 = shoal_storage::import::MAX_HLS_SEGMENT_BYTES;
+
+/// Milliseconds since the Unix epoch.
+pub fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Score parameters for a channel's topics. Announcements come one per
+/// segment (every few seconds), too rarely for gossipsub's mesh-delivery
+/// penalties (P3, P3b) to tell a slow peer from a silent one, so those are
+/// off; an invalid message (P4) costs 100 × count², which puts its sender
+/// under the graylist threshold at the first offence.
+pub(crate) fn topic_score_params() -> gossipsub::TopicScoreParams {
+    gossipsub::TopicScoreParams {
+        topic_weight: 1.0,
+        time_in_mesh_weight: 0.01,
+        time_in_mesh_quantum: Duration::from_secs(1),
+        time_in_mesh_cap: 100.0,
+        first_message_deliveries_weight: 1.0,
+        first_message_deliveries_decay: 0.9,
+        first_message_deliveries_cap: 50.0,
+        mesh_message_deliveries_weight: 0.0,
+        mesh_failure_penalty_weight: 0.0,
+        invalid_message_deliveries_weight: -100.0,
+        invalid_message_deliveries_decay: 0.9,
+        ..gossipsub::TopicScoreParams::default()
+    }
+}
+
+/// Peer score parameters. Peers on the loopback interface are not counted
+/// as colocated: they are processes of this machine (a test swarm, a
+/// player's local node), not a Sybil farm behind one address.
+pub(crate) fn peer_score_params() -> gossipsub::PeerScoreParams {
+    let mut p = gossipsub::PeerScoreParams::default();
+    p.ip_colocation_factor_whitelist
+        .insert(std::net::Ipv4Addr::LOCALHOST.into());
+    p.ip_colocation_factor_whitelist
+        .insert(std::net::Ipv6Addr::LOCALHOST.into());
+    p
+}
+
+/// One rendition as a gateway shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RenditionView {
+    pub info: LiveRendition,
+    pub window: Vec<WindowSegment>,
+}
+
+/// What a watching node holds of a channel now.
+#[derive(Clone, Debug)]
+pub struct LiveView {
+    pub channel: ChannelId,
+    pub name: Option<String>,
+    pub target_duration_us: u64,
+    pub renditions: Vec<RenditionView>,
+    pub stats: LiveStats,
+    /// Peers of the channel this node knows (candidates for its shards).
+    pub peers: usize,
+    pub origins: Vec<String>,
+}
+
+/// Results of work done off the event loop.
+pub(crate) enum LiveEvent {
+    Http {
+        channel: ChannelId,
+        request: HttpRequest,
+        result: Result<Vec<(Cid, Vec<u8>)>, String>,
+    },
+    Checked {
+        channel: ChannelId,
+        rendition: u16,
+        sequence: u64,
+        ok: bool,
+    },
+}
+
+pub(crate) struct LiveSession {
+    planner: LivePlanner<PeerId>,
+    record: Option<ChannelRecord>,
+    topics: Vec<TopicHash>,
+    candidates: HashSet<PeerId>,
+    last_access: Instant,
+    next_discovery: Instant,
+}
+
+/// The live state of the event loop.
+pub(crate) struct Live {
+    pub(crate) config: LiveConfig,
+    pub(crate) sessions: HashMap<ChannelId, LiveSession>,
+    topics: HashMap<TopicHash, (ChannelId, u16)>,
+    record_queries: HashMap<kad::QueryId, ChannelId>,
+    provider_queries: HashMap<kad::QueryId, ChannelId>,
+    pending_puts: HashMap<kad::QueryId, oneshot::Sender<Result<(), NodeError>>>,
+    pub(crate) events_tx: mpsc::UnboundedSender<LiveEvent>,
+    pub(crate) events_rx: mpsc::UnboundedReceiver<LiveEvent>,
+    http: reqwest::Client,
+    /// Dial at most this many viewers found in the DHT per lookup.
+    max_dials: usize,
+}
+
+impl Live {
+    pub(crate) fn new(config: LiveConfig, max_dials: usize, origin_timeout: Duration) -> Live {
+        let (events_tx, events_rx) = mpsc::unbounded_channel();
+        Live {
+            config,
+            sessions: HashMap::new(),
+            topics: HashMap::new(),
+            record_queries: HashMap::new(),
+            provider_queries: HashMap::new(),
+            pending_puts: HashMap::new(),
+            events_tx,
+            events_rx,
+            http: reqwest::Client::builder()
+                .timeout(origin_timeout)
+                .build()
+                .unwrap_or_default(),
+            max_dials,
+        }
+    }
+
+    /// Whether any session still waits for `cid`.
+    pub(crate) fn wants(&self, cid: &Cid) -> bool {
+        self.sessions.values().any(|s| s.planner.wants(cid))
+    }
+}
+
+/// A rotation for this node's shard order: viewers start at different
+/// shards of each segment.
+fn rotation_of(peer: &PeerId) -> usize {
+    let bytes = peer.to_bytes();
+    let digest = block::sha256(&bytes);
+    usize::from(digest[0]) | (usize::from(digest[1]) << 8)
+}
+
+impl EventLoop {
+    /// Starts watching `channel` (no-op if already watching).
+    pub(crate) fn watch(&mut self, channel: ChannelId) {
+        let now = Instant::now();
+        if let Some(s) = self.live.sessions.get_mut(&channel) {
+            s.last_access = now;
+            return;
+        }
+        let rotation = rotation_of(self.swarm.local_peer_id());
+        let planner = LivePlanner::new(self.live.config.clone(), rotation, false, now);
+        self.live.sessions.insert(
+            channel,
+            LiveSession {
+                planner,
+                record: None,
+                topics: Vec::new(),
+                candidates: HashSet::new(),
+                last_access: now,
+                next_discovery: now,
+            },
+        );
+        // Rendition 0 always exists; the record names the others.
+        self.subscribe(channel, 0);
+        let key = kad::RecordKey::new(&channel.record_key());
+        if let Err(e) = self.swarm.behaviour_mut().kad.start_providing(key) {
+            tracing::debug!(%channel, error = %e, "cannot provide the channel");
+        }
+        self.discover(channel);
+        tracing::info!(%channel, "watching");
+    }
+
+    pub(crate) fn unwatch(&mut self, channel: &ChannelId) {
+        let Some(session) = self.live.sessions.remove(channel) else {
+            return;
+        };
+        for topic in &session.topics {
+            self.live.topics.remove(topic);
+            let t = IdentTopic::new(topic.to_string());
+            self.swarm.behaviour_mut().gossipsub.unsubscribe(&t);
+        }
+        let key = kad::RecordKey::new(&channel.record_key());
+        self.swarm.behaviour_mut().kad.stop_providing(&key);
+        tracing::info!(%channel, "stopped watching");
+    }
+
+    fn subscribe(&mut self, channel: ChannelId, rendition: u16) {
+        let topic = IdentTopic::new(channel.topic(rendition));
+        let hash = topic.hash();
+        if self.live.topics.contains_key(&hash) {
+            return;
+        }
+        let gossipsub = &mut self.swarm.behaviour_mut().gossipsub;
+        if let Err(e) = gossipsub.set_topic_params(topic.clone(), topic_score_params()) {
+            tracing::warn!(%channel, error = e, "cannot score the channel's topic");
+        }
+        if let Err(e) = gossipsub.subscribe(&topic) {
+            tracing::warn!(%channel, error = %e, "cannot subscribe to the channel");
+            return;
+        }
+        self.live.topics.insert(hash.clone(), (channel, rendition));
+        // Peers already subscribed are candidates from the start.
+        let known: Vec<PeerId> = self
+            .swarm
+            .behaviour()
+            .gossipsub
+            .all_peers()
+            .filter(|(_, topics)| topics.contains(&&hash))
+            .map(|(p, _)| *p)
+            .collect();
+        if let Some(s) = self.live.sessions.get_mut(&channel) {
+            s.topics.push(hash);
+        }
+        for peer in known {
+            self.live_candidate(channel, peer);
+        }
+    }
+
+    /// Looks up the channel's record and other viewers in the DHT.
+    fn discover(&mut self, channel: ChannelId) {
+        let key = kad::RecordKey::new(&channel.record_key());
+        let kad = &mut self.swarm.behaviour_mut().kad;
+        let q = kad.get_record(key.clone());
+        self.live.record_queries.insert(q, channel);
+        let q = kad.get_providers(key);
+        self.live.provider_queries.insert(q, channel);
+        if let Some(s) = self.live.sessions.get_mut(&channel) {
+            s.next_discovery = Instant::now() + LIVE_DISCOVERY_INTERVAL;
+        }
+    }
+
+    /// A peer that can serve the channel's shards.
+    pub(crate) fn live_candidate(&mut self, channel: ChannelId, peer: PeerId) {
+        if peer == *self.swarm.local_peer_id() || self.banned.contains_key(&peer) {
+            return;
+        }
+        let Some(s) = self.live.sessions.get_mut(&channel) else {
+            return;
+        };
+        if !s.candidates.insert(peer) {
+            return;
+        }
+        let actions = s.planner.add_peer(peer, Instant::now());
+        self.run_live_actions(channel, actions);
+    }
+
+    /// A peer subscribed to a topic.
+    pub(crate) fn on_gossip_subscribed(&mut self, peer: PeerId, topic: &TopicHash) {
+        if let Some((channel, _)) = self.live.topics.get(topic).copied() {
+            self.live_candidate(channel, peer);
+        }
+    }
+
+    /// A gossiped message: an announcement on a watched channel, checked
+    /// and reported back to gossipsub.
+    pub(crate) fn on_gossip_message(
+        &mut self,
+        propagation_source: PeerId,
+        id: gossipsub::MessageId,
+        message: gossipsub::Message,
+    ) {
+        let acceptance = self.judge(&message);
+        if let MessageAcceptance::Reject = acceptance {
+            tracing::warn!(
+                peer = %propagation_source,
+                topic = %message.topic,
+                "refused a live announcement; the sender loses gossip score"
+            );
+        }
+        self.swarm
+            .behaviour_mut()
+            .gossipsub
+            .report_message_validation_result(&id, &propagation_source, acceptance);
+    }
+
+    fn judge(&mut self, message: &gossipsub::Message) -> MessageAcceptance {
+        let Some((channel, rendition)) = self.live.topics.get(&message.topic).copied() else {
+            return MessageAcceptance::Ignore;
+        };
+        let a = match Announcement::open(&channel, &message.data) {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::debug!(%channel, error = %e, "bad announcement");
+                if let Some(s) = self.live.sessions.get_mut(&channel) {
+                    s.planner.note_rejected();
+                }
+                return MessageAcceptance::Reject;
+            }
+        };
+        if a.rendition != rendition {
+            if let Some(s) = self.live.sessions.get_mut(&channel) {
+                s.planner.note_rejected();
+            }
+            return MessageAcceptance::Reject;
+        }
+        let Some(session) = self.live.sessions.get_mut(&channel) else {
+            return MessageAcceptance::Ignore;
+        };
+        let now = Instant::now();
+        let (verdict, actions) = session.planner.offer(&a, message.source, now, unix_ms());
+        if let Verdict::Reject(why) = verdict {
+            tracing::debug!(%channel, %why, "refused announcement");
+            return MessageAcceptance::Reject;
+        }
+        // The manifest travels inline: keep it, so the segment can be
+        // checked and served to peers that ask for it.
+        let manifest = Block::prehashed(a.manifest_cid, &a.manifest_bytes);
+        if let Err(e) = self.store.put_many_lazily(&[manifest]) {
+            tracing::warn!(%channel, error = %e, "cannot store a segment manifest");
+        }
+        if let Some(source) = message.source {
+            self.live_candidate(channel, source);
+        }
+        tracing::debug!(%channel, rendition, sequence = a.sequence, "announcement accepted");
+        self.run_live_actions(channel, actions);
+        MessageAcceptance::Accept
+    }
+
+    /// Carries out a session's planner actions.
+    pub(crate) fn run_live_actions(
+        &mut self,
+        channel: ChannelId,
+        actions: Vec<LiveAction<PeerId>>,
+    ) {
+        let mut fetches = Vec::new();
+        for action in actions {
+            match action {
+                LiveAction::Fetch(a) => fetches.push(a),
+                LiveAction::Http(request) => self.start_http(channel, request),
+                LiveAction::Check {
+                    rendition,
+                    sequence,
+                    manifest,
+                } => {
+                    let store = self.store.clone();
+                    let tx = self.live.events_tx.clone();
+                    tokio::task::spawn_blocking(move || {
+                        let ok = check_segment(&store, &manifest, sequence);
+                        let _ = tx.send(LiveEvent::Checked {
+                            channel,
+                            rendition,
+                            sequence,
+                            ok,
+                        });
+                    });
+                }
+                LiveAction::Release { manifest, shards } => {
+                    let store = self.store.clone();
+                    tokio::task::spawn_blocking(move || release(&store, &manifest, shards));
+                }
+            }
+        }
+        self.run_actions(fetches);
+    }
+
+    fn start_http(&mut self, channel: ChannelId, request: HttpRequest) {
+        let Some(session) = self.live.sessions.get(&channel) else {
+            return;
+        };
+        let Some(record) = &session.record else {
+            return;
+        };
+        let Some(rendition) = record.renditions.get(usize::from(request.rendition)) else {
+            return;
+        };
+        let dir = match rendition.playlist.rfind('/') {
+            Some(i) => &rendition.playlist[..=i],
+            None => "",
+        };
+        let urls: Vec<String> = record
+            .origins
+            .iter()
+            .map(|o| format!("{}/{dir}{}", o.0.trim_end_matches('/'), request.uri))
+            .collect();
+        let client = self.live.http.clone();
+        let tx = self.live.events_tx.clone();
+        tokio::spawn(async move {
+            let mut result = Err("no origin".to_string());
+            for url in &urls {
+                result = fetch_range(&client, url, &request).await;
+                match &result {
+                    Ok(_) => break,
+                    Err(e) => tracing::warn!(%url, error = %e, "origin did not deliver"),
+                }
+            }
+            let _ = tx.send(LiveEvent::Http {
+                channel,
+                request,
+                result,
+            });
+        });
+    }
+
+    pub(crate) fn on_live_event(&mut self, event: LiveEvent) {
+        let now = Instant::now();
+        match event {
+            LiveEvent::Http {
+                channel,
+                request,
+                result,
+            } => {
+                let ok = result.is_ok();
+                let mut actions = Vec::new();
+                if let Ok(shards) = result {
+                    let blocks: Vec<Block<'_>> = shards
+                        .iter()
+                        .map(|(cid, data)| Block::prehashed(*cid, data))
+                        .collect();
+                    if let Err(e) = self.store.put_many_lazily(&blocks) {
+                        tracing::error!(error = %e, "cannot store shards from an origin");
+                    } else if let Some(s) = self.live.sessions.get_mut(&channel) {
+                        for (cid, data) in &shards {
+                            actions.extend(s.planner.on_block(cid, data, true, now));
+                        }
+                    }
+                }
+                if let Some(s) = self.live.sessions.get_mut(&channel) {
+                    s.planner
+                        .http_done(request.rendition, request.sequence, ok, now);
+                }
+                self.run_live_actions(channel, actions);
+            }
+            LiveEvent::Checked {
+                channel,
+                rendition,
+                sequence,
+                ok,
+            } => {
+                let Some(s) = self.live.sessions.get_mut(&channel) else {
+                    return;
+                };
+                if !ok {
+                    tracing::warn!(%channel, rendition, sequence, "segment did not rebuild; dropped");
+                }
+                let actions = s
+                    .planner
+                    .segment_checked(rendition, sequence, ok, now, unix_ms());
+                self.run_live_actions(channel, actions);
+            }
+        }
+    }
+
+    /// Blocks arrived from peers: every session that waits for them hears.
+    pub(crate) fn live_blocks(&mut self, received: &[(PeerId, Cid, Vec<u8>)]) {
+        if self.live.sessions.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let channels: Vec<ChannelId> = self.live.sessions.keys().copied().collect();
+        for channel in channels {
+            let mut actions = Vec::new();
+            if let Some(s) = self.live.sessions.get_mut(&channel) {
+                for (_, cid, data) in received {
+                    actions.extend(s.planner.on_block(cid, data, false, now));
+                }
+            }
+            self.run_live_actions(channel, actions);
+        }
+    }
+
+    pub(crate) fn live_presence(&mut self, peer: &PeerId, cid: &Cid, have: bool) {
+        let now = Instant::now();
+        let channels: Vec<ChannelId> = self.live.sessions.keys().copied().collect();
+        for channel in channels {
+            let actions = match self.live.sessions.get_mut(&channel) {
+                Some(s) => s.planner.on_presence(peer, cid, have, now),
+                None => continue,
+            };
+            self.run_live_actions(channel, actions);
+        }
+    }
+
+    pub(crate) fn live_peer_gone(&mut self, peer: &PeerId) {
+        let now = Instant::now();
+        let channels: Vec<ChannelId> = self.live.sessions.keys().copied().collect();
+        for channel in channels {
+            let actions = match self.live.sessions.get_mut(&channel) {
+                Some(s) => {
+                    s.candidates.remove(peer);
+                    s.planner.peer_gone(peer, now)
+                }
+                None => continue,
+            };
+            self.run_live_actions(channel, actions);
+        }
+    }
+
+    pub(crate) fn live_tick(&mut self) {
+        let now = Instant::now();
+        let idle: Vec<ChannelId> = self
+            .live
+            .sessions
+            .iter()
+            .filter(|(_, s)| now.duration_since(s.last_access) > LIVE_IDLE_TIMEOUT)
+            .map(|(c, _)| *c)
+            .collect();
+        for channel in idle {
+            tracing::info!(%channel, "nobody is watching any more");
+            self.unwatch(&channel);
+        }
+        let channels: Vec<ChannelId> = self.live.sessions.keys().copied().collect();
+        for channel in channels {
+            let (actions, discover) = match self.live.sessions.get_mut(&channel) {
+                Some(s) => (s.planner.tick(now), now >= s.next_discovery),
+                None => continue,
+            };
+            self.run_live_actions(channel, actions);
+            if discover {
+                self.discover(channel);
+            }
+        }
+    }
+
+    /// What a gateway shows of a watched channel; marks it as looked at.
+    pub(crate) fn live_view(&mut self, channel: &ChannelId) -> Option<LiveView> {
+        let s = self.live.sessions.get_mut(channel)?;
+        s.last_access = Instant::now();
+        let record = s.record.as_ref();
+        let count = s
+            .planner
+            .rendition_count()
+            .max(record.map_or(1, |r| r.renditions.len()));
+        let renditions = (0..count)
+            .map(|r| {
+                let window: Vec<WindowSegment> = s.planner.window(r as u16).cloned().collect();
+                let info = record
+                    .and_then(|rec| rec.renditions.get(r).cloned())
+                    .unwrap_or_else(|| LiveRendition {
+                        playlist: format!("{r}.m3u8"),
+                        segment_extension: window
+                            .last()
+                            .and_then(|w| w.uri.rsplit_once('.').map(|(_, e)| e.to_owned()))
+                            .unwrap_or_else(|| "ts".into()),
+                        ..LiveRendition::default()
+                    });
+                RenditionView { info, window }
+            })
+            .collect();
+        Some(LiveView {
+            channel: *channel,
+            name: record.map(|r| r.name.clone()),
+            target_duration_us: record.map_or(0, |r| r.target_duration_us),
+            renditions,
+            stats: s.planner.stats().clone(),
+            peers: s.candidates.len(),
+            origins: record
+                .map(|r| r.origins.iter().map(|o| o.0.clone()).collect())
+                .unwrap_or_default(),
+        })
+    }
+
+    /// Publishes `data` on a rendition's topic of `channel`.
+    pub(crate) fn publish(
+        &mut self,
+        channel: ChannelId,
+        rendition: u16,
+        data: Vec<u8>,
+    ) -> Result<(), NodeError> {
+        let topic = IdentTopic::new(channel.topic(rendition));
+        match self.swarm.behaviour_mut().gossipsub.publish(topic, data) {
+            Ok(_) => Ok(()),
+            // Nobody watches yet: late joiners find the segment through
+            // the channel record.
+            Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => Ok(()),
+            Err(gossipsub::PublishError::Duplicate) => Ok(()),
+            Err(e) => Err(NodeError::Publish(e.to_string())),
+        }
+    }
+
+    /// Stores a signed channel record here and in the DHT, and provides the
+    /// channel.
+    pub(crate) fn put_channel_record(
+        &mut self,
+        channel: ChannelId,
+        bytes: Vec<u8>,
+        reply: oneshot::Sender<Result<(), NodeError>>,
+    ) {
+        if let Err(e) = ChannelRecord::open(&channel, &bytes) {
+            let _ = reply.send(Err(NodeError::Publish(format!("channel record: {e}"))));
+            return;
+        }
+        let key = kad::RecordKey::new(&channel.record_key());
+        let record = kad::Record::new(key.clone(), bytes);
+        let kad = &mut self.swarm.behaviour_mut().kad;
+        if kad.store_mut().providers(&key).is_empty() {
+            let _ = kad.start_providing(key);
+        }
+        match kad.put_record(record, kad::Quorum::One) {
+            Ok(q) => {
+                self.live.pending_puts.insert(q, reply);
+            }
+            Err(e) => {
+                let _ = reply.send(Err(NodeError::Publish(e.to_string())));
+            }
+        }
+    }
+
+    /// A peer asks us to store a record: only valid channel records are
+    /// kept, and never one older than what we hold.
+    pub(crate) fn on_inbound_record(&mut self, source: PeerId, record: kad::Record) {
+        match validate_record(&record) {
+            Ok((channel, fresh)) => {
+                let store = self.swarm.behaviour_mut().kad.store_mut();
+                let held = store
+                    .get(&record.key)
+                    .and_then(|r| ChannelRecord::open(&channel, &r.value).ok());
+                if held.is_some_and(|h| h.sequence >= fresh.sequence) {
+                    return;
+                }
+                if let Err(e) = store.put(record) {
+                    tracing::debug!(%source, error = %e, "cannot keep a channel record");
+                }
+            }
+            Err(why) => tracing::debug!(%source, %why, "refused a DHT record"),
+        }
+    }
+
+    /// Results of the DHT queries this module started. Returns whether the
+    /// query was one of them.
+    pub(crate) fn on_live_kad_result(
+        &mut self,
+        id: kad::QueryId,
+        result: &kad::QueryResult,
+        last: bool,
+    ) -> bool {
+        if let Some(channel) = self.live.record_queries.get(&id).copied() {
+            if last {
+                self.live.record_queries.remove(&id);
+            }
+            if let kad::QueryResult::GetRecord(Ok(kad::GetRecordOk::FoundRecord(found))) = result {
+                match ChannelRecord::open(&channel, &found.record.value) {
+                    Ok(r) => self.adopt_record(channel, r),
+                    Err(e) => {
+                        tracing::debug!(%channel, peer = ?found.peer, error = %e, "invalid channel record")
+                    }
+                }
+            }
+            return true;
+        }
+        if let Some(channel) = self.live.provider_queries.get(&id).copied() {
+            if last {
+                self.live.provider_queries.remove(&id);
+            }
+            if let kad::QueryResult::GetProviders(Ok(kad::GetProvidersOk::FoundProviders {
+                providers,
+                ..
+            })) = result
+            {
+                let mut dialed = 0;
+                for peer in providers {
+                    if *peer == *self.swarm.local_peer_id() || self.banned.contains_key(peer) {
+                        continue;
+                    }
+                    if self.swarm.is_connected(peer) {
+                        self.live_candidate(channel, *peer);
+                    } else if dialed < self.live.max_dials && self.swarm.dial(*peer).is_ok() {
+                        dialed += 1;
+                    }
+                }
+            }
+            return true;
+        }
+        if let Some(reply) = self.live.pending_puts.remove(&id) {
+            // Stored here either way; a timeout only means fewer remote
+            // copies so far.
+            if let kad::QueryResult::PutRecord(Err(e)) = result {
+                tracing::debug!(error = %e, "channel record reached fewer peers than wanted");
+            }
+            let _ = reply.send(Ok(()));
+            return true;
+        }
+        false
+    }
+
+    /// A valid record for a watched channel: newer ones replace older.
+    fn adopt_record(&mut self, channel: ChannelId, record: ChannelRecord) {
+        let now = Instant::now();
+        let Some(s) = self.live.sessions.get_mut(&channel) else {
+            return;
+        };
+        if s.record
+            .as_ref()
+            .is_some_and(|old| old.sequence >= record.sequence)
+        {
+            return;
+        }
+        s.planner.set_http(!record.origins.is_empty());
+        let mut actions = Vec::new();
+        for (r, rendition) in record.renditions.iter().enumerate() {
+            let ext = rendition.segment_extension.clone();
+            actions.extend(s.planner.seed(
+                r as u16,
+                &rendition.recent,
+                |seq| format!("{seq}.{ext}"),
+                now,
+            ));
+        }
+        let renditions = record.renditions.len();
+        s.record = Some(record);
+        for r in 1..renditions {
+            self.subscribe(channel, r as u16);
+        }
+        self.run_live_actions(channel, actions);
+    }
+}
+
+/// Checks a record someone wants stored: a channel record under its key.
+fn validate_record(record: &kad::Record) -> Result<(ChannelId, ChannelRecord), String> {
+    if record.value.len() > MAX_RECORD_BYTES {
+        return Err(format!("{} bytes", record.value.len()));
+    }
+    let key = record.key.as_ref();
+    let id = key
+        .strip_prefix(b"/shoal/channel/".as_slice())
+        .and_then(|rest| <[u8; 32]>::try_from(rest).ok())
+        .and_then(ChannelId::from_bytes)
+        .ok_or_else(|| "not a channel record key".to_string())?;
+    let r = ChannelRecord::open(&id, &record.value).map_err(|e| e.to_string())?;
+    Ok((id, r))
+}
+
+/// Rebuilds a segment from the store and checks its hash.
+fn check_segment(store: &Blockstore, manifest: &Cid, sequence: u64) -> bool {
+    let m = match shoal_storage::assemble::load_segment(store, manifest, sequence) {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read a live segment manifest");
+            return false;
+        }
+    };
+    let mut decoder = shoal_storage::codec::Decoder::default();
+    shoal_storage::assemble::with_segment(store, &mut decoder, &m, manifest, sequence, |_| ())
+        .map_err(|e| tracing::warn!(error = %e, "live segment does not rebuild"))
+        .is_ok()
+}
+
+/// Deletes a segment that left the window (unless pinned).
+fn release(store: &Blockstore, manifest: &Cid, mut shards: Vec<Cid>) {
+    if shards.is_empty()
+        && let Ok(Some(bytes)) = store.get(manifest)
+        && let Ok(m) = SegmentManifest::from_block(&bytes)
+    {
+        shards = m.shards;
+    }
+    for cid in shards.iter().chain(std::iter::once(manifest)) {
+        // Pinned or already gone: either way nothing to do.
+        let _ = store.delete(cid);
+    }
+}
+
+/// Fetches bytes `start..end` of a segment from `url` and cuts them into
+/// verified shards. A server that ignores the range and sends the whole
+/// file is fine; a body of the wrong length, or one whose shards do not
+/// match the manifest, is refused.
+async fn fetch_range(
+    client: &reqwest::Client,
+    url: &str,
+    req: &HttpRequest,
+) -> Result<Vec<(Cid, Vec<u8>)>, String> {
+    if req.end <= req.start {
+        return cut(req, &[]);
+    }
+    let response = client
+        .get(url)
+        .header(
+            reqwest::header::RANGE,
+            format!("bytes={}-{}", req.start, req.end - 1),
+        )
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = response.status();
+    let want = req.end - req.start;
+    let whole = req.manifest.length;
+    let (offset, expect) = match status.as_u16() {
+        206 => (0, want),
+        200 => (req.start, whole),
+        other => return Err(format!("HTTP {other}")),
+    };
+    if response
+        .content_length()
+        .is_some_and(|n| n > MAX_HTTP_BYTES)
+    {
+        return Err("response too large".into());
+    }
+    let body = read_limited(response, expect).await?;
+    if body.len() as u64 != expect {
+        return Err(format!(
+            "{} bytes, expected {expect}: truncated or not this segment",
+            body.len()
+        ));
+    }
+    let slice = &body[offset as usize..(offset + want) as usize];
+    cut(req, slice)
+}
+
+/// Reads a body, refusing more than `limit` bytes.
+async fn read_limited(mut response: reqwest::Response, limit: u64) -> Result<Vec<u8>, String> {
+    let mut body = Vec::with_capacity(limit.min(MAX_HTTP_BYTES) as usize);
+    while let Some(chunk) = response.chunk().await.map_err(|e| e.to_string())? {
+        if body.len() as u64 + chunk.len() as u64 > limit {
+            return Err(format!("more than the {limit} bytes expected"));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+fn cut(req: &HttpRequest, bytes: &[u8]) -> Result<Vec<(Cid, Vec<u8>)>, String> {
+    let mut out = Vec::new();
+    for (i, shard) in shards_from_range(req, bytes) {
+        let expected = req
+            .manifest
+            .shards
+            .get(i)
+            .ok_or_else(|| format!("shard {i} is not in the manifest"))?;
+        let cid = block::cid_of(Codec::Raw, &shard);
+        if cid != *expected {
+            return Err(format!(
+                "bytes for shard {i} do not match the manifest: altered or not this segment"
+            ));
+        }
+        out.push((cid, shard));
+    }
+    Ok(out)
+}
