@@ -21,6 +21,7 @@ use shoal_protocol::block::{Cid, parse_cid};
 use shoal_protocol::channel::ChannelId;
 use shoal_storage::{AssembleError, Blockstore, ImportError, ImportOptions, StoreError};
 
+use crate::limits::Limits;
 use crate::{Node, NodeError};
 
 /// What `add` reports.
@@ -196,6 +197,7 @@ pub(crate) fn router(state: Arc<ApiState>) -> Router {
         .route("/api/v0/unwatch", post(unwatch))
         .route("/api/v0/stats", get(stats))
         .route("/api/v0/broadcast", post(broadcast))
+        .route("/api/v0/limits", get(get_limits).post(set_limits))
         .route("/metrics", get(metrics))
         .merge(crate::gateway::routes())
         .layer(middleware::from_fn_with_state(state.clone(), authorize))
@@ -396,6 +398,30 @@ async fn stats(
     Ok(Json(
         serde_json::json!({ "peers": peers, "sessions": sessions }),
     ))
+}
+
+async fn get_limits(State(s): State<Arc<ApiState>>) -> ApiResult<Json<Limits>> {
+    Ok(Json(s.node.limits().await?))
+}
+
+/// Changes the limits given; the others stay as they are.
+async fn set_limits(
+    State(s): State<Arc<ApiState>>,
+    Json(change): Json<serde_json::Value>,
+) -> ApiResult<Json<Limits>> {
+    let current = s.node.limits().await?;
+    let mut merged = serde_json::to_value(&current)
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let (Some(m), Some(c)) = (merged.as_object_mut(), change.as_object()) else {
+        return Err(bad_request("expected a JSON object of limits"));
+    };
+    for (k, v) in c {
+        m.insert(k.clone(), v.clone());
+    }
+    let limits: Limits = serde_json::from_value(merged).map_err(|e| bad_request(e.to_string()))?;
+    limits.validate().map_err(bad_request)?;
+    s.node.set_limits(limits).await?;
+    Ok(Json(s.node.limits().await?))
 }
 
 /// A Prometheus series: name, type, help, and its value in a report.

@@ -14,6 +14,8 @@ use libp2p::{PeerId, Stream, StreamProtocol};
 use shoal_protocol::bitswap::wire::{self, MAX_MESSAGE_SIZE, split_blocks};
 use shoal_protocol::bitswap::{Message, Outgoing, PROTOCOLS, WireBlock, WireError};
 use shoal_storage::Blockstore;
+
+use crate::limits::UploadLimiter;
 use tokio::sync::mpsc;
 
 /// What the stream tasks tell the event loop.
@@ -150,6 +152,7 @@ pub(crate) fn spawn_writer(
     peer: PeerId,
     mut control: libp2p_stream::Control,
     store: Arc<Blockstore>,
+    upload: Arc<UploadLimiter>,
     events: mpsc::Sender<StreamEvent>,
 ) -> mpsc::UnboundedSender<Outgoing> {
     let (tx, mut rx) = mpsc::unbounded_channel::<Outgoing>();
@@ -165,6 +168,7 @@ pub(crate) fn spawn_writer(
             };
             for msg in msgs {
                 let frame = msg.encode_framed();
+                upload.acquire(frame.len()).await;
                 // One retry on a fresh stream: the old one may have been
                 // closed by the peer since the last message.
                 for _attempt in 0..2 {

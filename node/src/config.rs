@@ -23,6 +23,11 @@ pub struct NodeConfig {
     pub max_connections: u32,
     /// Most connections with one peer.
     pub max_connections_per_peer: u32,
+    /// Upload cap and no-upload mode (changeable at run time; the live
+    /// cache and peer limit come from `live.window` and
+    /// `max_connections`).
+    pub upload_bytes_per_sec: Option<u64>,
+    pub no_upload: bool,
     /// How often provider records are published again (Kademlia drops them
     /// after 48 h; republishing every 12 h keeps them alive through churn).
     pub provide_interval: Duration,
@@ -43,10 +48,6 @@ pub struct NodeConfig {
     /// Viewers of a channel dialed per DHT lookup: enough for a gossip mesh
     /// (gossipsub keeps 6 mesh peers) and several shard sources each.
     pub live_max_dials: usize,
-    /// One HTTP request to an origin (a segment's missing shards) may take
-    /// this long; by then the segment is late anyway and the next origin
-    /// or attempt is tried.
-    pub origin_timeout: Duration,
 }
 
 impl Default for NodeConfig {
@@ -63,6 +64,8 @@ impl Default for NodeConfig {
             mdns: true,
             max_connections: 512,
             max_connections_per_peer: 2,
+            upload_bytes_per_sec: None,
+            no_upload: false,
             provide_interval: Duration::from_secs(12 * 3600),
             ban_duration: Duration::from_secs(3600),
             segment_window: 8,
@@ -71,7 +74,6 @@ impl Default for NodeConfig {
             fetch: FetchConfig::default(),
             live: LiveConfig::default(),
             live_max_dials: 16,
-            origin_timeout: Duration::from_secs(5),
         }
     }
 }

@@ -84,6 +84,10 @@ impl Daemon {
             listen,
             bootstrap,
             mdns: options.mdns.unwrap_or(net.mdns),
+            max_connections: net.max_peers,
+            upload_bytes_per_sec: net.upload_bytes_per_sec,
+            no_upload: net.no_upload,
+            live: paths.config.live.config(),
             ..NodeConfig::default()
         };
         let api_text = options

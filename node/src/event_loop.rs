@@ -22,6 +22,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::behaviour::{Behaviour, BehaviourEvent};
 use crate::bitswap::{self, StreamEvent};
 use crate::fetch::{FetchJob, FetchReport};
+use crate::limits::{Limits, UploadLimiter};
 use crate::live::{Live, LiveView};
 use crate::{NodeConfig, NodeError};
 
@@ -48,14 +49,33 @@ pub(crate) enum Command {
     ),
     PutRecord(ChannelId, Vec<u8>, oneshot::Sender<Result<(), NodeError>>),
     GossipScore(PeerId, oneshot::Sender<Option<f64>>),
+    Limits(oneshot::Sender<Limits>),
+    SetLimits(Limits, oneshot::Sender<()>),
     Shutdown(oneshot::Sender<()>),
 }
 
-struct StoreSource<'a>(&'a Blockstore);
+/// The store as the engine sees it: empty in no-upload mode, so every
+/// want is answered with DONT_HAVE.
+struct StoreSource<'a> {
+    store: &'a Blockstore,
+    serve: bool,
+}
+
+impl<'a> StoreSource<'a> {
+    fn new(store: &'a Blockstore, config: &NodeConfig) -> Self {
+        StoreSource {
+            store,
+            serve: !config.no_upload,
+        }
+    }
+}
 
 impl BlockSource for StoreSource<'_> {
     fn block_size(&self, cid: &Cid) -> Option<usize> {
-        self.0.size(cid).ok().flatten().map(|s| s as usize)
+        if !self.serve {
+            return None;
+        }
+        self.store.size(cid).ok().flatten().map(|s| s as usize)
     }
 }
 
@@ -81,6 +101,7 @@ pub(crate) struct EventLoop {
     pub(crate) provider_queries: HashMap<kad::QueryId, Cid>,
     pub(crate) jobs: Vec<Job>,
     pub(crate) live: Live,
+    pub(crate) upload: Arc<UploadLimiter>,
 }
 
 impl EventLoop {
@@ -168,6 +189,13 @@ impl EventLoop {
             Command::PutRecord(channel, data, reply) => {
                 self.put_channel_record(channel, data, reply)
             }
+            Command::Limits(reply) => {
+                let _ = reply.send(self.limits());
+            }
+            Command::SetLimits(limits, reply) => {
+                self.set_limits(limits);
+                let _ = reply.send(());
+            }
             Command::GossipScore(peer, reply) => {
                 let _ = reply.send(self.swarm.behaviour().gossipsub.peer_score(&peer));
             }
@@ -178,10 +206,41 @@ impl EventLoop {
         }
     }
 
+    fn limits(&self) -> Limits {
+        Limits {
+            upload_bytes_per_sec: self.config.upload_bytes_per_sec,
+            no_upload: self.config.no_upload,
+            max_peers: self.config.max_connections,
+            cache_segments: self.live.config.window,
+        }
+    }
+
+    fn set_limits(&mut self, limits: Limits) {
+        tracing::info!(?limits, "limits changed");
+        self.config.upload_bytes_per_sec = limits.upload_bytes_per_sec;
+        self.upload.set_rate(limits.upload_bytes_per_sec);
+        self.config.no_upload = limits.no_upload;
+        self.config.max_connections = limits.max_peers;
+        self.swarm.behaviour_mut().limits.limits_mut().clone_from(
+            &libp2p::connection_limits::ConnectionLimits::default()
+                .with_max_established(Some(limits.max_peers))
+                .with_max_established_per_peer(Some(self.config.max_connections_per_peer)),
+        );
+        self.live.config.window = limits.cache_segments;
+        let channels: Vec<ChannelId> = self.live.sessions.keys().copied().collect();
+        for channel in channels {
+            let actions = self.live.set_window(&channel, limits.cache_segments);
+            self.run_live_actions(channel, actions);
+        }
+    }
+
     /// Blocks entered the store: peers waiting for them get them.
     fn on_blocks_stored(&mut self, cids: Vec<Cid>) {
+        if self.config.no_upload {
+            return;
+        }
         let mut out = Vec::new();
-        let source = StoreSource(&self.store);
+        let source = StoreSource::new(&self.store, &self.config);
         for cid in &cids {
             self.engine.block_stored(cid, &source, &mut out);
         }
@@ -344,6 +403,7 @@ impl EventLoop {
                 peer,
                 self.control.clone(),
                 self.store.clone(),
+                self.upload.clone(),
                 self.stream_events_tx.clone(),
             )
         });
@@ -354,8 +414,12 @@ impl EventLoop {
             tracing::debug!(%peer, "bitswap writer gone; message dropped");
             self.writers.remove(&peer);
             let mut out = Vec::new();
-            self.engine
-                .sent(&peer, bytes, &StoreSource(&self.store), &mut out);
+            self.engine.sent(
+                &peer,
+                bytes,
+                &StoreSource::new(&self.store, &self.config),
+                &mut out,
+            );
         }
     }
 
@@ -374,14 +438,22 @@ impl EventLoop {
                     return;
                 }
                 let mut out = Vec::new();
-                self.engine
-                    .on_message(&peer, msg, &StoreSource(&self.store), &mut out);
+                self.engine.on_message(
+                    &peer,
+                    msg,
+                    &StoreSource::new(&self.store, &self.config),
+                    &mut out,
+                );
                 self.apply(out);
             }
             StreamEvent::Sent(peer, bytes) => {
                 let mut out = Vec::new();
-                self.engine
-                    .sent(&peer, bytes, &StoreSource(&self.store), &mut out);
+                self.engine.sent(
+                    &peer,
+                    bytes,
+                    &StoreSource::new(&self.store, &self.config),
+                    &mut out,
+                );
                 self.apply(out);
             }
             StreamEvent::Malformed(peer, error) => {

@@ -23,6 +23,7 @@ mod event_loop;
 mod fetch;
 mod gateway;
 pub mod identity;
+pub mod limits;
 pub mod live;
 pub mod repo;
 
@@ -75,6 +76,8 @@ pub enum NodeError {
     Provide(String),
     #[error("cannot publish: {0}")]
     Publish(String),
+    #[error("invalid limits: {0}")]
+    Limits(String),
     #[error("fetching {root}: {detail}")]
     Fetch { root: Cid, detail: String },
     #[error(transparent)]
@@ -130,11 +133,9 @@ impl Node {
             let _ = swarm.behaviour_mut().kad.bootstrap();
         }
 
-        let config_live = (
-            config.live.clone(),
-            config.live_max_dials,
-            config.origin_timeout,
-        );
+        let config_live = (config.live.clone(), config.live_max_dials);
+        let upload = Arc::new(limits::UploadLimiter::default());
+        upload.set_rate(config.upload_bytes_per_sec);
         let mut control = swarm.behaviour().streams.new_control();
         let (events_tx, events_rx) = mpsc::channel(1024);
         bitswap::spawn_acceptors(&mut control, events_tx.clone())
@@ -165,7 +166,8 @@ impl Node {
             pending_provides: HashMap::new(),
             provider_queries: HashMap::new(),
             jobs: Vec::new(),
-            live: live::Live::new(config_live.0, config_live.1, config_live.2),
+            live: live::Live::new(config_live.0, config_live.1),
+            upload,
         };
         tokio::spawn(event_loop.run());
         let node = Node {
@@ -290,6 +292,17 @@ impl Node {
     ) -> Result<(), NodeError> {
         self.ask(|tx| Command::PutRecord(channel, record, tx))
             .await?
+    }
+
+    /// The node's run-time limits.
+    pub async fn limits(&self) -> Result<limits::Limits, NodeError> {
+        self.ask(Command::Limits).await
+    }
+
+    /// Changes the node's run-time limits.
+    pub async fn set_limits(&self, limits: limits::Limits) -> Result<(), NodeError> {
+        limits.validate().map_err(NodeError::Limits)?;
+        self.ask(|tx| Command::SetLimits(limits, tx)).await
     }
 
     /// A peer's gossipsub score (negative after invalid messages).

@@ -36,6 +36,10 @@ use crate::event_loop::EventLoop;
 /// a newer channel record.
 const LIVE_DISCOVERY_INTERVAL: Duration = Duration::from_secs(15);
 
+/// How often a session without a channel record looks for one while
+/// announcements arrive.
+const RECORD_RETRY: Duration = Duration::from_secs(2);
+
 /// A session nobody has looked at (playlist, stats) for this long ends: a
 /// player polls its live playlist every target duration.
 pub const LIVE_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
@@ -128,6 +132,8 @@ pub(crate) struct LiveSession {
     candidates: HashSet<PeerId>,
     last_access: Instant,
     next_discovery: Instant,
+    /// No record yet: the earliest time to look for one again.
+    next_record_query: Instant,
 }
 
 /// The live state of the event loop.
@@ -146,8 +152,12 @@ pub(crate) struct Live {
 }
 
 impl Live {
-    pub(crate) fn new(config: LiveConfig, max_dials: usize, origin_timeout: Duration) -> Live {
+    pub(crate) fn new(config: LiveConfig, max_dials: usize) -> Live {
         let (events_tx, events_rx) = mpsc::unbounded_channel();
+        let http = reqwest::Client::builder()
+            .timeout(config.origin_timeout)
+            .build()
+            .unwrap_or_default();
         Live {
             config,
             sessions: HashMap::new(),
@@ -157,12 +167,21 @@ impl Live {
             pending_puts: HashMap::new(),
             events_tx,
             events_rx,
-            http: reqwest::Client::builder()
-                .timeout(origin_timeout)
-                .build()
-                .unwrap_or_default(),
+            http,
             max_dials,
         }
+    }
+
+    /// Changes a session's live cache; returns the releases.
+    pub(crate) fn set_window(
+        &mut self,
+        channel: &ChannelId,
+        window: usize,
+    ) -> Vec<LiveAction<PeerId>> {
+        self.sessions
+            .get_mut(channel)
+            .map(|s| s.planner.set_window(window))
+            .unwrap_or_default()
     }
 
     /// Whether any session still waits for `cid`.
@@ -198,6 +217,7 @@ impl EventLoop {
                 candidates: HashSet::new(),
                 last_access: now,
                 next_discovery: now,
+                next_record_query: now,
             },
         );
         // Rendition 0 always exists; the record names the others.
@@ -347,6 +367,14 @@ impl EventLoop {
         let manifest = Block::prehashed(a.manifest_cid, &a.manifest_bytes);
         if let Err(e) = self.store.put_many_lazily(&[manifest]) {
             tracing::warn!(%channel, error = %e, "cannot store a segment manifest");
+        }
+        // The channel is live but its record (origins, renditions) is not
+        // known yet: look again, at most every RECORD_RETRY.
+        if session.record.is_none() && now >= session.next_record_query {
+            session.next_record_query = now + RECORD_RETRY;
+            let key = kad::RecordKey::new(&channel.record_key());
+            let q = self.swarm.behaviour_mut().kad.get_record(key);
+            self.live.record_queries.insert(q, channel);
         }
         if let Some(source) = message.source {
             self.live_candidate(channel, source);

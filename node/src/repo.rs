@@ -43,6 +43,18 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> RepoError + '_ {
     }
 }
 
+impl Config {
+    /// The run-time limits this config starts a node with.
+    pub fn limits(&self) -> crate::limits::Limits {
+        crate::limits::Limits {
+            upload_bytes_per_sec: self.node.upload_bytes_per_sec,
+            no_upload: self.node.no_upload,
+            max_peers: self.node.max_peers,
+            cache_segments: self.live.cache_segments,
+        }
+    }
+}
+
 /// `config.toml`.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -51,6 +63,7 @@ pub struct Config {
     pub import: ImportConfig,
     pub node: NetworkConfig,
     pub api: ApiConfig,
+    pub live: LiveSettings,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -101,6 +114,13 @@ pub struct NetworkConfig {
     pub bootstrap: Vec<String>,
     /// Find peers on the local network.
     pub mdns: bool,
+    /// Most connected peers.
+    pub max_peers: u32,
+    /// Most bytes per second sent to peers. Absent: no limit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upload_bytes_per_sec: Option<u64>,
+    /// Serve nothing to peers (metered networks).
+    pub no_upload: bool,
 }
 
 impl Default for NetworkConfig {
@@ -114,6 +134,9 @@ impl Default for NetworkConfig {
             ],
             bootstrap: Vec::new(),
             mdns: true,
+            max_peers: crate::NodeConfig::default().max_connections,
+            upload_bytes_per_sec: None,
+            no_upload: false,
         }
     }
 }
@@ -136,6 +159,41 @@ impl Default for ApiConfig {
         ApiConfig {
             address: "127.0.0.1:5080".into(),
             token: None,
+        }
+    }
+}
+
+/// The `[live]` section: how live channels are watched.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LiveSettings {
+    /// Complete segments kept per rendition (5 is a typical phone setting).
+    pub cache_segments: usize,
+    /// Longest time peers get for a segment before HTTP origins fill in.
+    pub p2p_budget_ms: u64,
+    /// When a segment must be complete, in segment durations after its
+    /// announcement.
+    pub deadline_durations: f64,
+}
+
+impl Default for LiveSettings {
+    fn default() -> Self {
+        let d = shoal_protocol::live::LiveConfig::default();
+        LiveSettings {
+            cache_segments: d.window,
+            p2p_budget_ms: d.p2p_budget.as_millis() as u64,
+            deadline_durations: d.deadline_durations,
+        }
+    }
+}
+
+impl LiveSettings {
+    pub fn config(&self) -> shoal_protocol::live::LiveConfig {
+        shoal_protocol::live::LiveConfig {
+            window: self.cache_segments,
+            p2p_budget: std::time::Duration::from_millis(self.p2p_budget_ms),
+            deadline_durations: self.deadline_durations,
+            ..shoal_protocol::live::LiveConfig::default()
         }
     }
 }
@@ -172,6 +230,12 @@ impl RepoPaths {
             .options()
             .validate()
             .map_err(|e| invalid(e.to_string()))?;
+        config.limits().validate().map_err(invalid)?;
+        if !(config.live.deadline_durations > 0.0 && config.live.deadline_durations <= 100.0) {
+            return Err(invalid(
+                "live.deadline_durations must be above 0 and at most 100".into(),
+            ));
+        }
         Ok(RepoPaths {
             dir: dir.to_owned(),
             config,

@@ -29,6 +29,10 @@ use crate::channel::{MAX_LIVE_RENDITIONS, RecentSegment, VerifiedAnnouncement};
 use crate::fetch::{FetchAction, FetchConfig, GroupFetch};
 use crate::manifest::SegmentManifest;
 
+/// Other viewers a viewer needs before it spares the source: with fewer,
+/// there is little to trade and waiting only adds latency.
+const MIN_PEERS_TO_SPARE_SOURCE: usize = 2;
+
 /// Limits and timings, each with the reason for its default.
 #[derive(Clone, Debug)]
 pub struct LiveConfig {
@@ -68,6 +72,10 @@ pub struct LiveConfig {
     pub max_clock_skew: Duration,
     /// HTTP attempts per segment before it is left to peers alone.
     pub http_attempts: u32,
+    /// One HTTP request to an origin (a segment's missing shards) may take
+    /// this long; by then the segment is late anyway and the next origin
+    /// or attempt is tried.
+    pub origin_timeout: Duration,
     /// Latency samples kept for the percentiles.
     pub latency_samples: usize,
     pub fetch: FetchConfig,
@@ -96,6 +104,7 @@ impl Default for LiveConfig {
             source_wait: Duration::from_millis(300),
             max_clock_skew: Duration::from_secs(30),
             http_attempts: 3,
+            origin_timeout: Duration::from_secs(5),
             latency_samples: 1024,
             fetch: FetchConfig {
                 // A live shard is small and urgent: move on quickly.
@@ -176,6 +185,8 @@ pub struct LiveStats {
     /// Milliseconds from publication to completion, most recent last.
     pub latencies_ms: VecDeque<u64>,
     pub rejected: u64,
+    /// HTTP requests that failed or brought bytes that did not verify.
+    pub http_failures: u64,
 }
 
 impl LiveStats {
@@ -282,6 +293,24 @@ impl<P: Clone + Eq + Hash> LivePlanner<P> {
 
     pub fn stats(&self) -> &LiveStats {
         &self.stats
+    }
+
+    /// Changes how many complete segments each rendition keeps; the
+    /// oldest beyond it are released.
+    pub fn set_window(&mut self, window: usize) -> Vec<LiveAction<P>> {
+        self.config.window = window.max(1);
+        let mut out = Vec::new();
+        for r in &mut self.renditions {
+            while r.window.len() > self.config.window {
+                if let Some(old) = r.window.pop_front() {
+                    out.push(LiveAction::Release {
+                        manifest: old.manifest,
+                        shards: Vec::new(),
+                    });
+                }
+            }
+        }
+        out
     }
 
     /// Counts an announcement refused before it reached the planner (bad
@@ -485,12 +514,17 @@ impl<P: Clone + Eq + Hash> LivePlanner<P> {
         );
         let n = m.shards.len().max(1);
         fetch.rotate((self.rotation.wrapping_add(sequence as usize)) % n);
+        // Sparing the source pays only when other viewers can trade; a
+        // lone viewer would just wait.
         if let Some(s) = &self.source {
-            fetch.spare(
-                s.clone(),
-                self.config.source_quota,
-                now + self.config.source_wait,
-            );
+            let others = self.peers.iter().filter(|p| *p != s).count();
+            if others >= MIN_PEERS_TO_SPARE_SOURCE {
+                fetch.spare(
+                    s.clone(),
+                    self.config.source_quota,
+                    now + self.config.source_wait,
+                );
+            }
         }
         fetch
     }
@@ -693,6 +727,7 @@ impl<P: Clone + Eq + Hash> LivePlanner<P> {
         {
             p.http_in_flight = false;
             if !ok {
+                self.stats.http_failures += 1;
                 // Back off: half the budget again before the next attempt.
                 p.http_after = now + budget / 2;
             }

@@ -1,6 +1,8 @@
 //! Helpers for shoal's end-to-end tests: run the real `shoal` binary against
 //! a throw-away repo, measure its peak memory, make test content.
 
+pub mod origin;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};

@@ -13,6 +13,7 @@ use shoal_node::{Node, NodeConfig, identity};
 use shoal_protocol::channel::{ChannelId, ChannelKey};
 use shoal_protocol::live::LiveConfig;
 use shoal_storage::{Blockstore, ImportOptions, StoreOptions};
+use shoal_tests::origin::{Mode, Origin};
 use shoal_tests::require_tool;
 use tokio::sync::mpsc;
 
@@ -33,6 +34,17 @@ fn viewer_config() -> LiveConfig {
 }
 
 async fn start(bootstrap: Option<&Multiaddr>, live: LiveConfig) -> TestNode {
+    start_with(
+        bootstrap,
+        NodeConfig {
+            live,
+            ..NodeConfig::default()
+        },
+    )
+    .await
+}
+
+async fn start_with(bootstrap: Option<&Multiaddr>, config: NodeConfig) -> TestNode {
     let dir = tempfile::tempdir().unwrap();
     let store =
         Blockstore::create(&dir.path().join("blocks.redb"), &StoreOptions::default()).unwrap();
@@ -41,8 +53,7 @@ async fn start(bootstrap: Option<&Multiaddr>, live: LiveConfig) -> TestNode {
         listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
         bootstrap: bootstrap.into_iter().cloned().collect(),
         mdns: false,
-        live,
-        ..NodeConfig::default()
+        ..config
     };
     let node = Node::start(config, key, Arc::new(store)).await.unwrap();
     let addr = node.listen_addrs().await.unwrap()[0]
@@ -216,5 +227,214 @@ async fn ten_viewers_receive_every_segment_byte_identical() {
     for v in viewers {
         v.node.shutdown().await;
     }
+    broadcaster.node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn viewers_that_stay_miss_no_deadline_when_three_leave() {
+    let work = tempfile::tempdir().unwrap();
+    let hls_dir = work.path().join("hls");
+    std::fs::create_dir_all(&hls_dir).unwrap();
+    let broadcaster = start(None, LiveConfig::default()).await;
+    let key = channel_key();
+    let channel = key.id();
+    let mut viewers = Vec::new();
+    for _ in 0..10 {
+        let v = start(Some(&broadcaster.addr), viewer_config()).await;
+        v.node.watch(channel).await.unwrap();
+        viewers.push(v);
+    }
+    let published = spawn_broadcast(&broadcaster.node, key, hls_dir.clone(), Vec::new());
+    let encoder = Encoder::start(&hls_dir, 8);
+    // Three viewers leave once the stream is under way.
+    wait_for_segments(&viewers[0].node, channel, 3).await;
+    let leaving: Vec<TestNode> = viewers.drain(..3).collect();
+    for v in &leaving {
+        v.node.shutdown().await;
+    }
+    let published = published.await.unwrap();
+    drop(encoder);
+    let count = published.len();
+    for v in &viewers {
+        wait_for_segments(&v.node, channel, count).await;
+    }
+    for v in &viewers {
+        assert_has_every_segment(&v.node, channel, &hls_dir, count).await;
+        let stats = v.node.live_view(channel).await.unwrap().unwrap().stats;
+        assert_eq!((stats.missed, stats.late), (0, 0), "{stats:?}");
+    }
+    for v in viewers {
+        v.node.shutdown().await;
+    }
+    broadcaster.node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_announcements_are_refused_and_cost_the_sender_its_score() {
+    let work = tempfile::tempdir().unwrap();
+    let hls_dir = work.path().join("hls");
+    std::fs::create_dir_all(&hls_dir).unwrap();
+    let broadcaster = start(None, LiveConfig::default()).await;
+    let key = channel_key();
+    let replayer = ChannelKey::from_seed(&key.seed());
+    let channel = key.id();
+    let viewer = start(Some(&broadcaster.addr), viewer_config()).await;
+    viewer.node.watch(channel).await.unwrap();
+    // One forger per forgery: the first invalid message already puts its
+    // sender under gossipsub's graylist threshold, after which the viewer
+    // ignores it without looking.
+    let mut forgers = Vec::new();
+    for _ in 0..3 {
+        forgers.push(start(Some(&viewer.addr), LiveConfig::default()).await);
+    }
+    let published = spawn_broadcast(&broadcaster.node, key, hls_dir.clone(), Vec::new());
+    let encoder = Encoder::start(&hls_dir, 6);
+    wait_for_segments(&viewer.node, channel, 3).await;
+
+    let view = viewer.node.live_view(channel).await.unwrap().unwrap();
+    let first = view.renditions[0].window[0].clone();
+    let manifest = viewer.node.store().get(&first.manifest).unwrap().unwrap();
+    let now = shoal_node::live::unix_ms();
+    // Signed by a key that is not the channel's.
+    let forged = channel_key().announce(0, 1000, now, "seg999.ts", manifest.clone());
+    // Signed by the channel, but for a segment long past: a replay.
+    let rewound = replayer.announce(0, first.sequence, now, &first.uri, manifest);
+    // Far over the size limit.
+    let oversized = vec![0xA5u8; 40 << 10];
+    for (forger, message) in forgers.iter().zip([forged, rewound, oversized]) {
+        forger.node.publish(channel, 0, message).await.unwrap();
+    }
+    for forger in &forgers {
+        let mut score = None;
+        for _ in 0..50 {
+            score = viewer
+                .node
+                .gossip_score(forger.node.peer_id())
+                .await
+                .unwrap();
+            if score.is_some_and(|s| s < 0.0) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(
+            score.is_some_and(|s| s < 0.0),
+            "the forger's score is {score:?}"
+        );
+    }
+    let view = viewer.node.live_view(channel).await.unwrap().unwrap();
+    assert_eq!(view.stats.rejected, 3, "{:?}", view.stats);
+    assert!(view.renditions[0].window.iter().all(|w| w.sequence < 1000));
+    let honest = viewer
+        .node
+        .gossip_score(broadcaster.node.peer_id())
+        .await
+        .unwrap();
+    assert!(honest.is_none_or(|s| s >= 0.0), "broadcaster: {honest:?}");
+
+    // The real stream goes on, untouched.
+    let published = published.await.unwrap();
+    drop(encoder);
+    let count = published.len();
+    wait_for_segments(&viewer.node, channel, count).await;
+    assert_has_every_segment(&viewer.node, channel, &hls_dir, count).await;
+    for n in forgers.iter().chain([&viewer, &broadcaster]) {
+        n.node.shutdown().await;
+    }
+}
+
+/// A broadcaster that uploads at 8 kB/s: far too slow for its own stream,
+/// so peers alone cannot make the deadlines.
+async fn slow_broadcaster() -> TestNode {
+    start_with(
+        None,
+        NodeConfig {
+            upload_bytes_per_sec: Some(8_000),
+            ..NodeConfig::default()
+        },
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http_origin_fills_in_what_slow_peers_cannot_deliver_in_time() {
+    let work = tempfile::tempdir().unwrap();
+    let hls_dir = work.path().join("hls");
+    std::fs::create_dir_all(&hls_dir).unwrap();
+    let origin = Origin::start(hls_dir.clone(), Mode::Faithful).await;
+    let broadcaster = slow_broadcaster().await;
+    let key = channel_key();
+    let channel = key.id();
+    let viewer = start(Some(&broadcaster.addr), viewer_config()).await;
+    viewer.node.watch(channel).await.unwrap();
+    let published = spawn_broadcast(
+        &broadcaster.node,
+        key,
+        hls_dir.clone(),
+        vec![origin.url.clone()],
+    );
+    let encoder = Encoder::start(&hls_dir, 8);
+    let published = published.await.unwrap();
+    drop(encoder);
+    let count = published.len();
+    wait_for_segments(&viewer.node, channel, count).await;
+    assert_has_every_segment(&viewer.node, channel, &hls_dir, count).await;
+    let stats = viewer.node.live_view(channel).await.unwrap().unwrap().stats;
+    eprintln!("{stats:?}");
+    assert_eq!((stats.missed, stats.late), (0, 0), "{stats:?}");
+    assert!(stats.bytes_from_http > 0, "{stats:?}");
+    assert!(origin.segment_requests() > 0);
+    viewer.node.shutdown().await;
+    broadcaster.node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn truncated_or_altered_segments_from_an_origin_are_refused() {
+    let work = tempfile::tempdir().unwrap();
+    let hls_dir = work.path().join("hls");
+    std::fs::create_dir_all(&hls_dir).unwrap();
+    let truncated = Origin::start(hls_dir.clone(), Mode::Truncated).await;
+    let altered = Origin::start(hls_dir.clone(), Mode::Altered).await;
+    let broadcaster = slow_broadcaster().await;
+    let key = channel_key();
+    let channel = key.id();
+    let viewer = start(Some(&broadcaster.addr), viewer_config()).await;
+    viewer.node.watch(channel).await.unwrap();
+    let published = spawn_broadcast(
+        &broadcaster.node,
+        key,
+        hls_dir.clone(),
+        vec![truncated.url.clone(), altered.url.clone()],
+    );
+    let encoder = Encoder::start(&hls_dir, 5);
+    published.await.unwrap();
+    drop(encoder);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let view = viewer.node.live_view(channel).await.unwrap().unwrap();
+    let stats = &view.stats;
+    eprintln!("{stats:?}");
+    // Both origins were asked, and nothing they sent was used...
+    assert!(truncated.segment_requests() > 0 && altered.segment_requests() > 0);
+    assert_eq!(stats.bytes_from_http, 0, "{stats:?}");
+    assert!(stats.http_failures > 0, "{stats:?}");
+    // ...so whatever the viewer holds came from peers, intact.
+    for w in &view.renditions[0].window {
+        let expected = std::fs::read(hls_dir.join(&w.uri)).unwrap();
+        let store = viewer.node.store().clone();
+        let m = shoal_storage::assemble::load_segment(&store, &w.manifest, w.sequence).unwrap();
+        let mut decoder = shoal_storage::codec::Decoder::default();
+        let got = shoal_storage::assemble::with_segment(
+            &store,
+            &mut decoder,
+            &m,
+            &w.manifest,
+            w.sequence,
+            |parts| parts.concat(),
+        )
+        .unwrap();
+        assert!(got == expected, "segment {} differs", w.uri);
+    }
+    assert_eq!(viewer.node.store().verify_all().unwrap(), Vec::new());
+    viewer.node.shutdown().await;
     broadcaster.node.shutdown().await;
 }

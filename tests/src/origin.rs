@@ -1,0 +1,124 @@
+//! A small HTTP origin (CDN stand-in) serving a folder, with byte ranges,
+//! that can be told to misbehave.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+
+/// How the origin answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// The files as they are, ranges honoured.
+    Faithful,
+    /// Every body cut short by a tenth (headers agree with the short body).
+    Truncated,
+    /// One byte of every body flipped.
+    Altered,
+}
+
+struct Served {
+    dir: PathBuf,
+    mode: Mode,
+    segment_requests: AtomicUsize,
+}
+
+/// A running origin.
+pub struct Origin {
+    pub url: String,
+    served: Arc<Served>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Origin {
+    /// Serves `dir` on 127.0.0.1 (any free port).
+    pub async fn start(dir: PathBuf, mode: Mode) -> Origin {
+        let served = Arc::new(Served {
+            dir,
+            mode,
+            segment_requests: AtomicUsize::new(0),
+        });
+        let app = Router::new()
+            .route("/{*path}", get(file))
+            .with_state(served.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr: SocketAddr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Origin {
+            url: format!("http://{addr}"),
+            served,
+            task,
+        }
+    }
+
+    /// Requests for media segments (not playlists) so far.
+    pub fn segment_requests(&self) -> usize {
+        self.served.segment_requests.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Origin {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn range(headers: &HeaderMap, len: usize) -> Option<(usize, usize)> {
+    let v = headers.get(header::RANGE)?.to_str().ok()?;
+    let (a, b) = v.strip_prefix("bytes=")?.split_once('-')?;
+    let start: usize = a.parse().ok()?;
+    let end: usize = b.parse::<usize>().ok()?.min(len.saturating_sub(1));
+    (start <= end).then_some((start, end + 1))
+}
+
+async fn file(
+    State(s): State<Arc<Served>>,
+    Path(path): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if path.split('/').any(|p| p == "..") {
+        return StatusCode::BAD_REQUEST.into_response();
+    }
+    let Ok(bytes) = std::fs::read(s.dir.join(&path)) else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    if !path.ends_with(".m3u8") {
+        s.segment_requests.fetch_add(1, Ordering::Relaxed);
+    }
+    let (status, mut body, content_range) = match range(&headers, bytes.len()) {
+        Some((a, b)) => (
+            StatusCode::PARTIAL_CONTENT,
+            bytes[a..b].to_vec(),
+            Some(format!("bytes {a}-{}/{}", b - 1, bytes.len())),
+        ),
+        None => (StatusCode::OK, bytes, None),
+    };
+    match s.mode {
+        Mode::Faithful => {}
+        Mode::Truncated => {
+            let keep = body.len() - body.len() / 10;
+            body.truncate(keep);
+        }
+        Mode::Altered => {
+            let mid = body.len() / 2;
+            if let Some(b) = body.get_mut(mid) {
+                *b ^= 0x55;
+            }
+        }
+    }
+    let mut response = (status, body).into_response();
+    if let Some(cr) = content_range
+        && let Ok(v) = cr.parse()
+    {
+        response.headers_mut().insert(header::CONTENT_RANGE, v);
+    }
+    response
+}
