@@ -134,6 +134,15 @@ impl Daemon {
     /// API stops, the node closes its connections, the store is closed and
     /// the `api` file removed.
     pub async fn run_until_signal(self) -> Result<(), DaemonError> {
+        self.serve_until(signal()).await
+    }
+
+    /// Serves the API until `stop` completes, then shuts down like
+    /// [`Daemon::run_until_signal`].
+    pub async fn serve_until(
+        self,
+        stop: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> Result<(), DaemonError> {
         let api_file = self.paths.api_file();
         let url = format!("http://{}", self.api_addr);
         std::fs::write(&api_file, format!("{url}\n")).map_err(|source| RepoError::Io {
@@ -148,7 +157,7 @@ impl Daemon {
         });
         let app = api::router(state);
         let served = axum::serve(self.listener, app)
-            .with_graceful_shutdown(signal())
+            .with_graceful_shutdown(stop)
             .await;
         let _ = std::fs::remove_file(&api_file);
         self.node.shutdown().await;

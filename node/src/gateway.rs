@@ -9,6 +9,7 @@
 //!   playlist, the segments this node holds complete, oldest first.
 //! - `/live/<channel>/<rendition>/<sequence>.<ext>`: a segment, rebuilt
 //!   from its shards and checked against its hash.
+//! - `/web/`: the player page (hls.js), with live statistics.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,8 +33,32 @@ const FIRST_SEGMENT_WAIT: Duration = Duration::from_secs(20);
 
 const PLAYLIST_TYPE: &str = "application/vnd.apple.mpegurl";
 
+/// The player page (`web/`), built into the binary so the daemon needs no
+/// files beside it.
+const WEB_INDEX: &[u8] = include_bytes!("../../web/index.html");
+const WEB_APP: &[u8] = include_bytes!("../../web/app.js");
+/// hls.js from npm (version pinned in `web/package.json`).
+const WEB_HLS: &[u8] = include_bytes!("../../web/vendor/hls.light.min.js");
+
+fn page(content_type: &'static str, bytes: &'static [u8]) -> Response {
+    ([(header::CONTENT_TYPE, content_type)], bytes).into_response()
+}
+
 pub(crate) fn routes() -> Router<Arc<ApiState>> {
     Router::new()
+        .route("/", get(|| async { axum::response::Redirect::to("/web/") }))
+        .route(
+            "/web/",
+            get(|| async { page("text/html; charset=utf-8", WEB_INDEX) }),
+        )
+        .route(
+            "/web/app.js",
+            get(|| async { page("text/javascript", WEB_APP) }),
+        )
+        .route(
+            "/web/hls.light.min.js",
+            get(|| async { page("text/javascript", WEB_HLS) }),
+        )
         .route("/live/{channel}/index.m3u8", get(live_top))
         .route("/live/{channel}/{rendition}/index.m3u8", get(live_media))
         .route("/live/{channel}/{rendition}/{segment}", get(live_segment))

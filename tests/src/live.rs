@@ -1,0 +1,191 @@
+//! Live-channel helpers shared by the live and player tests: nodes on
+//! loopback, a real-time ffmpeg encoder, broadcasting, and checks.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use shoal_node::broadcast::{BroadcastOptions, Published, broadcast};
+use shoal_node::libp2p::Multiaddr;
+use shoal_node::{Node, NodeConfig, identity};
+use shoal_protocol::channel::{ChannelId, ChannelKey};
+use shoal_protocol::live::LiveConfig;
+use shoal_storage::{Blockstore, ImportOptions, StoreOptions};
+use tokio::sync::mpsc;
+
+use crate::require_tool;
+
+/// A node in a temporary folder, listening on 127.0.0.1.
+pub struct TestNode {
+    pub node: Node,
+    pub addr: Multiaddr,
+    _dir: tempfile::TempDir,
+}
+
+/// Viewers keep every segment (a long window) so the test can compare all
+/// of them with the encoder's files at the end.
+pub fn viewer_config() -> LiveConfig {
+    LiveConfig {
+        window: 64,
+        max_pending: 16,
+        ..LiveConfig::default()
+    }
+}
+
+pub async fn start(bootstrap: Option<&Multiaddr>, live: LiveConfig) -> TestNode {
+    start_with(
+        bootstrap,
+        NodeConfig {
+            live,
+            ..NodeConfig::default()
+        },
+    )
+    .await
+}
+
+pub async fn start_with(bootstrap: Option<&Multiaddr>, config: NodeConfig) -> TestNode {
+    let dir = tempfile::tempdir().unwrap();
+    let store =
+        Blockstore::create(&dir.path().join("blocks.redb"), &StoreOptions::default()).unwrap();
+    let key = identity::load_or_create(&dir.path().join("identity.key")).unwrap();
+    let config = NodeConfig {
+        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
+        bootstrap: bootstrap.into_iter().cloned().collect(),
+        mdns: false,
+        ..config
+    };
+    let node = Node::start(config, key, Arc::new(store)).await.unwrap();
+    let addr = node.listen_addrs().await.unwrap()[0]
+        .clone()
+        .with(shoal_node::libp2p::multiaddr::Protocol::P2p(node.peer_id()));
+    TestNode {
+        node,
+        addr,
+        _dir: dir,
+    }
+}
+
+/// ffmpeg encoding a test picture in real time into `dir` as 1 s MPEG-TS
+/// segments, for `seconds`. Killed when dropped.
+pub struct Encoder(Child);
+
+impl Encoder {
+    pub fn start(dir: &Path, seconds: u32) -> Encoder {
+        require_tool("ffmpeg");
+        let child = Command::new("ffmpeg")
+            .current_dir(dir)
+            .args(["-v", "error", "-re", "-f", "lavfi"])
+            .args(["-i", "testsrc=size=320x180:rate=25"])
+            .args(["-t", &seconds.to_string()])
+            .args([
+                "-c:v",
+                "libx264",
+                "-preset",
+                "ultrafast",
+                "-pix_fmt",
+                "yuv420p",
+            ])
+            .args(["-g", "25", "-keyint_min", "25", "-sc_threshold", "0"])
+            .args(["-f", "hls", "-hls_time", "1", "-hls_list_size", "0"])
+            .args(["-hls_segment_filename", "seg%03d.ts", "index.m3u8"])
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("ffmpeg starts");
+        Encoder(child)
+    }
+}
+
+impl Drop for Encoder {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub fn channel_key() -> ChannelKey {
+    let mut seed = [0u8; 32];
+    seed.copy_from_slice(&shoal_protocol::block::sha256(
+        format!("{:?}", std::time::SystemTime::now()).as_bytes(),
+    ));
+    ChannelKey::from_seed(&seed)
+}
+
+/// Runs a broadcast of `dir` on `node` until the encoder ends; returns
+/// what was published.
+pub fn spawn_broadcast(
+    node: &Node,
+    key: ChannelKey,
+    dir: PathBuf,
+    origins: Vec<String>,
+) -> tokio::task::JoinHandle<Vec<Published>> {
+    let node = node.clone();
+    tokio::spawn(async move {
+        let (tx, mut rx) = mpsc::channel(64);
+        let options = BroadcastOptions {
+            dir,
+            playlist: None,
+            origins,
+            import: ImportOptions::default(),
+            name: "test".into(),
+        };
+        let run = tokio::spawn(broadcast(node, key, options, tx));
+        let mut published = Vec::new();
+        while let Some(p) = rx.recv().await {
+            published.push(p);
+        }
+        run.await.unwrap().expect("broadcast ends cleanly");
+        published
+    })
+}
+
+/// Waits until `viewer` holds `count` complete segments (or 20 s pass).
+pub async fn wait_for_segments(viewer: &Node, channel: ChannelId, count: usize) {
+    for _ in 0..200 {
+        let view = viewer.live_view(channel).await.unwrap().unwrap();
+        if view.renditions.first().map_or(0, |r| r.window.len()) >= count {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Every segment the encoder wrote is in the viewer's window, and the
+/// viewer's store rebuilds each one byte for byte.
+pub async fn assert_has_every_segment(viewer: &Node, channel: ChannelId, dir: &Path, count: usize) {
+    let view = viewer.live_view(channel).await.unwrap().unwrap();
+    let window = &view.renditions[0].window;
+    let seqs: Vec<u64> = window.iter().map(|w| w.sequence).collect();
+    assert_eq!(
+        seqs,
+        (0..count as u64).collect::<Vec<_>>(),
+        "viewer {} holds these segments",
+        viewer.peer_id()
+    );
+    assert_segments_intact(viewer, window, dir);
+}
+
+/// Each segment of `window` rebuilds from the viewer's store byte for byte
+/// as the encoder wrote it.
+pub fn assert_segments_intact(
+    viewer: &Node,
+    window: &[shoal_protocol::live::WindowSegment],
+    dir: &Path,
+) {
+    for w in window {
+        let expected = std::fs::read(dir.join(&w.uri)).unwrap();
+        let store = viewer.store().clone();
+        let m = shoal_storage::assemble::load_segment(&store, &w.manifest, w.sequence).unwrap();
+        let mut decoder = shoal_storage::codec::Decoder::default();
+        let got = shoal_storage::assemble::with_segment(
+            &store,
+            &mut decoder,
+            &m,
+            &w.manifest,
+            w.sequence,
+            |parts| parts.concat(),
+        )
+        .unwrap();
+        assert!(got == expected, "segment {} differs", w.uri);
+    }
+}

@@ -1,0 +1,100 @@
+//! A real player on a real gateway: a broadcaster publishes ffmpeg's live
+//! output, a viewer daemon (in this process, with its HTTP API) serves the
+//! channel at `/live/<channel>/index.m3u8`; ffprobe reads that playlist,
+//! and headless Chromium plays it with hls.js in shoal's own player page.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use shoal_node::daemon::{Daemon, DaemonOptions};
+use shoal_node::repo::Repo;
+use shoal_tests::check_output;
+use shoal_tests::live::{Encoder, channel_key, spawn_broadcast, start};
+use shoal_tests::require_tool;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_plays_a_live_channel_through_the_gateway() {
+    require_tool("ffprobe");
+    let work = tempfile::tempdir().unwrap();
+    let hls_dir = work.path().join("hls");
+    std::fs::create_dir_all(&hls_dir).unwrap();
+    let broadcaster = start(None, Default::default()).await;
+    let key = channel_key();
+    let channel = key.id();
+
+    let repo = work.path().join("viewer");
+    Repo::init(&repo).unwrap();
+    let daemon = Daemon::start(
+        &repo,
+        DaemonOptions {
+            listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
+            bootstrap: vec![broadcaster.addr.clone()],
+            api: Some("127.0.0.1:0".into()),
+            mdns: Some(false),
+        },
+    )
+    .await
+    .unwrap();
+    let base = format!("http://{}", daemon.api_addr);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let served = tokio::spawn(daemon.serve_until(async {
+        let _ = stopped.await;
+    }));
+
+    let published = spawn_broadcast(&broadcaster.node, key, hls_dir.clone(), Vec::new());
+    let encoder = Encoder::start(&hls_dir, 30);
+
+    // ffprobe reads the gateway's live playlist (the first request starts
+    // watching and waits for the first segment).
+    let playlist = format!("{base}/live/{channel}/index.m3u8");
+    let probe = {
+        let playlist = playlist.clone();
+        tokio::task::spawn_blocking(move || {
+            check_output(Command::new("ffprobe").args([
+                "-v",
+                "error",
+                "-show_entries",
+                "stream=codec_name,width,height",
+                "-of",
+                "json",
+                &playlist,
+            ]))
+        })
+        .await
+        .unwrap()
+    };
+    let probe: serde_json::Value = serde_json::from_slice(&probe.stdout).unwrap();
+    let streams = probe["streams"].as_array().unwrap();
+    assert_eq!(streams[0]["codec_name"], "h264", "{probe}");
+    assert_eq!(streams[0]["width"], 320, "{probe}");
+
+    // Chromium plays past 6 s with no fatal error.
+    let page = format!("{base}/web/?channel={channel}");
+    let browser_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("browser");
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new("node")
+            .current_dir(&browser_dir)
+            .args(["play.mjs", &page, "6", "60"])
+            .output()
+            .expect("node runs")
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "the player did not get past 6 s: {stdout} {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let result: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert!(result["currentTime"].as_f64().unwrap() > 6.0, "{result}");
+    assert!(result["played"].as_f64().unwrap() > 6.0, "{result}");
+    eprintln!("player: {result}");
+    assert!(result["fatal"].is_null(), "{result}");
+
+    drop(encoder);
+    published.abort();
+    let _ = stop.send(());
+    served.await.unwrap().unwrap();
+    broadcaster.node.shutdown().await;
+}

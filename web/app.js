@@ -1,0 +1,117 @@
+// shoal's player page: plays a live channel or an on-demand stream from
+// this node's HLS gateway with hls.js, and charts where the bytes came
+// from (peers or HTTP origins) and the peer count, from /api/v0/stats.
+"use strict";
+
+const video = document.getElementById("video");
+const statusLine = document.getElementById("status");
+const numbers = document.getElementById("numbers");
+const chart = document.getElementById("chart");
+const params = new URLSearchParams(location.search);
+const source = params.get("channel") || params.get("root") || "";
+document.getElementById("source").value = source;
+
+// What the test (and curious users) can read: playback state and errors.
+window.shoal = { fatal: null, errors: [], playing: false };
+
+function playlistUrl(id) {
+  return id.startsWith("z") ? `/live/${id}/index.m3u8` : `/vod/${id}/index.m3u8`;
+}
+
+function play(id) {
+  const url = playlistUrl(id);
+  statusLine.textContent = `Loading ${url}`;
+  if (window.Hls && Hls.isSupported()) {
+    const hls = new Hls({ liveSyncDurationCount: 3, manifestLoadingMaxRetry: 6 });
+    hls.on(Hls.Events.ERROR, (_, data) => {
+      window.shoal.errors.push(`${data.type}: ${data.details}`);
+      if (data.fatal) {
+        window.shoal.fatal = `${data.type}: ${data.details}`;
+        statusLine.textContent = `Playback failed: ${window.shoal.fatal}`;
+      }
+    });
+    hls.on(Hls.Events.MANIFEST_PARSED, () => video.play().catch(() => {}));
+    hls.loadSource(url);
+    hls.attachMedia(video);
+  } else if (video.canPlayType("application/vnd.apple.mpegurl")) {
+    video.src = url; // Safari plays HLS itself.
+    video.play().catch(() => {});
+  } else {
+    statusLine.textContent = "This browser cannot play HLS.";
+  }
+  video.addEventListener("playing", () => {
+    window.shoal.playing = true;
+    statusLine.textContent = `Playing ${url}`;
+  });
+}
+
+const history = [];
+const HISTORY = 120;
+
+function human(bytes) {
+  const units = ["B", "kB", "MB", "GB"];
+  let i = 0;
+  while (bytes >= 1000 && i < units.length - 1) { bytes /= 1000; i++; }
+  return `${bytes.toFixed(i ? 1 : 0)} ${units[i]}`;
+}
+
+function show(stats) {
+  const s = stats.sessions.find((x) => x.channel === source) || stats.sessions[0];
+  const rows = [["peers", stats.peers]];
+  if (s) {
+    rows.push(
+      ["segments", s.segments],
+      ["from peers", human(s.bytes_from_peers)],
+      ["from HTTP", human(s.bytes_from_http)],
+      ["offload", s.offload == null ? "–" : `${(s.offload * 100).toFixed(1)}%`],
+      ["stalls", s.late],
+      ["missed", s.missed],
+      ["latency p50 / p95", s.latency_p50_ms == null ? "–" : `${s.latency_p50_ms} / ${s.latency_p95_ms} ms`],
+      ["startup", s.startup_ms == null ? "–" : `${s.startup_ms} ms`],
+    );
+  }
+  numbers.innerHTML = rows.map(([k, v]) => `<div>${k}<b>${v}</b></div>`).join("");
+  history.push({
+    peers: s ? s.peers : stats.peers,
+    p2p: s ? s.bytes_from_peers : 0,
+    http: s ? s.bytes_from_http : 0,
+  });
+  if (history.length > HISTORY) history.shift();
+  draw();
+}
+
+function draw() {
+  const ctx = chart.getContext("2d");
+  const w = chart.width, h = chart.height;
+  ctx.clearRect(0, 0, w, h);
+  if (history.length < 2) return;
+  const maxBytes = Math.max(1, ...history.map((p) => Math.max(p.p2p, p.http)));
+  const maxPeers = Math.max(1, ...history.map((p) => p.peers));
+  const line = (color, value, max) => {
+    ctx.strokeStyle = color;
+    ctx.lineWidth = 2;
+    ctx.beginPath();
+    history.forEach((p, i) => {
+      const x = (i / (HISTORY - 1)) * w;
+      const y = h - 4 - (value(p) / max) * (h - 8);
+      if (i === 0) ctx.moveTo(x, y); else ctx.lineTo(x, y);
+    });
+    ctx.stroke();
+  };
+  line("#2b8a3e", (p) => p.p2p, maxBytes);
+  line("#c92a2a", (p) => p.http, maxBytes);
+  line("#1c7ed6", (p) => p.peers, maxPeers);
+}
+
+async function poll() {
+  try {
+    const r = await fetch("/api/v0/stats");
+    if (r.ok) show(await r.json());
+  } catch (e) {
+    // The daemon restarting: try again next time.
+  }
+}
+
+if (source) play(source);
+setInterval(poll, 1000);
+poll();
