@@ -62,6 +62,7 @@ function show(stats) {
     rows.push(
       ["segments", s.segments],
       ["from peers", human(s.bytes_from_peers)],
+      ["from broadcaster", human(s.bytes_from_source)],
       ["from HTTP", human(s.bytes_from_http)],
       ["offload", s.offload == null ? "–" : `${(s.offload * 100).toFixed(1)}%`],
       ["stalls", s.late],

@@ -6,6 +6,7 @@
 //! themselves.
 
 mod client;
+mod demo;
 mod progress;
 
 use std::io::{self, Write};
@@ -35,6 +36,19 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run a live channel and its audience on this machine (nothing to set
+    /// up): prints the URL to watch and live statistics
+    Demo {
+        /// Viewer nodes
+        #[arg(long, default_value_t = 4)]
+        viewers: usize,
+        /// Stop after this many seconds [default: run until Ctrl-C]
+        #[arg(long)]
+        seconds: Option<u64>,
+        /// Address of the gateway and player page (any free port if taken)
+        #[arg(long, default_value = "127.0.0.1:5080", value_name = "HOST:PORT")]
+        api: String,
+    },
     /// Create a repo (does nothing to one that exists)
     Init,
     /// Run the node and its HTTP API until interrupted
@@ -250,13 +264,28 @@ fn daemon_only(dir: &Path, what: &str) -> Result<Client> {
 }
 
 fn run(cli: Cli) -> Result<()> {
-    let dir = match cli.repo {
-        Some(dir) => dir,
-        None => repo::default_dir()
-            .context("no data folder is known for this user; pass --repo DIR or set SHOAL_REPO")?,
+    // The repo folder, for the commands that use one.
+    let repo_dir = cli.repo;
+    let dir = move || -> Result<PathBuf> {
+        match &repo_dir {
+            Some(dir) => Ok(dir.clone()),
+            None => repo::default_dir().context(
+                "no data folder is known for this user; pass --repo DIR or set SHOAL_REPO",
+            ),
+        }
     };
     match cli.command {
+        Command::Demo {
+            viewers,
+            seconds,
+            api,
+        } => demo::run(demo::DemoOptions {
+            viewers,
+            seconds,
+            api,
+        }),
         Command::Init => {
+            let dir = dir()?;
             if Repo::init(&dir)? {
                 println!("initialised shoal repo at {}", dir.display());
             } else {
@@ -264,10 +293,10 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Daemon(args) => daemon(&dir, args),
-        Command::Id { json } => id(&dir, json),
+        Command::Daemon(args) => daemon(&dir()?, args),
+        Command::Id { json } => id(&dir()?, json),
         Command::Peers => {
-            let v: serde_json::Value = daemon_only(&dir, "peers")?.get("peers", &[])?;
+            let v: serde_json::Value = daemon_only(&dir()?, "peers")?.get("peers", &[])?;
             for peer in json_strings(&v, "peers") {
                 println!("{peer}");
             }
@@ -278,19 +307,19 @@ fn run(cli: Cli) -> Result<()> {
                 .parse::<Multiaddr>()
                 .with_context(|| format!("invalid multiaddr {multiaddr:?}"))?;
             let v: serde_json::Value =
-                daemon_only(&dir, "connect")?.post("connect", &[("arg", &multiaddr)])?;
+                daemon_only(&dir()?, "connect")?.post("connect", &[("arg", &multiaddr)])?;
             println!("connected to {}", v["peer_id"].as_str().unwrap_or_default());
             Ok(())
         }
-        Command::Add(args) => add(&backend(&dir)?, args),
+        Command::Add(args) => add(&backend(&dir()?)?, args),
         Command::Get { cid, output } => {
             let cid = cid_arg(&cid)?;
-            get(&backend(&dir)?, &cid, &output)
+            get(&backend(&dir()?)?, &cid, &output)
         }
         Command::Cat { cid } => {
             let cid = cid_arg(&cid)?;
             let mut out = io::BufWriter::with_capacity(1 << 20, io::stdout().lock());
-            match backend(&dir)? {
+            match backend(&dir()?)? {
                 Backend::Local(repo) => {
                     assemble::write_stream(&repo.store, &cid, &mut out, &mut |_| {})?;
                 }
@@ -302,7 +331,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::ExportHls { cid, dir: out } => {
             let cid = cid_arg(&cid)?;
-            match backend(&dir)? {
+            match backend(&dir()?)? {
                 Backend::Local(repo) => {
                     let stream = assemble::load_stream(&repo.store, &cid)?;
                     let bar = progress::bytes(stream.size, "exporting");
@@ -323,24 +352,26 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Pin(cmd) => pin(&backend(&dir)?, cmd),
-        Command::Repo(cmd) => repo_cmd(&backend(&dir)?, cmd),
+        Command::Pin(cmd) => pin(&backend(&dir()?)?, cmd),
+        Command::Repo(cmd) => repo_cmd(&backend(&dir()?)?, cmd),
         Command::Channel(ChannelCommand::Create { name }) => {
+            let dir = dir()?;
             RepoPaths::load(&dir)?;
             let id = shoal_node::channel_keys::create(&dir, &name)?;
             println!("{id}");
             Ok(())
         }
         Command::Channel(ChannelCommand::Ls) => {
+            let dir = dir()?;
             RepoPaths::load(&dir)?;
             for (name, id) in shoal_node::channel_keys::list(&dir)? {
                 println!("{name}\t{id}");
             }
             Ok(())
         }
-        Command::Broadcast(args) => broadcast(&dir, args),
-        Command::Watch { channel } => watch(&dir, &channel),
-        Command::Stats { json } => stats(&dir, json),
+        Command::Broadcast(args) => broadcast(&dir()?, args),
+        Command::Watch { channel } => watch(&dir()?, &channel),
+        Command::Stats { json } => stats(&dir()?, json),
     }
 }
 

@@ -296,9 +296,13 @@ pub struct LiveStatsReport {
     /// Segments complete later than one segment duration after their
     /// announcement (a player at the live edge would have stalled).
     pub late: u64,
+    /// Bytes from other viewers.
     pub bytes_from_peers: u64,
+    /// Bytes from the channel's broadcaster.
+    pub bytes_from_source: u64,
+    /// Bytes from HTTP origins.
     pub bytes_from_http: u64,
-    /// Share of bytes from peers (0..1), once anything arrived.
+    /// Share of bytes from other viewers (0..1), once anything arrived.
     pub offload: Option<f64>,
     pub startup_ms: Option<u64>,
     /// Publication to completion.
@@ -320,6 +324,7 @@ impl LiveStatsReport {
             missed: st.missed,
             late: st.late,
             bytes_from_peers: st.bytes_from_peers,
+            bytes_from_source: st.bytes_from_source,
             bytes_from_http: st.bytes_from_http,
             offload: st.offload(),
             startup_ms: st.startup.map(|d| d.as_millis() as u64),
@@ -442,7 +447,7 @@ async fn metrics(State(s): State<Arc<ApiState>>) -> ApiResult<Response> {
         out,
         "# HELP shoal_peers Connected peers.\n# TYPE shoal_peers gauge\nshoal_peers {peers}"
     );
-    let series: [Series; 7] = [
+    let series: [Series; 8] = [
         (
             "shoal_live_segments_total",
             "counter",
@@ -466,6 +471,12 @@ async fn metrics(State(s): State<Arc<ApiState>>) -> ApiResult<Response> {
             "counter",
             "Bytes received from peers.",
             |r| r.bytes_from_peers as f64,
+        ),
+        (
+            "shoal_live_bytes_from_source_total",
+            "counter",
+            "Bytes received from the channel's broadcaster.",
+            |r| r.bytes_from_source as f64,
         ),
         (
             "shoal_live_bytes_from_http_total",

@@ -50,6 +50,7 @@ pub(crate) enum Command {
     PutRecord(ChannelId, Vec<u8>, oneshot::Sender<Result<(), NodeError>>),
     GossipScore(PeerId, oneshot::Sender<Option<f64>>),
     Limits(oneshot::Sender<Limits>),
+    Traffic(oneshot::Sender<Traffic>),
     SetLimits(Limits, oneshot::Sender<()>),
     Shutdown(oneshot::Sender<()>),
 }
@@ -102,6 +103,14 @@ pub(crate) struct EventLoop {
     pub(crate) jobs: Vec<Job>,
     pub(crate) live: Live,
     pub(crate) upload: Arc<UploadLimiter>,
+    pub(crate) traffic: Traffic,
+}
+
+/// Bitswap block bytes this node sent and received since it started.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Traffic {
+    pub sent: u64,
+    pub received: u64,
 }
 
 impl EventLoop {
@@ -188,6 +197,9 @@ impl EventLoop {
             }
             Command::PutRecord(channel, data, reply) => {
                 self.put_channel_record(channel, data, reply)
+            }
+            Command::Traffic(reply) => {
+                let _ = reply.send(self.traffic);
             }
             Command::Limits(reply) => {
                 let _ = reply.send(self.limits());
@@ -381,6 +393,7 @@ impl EventLoop {
         }
         // Peers waiting for these blocks hear of them through the store's
         // listener (`on_blocks_stored`), like blocks from any source.
+        self.traffic.received += received.iter().map(|(_, _, d)| d.len() as u64).sum::<u64>();
         self.live_blocks(&received);
         let now = Instant::now();
         for (peer, cid, data) in &received {
@@ -447,6 +460,7 @@ impl EventLoop {
                 self.apply(out);
             }
             StreamEvent::Sent(peer, bytes) => {
+                self.traffic.sent += bytes as u64;
                 let mut out = Vec::new();
                 self.engine.sent(
                     &peer,

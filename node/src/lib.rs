@@ -25,6 +25,7 @@ mod gateway;
 pub mod identity;
 pub mod limits;
 pub mod live;
+pub mod origin;
 pub mod repo;
 
 use std::collections::HashMap;
@@ -50,6 +51,7 @@ pub use libp2p;
 pub use live::{LiveView, RenditionView};
 
 use crate::behaviour::Behaviour;
+pub use crate::event_loop::Traffic;
 use crate::event_loop::{Command, EventLoop};
 
 /// Largest gossipsub message: announcements are small, and a bound keeps a
@@ -168,6 +170,7 @@ impl Node {
             jobs: Vec::new(),
             live: live::Live::new(config_live.0, config_live.1),
             upload,
+            traffic: Default::default(),
         };
         tokio::spawn(event_loop.run());
         let node = Node {
@@ -292,6 +295,11 @@ impl Node {
     ) -> Result<(), NodeError> {
         self.ask(|tx| Command::PutRecord(channel, record, tx))
             .await?
+    }
+
+    /// Block bytes sent to and received from peers since the node started.
+    pub async fn traffic(&self) -> Result<Traffic, NodeError> {
+        self.ask(Command::Traffic).await
     }
 
     /// The node's run-time limits.

@@ -478,7 +478,7 @@ impl EventLoop {
                         tracing::error!(error = %e, "cannot store shards from an origin");
                     } else if let Some(s) = self.live.sessions.get_mut(&channel) {
                         for (cid, data) in &shards {
-                            actions.extend(s.planner.on_block(cid, data, true, now));
+                            actions.extend(s.planner.on_block(cid, data, None, now));
                         }
                     }
                 }
@@ -518,8 +518,8 @@ impl EventLoop {
         for channel in channels {
             let mut actions = Vec::new();
             if let Some(s) = self.live.sessions.get_mut(&channel) {
-                for (_, cid, data) in received {
-                    actions.extend(s.planner.on_block(cid, data, false, now));
+                for (peer, cid, data) in received {
+                    actions.extend(s.planner.on_block(cid, data, Some(peer), now));
                 }
             }
             self.run_live_actions(channel, actions);

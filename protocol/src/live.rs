@@ -178,7 +178,11 @@ pub struct LiveStats {
     /// ([`LiveConfig::deadline_durations`]): a player at the live edge
     /// would have stalled.
     pub late: u64,
+    /// Bytes of segments from other viewers.
     pub bytes_from_peers: u64,
+    /// Bytes from the peer that published the channel.
+    pub bytes_from_source: u64,
+    /// Bytes from HTTP origins.
     pub bytes_from_http: u64,
     /// From the start of the session to its first complete segment.
     pub startup: Option<Duration>,
@@ -190,9 +194,11 @@ pub struct LiveStats {
 }
 
 impl LiveStats {
-    /// Bytes from peers over all bytes received.
+    /// The share of bytes that came from other viewers, not from the
+    /// source or an origin: what the swarm took off the broadcaster's and
+    /// the CDN's hands.
     pub fn offload(&self) -> Option<f64> {
-        let total = self.bytes_from_peers + self.bytes_from_http;
+        let total = self.bytes_from_peers + self.bytes_from_source + self.bytes_from_http;
         (total > 0).then(|| self.bytes_from_peers as f64 / total as f64)
     }
 
@@ -575,13 +581,13 @@ impl<P: Clone + Eq + Hash> LivePlanner<P> {
         out
     }
 
-    /// A verified block arrived (from a peer, or HTTP when `from_http`);
+    /// A verified block arrived from `sender` (`None`: an HTTP origin);
     /// `bytes` are its contents.
     pub fn on_block(
         &mut self,
         cid: &Cid,
         bytes: &[u8],
-        from_http: bool,
+        sender: Option<&P>,
         now: Instant,
     ) -> Vec<LiveAction<P>> {
         let mut out = Vec::new();
@@ -631,10 +637,11 @@ impl<P: Clone + Eq + Hash> LivePlanner<P> {
             }
         }
         if counted {
-            if from_http {
-                self.stats.bytes_from_http += bytes.len() as u64;
-            } else {
-                self.stats.bytes_from_peers += bytes.len() as u64;
+            let n = bytes.len() as u64;
+            match sender {
+                None => self.stats.bytes_from_http += n,
+                Some(p) if Some(p) == self.source.as_ref() => self.stats.bytes_from_source += n,
+                Some(_) => self.stats.bytes_from_peers += n,
             }
         }
         for (ri, seq) in bad {
@@ -939,7 +946,7 @@ mod tests {
         assert_eq!(wants(&out).len(), 2, "two at a time from one peer");
         let mut checks = Vec::new();
         for s in &shards[..usize::from(K)] {
-            let acts = p.on_block(&block::cid_of(Codec::Raw, s), s, false, t);
+            let acts = p.on_block(&block::cid_of(Codec::Raw, s), s, Some(&2), t);
             checks.extend(
                 acts.into_iter()
                     .filter(|x| matches!(x, LiveAction::Check { .. })),
@@ -979,7 +986,12 @@ mod tests {
         let (bytes, shards, a) = segment(3, 20);
         p.offer(&a, Some(1), t, 1_000);
         // One shard arrives from a peer, then nothing.
-        p.on_block(&block::cid_of(Codec::Raw, &shards[1]), &shards[1], false, t);
+        p.on_block(
+            &block::cid_of(Codec::Raw, &shards[1]),
+            &shards[1],
+            Some(&1),
+            t,
+        );
         assert!(
             p.tick(t + budget / 2)
                 .iter()
@@ -1018,7 +1030,7 @@ mod tests {
                 );
             }
             checks += p
-                .on_block(&cid, s, true, t + budget)
+                .on_block(&cid, s, None, t + budget)
                 .iter()
                 .filter(|x| matches!(x, LiveAction::Check { .. }))
                 .count();
@@ -1027,7 +1039,8 @@ mod tests {
         p.http_done(0, 3, true, t + budget);
         p.segment_checked(0, 3, true, t + budget, 2_000);
         let s = p.stats();
-        assert_eq!(s.bytes_from_peers, SIZE as u64);
+        // Peer 1 published the segment: its shard counts as the source's.
+        assert_eq!((s.bytes_from_peers, s.bytes_from_source), (0, SIZE as u64));
         assert!(s.bytes_from_http > 0);
         assert!(s.offload().unwrap() < 0.5);
     }
@@ -1045,7 +1058,7 @@ mod tests {
             let (_, shards, a) = segment(seq, 32);
             p.offer(&a, None, t, 1_000);
             for s in &shards[..usize::from(K)] {
-                p.on_block(&block::cid_of(Codec::Raw, s), s, false, t);
+                p.on_block(&block::cid_of(Codec::Raw, s), s, Some(&1), t);
             }
             for x in p.segment_checked(0, seq, true, t, 1_000) {
                 if let LiveAction::Release { manifest, .. } = x {

@@ -1,5 +1,4 @@
-//! A small HTTP origin (CDN stand-in) serving a folder, with byte ranges,
-//! that can be told to misbehave.
+//! shoal's HTTP origin (`shoal_node::origin`), told to misbehave.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -8,9 +7,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use axum::Router;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use shoal_node::origin::Answer;
 
 /// How the origin answers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -71,36 +71,18 @@ impl Drop for Origin {
     }
 }
 
-fn range(headers: &HeaderMap, len: usize) -> Option<(usize, usize)> {
-    let v = headers.get(header::RANGE)?.to_str().ok()?;
-    let (a, b) = v.strip_prefix("bytes=")?.split_once('-')?;
-    let start: usize = a.parse().ok()?;
-    let end: usize = b.parse::<usize>().ok()?.min(len.saturating_sub(1));
-    (start <= end).then_some((start, end + 1))
-}
-
 async fn file(
     State(s): State<Arc<Served>>,
     Path(path): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    if path.split('/').any(|p| p == "..") {
-        return StatusCode::BAD_REQUEST.into_response();
-    }
-    let Ok(bytes) = std::fs::read(s.dir.join(&path)) else {
+    let Some(mut answer) = Answer::read(&s.dir, &path, &headers) else {
         return StatusCode::NOT_FOUND.into_response();
     };
     if !path.ends_with(".m3u8") {
         s.segment_requests.fetch_add(1, Ordering::Relaxed);
     }
-    let (status, mut body, content_range) = match range(&headers, bytes.len()) {
-        Some((a, b)) => (
-            StatusCode::PARTIAL_CONTENT,
-            bytes[a..b].to_vec(),
-            Some(format!("bytes {a}-{}/{}", b - 1, bytes.len())),
-        ),
-        None => (StatusCode::OK, bytes, None),
-    };
+    let body = &mut answer.body;
     match s.mode {
         Mode::Faithful => {}
         Mode::Truncated => {
@@ -114,11 +96,5 @@ async fn file(
             }
         }
     }
-    let mut response = (status, body).into_response();
-    if let Some(cr) = content_range
-        && let Ok(v) = cr.parse()
-    {
-        response.headers_mut().insert(header::CONTENT_RANGE, v);
-    }
-    response
+    answer.into_response()
 }

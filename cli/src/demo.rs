@@ -1,0 +1,331 @@
+//! `shoal demo`: a live channel and its audience on this machine, with
+//! nothing to set up. A test stream (ffmpeg's lavfi source when ffmpeg is
+//! installed, else synthetic segments) is broadcast by one node and watched
+//! by several viewer nodes, one of which serves the HLS gateway and the
+//! player page; an HTTP origin serves the encoder's folder as the safety
+//! net. Every node runs in this process, each with its own store in a
+//! temporary folder that is removed at the end.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use shoal_node::broadcast::{BroadcastOptions, broadcast};
+use shoal_node::daemon::{Daemon, DaemonOptions};
+use shoal_node::libp2p::Multiaddr;
+use shoal_node::repo::Repo;
+use shoal_node::{Node, NodeConfig, identity};
+use shoal_protocol::channel::{ChannelId, ChannelKey};
+use shoal_storage::{Blockstore, ImportOptions, StoreOptions};
+
+/// Segment length of the demo stream: short segments keep the delay from
+/// the encoder to the player low.
+const SEGMENT_SECONDS: u32 = 2;
+
+/// Bytes per synthetic segment (about 1 Mb/s at 2 s segments).
+const SYNTHETIC_SEGMENT_BYTES: usize = 250_000;
+
+/// How often the statistics line is printed.
+const REPORT_EVERY: Duration = Duration::from_secs(2);
+
+pub struct DemoOptions {
+    pub viewers: usize,
+    pub seconds: Option<u64>,
+    pub api: String,
+}
+
+/// The stream's source: ffmpeg, or synthetic segments written here.
+enum Source {
+    Ffmpeg(Child),
+    Synthetic(tokio::task::JoinHandle<()>),
+}
+
+impl Drop for Source {
+    fn drop(&mut self) {
+        match self {
+            Source::Ffmpeg(child) => {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+            Source::Synthetic(task) => task.abort(),
+        }
+    }
+}
+
+fn have_ffmpeg() -> bool {
+    Command::new("ffmpeg")
+        .arg("-version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn start_source(dir: &Path) -> Result<Source> {
+    if have_ffmpeg() {
+        let child = Command::new("ffmpeg")
+            .current_dir(dir)
+            .args(["-v", "error", "-re"])
+            .args(["-f", "lavfi", "-i", "testsrc2=size=640x360:rate=25"])
+            .args(["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000"])
+            .args([
+                "-c:v", "libx264", "-preset", "veryfast", "-pix_fmt", "yuv420p",
+            ])
+            .args([
+                "-b:v",
+                "800k",
+                "-g",
+                "50",
+                "-keyint_min",
+                "50",
+                "-sc_threshold",
+                "0",
+            ])
+            .args(["-c:a", "aac", "-b:a", "64k"])
+            .args(["-f", "hls", "-hls_time", &SEGMENT_SECONDS.to_string()])
+            .args(["-hls_list_size", "10", "-hls_flags", "delete_segments"])
+            .args(["-hls_segment_filename", "seg%05d.ts", "index.m3u8"])
+            .stdin(Stdio::null())
+            .spawn()
+            .context("starting ffmpeg")?;
+        return Ok(Source::Ffmpeg(child));
+    }
+    let dir = dir.to_owned();
+    Ok(Source::Synthetic(tokio::spawn(async move {
+        if let Err(e) = synthetic(&dir).await {
+            eprintln!("shoal demo: synthetic stream stopped: {e}");
+        }
+    })))
+}
+
+/// Writes a segment of pseudo-random bytes every segment duration, then a
+/// playlist listing the latest ten, the way an encoder does (segment
+/// first, playlist replaced atomically after).
+async fn synthetic(dir: &Path) -> std::io::Result<()> {
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let mut tick = tokio::time::interval(Duration::from_secs(u64::from(SEGMENT_SECONDS)));
+    for seq in 0u64.. {
+        tick.tick().await;
+        let mut bytes = vec![0u8; SYNTHETIC_SEGMENT_BYTES];
+        for c in bytes.chunks_exact_mut(8) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            c.copy_from_slice(&x.to_le_bytes());
+        }
+        std::fs::write(dir.join(format!("seg{seq:05}.ts")), &bytes)?;
+        let first = seq.saturating_sub(9);
+        let mut text = format!(
+            "#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:{SEGMENT_SECONDS}\n#EXT-X-MEDIA-SEQUENCE:{first}\n"
+        );
+        for s in first..=seq {
+            text.push_str(&format!(
+                "#EXTINF:{SEGMENT_SECONDS}.000000,\nseg{s:05}.ts\n"
+            ));
+        }
+        let tmp = dir.join("index.m3u8.tmp");
+        std::fs::write(&tmp, text)?;
+        std::fs::rename(&tmp, dir.join("index.m3u8"))?;
+        if let Some(old) = seq.checked_sub(12) {
+            let _ = std::fs::remove_file(dir.join(format!("seg{old:05}.ts")));
+        }
+    }
+    Ok(())
+}
+
+fn loopback_config(bootstrap: Vec<Multiaddr>) -> NodeConfig {
+    NodeConfig {
+        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().expect("valid multiaddr")],
+        bootstrap,
+        mdns: false,
+        ..NodeConfig::default()
+    }
+}
+
+async fn start_node(dir: &Path, bootstrap: Vec<Multiaddr>) -> Result<(Node, Multiaddr)> {
+    std::fs::create_dir_all(dir)?;
+    let store = Blockstore::create(&dir.join("blocks.redb"), &StoreOptions::default())?;
+    let key = identity::load_or_create(&dir.join("identity.key"))?;
+    let node = Node::start(loopback_config(bootstrap), key, Arc::new(store)).await?;
+    let addr = node
+        .listen_addrs()
+        .await?
+        .into_iter()
+        .next()
+        .context("the node is not listening")?
+        .with(shoal_node::libp2p::multiaddr::Protocol::P2p(node.peer_id()));
+    Ok((node, addr))
+}
+
+/// A fresh channel key (not kept: the demo's channel lives as long as the
+/// demo).
+fn demo_key(work: &Path) -> Result<ChannelKey> {
+    shoal_node::channel_keys::create(work, "demo")?;
+    Ok(shoal_node::channel_keys::load(work, "demo")?)
+}
+
+pub fn run(options: DemoOptions) -> Result<()> {
+    let rt = tokio::runtime::Runtime::new().context("starting the runtime")?;
+    let work = tempfile::Builder::new()
+        .prefix("shoal-demo-")
+        .tempdir()
+        .context("making a temporary folder")?;
+    let result = rt.block_on(demo(work.path(), options));
+    rt.shutdown_timeout(Duration::from_secs(2));
+    result
+}
+
+async fn demo(work: &Path, options: DemoOptions) -> Result<()> {
+    let hls = work.join("encoder");
+    std::fs::create_dir_all(&hls)?;
+    let source = start_source(&hls)?;
+    let playable = matches!(source, Source::Ffmpeg(_));
+
+    let origin_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let origin_url = format!("http://{}", origin_listener.local_addr()?);
+    let origin = tokio::spawn(shoal_node::origin::serve(hls.clone(), origin_listener));
+
+    let (broadcaster, bootstrap) = start_node(&work.join("broadcaster"), Vec::new()).await?;
+    let key = demo_key(work)?;
+    let channel = key.id();
+
+    // The viewer with the gateway: a daemon on the usual API port, or any
+    // free port if something holds that one.
+    let repo = work.join("viewer-0");
+    Repo::init(&repo)?;
+    let daemon_options = |api: &str| DaemonOptions {
+        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().expect("valid multiaddr")],
+        bootstrap: vec![bootstrap.clone()],
+        api: Some(api.to_owned()),
+        mdns: Some(false),
+    };
+    let daemon = match Daemon::start(&repo, daemon_options(&options.api)).await {
+        Ok(d) => d,
+        Err(shoal_node::daemon::DaemonError::Bind { .. }) => {
+            Daemon::start(&repo, daemon_options("127.0.0.1:0")).await?
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let base = format!("http://{}", daemon.api_addr);
+    let mut viewers = vec![daemon.node.clone()];
+    let (stop_api, api_stopped) = tokio::sync::oneshot::channel::<()>();
+    let api = tokio::spawn(daemon.serve_until(async {
+        let _ = api_stopped.await;
+    }));
+    for i in 1..options.viewers.max(1) {
+        let (node, _) =
+            start_node(&work.join(format!("viewer-{i}")), vec![bootstrap.clone()]).await?;
+        viewers.push(node);
+    }
+    for v in &viewers {
+        v.watch(channel).await?;
+    }
+
+    let (events, mut published) = tokio::sync::mpsc::channel(64);
+    let broadcast_task = tokio::spawn(broadcast(
+        broadcaster.clone(),
+        key,
+        BroadcastOptions {
+            dir: hls.clone(),
+            playlist: None,
+            origins: vec![origin_url.clone()],
+            import: ImportOptions::default(),
+            name: "shoal demo".into(),
+        },
+        events,
+    ));
+
+    println!("shoal demo: channel {channel}");
+    println!(
+        "  source: {}",
+        if playable {
+            "ffmpeg test picture and tone, 2 s segments"
+        } else {
+            "synthetic segments (install ffmpeg for a picture a player can show)"
+        }
+    );
+    println!(
+        "  1 broadcaster, {} viewers, HTTP origin {origin_url}",
+        viewers.len()
+    );
+    println!("  watch in a browser:  {base}/web/?channel={channel}");
+    println!("  or in any player:    {base}/live/{channel}/index.m3u8");
+    match options.seconds {
+        Some(s) => println!("  running for {s} s"),
+        None => println!("  press Ctrl-C to stop"),
+    }
+    std::io::stdout().flush()?;
+
+    let started = Instant::now();
+    let mut report = tokio::time::interval(REPORT_EVERY);
+    report.tick().await;
+    let deadline = options.seconds.map(|s| started + Duration::from_secs(s));
+    let mut segments_published = 0u64;
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            p = published.recv() => match p {
+                Some(_) => segments_published += 1,
+                None => break,
+            },
+            _ = report.tick() => {
+                print_report(started, segments_published, &broadcaster, &viewers, channel).await;
+                if deadline.is_some_and(|d| Instant::now() >= d) {
+                    break;
+                }
+            }
+        }
+    }
+    println!("stopping");
+    broadcast_task.abort();
+    drop(source);
+    let _ = stop_api.send(());
+    let _ = api.await;
+    for v in viewers.iter().skip(1) {
+        v.shutdown().await;
+    }
+    broadcaster.shutdown().await;
+    origin.abort();
+    Ok(())
+}
+
+async fn print_report(
+    started: Instant,
+    published: u64,
+    broadcaster: &Node,
+    viewers: &[Node],
+    channel: ChannelId,
+) {
+    let (mut segments, mut late, mut missed) = (0, 0, 0);
+    let (mut peers, mut source, mut http) = (0u64, 0u64, 0u64);
+    let mut p95 = Vec::new();
+    for v in viewers {
+        if let Ok(Some(view)) = v.live_view(channel).await {
+            let s = &view.stats;
+            segments += s.segments;
+            late += s.late;
+            missed += s.missed;
+            peers += s.bytes_from_peers;
+            source += s.bytes_from_source;
+            http += s.bytes_from_http;
+            p95.extend(s.latency_quantile_ms(0.95));
+        }
+    }
+    let total = (peers + source + http).max(1) as f64;
+    let uploaded = broadcaster.traffic().await.map(|t| t.sent).unwrap_or(0);
+    println!(
+        "{:>4} s  published {published:>3}  delivered {segments:>4}  from viewers {:>5.1}%  broadcaster {:>5.1}%  HTTP {:>5.1}%  latency p95 {}  stalls {late}  missed {missed}  broadcaster sent {:.1} MB",
+        started.elapsed().as_secs(),
+        peers as f64 / total * 100.0,
+        source as f64 / total * 100.0,
+        http as f64 / total * 100.0,
+        p95.iter()
+            .max()
+            .map_or("-".to_string(), |v| format!("{v} ms")),
+        uploaded as f64 / 1e6,
+    );
+    let _ = std::io::stdout().flush();
+}
