@@ -21,7 +21,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::behaviour::{Behaviour, BehaviourEvent};
 use crate::bitswap::{self, StreamEvent};
-use crate::fetch::{FetchJob, FetchReport};
+use crate::fetch::{FetchJob, FetchReport, Target};
 use crate::limits::{Limits, UploadLimiter};
 use crate::live::{Live, LiveView};
 use crate::{NodeConfig, NodeError};
@@ -34,8 +34,8 @@ pub(crate) enum Command {
     Dial(Multiaddr, oneshot::Sender<Result<PeerId, NodeError>>),
     Peers(oneshot::Sender<Vec<PeerId>>),
     Provide(Cid, oneshot::Sender<Result<(), NodeError>>),
-    /// Fetch a stream (`false`) or a single block (`true`).
-    Fetch(Cid, bool, oneshot::Sender<Result<FetchReport, NodeError>>),
+    /// Fetch something below a root.
+    Fetch(Cid, Target, oneshot::Sender<Result<FetchReport, NodeError>>),
     Banned(oneshot::Sender<Vec<PeerId>>),
     Watch(ChannelId, oneshot::Sender<()>),
     Unwatch(ChannelId, oneshot::Sender<()>),
@@ -82,6 +82,7 @@ impl BlockSource for StoreSource<'_> {
 
 pub(crate) struct Job {
     job: FetchJob,
+    target: Target,
     reply: oneshot::Sender<Result<FetchReport, NodeError>>,
 }
 
@@ -174,7 +175,7 @@ impl EventLoop {
                     }
                 }
             }
-            Command::Fetch(root, single, reply) => self.start_fetch(root, single, reply),
+            Command::Fetch(root, target, reply) => self.start_fetch(root, target, reply),
             Command::Banned(reply) => {
                 let _ = reply.send(self.banned.keys().copied().collect());
             }
@@ -262,13 +263,13 @@ impl EventLoop {
     fn start_fetch(
         &mut self,
         root: Cid,
-        single: bool,
+        target: Target,
         reply: oneshot::Sender<Result<FetchReport, NodeError>>,
     ) {
         let now = Instant::now();
         let (mut job, mut actions) = match FetchJob::new(
             root,
-            single,
+            &target,
             self.config.fetch.clone(),
             self.config.segment_window,
             &self.store,
@@ -287,7 +288,7 @@ impl EventLoop {
         let key = kad::RecordKey::new(&root.to_bytes());
         let query = self.swarm.behaviour_mut().kad.get_providers(key);
         self.provider_queries.insert(query, root);
-        self.jobs.push(Job { job, reply });
+        self.jobs.push(Job { job, target, reply });
         self.run_actions(actions);
         self.finish_jobs();
     }
@@ -524,12 +525,20 @@ impl EventLoop {
                 i += 1;
                 continue;
             }
-            let Job { mut job, reply } = self.jobs.swap_remove(i);
+            let Job {
+                mut job,
+                target,
+                reply,
+            } = self.jobs.swap_remove(i);
             let result = match failed {
                 Some(e) => {
                     let actions = job.cancel();
                     self.run_actions(actions);
                     Err(e)
+                }
+                // Segments fetched for a player are a cache, not a copy.
+                None if matches!(target, Target::Segments(_) | Target::Block { pin: false }) => {
+                    Ok(job.report())
                 }
                 None => match self.store.pin(&job.root) {
                     Ok(()) => {

@@ -90,11 +90,25 @@ pub(crate) struct FetchJob {
 
 pub(crate) type Actions = Vec<FetchAction<PeerId>>;
 
+/// What a fetch brings into the store.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Target {
+    /// The stream below the root: its manifests and any `k` shards of every
+    /// segment. Pinned and provided when done.
+    Stream,
+    /// The root block alone (any block, for IPFS peers), pinned if `pin`.
+    Block { pin: bool },
+    /// Some segments of the stream (their manifests and shards), for a
+    /// player: cached, not pinned.
+    Segments(Vec<Cid>),
+}
+
 impl FetchJob {
-    /// A fetch of `root` and, unless `single`, the whole stream below it.
+    /// A fetch of `target` below `root` (the key its providers are found
+    /// under).
     pub(crate) fn new(
         root: Cid,
-        single: bool,
+        target: &Target,
         config: FetchConfig,
         segment_window: usize,
         store: &Blockstore,
@@ -121,17 +135,27 @@ impl FetchJob {
             hopeless_since: None,
         };
         let mut actions = Vec::new();
-        if single {
-            if store.has(&root)? {
-                job.total_segments = Some(0);
-            } else {
-                job.add_group(GroupKind::Single, vec![root], 1, now, &mut actions);
+        match target {
+            Target::Block { .. } => {
+                if store.has(&root)? {
+                    job.total_segments = Some(0);
+                } else {
+                    job.add_group(GroupKind::Single, vec![root], 1, now, &mut actions);
+                }
             }
-        } else if store.has(&root)? {
-            job.root_arrived(store)?;
-            job.fill(store, now, &mut actions)?;
-        } else {
-            job.add_group(GroupKind::Root, vec![root], 1, now, &mut actions);
+            Target::Segments(manifests) => {
+                job.total_segments = Some(manifests.len());
+                job.manifests.extend(manifests.iter().copied().enumerate());
+                job.fill(store, now, &mut actions)?;
+            }
+            Target::Stream => {
+                if store.has(&root)? {
+                    job.root_arrived(store)?;
+                    job.fill(store, now, &mut actions)?;
+                } else {
+                    job.add_group(GroupKind::Root, vec![root], 1, now, &mut actions);
+                }
+            }
         }
         Ok((job, actions))
     }

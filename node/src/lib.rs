@@ -244,13 +244,34 @@ impl Node {
     /// Fetches a stream from the network into the store (what is already
     /// there is not fetched again), pins it and provides it.
     pub async fn fetch(&self, root: Cid) -> Result<FetchReport, NodeError> {
-        self.ask(|tx| Command::Fetch(root, false, tx)).await?
+        self.ask(|tx| Command::Fetch(root, fetch::Target::Stream, tx))
+            .await?
+    }
+
+    /// Fetches some segments of the stream `root` (their manifests and any
+    /// `k` shards each) into the store without pinning them: what a player
+    /// needs next.
+    pub async fn fetch_segments(
+        &self,
+        root: Cid,
+        manifests: Vec<Cid>,
+    ) -> Result<FetchReport, NodeError> {
+        self.ask(|tx| Command::Fetch(root, fetch::Target::Segments(manifests), tx))
+            .await?
+    }
+
+    /// Fetches a stream's root manifest alone, without pinning it.
+    pub async fn fetch_root(&self, root: Cid) -> Result<(), NodeError> {
+        self.ask(|tx| Command::Fetch(root, fetch::Target::Block { pin: false }, tx))
+            .await??;
+        Ok(())
     }
 
     /// Fetches one block of any kind (not a stream) into the store, pins it
     /// and returns its bytes: what any IPFS node can ask of shoal.
     pub async fn fetch_block(&self, cid: Cid) -> Result<Vec<u8>, NodeError> {
-        self.ask(|tx| Command::Fetch(cid, true, tx)).await??;
+        self.ask(|tx| Command::Fetch(cid, fetch::Target::Block { pin: true }, tx))
+            .await??;
         Ok(self.store.require(&cid)?)
     }
 

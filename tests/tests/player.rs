@@ -98,3 +98,94 @@ async fn chromium_plays_a_live_channel_through_the_gateway() {
     served.await.unwrap().unwrap();
     broadcaster.node.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ffprobe_reads_an_on_demand_stream_that_the_gateway_fetches_from_peers() {
+    require_tool("ffmpeg");
+    require_tool("ffprobe");
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    check_output(
+        Command::new("ffmpeg")
+            .current_dir(&src)
+            .args([
+                "-v",
+                "error",
+                "-f",
+                "lavfi",
+                "-i",
+                "testsrc=size=320x180:rate=25",
+            ])
+            .args([
+                "-t",
+                "8",
+                "-c:v",
+                "libx264",
+                "-preset",
+                "ultrafast",
+                "-g",
+                "50",
+            ])
+            .args(["-f", "hls", "-hls_time", "2", "-hls_playlist_type", "vod"])
+            .args(["-hls_segment_filename", "seg%03d.ts", "index.m3u8"]),
+    );
+    let seeder = start(None, Default::default()).await;
+    let imported = shoal_storage::import_hls(
+        seeder.node.store(),
+        &src.join("index.m3u8"),
+        &Default::default(),
+        &mut |_| {},
+    )
+    .unwrap();
+    seeder.node.provide(imported.root).await.unwrap();
+
+    let repo = work.path().join("viewer");
+    Repo::init(&repo).unwrap();
+    let daemon = Daemon::start(
+        &repo,
+        DaemonOptions {
+            listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
+            bootstrap: vec![seeder.addr.clone()],
+            api: Some("127.0.0.1:0".into()),
+            mdns: Some(false),
+        },
+    )
+    .await
+    .unwrap();
+    let base = format!("http://{}", daemon.api_addr);
+    let viewer = daemon.node.clone();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let served = tokio::spawn(daemon.serve_until(async {
+        let _ = stopped.await;
+    }));
+
+    let url = format!("{base}/vod/{}/index.m3u8", imported.root);
+    let probe = tokio::task::spawn_blocking(move || {
+        check_output(Command::new("ffprobe").args([
+            "-v",
+            "error",
+            "-show_entries",
+            "format=duration:stream=codec_name",
+            "-of",
+            "json",
+            &url,
+        ]))
+    })
+    .await
+    .unwrap();
+    let probe: serde_json::Value = serde_json::from_slice(&probe.stdout).unwrap();
+    assert_eq!(probe["streams"][0]["codec_name"], "h264", "{probe}");
+    let duration: f64 = probe["format"]["duration"]
+        .as_str()
+        .and_then(|d| d.parse().ok())
+        .unwrap();
+    assert!((7.5..8.5).contains(&duration), "{probe}");
+    // Watching is caching: nothing was pinned on the viewer.
+    assert!(viewer.store().pins().unwrap().is_empty());
+    assert!(viewer.store().stat().unwrap().blocks > 0);
+
+    let _ = stop.send(());
+    served.await.unwrap().unwrap();
+    seeder.node.shutdown().await;
+}
