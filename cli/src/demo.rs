@@ -95,45 +95,12 @@ fn start_source(dir: &Path) -> Result<Source> {
     }
     let dir = dir.to_owned();
     Ok(Source::Synthetic(tokio::spawn(async move {
-        if let Err(e) = synthetic(&dir).await {
+        let segment = Duration::from_secs(u64::from(SEGMENT_SECONDS));
+        let run = shoal_node::testsrc::run(&dir, segment, SYNTHETIC_SEGMENT_BYTES, None, |_| {});
+        if let Err(e) = run.await {
             eprintln!("shoal demo: synthetic stream stopped: {e}");
         }
     })))
-}
-
-/// Writes a segment of pseudo-random bytes every segment duration, then a
-/// playlist listing the latest ten, the way an encoder does (segment
-/// first, playlist replaced atomically after).
-async fn synthetic(dir: &Path) -> std::io::Result<()> {
-    let mut x = 0x9e37_79b9_7f4a_7c15u64;
-    let mut tick = tokio::time::interval(Duration::from_secs(u64::from(SEGMENT_SECONDS)));
-    for seq in 0u64.. {
-        tick.tick().await;
-        let mut bytes = vec![0u8; SYNTHETIC_SEGMENT_BYTES];
-        for c in bytes.chunks_exact_mut(8) {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            c.copy_from_slice(&x.to_le_bytes());
-        }
-        std::fs::write(dir.join(format!("seg{seq:05}.ts")), &bytes)?;
-        let first = seq.saturating_sub(9);
-        let mut text = format!(
-            "#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:{SEGMENT_SECONDS}\n#EXT-X-MEDIA-SEQUENCE:{first}\n"
-        );
-        for s in first..=seq {
-            text.push_str(&format!(
-                "#EXTINF:{SEGMENT_SECONDS}.000000,\nseg{s:05}.ts\n"
-            ));
-        }
-        let tmp = dir.join("index.m3u8.tmp");
-        std::fs::write(&tmp, text)?;
-        std::fs::rename(&tmp, dir.join("index.m3u8"))?;
-        if let Some(old) = seq.checked_sub(12) {
-            let _ = std::fs::remove_file(dir.join(format!("seg{old:05}.ts")));
-        }
-    }
-    Ok(())
 }
 
 fn loopback_config(bootstrap: Vec<Multiaddr>) -> NodeConfig {

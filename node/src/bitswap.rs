@@ -160,7 +160,11 @@ pub(crate) fn spawn_writer(
         let mut stream: Option<Stream> = None;
         while let Some(out) = rx.recv().await {
             let block_bytes = out.block_bytes;
-            let msgs = {
+            // Reading blocks touches the disk: off the async threads. Most
+            // messages (wants, presences) carry none and are built here.
+            let msgs = if out.blocks.is_empty() {
+                build(out, &store)
+            } else {
                 let store = store.clone();
                 tokio::task::spawn_blocking(move || build(out, &store))
                     .await

@@ -26,9 +26,10 @@ use tokio::sync::mpsc;
 use crate::live::unix_ms;
 use crate::{Node, NodeError};
 
-/// How often the encoder's playlists are read. A quarter of a second adds
-/// at most that to a segment's latency and costs a few small reads.
-pub const POLL_INTERVAL: Duration = Duration::from_millis(250);
+/// How often the encoder's playlists are read: at most this is added to a
+/// segment's latency, for the cost of reading a few hundred bytes twenty
+/// times a second.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(50);
 
 /// How long a channel record stays valid without a newer one: a viewer
 /// that finds only an older record knows the channel has stopped.

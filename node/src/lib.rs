@@ -27,6 +27,7 @@ pub mod limits;
 pub mod live;
 pub mod origin;
 pub mod repo;
+pub mod testsrc;
 
 use std::collections::HashMap;
 use std::path::PathBuf;

@@ -21,7 +21,7 @@
 //! [`LiveAction`]s it returns.
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
-use std::hash::Hash;
+use std::hash::{Hash, Hasher};
 use std::time::{Duration, Instant};
 
 use crate::block::Cid;
@@ -32,6 +32,11 @@ use crate::manifest::SegmentManifest;
 /// Other viewers a viewer needs before it spares the source: with fewer,
 /// there is little to trade and waiting only adds latency.
 const MIN_PEERS_TO_SPARE_SOURCE: usize = 2;
+
+/// How many times, summed over the viewers a viewer knows, the source
+/// should send each shard of a segment before they trade: two copies
+/// survive one viewer leaving mid-segment.
+pub const SOURCE_COPIES: usize = 2;
 
 /// Limits and timings, each with the reason for its default.
 #[derive(Clone, Debug)]
@@ -59,10 +64,16 @@ pub struct LiveConfig {
     /// this, the oldest incomplete one is given up (a player at the live
     /// edge has moved past it).
     pub max_pending: usize,
-    /// Shards a viewer asks the source for before other viewers have had
-    /// [`LiveConfig::source_wait`] to deliver. Two of a 10 + 4 segment per
-    /// viewer spread the source's upload over the swarm.
+    /// Most shards a viewer asks the source for before other viewers have
+    /// had [`LiveConfig::source_wait`] to deliver. The quota shrinks as the
+    /// audience a viewer sees grows, so that the source sends each shard
+    /// about [`SOURCE_COPIES`] times however many watch.
     pub source_quota: usize,
+    /// Peers asked for each segment besides the source. A viewer's
+    /// want-haves, and the HAVEs it hears back, grow with this; eight give
+    /// a segment plenty of sources while keeping a swarm of a hundred from
+    /// drowning in presence messages.
+    pub fetch_peers: usize,
     /// How long other viewers have to deliver shards before the source is
     /// asked for the rest. Loopback and LAN peers answer in milliseconds;
     /// 300 ms keeps the deadline (`p2p_budget`) well ahead.
@@ -100,7 +111,8 @@ impl Default for LiveConfig {
             p2p_share: 0.5,
             window: 6,
             max_pending: 4,
-            source_quota: 2,
+            source_quota: 3,
+            fetch_peers: 8,
             source_wait: Duration::from_millis(300),
             max_clock_skew: Duration::from_secs(30),
             http_attempts: 3,
@@ -166,6 +178,8 @@ pub struct WindowSegment {
     pub duration_us: u64,
     pub uri: String,
     pub length: u64,
+    /// When it became complete here, in Unix milliseconds.
+    pub completed_ms: u64,
 }
 
 /// Counters of one watch session.
@@ -226,6 +240,9 @@ enum Stage<P> {
 }
 
 struct Pending<P> {
+    /// The peers this segment's fetch asks (the source and up to
+    /// `fetch_peers` others).
+    asked: HashSet<P>,
     manifest_cid: Cid,
     uri: String,
     published_ms: Option<u64>,
@@ -366,17 +383,47 @@ impl<P: Clone + Eq + Hash> LivePlanner<P> {
         self.renditions.get_mut(i)
     }
 
-    /// A candidate peer for every segment being fetched.
+    /// A candidate peer: segments being fetched from fewer than
+    /// `fetch_peers` peers ask it too.
     pub fn add_peer(&mut self, peer: P, now: Instant) -> Vec<LiveAction<P>> {
         if !self.peers.insert(peer.clone()) {
             return Vec::new();
         }
-        self.each_fetch(|f| f.add_peer(peer.clone(), now))
+        let limit = self.config.fetch_peers;
+        let source = self.source.clone();
+        let mut out = Vec::new();
+        for r in &mut self.renditions {
+            for p in r.pending.values_mut() {
+                let others = p
+                    .asked
+                    .iter()
+                    .filter(|a| Some(*a) != source.as_ref())
+                    .count();
+                if others < limit || Some(&peer) == source.as_ref() {
+                    out.extend(ask(p, peer.clone(), now));
+                }
+            }
+        }
+        out
     }
 
+    /// A peer left: its requests move to others, and each segment that
+    /// asked it asks another candidate instead.
     pub fn peer_gone(&mut self, peer: &P, now: Instant) -> Vec<LiveAction<P>> {
         self.peers.remove(peer);
-        self.each_fetch(|f| f.on_peer_gone(peer, now))
+        let mut out = self.each_fetch(|f| f.on_peer_gone(peer, now));
+        let candidates: Vec<P> = self.peers.iter().cloned().collect();
+        for r in &mut self.renditions {
+            for p in r.pending.values_mut() {
+                if !p.asked.remove(peer) {
+                    continue;
+                }
+                if let Some(next) = candidates.iter().find(|c| !p.asked.contains(*c)) {
+                    out.extend(ask(p, next.clone(), now));
+                }
+            }
+        }
+        out
     }
 
     pub fn on_presence(
@@ -450,6 +497,7 @@ impl<P: Clone + Eq + Hash> LivePlanner<P> {
         }
         let fetch = self.shard_fetch(&a.manifest, a.sequence, now);
         let pending = Pending {
+            asked: HashSet::new(),
             manifest_cid: a.manifest_cid,
             uri: a.uri.clone(),
             published_ms: Some(a.published_ms),
@@ -493,6 +541,7 @@ impl<P: Clone + Eq + Hash> LivePlanner<P> {
             r.pending.insert(
                 s.sequence,
                 Pending {
+                    asked: HashSet::new(),
                     manifest_cid: s.manifest,
                     uri: uri_of(s.sequence),
                     published_ms: None,
@@ -525,11 +574,10 @@ impl<P: Clone + Eq + Hash> LivePlanner<P> {
         if let Some(s) = &self.source {
             let others = self.peers.iter().filter(|p| *p != s).count();
             if others >= MIN_PEERS_TO_SPARE_SOURCE {
-                fetch.spare(
-                    s.clone(),
-                    self.config.source_quota,
-                    now + self.config.source_wait,
-                );
+                let quota = (SOURCE_COPIES * n)
+                    .div_ceil(others + 1)
+                    .clamp(1, self.config.source_quota.max(1));
+                fetch.spare(s.clone(), quota, now + self.config.source_wait);
             }
         }
         fetch
@@ -562,9 +610,33 @@ impl<P: Clone + Eq + Hash> LivePlanner<P> {
         out
     }
 
-    /// Asks the candidate peers for a segment's next blocks.
+    /// Asks the source and up to `fetch_peers` other candidates (a
+    /// different selection for each segment and viewer) for a segment's
+    /// blocks.
     fn start(&mut self, rendition: u16, sequence: u64, now: Instant) -> Vec<LiveAction<P>> {
-        let peers: Vec<P> = self.peers.iter().cloned().collect();
+        let mut others: Vec<(u64, P)> = self
+            .peers
+            .iter()
+            .filter(|p| Some(*p) != self.source.as_ref())
+            .map(|p| {
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                (self.rotation, sequence, p).hash(&mut h);
+                (h.finish(), p.clone())
+            })
+            .collect();
+        others.sort_by_key(|(h, _)| *h);
+        let chosen: Vec<P> = self
+            .source
+            .iter()
+            .filter(|s| self.peers.contains(*s))
+            .cloned()
+            .chain(
+                others
+                    .into_iter()
+                    .take(self.config.fetch_peers)
+                    .map(|(_, p)| p),
+            )
+            .collect();
         let Some(p) = self
             .renditions
             .get_mut(usize::from(rendition))
@@ -573,10 +645,8 @@ impl<P: Clone + Eq + Hash> LivePlanner<P> {
             return Vec::new();
         };
         let mut out = Vec::new();
-        if let Stage::Manifest(g) | Stage::Shards { fetch: g, .. } = &mut p.stage {
-            for peer in peers {
-                out.extend(g.add_peer(peer, now).into_iter().map(LiveAction::Fetch));
-            }
+        for peer in chosen {
+            out.extend(ask(p, peer, now));
         }
         out
     }
@@ -610,6 +680,8 @@ impl<P: Clone + Eq + Hash> LivePlanner<P> {
                                 let n = m.shards.len().max(1);
                                 fetch.rotate(self.rotation.wrapping_add(*seq as usize) % n);
                                 p.stage = Stage::Shards { manifest: m, fetch };
+                                // The shard fetch starts with no peers.
+                                p.asked.clear();
                                 advanced.push((ri as u16, *seq));
                             }
                             // Listed by the signed record, so only the
@@ -692,6 +764,7 @@ impl<P: Clone + Eq + Hash> LivePlanner<P> {
             duration_us,
             uri: p.uri.clone(),
             length: manifest.length,
+            completed_ms: now_ms,
         };
         // Segments complete out of order at times; the window stays sorted.
         let at = r.window.partition_point(|w| w.sequence < sequence);
@@ -768,6 +841,21 @@ impl<P: Clone + Eq + Hash> LivePlanner<P> {
             }
         }
         out
+    }
+}
+
+/// Adds `peer` to a segment's fetch.
+fn ask<P: Clone + Eq + Hash>(p: &mut Pending<P>, peer: P, now: Instant) -> Vec<LiveAction<P>> {
+    if !p.asked.insert(peer.clone()) {
+        return Vec::new();
+    }
+    match &mut p.stage {
+        Stage::Manifest(g) | Stage::Shards { fetch: g, .. } => g
+            .add_peer(peer, now)
+            .into_iter()
+            .map(LiveAction::Fetch)
+            .collect(),
+        Stage::Checking { .. } => Vec::new(),
     }
 }
 
