@@ -544,6 +544,7 @@ async fn broadcast(
         import,
         name: req.name,
     };
+    options.validate().map_err(|e| bad_request(e.to_string()))?;
     let (tx, mut rx) = tokio::sync::mpsc::channel(16);
     let (line_tx, line_rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(16);
     let node = s.node.clone();

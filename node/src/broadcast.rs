@@ -48,6 +48,24 @@ pub struct BroadcastOptions {
     pub name: String,
 }
 
+impl BroadcastOptions {
+    /// Checks what can be checked before the encoder has written anything:
+    /// the folder exists, the origins are HTTP URLs.
+    pub fn validate(&self) -> Result<(), BroadcastError> {
+        if !self.dir.is_dir() {
+            return Err(input_err(&self.dir, "not a folder"));
+        }
+        for o in &self.origins {
+            if !(o.starts_with("http://") || o.starts_with("https://"))
+                || o.len() > shoal_protocol::channel::MAX_URL
+            {
+                return Err(BroadcastError::Origin(o.clone()));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// One published segment.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Published {
@@ -89,13 +107,7 @@ pub async fn broadcast(
     options: BroadcastOptions,
     events: mpsc::Sender<Published>,
 ) -> Result<(), BroadcastError> {
-    for o in &options.origins {
-        if !(o.starts_with("http://") || o.starts_with("https://"))
-            || o.len() > shoal_protocol::channel::MAX_URL
-        {
-            return Err(BroadcastError::Origin(o.clone()));
-        }
-    }
+    options.validate()?;
     let channel = key.id();
     let top = loop {
         match find_playlist(&options.dir, options.playlist.as_deref())? {

@@ -160,6 +160,15 @@ fn bad_options_and_config() {
     std::fs::write(&config, "[import]\nk = \"ten\"\n").unwrap();
     sb.shoal(&["repo", "stat"])
         .fails_with("config.toml is invalid");
+    std::fs::write(&config, "[live]\ncache_segments = 1\n").unwrap();
+    sb.shoal(&["repo", "stat"])
+        .fails_with("cache_segments must be at least 3");
+    std::fs::write(&config, "[live]\ndeadline_durations = 0.0\n").unwrap();
+    sb.shoal(&["repo", "stat"])
+        .fails_with("deadline_durations must be above 0");
+    std::fs::write(&config, "[node]\nupload_bytes_per_sec = 0\n").unwrap();
+    sb.shoal(&["repo", "stat"])
+        .fails_with("use no_upload instead");
     std::fs::write(&config, "[store]\nquota = 5\n").unwrap();
     sb.shoal(&["repo", "stat"])
         .fails_with("config.toml is invalid");

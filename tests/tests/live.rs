@@ -256,3 +256,36 @@ async fn truncated_or_altered_segments_from_an_origin_are_refused() {
     viewer.node.shutdown().await;
     broadcaster.node.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_in_no_upload_mode_serves_nothing_until_allowed_again() {
+    let phone = start_with(
+        None,
+        NodeConfig {
+            no_upload: true,
+            ..NodeConfig::default()
+        },
+    )
+    .await;
+    let data = b"a shard a phone on a metered network keeps to itself".to_vec();
+    let cid = shoal_protocol::block::cid_of(shoal_protocol::block::Codec::Raw, &data);
+    phone.node.store().put(&cid, &data).unwrap();
+    let peer = start(Some(&phone.addr), LiveConfig::default()).await;
+    assert!(peer.node.fetch_block(cid).await.is_err());
+
+    let mut limits = phone.node.limits().await.unwrap();
+    assert!(limits.no_upload);
+    // Nonsense is refused and changes nothing.
+    let bad = shoal_node::limits::Limits {
+        cache_segments: 1,
+        ..limits.clone()
+    };
+    assert!(phone.node.set_limits(bad).await.is_err());
+    limits.no_upload = false;
+    limits.upload_bytes_per_sec = Some(1_000_000);
+    phone.node.set_limits(limits.clone()).await.unwrap();
+    assert_eq!(phone.node.limits().await.unwrap(), limits);
+    assert_eq!(peer.node.fetch_block(cid).await.unwrap(), data);
+    peer.node.shutdown().await;
+    phone.node.shutdown().await;
+}

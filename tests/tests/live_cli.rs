@@ -1,0 +1,128 @@
+//! Live channels through the command line and two daemons as processes:
+//! `channel create`, `broadcast` on one, `watch` and `stats` on the other,
+//! and the mistakes a user makes on the way.
+
+use std::io::BufRead;
+use std::process::{Child, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use shoal_tests::Sandbox;
+use shoal_tests::live::Encoder;
+
+/// A child whose stdout lines arrive on a channel; killed when dropped.
+struct Lines {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Lines {
+    fn spawn(mut command: std::process::Command) -> Lines {
+        let mut child = command
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn shoal");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Lines { child, lines }
+    }
+
+    /// The next line that contains `needle`, within `secs` seconds.
+    fn expect(&self, needle: &str, secs: u64) -> String {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = self
+                .lines
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("no line with {needle:?} within {secs} s"));
+            if line.contains(needle) {
+                return line;
+            }
+        }
+    }
+}
+
+impl Drop for Lines {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn a_channel_is_broadcast_and_watched_through_the_cli() {
+    let one = Sandbox::with_repo();
+    let two = Sandbox::with_repo();
+    let d1 = one.start_daemon(None);
+    let _d2 = two.start_daemon(Some(&d1.addr));
+
+    let id = one.shoal(&["channel", "create", "news"]).ok().to_owned();
+    assert!(id.starts_with('z'), "{id}");
+    assert_eq!(one.shoal(&["channel", "ls"]).ok(), format!("news\t{id}"));
+    // Mistakes: each one line, exit 1, nothing changed.
+    one.shoal(&["channel", "create", "news"])
+        .fails_with("already exists");
+    one.shoal(&["channel", "create", "../escape"])
+        .fails_with("invalid channel name");
+    let hls = one.path("hls");
+    std::fs::create_dir_all(&hls).unwrap();
+    let hls_arg = hls.to_str().unwrap();
+    one.shoal(&["broadcast", "sports", "--hls-dir", hls_arg])
+        .fails_with("no channel named \"sports\"");
+    one.shoal(&["broadcast", "news", "--hls-dir", "/no/such/folder"])
+        .fails_with("not a folder");
+    one.shoal(&[
+        "broadcast",
+        "news",
+        "--hls-dir",
+        hls_arg,
+        "--origin",
+        "ftp://x",
+    ])
+    .fails_with("invalid origin");
+    two.shoal(&["watch", "not-a-channel"])
+        .fails_with("not a channel id");
+    two.shoal(&["stats"]).ok();
+
+    let broadcast = Lines::spawn(one.command(&["broadcast", "news", "--hls-dir", hls_arg]));
+    broadcast.expect(&format!("broadcasting channel {id}"), 10);
+    let encoder = Encoder::start(&hls, 6);
+    broadcast.expect("published rendition 0 segment 0", 20);
+
+    let watch = Lines::spawn(two.command(&["watch", &id]));
+    let url = watch.expect("/live/", 10);
+    assert!(url.ends_with(&format!("/live/{id}/index.m3u8")), "{url}");
+    watch.expect("segments", 10);
+
+    // The encoder ends the stream: so does the broadcast, cleanly.
+    broadcast.expect("the encoder ended the stream", 30);
+    drop(encoder);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let stats: serde_json::Value =
+            serde_json::from_str(two.shoal(&["stats", "--json"]).ok()).unwrap();
+        let session = &stats["sessions"][0];
+        assert_eq!(session["channel"], id.as_str(), "{stats}");
+        if session["segments"].as_u64().unwrap_or(0) >= 5 {
+            assert_eq!(session["missed"], 0, "{stats}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "segments did not arrive: {stats}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let text = two.shoal(&["stats"]).ok().to_owned();
+    assert!(text.contains(&id), "{text}");
+}
