@@ -9,7 +9,6 @@
 use std::io::Write;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -17,9 +16,9 @@ use shoal_node::broadcast::{BroadcastOptions, broadcast};
 use shoal_node::daemon::{Daemon, DaemonOptions};
 use shoal_node::libp2p::Multiaddr;
 use shoal_node::repo::Repo;
-use shoal_node::{Node, NodeConfig, identity};
+use shoal_node::{Node, NodeConfig};
 use shoal_protocol::channel::{ChannelId, ChannelKey};
-use shoal_storage::{Blockstore, ImportOptions, StoreOptions};
+use shoal_storage::ImportOptions;
 
 /// Segment length of the demo stream: short segments keep the delay from
 /// the encoder to the player low.
@@ -113,17 +112,8 @@ fn loopback_config(bootstrap: Vec<Multiaddr>) -> NodeConfig {
 }
 
 async fn start_node(dir: &Path, bootstrap: Vec<Multiaddr>) -> Result<(Node, Multiaddr)> {
-    std::fs::create_dir_all(dir)?;
-    let store = Blockstore::create(&dir.join("blocks.redb"), &StoreOptions::default())?;
-    let key = identity::load_or_create(&dir.join("identity.key"))?;
-    let node = Node::start(loopback_config(bootstrap), key, Arc::new(store)).await?;
-    let addr = node
-        .listen_addrs()
-        .await?
-        .into_iter()
-        .next()
-        .context("the node is not listening")?
-        .with(shoal_node::libp2p::multiaddr::Protocol::P2p(node.peer_id()));
+    let node = Node::start_in(dir, loopback_config(bootstrap)).await?;
+    let addr = node.dialable_addr().await?;
     Ok((node, addr))
 }
 

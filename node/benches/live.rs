@@ -19,9 +19,9 @@ use std::time::Duration;
 use libp2p::Multiaddr;
 use shoal_node::broadcast::{BroadcastOptions, broadcast};
 use shoal_node::live::unix_ms;
-use shoal_node::{Node, NodeConfig, identity};
+use shoal_node::{Node, NodeConfig};
 use shoal_protocol::channel::{ChannelId, ChannelKey};
-use shoal_storage::{Blockstore, ImportOptions, StoreOptions};
+use shoal_storage::ImportOptions;
 
 const SEGMENT: Duration = Duration::from_secs(2);
 const SEGMENT_BYTES: usize = 250_000;
@@ -30,9 +30,6 @@ const SEGMENT_BYTES: usize = 250_000;
 const WARMUP: u64 = 2;
 
 async fn start_node(dir: &Path, bootstrap: Vec<Multiaddr>) -> (Node, Multiaddr) {
-    std::fs::create_dir_all(dir).unwrap();
-    let store = Blockstore::create(&dir.join("blocks.redb"), &StoreOptions::default()).unwrap();
-    let key = identity::load_or_create(&dir.join("identity.key")).unwrap();
     let mut live = shoal_protocol::live::LiveConfig::default();
     if let Some(ms) = std::env::var("SHOAL_BENCH_SOURCE_WAIT_MS")
         .ok()
@@ -53,10 +50,8 @@ async fn start_node(dir: &Path, bootstrap: Vec<Multiaddr>) -> (Node, Multiaddr) 
         live,
         ..NodeConfig::default()
     };
-    let node = Node::start(config, key, Arc::new(store)).await.unwrap();
-    let addr = node.listen_addrs().await.unwrap()[0]
-        .clone()
-        .with(libp2p::multiaddr::Protocol::P2p(node.peer_id()));
+    let node = Node::start_in(dir, config).await.unwrap();
+    let addr = node.dialable_addr().await.unwrap();
     (node, addr)
 }
 

@@ -5,13 +5,12 @@
 //! `cargo bench -p shoal-node --bench transfer` (`SHOAL_BENCH_MIB` sets the
 //! stream size, 256 MiB by default; `SHOAL_BENCH_RUNS` the runs, 3).
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
 use libp2p::{Multiaddr, StreamProtocol, noise, tcp, yamux};
-use shoal_node::{Node, NodeConfig, identity};
-use shoal_storage::{Blockstore, ImportOptions, StoreOptions, import_file};
+use shoal_node::{Node, NodeConfig};
+use shoal_storage::{ImportOptions, import_file};
 
 const PLAIN: StreamProtocol = StreamProtocol::new("/shoal-bench/plain/1.0.0");
 
@@ -105,18 +104,14 @@ async fn plain_transfer(bytes: u64) -> (f64, f64) {
 }
 
 async fn start_node(dir: &std::path::Path, bootstrap: Vec<Multiaddr>) -> (Node, Multiaddr) {
-    let store = Blockstore::create(&dir.join("blocks.redb"), &StoreOptions::default()).unwrap();
-    let key = identity::load_or_create(&dir.join("identity.key")).unwrap();
     let config = NodeConfig {
         listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
         bootstrap,
         mdns: false,
         ..NodeConfig::default()
     };
-    let node = Node::start(config, key, Arc::new(store)).await.unwrap();
-    let addr = node.listen_addrs().await.unwrap()[0]
-        .clone()
-        .with(libp2p::multiaddr::Protocol::P2p(node.peer_id()));
+    let node = Node::start_in(dir, config).await.unwrap();
+    let addr = node.dialable_addr().await.unwrap();
     (node, addr)
 }
 

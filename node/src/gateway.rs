@@ -118,6 +118,23 @@ fn playlist(text: String) -> Response {
         .into_response()
 }
 
+/// A master playlist naming rendition `i`'s playlist `i/index.m3u8`, from
+/// each rendition's (bandwidth, resolution, codecs).
+fn master_playlist(
+    renditions: impl Iterator<Item = (Option<u64>, Option<String>, Option<String>)>,
+) -> Response {
+    let variants: Vec<hls::Variant> = renditions
+        .enumerate()
+        .map(|(i, (bandwidth, resolution, codecs))| hls::Variant {
+            uri: format!("{i}/index.m3u8"),
+            bandwidth: bandwidth.unwrap_or(0),
+            resolution,
+            codecs,
+        })
+        .collect();
+    playlist(hls::write_master(&variants))
+}
+
 /// The sliding media playlist of one rendition.
 fn media_playlist(view: &LiveView, rendition: usize) -> Option<String> {
     let r = view.renditions.get(rendition)?;
@@ -150,18 +167,13 @@ async fn live_top(
         // Segment URIs are relative to the rendition's folder.
         return Ok(playlist(prefix_uris(&text, "0/")));
     }
-    let variants: Vec<hls::Variant> = view
-        .renditions
-        .iter()
-        .enumerate()
-        .map(|(i, r)| hls::Variant {
-            uri: format!("{i}/index.m3u8"),
-            bandwidth: r.info.bandwidth.unwrap_or(0),
-            resolution: r.info.resolution.clone(),
-            codecs: r.info.codecs.clone(),
-        })
-        .collect();
-    Ok(playlist(hls::write_master(&variants)))
+    Ok(master_playlist(view.renditions.iter().map(|r| {
+        (
+            r.info.bandwidth,
+            r.info.resolution.clone(),
+            r.info.codecs.clone(),
+        )
+    })))
 }
 
 async fn live_media(
@@ -256,18 +268,9 @@ async fn vod_top(
         let text = vod_media_playlist(&stream, 0).unwrap_or_default();
         return Ok(playlist(prefix_uris(&text, "0/")));
     }
-    let variants: Vec<hls::Variant> = stream
-        .renditions
-        .iter()
-        .enumerate()
-        .map(|(i, r)| hls::Variant {
-            uri: format!("{i}/index.m3u8"),
-            bandwidth: r.bandwidth.unwrap_or(0),
-            resolution: r.resolution.clone(),
-            codecs: r.codecs.clone(),
-        })
-        .collect();
-    Ok(playlist(hls::write_master(&variants)))
+    Ok(master_playlist(stream.renditions.iter().map(|r| {
+        (r.bandwidth, r.resolution.clone(), r.codecs.clone())
+    })))
 }
 
 async fn vod_media(

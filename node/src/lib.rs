@@ -182,6 +182,35 @@ impl Node {
         Ok(node)
     }
 
+    /// Starts a node whose store and identity live in `dir` (created if
+    /// needed): `blocks.redb` and `identity.key`, as in a repo. For tools
+    /// that run nodes without a repo's config (the demo, benchmarks,
+    /// simulations).
+    pub async fn start_in(dir: &std::path::Path, config: NodeConfig) -> Result<Node, NodeError> {
+        std::fs::create_dir_all(dir).map_err(|source| NodeError::Io {
+            path: dir.to_owned(),
+            source,
+        })?;
+        let store = Blockstore::create(
+            &dir.join("blocks.redb"),
+            &shoal_storage::StoreOptions::default(),
+        )?;
+        let key = identity::load_or_create(&dir.join("identity.key"))?;
+        Node::start(config, key, Arc::new(store)).await
+    }
+
+    /// The first address the node listens on, with its `/p2p/` peer id:
+    /// what another node dials or bootstraps from.
+    pub async fn dialable_addr(&self) -> Result<Multiaddr, NodeError> {
+        let addr = self
+            .listen_addrs()
+            .await?
+            .into_iter()
+            .next()
+            .ok_or_else(|| NodeError::Transport("the node listens nowhere".into()))?;
+        Ok(addr.with(libp2p::multiaddr::Protocol::P2p(self.peer_id)))
+    }
+
     pub fn peer_id(&self) -> PeerId {
         self.peer_id
     }

@@ -3,15 +3,14 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::Duration;
 
 use shoal_node::broadcast::{BroadcastOptions, Published, broadcast};
 use shoal_node::libp2p::Multiaddr;
-use shoal_node::{Node, NodeConfig, identity};
+use shoal_node::{Node, NodeConfig};
 use shoal_protocol::channel::{ChannelId, ChannelKey};
 use shoal_protocol::live::LiveConfig;
-use shoal_storage::{Blockstore, ImportOptions, StoreOptions};
+use shoal_storage::ImportOptions;
 use tokio::sync::mpsc;
 
 use crate::require_tool;
@@ -45,25 +44,44 @@ pub async fn start(bootstrap: Option<&Multiaddr>, live: LiveConfig) -> TestNode 
 }
 
 pub async fn start_with(bootstrap: Option<&Multiaddr>, config: NodeConfig) -> TestNode {
-    let dir = tempfile::tempdir().unwrap();
-    let store =
-        Blockstore::create(&dir.path().join("blocks.redb"), &StoreOptions::default()).unwrap();
-    let key = identity::load_or_create(&dir.path().join("identity.key")).unwrap();
-    let config = NodeConfig {
+    start_node(NodeConfig {
         listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
         bootstrap: bootstrap.into_iter().cloned().collect(),
         mdns: false,
         ..config
-    };
-    let node = Node::start(config, key, Arc::new(store)).await.unwrap();
-    let addr = node.listen_addrs().await.unwrap()[0]
-        .clone()
-        .with(shoal_node::libp2p::multiaddr::Protocol::P2p(node.peer_id()));
+    })
+    .await
+}
+
+/// A node with `config` as given, in a temporary folder.
+pub async fn start_node(config: NodeConfig) -> TestNode {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start_in(dir.path(), config).await.unwrap();
+    let addr = node.dialable_addr().await.unwrap();
     TestNode {
         node,
         addr,
         _dir: dir,
     }
+}
+
+/// A folder for an encoder's output, inside a temporary folder.
+pub fn hls_folder() -> (tempfile::TempDir, PathBuf) {
+    let work = tempfile::tempdir().unwrap();
+    let hls = work.path().join("hls");
+    std::fs::create_dir_all(&hls).unwrap();
+    (work, hls)
+}
+
+/// `count` viewers that join through `bootstrap` and watch `channel`.
+pub async fn viewers(count: usize, bootstrap: &Multiaddr, channel: ChannelId) -> Vec<TestNode> {
+    let mut out = Vec::new();
+    for _ in 0..count {
+        let v = start(Some(bootstrap), viewer_config()).await;
+        v.node.watch(channel).await.unwrap();
+        out.push(v);
+    }
+    out
 }
 
 /// ffmpeg encoding a test picture in real time into `dir` as 1 s MPEG-TS

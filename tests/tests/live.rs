@@ -8,25 +8,18 @@ use shoal_node::NodeConfig;
 use shoal_protocol::channel::ChannelKey;
 use shoal_protocol::live::LiveConfig;
 use shoal_tests::live::{
-    Encoder, TestNode, assert_has_every_segment, assert_segments_intact, channel_key,
-    spawn_broadcast, start, start_with, viewer_config, wait_for_segments,
+    Encoder, TestNode, assert_has_every_segment, assert_segments_intact, channel_key, hls_folder,
+    spawn_broadcast, start, start_with, viewers, wait_for_segments,
 };
 use shoal_tests::origin::{Mode, Origin};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_viewers_receive_every_segment_byte_identical() {
-    let work = tempfile::tempdir().unwrap();
-    let hls_dir = work.path().join("hls");
-    std::fs::create_dir_all(&hls_dir).unwrap();
+    let (_work, hls_dir) = hls_folder();
     let broadcaster = start(None, LiveConfig::default()).await;
     let key = channel_key();
     let channel = key.id();
-    let mut viewers = Vec::new();
-    for _ in 0..10 {
-        let v = start(Some(&broadcaster.addr), viewer_config()).await;
-        v.node.watch(channel).await.unwrap();
-        viewers.push(v);
-    }
+    let viewers = viewers(10, &broadcaster.addr, channel).await;
     let published = spawn_broadcast(&broadcaster.node, key, hls_dir.clone(), Vec::new());
     let encoder = Encoder::start(&hls_dir, 8);
     let published = published.await.unwrap();
@@ -65,18 +58,11 @@ async fn ten_viewers_receive_every_segment_byte_identical() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn viewers_that_stay_miss_no_deadline_when_three_leave() {
-    let work = tempfile::tempdir().unwrap();
-    let hls_dir = work.path().join("hls");
-    std::fs::create_dir_all(&hls_dir).unwrap();
+    let (_work, hls_dir) = hls_folder();
     let broadcaster = start(None, LiveConfig::default()).await;
     let key = channel_key();
     let channel = key.id();
-    let mut viewers = Vec::new();
-    for _ in 0..10 {
-        let v = start(Some(&broadcaster.addr), viewer_config()).await;
-        v.node.watch(channel).await.unwrap();
-        viewers.push(v);
-    }
+    let mut viewers = viewers(10, &broadcaster.addr, channel).await;
     let published = spawn_broadcast(&broadcaster.node, key, hls_dir.clone(), Vec::new());
     let encoder = Encoder::start(&hls_dir, 8);
     // Three viewers leave once the stream is under way.
@@ -104,15 +90,12 @@ async fn viewers_that_stay_miss_no_deadline_when_three_leave() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_announcements_are_refused_and_cost_the_sender_its_score() {
-    let work = tempfile::tempdir().unwrap();
-    let hls_dir = work.path().join("hls");
-    std::fs::create_dir_all(&hls_dir).unwrap();
+    let (_work, hls_dir) = hls_folder();
     let broadcaster = start(None, LiveConfig::default()).await;
     let key = channel_key();
     let replayer = ChannelKey::from_seed(&key.seed());
     let channel = key.id();
-    let viewer = start(Some(&broadcaster.addr), viewer_config()).await;
-    viewer.node.watch(channel).await.unwrap();
+    let viewer = viewers(1, &broadcaster.addr, channel).await.remove(0);
     // One forger per forgery: the first invalid message already puts its
     // sender under gossipsub's graylist threshold, after which the viewer
     // ignores it without looking.
@@ -191,15 +174,12 @@ async fn slow_broadcaster() -> TestNode {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_http_origin_fills_in_what_slow_peers_cannot_deliver_in_time() {
-    let work = tempfile::tempdir().unwrap();
-    let hls_dir = work.path().join("hls");
-    std::fs::create_dir_all(&hls_dir).unwrap();
+    let (_work, hls_dir) = hls_folder();
     let origin = Origin::start(hls_dir.clone(), Mode::Faithful).await;
     let broadcaster = slow_broadcaster().await;
     let key = channel_key();
     let channel = key.id();
-    let viewer = start(Some(&broadcaster.addr), viewer_config()).await;
-    viewer.node.watch(channel).await.unwrap();
+    let viewer = viewers(1, &broadcaster.addr, channel).await.remove(0);
     let published = spawn_broadcast(
         &broadcaster.node,
         key,
@@ -223,16 +203,13 @@ async fn an_http_origin_fills_in_what_slow_peers_cannot_deliver_in_time() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn truncated_or_altered_segments_from_an_origin_are_refused() {
-    let work = tempfile::tempdir().unwrap();
-    let hls_dir = work.path().join("hls");
-    std::fs::create_dir_all(&hls_dir).unwrap();
+    let (_work, hls_dir) = hls_folder();
     let truncated = Origin::start(hls_dir.clone(), Mode::Truncated).await;
     let altered = Origin::start(hls_dir.clone(), Mode::Altered).await;
     let broadcaster = slow_broadcaster().await;
     let key = channel_key();
     let channel = key.id();
-    let viewer = start(Some(&broadcaster.addr), viewer_config()).await;
-    viewer.node.watch(channel).await.unwrap();
+    let viewer = viewers(1, &broadcaster.addr, channel).await.remove(0);
     let published = spawn_broadcast(
         &broadcaster.node,
         key,

@@ -1,48 +1,30 @@
 //! Nodes in one process on 127.0.0.1 find each other through the DHT and
 //! swap verified blocks over Bitswap.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use shoal_node::libp2p::{Multiaddr, PeerId};
-use shoal_node::{Node, NodeConfig, identity};
+use shoal_node::{Node, NodeConfig};
 use shoal_protocol::block::Cid;
-use shoal_storage::{Blockstore, ImportOptions, StoreOptions, import_file};
+use shoal_storage::{ImportOptions, import_file};
 use shoal_tests::Sandbox;
+use shoal_tests::live::{TestNode, start_node};
 
 /// The longest any test here waits for a fetch.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(60);
 
-struct TestNode {
-    node: Node,
-    addr: Multiaddr,
-    _dir: tempfile::TempDir,
-}
-
 async fn start(transport: &str, bootstrap: Option<&Multiaddr>) -> TestNode {
-    let dir = tempfile::tempdir().unwrap();
-    let store =
-        Blockstore::create(&dir.path().join("blocks.redb"), &StoreOptions::default()).unwrap();
-    let key = identity::load_or_create(&dir.path().join("identity.key")).unwrap();
     let listen: Multiaddr = match transport {
         "quic" => "/ip4/127.0.0.1/udp/0/quic-v1".parse().unwrap(),
         _ => "/ip4/127.0.0.1/tcp/0".parse().unwrap(),
     };
-    let config = NodeConfig {
+    start_node(NodeConfig {
         listen: vec![listen],
         bootstrap: bootstrap.into_iter().cloned().collect(),
         mdns: false,
         ..NodeConfig::default()
-    };
-    let node = Node::start(config, key, Arc::new(store)).await.unwrap();
-    let addr = node.listen_addrs().await.unwrap()[0]
-        .clone()
-        .with(shoal_node::libp2p::multiaddr::Protocol::P2p(node.peer_id()));
-    TestNode {
-        node,
-        addr,
-        _dir: dir,
-    }
+    })
+    .await
 }
 
 /// Imports a file of `len` random bytes into `node`'s store; returns the

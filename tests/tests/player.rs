@@ -12,6 +12,49 @@ use shoal_tests::check_output;
 use shoal_tests::live::{Encoder, channel_key, spawn_broadcast, start};
 use shoal_tests::require_tool;
 
+/// A daemon (node, API, gateway) on a fresh repo in this process, joined
+/// through `bootstrap`.
+struct ViewerDaemon {
+    base: String,
+    node: shoal_node::Node,
+    stop: tokio::sync::oneshot::Sender<()>,
+    served: tokio::task::JoinHandle<Result<(), shoal_node::daemon::DaemonError>>,
+}
+
+impl ViewerDaemon {
+    async fn start(repo: &std::path::Path, bootstrap: &shoal_node::libp2p::Multiaddr) -> Self {
+        Repo::init(repo).unwrap();
+        let daemon = Daemon::start(
+            repo,
+            DaemonOptions {
+                listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
+                bootstrap: vec![bootstrap.clone()],
+                api: Some("127.0.0.1:0".into()),
+                mdns: Some(false),
+            },
+        )
+        .await
+        .unwrap();
+        let base = format!("http://{}", daemon.api_addr);
+        let node = daemon.node.clone();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let served = tokio::spawn(daemon.serve_until(async {
+            let _ = stopped.await;
+        }));
+        ViewerDaemon {
+            base,
+            node,
+            stop,
+            served,
+        }
+    }
+
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        self.served.await.unwrap().unwrap();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chromium_plays_a_live_channel_through_the_gateway() {
     require_tool("ffprobe");
@@ -22,24 +65,8 @@ async fn chromium_plays_a_live_channel_through_the_gateway() {
     let key = channel_key();
     let channel = key.id();
 
-    let repo = work.path().join("viewer");
-    Repo::init(&repo).unwrap();
-    let daemon = Daemon::start(
-        &repo,
-        DaemonOptions {
-            listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
-            bootstrap: vec![broadcaster.addr.clone()],
-            api: Some("127.0.0.1:0".into()),
-            mdns: Some(false),
-        },
-    )
-    .await
-    .unwrap();
-    let base = format!("http://{}", daemon.api_addr);
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let served = tokio::spawn(daemon.serve_until(async {
-        let _ = stopped.await;
-    }));
+    let viewer = ViewerDaemon::start(&work.path().join("viewer"), &broadcaster.addr).await;
+    let base = viewer.base.clone();
 
     let published = spawn_broadcast(&broadcaster.node, key, hls_dir.clone(), Vec::new());
     let encoder = Encoder::start(&hls_dir, 30);
@@ -94,8 +121,7 @@ async fn chromium_plays_a_live_channel_through_the_gateway() {
 
     drop(encoder);
     published.abort();
-    let _ = stop.send(());
-    served.await.unwrap().unwrap();
+    viewer.stop().await;
     broadcaster.node.shutdown().await;
 }
 
@@ -140,25 +166,9 @@ async fn ffprobe_reads_an_on_demand_stream_that_the_gateway_fetches_from_peers()
     .unwrap();
     seeder.node.provide(imported.root).await.unwrap();
 
-    let repo = work.path().join("viewer");
-    Repo::init(&repo).unwrap();
-    let daemon = Daemon::start(
-        &repo,
-        DaemonOptions {
-            listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
-            bootstrap: vec![seeder.addr.clone()],
-            api: Some("127.0.0.1:0".into()),
-            mdns: Some(false),
-        },
-    )
-    .await
-    .unwrap();
-    let base = format!("http://{}", daemon.api_addr);
+    let daemon = ViewerDaemon::start(&work.path().join("viewer"), &seeder.addr).await;
+    let base = daemon.base.clone();
     let viewer = daemon.node.clone();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let served = tokio::spawn(daemon.serve_until(async {
-        let _ = stopped.await;
-    }));
 
     let url = format!("{base}/vod/{}/index.m3u8", imported.root);
     let probe = tokio::task::spawn_blocking(move || {
@@ -185,7 +195,6 @@ async fn ffprobe_reads_an_on_demand_stream_that_the_gateway_fetches_from_peers()
     assert!(viewer.store().pins().unwrap().is_empty());
     assert!(viewer.store().stat().unwrap().blocks > 0);
 
-    let _ = stop.send(());
-    served.await.unwrap().unwrap();
+    daemon.stop().await;
     seeder.node.shutdown().await;
 }
