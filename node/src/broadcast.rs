@@ -31,6 +31,12 @@ use crate::{Node, NodeError};
 /// times a second.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(50);
 
+/// Segments per rendition the broadcaster keeps in its store after
+/// publishing them: a minute of 2 s segments, far more than any viewer's
+/// window; older ones are deleted (unless pinned) so that a broadcast can
+/// run for days on a bounded disk.
+pub const KEEP_SEGMENTS: usize = 30;
+
 /// How long a channel record stays valid without a newer one: a viewer
 /// that finds only an older record knows the channel has stopped.
 const RECORD_LIFETIME: Duration = Duration::from_secs(60);
@@ -96,6 +102,8 @@ struct RenditionState {
     /// Highest sequence published.
     last: Option<u64>,
     recent: VecDeque<RecentSegment>,
+    /// Manifests of the segments still kept in the store, oldest first.
+    kept: VecDeque<shoal_protocol::block::Cid>,
 }
 
 /// Broadcasts until the encoder ends the stream (EXT-X-ENDLIST in every
@@ -252,6 +260,7 @@ async fn publish_segment(
         sequence,
         unix_ms(),
         &seg.uri,
+        &node.peer_id().to_bytes(),
         stored.manifest_bytes.clone(),
     );
     node.publish(channel, rendition, announcement).await?;
@@ -263,6 +272,13 @@ async fn publish_segment(
     });
     while state.recent.len() > RECORD_WINDOW {
         state.recent.pop_front();
+    }
+    state.kept.push_back(stored.manifest_cid);
+    while state.kept.len() > KEEP_SEGMENTS {
+        if let Some(old) = state.kept.pop_front() {
+            let store = node.store().clone();
+            tokio::task::spawn_blocking(move || crate::live::release(&store, &old, Vec::new()));
+        }
     }
     tracing::info!(%channel, rendition, sequence, bytes = len, "published");
     Ok(Published {
@@ -379,6 +395,7 @@ fn read_renditions(dir: &Path, top: &str) -> Result<Vec<RenditionState>, Broadca
             playlist: PathBuf::from(playlist),
             last: None,
             recent: VecDeque::new(),
+            kept: VecDeque::new(),
         }
     };
     match read_playlist(&dir.join(top))? {

@@ -353,11 +353,19 @@ impl EventLoop {
             }
             return MessageAcceptance::Reject;
         }
+        // The source is the publisher the channel signed for, not whoever
+        // relayed the message first.
+        let Ok(publisher) = PeerId::from_bytes(&a.publisher) else {
+            if let Some(s) = self.live.sessions.get_mut(&channel) {
+                s.planner.note_rejected();
+            }
+            return MessageAcceptance::Reject;
+        };
         let Some(session) = self.live.sessions.get_mut(&channel) else {
             return MessageAcceptance::Ignore;
         };
         let now = Instant::now();
-        let (verdict, actions) = session.planner.offer(&a, message.source, now, unix_ms());
+        let (verdict, actions) = session.planner.offer(&a, Some(publisher), now, unix_ms());
         if let Verdict::Reject(why) = verdict {
             tracing::debug!(%channel, %why, "refused announcement");
             return MessageAcceptance::Reject;
@@ -376,9 +384,7 @@ impl EventLoop {
             let q = self.swarm.behaviour_mut().kad.get_record(key);
             self.live.record_queries.insert(q, channel);
         }
-        if let Some(source) = message.source {
-            self.live_candidate(channel, source);
-        }
+        self.live_candidate(channel, publisher);
         tracing::debug!(%channel, rendition, sequence = a.sequence, "announcement accepted");
         self.run_live_actions(channel, actions);
         MessageAcceptance::Accept
@@ -803,7 +809,7 @@ fn check_segment(store: &Blockstore, manifest: &Cid, sequence: u64) -> bool {
 }
 
 /// Deletes a segment that left the window (unless pinned).
-fn release(store: &Blockstore, manifest: &Cid, mut shards: Vec<Cid>) {
+pub(crate) fn release(store: &Blockstore, manifest: &Cid, mut shards: Vec<Cid>) {
     if shards.is_empty()
         && let Ok(Some(bytes)) = store.get(manifest)
         && let Ok(m) = SegmentManifest::from_block(&bytes)

@@ -50,6 +50,9 @@ pub const MAX_ORIGINS: usize = 8;
 /// Longest origin URL.
 pub const MAX_URL: usize = 1024;
 
+/// Longest publisher peer id (a multihash of an ed25519 or larger key).
+pub const MAX_PUBLISHER_ID: usize = 64;
+
 /// Renditions of a live channel.
 pub const MAX_LIVE_RENDITIONS: usize = 16;
 
@@ -182,6 +185,7 @@ impl ChannelKey {
         sequence: u64,
         published_ms: u64,
         uri: &str,
+        publisher: &[u8],
         manifest: Vec<u8>,
     ) -> Vec<u8> {
         self.seal(
@@ -193,6 +197,7 @@ impl ChannelKey {
                 sequence,
                 published_ms,
                 uri: uri.to_owned(),
+                publisher: publisher.to_vec(),
                 manifest,
             },
         )
@@ -235,6 +240,11 @@ pub struct Announcement {
     /// HTTP origin serves it.
     #[serde(deserialize_with = "bounded::string::<_, MAX_TEXT>")]
     pub uri: String,
+    /// The libp2p peer id (its bytes) of the node that publishes the
+    /// channel: viewers take the segment's source from here, signed by the
+    /// channel, not from whoever relayed the message first.
+    #[serde(with = "serde_bytes_strict")]
+    pub publisher: Vec<u8>,
     /// The segment manifest block (dag-cbor). Its CID is computed from
     /// these bytes rather than carried beside them, so the two cannot
     /// disagree.
@@ -250,6 +260,7 @@ pub struct VerifiedAnnouncement {
     pub sequence: u64,
     pub published_ms: u64,
     pub uri: String,
+    pub publisher: Vec<u8>,
     pub manifest_cid: Cid,
     pub manifest_bytes: Vec<u8>,
     pub manifest: SegmentManifest,
@@ -270,6 +281,12 @@ impl Announcement {
                 a.uri
             )));
         }
+        if a.publisher.is_empty() || a.publisher.len() > MAX_PUBLISHER_ID {
+            return Err(ChannelError::Invalid(format!(
+                "publisher id of {} bytes",
+                a.publisher.len()
+            )));
+        }
         let manifest = SegmentManifest::from_block(&a.manifest)?;
         if manifest.index != a.sequence {
             return Err(ChannelError::Invalid(format!(
@@ -283,6 +300,7 @@ impl Announcement {
             sequence: a.sequence,
             published_ms: a.published_ms,
             uri: a.uri,
+            publisher: a.publisher,
             manifest_cid: crate::block::cid_of(crate::block::Codec::DagCbor, &a.manifest),
             manifest_bytes: a.manifest,
             manifest,
@@ -542,14 +560,14 @@ mod tests {
     fn announcements_open_only_under_their_channel_key() {
         let k = key(1);
         let m = manifest(7);
-        let bytes = k.announce(0, 7, 1000, "seg7.ts", m.clone());
+        let bytes = k.announce(0, 7, 1000, "seg7.ts", b"peer", m.clone());
         let a = Announcement::open(&k.id(), &bytes).unwrap();
         assert_eq!((a.rendition, a.sequence, a.published_ms), (0, 7, 1000));
         assert_eq!(a.manifest_cid, block::cid_of(Codec::DagCbor, &m));
         assert_eq!(a.manifest.index, 7);
 
         // Signed by somebody else, but sent on this channel's topic.
-        let forged = key(2).announce(0, 8, 1000, "seg8.ts", manifest(8));
+        let forged = key(2).announce(0, 8, 1000, "seg8.ts", b"peer", manifest(8));
         assert_eq!(
             Announcement::open(&k.id(), &forged),
             Err(ChannelError::BadSignature(k.id()))
@@ -566,19 +584,19 @@ mod tests {
     fn announcements_refuse_bad_bodies_even_when_signed() {
         let k = key(1);
         // The sequence disagrees with the manifest it carries.
-        let bytes = k.announce(0, 8, 1000, "seg8.ts", manifest(7));
+        let bytes = k.announce(0, 8, 1000, "seg8.ts", b"peer", manifest(7));
         assert!(matches!(
             Announcement::open(&k.id(), &bytes),
             Err(ChannelError::Invalid(_))
         ));
         // The manifest is not one.
-        let bytes = k.announce(0, 7, 1000, "seg7.ts", b"garbage".to_vec());
+        let bytes = k.announce(0, 7, 1000, "seg7.ts", b"peer", b"garbage".to_vec());
         assert!(matches!(
             Announcement::open(&k.id(), &bytes),
             Err(ChannelError::Manifest(_))
         ));
         // A segment path that climbs out of the origin's directory.
-        let bytes = k.announce(0, 7, 1000, "../../etc/passwd", manifest(7));
+        let bytes = k.announce(0, 7, 1000, "../../etc/passwd", b"peer", manifest(7));
         assert!(matches!(
             Announcement::open(&k.id(), &bytes),
             Err(ChannelError::Invalid(_))

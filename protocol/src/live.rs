@@ -971,7 +971,14 @@ mod tests {
                 .collect(),
         };
         let key = ChannelKey::from_seed(&[1; 32]);
-        let signed = key.announce(0, seq, 1_000, &format!("s{seq}.ts"), manifest.to_block().1);
+        let signed = key.announce(
+            0,
+            seq,
+            1_000,
+            &format!("s{seq}.ts"),
+            b"peer",
+            manifest.to_block().1,
+        );
         let a = crate::channel::Announcement::open(&key.id(), &signed).unwrap();
         (bytes, shards, a)
     }

@@ -357,6 +357,25 @@ mod tests {
         #EXTINF:2.000000,\nseg0.ts\n#EXTINF:1.966667,\nseg1.ts\n#EXT-X-ENDLIST\n";
 
     #[test]
+    fn a_live_playlist_slides_and_never_ends() {
+        let text = write_live_media(
+            40,
+            2_000_000,
+            &[("40.ts".into(), 2_000_000), ("41.ts".into(), 1_500_000)],
+        );
+        assert!(!text.contains("ENDLIST") && !text.contains("PLAYLIST-TYPE"));
+        assert!(text.contains("#EXT-X-TARGETDURATION:2\n"));
+        let Playlist::Media(m) = parse(&text).unwrap() else {
+            panic!("not a media playlist")
+        };
+        assert_eq!(
+            (m.media_sequence, m.ended, m.segments.len()),
+            (40, false, 2)
+        );
+        assert_eq!(m.segments[1].duration_us, 1_500_000);
+    }
+
+    #[test]
     fn media_playlist() {
         let Playlist::Media(m) = parse(MEDIA).unwrap() else {
             panic!("media")

@@ -112,9 +112,10 @@ async fn forged_announcements_are_refused_and_cost_the_sender_its_score() {
     let manifest = viewer.node.store().get(&first.manifest).unwrap().unwrap();
     let now = shoal_node::live::unix_ms();
     // Signed by a key that is not the channel's.
-    let forged = channel_key().announce(0, 1000, now, "seg999.ts", manifest.clone());
+    let publisher = broadcaster.node.peer_id().to_bytes();
+    let forged = channel_key().announce(0, 1000, now, "seg999.ts", &publisher, manifest.clone());
     // Signed by the channel, but for a segment long past: a replay.
-    let rewound = replayer.announce(0, first.sequence, now, &first.uri, manifest);
+    let rewound = replayer.announce(0, first.sequence, now, &first.uri, &publisher, manifest);
     // Far over the size limit.
     let oversized = vec![0xA5u8; 40 << 10];
     for (forger, message) in forgers.iter().zip([forged, rewound, oversized]) {

@@ -208,3 +208,80 @@ fn checked_in_inputs_are_the_generated_ones() {
         );
     }
 }
+
+/// The signed channel messages of `channel/`: an announcement and a record
+/// made with a fixed key. Ed25519 signatures are deterministic, so another
+/// implementation signing the same fields with the same key must produce
+/// these bytes exactly, and must open them.
+#[test]
+fn channel_messages_match_their_golden_vectors() {
+    use shoal_protocol::channel::{
+        Announcement, ChannelKey, ChannelRecord, LiveRendition, Origin, RecentSegment,
+    };
+    let dir = vectors_dir().join("channel");
+    let bless = std::env::var_os("SHOAL_BLESS").is_some();
+    let key = ChannelKey::from_seed(&[7u8; 32]);
+    let shard = block::cid_of(Codec::Raw, b"shard");
+    let manifest = SegmentManifest {
+        version: 1,
+        index: 42,
+        length: 10,
+        duration_us: Some(2_000_000),
+        hash: block::sha256_multihash(&block::sha256(b"0123456789")).to_bytes(),
+        k: 2,
+        m: 1,
+        shard_size: 64,
+        shards: vec![shard; 3],
+    };
+    let (manifest_cid, manifest_bytes) = manifest.to_block();
+    let publisher = b"\x00\x24\x08\x01\x12\x20publisher-peer-id-bytes-32-long!";
+    let announcement = key.announce(
+        0,
+        42,
+        1_764_000_000_000,
+        "seg042.ts",
+        publisher,
+        manifest_bytes,
+    );
+    let record = key.sign_record(&ChannelRecord {
+        name: "vectors".into(),
+        sequence: 7,
+        expires_ms: 1_764_000_060_000,
+        target_duration_us: 2_000_000,
+        renditions: vec![LiveRendition {
+            playlist: "index.m3u8".into(),
+            bandwidth: Some(800_000),
+            resolution: Some("640x360".into()),
+            codecs: Some("avc1.64001e,mp4a.40.2".into()),
+            segment_extension: "ts".into(),
+            recent: vec![RecentSegment {
+                sequence: 42,
+                manifest: manifest_cid,
+                duration_us: 2_000_000,
+            }],
+            ..LiveRendition::default()
+        }],
+        origins: vec![Origin("https://cdn.example/live".into())],
+        ..ChannelRecord::default()
+    });
+    let files = [
+        ("CHANNEL", format!("{}\n", key.id()).into_bytes()),
+        ("announcement.cbor", announcement),
+        ("record.cbor", record),
+    ];
+    if bless {
+        std::fs::create_dir_all(&dir).unwrap();
+        for (name, bytes) in &files {
+            std::fs::write(dir.join(name), bytes).unwrap();
+        }
+    }
+    for (name, bytes) in &files {
+        let on_disk = std::fs::read(dir.join(name))
+            .unwrap_or_else(|e| panic!("channel/{name}: {e}; run with SHOAL_BLESS=1"));
+        assert!(&on_disk == bytes, "channel/{name} differs");
+    }
+    let a = Announcement::open(&key.id(), &files[1].1).unwrap();
+    assert_eq!((a.sequence, a.manifest_cid), (42, manifest_cid));
+    let r = ChannelRecord::open(&key.id(), &files[2].1).unwrap();
+    assert_eq!(r.renditions[0].recent[0].manifest, manifest_cid);
+}
