@@ -97,6 +97,9 @@ pub(crate) struct ApiState {
     pub(crate) dir: PathBuf,
     pub(crate) import: ImportOptions,
     pub(crate) token: Option<String>,
+    /// Channels being broadcast now: a second broadcast of one would
+    /// announce every sequence twice.
+    pub(crate) broadcasting: std::sync::Mutex<std::collections::HashSet<ChannelId>>,
 }
 
 /// An error as the API returns it.
@@ -154,6 +157,7 @@ impl From<NodeError> for ApiError {
         let status = match e {
             NodeError::Fetch { .. } => StatusCode::NOT_FOUND,
             NodeError::Dial { .. } => StatusCode::BAD_GATEWAY,
+            NodeError::Busy(_) => StatusCode::CONFLICT,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError(status, e.to_string())
@@ -545,10 +549,16 @@ async fn broadcast(
         name: req.name,
     };
     options.validate().map_err(|e| bad_request(e.to_string()))?;
+    let channel = key.id();
+    let guard = BroadcastGuard::claim(&s, channel).ok_or_else(|| {
+        ApiError(
+            StatusCode::CONFLICT,
+            format!("channel {:?} is already being broadcast", options.name),
+        )
+    })?;
     let (tx, mut rx) = tokio::sync::mpsc::channel(16);
     let (line_tx, line_rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(16);
     let node = s.node.clone();
-    let channel = key.id();
     let first = serde_json::json!({ "channel": channel.to_string() }).to_string() + "\n";
     let _ = line_tx.send(Ok(Bytes::from(first))).await;
     let lines = line_tx.clone();
@@ -561,6 +571,7 @@ async fn broadcast(
         }
     });
     tokio::spawn(async move {
+        let _guard = guard;
         let result = crate::broadcast::broadcast(node, key, options, tx).await;
         if let Err(e) = result {
             tracing::warn!(%channel, error = %e, "broadcast stopped");
@@ -570,6 +581,33 @@ async fn broadcast(
     });
     let body = Body::from_stream(receiver_stream(line_rx));
     Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response())
+}
+
+/// A channel marked as being broadcast, until dropped.
+struct BroadcastGuard {
+    state: Arc<ApiState>,
+    channel: ChannelId,
+}
+
+impl BroadcastGuard {
+    fn claim(state: &Arc<ApiState>, channel: ChannelId) -> Option<Self> {
+        let mut set = state.broadcasting.lock().unwrap_or_else(|e| e.into_inner());
+        set.insert(channel).then(|| BroadcastGuard {
+            state: state.clone(),
+            channel,
+        })
+    }
+}
+
+impl Drop for BroadcastGuard {
+    fn drop(&mut self) {
+        let mut set = self
+            .state
+            .broadcasting
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        set.remove(&self.channel);
+    }
 }
 
 /// A receiver as a stream (of body chunks).

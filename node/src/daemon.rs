@@ -154,6 +154,7 @@ impl Daemon {
             dir: self.paths.dir.clone(),
             import: self.paths.config.import.options(),
             token: self.paths.config.api.token.clone(),
+            broadcasting: Default::default(),
         });
         let app = api::router(state);
         let served = axum::serve(self.listener, app)

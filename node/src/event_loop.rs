@@ -37,7 +37,7 @@ pub(crate) enum Command {
     /// Fetch something below a root.
     Fetch(Cid, Target, oneshot::Sender<Result<FetchReport, NodeError>>),
     Banned(oneshot::Sender<Vec<PeerId>>),
-    Watch(ChannelId, oneshot::Sender<()>),
+    Watch(ChannelId, oneshot::Sender<Result<(), NodeError>>),
     Unwatch(ChannelId, oneshot::Sender<()>),
     LiveView(ChannelId, oneshot::Sender<Option<LiveView>>),
     Watching(oneshot::Sender<Vec<ChannelId>>),
@@ -180,8 +180,7 @@ impl EventLoop {
                 let _ = reply.send(self.banned.keys().copied().collect());
             }
             Command::Watch(channel, reply) => {
-                self.watch(channel);
-                let _ = reply.send(());
+                let _ = reply.send(self.watch(channel));
             }
             Command::Unwatch(channel, reply) => {
                 self.unwatch(&channel);

@@ -79,6 +79,8 @@ pub enum NodeError {
     Provide(String),
     #[error("cannot publish: {0}")]
     Publish(String),
+    #[error("{0}")]
+    Busy(String),
     #[error("invalid limits: {0}")]
     Limits(String),
     #[error("fetching {root}: {detail}")]
@@ -309,7 +311,7 @@ impl Node {
     /// its announcements, finds its record and other viewers in the DHT,
     /// and fetches new segments as they are announced.
     pub async fn watch(&self, channel: ChannelId) -> Result<(), NodeError> {
-        self.ask(|tx| Command::Watch(channel, tx)).await
+        self.ask(|tx| Command::Watch(channel, tx)).await?
     }
 
     /// Stops watching a channel.

@@ -36,6 +36,11 @@ use crate::event_loop::EventLoop;
 /// a newer channel record.
 const LIVE_DISCOVERY_INTERVAL: Duration = Duration::from_secs(15);
 
+/// Channels watched at once: each costs subscriptions, DHT lookups and a
+/// window of segments, and the gateway starts a session for any channel a
+/// client names.
+pub const MAX_SESSIONS: usize = 32;
+
 /// How often a session without a channel record looks for one while
 /// announcements arrive.
 const RECORD_RETRY: Duration = Duration::from_secs(2);
@@ -200,11 +205,16 @@ fn rotation_of(peer: &PeerId) -> usize {
 
 impl EventLoop {
     /// Starts watching `channel` (no-op if already watching).
-    pub(crate) fn watch(&mut self, channel: ChannelId) {
+    pub(crate) fn watch(&mut self, channel: ChannelId) -> Result<(), NodeError> {
         let now = Instant::now();
         if let Some(s) = self.live.sessions.get_mut(&channel) {
             s.last_access = now;
-            return;
+            return Ok(());
+        }
+        if self.live.sessions.len() >= MAX_SESSIONS {
+            return Err(NodeError::Busy(format!(
+                "already watching {MAX_SESSIONS} channels; stop one first"
+            )));
         }
         let rotation = rotation_of(self.swarm.local_peer_id());
         let planner = LivePlanner::new(self.live.config.clone(), rotation, false, now);
@@ -228,6 +238,7 @@ impl EventLoop {
         }
         self.discover(channel);
         tracing::info!(%channel, "watching");
+        Ok(())
     }
 
     pub(crate) fn unwatch(&mut self, channel: &ChannelId) {

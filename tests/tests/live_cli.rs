@@ -98,6 +98,9 @@ fn a_channel_is_broadcast_and_watched_through_the_cli() {
     broadcast.expect(&format!("broadcasting channel {id}"), 10);
     let encoder = Encoder::start(&hls, 6);
     broadcast.expect("published rendition 0 segment 0", 20);
+    // A second broadcast of the same channel would announce everything twice.
+    one.shoal(&["broadcast", "news", "--hls-dir", hls_arg])
+        .fails_with("already being broadcast");
 
     let watch = Lines::spawn(two.command(&["watch", &id]));
     let url = watch.expect("/live/", 10);
