@@ -15,6 +15,14 @@ use tokio::sync::mpsc;
 
 use crate::require_tool;
 
+/// Live tests hold this while they run, one at a time: each runs a
+/// real-time encoder and a dozen nodes, and their deadlines are what they
+/// check, so two of them must not share this machine's two cores.
+pub async fn one_at_a_time() -> tokio::sync::MutexGuard<'static, ()> {
+    static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    LOCK.lock().await
+}
+
 /// A node in a temporary folder, listening on 127.0.0.1.
 pub struct TestNode {
     pub node: Node,

@@ -9,12 +9,13 @@ use shoal_protocol::channel::ChannelKey;
 use shoal_protocol::live::LiveConfig;
 use shoal_tests::live::{
     Encoder, TestNode, assert_has_every_segment, assert_segments_intact, channel_key, hls_folder,
-    spawn_broadcast, start, start_with, viewers, wait_for_segments,
+    one_at_a_time, spawn_broadcast, start, start_with, viewers, wait_for_segments,
 };
 use shoal_tests::origin::{Mode, Origin};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_viewers_receive_every_segment_byte_identical() {
+    let _serial = one_at_a_time().await;
     let (_work, hls_dir) = hls_folder();
     let broadcaster = start(None, LiveConfig::default()).await;
     let key = channel_key();
@@ -58,6 +59,7 @@ async fn ten_viewers_receive_every_segment_byte_identical() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn viewers_that_stay_miss_no_deadline_when_three_leave() {
+    let _serial = one_at_a_time().await;
     let (_work, hls_dir) = hls_folder();
     let broadcaster = start(None, LiveConfig::default()).await;
     let key = channel_key();
@@ -90,6 +92,7 @@ async fn viewers_that_stay_miss_no_deadline_when_three_leave() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_announcements_are_refused_and_cost_the_sender_its_score() {
+    let _serial = one_at_a_time().await;
     let (_work, hls_dir) = hls_folder();
     let broadcaster = start(None, LiveConfig::default()).await;
     let key = channel_key();
@@ -175,6 +178,7 @@ async fn slow_broadcaster() -> TestNode {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_http_origin_fills_in_what_slow_peers_cannot_deliver_in_time() {
+    let _serial = one_at_a_time().await;
     let (_work, hls_dir) = hls_folder();
     let origin = Origin::start(hls_dir.clone(), Mode::Faithful).await;
     let broadcaster = slow_broadcaster().await;
@@ -204,6 +208,7 @@ async fn an_http_origin_fills_in_what_slow_peers_cannot_deliver_in_time() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn truncated_or_altered_segments_from_an_origin_are_refused() {
+    let _serial = one_at_a_time().await;
     let (_work, hls_dir) = hls_folder();
     let truncated = Origin::start(hls_dir.clone(), Mode::Truncated).await;
     let altered = Origin::start(hls_dir.clone(), Mode::Altered).await;
@@ -237,6 +242,7 @@ async fn truncated_or_altered_segments_from_an_origin_are_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_in_no_upload_mode_serves_nothing_until_allowed_again() {
+    let _serial = one_at_a_time().await;
     let phone = start_with(
         None,
         NodeConfig {
