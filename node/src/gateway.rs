@@ -345,15 +345,8 @@ async fn vod_segment(
 async fn read_segment(s: &ApiState, manifest: Cid, position: u64) -> Result<Vec<u8>, ApiError> {
     let store = s.node.store().clone();
     tokio::task::spawn_blocking(move || -> Result<Vec<u8>, ApiError> {
-        let m = shoal_storage::assemble::load_segment(&store, &manifest, position)?;
-        let mut decoder = shoal_storage::codec::Decoder::default();
-        Ok(shoal_storage::assemble::with_segment(
-            &store,
-            &mut decoder,
-            &m,
-            &manifest,
-            position,
-            |parts| parts.concat(),
+        Ok(shoal_storage::assemble::read_segment(
+            &store, &manifest, position,
         )?)
     })
     .await

@@ -806,15 +806,7 @@ fn validate_record(record: &kad::Record) -> Result<(ChannelId, ChannelRecord), S
 
 /// Rebuilds a segment from the store and checks its hash.
 fn check_segment(store: &Blockstore, manifest: &Cid, sequence: u64) -> bool {
-    let m = match shoal_storage::assemble::load_segment(store, manifest, sequence) {
-        Ok(m) => m,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot read a live segment manifest");
-            return false;
-        }
-    };
-    let mut decoder = shoal_storage::codec::Decoder::default();
-    shoal_storage::assemble::with_segment(store, &mut decoder, &m, manifest, sequence, |_| ())
+    shoal_storage::assemble::read_segment(store, manifest, sequence)
         .map_err(|e| tracing::warn!(error = %e, "live segment does not rebuild"))
         .is_ok()
 }

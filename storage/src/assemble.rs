@@ -169,6 +169,20 @@ pub fn with_segment<R>(
         .map_err(|e| seg_err(e.to_string()))?
 }
 
+/// Reads segment manifest `cid` and rebuilds the segment into one buffer,
+/// checked against its hash (for a gateway serving it whole).
+pub fn read_segment(
+    store: &Blockstore,
+    cid: &Cid,
+    position: u64,
+) -> Result<Vec<u8>, AssembleError> {
+    let manifest = load_segment(store, cid, position)?;
+    let mut decoder = Decoder::default();
+    with_segment(store, &mut decoder, &manifest, cid, position, |parts| {
+        parts.concat()
+    })
+}
+
 /// Writes every piece to `out`.
 fn write_parts(out: &mut dyn Write, parts: &[&[u8]]) -> io::Result<u64> {
     let mut n = 0;
