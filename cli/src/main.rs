@@ -96,6 +96,10 @@ enum Command {
     Watch {
         /// The channel id (`z…`)
         channel: String,
+        /// URL of the channel's playlist at an HTTP origin (repeatable):
+        /// played straight from there when no peer announces the channel
+        #[arg(long = "origin", value_name = "URL")]
+        origins: Vec<String>,
     },
     /// Statistics of the live sessions (needs a running daemon)
     Stats {
@@ -370,7 +374,7 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Broadcast(args) => broadcast(&dir()?, args),
-        Command::Watch { channel } => watch(&dir()?, &channel),
+        Command::Watch { channel, origins } => watch(&dir()?, &channel, &origins),
         Command::Stats { json } => stats(&dir()?, json),
     }
 }
@@ -411,9 +415,11 @@ fn broadcast(dir: &Path, args: BroadcastArgs) -> Result<()> {
     }
 }
 
-fn watch(dir: &Path, channel: &str) -> Result<()> {
+fn watch(dir: &Path, channel: &str, origins: &[String]) -> Result<()> {
     let client = daemon_only(dir, "watch")?;
-    let v: serde_json::Value = client.post("watch", &[("arg", channel)])?;
+    let mut query = vec![("arg", channel)];
+    query.extend(origins.iter().map(|o| ("origin", o.as_str())));
+    let v: serde_json::Value = client.post("watch", &query)?;
     println!("{}{}", client.base(), v["url"].as_str().unwrap_or_default());
     io::stdout().flush()?;
     loop {
@@ -441,7 +447,11 @@ fn stats_line(r: &api::LiveStatsReport) -> String {
         ms(r.latency_p50_ms),
         ms(r.latency_p95_ms),
         ms(r.startup_ms),
-    )
+    ) + if r.proxying {
+        " (no peers announce it: playing from the origin)"
+    } else {
+        ""
+    }
 }
 
 fn stats(dir: &Path, json: bool) -> Result<()> {

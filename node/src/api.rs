@@ -158,6 +158,7 @@ impl From<NodeError> for ApiError {
             NodeError::Fetch { .. } => StatusCode::NOT_FOUND,
             NodeError::Dial { .. } => StatusCode::BAD_GATEWAY,
             NodeError::Busy(_) => StatusCode::CONFLICT,
+            NodeError::InvalidInput(_) => StatusCode::BAD_REQUEST,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError(status, e.to_string())
@@ -297,8 +298,9 @@ pub struct LiveStatsReport {
     pub segments: u64,
     /// Segments given up before they were complete.
     pub missed: u64,
-    /// Segments complete later than one segment duration after their
-    /// announcement (a player at the live edge would have stalled).
+    /// Segments complete after their deadline (two segment durations
+    /// after their announcement by default): a player at the live edge
+    /// would have stalled.
     pub late: u64,
     /// Bytes from other viewers.
     pub bytes_from_peers: u64,
@@ -315,6 +317,10 @@ pub struct LiveStatsReport {
     pub peers: usize,
     pub rejected_announcements: u64,
     pub renditions: usize,
+    /// No peer announces the channel: segments come straight from an
+    /// origin's playlist.
+    #[serde(default)]
+    pub proxying: bool,
 }
 
 impl LiveStatsReport {
@@ -337,6 +343,7 @@ impl LiveStatsReport {
             peers: view.peers,
             rejected_announcements: st.rejected,
             renditions: view.renditions.len(),
+            proxying: view.proxying,
         }
     }
 }
@@ -347,12 +354,24 @@ fn channel_arg(q: &Arg) -> ApiResult<ChannelId> {
         .map_err(|e: shoal_protocol::channel::ChannelError| bad_request(e.to_string()))
 }
 
+/// `?arg=CHANNEL[&origin=URL]...`
 async fn watch(
     State(s): State<Arc<ApiState>>,
-    Query(q): Query<Arg>,
+    Query(pairs): Query<Vec<(String, String)>>,
 ) -> ApiResult<Json<serde_json::Value>> {
-    let channel = channel_arg(&q)?;
-    s.node.watch(channel).await?;
+    let mut arg = None;
+    let mut origins = Vec::new();
+    for (k, v) in pairs {
+        match k.as_str() {
+            "arg" => arg = Some(v),
+            "origin" => origins.push(v),
+            other => return Err(bad_request(format!("unknown parameter {other:?}"))),
+        }
+    }
+    let channel = channel_arg(&Arg {
+        arg: arg.ok_or_else(|| bad_request("which channel? (arg=…)".to_string()))?,
+    })?;
+    s.node.watch_with_origins(channel, &origins).await?;
     Ok(Json(serde_json::json!({
         "channel": channel.to_string(),
         "url": format!("/live/{channel}/index.m3u8"),
@@ -451,7 +470,7 @@ async fn metrics(State(s): State<Arc<ApiState>>) -> ApiResult<Response> {
         out,
         "# HELP shoal_peers Connected peers.\n# TYPE shoal_peers gauge\nshoal_peers {peers}"
     );
-    let series: [Series; 8] = [
+    let series: [Series; 9] = [
         (
             "shoal_live_segments_total",
             "counter",
@@ -491,6 +510,12 @@ async fn metrics(State(s): State<Arc<ApiState>>) -> ApiResult<Response> {
         ("shoal_live_peers", "gauge", "Peers of the channel.", |r| {
             r.peers as f64
         }),
+        (
+            "shoal_live_proxying",
+            "gauge",
+            "1 while no peer announces the channel and segments come from an origin's playlist.",
+            |r| f64::from(u8::from(r.proxying)),
+        ),
         (
             "shoal_live_latency_p95_seconds",
             "gauge",

@@ -37,7 +37,11 @@ pub(crate) enum Command {
     /// Fetch something below a root.
     Fetch(Cid, Target, oneshot::Sender<Result<FetchReport, NodeError>>),
     Banned(oneshot::Sender<Vec<PeerId>>),
-    Watch(ChannelId, oneshot::Sender<Result<(), NodeError>>),
+    Watch(
+        ChannelId,
+        Vec<reqwest::Url>,
+        oneshot::Sender<Result<(), NodeError>>,
+    ),
     Unwatch(ChannelId, oneshot::Sender<()>),
     LiveView(ChannelId, oneshot::Sender<Option<LiveView>>),
     Watching(oneshot::Sender<Vec<ChannelId>>),
@@ -179,8 +183,8 @@ impl EventLoop {
             Command::Banned(reply) => {
                 let _ = reply.send(self.banned.keys().copied().collect());
             }
-            Command::Watch(channel, reply) => {
-                let _ = reply.send(self.watch(channel));
+            Command::Watch(channel, origins, reply) => {
+                let _ = reply.send(self.watch(channel, origins));
             }
             Command::Unwatch(channel, reply) => {
                 self.unwatch(&channel);

@@ -81,6 +81,8 @@ pub enum NodeError {
     Publish(String),
     #[error("{0}")]
     Busy(String),
+    #[error("{0}")]
+    InvalidInput(String),
     #[error("invalid limits: {0}")]
     Limits(String),
     #[error("fetching {root}: {detail}")]
@@ -311,7 +313,21 @@ impl Node {
     /// its announcements, finds its record and other viewers in the DHT,
     /// and fetches new segments as they are announced.
     pub async fn watch(&self, channel: ChannelId) -> Result<(), NodeError> {
-        self.ask(|tx| Command::Watch(channel, tx)).await?
+        self.watch_with_origins(channel, &[]).await
+    }
+
+    /// Watches a channel with HTTP origins of the user's own: the URLs of
+    /// its playlist (master or media). When no peer announces the channel
+    /// (none found, or the broadcaster is gone), the node proxies the
+    /// first origin that answers, as a plain HLS proxy would. Origins the
+    /// channel record names are used as well.
+    pub async fn watch_with_origins(
+        &self,
+        channel: ChannelId,
+        origins: &[String],
+    ) -> Result<(), NodeError> {
+        let origins = live::parse_origins(origins)?;
+        self.ask(|tx| Command::Watch(channel, origins, tx)).await?
     }
 
     /// Stops watching a channel.

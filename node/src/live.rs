@@ -19,7 +19,8 @@ use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance, TopicHash};
 use libp2p::kad::{self, store::RecordStore};
 use shoal_protocol::block::{self, Block, Cid, Codec};
 use shoal_protocol::channel::{
-    Announcement, ChannelId, ChannelRecord, LiveRendition, MAX_RECORD_BYTES,
+    Announcement, ChannelId, ChannelRecord, LiveRendition, MAX_LIVE_RENDITIONS, MAX_ORIGINS,
+    MAX_RECORD_BYTES, MAX_URL, is_safe_relative_path,
 };
 use shoal_protocol::live::{
     HttpRequest, LiveAction, LiveConfig, LivePlanner, LiveStats, Verdict, WindowSegment,
@@ -27,6 +28,7 @@ use shoal_protocol::live::{
 };
 use shoal_protocol::manifest::SegmentManifest;
 use shoal_storage::Blockstore;
+use shoal_storage::hls::{self, MediaPlaylist, Playlist};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::NodeError;
@@ -113,6 +115,9 @@ pub struct LiveView {
     /// Peers of the channel this node knows (candidates for its shards).
     pub peers: usize,
     pub origins: Vec<String>,
+    /// Nothing announced for a deadline: segments come straight from an
+    /// origin's playlist (a plain HLS proxy).
+    pub proxying: bool,
 }
 
 /// Results of work done off the event loop.
@@ -128,6 +133,30 @@ pub(crate) enum LiveEvent {
         sequence: u64,
         ok: bool,
     },
+    /// The origin's media playlists, for proxying.
+    Playlists {
+        channel: ChannelId,
+        result: Result<OriginPlaylists, String>,
+    },
+    /// A segment fetched whole from an origin and stored (manifest,
+    /// length), for proxying.
+    Proxied {
+        channel: ChannelId,
+        rendition: u16,
+        sequence: u64,
+        uri: String,
+        duration_us: u64,
+        stored: Option<(Cid, u64)>,
+    },
+}
+
+/// What a proxying session read from an origin.
+pub(crate) struct OriginPlaylists {
+    /// Per rendition: where its media playlist is, and what it lists.
+    media: Vec<(u16, reqwest::Url, MediaPlaylist)>,
+    /// The renditions of the origin's master playlist, when the session
+    /// knows no channel record.
+    renditions: Option<Vec<LiveRendition>>,
 }
 
 pub(crate) struct LiveSession {
@@ -139,6 +168,79 @@ pub(crate) struct LiveSession {
     next_discovery: Instant,
     /// No record yet: the earliest time to look for one again.
     next_record_query: Instant,
+    /// Playlist URLs the user gave for the channel (master or media), for
+    /// when the record is not found or names no origin.
+    origins: Vec<reqwest::Url>,
+    /// Proxying: each rendition's media playlist, as last read.
+    playlists: HashMap<u16, reqwest::Url>,
+    /// Proxying without a record: the origin master playlist's renditions.
+    proxy_renditions: Vec<LiveRendition>,
+}
+
+impl LiveSession {
+    /// Whether the channel has any HTTP origin.
+    fn has_origins(&self) -> bool {
+        !self.origins.is_empty() || self.record.as_ref().is_some_and(|r| !r.origins.is_empty())
+    }
+
+    /// Where to read each rendition's media playlist: the record's origins
+    /// (each serving the broadcaster's folder), else the user's.
+    fn playlist_sources(&self) -> PlaylistSources {
+        if let Some(record) = self.record.as_ref().filter(|r| !r.origins.is_empty()) {
+            let renditions = record
+                .renditions
+                .iter()
+                .map(|r| {
+                    record
+                        .origins
+                        .iter()
+                        .filter_map(|o| {
+                            reqwest::Url::parse(&format!(
+                                "{}/{}",
+                                o.0.trim_end_matches('/'),
+                                r.playlist
+                            ))
+                            .ok()
+                        })
+                        .collect()
+                })
+                .collect();
+            return PlaylistSources::Renditions(renditions);
+        }
+        PlaylistSources::Top(self.origins.clone())
+    }
+}
+
+/// Where a proxying session reads playlists.
+enum PlaylistSources {
+    /// For each rendition, its media playlist at each origin.
+    Renditions(Vec<Vec<reqwest::Url>>),
+    /// Top playlists (master or media) given by the user.
+    Top(Vec<reqwest::Url>),
+}
+
+/// Checks the playlist URLs a user gives for a channel.
+pub fn parse_origins(origins: &[String]) -> Result<Vec<reqwest::Url>, NodeError> {
+    if origins.len() > MAX_ORIGINS {
+        return Err(NodeError::InvalidInput(format!(
+            "{} origins; at most {MAX_ORIGINS}",
+            origins.len()
+        )));
+    }
+    origins
+        .iter()
+        .map(|o| {
+            let url = reqwest::Url::parse(o)
+                .ok()
+                .filter(|u| matches!(u.scheme(), "http" | "https") && o.len() <= MAX_URL)
+                .ok_or_else(|| {
+                    NodeError::InvalidInput(format!(
+                        "invalid origin {o:?}: give the http:// or https:// URL of the channel's playlist"
+                    ))
+                })?;
+            Ok(url)
+        })
+        .collect()
 }
 
 /// The live state of the event loop.
@@ -204,11 +306,23 @@ fn rotation_of(peer: &PeerId) -> usize {
 }
 
 impl EventLoop {
-    /// Starts watching `channel` (no-op if already watching).
-    pub(crate) fn watch(&mut self, channel: ChannelId) -> Result<(), NodeError> {
+    /// Starts watching `channel` (or keeps watching it); `origins` are
+    /// playlist URLs to proxy when no peer announces the channel.
+    pub(crate) fn watch(
+        &mut self,
+        channel: ChannelId,
+        origins: Vec<reqwest::Url>,
+    ) -> Result<(), NodeError> {
         let now = Instant::now();
         if let Some(s) = self.live.sessions.get_mut(&channel) {
             s.last_access = now;
+            for o in origins {
+                if !s.origins.contains(&o) && s.origins.len() < MAX_ORIGINS {
+                    s.origins.push(o);
+                }
+            }
+            let http = s.has_origins();
+            s.planner.set_http(http);
             return Ok(());
         }
         if self.live.sessions.len() >= MAX_SESSIONS {
@@ -217,7 +331,8 @@ impl EventLoop {
             )));
         }
         let rotation = rotation_of(self.swarm.local_peer_id());
-        let planner = LivePlanner::new(self.live.config.clone(), rotation, false, now);
+        let planner =
+            LivePlanner::new(self.live.config.clone(), rotation, !origins.is_empty(), now);
         self.live.sessions.insert(
             channel,
             LiveSession {
@@ -228,6 +343,9 @@ impl EventLoop {
                 last_access: now,
                 next_discovery: now,
                 next_record_query: now,
+                origins,
+                playlists: HashMap::new(),
+                proxy_renditions: Vec::new(),
             },
         );
         // Rendition 0 always exists; the record names the others.
@@ -433,9 +551,64 @@ impl EventLoop {
                     let store = self.store.clone();
                     tokio::task::spawn_blocking(move || release(&store, &manifest, shards));
                 }
+                LiveAction::ReadPlaylists => self.read_playlists(channel),
+                LiveAction::Proxy {
+                    rendition,
+                    sequence,
+                    uri,
+                    duration_us,
+                } => self.start_proxy(channel, rendition, sequence, uri, duration_us),
             }
         }
         self.run_actions(fetches);
+    }
+
+    /// Proxying: reads the origin's media playlists.
+    fn read_playlists(&mut self, channel: ChannelId) {
+        let Some(session) = self.live.sessions.get(&channel) else {
+            return;
+        };
+        let sources = session.playlist_sources();
+        let client = self.live.http.clone();
+        let tx = self.live.events_tx.clone();
+        tokio::spawn(async move {
+            let result = read_origin(&client, sources).await;
+            let _ = tx.send(LiveEvent::Playlists { channel, result });
+        });
+    }
+
+    /// Proxying: fetches a segment whole from the origin and stores it.
+    fn start_proxy(
+        &mut self,
+        channel: ChannelId,
+        rendition: u16,
+        sequence: u64,
+        uri: String,
+        duration_us: u64,
+    ) {
+        let url = self
+            .live
+            .sessions
+            .get(&channel)
+            .and_then(|s| s.playlists.get(&rendition))
+            .and_then(|playlist| playlist.join(&uri).ok());
+        let client = self.live.http.clone();
+        let store = self.store.clone();
+        let tx = self.live.events_tx.clone();
+        tokio::spawn(async move {
+            let stored = match url {
+                Some(url) => proxy_segment(&client, store, url, sequence, duration_us).await,
+                None => None,
+            };
+            let _ = tx.send(LiveEvent::Proxied {
+                channel,
+                rendition,
+                sequence,
+                uri,
+                duration_us,
+                stored,
+            });
+        });
     }
 
     fn start_http(&mut self, channel: ChannelId, request: HttpRequest) {
@@ -522,6 +695,71 @@ impl EventLoop {
                     .segment_checked(rendition, sequence, ok, now, unix_ms());
                 self.run_live_actions(channel, actions);
             }
+            LiveEvent::Playlists { channel, result } => {
+                let Some(s) = self.live.sessions.get_mut(&channel) else {
+                    return;
+                };
+                let mut actions = Vec::new();
+                let mut renditions = 0;
+                match &result {
+                    Ok(found) => {
+                        for (r, url, media) in &found.media {
+                            s.playlists.insert(*r, url.clone());
+                            let listed: Vec<(String, u64)> = media
+                                .segments
+                                .iter()
+                                .map(|m| (m.uri.clone(), m.duration_us))
+                                .collect();
+                            actions.extend(s.planner.on_playlist(
+                                *r,
+                                media.media_sequence,
+                                &listed,
+                                now,
+                            ));
+                            renditions = renditions.max(usize::from(*r) + 1);
+                        }
+                        if let Some(info) = &found.renditions {
+                            s.proxy_renditions = info.clone();
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(%channel, error = %e, "cannot read the origin's playlist")
+                    }
+                }
+                s.planner.playlists_read(result.is_ok(), now);
+                // Peers may come back on any rendition's topic.
+                for r in 1..renditions {
+                    self.subscribe(channel, r as u16);
+                }
+                self.run_live_actions(channel, actions);
+            }
+            LiveEvent::Proxied {
+                channel,
+                rendition,
+                sequence,
+                uri,
+                duration_us,
+                stored,
+            } => {
+                let Some(s) = self.live.sessions.get_mut(&channel) else {
+                    // Watching stopped meanwhile: nothing will release it.
+                    if let Some((manifest, _)) = stored {
+                        let store = self.store.clone();
+                        tokio::task::spawn_blocking(move || release(&store, &manifest, Vec::new()));
+                    }
+                    return;
+                };
+                let actions = s.planner.proxied(
+                    rendition,
+                    sequence,
+                    &uri,
+                    duration_us,
+                    stored,
+                    now,
+                    unix_ms(),
+                );
+                self.run_live_actions(channel, actions);
+            }
         }
     }
 
@@ -599,25 +837,22 @@ impl EventLoop {
     /// What a gateway shows of a watched channel; marks it as looked at.
     pub(crate) fn live_view(&mut self, channel: &ChannelId) -> Option<LiveView> {
         let s = self.live.sessions.get_mut(channel)?;
-        s.last_access = Instant::now();
+        let now = Instant::now();
+        s.last_access = now;
         let record = s.record.as_ref();
-        let count = s
-            .planner
-            .rendition_count()
-            .max(record.map_or(1, |r| r.renditions.len()));
+        let known = record.map_or(&s.proxy_renditions, |r| &r.renditions);
+        let count = s.planner.rendition_count().max(known.len()).max(1);
         let renditions = (0..count)
             .map(|r| {
                 let window: Vec<WindowSegment> = s.planner.window(r as u16).cloned().collect();
-                let info = record
-                    .and_then(|rec| rec.renditions.get(r).cloned())
-                    .unwrap_or_else(|| LiveRendition {
-                        playlist: format!("{r}.m3u8"),
-                        segment_extension: window
-                            .last()
-                            .and_then(|w| w.uri.rsplit_once('.').map(|(_, e)| e.to_owned()))
-                            .unwrap_or_else(|| "ts".into()),
-                        ..LiveRendition::default()
-                    });
+                let info = known.get(r).cloned().unwrap_or_else(|| LiveRendition {
+                    playlist: format!("{r}.m3u8"),
+                    segment_extension: window
+                        .last()
+                        .and_then(|w| w.uri.rsplit_once('.').map(|(_, e)| e.to_owned()))
+                        .unwrap_or_else(|| "ts".into()),
+                    ..LiveRendition::default()
+                });
                 RenditionView { info, window }
             })
             .collect();
@@ -629,8 +864,11 @@ impl EventLoop {
             stats: s.planner.stats().clone(),
             peers: s.candidates.len(),
             origins: record
-                .map(|r| r.origins.iter().map(|o| o.0.clone()).collect())
-                .unwrap_or_default(),
+                .into_iter()
+                .flat_map(|r| r.origins.iter().map(|o| o.0.clone()))
+                .chain(s.origins.iter().map(|u| u.to_string()))
+                .collect(),
+            proxying: s.planner.proxying(now),
         })
     }
 
@@ -769,7 +1007,6 @@ impl EventLoop {
         {
             return;
         }
-        s.planner.set_http(!record.origins.is_empty());
         let mut actions = Vec::new();
         for (r, rendition) in record.renditions.iter().enumerate() {
             let ext = rendition.segment_extension.clone();
@@ -782,6 +1019,8 @@ impl EventLoop {
         }
         let renditions = record.renditions.len();
         s.record = Some(record);
+        let http = s.has_origins();
+        s.planner.set_http(http);
         for r in 1..renditions {
             self.subscribe(channel, r as u16);
         }
@@ -900,4 +1139,177 @@ fn cut(req: &HttpRequest, bytes: &[u8]) -> Result<Vec<(Cid, Vec<u8>)>, String> {
         out.push((cid, shard));
     }
     Ok(out)
+}
+
+/// Reads the media playlist of every rendition from the first origin that
+/// answers for it.
+async fn read_origin(
+    client: &reqwest::Client,
+    sources: PlaylistSources,
+) -> Result<OriginPlaylists, String> {
+    match sources {
+        PlaylistSources::Renditions(renditions) => {
+            let mut media = Vec::new();
+            let mut last_error = "no origin".to_string();
+            for (r, urls) in renditions.iter().enumerate().take(MAX_LIVE_RENDITIONS) {
+                for url in urls {
+                    match read_playlist(client, url).await {
+                        Ok(Playlist::Media(m)) => {
+                            media.push((r as u16, url.clone(), m));
+                            break;
+                        }
+                        Ok(Playlist::Master(_)) => {
+                            last_error = format!("{url}: a master playlist, not a rendition's")
+                        }
+                        Err(e) => last_error = e,
+                    }
+                }
+            }
+            if media.is_empty() {
+                return Err(last_error);
+            }
+            Ok(OriginPlaylists {
+                media,
+                renditions: None,
+            })
+        }
+        PlaylistSources::Top(urls) => {
+            let mut last_error = "no origin".to_string();
+            for url in &urls {
+                match read_top(client, url).await {
+                    Ok(found) => return Ok(found),
+                    Err(e) => last_error = e,
+                }
+            }
+            Err(last_error)
+        }
+    }
+}
+
+/// Reads a playlist a user named: a media playlist is rendition 0; a
+/// master playlist's variants are the renditions, in its order (the order
+/// a broadcaster of the same folder numbers them in).
+async fn read_top(client: &reqwest::Client, url: &reqwest::Url) -> Result<OriginPlaylists, String> {
+    match read_playlist(client, url).await? {
+        Playlist::Media(m) => Ok(OriginPlaylists {
+            media: vec![(0, url.clone(), m)],
+            renditions: None,
+        }),
+        Playlist::Master(variants) => {
+            let mut media = Vec::new();
+            let mut info = Vec::new();
+            for (r, v) in variants.iter().enumerate().take(MAX_LIVE_RENDITIONS) {
+                let at = url.join(&v.uri).map_err(|e| format!("{url}: {e}"))?;
+                let m = match read_playlist(client, &at).await? {
+                    Playlist::Media(m) => m,
+                    Playlist::Master(_) => return Err(format!("{at}: a master inside a master")),
+                };
+                let ext = m
+                    .segments
+                    .first()
+                    .and_then(|s| s.uri.rsplit_once('.'))
+                    .map_or_else(|| "ts".to_string(), |(_, e)| e.to_owned());
+                info.push(LiveRendition {
+                    playlist: v.uri.clone(),
+                    bandwidth: Some(v.bandwidth),
+                    resolution: v.resolution.clone(),
+                    codecs: v.codecs.clone(),
+                    segment_extension: ext,
+                    ..LiveRendition::default()
+                });
+                media.push((r as u16, at, m));
+            }
+            Ok(OriginPlaylists {
+                media,
+                renditions: Some(info),
+            })
+        }
+    }
+}
+
+/// The longest playlist read from an origin.
+const MAX_PLAYLIST_BYTES: u64 = 1 << 20;
+
+/// Reads and parses one playlist. Only what the gateway can serve is
+/// accepted: MPEG-TS segments named by plain relative paths.
+async fn read_playlist(client: &reqwest::Client, url: &reqwest::Url) -> Result<Playlist, String> {
+    let response = client
+        .get(url.clone())
+        .send()
+        .await
+        .map_err(|e| format!("{url}: {e}"))?;
+    if !response.status().is_success() {
+        return Err(format!("{url}: HTTP {}", response.status().as_u16()));
+    }
+    let body = read_limited(response, MAX_PLAYLIST_BYTES)
+        .await
+        .map_err(|e| format!("{url}: {e}"))?;
+    let text = String::from_utf8(body).map_err(|_| format!("{url}: not UTF-8 text"))?;
+    let playlist = hls::parse(&text).map_err(|e| format!("{url}: {e}"))?;
+    if let Playlist::Media(m) = &playlist {
+        if m.init.is_some() {
+            return Err(format!(
+                "{url}: fragmented MP4 (EXT-X-MAP); live channels carry MPEG-TS"
+            ));
+        }
+        if let Some(bad) = m.segments.iter().find(|s| !is_safe_relative_path(&s.uri)) {
+            return Err(format!(
+                "{url}: segment URI {:?} is not a plain relative path",
+                bad.uri
+            ));
+        }
+    }
+    Ok(playlist)
+}
+
+/// Proxying: fetches a whole segment and stores it as shards and a
+/// manifest, so that it plays from the store and peers can fetch it.
+/// Returns `(manifest, length)`, or `None` (logged) if that failed.
+async fn proxy_segment(
+    client: &reqwest::Client,
+    store: std::sync::Arc<Blockstore>,
+    url: reqwest::Url,
+    sequence: u64,
+    duration_us: u64,
+) -> Option<(Cid, u64)> {
+    let fetched = async {
+        let response = client
+            .get(url.clone())
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        if !response.status().is_success() {
+            return Err(format!("HTTP {}", response.status().as_u16()));
+        }
+        read_limited(response, MAX_HTTP_BYTES).await
+    }
+    .await;
+    let bytes = match fetched {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::warn!(%url, error = %e, "origin did not deliver a segment");
+            return None;
+        }
+    };
+    let length = bytes.len() as u64;
+    let stored = tokio::task::spawn_blocking(move || {
+        let mut encoder = shoal_storage::codec::Encoder::default();
+        shoal_storage::import_segment(
+            &store,
+            &mut encoder,
+            bytes,
+            sequence,
+            Some(duration_us),
+            &shoal_storage::ImportOptions::default(),
+        )
+    })
+    .await;
+    match stored {
+        Ok(Ok(s)) => Some((s.manifest_cid, length)),
+        Ok(Err(e)) => {
+            tracing::error!(%url, error = %e, "cannot store a segment from an origin");
+            None
+        }
+        Err(_) => None,
+    }
 }

@@ -19,8 +19,18 @@
 //! blocks may be released. The caller feeds the planner announcements,
 //! peers, blocks, HTTP results and the time, and carries out the
 //! [`LiveAction`]s it returns.
+//!
+//! When the channel has origins and no announcement has come for a
+//! deadline's time (no peers at all, or the broadcaster is gone), the
+//! planner turns into a plain HLS proxy: it asks the caller to read the
+//! origin's media playlists ([`LiveAction::ReadPlaylists`]) every half
+//! segment, and to fetch each new segment they list whole
+//! ([`LiveAction::Proxy`]). Such a segment has no signed manifest to be
+//! checked against: it is as good as the origin (and its TLS). The first
+//! announcement that comes ends the proxying; sequences are the encoder's
+//! media sequence numbers either way, so the window carries on.
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::time::{Duration, Instant};
 
@@ -37,6 +47,14 @@ const MIN_PEERS_TO_SPARE_SOURCE: usize = 2;
 /// should send each shard of a segment before they trade: two copies
 /// survive one viewer leaving mid-segment.
 pub const SOURCE_COPIES: usize = 2;
+
+/// How often a proxying planner reads playlists before it knows the
+/// segment duration.
+const PLAYLIST_INTERVAL_UNKNOWN: Duration = Duration::from_secs(1);
+
+/// The shortest interval between two playlist reads, however short the
+/// segments: an origin is not polled faster than this.
+const MIN_PLAYLIST_INTERVAL: Duration = Duration::from_millis(250);
 
 /// Limits and timings, each with the reason for its default.
 #[derive(Clone, Debug)]
@@ -155,6 +173,19 @@ pub struct HttpRequest {
 pub enum LiveAction<P> {
     Fetch(FetchAction<P>),
     Http(HttpRequest),
+    /// Proxying: read every rendition's media playlist from an origin,
+    /// pass each to [`LivePlanner::on_playlist`], then call
+    /// [`LivePlanner::playlists_read`].
+    ReadPlaylists,
+    /// Proxying: fetch this segment whole from an origin, store it, and
+    /// report with [`LivePlanner::proxied`].
+    Proxy {
+        rendition: u16,
+        sequence: u64,
+        /// Relative to the rendition's media playlist.
+        uri: String,
+        duration_us: u64,
+    },
     /// Enough shards are stored: check the segment and report with
     /// [`LivePlanner::segment_checked`].
     Check {
@@ -255,9 +286,14 @@ struct Pending<P> {
 }
 
 struct Rendition<P> {
+    /// Highest sequence announced.
     highest: Option<u64>,
     pending: BTreeMap<u64, Pending<P>>,
     window: VecDeque<WindowSegment>,
+    /// Proxying: the first sequence to take from the origin's playlist.
+    proxy_from: Option<u64>,
+    /// Proxying: segments being fetched from the origin.
+    proxying: BTreeSet<u64>,
 }
 
 impl<P> Default for Rendition<P> {
@@ -266,7 +302,36 @@ impl<P> Default for Rendition<P> {
             highest: None,
             pending: BTreeMap::new(),
             window: VecDeque::new(),
+            proxy_from: None,
+            proxying: BTreeSet::new(),
         }
+    }
+}
+
+impl<P> Rendition<P> {
+    /// Whether a sequence is complete, being fetched, or being proxied.
+    fn has(&self, sequence: u64) -> bool {
+        self.pending.contains_key(&sequence)
+            || self.proxying.contains(&sequence)
+            || self.window.iter().any(|w| w.sequence == sequence)
+    }
+
+    /// Puts a complete segment in the (sorted) window; returns the
+    /// releases of those that fall out of it.
+    fn enter_window<A>(&mut self, seg: WindowSegment, window: usize) -> Vec<LiveAction<A>> {
+        // Segments complete out of order at times; the window stays sorted.
+        let at = self.window.partition_point(|w| w.sequence < seg.sequence);
+        self.window.insert(at, seg);
+        let mut out = Vec::new();
+        while self.window.len() > window.max(1) {
+            if let Some(old) = self.window.pop_front() {
+                out.push(LiveAction::Release {
+                    manifest: old.manifest,
+                    shards: Vec::new(),
+                });
+            }
+        }
+        out
     }
 }
 
@@ -281,6 +346,15 @@ pub struct LivePlanner<P> {
     http: bool,
     renditions: Vec<Rendition<P>>,
     stats: LiveStats,
+    /// The last announcement (or channel record, or the start): proxying
+    /// begins a deadline after it.
+    last_heard: Instant,
+    /// The latest segment duration seen (0: none yet).
+    last_duration_us: u64,
+    /// Proxying: playlists are being read.
+    playlists_in_flight: bool,
+    /// Proxying: when to read the playlists next.
+    playlists_due: Instant,
 }
 
 impl<P: Clone + Eq + Hash> LivePlanner<P> {
@@ -297,7 +371,26 @@ impl<P: Clone + Eq + Hash> LivePlanner<P> {
             http,
             renditions: Vec::new(),
             stats: LiveStats::default(),
+            last_heard: now,
+            last_duration_us: 0,
+            playlists_in_flight: false,
+            playlists_due: now,
         }
+    }
+
+    /// Whether the planner is proxying an origin: the channel has origins
+    /// and nothing has been announced for a deadline.
+    pub fn proxying(&self, now: Instant) -> bool {
+        self.http && now.duration_since(self.last_heard) >= self.deadline(self.last_duration_us)
+    }
+
+    /// How often a proxying planner reads the origin's playlists: twice a
+    /// segment, as players do near the live edge.
+    fn playlist_interval(&self) -> Duration {
+        if self.last_duration_us == 0 {
+            return PLAYLIST_INTERVAL_UNKNOWN;
+        }
+        (Duration::from_micros(self.last_duration_us) / 2).max(MIN_PLAYLIST_INTERVAL)
     }
 
     /// When a segment of `duration_us` must be complete, after its
@@ -492,8 +585,18 @@ impl<P: Clone + Eq + Hash> LivePlanner<P> {
             );
         }
         r.highest = Some(a.sequence);
+        let proxied = r.has(a.sequence);
+        self.last_heard = now;
+        if let Some(d) = a.manifest.duration_us.filter(|d| *d > 0) {
+            self.last_duration_us = d;
+        }
         if let Some(s) = source {
             self.source = Some(s);
+        }
+        if proxied {
+            // Taken from the origin while the channel was silent: a valid
+            // announcement all the same, with nothing left to fetch.
+            return (Verdict::Accept, Vec::new());
         }
         let fetch = self.shard_fetch(&a.manifest, a.sequence, now);
         let pending = Pending {
@@ -536,7 +639,12 @@ impl<P: Clone + Eq + Hash> LivePlanner<P> {
         }
         let take = recent.len().min(window);
         let mut started = Vec::new();
+        let mut duration = 0;
         for s in &recent[recent.len() - take..] {
+            duration = s.duration_us;
+            if r.has(s.sequence) {
+                continue;
+            }
             r.highest = Some(s.sequence);
             r.pending.insert(
                 s.sequence,
@@ -553,6 +661,12 @@ impl<P: Clone + Eq + Hash> LivePlanner<P> {
                 },
             );
             started.push(s.sequence);
+        }
+        if !started.is_empty() {
+            self.last_heard = now;
+        }
+        if duration > 0 {
+            self.last_duration_us = duration;
         }
         let mut out = Vec::new();
         for seq in started {
@@ -738,7 +852,7 @@ impl<P: Clone + Eq + Hash> LivePlanner<P> {
         now: Instant,
         now_ms: u64,
     ) -> Vec<LiveAction<P>> {
-        let window = self.config.window.max(1);
+        let window = self.config.window;
         let samples = self.config.latency_samples;
         let config = self.config.clone();
         let mut out = Vec::new();
@@ -766,17 +880,7 @@ impl<P: Clone + Eq + Hash> LivePlanner<P> {
             length: manifest.length,
             completed_ms: now_ms,
         };
-        // Segments complete out of order at times; the window stays sorted.
-        let at = r.window.partition_point(|w| w.sequence < sequence);
-        r.window.insert(at, seg);
-        while r.window.len() > window {
-            if let Some(old) = r.window.pop_front() {
-                out.push(LiveAction::Release {
-                    manifest: old.manifest,
-                    shards: Vec::new(),
-                });
-            }
-        }
+        out.extend(r.enter_window(seg, window));
         self.stats.segments += 1;
         if self.stats.startup.is_none() {
             self.stats.startup = Some(now.duration_since(self.started));
@@ -814,11 +918,143 @@ impl<P: Clone + Eq + Hash> LivePlanner<P> {
         }
     }
 
+    /// Proxying: a rendition's media playlist as the origin lists it now
+    /// (`segments` are `(uri, duration)` from `media_sequence` on). Asks
+    /// for each segment not held or announced, starting, the first time,
+    /// a few segments behind the live edge.
+    pub fn on_playlist(
+        &mut self,
+        rendition: u16,
+        media_sequence: u64,
+        segments: &[(String, u64)],
+        now: Instant,
+    ) -> Vec<LiveAction<P>> {
+        if !self.proxying(now) {
+            return Vec::new();
+        }
+        let behind = self.config.window.min(self.config.max_pending).max(1) as u64;
+        let max_pending = self.config.max_pending.max(1);
+        let Some(r) = self.rendition_mut(rendition) else {
+            return Vec::new();
+        };
+        let end = media_sequence.saturating_add(segments.len() as u64);
+        let start = *r.proxy_from.get_or_insert(match r.highest {
+            Some(h) => h + 1,
+            None => end.saturating_sub(behind),
+        });
+        // Nothing older than what the window already shows.
+        let floor = r.window.front().map_or(start, |w| start.max(w.sequence));
+        let mut out = Vec::new();
+        let mut duration = 0;
+        for (i, (uri, duration_us)) in segments.iter().enumerate() {
+            let sequence = media_sequence + i as u64;
+            duration = *duration_us;
+            if sequence < floor || r.has(sequence) || r.highest.is_some_and(|h| sequence <= h) {
+                continue;
+            }
+            if r.proxying.len() >= max_pending {
+                break;
+            }
+            r.proxying.insert(sequence);
+            out.push(LiveAction::Proxy {
+                rendition,
+                sequence,
+                uri: uri.clone(),
+                duration_us: *duration_us,
+            });
+        }
+        if duration > 0 {
+            self.last_duration_us = duration;
+        }
+        out
+    }
+
+    /// Proxying: the playlists of a [`LiveAction::ReadPlaylists`] were
+    /// read (or could not be).
+    pub fn playlists_read(&mut self, ok: bool, now: Instant) {
+        self.playlists_in_flight = false;
+        self.playlists_due = now + self.playlist_interval();
+        if !ok {
+            self.stats.http_failures += 1;
+        }
+    }
+
+    /// Proxying: a segment of a [`LiveAction::Proxy`] was fetched and
+    /// stored under `stored = (manifest, length)`, or could not be (it is
+    /// asked for again while the playlist lists it). `now_ms` is the wall
+    /// clock.
+    #[allow(clippy::too_many_arguments)]
+    pub fn proxied(
+        &mut self,
+        rendition: u16,
+        sequence: u64,
+        uri: &str,
+        duration_us: u64,
+        stored: Option<(Cid, u64)>,
+        now: Instant,
+        now_ms: u64,
+    ) -> Vec<LiveAction<P>> {
+        let window = self.config.window;
+        let started = self.started;
+        let Some(r) = self.renditions.get_mut(usize::from(rendition)) else {
+            return Vec::new();
+        };
+        if !r.proxying.remove(&sequence) {
+            return Vec::new();
+        }
+        let Some((manifest, length)) = stored else {
+            self.stats.http_failures += 1;
+            return Vec::new();
+        };
+        let held = r
+            .pending
+            .get(&sequence)
+            .map(|p| p.manifest_cid)
+            .or_else(|| {
+                r.window
+                    .iter()
+                    .find(|w| w.sequence == sequence)
+                    .map(|w| w.manifest)
+            });
+        if let Some(held) = held {
+            // Announced meanwhile: keep what peers deliver (it is checked
+            // against the signed manifest), unless it is the same blocks.
+            if held == manifest {
+                return Vec::new();
+            }
+            return vec![LiveAction::Release {
+                manifest,
+                shards: Vec::new(),
+            }];
+        }
+        let out = r.enter_window(
+            WindowSegment {
+                sequence,
+                manifest,
+                duration_us,
+                uri: uri.to_owned(),
+                length,
+                completed_ms: now_ms,
+            },
+            window,
+        );
+        self.stats.segments += 1;
+        self.stats.bytes_from_http += length;
+        if self.stats.startup.is_none() {
+            self.stats.startup = Some(now.duration_since(started));
+        }
+        out
+    }
+
     /// Moves timed-out requests, turns late segments over to HTTP.
     pub fn tick(&mut self, now: Instant) -> Vec<LiveAction<P>> {
         let mut out = self.each_fetch(|f| f.tick(now));
         if !self.http {
             return out;
+        }
+        if self.proxying(now) && !self.playlists_in_flight && now >= self.playlists_due {
+            self.playlists_in_flight = true;
+            out.push(LiveAction::ReadPlaylists);
         }
         let attempts = self.config.http_attempts;
         for (ri, r) in self.renditions.iter_mut().enumerate() {
@@ -1179,5 +1415,129 @@ mod tests {
             p.offer(&a, None, t, 1_000);
         }
         assert_eq!(p.stats().missed, 1);
+    }
+
+    fn proxies(actions: &[LiveAction<u32>]) -> Vec<u64> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                LiveAction::Proxy { sequence, .. } => Some(*sequence),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn listing(from: u64, count: u64) -> Vec<(String, u64)> {
+        (from..from + count)
+            .map(|s| (format!("s{s}.ts"), 2_000_000))
+            .collect()
+    }
+
+    fn cid(n: u8) -> Cid {
+        block::cid_of(Codec::Raw, &[n])
+    }
+
+    #[test]
+    fn with_origins_and_no_announcements_the_planner_proxies_the_live_edge() {
+        let t = Instant::now();
+        let config = LiveConfig::default();
+        let silence = config.p2p_budget * 2;
+        let mut p = LivePlanner::<u32>::new(config, 0, true, t);
+        let reads = |out: &[LiveAction<u32>]| {
+            out.iter()
+                .filter(|a| matches!(a, LiveAction::ReadPlaylists))
+                .count()
+        };
+        assert_eq!(reads(&p.tick(t + silence / 2)), 0, "peers get their chance");
+        let t1 = t + silence;
+        assert_eq!(reads(&p.tick(t1)), 1);
+        assert_eq!(reads(&p.tick(t1)), 0, "one read at a time");
+        // The origin lists 10..=17: the proxy starts max_pending (4)
+        // segments behind the edge.
+        let out = p.on_playlist(0, 10, &listing(10, 8), t1);
+        assert_eq!(proxies(&out), vec![14, 15, 16, 17]);
+        p.playlists_read(true, t1);
+        // Nothing new is asked twice.
+        assert!(proxies(&p.on_playlist(0, 10, &listing(10, 8), t1)).is_empty());
+        for seq in 14..18 {
+            p.proxied(
+                0,
+                seq,
+                &format!("s{seq}.ts"),
+                2_000_000,
+                Some((cid(seq as u8), 100)),
+                t1,
+                5,
+            );
+        }
+        let seqs: Vec<u64> = p.window(0).map(|w| w.sequence).collect();
+        assert_eq!(seqs, vec![14, 15, 16, 17]);
+        assert_eq!(p.stats().bytes_from_http, 400);
+        assert_eq!(p.stats().offload(), Some(0.0));
+        // Next read after half a segment; a failed segment is asked again.
+        assert_eq!(reads(&p.tick(t1 + Duration::from_millis(500))), 0);
+        let t2 = t1 + Duration::from_secs(1);
+        assert_eq!(reads(&p.tick(t2)), 1);
+        assert_eq!(
+            proxies(&p.on_playlist(0, 12, &listing(12, 7), t2)),
+            vec![18]
+        );
+        p.proxied(0, 18, "s18.ts", 2_000_000, None, t2, 6);
+        p.playlists_read(true, t2);
+        assert_eq!(p.stats().http_failures, 1);
+        assert_eq!(
+            proxies(&p.on_playlist(0, 12, &listing(12, 7), t2)),
+            vec![18]
+        );
+    }
+
+    #[test]
+    fn an_announcement_ends_proxying_without_fetching_what_the_origin_gave() {
+        let t = Instant::now();
+        let config = LiveConfig::default();
+        let t1 = t + config.p2p_budget * 2;
+        let mut p = LivePlanner::<u32>::new(config, 0, true, t);
+        p.add_peer(1, t);
+        p.tick(t1);
+        assert_eq!(
+            proxies(&p.on_playlist(0, 0, &listing(0, 4), t1)),
+            vec![0, 1, 2, 3]
+        );
+        p.proxied(0, 2, "s2.ts", 2_000_000, Some((cid(2), 20)), t1, 5);
+        // Segment 2 is held, 3 is still coming from the origin: both
+        // announcements are valid, neither is fetched again.
+        for seq in [2, 3] {
+            let (_, _, a) = segment(seq, 20);
+            let (v, out) = p.offer(&a, Some(1), t1, 1_000);
+            assert_eq!(v, Verdict::Accept);
+            assert!(
+                wants(&out).is_empty() && out.iter().all(|a| !matches!(a, LiveAction::Fetch(_)))
+            );
+        }
+        assert!(!p.proxying(t1));
+        // The next segment comes from peers again.
+        let (_, _, a) = segment(4, 20);
+        let (_, out) = p.offer(&a, Some(1), t1, 1_000);
+        assert!(out.iter().any(|a| matches!(a, LiveAction::Fetch(_))));
+        assert!(
+            p.tick(t1)
+                .iter()
+                .all(|a| !matches!(a, LiveAction::ReadPlaylists))
+        );
+        // Segment 3 arrives from the origin after all: already announced
+        // and pending nowhere, so it enters the window.
+        p.proxied(0, 3, "s3.ts", 2_000_000, Some((cid(3), 20)), t1, 6);
+        let seqs: Vec<u64> = p.window(0).map(|w| w.sequence).collect();
+        assert_eq!(seqs, vec![2, 3]);
+    }
+
+    #[test]
+    fn without_origins_the_planner_never_proxies() {
+        let t = Instant::now();
+        let mut p = LivePlanner::<u32>::new(LiveConfig::default(), 0, false, t);
+        let later = t + Duration::from_secs(60);
+        assert!(!p.proxying(later));
+        assert!(p.tick(later).is_empty());
+        assert!(p.on_playlist(0, 0, &listing(0, 4), later).is_empty());
     }
 }

@@ -122,6 +122,24 @@ impl Encoder {
     }
 }
 
+impl Encoder {
+    /// Waits (off the runtime's workers) until the encoder has written
+    /// the whole stream; returns how many segments its playlist lists.
+    pub async fn finish(mut self, dir: &Path) -> usize {
+        let mut child = std::mem::replace(
+            &mut self.0,
+            Command::new("true").spawn().expect("true runs"),
+        );
+        let status = tokio::task::spawn_blocking(move || child.wait())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(status.success(), "ffmpeg failed: {status}");
+        let text = std::fs::read_to_string(dir.join("index.m3u8")).unwrap();
+        text.lines().filter(|l| l.starts_with("#EXTINF")).count()
+    }
+}
+
 impl Drop for Encoder {
     fn drop(&mut self) {
         let _ = self.0.kill();

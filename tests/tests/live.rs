@@ -1,6 +1,7 @@
 //! Live channels on loopback: a real encoder (ffmpeg, in real time) writes
 //! HLS into a folder, a broadcaster node publishes it, and viewer nodes
-//! fetch every segment from each other and the broadcaster.
+//! fetch every segment from each other and the broadcaster, or from an
+//! HTTP origin serving the folder when peers cannot.
 
 use std::time::Duration;
 
@@ -204,6 +205,83 @@ async fn an_http_origin_fills_in_what_slow_peers_cannot_deliver_in_time() {
     assert!(origin.segment_requests() > 0);
     viewer.node.shutdown().await;
     broadcaster.node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_no_peers_a_viewer_plays_the_origin_as_a_plain_hls_proxy() {
+    let _serial = one_at_a_time().await;
+    let (_work, hls_dir) = hls_folder();
+    let origin = Origin::start(hls_dir.clone(), Mode::Faithful).await;
+    // Nobody broadcasts on shoal and the viewer knows no peer: all it has
+    // is the channel id and the origin's playlist.
+    let viewer = start(None, shoal_tests::live::viewer_config()).await;
+    let channel = channel_key().id();
+    viewer
+        .node
+        .watch_with_origins(channel, &[format!("{}/index.m3u8", origin.url)])
+        .await
+        .unwrap();
+    let count = Encoder::start(&hls_dir, 6).finish(&hls_dir).await;
+    assert!(count >= 5, "the encoder wrote {count} segments");
+    wait_for_segments(&viewer.node, channel, count).await;
+    assert_has_every_segment(&viewer.node, channel, &hls_dir, count).await;
+    let view = viewer.node.live_view(channel).await.unwrap().unwrap();
+    let stats = view.stats;
+    eprintln!("{stats:?}");
+    assert!(view.proxying);
+    assert_eq!((stats.segments, stats.missed), (count as u64, 0));
+    assert_eq!(stats.bytes_from_peers + stats.bytes_from_source, 0);
+    let written: u64 = (0..count)
+        .map(|i| {
+            std::fs::metadata(hls_dir.join(format!("seg{i:03}.ts")))
+                .unwrap()
+                .len()
+        })
+        .sum();
+    assert_eq!(stats.bytes_from_http, written);
+    assert_eq!(viewer.node.store().verify_all().unwrap(), Vec::new());
+    viewer.node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_the_broadcaster_goes_its_viewers_carry_on_from_the_origin() {
+    let _serial = one_at_a_time().await;
+    let (_work, hls_dir) = hls_folder();
+    let origin = Origin::start(hls_dir.clone(), Mode::Faithful).await;
+    let broadcaster = start(None, LiveConfig::default()).await;
+    let key = channel_key();
+    let channel = key.id();
+    let viewers = viewers(2, &broadcaster.addr, channel).await;
+    let broadcast = spawn_broadcast(
+        &broadcaster.node,
+        key,
+        hls_dir.clone(),
+        vec![origin.url.clone()],
+    );
+    let encoder = Encoder::start(&hls_dir, 10);
+    // A few segments through the swarm, then the broadcaster is gone.
+    wait_for_segments(&viewers[0].node, channel, 3).await;
+    broadcast.abort();
+    broadcaster.node.shutdown().await;
+    let count = encoder.finish(&hls_dir).await;
+    for v in &viewers {
+        wait_for_segments(&v.node, channel, count).await;
+    }
+    for v in &viewers {
+        assert_has_every_segment(&v.node, channel, &hls_dir, count).await;
+        let view = v.node.live_view(channel).await.unwrap().unwrap();
+        let stats = view.stats;
+        eprintln!("{stats:?}");
+        assert!(view.proxying);
+        assert_eq!(stats.missed, 0, "{stats:?}");
+        assert!(
+            stats.bytes_from_source > 0 && stats.bytes_from_http > 0,
+            "{stats:?}"
+        );
+    }
+    for v in viewers {
+        v.node.shutdown().await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -92,6 +92,8 @@ fn a_channel_is_broadcast_and_watched_through_the_cli() {
     .fails_with("invalid origin");
     two.shoal(&["watch", "not-a-channel"])
         .fails_with("not a channel id");
+    two.shoal(&["watch", &id, "--origin", "cdn.example/live.m3u8"])
+        .fails_with("invalid origin \"cdn.example/live.m3u8\"");
     two.shoal(&["stats"]).ok();
 
     let broadcast = Lines::spawn(one.command(&["broadcast", "news", "--hls-dir", hls_arg]));
