@@ -10,7 +10,10 @@
 //! - [`channel`]: live channels: ids, signed announcements and records;
 //! - [`bitswap`]: the Bitswap 1.2.0 wire format and engine;
 //! - [`fetch`]: the planner that spreads block requests over peers;
-//! - [`live`]: the deadline-aware planner of a watched live channel.
+//! - [`live`]: the deadline-aware planner of a watched live channel;
+//! - [`ledger`]: per-peer accounting (Swarm's thresholds) and throttling;
+//! - [`receipt`]: EIP-712 receipts and cheques, the wallet key, and the
+//!   receipt protocol's messages.
 
 // Errors name the CID they are about (a CID is ~100 bytes inline) so the
 // user can act on them; they are returned on cold paths only.
@@ -21,8 +24,10 @@ pub mod block;
 mod bounded;
 pub mod channel;
 pub mod fetch;
+pub mod ledger;
 pub mod live;
 pub mod manifest;
+pub mod receipt;
 
 pub use block::{Block, BlockError, Cid, Codec, MAX_BLOCK_SIZE};
 pub use manifest::{

@@ -1,0 +1,405 @@
+//! Per-peer accounting, after Swarm's: what this node served each peer and
+//! received from it, and what the peer acknowledged (signed receipts) or
+//! paid (cheques). A peer *owes* what it was served beyond what it gave
+//! back, acknowledged or paid.
+//!
+//! - Past the **payment threshold** the peer is asked for an updated
+//!   receipt ([`LedgerAction::AskReceipt`]), at most once per
+//!   [`LedgerConfig::ask_interval`].
+//! - Past the **disconnect threshold** it is served no more (throttled)
+//!   until it settles: a peer that takes without signing or paying stops
+//!   getting anything.
+//! - One **optimistic slot** serves one throttled peer anyway, for a while
+//!   and for a bounded number of bytes, so a newcomer (or a relayer
+//!   configured to serve strangers nothing on credit) can get started;
+//!   a peer that had the slot waits a cool-down before it gets it again,
+//!   so a free-rider cannot live on it.
+//!
+//! Accounts outlive connections (a free-rider does not start afresh by
+//! reconnecting); at most [`LedgerConfig::max_peers`] are kept, and those
+//! that owe nothing are forgotten first.
+
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::time::{Duration, Instant};
+
+/// Thresholds, each with the reason for its default.
+#[derive(Clone, Debug)]
+pub struct LedgerConfig {
+    /// Bytes owed before a receipt is asked for: about 30 s of a 1 Mb/s
+    /// stream, so receipts come a few times a minute per busy peer.
+    pub payment_threshold: u64,
+    /// Bytes owed beyond which a peer is throttled: four times the payment
+    /// threshold, room for a receipt to be asked for, signed and sent back
+    /// while the stream goes on.
+    pub disconnect_threshold: u64,
+    /// Bytes the peer holding the optimistic slot may take past its limit:
+    /// enough to start a stream.
+    pub optimistic_bytes: u64,
+    /// How long the slot may be held.
+    pub optimistic_period: Duration,
+    /// How long before a peer may hold the slot again.
+    pub optimistic_cooldown: Duration,
+    /// Least time between two receipt requests to one peer.
+    pub ask_interval: Duration,
+    /// Accounts kept.
+    pub max_peers: usize,
+}
+
+impl Default for LedgerConfig {
+    fn default() -> Self {
+        LedgerConfig {
+            payment_threshold: 4 << 20,
+            disconnect_threshold: 16 << 20,
+            optimistic_bytes: 4 << 20,
+            optimistic_period: Duration::from_secs(30),
+            optimistic_cooldown: Duration::from_secs(600),
+            ask_interval: Duration::from_secs(5),
+            max_peers: 4096,
+        }
+    }
+}
+
+/// One peer's account.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Account {
+    pub served_bytes: u64,
+    pub served_blocks: u64,
+    pub received_bytes: u64,
+    pub received_blocks: u64,
+    /// Bytes the peer acknowledged in receipts.
+    pub acknowledged_bytes: u64,
+    /// Bytes' worth the peer paid with cheques.
+    pub paid_bytes: u64,
+    last_ask: Option<Instant>,
+    last_slot: Option<Instant>,
+    last_active: Option<Instant>,
+}
+
+impl Account {
+    /// What the peer was served beyond what it gave back, acknowledged or
+    /// paid.
+    pub fn owed(&self) -> u64 {
+        self.served_bytes.saturating_sub(
+            self.received_bytes
+                .saturating_add(self.acknowledged_bytes)
+                .saturating_add(self.paid_bytes),
+        )
+    }
+}
+
+/// Whether to serve a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decision {
+    Serve,
+    /// Over its limit, and the optimistic slot is not for it now.
+    Throttle,
+}
+
+/// What the ledger asks the caller to do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LedgerAction<P> {
+    /// Ask `peer` for updated receipts; it owes `owed` bytes.
+    AskReceipt { peer: P, owed: u64 },
+}
+
+struct Slot<P> {
+    peer: P,
+    since: Instant,
+    used: u64,
+}
+
+/// The accounts of every peer. See the module documentation.
+pub struct Ledger<P> {
+    config: LedgerConfig,
+    accounts: HashMap<P, Account>,
+    slot: Option<Slot<P>>,
+}
+
+impl<P: Clone + Eq + Hash> Ledger<P> {
+    pub fn new(config: LedgerConfig) -> Self {
+        Ledger {
+            config,
+            accounts: HashMap::new(),
+            slot: None,
+        }
+    }
+
+    pub fn config(&self) -> &LedgerConfig {
+        &self.config
+    }
+
+    pub fn account(&self, peer: &P) -> Option<&Account> {
+        self.accounts.get(peer)
+    }
+
+    pub fn accounts(&self) -> impl Iterator<Item = (&P, &Account)> {
+        self.accounts.iter()
+    }
+
+    /// The peer holding the optimistic slot, if any.
+    pub fn optimistic(&self) -> Option<&P> {
+        self.slot.as_ref().map(|s| &s.peer)
+    }
+
+    fn entry(&mut self, peer: &P, now: Instant) -> &mut Account {
+        if !self.accounts.contains_key(peer) && self.accounts.len() >= self.config.max_peers.max(1)
+        {
+            self.evict();
+        }
+        let a = self.accounts.entry(peer.clone()).or_default();
+        a.last_active = Some(now);
+        a
+    }
+
+    /// Forgets the least recently active account that owes nothing, or
+    /// failing that the least recently active one.
+    fn evict(&mut self) {
+        let victim = self
+            .accounts
+            .iter()
+            .min_by_key(|(_, a)| (a.owed() > 0, a.last_active))
+            .map(|(p, _)| p.clone());
+        if let Some(p) = victim {
+            self.accounts.remove(&p);
+        }
+    }
+
+    /// Whether `peer` may be sent `bytes` now. Serving it is recorded
+    /// with [`Ledger::served`].
+    pub fn may_serve(&mut self, peer: &P, bytes: u64, now: Instant) -> Decision {
+        let limit = self.config.disconnect_threshold;
+        let (period, budget, cooldown) = (
+            self.config.optimistic_period,
+            self.config.optimistic_bytes,
+            self.config.optimistic_cooldown,
+        );
+        let account = self.entry(peer, now);
+        if account.owed().saturating_add(bytes) <= limit {
+            return Decision::Serve;
+        }
+        let last_slot = account.last_slot;
+        if let Some(slot) = &mut self.slot {
+            let expired = now.duration_since(slot.since) > period;
+            if slot.peer == *peer {
+                if !expired && slot.used.saturating_add(bytes) <= budget {
+                    slot.used += bytes;
+                    return Decision::Serve;
+                }
+                self.slot = None;
+                return Decision::Throttle;
+            }
+            if !expired {
+                return Decision::Throttle;
+            }
+            self.slot = None;
+        }
+        if last_slot.is_some_and(|t| now.duration_since(t) < cooldown) || bytes > budget {
+            return Decision::Throttle;
+        }
+        self.slot = Some(Slot {
+            peer: peer.clone(),
+            since: now,
+            used: bytes,
+        });
+        if let Some(a) = self.accounts.get_mut(peer) {
+            a.last_slot = Some(now);
+        }
+        Decision::Serve
+    }
+
+    /// `bytes` (one block) were sent to `peer`. Returns a receipt request
+    /// when the peer owes more than the payment threshold.
+    pub fn served(&mut self, peer: &P, bytes: u64, now: Instant) -> Option<LedgerAction<P>> {
+        let threshold = self.config.payment_threshold;
+        let interval = self.config.ask_interval;
+        let a = self.entry(peer, now);
+        a.served_bytes = a.served_bytes.saturating_add(bytes);
+        a.served_blocks += 1;
+        let owed = a.owed();
+        if owed < threshold || a.last_ask.is_some_and(|t| now.duration_since(t) < interval) {
+            return None;
+        }
+        a.last_ask = Some(now);
+        Some(LedgerAction::AskReceipt {
+            peer: peer.clone(),
+            owed,
+        })
+    }
+
+    /// `bytes` (one block) came from `peer`.
+    pub fn received(&mut self, peer: &P, bytes: u64, now: Instant) {
+        let a = self.entry(peer, now);
+        a.received_bytes = a.received_bytes.saturating_add(bytes);
+        a.received_blocks += 1;
+        self.settled(peer);
+    }
+
+    /// `peer` signed receipts for `bytes` more than before.
+    pub fn acknowledged(&mut self, peer: &P, bytes: u64, now: Instant) {
+        let a = self.entry(peer, now);
+        a.acknowledged_bytes = a.acknowledged_bytes.saturating_add(bytes);
+        a.last_ask = None;
+        self.settled(peer);
+    }
+
+    /// `peer` paid `bytes`' worth.
+    pub fn paid(&mut self, peer: &P, bytes: u64, now: Instant) {
+        let a = self.entry(peer, now);
+        a.paid_bytes = a.paid_bytes.saturating_add(bytes);
+        self.settled(peer);
+    }
+
+    /// A peer back under its limit gives the optimistic slot up.
+    fn settled(&mut self, peer: &P) {
+        let under = self
+            .accounts
+            .get(peer)
+            .is_some_and(|a| a.owed() <= self.config.disconnect_threshold);
+        if under && self.slot.as_ref().is_some_and(|s| s.peer == *peer) {
+            self.slot = None;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BLOCK: u64 = 256 << 10;
+
+    fn config() -> LedgerConfig {
+        LedgerConfig {
+            payment_threshold: 4 * BLOCK,
+            disconnect_threshold: 8 * BLOCK,
+            optimistic_bytes: 2 * BLOCK,
+            optimistic_period: Duration::from_secs(30),
+            optimistic_cooldown: Duration::from_secs(600),
+            ask_interval: Duration::from_secs(5),
+            max_peers: 16,
+        }
+    }
+
+    /// Serves `peer` block by block while the ledger allows, at most
+    /// `limit` blocks; returns the blocks served and the receipt requests.
+    fn take(
+        ledger: &mut Ledger<u32>,
+        peer: u32,
+        limit: usize,
+        now: Instant,
+    ) -> (usize, Vec<LedgerAction<u32>>) {
+        let mut asks = Vec::new();
+        for n in 0..limit {
+            if ledger.may_serve(&peer, BLOCK, now) == Decision::Throttle {
+                return (n, asks);
+            }
+            asks.extend(ledger.served(&peer, BLOCK, now));
+        }
+        (limit, asks)
+    }
+
+    #[test]
+    fn a_free_rider_is_asked_for_receipts_then_throttled() {
+        let t = Instant::now();
+        let mut l = Ledger::new(config());
+        let (served, asks) = take(&mut l, 1, 100, t);
+        // Its limit (8 blocks), then the optimistic slot once (2 blocks).
+        assert_eq!(served, 10);
+        assert_eq!(
+            asks,
+            vec![LedgerAction::AskReceipt {
+                peer: 1,
+                owed: 4 * BLOCK
+            }],
+            "asked once at the payment threshold, not again within the interval"
+        );
+        assert_eq!(l.may_serve(&1, BLOCK, t), Decision::Throttle);
+        // Later it is asked again, and it stays throttled: the slot is
+        // not its to have again before the cool-down.
+        let later = t + Duration::from_secs(60);
+        assert_eq!(take(&mut l, 1, 100, later).0, 0);
+        assert!(l.served(&1, 0, later).is_some());
+        assert_eq!(
+            l.may_serve(&1, BLOCK, t + Duration::from_secs(300)),
+            Decision::Throttle
+        );
+        assert_eq!(l.account(&1).unwrap().owed(), 10 * BLOCK);
+    }
+
+    #[test]
+    fn a_peer_that_signs_receipts_is_served_without_end() {
+        let t = Instant::now();
+        let mut l = Ledger::new(config());
+        for n in 0..120u64 {
+            let now = t + Duration::from_secs(n);
+            assert_eq!(l.may_serve(&1, BLOCK, now), Decision::Serve, "block {n}");
+            // It answers every request with a receipt for what it got.
+            if let Some(LedgerAction::AskReceipt { owed, .. }) = l.served(&1, BLOCK, now) {
+                l.acknowledged(&1, owed, now);
+            }
+        }
+        let a = l.account(&1).unwrap();
+        assert_eq!(a.served_blocks, 120);
+        assert!(a.owed() < config().payment_threshold);
+        assert_eq!(l.optimistic(), None);
+    }
+
+    #[test]
+    fn what_a_peer_serves_back_counts_like_a_receipt() {
+        let t = Instant::now();
+        let mut l = Ledger::new(config());
+        for _ in 0..40 {
+            assert_eq!(l.may_serve(&1, BLOCK, t), Decision::Serve);
+            l.served(&1, BLOCK, t);
+            l.received(&1, BLOCK, t);
+        }
+        let a = l.account(&1).unwrap();
+        assert_eq!((a.served_blocks, a.received_blocks, a.owed()), (40, 40, 0));
+    }
+
+    #[test]
+    fn a_newcomer_gets_the_optimistic_slot_when_strangers_get_no_credit() {
+        // A relayer that serves nothing on credit: only the slot lets a
+        // peer with no history start.
+        let t = Instant::now();
+        let mut l = Ledger::new(LedgerConfig {
+            disconnect_threshold: 0,
+            ..config()
+        });
+        assert_eq!(take(&mut l, 1, 100, t).0, 2, "the first newcomer's start");
+        assert_eq!(l.optimistic(), None, "used up, and given up");
+        // The next newcomer gets its turn; the first does not get another.
+        assert_eq!(l.may_serve(&2, BLOCK, t), Decision::Serve);
+        l.served(&2, BLOCK, t);
+        assert_eq!(l.optimistic(), Some(&2));
+        assert_eq!(l.may_serve(&1, BLOCK, t), Decision::Throttle);
+        // A third waits while the slot is held...
+        assert_eq!(l.may_serve(&3, BLOCK, t), Decision::Throttle);
+        // ...and gets it once the holder settles (signs a receipt).
+        l.acknowledged(&2, BLOCK, t);
+        assert_eq!(l.optimistic(), None);
+        assert_eq!(l.may_serve(&3, BLOCK, t), Decision::Serve);
+        assert_eq!(l.optimistic(), Some(&3));
+        // A slot held past its period is taken over.
+        let later = t + Duration::from_secs(31);
+        assert_eq!(l.may_serve(&4, BLOCK, later), Decision::Serve);
+        assert_eq!(l.optimistic(), Some(&4));
+        assert_eq!(l.may_serve(&3, BLOCK, later), Decision::Throttle);
+    }
+
+    #[test]
+    fn debtors_are_remembered_before_peers_that_owe_nothing() {
+        let t = Instant::now();
+        let mut l = Ledger::new(LedgerConfig {
+            max_peers: 3,
+            ..config()
+        });
+        l.served(&1, 9 * BLOCK, t);
+        for p in 2..10u32 {
+            l.received(&p, BLOCK, t + Duration::from_secs(u64::from(p)));
+        }
+        assert_eq!(l.accounts().count(), 3);
+        assert_eq!(l.account(&1).unwrap().owed(), 9 * BLOCK);
+        assert_eq!(l.may_serve(&1, BLOCK, t), Decision::Serve, "its one slot");
+    }
+}
