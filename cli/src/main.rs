@@ -88,6 +88,10 @@ enum Command {
     /// Manage the live channels this repo can broadcast
     #[command(subcommand)]
     Channel(ChannelCommand),
+    /// The node's wallet (a secp256k1 key in the repo, apart from its
+    /// network identity) for receipts, cheques and rewards
+    #[command(subcommand)]
+    Wallet(WalletCommand),
     /// Broadcast a live channel from the folder a live encoder writes
     /// (needs a running daemon)
     Broadcast(BroadcastArgs),
@@ -106,6 +110,12 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum WalletCommand {
+    /// Print the wallet's address (made on first use)
+    Address,
 }
 
 #[derive(Subcommand)]
@@ -371,6 +381,12 @@ fn run(cli: Cli) -> Result<()> {
             for (name, id) in shoal_node::channel_keys::list(&dir)? {
                 println!("{name}\t{id}");
             }
+            Ok(())
+        }
+        Command::Wallet(WalletCommand::Address) => {
+            let paths = RepoPaths::load(&dir()?)?;
+            let wallet = shoal_node::wallet::load_or_create(&paths.wallet())?;
+            println!("{}", wallet.address());
             Ok(())
         }
         Command::Broadcast(args) => broadcast(&dir()?, args),

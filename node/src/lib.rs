@@ -28,6 +28,7 @@ pub mod live;
 pub mod origin;
 pub mod repo;
 pub mod testsrc;
+pub mod wallet;
 
 use std::collections::HashMap;
 use std::path::PathBuf;

@@ -4,6 +4,7 @@
 //! <repo>/config.toml    settings (written by `shoal init`)
 //! <repo>/blocks.redb    every block, pin and counter
 //! <repo>/identity.key   the node's ed25519 key (mode 0600)
+//! <repo>/wallet.key     the node's secp256k1 wallet key (mode 0600)
 //! <repo>/api            the address of the running daemon's API, if any
 //! ```
 
@@ -16,6 +17,7 @@ use shoal_storage::{Blockstore, ImportOptions, StoreError, StoreOptions};
 const CONFIG: &str = "config.toml";
 const DATABASE: &str = "blocks.redb";
 const IDENTITY: &str = "identity.key";
+const WALLET: &str = "wallet.key";
 const API_FILE: &str = "api";
 
 /// What is wrong with a repo.
@@ -248,6 +250,10 @@ impl RepoPaths {
 
     pub fn identity(&self) -> PathBuf {
         self.dir.join(IDENTITY)
+    }
+
+    pub fn wallet(&self) -> PathBuf {
+        self.dir.join(WALLET)
     }
 
     pub fn api_file(&self) -> PathBuf {

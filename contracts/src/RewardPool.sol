@@ -1,0 +1,243 @@
+// SPDX-License-Identifier: MIT OR Apache-2.0
+pragma solidity ^0.8.24;
+
+import {IERC20} from "@openzeppelin/contracts/token/ERC20/IERC20.sol";
+import {SafeERC20} from "@openzeppelin/contracts/token/ERC20/utils/SafeERC20.sol";
+import {EIP712} from "@openzeppelin/contracts/utils/cryptography/EIP712.sol";
+import {ECDSA} from "@openzeppelin/contracts/utils/cryptography/ECDSA.sol";
+import {Math} from "@openzeppelin/contracts/utils/math/Math.sol";
+import {Vault} from "./Vault.sol";
+
+/// @title RewardPool
+/// @notice Pays the nodes that relay a piece of content for the bytes they actually delivered.
+///         A creator or advertiser funds a content id for an epoch; the funding is split at once
+///         between the creator, the treasury and a viewer pool. Viewers sign cumulative receipts
+///         for the bytes a relay served them; after the epoch each relay submits its receipts,
+///         and once the claim window closes the viewer pool is shared among the relays in
+///         proportion to the bytes counted for each.
+/// @dev Only viewers with at least `minDeposit` in the Vault count, which puts a price on
+///      inventing viewers to inflate a relay's share. Receipts are cumulative per
+///      (viewer, relayer, content, epoch), so a relay submits only the latest one it holds and
+///      each byte is counted once however often receipts are resubmitted.
+contract RewardPool is EIP712 {
+    using SafeERC20 for IERC20;
+
+    /// @notice What a viewer signs: in `epoch` it has received `cumulativeBytes` bytes
+    ///         (`cumulativeSegments` segments) of `contentId` from `relayer`, in total so far.
+    struct Receipt {
+        address viewer;
+        address relayer;
+        bytes32 contentId;
+        uint64 epoch;
+        uint64 cumulativeBytes;
+        uint64 cumulativeSegments;
+    }
+
+    /// @notice A receipt with the viewer's 65-byte EIP-712 signature over it.
+    struct SignedReceipt {
+        Receipt receipt;
+        bytes signature;
+    }
+
+    bytes32 public constant RECEIPT_TYPEHASH = keccak256(
+        "Receipt(address viewer,address relayer,bytes32 contentId,uint64 epoch,uint64 cumulativeBytes,uint64 cumulativeSegments)"
+    );
+
+    uint16 private constant TOTAL_BPS = 10_000;
+    uint8 private constant NOT_YOURS = 1;
+    uint8 private constant BAD_SIGNATURE = 2;
+    uint8 private constant NOT_NEWER = 3;
+
+    IERC20 public immutable token;
+    /// @notice Where viewers hold the deposit that makes their receipts count.
+    Vault public immutable vault;
+    /// @notice Receives the treasury share of every funding, and viewer pools nobody relayed.
+    address public immutable treasury;
+    uint16 public immutable creatorBps;
+    /// @dev Informational: the viewer pool is what remains after the creator and treasury
+    ///      shares, so rounding never leaves a wei unassigned.
+    uint16 public immutable viewerBps;
+    uint16 public immutable treasuryBps;
+    /// @notice Seconds per epoch; epoch n covers [n * epochLength, (n + 1) * epochLength).
+    uint64 public immutable epochLength;
+    /// @notice For how many epochs after an epoch ends its receipts may still be claimed.
+    uint64 public immutable claimEpochs;
+    /// @notice Vault deposit a viewer needs for its receipts to count.
+    uint256 public immutable minDeposit;
+
+    mapping(bytes32 contentId => mapping(uint64 epoch => uint256)) public viewerPool;
+    mapping(bytes32 contentId => mapping(uint64 epoch => uint256)) public totalBytes;
+    mapping(bytes32 contentId => mapping(uint64 epoch => mapping(address relayer => uint256))) public relayerBytes;
+    /// @notice The cumulativeBytes of the latest receipt counted for this pair, content and epoch.
+    mapping(address viewer => mapping(address relayer => mapping(bytes32 contentId => mapping(uint64 epoch => uint64))))
+        public counted;
+    mapping(bytes32 contentId => mapping(uint64 epoch => mapping(address relayer => bool))) private _paid;
+
+    event Funded(
+        bytes32 indexed contentId,
+        uint64 indexed epoch,
+        address indexed funder,
+        uint256 amount,
+        uint256 creatorAmount,
+        uint256 viewerAmount,
+        uint256 treasuryAmount
+    );
+    event ReceiptCounted(
+        address indexed viewer, address indexed relayer, bytes32 indexed contentId, uint64 epoch, uint64 delta
+    );
+    /// @notice Receipt `index` of a claim was skipped because `viewer` has less than
+    ///         `minDeposit` in the Vault; the relay may submit it again once the viewer has.
+    event ReceiptNotCounted(uint256 index, address indexed viewer);
+    event PaidOut(bytes32 indexed contentId, uint64 indexed epoch, address indexed relayer, uint256 amount);
+    event Swept(bytes32 indexed contentId, uint64 indexed epoch, uint256 amount);
+
+    error BadSplit();
+    error BadEpochs();
+    error ZeroAddress();
+    error EpochOver();
+    /// @param reason 1: the receipt names another relayer; 2: the signature is not the
+    ///        viewer's for this chain and contract; 3: not newer than what was counted
+    error BadReceipt(uint256 index, uint8 reason);
+    error ClaimWindowClosed(uint256 index);
+    error ClaimsStillOpen();
+    error NothingToPay();
+    error NothingToSweep();
+
+    constructor(
+        IERC20 token_,
+        Vault vault_,
+        address treasury_,
+        uint16 creatorBps_,
+        uint16 viewerBps_,
+        uint16 treasuryBps_,
+        uint64 epochLength_,
+        uint64 claimEpochs_,
+        uint256 minDeposit_
+    ) EIP712("Shoal RewardPool", "1") {
+        if (uint256(creatorBps_) + viewerBps_ + treasuryBps_ != TOTAL_BPS) revert BadSplit();
+        if (epochLength_ == 0 || claimEpochs_ == 0) revert BadEpochs();
+        if (address(token_) == address(0) || address(vault_) == address(0) || treasury_ == address(0)) {
+            revert ZeroAddress();
+        }
+        token = token_;
+        vault = vault_;
+        treasury = treasury_;
+        creatorBps = creatorBps_;
+        viewerBps = viewerBps_;
+        treasuryBps = treasuryBps_;
+        epochLength = epochLength_;
+        claimEpochs = claimEpochs_;
+        minDeposit = minDeposit_;
+    }
+
+    function currentEpoch() public view returns (uint64) {
+        return uint64(block.timestamp / epochLength);
+    }
+
+    /// @notice Puts `amount` (pulled with transferFrom) behind `contentId` for `epoch`.
+    /// @dev The creator and treasury shares are paid at once, so only the viewer share waits for
+    ///      the epoch's receipts. An epoch can be funded until it ends, never after, so the pool
+    ///      is final before the first claim for it is accepted. Each funder names the creator
+    ///      it pays (nodes read the creator's address from the channel's signed record): the
+    ///      chain cannot tell who made a content id, and a creator fixed by the first funding
+    ///      could be squatted by anyone funding first with their own address.
+    function fund(bytes32 contentId, uint64 epoch, address creator, uint256 amount) external {
+        if (epoch < currentEpoch()) revert EpochOver();
+        if (creator == address(0)) revert ZeroAddress();
+
+        uint256 creatorAmount = amount * creatorBps / TOTAL_BPS;
+        uint256 treasuryAmount = amount * treasuryBps / TOTAL_BPS;
+        uint256 viewerAmount = amount - creatorAmount - treasuryAmount;
+        viewerPool[contentId][epoch] += viewerAmount;
+        emit Funded(contentId, epoch, msg.sender, amount, creatorAmount, viewerAmount, treasuryAmount);
+
+        token.safeTransferFrom(msg.sender, address(this), amount);
+        if (creatorAmount != 0) token.safeTransfer(creator, creatorAmount);
+        if (treasuryAmount != 0) token.safeTransfer(treasury, treasuryAmount);
+    }
+
+    /// @notice The EIP-712 digest a viewer signs for `r`.
+    function receiptDigest(Receipt calldata r) public view returns (bytes32) {
+        return _hashTypedDataV4(
+            keccak256(
+                abi.encode(
+                    RECEIPT_TYPEHASH,
+                    r.viewer,
+                    r.relayer,
+                    r.contentId,
+                    r.epoch,
+                    r.cumulativeBytes,
+                    r.cumulativeSegments
+                )
+            )
+        );
+    }
+
+    /// @notice Counts a batch of viewer-signed receipts for the caller, the relay they name.
+    /// @dev A malformed receipt reverts the whole batch, so that a relay notices its own bug;
+    ///      a receipt whose viewer lacks the deposit is only skipped, since the relay cannot
+    ///      know every viewer's deposit at the moment it submits. Receipts for an epoch are
+    ///      accepted once it has ended, for `claimEpochs` epochs.
+    function claim(SignedReceipt[] calldata receipts) external {
+        uint64 now_ = currentEpoch();
+        for (uint256 i; i < receipts.length; ++i) {
+            Receipt calldata r = receipts[i].receipt;
+            if (r.relayer != msg.sender) revert BadReceipt(i, NOT_YOURS);
+            if (r.epoch >= now_ || now_ - r.epoch > claimEpochs) revert ClaimWindowClosed(i);
+
+            (address signer, ECDSA.RecoverError err,) = ECDSA.tryRecover(receiptDigest(r), receipts[i].signature);
+            if (err != ECDSA.RecoverError.NoError || signer != r.viewer) revert BadReceipt(i, BAD_SIGNATURE);
+
+            uint64 before = counted[r.viewer][r.relayer][r.contentId][r.epoch];
+            if (r.cumulativeBytes <= before) revert BadReceipt(i, NOT_NEWER);
+
+            if (vault.balanceOf(r.viewer) < minDeposit) {
+                emit ReceiptNotCounted(i, r.viewer);
+                continue;
+            }
+
+            uint64 delta = r.cumulativeBytes - before;
+            counted[r.viewer][r.relayer][r.contentId][r.epoch] = r.cumulativeBytes;
+            relayerBytes[r.contentId][r.epoch][r.relayer] += delta;
+            totalBytes[r.contentId][r.epoch] += delta;
+            emit ReceiptCounted(r.viewer, r.relayer, r.contentId, r.epoch, delta);
+        }
+    }
+
+    /// @notice What `relayer` is owed from the viewer pool of `contentId` in `epoch`: its share
+    ///         of the bytes counted. Provisional while the claim window is open; 0 once paid.
+    /// @dev Rounds down, so at most one wei per relay stays behind in the contract.
+    function claimable(bytes32 contentId, uint64 epoch, address relayer) public view returns (uint256) {
+        uint256 total = totalBytes[contentId][epoch];
+        if (total == 0 || _paid[contentId][epoch][relayer]) return 0;
+        return Math.mulDiv(viewerPool[contentId][epoch], relayerBytes[contentId][epoch][relayer], total);
+    }
+
+    /// @notice Pays the caller its share of the viewer pool of `contentId` in `epoch`, once,
+    ///         after the claim window has closed and every relay's bytes are final.
+    function payout(bytes32 contentId, uint64 epoch) external returns (uint256 amount) {
+        _requireClaimsClosed(epoch);
+        amount = claimable(contentId, epoch, msg.sender);
+        if (amount == 0) revert NothingToPay();
+        _paid[contentId][epoch][msg.sender] = true;
+        emit PaidOut(contentId, epoch, msg.sender, amount);
+        token.safeTransfer(msg.sender, amount);
+    }
+
+    /// @notice Sends the viewer pool of an epoch in which nobody relayed `contentId` (no bytes
+    ///         were counted) to the treasury, so that it is not locked here for good. Anyone may
+    ///         call it; the money can only go to the treasury.
+    function sweep(bytes32 contentId, uint64 epoch) external {
+        _requireClaimsClosed(epoch);
+        uint256 amount = viewerPool[contentId][epoch];
+        if (totalBytes[contentId][epoch] != 0 || amount == 0) revert NothingToSweep();
+        viewerPool[contentId][epoch] = 0;
+        emit Swept(contentId, epoch, amount);
+        token.safeTransfer(treasury, amount);
+    }
+
+    function _requireClaimsClosed(uint64 epoch) private view {
+        uint64 now_ = currentEpoch();
+        if (now_ <= epoch || now_ - epoch <= claimEpochs) revert ClaimsStillOpen();
+    }
+}
