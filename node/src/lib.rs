@@ -27,6 +27,7 @@ pub mod limits;
 pub mod live;
 pub mod origin;
 pub mod repo;
+pub mod settle;
 pub mod testsrc;
 pub mod wallet;
 

@@ -1,6 +1,7 @@
 //! Helpers for shoal's end-to-end tests: run the real `shoal` binary against
 //! a throw-away repo, measure its peak memory, make test content.
 
+pub mod chain;
 pub mod live;
 pub mod origin;
 

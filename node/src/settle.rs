@@ -1,0 +1,420 @@
+//! Settlement on chain, with alloy: the node's wallet deposits in the
+//! `Vault`, funds and claims on the `RewardPool`, cashes cheques, and reads
+//! balances. The contracts' ABIs and bytecode are the artifacts committed
+//! in `contracts/artifacts/` (built by `contracts/build.mjs`).
+//!
+//! Every call that changes state waits for its transaction's receipt and
+//! reports a reverted transaction with the contract's own error decoded
+//! (`BadReceipt(2, 2)` reads "receipt 2: the signature is not the
+//! viewer's for this chain and contract").
+
+use alloy::network::EthereumWallet;
+use alloy::primitives::{Address, B256, Bytes, U256};
+use alloy::providers::{DynProvider, Provider, ProviderBuilder};
+use alloy::signers::local::PrivateKeySigner;
+use alloy::sol;
+use shoal_protocol::receipt::{Deployment, SignedCheque, SignedReceipt, Wallet};
+
+sol!(
+    #[sol(rpc)]
+    #[derive(Debug)]
+    ShoalToken,
+    "../contracts/artifacts/ShoalToken.json"
+);
+sol!(
+    #[sol(rpc)]
+    #[derive(Debug)]
+    Vault,
+    "../contracts/artifacts/Vault.json"
+);
+sol!(
+    // The generated deploy function takes the constructor's nine
+    // arguments.
+    #[allow(clippy::too_many_arguments)]
+    #[sol(rpc)]
+    #[derive(Debug)]
+    RewardPool,
+    "../contracts/artifacts/RewardPool.json"
+);
+
+/// Receipts per `claim` transaction: a batch of 50 costs about 44k gas
+/// per receipt (first claims) against 111k for one alone, and stays far
+/// below a block's gas limit.
+pub const CLAIM_BATCH: usize = 50;
+
+/// How long a sent transaction may take to be mined before the call
+/// gives up waiting (it may still be mined later).
+pub const RECEIPT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// What went wrong on chain.
+#[derive(Debug, thiserror::Error)]
+pub enum SettleError {
+    #[error("invalid RPC URL {0:?}")]
+    Url(String),
+    #[error("the chain at {rpc} has id {actual}, but the config says {expected}")]
+    WrongChain {
+        rpc: String,
+        expected: u64,
+        actual: u64,
+    },
+    #[error("the contract refused: {0}")]
+    Reverted(String),
+    #[error("the transaction was mined but failed (hash {0})")]
+    Failed(B256),
+    #[error("chain: {0}")]
+    Rpc(String),
+}
+
+/// How to deploy the contracts (development chains and tests).
+#[derive(Clone, Debug)]
+pub struct DeployParams {
+    /// Token supply, all minted to the deploying wallet.
+    pub supply: U256,
+    pub unlock_period_secs: u64,
+    pub treasury: Address,
+    /// Creator / viewers / treasury in basis points (sum 10000).
+    pub split_bps: (u16, u16, u16),
+    pub epoch_length_secs: u64,
+    pub claim_epochs: u64,
+    pub min_deposit: U256,
+}
+
+/// What a `claim` did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClaimOutcome {
+    /// Receipts counted, and their bytes.
+    pub counted: usize,
+    pub bytes: u64,
+    /// Receipts skipped: their viewers hold no deposit.
+    pub not_counted: usize,
+    pub transactions: usize,
+    pub gas_used: u64,
+}
+
+/// The node's side of the contracts, signing with its wallet.
+#[derive(Clone)]
+pub struct Settlement {
+    provider: DynProvider,
+    address: Address,
+    deployment: Deployment,
+}
+
+fn connect(rpc: &str, wallet: &Wallet) -> Result<DynProvider, SettleError> {
+    let url: reqwest::Url = rpc.parse().map_err(|_| SettleError::Url(rpc.into()))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(SettleError::Url(rpc.into()));
+    }
+    let signer = PrivateKeySigner::from_bytes(&B256::from(wallet.to_bytes()))
+        .map_err(|e| SettleError::Rpc(e.to_string()))?;
+    // The nonce is asked of the chain for every transaction: a cached
+    // nonce moves on when a call is refused before it is sent (its gas
+    // estimate reverts), and the next transaction would then wait behind
+    // a gap for ever.
+    Ok(ProviderBuilder::new()
+        .disable_recommended_fillers()
+        .with_gas_estimation()
+        .with_simple_nonce_management()
+        .fetch_chain_id()
+        .wallet(EthereumWallet::from(signer))
+        .connect_http(url)
+        .erased())
+}
+
+fn rpc_err(e: impl std::fmt::Display) -> SettleError {
+    SettleError::Rpc(e.to_string())
+}
+
+/// Turns a contract call's error into the contract's own words.
+fn revert(e: alloy::contract::Error) -> SettleError {
+    if let Some(err) = e.as_decoded_interface_error::<RewardPool::RewardPoolErrors>() {
+        return SettleError::Reverted(describe_pool_error(&err));
+    }
+    if let Some(err) = e.as_decoded_interface_error::<Vault::VaultErrors>() {
+        return SettleError::Reverted(describe_vault_error(&err));
+    }
+    if let Some(err) = e.as_decoded_interface_error::<ShoalToken::ShoalTokenErrors>() {
+        return SettleError::Reverted(format!("token: {err:?}"));
+    }
+    SettleError::Rpc(e.to_string())
+}
+
+fn describe_pool_error(e: &RewardPool::RewardPoolErrors) -> String {
+    use RewardPool::RewardPoolErrors as E;
+    match e {
+        E::BadReceipt(b) => {
+            let why = match b.reason {
+                1 => "it names another relayer",
+                2 => "the signature is not the viewer's for this chain and contract",
+                3 => "it is not newer than the receipt already counted (replayed)",
+                _ => "unknown reason",
+            };
+            format!("receipt {}: {why}", b.index)
+        }
+        E::ClaimWindowClosed(c) => format!(
+            "receipt {}: its epoch is not over yet, or its claim window has closed",
+            c.index
+        ),
+        E::ClaimsStillOpen(_) => "claims for that epoch are still open".into(),
+        E::NothingToPay(_) => "nothing to pay for that content and epoch".into(),
+        E::NothingToSweep(_) => "nothing to sweep".into(),
+        E::EpochOver(_) => "that epoch is over; fund the current one or a later one".into(),
+        E::BadSplit(_) => "the split must add up to 10000 basis points".into(),
+        E::BadEpochs(_) => "epoch length and claim epochs must be positive".into(),
+        E::ZeroAddress(_) => "an address is zero".into(),
+        other => format!("{other:?}"),
+    }
+}
+
+fn describe_vault_error(e: &Vault::VaultErrors) -> String {
+    use Vault::VaultErrors as E;
+    match e {
+        E::WithdrawalLocked(w) if w.unlockAt == 0 => {
+            "no withdrawal was requested (run `shoal rewards withdraw` to request one)".into()
+        }
+        E::WithdrawalLocked(w) => format!(
+            "the deposit is locked until {} (Unix time); a payee may still cash cheques until then",
+            w.unlockAt
+        ),
+        E::InsufficientDeposit(d) => format!("the deposit holds only {} wei", d.available),
+        E::BadSignature(_) => {
+            "the cheque is not signed by its payer for this chain and vault".into()
+        }
+        E::NothingDue(_) => "the cheque was cashed already".into(),
+        other => format!("{other:?}"),
+    }
+}
+
+/// A receipt as the pool's ABI types it.
+fn to_pool(s: &SignedReceipt) -> RewardPool::SignedReceipt {
+    let r = &s.receipt;
+    RewardPool::SignedReceipt {
+        receipt: RewardPool::Receipt {
+            viewer: r.viewer,
+            relayer: r.relayer,
+            contentId: r.contentId,
+            epoch: r.epoch,
+            cumulativeBytes: r.cumulativeBytes,
+            cumulativeSegments: r.cumulativeSegments,
+        },
+        signature: Bytes::copy_from_slice(&s.signature),
+    }
+}
+
+/// Sends a prepared call and waits for it to be mined; returns the gas
+/// used.
+async fn send<P, D>(
+    call: alloy::contract::CallBuilder<P, D>,
+) -> Result<alloy::rpc::types::TransactionReceipt, SettleError>
+where
+    P: Provider,
+    D: alloy::contract::CallDecoder,
+{
+    let pending = call.send().await.map_err(revert)?;
+    let receipt = pending
+        .with_timeout(Some(RECEIPT_TIMEOUT))
+        .get_receipt()
+        .await
+        .map_err(rpc_err)?;
+    if !receipt.status() {
+        return Err(SettleError::Failed(receipt.transaction_hash));
+    }
+    Ok(receipt)
+}
+
+impl Settlement {
+    /// Connects to the chain at `rpc` and checks it is the configured one.
+    pub async fn connect(
+        rpc: &str,
+        wallet: &Wallet,
+        deployment: Deployment,
+    ) -> Result<Settlement, SettleError> {
+        let provider = connect(rpc, wallet)?;
+        let actual = provider.get_chain_id().await.map_err(rpc_err)?;
+        if actual != deployment.chain_id {
+            return Err(SettleError::WrongChain {
+                rpc: rpc.into(),
+                expected: deployment.chain_id,
+                actual,
+            });
+        }
+        Ok(Settlement {
+            provider,
+            address: wallet.address(),
+            deployment,
+        })
+    }
+
+    /// Deploys the token, the vault and the reward pool from `wallet`.
+    pub async fn deploy(
+        rpc: &str,
+        wallet: &Wallet,
+        p: &DeployParams,
+    ) -> Result<Deployment, SettleError> {
+        let provider = connect(rpc, wallet)?;
+        let chain_id = provider.get_chain_id().await.map_err(rpc_err)?;
+        let token = ShoalToken::deploy(&provider, wallet.address(), p.supply)
+            .await
+            .map_err(revert)?;
+        let vault = Vault::deploy(&provider, *token.address(), p.unlock_period_secs)
+            .await
+            .map_err(revert)?;
+        let pool = RewardPool::deploy(
+            &provider,
+            *token.address(),
+            *vault.address(),
+            p.treasury,
+            p.split_bps.0,
+            p.split_bps.1,
+            p.split_bps.2,
+            p.epoch_length_secs,
+            p.claim_epochs,
+            p.min_deposit,
+        )
+        .await
+        .map_err(revert)?;
+        Ok(Deployment {
+            chain_id,
+            reward_pool: *pool.address(),
+            vault: *vault.address(),
+            token: *token.address(),
+        })
+    }
+
+    pub fn address(&self) -> Address {
+        self.address
+    }
+
+    pub fn deployment(&self) -> &Deployment {
+        &self.deployment
+    }
+
+    fn token(&self) -> ShoalToken::ShoalTokenInstance<&DynProvider> {
+        ShoalToken::new(self.deployment.token, &self.provider)
+    }
+
+    fn vault(&self) -> Vault::VaultInstance<&DynProvider> {
+        Vault::new(self.deployment.vault, &self.provider)
+    }
+
+    fn pool(&self) -> RewardPool::RewardPoolInstance<&DynProvider> {
+        RewardPool::new(self.deployment.reward_pool, &self.provider)
+    }
+
+    /// Token balance of `who`.
+    pub async fn token_balance(&self, who: Address) -> Result<U256, SettleError> {
+        self.token().balanceOf(who).call().await.map_err(revert)
+    }
+
+    /// What `who` holds in the vault, and when it may withdraw (0: no
+    /// withdrawal requested).
+    pub async fn deposit_of(&self, who: Address) -> Result<(U256, u64), SettleError> {
+        let v = self.vault();
+        let balance = v.balanceOf(who).call().await.map_err(revert)?;
+        let unlock = v.unlockAt(who).call().await.map_err(revert)?;
+        Ok((balance, unlock))
+    }
+
+    pub async fn transfer(&self, to: Address, amount: U256) -> Result<(), SettleError> {
+        send(self.token().transfer(to, amount)).await.map(drop)
+    }
+
+    /// Approves the vault and deposits `amount`.
+    pub async fn deposit(&self, amount: U256) -> Result<(), SettleError> {
+        send(self.token().approve(self.deployment.vault, amount)).await?;
+        send(self.vault().deposit(amount)).await.map(drop)
+    }
+
+    /// Starts the unlock period; returns when withdrawing becomes possible.
+    pub async fn request_withdrawal(&self) -> Result<u64, SettleError> {
+        send(self.vault().requestWithdrawal()).await?;
+        Ok(self.deposit_of(self.address).await?.1)
+    }
+
+    pub async fn withdraw(&self, amount: U256) -> Result<(), SettleError> {
+        send(self.vault().withdraw(amount)).await.map(drop)
+    }
+
+    /// Funds `content` for `epoch`, paying `creator` its share at once.
+    pub async fn fund(
+        &self,
+        content: B256,
+        epoch: u64,
+        creator: Address,
+        amount: U256,
+    ) -> Result<(), SettleError> {
+        send(self.token().approve(self.deployment.reward_pool, amount)).await?;
+        send(self.pool().fund(content, epoch, creator, amount))
+            .await
+            .map(drop)
+    }
+
+    /// The pool's current epoch (from the chain's clock).
+    pub async fn current_epoch(&self) -> Result<u64, SettleError> {
+        self.pool().currentEpoch().call().await.map_err(revert)
+    }
+
+    /// The pool's epoch length in seconds.
+    pub async fn epoch_length(&self) -> Result<u64, SettleError> {
+        self.pool().epochLength().call().await.map_err(revert)
+    }
+
+    /// Claims with `receipts` (this node must be their relayer), in
+    /// batches of [`CLAIM_BATCH`].
+    pub async fn claim(&self, receipts: &[SignedReceipt]) -> Result<ClaimOutcome, SettleError> {
+        let mut out = ClaimOutcome::default();
+        for batch in receipts.chunks(CLAIM_BATCH) {
+            let signed: Vec<RewardPool::SignedReceipt> = batch.iter().map(to_pool).collect();
+            let receipt = send(self.pool().claim(signed)).await?;
+            out.transactions += 1;
+            out.gas_used += receipt.gas_used;
+            for log in receipt.inner.logs() {
+                if let Ok(c) = log.log_decode::<RewardPool::ReceiptCounted>() {
+                    out.counted += 1;
+                    out.bytes += c.inner.data.delta;
+                } else if log.log_decode::<RewardPool::ReceiptNotCounted>().is_ok() {
+                    out.not_counted += 1;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// What this node may take from the viewer pool of `content` in
+    /// `epoch` (provisional while claims are open).
+    pub async fn claimable(&self, content: B256, epoch: u64) -> Result<U256, SettleError> {
+        self.pool()
+            .claimable(content, epoch, self.address)
+            .call()
+            .await
+            .map_err(revert)
+    }
+
+    /// Takes this node's share of a closed epoch's viewer pool.
+    pub async fn payout(&self, content: B256, epoch: u64) -> Result<U256, SettleError> {
+        let amount = self.claimable(content, epoch).await?;
+        send(self.pool().payout(content, epoch)).await?;
+        Ok(amount)
+    }
+
+    /// Cashes a cheque (for its payee; anyone may send it). Returns what
+    /// was paid, and what bounced.
+    pub async fn cash_cheque(&self, cheque: &SignedCheque) -> Result<(U256, U256), SettleError> {
+        let c = &cheque.cheque;
+        let receipt = send(self.vault().cashCheque(
+            c.payer,
+            c.payee,
+            c.cumulativeAmount,
+            Bytes::copy_from_slice(&cheque.signature),
+        ))
+        .await?;
+        let (mut paid, mut bounced) = (U256::ZERO, U256::ZERO);
+        for log in receipt.inner.logs() {
+            if let Ok(e) = log.log_decode::<Vault::ChequeCashed>() {
+                paid = e.inner.data.paid;
+            } else if let Ok(e) = log.log_decode::<Vault::ChequeBounced>() {
+                bounced = e.inner.data.unpaid;
+            }
+        }
+        Ok((paid, bounced))
+    }
+}

@@ -1,0 +1,161 @@
+//! A local chain for the settlement tests: anvil from `contracts/`'s npm
+//! packages (`scripts/test` installs them), on 127.0.0.1, one per test,
+//! stopped when dropped; and the contracts deployed on it.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use alloy_primitives::{Address, U256};
+use shoal_node::settle::{DeployParams, Settlement};
+use shoal_protocol::receipt::{Deployment, Wallet};
+
+/// One token, in wei.
+pub fn tokens(n: u64) -> U256 {
+    U256::from(n) * U256::from(10u64).pow(U256::from(18))
+}
+
+/// A running anvil.
+pub struct Anvil {
+    child: Child,
+    pub rpc: String,
+    http: reqwest::Client,
+}
+
+/// The anvil binary itself (npm's `.bin/anvil` is a Node wrapper, and
+/// killing the wrapper would leave the chain running): the platform
+/// package `@foundry-rs/anvil-<os>-<arch>` ships it.
+fn anvil_bin() -> PathBuf {
+    let scope =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../contracts/node_modules/@foundry-rs");
+    std::fs::read_dir(&scope)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path().join("bin/anvil"))
+        .find(|p| p.exists())
+        .unwrap_or_else(|| {
+            panic!(
+                "no anvil binary under {}: run `npm ci` in contracts/ (scripts/test does)",
+                scope.display()
+            )
+        })
+}
+
+impl Anvil {
+    pub async fn start() -> Anvil {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap();
+        let child = Command::new(anvil_bin())
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--chain-id", "31337", "--accounts", "1", "--silent"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("anvil starts");
+        let anvil = Anvil {
+            child,
+            rpc: format!("http://127.0.0.1:{port}"),
+            http: reqwest::Client::new(),
+        };
+        for _ in 0..100 {
+            if anvil
+                .call("eth_chainId", serde_json::json!([]))
+                .await
+                .is_ok()
+            {
+                return anvil;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("anvil did not answer on {}", anvil.rpc);
+    }
+
+    async fn call(
+        &self,
+        method: &str,
+        params: serde_json::Value,
+    ) -> Result<serde_json::Value, String> {
+        let body =
+            serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params});
+        let v: serde_json::Value = self
+            .http
+            .post(&self.rpc)
+            .json(&body)
+            .send()
+            .await
+            .map_err(|e| e.to_string())?
+            .json()
+            .await
+            .map_err(|e| e.to_string())?;
+        match v.get("error") {
+            Some(e) => Err(e.to_string()),
+            None => Ok(v["result"].clone()),
+        }
+    }
+
+    /// Gives `who` 100 ether for gas.
+    pub async fn fund_gas(&self, who: Address) {
+        let wei = U256::from(100u64) * U256::from(10u64).pow(U256::from(18));
+        self.call(
+            "anvil_setBalance",
+            serde_json::json!([who.to_string(), format!("{wei:#x}")]),
+        )
+        .await
+        .unwrap();
+    }
+
+    /// Moves the chain's clock forward and mines a block.
+    pub async fn advance(&self, secs: u64) {
+        self.call("evm_increaseTime", serde_json::json!([secs]))
+            .await
+            .unwrap();
+        self.call("evm_mine", serde_json::json!([])).await.unwrap();
+    }
+}
+
+impl Drop for Anvil {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A new wallet (from a seed byte, so failures can be replayed) with gas.
+pub async fn wallet(anvil: &Anvil, n: u8) -> Wallet {
+    let w = Wallet::from_bytes(&[n; 32]).unwrap();
+    anvil.fund_gas(w.address()).await;
+    w
+}
+
+/// Epochs of an hour; claims open for one epoch after each.
+pub const EPOCH: u64 = 3600;
+
+/// Deploys the contracts from `deployer` (who holds the whole supply),
+/// with the 70/20/10 split, a one-day unlock period and a minimum deposit
+/// of one token.
+pub async fn deploy(anvil: &Anvil, deployer: &Wallet, treasury: Address) -> Deployment {
+    Settlement::deploy(
+        &anvil.rpc,
+        deployer,
+        &DeployParams {
+            supply: tokens(1_000_000),
+            unlock_period_secs: 86_400,
+            treasury,
+            split_bps: (7000, 2000, 1000),
+            epoch_length_secs: EPOCH,
+            claim_epochs: 1,
+            min_deposit: tokens(1),
+        },
+    )
+    .await
+    .unwrap()
+}
+
+/// `wallet` connected to the deployment.
+pub async fn connect(anvil: &Anvil, wallet: &Wallet, d: Deployment) -> Settlement {
+    Settlement::connect(&anvil.rpc, wallet, d).await.unwrap()
+}

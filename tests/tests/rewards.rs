@@ -1,0 +1,292 @@
+//! Settlement on a real local chain (anvil): the contracts built from
+//! `contracts/`, driven by the node's alloy client, with receipts and
+//! cheques signed by the protocol's EIP-712 code.
+
+use alloy_primitives::{Address, B256, U256};
+use shoal_node::settle::SettleError;
+use shoal_protocol::receipt::{Cheque, Deployment, Receipt, SignedReceipt, Wallet};
+use shoal_tests::chain::{Anvil, EPOCH, connect, deploy, tokens, wallet};
+
+/// A receipt `viewer` signs for `relayer`.
+fn receipt(
+    viewer: &Wallet,
+    relayer: &Wallet,
+    d: &Deployment,
+    content: B256,
+    epoch: u64,
+    bytes: u64,
+) -> SignedReceipt {
+    viewer.sign_receipt(
+        Receipt {
+            viewer: viewer.address(),
+            relayer: relayer.address(),
+            contentId: content,
+            epoch,
+            cumulativeBytes: bytes,
+            cumulativeSegments: bytes / 250_000,
+        },
+        &d.receipt_domain(),
+    )
+}
+
+fn refused(result: Result<impl std::fmt::Debug, SettleError>, needle: &str) {
+    match result {
+        Err(SettleError::Reverted(why)) => assert!(why.contains(needle), "{why}"),
+        other => panic!("expected a refusal mentioning {needle:?}, got {other:?}"),
+    }
+}
+
+/// A chain with the contracts, a deployer holding the supply, and a
+/// treasury.
+struct World {
+    anvil: Anvil,
+    d: Deployment,
+    deployer: Wallet,
+    treasury: Address,
+}
+
+async fn world() -> World {
+    let anvil = Anvil::start().await;
+    let deployer = wallet(&anvil, 1).await;
+    let treasury = Wallet::from_bytes(&[2; 32]).unwrap().address();
+    let d = deploy(&anvil, &deployer, treasury).await;
+    World {
+        anvil,
+        d,
+        deployer,
+        treasury,
+    }
+}
+
+impl World {
+    /// A new participant with gas and `deposit` tokens in the vault.
+    async fn member(&self, n: u8, deposit: u64) -> Wallet {
+        let w = wallet(&self.anvil, n).await;
+        if deposit > 0 {
+            let bank = connect(&self.anvil, &self.deployer, self.d).await;
+            bank.transfer(w.address(), tokens(deposit)).await.unwrap();
+            let me = connect(&self.anvil, &w, self.d).await;
+            me.deposit(tokens(deposit)).await.unwrap();
+        }
+        w
+    }
+}
+
+#[tokio::test]
+async fn relayers_are_paid_the_split_to_the_wei() {
+    let w = world().await;
+    let creator = Wallet::from_bytes(&[3; 32]).unwrap().address();
+    let (v1, v2) = (w.member(10, 5).await, w.member(11, 5).await);
+    let stranger = w.member(12, 0).await;
+    let (r1, r2) = (w.member(20, 0).await, w.member(21, 0).await);
+    let bank = connect(&w.anvil, &w.deployer, w.d).await;
+    let content = B256::repeat_byte(0x42);
+    let epoch = bank.current_epoch().await.unwrap();
+    // An advertiser funds the content: 1000 tokens and 7 wei, an amount
+    // that does not split evenly.
+    let amount = tokens(1000) + U256::from(7);
+    bank.fund(content, epoch, creator, amount).await.unwrap();
+    let creator_share = amount * U256::from(7000) / U256::from(10_000);
+    let treasury_share = amount * U256::from(1000) / U256::from(10_000);
+    let viewer_pool = amount - creator_share - treasury_share;
+    assert_eq!(bank.token_balance(creator).await.unwrap(), creator_share);
+    assert_eq!(
+        bank.token_balance(w.treasury).await.unwrap(),
+        treasury_share
+    );
+
+    // Relayer 1 served both viewers; relayer 2 served viewer 1 and a
+    // viewer with no deposit, whose receipt does not count.
+    let for_r1 = vec![
+        receipt(&v1, &r1, &w.d, content, epoch, 3_000_000),
+        receipt(&v2, &r1, &w.d, content, epoch, 1_000_000),
+    ];
+    let for_r2 = vec![
+        receipt(&v1, &r2, &w.d, content, epoch, 2_000_000),
+        receipt(&stranger, &r2, &w.d, content, epoch, 5_000_000),
+    ];
+    let (c1, c2) = (
+        connect(&w.anvil, &r1, w.d).await,
+        connect(&w.anvil, &r2, w.d).await,
+    );
+    refused(c1.claim(&for_r1).await, "not over yet");
+    w.anvil.advance(EPOCH).await;
+    let o1 = c1.claim(&for_r1).await.unwrap();
+    let o2 = c2.claim(&for_r2).await.unwrap();
+    assert_eq!((o1.counted, o1.bytes, o1.not_counted), (2, 4_000_000, 0));
+    assert_eq!((o2.counted, o2.bytes, o2.not_counted), (1, 2_000_000, 1));
+    refused(c1.payout(content, epoch).await, "still open");
+    w.anvil.advance(EPOCH).await;
+    let p1 = c1.payout(content, epoch).await.unwrap();
+    let p2 = c2.payout(content, epoch).await.unwrap();
+    let total = U256::from(6_000_000);
+    assert_eq!(p1, viewer_pool * U256::from(4_000_000) / total);
+    assert_eq!(p2, viewer_pool * U256::from(2_000_000) / total);
+    assert_eq!(bank.token_balance(r1.address()).await.unwrap(), p1);
+    assert_eq!(bank.token_balance(r2.address()).await.unwrap(), p2);
+    // Nothing is paid twice, and nothing but rounding stays behind.
+    refused(c1.payout(content, epoch).await, "nothing to pay");
+    assert!(viewer_pool - p1 - p2 <= U256::from(2));
+}
+
+#[tokio::test]
+async fn a_forged_receipt_is_refused() {
+    let w = world().await;
+    let viewer = w.member(10, 5).await;
+    let relayer = w.member(20, 0).await;
+    let forger = Wallet::from_bytes(&[66; 32]).unwrap();
+    let c = connect(&w.anvil, &relayer, w.d).await;
+    let epoch = c.current_epoch().await.unwrap();
+    let content = B256::repeat_byte(1);
+    // Claims to be the viewer's, signed by someone else.
+    let mut forged = receipt(&forger, &relayer, &w.d, content, epoch, 9_000_000);
+    forged.receipt.viewer = viewer.address();
+    w.anvil.advance(EPOCH).await;
+    refused(
+        c.claim(&[forged]).await,
+        "receipt 0: the signature is not the viewer's",
+    );
+    // A genuine receipt altered after signing is as bad.
+    let mut altered = receipt(&viewer, &relayer, &w.d, content, epoch, 1_000);
+    altered.receipt.cumulativeBytes = 1_000_000_000;
+    refused(c.claim(&[altered]).await, "signature");
+}
+
+#[tokio::test]
+async fn a_replayed_receipt_is_refused_and_a_newer_one_counts_only_its_increase() {
+    let w = world().await;
+    let viewer = w.member(10, 5).await;
+    let relayer = w.member(20, 0).await;
+    let c = connect(&w.anvil, &relayer, w.d).await;
+    let epoch = c.current_epoch().await.unwrap();
+    let content = B256::repeat_byte(1);
+    let first = receipt(&viewer, &relayer, &w.d, content, epoch, 1_000_000);
+    w.anvil.advance(EPOCH).await;
+    assert_eq!(
+        c.claim(std::slice::from_ref(&first)).await.unwrap().bytes,
+        1_000_000
+    );
+    refused(c.claim(std::slice::from_ref(&first)).await, "replayed");
+    let newer = receipt(&viewer, &relayer, &w.d, content, epoch, 1_500_000);
+    assert_eq!(c.claim(&[newer]).await.unwrap().bytes, 500_000);
+    // A receipt for another relayer cannot be claimed by this one.
+    let other = w.member(21, 0).await;
+    let theirs = receipt(&viewer, &other, &w.d, content, epoch, 2_000_000);
+    refused(c.claim(&[theirs]).await, "names another relayer");
+}
+
+#[tokio::test]
+async fn a_receipt_for_another_chain_or_contract_is_refused() {
+    let w = world().await;
+    let viewer = w.member(10, 5).await;
+    let relayer = w.member(20, 0).await;
+    let c = connect(&w.anvil, &relayer, w.d).await;
+    let epoch = c.current_epoch().await.unwrap();
+    let content = B256::repeat_byte(1);
+    let mainnet = Deployment { chain_id: 1, ..w.d };
+    let other_pool = Deployment {
+        reward_pool: Address::repeat_byte(0x77),
+        ..w.d
+    };
+    w.anvil.advance(EPOCH).await;
+    for d in [mainnet, other_pool] {
+        let r = receipt(&viewer, &relayer, &d, content, epoch, 1_000_000);
+        refused(
+            c.claim(&[r]).await,
+            "not the viewer's for this chain and contract",
+        );
+    }
+    // The same receipt made for this deployment counts.
+    let good = receipt(&viewer, &relayer, &w.d, content, epoch, 1_000_000);
+    assert_eq!(c.claim(&[good]).await.unwrap().counted, 1);
+}
+
+#[tokio::test]
+async fn a_withdrawal_before_the_unlock_period_is_refused() {
+    let w = world().await;
+    let viewer = w.member(10, 5).await;
+    let c = connect(&w.anvil, &viewer, w.d).await;
+    refused(c.withdraw(tokens(1)).await, "no withdrawal was requested");
+    let unlock = c.request_withdrawal().await.unwrap();
+    assert!(unlock > 0);
+    refused(c.withdraw(tokens(1)).await, "locked until");
+    w.anvil.advance(86_400).await;
+    c.withdraw(tokens(2)).await.unwrap();
+    assert_eq!(
+        c.deposit_of(viewer.address()).await.unwrap(),
+        (tokens(3), unlock)
+    );
+    assert_eq!(c.token_balance(viewer.address()).await.unwrap(), tokens(2));
+    // A new deposit means staying: the withdrawal is cancelled.
+    c.deposit(tokens(1)).await.unwrap();
+    assert_eq!(
+        c.deposit_of(viewer.address()).await.unwrap(),
+        (tokens(4), 0)
+    );
+    refused(c.withdraw(tokens(1)).await, "no withdrawal was requested");
+}
+
+#[tokio::test]
+async fn a_cheque_beyond_the_deposit_bounces_and_the_rest_is_paid_later() {
+    let w = world().await;
+    let payer = w.member(10, 5).await;
+    let payee = w.member(20, 0).await;
+    let cheque = |amount: U256| {
+        payer.sign_cheque(
+            Cheque {
+                payer: payer.address(),
+                payee: payee.address(),
+                token: w.d.token,
+                cumulativeAmount: amount,
+            },
+            &w.d.cheque_domain(),
+        )
+    };
+    let c = connect(&w.anvil, &payee, w.d).await;
+    // 8 tokens owed against a deposit of 5: 5 paid, 3 bounce.
+    let eight = cheque(tokens(8));
+    assert_eq!(c.cash_cheque(&eight).await.unwrap(), (tokens(5), tokens(3)));
+    assert_eq!(c.token_balance(payee.address()).await.unwrap(), tokens(5));
+    // The payer tops up; the same cheque pays the rest, once.
+    let bank = connect(&w.anvil, &w.deployer, w.d).await;
+    bank.transfer(payer.address(), tokens(10)).await.unwrap();
+    connect(&w.anvil, &payer, w.d)
+        .await
+        .deposit(tokens(10))
+        .await
+        .unwrap();
+    assert_eq!(
+        c.cash_cheque(&eight).await.unwrap(),
+        (tokens(3), U256::ZERO)
+    );
+    refused(c.cash_cheque(&eight).await, "cashed already");
+    assert_eq!(c.token_balance(payee.address()).await.unwrap(), tokens(8));
+    // A cheque signed by someone else is refused.
+    let mut forged = cheque(tokens(20));
+    forged.cheque.payer = w.deployer.address();
+    refused(c.cash_cheque(&forged).await, "not signed by its payer");
+}
+
+#[tokio::test]
+async fn the_wrong_chain_is_refused_before_anything_is_sent() {
+    let w = world().await;
+    let other = Deployment {
+        chain_id: 10,
+        ..w.d
+    };
+    let err = shoal_node::settle::Settlement::connect(&w.anvil.rpc, &w.deployer, other)
+        .await
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(
+        err.contains("has id 31337, but the config says 10"),
+        "{err}"
+    );
+    let err = shoal_node::settle::Settlement::connect("ftp://x", &w.deployer, w.d)
+        .await
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(err.contains("invalid RPC URL"), "{err}");
+}
