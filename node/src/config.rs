@@ -48,6 +48,8 @@ pub struct NodeConfig {
     /// Viewers of a channel dialed per DHT lookup: enough for a gossip mesh
     /// (gossipsub keeps 6 mesh peers) and several shard sources each.
     pub live_max_dials: usize,
+    /// The wallet, the deployment claimed on, and the ledger's thresholds.
+    pub rewards: crate::rewards::RewardsConfig,
 }
 
 impl Default for NodeConfig {
@@ -74,6 +76,7 @@ impl Default for NodeConfig {
             fetch: FetchConfig::default(),
             live: LiveConfig::default(),
             live_max_dials: 16,
+            rewards: Default::default(),
         }
     }
 }

@@ -55,6 +55,8 @@ pub(crate) enum Command {
     GossipScore(PeerId, oneshot::Sender<Option<f64>>),
     Limits(oneshot::Sender<Limits>),
     Traffic(oneshot::Sender<Traffic>),
+    WalletAddress(oneshot::Sender<alloy_primitives::Address>),
+    Accounts(oneshot::Sender<Vec<(PeerId, shoal_protocol::ledger::Account)>>),
     SetLimits(Limits, oneshot::Sender<()>),
     Shutdown(oneshot::Sender<()>),
 }
@@ -109,6 +111,7 @@ pub(crate) struct EventLoop {
     pub(crate) live: Live,
     pub(crate) upload: Arc<UploadLimiter>,
     pub(crate) traffic: Traffic,
+    pub(crate) rewards: crate::rewards::Rewards,
 }
 
 /// Bitswap block bytes this node sent and received since it started.
@@ -136,6 +139,7 @@ impl EventLoop {
                 Some(event) = self.stream_events.recv() => self.on_stream_event(event),
                 Some(cids) = self.stored.recv() => self.on_blocks_stored(cids),
                 Some(event) = self.live.events_rx.recv() => self.on_live_event(event),
+                Some(event) = self.rewards.events_rx.recv() => self.on_rewards_event(event),
                 _ = tick.tick() => self.on_tick(),
             }
         }
@@ -201,6 +205,12 @@ impl EventLoop {
             }
             Command::PutRecord(channel, data, reply) => {
                 self.put_channel_record(channel, data, reply)
+            }
+            Command::WalletAddress(reply) => {
+                let _ = reply.send(self.rewards.address());
+            }
+            Command::Accounts(reply) => {
+                let _ = reply.send(self.rewards.accounts());
             }
             Command::Traffic(reply) => {
                 let _ = reply.send(self.traffic);
@@ -364,8 +374,27 @@ impl EventLoop {
                 }
             }
         }
-        for (peer, message) in sends {
+        let mut released = Vec::new();
+        for (peer, mut message) in sends {
+            if !message.blocks.is_empty() && !self.rewards.may_serve(&peer) {
+                // Over its limit and not in the optimistic slot: the peer
+                // hears DONT_HAVE and asks elsewhere.
+                tracing::debug!(%peer, blocks = message.blocks.len(), "throttled: owes too much");
+                let bytes = std::mem::take(&mut message.block_bytes);
+                for cid in std::mem::take(&mut message.blocks) {
+                    message.presences.push((cid, Presence::DontHave));
+                }
+                self.engine.sent(
+                    &peer,
+                    bytes,
+                    &StoreSource::new(&self.store, &self.config),
+                    &mut released,
+                );
+            }
             self.send(peer, message);
+        }
+        if !released.is_empty() {
+            self.apply(released);
         }
         if !received.is_empty() {
             self.store_received(received, &mut actions);
@@ -398,6 +427,11 @@ impl EventLoop {
         // Peers waiting for these blocks hear of them through the store's
         // listener (`on_blocks_stored`), like blocks from any source.
         self.traffic.received += received.iter().map(|(_, _, d)| d.len() as u64).sum::<u64>();
+        for (peer, _, data) in &received {
+            self.rewards
+                .ledger
+                .received(peer, data.len() as u64, Instant::now());
+        }
         self.live_blocks(&received);
         let now = Instant::now();
         for (peer, cid, data) in &received {
@@ -465,6 +499,7 @@ impl EventLoop {
             }
             StreamEvent::Sent(peer, bytes) => {
                 self.traffic.sent += bytes as u64;
+                self.rewards_served(peer, bytes as u64);
                 let mut out = Vec::new();
                 self.engine.sent(
                     &peer,
@@ -490,6 +525,8 @@ impl EventLoop {
 
     fn on_tick(&mut self) {
         let now = Instant::now();
+        self.rewards.prune();
+        self.rewards_due();
         let expired: Vec<PeerId> = self
             .banned
             .iter()

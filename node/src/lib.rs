@@ -27,6 +27,7 @@ pub mod limits;
 pub mod live;
 pub mod origin;
 pub mod repo;
+pub mod rewards;
 pub mod settle;
 pub mod testsrc;
 pub mod wallet;
@@ -45,6 +46,7 @@ use libp2p::{
 use shoal_protocol::bitswap::{Engine, EngineConfig};
 use shoal_protocol::block::Cid;
 use shoal_protocol::channel::ChannelId;
+use shoal_protocol::receipt::SignedReceipt;
 use shoal_storage::{Blockstore, StoreError};
 use tokio::sync::{mpsc, oneshot};
 
@@ -85,6 +87,8 @@ pub enum NodeError {
     Busy(String),
     #[error("{0}")]
     InvalidInput(String),
+    #[error(transparent)]
+    Settle(#[from] settle::SettleError),
     #[error("invalid limits: {0}")]
     Limits(String),
     #[error("fetching {root}: {detail}")]
@@ -149,6 +153,9 @@ impl Node {
         let (events_tx, events_rx) = mpsc::channel(1024);
         bitswap::spawn_acceptors(&mut control, events_tx.clone())
             .map_err(|e| NodeError::Transport(format!("{e:?}")))?;
+        let rewards = rewards::Rewards::new(&config.rewards);
+        rewards::spawn_acceptor(&mut control, rewards.events_tx.clone())
+            .map_err(|e| NodeError::Transport(format!("{e:?}")))?;
 
         let (commands_tx, commands_rx) = mpsc::channel(256);
         // Every block that enters the store, by whatever path, may be one a
@@ -178,6 +185,7 @@ impl Node {
             live: live::Live::new(config_live.0, config_live.1),
             upload,
             traffic: Default::default(),
+            rewards,
         };
         tokio::spawn(event_loop.run());
         let node = Node {
@@ -202,6 +210,15 @@ impl Node {
             &shoal_storage::StoreOptions::default(),
         )?;
         let key = identity::load_or_create(&dir.join("identity.key"))?;
+        let mut config = config;
+        if config.rewards.wallet.is_none() {
+            let path = dir.join("wallet.key");
+            let wallet = wallet::load_or_create(&path).map_err(|e| NodeError::Identity {
+                path,
+                detail: e.to_string(),
+            })?;
+            config.rewards.wallet = Some(wallet);
+        }
         Node::start(config, key, Arc::new(store)).await
     }
 
@@ -340,6 +357,33 @@ impl Node {
     /// What this node holds of a watched channel (`None` if not watching).
     pub async fn live_view(&self, channel: ChannelId) -> Result<Option<LiveView>, NodeError> {
         self.ask(|tx| Command::LiveView(channel, tx)).await
+    }
+
+    /// The address of the wallet this node signs receipts with.
+    pub async fn wallet_address(&self) -> Result<alloy_primitives::Address, NodeError> {
+        self.ask(Command::WalletAddress).await
+    }
+
+    /// Every peer's account in this node's ledger.
+    pub async fn accounts(
+        &self,
+    ) -> Result<Vec<(PeerId, shoal_protocol::ledger::Account)>, NodeError> {
+        self.ask(Command::Accounts).await
+    }
+
+    /// The receipts this node holds as a relayer, with what of each was
+    /// claimed on chain.
+    pub fn receipts(&self) -> Result<Vec<(SignedReceipt, u64)>, NodeError> {
+        rewards::held_receipts(&self.store)
+    }
+
+    /// Claims every receipt held that the pool can count now (its epoch
+    /// over, its claim window open) and not claimed yet.
+    pub async fn claim(
+        &self,
+        chain: &settle::Settlement,
+    ) -> Result<settle::ClaimOutcome, NodeError> {
+        rewards::claim(&self.store, chain).await
     }
 
     /// Channels being watched.

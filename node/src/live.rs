@@ -773,7 +773,13 @@ impl EventLoop {
         for channel in channels {
             let mut actions = Vec::new();
             if let Some(s) = self.live.sessions.get_mut(&channel) {
+                let content = shoal_protocol::receipt::channel_content_id(&channel);
                 for (peer, cid, data) in received {
+                    // What this peer delivered, for the receipts it may ask for.
+                    if let Some(segment) = s.planner.segment_of(cid) {
+                        self.rewards
+                            .delivered(*peer, content, segment, data.len() as u64);
+                    }
                     actions.extend(s.planner.on_block(cid, data, Some(peer), now));
                 }
             }

@@ -13,7 +13,7 @@ use alloy::primitives::{Address, B256, Bytes, U256};
 use alloy::providers::{DynProvider, Provider, ProviderBuilder};
 use alloy::signers::local::PrivateKeySigner;
 use alloy::sol;
-use shoal_protocol::receipt::{Deployment, SignedCheque, SignedReceipt, Wallet};
+use shoal_protocol::receipt::{Deployment, EPOCH_SECS, SignedCheque, SignedReceipt, Wallet};
 
 sol!(
     #[sol(rpc)]
@@ -57,6 +57,8 @@ pub enum SettleError {
         expected: u64,
         actual: u64,
     },
+    #[error("the reward pool's epochs last {0} s; shoal nodes count in epochs of {EPOCH_SECS} s")]
+    EpochLength(u64),
     #[error("the contract refused: {0}")]
     Reverted(String),
     #[error("the transaction was mined but failed (hash {0})")]
@@ -237,11 +239,23 @@ impl Settlement {
                 actual,
             });
         }
-        Ok(Settlement {
+        let settlement = Settlement {
             provider,
             address: wallet.address(),
             deployment,
-        })
+        };
+        // Viewers count per epoch by their own clocks, with the
+        // protocol's epoch length.
+        let length = settlement
+            .pool()
+            .epochLength()
+            .call()
+            .await
+            .map_err(revert)?;
+        if length != EPOCH_SECS {
+            return Err(SettleError::EpochLength(length));
+        }
+        Ok(settlement)
     }
 
     /// Deploys the token, the vault and the reward pool from `wallet`.
@@ -353,9 +367,9 @@ impl Settlement {
         self.pool().currentEpoch().call().await.map_err(revert)
     }
 
-    /// The pool's epoch length in seconds.
-    pub async fn epoch_length(&self) -> Result<u64, SettleError> {
-        self.pool().epochLength().call().await.map_err(revert)
+    /// For how many epochs after its end an epoch's receipts are claimed.
+    pub async fn claim_epochs(&self) -> Result<u64, SettleError> {
+        self.pool().claimEpochs().call().await.map_err(revert)
     }
 
     /// Claims with `receipts` (this node must be their relayer), in

@@ -56,7 +56,7 @@ fn parse(path: &Path, text: &str) -> Result<Wallet, WalletError> {
 }
 
 /// A new key from the operating system's randomness.
-fn generate() -> Wallet {
+pub(crate) fn generate() -> Wallet {
     loop {
         // The same source as the identity and channel keys.
         let fresh = libp2p::identity::ed25519::Keypair::generate();

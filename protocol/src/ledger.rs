@@ -42,6 +42,9 @@ pub struct LedgerConfig {
     pub optimistic_cooldown: Duration,
     /// Least time between two receipt requests to one peer.
     pub ask_interval: Duration,
+    /// A peer that owes anything at all is asked at least this often, so
+    /// the last bytes of an epoch get receipts too.
+    pub settle_interval: Duration,
     /// Accounts kept.
     pub max_peers: usize,
 }
@@ -55,6 +58,7 @@ impl Default for LedgerConfig {
             optimistic_period: Duration::from_secs(30),
             optimistic_cooldown: Duration::from_secs(600),
             ask_interval: Duration::from_secs(5),
+            settle_interval: Duration::from_secs(60),
             max_peers: 4096,
         }
     }
@@ -165,9 +169,10 @@ impl<P: Clone + Eq + Hash> Ledger<P> {
         }
     }
 
-    /// Whether `peer` may be sent `bytes` now. Serving it is recorded
-    /// with [`Ledger::served`].
-    pub fn may_serve(&mut self, peer: &P, bytes: u64, now: Instant) -> Decision {
+    /// Whether `peer` may be sent more now: it owes less than the
+    /// disconnect threshold, or it holds (or takes) the optimistic slot.
+    /// What is sent is recorded with [`Ledger::served`].
+    pub fn may_serve(&mut self, peer: &P, now: Instant) -> Decision {
         let limit = self.config.disconnect_threshold;
         let (period, budget, cooldown) = (
             self.config.optimistic_period,
@@ -175,15 +180,14 @@ impl<P: Clone + Eq + Hash> Ledger<P> {
             self.config.optimistic_cooldown,
         );
         let account = self.entry(peer, now);
-        if account.owed().saturating_add(bytes) <= limit {
+        if account.owed() < limit {
             return Decision::Serve;
         }
         let last_slot = account.last_slot;
-        if let Some(slot) = &mut self.slot {
+        if let Some(slot) = &self.slot {
             let expired = now.duration_since(slot.since) > period;
             if slot.peer == *peer {
-                if !expired && slot.used.saturating_add(bytes) <= budget {
-                    slot.used += bytes;
+                if !expired && slot.used < budget {
                     return Decision::Serve;
                 }
                 self.slot = None;
@@ -194,13 +198,13 @@ impl<P: Clone + Eq + Hash> Ledger<P> {
             }
             self.slot = None;
         }
-        if last_slot.is_some_and(|t| now.duration_since(t) < cooldown) || bytes > budget {
+        if last_slot.is_some_and(|t| now.duration_since(t) < cooldown) || budget == 0 {
             return Decision::Throttle;
         }
         self.slot = Some(Slot {
             peer: peer.clone(),
             since: now,
-            used: bytes,
+            used: 0,
         });
         if let Some(a) = self.accounts.get_mut(peer) {
             a.last_slot = Some(now);
@@ -212,11 +216,17 @@ impl<P: Clone + Eq + Hash> Ledger<P> {
     /// when the peer owes more than the payment threshold.
     pub fn served(&mut self, peer: &P, bytes: u64, now: Instant) -> Option<LedgerAction<P>> {
         let threshold = self.config.payment_threshold;
+        let limit = self.config.disconnect_threshold;
         let interval = self.config.ask_interval;
         let a = self.entry(peer, now);
+        let over = a.owed() >= limit;
         a.served_bytes = a.served_bytes.saturating_add(bytes);
         a.served_blocks += 1;
         let owed = a.owed();
+        if over && let Some(slot) = self.slot.as_mut().filter(|s| s.peer == *peer) {
+            slot.used = slot.used.saturating_add(bytes);
+        }
+        let a = self.accounts.get_mut(peer)?;
         if owed < threshold || a.last_ask.is_some_and(|t| now.duration_since(t) < interval) {
             return None;
         }
@@ -225,6 +235,25 @@ impl<P: Clone + Eq + Hash> Ledger<P> {
             peer: peer.clone(),
             owed,
         })
+    }
+
+    /// Peers that owe something and were not asked for a settle interval:
+    /// ask them now.
+    pub fn due(&mut self, now: Instant) -> Vec<LedgerAction<P>> {
+        let interval = self.config.settle_interval;
+        let mut out = Vec::new();
+        for (peer, a) in &mut self.accounts {
+            let owed = a.owed();
+            let since = a.last_ask.or(a.last_active);
+            if owed > 0 && since.is_none_or(|t| now.duration_since(t) >= interval) {
+                a.last_ask = Some(now);
+                out.push(LedgerAction::AskReceipt {
+                    peer: peer.clone(),
+                    owed,
+                });
+            }
+        }
+        out
     }
 
     /// `bytes` (one block) came from `peer`.
@@ -252,10 +281,11 @@ impl<P: Clone + Eq + Hash> Ledger<P> {
 
     /// A peer back under its limit gives the optimistic slot up.
     fn settled(&mut self, peer: &P) {
+        let limit = self.config.disconnect_threshold;
         let under = self
             .accounts
             .get(peer)
-            .is_some_and(|a| a.owed() <= self.config.disconnect_threshold);
+            .is_some_and(|a| a.owed() == 0 || a.owed() < limit);
         if under && self.slot.as_ref().is_some_and(|s| s.peer == *peer) {
             self.slot = None;
         }
@@ -276,6 +306,7 @@ mod tests {
             optimistic_period: Duration::from_secs(30),
             optimistic_cooldown: Duration::from_secs(600),
             ask_interval: Duration::from_secs(5),
+            settle_interval: Duration::from_secs(60),
             max_peers: 16,
         }
     }
@@ -290,7 +321,7 @@ mod tests {
     ) -> (usize, Vec<LedgerAction<u32>>) {
         let mut asks = Vec::new();
         for n in 0..limit {
-            if ledger.may_serve(&peer, BLOCK, now) == Decision::Throttle {
+            if ledger.may_serve(&peer, now) == Decision::Throttle {
                 return (n, asks);
             }
             asks.extend(ledger.served(&peer, BLOCK, now));
@@ -313,17 +344,39 @@ mod tests {
             }],
             "asked once at the payment threshold, not again within the interval"
         );
-        assert_eq!(l.may_serve(&1, BLOCK, t), Decision::Throttle);
+        assert_eq!(l.may_serve(&1, t), Decision::Throttle);
         // Later it is asked again, and it stays throttled: the slot is
         // not its to have again before the cool-down.
         let later = t + Duration::from_secs(60);
         assert_eq!(take(&mut l, 1, 100, later).0, 0);
         assert!(l.served(&1, 0, later).is_some());
         assert_eq!(
-            l.may_serve(&1, BLOCK, t + Duration::from_secs(300)),
+            l.may_serve(&1, t + Duration::from_secs(300)),
             Decision::Throttle
         );
         assert_eq!(l.account(&1).unwrap().owed(), 10 * BLOCK);
+    }
+
+    #[test]
+    fn a_peer_owing_a_little_is_asked_once_a_settle_interval() {
+        let t = Instant::now();
+        let mut l = Ledger::new(config());
+        // Under the payment threshold: no request at once...
+        assert_eq!(l.served(&1, BLOCK, t), None);
+        l.served(&2, BLOCK, t);
+        l.received(&2, BLOCK, t);
+        assert!(l.due(t + Duration::from_secs(30)).is_empty());
+        // ...but once the interval has passed, for what it owes (peer 2
+        // served back as much as it got, and owes nothing).
+        let later = t + Duration::from_secs(60);
+        assert_eq!(
+            l.due(later),
+            vec![LedgerAction::AskReceipt {
+                peer: 1,
+                owed: BLOCK
+            }]
+        );
+        assert!(l.due(later).is_empty(), "not twice in one interval");
     }
 
     #[test]
@@ -332,7 +385,7 @@ mod tests {
         let mut l = Ledger::new(config());
         for n in 0..120u64 {
             let now = t + Duration::from_secs(n);
-            assert_eq!(l.may_serve(&1, BLOCK, now), Decision::Serve, "block {n}");
+            assert_eq!(l.may_serve(&1, now), Decision::Serve, "block {n}");
             // It answers every request with a receipt for what it got.
             if let Some(LedgerAction::AskReceipt { owed, .. }) = l.served(&1, BLOCK, now) {
                 l.acknowledged(&1, owed, now);
@@ -349,7 +402,7 @@ mod tests {
         let t = Instant::now();
         let mut l = Ledger::new(config());
         for _ in 0..40 {
-            assert_eq!(l.may_serve(&1, BLOCK, t), Decision::Serve);
+            assert_eq!(l.may_serve(&1, t), Decision::Serve);
             l.served(&1, BLOCK, t);
             l.received(&1, BLOCK, t);
         }
@@ -369,22 +422,22 @@ mod tests {
         assert_eq!(take(&mut l, 1, 100, t).0, 2, "the first newcomer's start");
         assert_eq!(l.optimistic(), None, "used up, and given up");
         // The next newcomer gets its turn; the first does not get another.
-        assert_eq!(l.may_serve(&2, BLOCK, t), Decision::Serve);
+        assert_eq!(l.may_serve(&2, t), Decision::Serve);
         l.served(&2, BLOCK, t);
         assert_eq!(l.optimistic(), Some(&2));
-        assert_eq!(l.may_serve(&1, BLOCK, t), Decision::Throttle);
+        assert_eq!(l.may_serve(&1, t), Decision::Throttle);
         // A third waits while the slot is held...
-        assert_eq!(l.may_serve(&3, BLOCK, t), Decision::Throttle);
+        assert_eq!(l.may_serve(&3, t), Decision::Throttle);
         // ...and gets it once the holder settles (signs a receipt).
         l.acknowledged(&2, BLOCK, t);
         assert_eq!(l.optimistic(), None);
-        assert_eq!(l.may_serve(&3, BLOCK, t), Decision::Serve);
+        assert_eq!(l.may_serve(&3, t), Decision::Serve);
         assert_eq!(l.optimistic(), Some(&3));
         // A slot held past its period is taken over.
         let later = t + Duration::from_secs(31);
-        assert_eq!(l.may_serve(&4, BLOCK, later), Decision::Serve);
+        assert_eq!(l.may_serve(&4, later), Decision::Serve);
         assert_eq!(l.optimistic(), Some(&4));
-        assert_eq!(l.may_serve(&3, BLOCK, later), Decision::Throttle);
+        assert_eq!(l.may_serve(&3, later), Decision::Throttle);
     }
 
     #[test]
@@ -400,6 +453,6 @@ mod tests {
         }
         assert_eq!(l.accounts().count(), 3);
         assert_eq!(l.account(&1).unwrap().owed(), 9 * BLOCK);
-        assert_eq!(l.may_serve(&1, BLOCK, t), Decision::Serve, "its one slot");
+        assert_eq!(l.may_serve(&1, t), Decision::Serve, "its one slot");
     }
 }

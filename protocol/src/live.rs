@@ -465,6 +465,18 @@ impl<P: Clone + Eq + Hash> LivePlanner<P> {
             })
     }
 
+    /// The segment (rendition, sequence) a wanted block belongs to.
+    pub fn segment_of(&self, cid: &Cid) -> Option<(u16, u64)> {
+        self.renditions.iter().enumerate().find_map(|(ri, r)| {
+            r.pending.iter().find_map(|(seq, p)| match &p.stage {
+                Stage::Manifest(f) | Stage::Shards { fetch: f, .. } if f.cids().contains(cid) => {
+                    Some((ri as u16, *seq))
+                }
+                _ => None,
+            })
+        })
+    }
+
     fn rendition_mut(&mut self, rendition: u16) -> Option<&mut Rendition<P>> {
         let i = usize::from(rendition);
         if i >= MAX_LIVE_RENDITIONS {

@@ -126,6 +126,11 @@ fn tagged_id(tag: &[u8], bytes: &[u8]) -> B256 {
     keccak256(input)
 }
 
+/// The length of a reward epoch. Viewers count what they receive per
+/// epoch by their own clock, so every node and the `RewardPool` must agree
+/// on it; an hour leaves clocks minutes apart mattering little.
+pub const EPOCH_SECS: u64 = 3600;
+
 /// The epoch of a Unix time, as the contract computes it
 /// (`block.timestamp / epochLength`).
 pub fn epoch_of(unix_secs: u64, epoch_length_secs: u64) -> u64 {
@@ -241,14 +246,20 @@ impl SignedCheque {
     }
 }
 
-/// A relayer asks a viewer it served to sign receipts for `epoch`; it
-/// says how many bytes it served the viewer in that epoch, so the viewer
-/// can see how far apart their counts are.
+/// A relayer asks a viewer it served to sign receipts for `epoch`, for
+/// the deployment it claims on (`chain_id`, `reward_pool`) and naming its
+/// wallet (`relayer`); it says how many bytes it served the viewer in
+/// all, so the viewer can see how far apart their counts are.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReceiptRequest {
     pub epoch: u64,
     pub served_bytes: u64,
+    #[serde(with = "fixed_bytes")]
+    pub relayer: [u8; 20],
+    pub chain_id: u64,
+    #[serde(with = "fixed_bytes")]
+    pub reward_pool: [u8; 20],
 }
 
 /// A viewer's answer: its latest receipts for the asking relayer.
@@ -290,22 +301,63 @@ impl ReceiptRequest {
     }
 }
 
+impl From<&SignedReceipt> for WireReceipt {
+    fn from(s: &SignedReceipt) -> Self {
+        WireReceipt {
+            viewer: s.receipt.viewer.into(),
+            relayer: s.receipt.relayer.into(),
+            content: s.receipt.contentId.into(),
+            epoch: s.receipt.epoch,
+            bytes: s.receipt.cumulativeBytes,
+            segments: s.receipt.cumulativeSegments,
+            signature: s.signature,
+        }
+    }
+}
+
+impl From<WireReceipt> for SignedReceipt {
+    fn from(w: WireReceipt) -> Self {
+        SignedReceipt {
+            receipt: Receipt {
+                viewer: w.viewer.into(),
+                relayer: w.relayer.into(),
+                contentId: w.content.into(),
+                epoch: w.epoch,
+                cumulativeBytes: w.bytes,
+                cumulativeSegments: w.segments,
+            },
+            signature: w.signature,
+        }
+    }
+}
+
+impl SignedReceipt {
+    /// The receipt as it is stored and sent (dag-cbor).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        serde_ipld_dagcbor::to_vec(&WireReceipt::from(self))
+            .expect("byte strings and integers encode")
+    }
+
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, ReceiptError> {
+        strict_decode::<WireReceipt>(bytes).map(SignedReceipt::from)
+    }
+
+    /// Where a relayer keeps it: one receipt per viewer, content and
+    /// epoch.
+    pub fn key(&self) -> Vec<u8> {
+        let r = &self.receipt;
+        let mut key = Vec::with_capacity(60);
+        key.extend_from_slice(r.viewer.as_slice());
+        key.extend_from_slice(r.contentId.as_slice());
+        key.extend_from_slice(&r.epoch.to_be_bytes());
+        key
+    }
+}
+
 impl ReceiptResponse {
     pub fn to_bytes(&self) -> Vec<u8> {
         let wire = WireResponse {
-            receipts: self
-                .receipts
-                .iter()
-                .map(|s| WireReceipt {
-                    viewer: s.receipt.viewer.into(),
-                    relayer: s.receipt.relayer.into(),
-                    content: s.receipt.contentId.into(),
-                    epoch: s.receipt.epoch,
-                    bytes: s.receipt.cumulativeBytes,
-                    segments: s.receipt.cumulativeSegments,
-                    signature: s.signature,
-                })
-                .collect(),
+            receipts: self.receipts.iter().map(WireReceipt::from).collect(),
         };
         serde_ipld_dagcbor::to_vec(&wire).expect("byte strings and integers encode")
     }
@@ -321,21 +373,7 @@ impl ReceiptResponse {
             )));
         }
         Ok(ReceiptResponse {
-            receipts: wire
-                .receipts
-                .into_iter()
-                .map(|w| SignedReceipt {
-                    receipt: Receipt {
-                        viewer: w.viewer.into(),
-                        relayer: w.relayer.into(),
-                        contentId: w.content.into(),
-                        epoch: w.epoch,
-                        cumulativeBytes: w.bytes,
-                        cumulativeSegments: w.segments,
-                    },
-                    signature: w.signature,
-                })
-                .collect(),
+            receipts: wire.receipts.into_iter().map(SignedReceipt::from).collect(),
         })
     }
 }
@@ -506,9 +544,14 @@ mod tests {
         let back = ReceiptResponse::from_bytes(&bytes).unwrap();
         assert_eq!(back, response);
         assert_eq!(back.receipts[1].verify(&d), Ok(()));
+        let one = &response.receipts[0];
+        assert_eq!(SignedReceipt::from_bytes(&one.to_bytes()).as_ref(), Ok(one));
         let request = ReceiptRequest {
             epoch: 3,
             served_bytes: 12_000,
+            relayer: [2; 20],
+            chain_id: 31337,
+            reward_pool: [0xAA; 20],
         };
         assert_eq!(
             ReceiptRequest::from_bytes(&request.to_bytes()).unwrap(),

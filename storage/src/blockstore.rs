@@ -42,6 +42,18 @@ const PIN_REFS: TableDefinition<&[u8], u64> = TableDefinition::new("pin_refs");
 const SUMS: TableDefinition<&[u8], u64> = TableDefinition::new("block_sums");
 /// Totals kept in step with the tables.
 const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
+/// A receipt as the store keeps it (its encoding is the caller's).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HeldReceipt {
+    pub key: Vec<u8>,
+    pub receipt: Vec<u8>,
+    /// What of it was claimed on chain.
+    pub claimed: u64,
+}
+
+/// Signed receipts this node holds as a relayer, the latest per key, and
+/// how much of each was claimed on chain (opaque to the store).
+const RECEIPTS: TableDefinition<&[u8], (&[u8], u64)> = TableDefinition::new("receipts");
 
 const BYTES: &str = "bytes";
 const CLOCK: &str = "clock";
@@ -196,6 +208,7 @@ impl Blockstore {
                 txn.open_table(PINS)?;
                 txn.open_table(PIN_REFS)?;
                 txn.open_table(SUMS)?;
+                txn.open_table(RECEIPTS)?;
                 let mut counters = txn.open_table(COUNTERS)?;
                 if counters.get(FORMAT)?.is_none() {
                     counters.insert(FORMAT, FORMAT_VERSION)?;
@@ -648,6 +661,76 @@ impl Blockstore {
         })())
     }
 
+    /// Keeps `receipt` under `key`, replacing what was there; what was
+    /// claimed of the old one stays recorded.
+    pub fn put_receipt(&self, key: &[u8], receipt: &[u8]) -> Result<(), StoreError> {
+        self.contextualize((|| {
+            let txn = self.db.begin_write()?;
+            {
+                let mut t = txn.open_table(RECEIPTS)?;
+                let claimed = t.get(key)?.map_or(0, |v| v.value().1);
+                t.insert(key, (receipt, claimed))?;
+            }
+            txn.commit()?;
+            Ok(())
+        })())
+    }
+
+    /// The receipt under `key` and what of it was claimed.
+    pub fn receipt(&self, key: &[u8]) -> Result<Option<(Vec<u8>, u64)>, StoreError> {
+        self.contextualize((|| {
+            let txn = self.db.begin_read()?;
+            let t = match txn.open_table(RECEIPTS) {
+                Ok(t) => t,
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+                Err(e) => return Err(e.into()),
+            };
+            Ok(t.get(key)?.map(|v| {
+                let (r, c) = v.value();
+                (r.to_vec(), c)
+            }))
+        })())
+    }
+
+    /// Every receipt held.
+    pub fn receipts(&self) -> Result<Vec<HeldReceipt>, StoreError> {
+        self.contextualize((|| {
+            let txn = self.db.begin_read()?;
+            let t = match txn.open_table(RECEIPTS) {
+                Ok(t) => t,
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+                Err(e) => return Err(e.into()),
+            };
+            let mut out = Vec::new();
+            for entry in t.iter()? {
+                let (k, v) = entry?;
+                let (r, c) = v.value();
+                out.push(HeldReceipt {
+                    key: k.value().to_vec(),
+                    receipt: r.to_vec(),
+                    claimed: c,
+                });
+            }
+            Ok(out)
+        })())
+    }
+
+    /// Records that the receipt under `key` was claimed up to `claimed`.
+    pub fn mark_claimed(&self, key: &[u8], claimed: u64) -> Result<(), StoreError> {
+        self.contextualize((|| {
+            let txn = self.db.begin_write()?;
+            {
+                let mut t = txn.open_table(RECEIPTS)?;
+                let receipt = t.get(key)?.map(|v| v.value().0.to_vec());
+                if let Some(r) = receipt {
+                    t.insert(key, (r.as_slice(), claimed))?;
+                }
+            }
+            txn.commit()?;
+            Ok(())
+        })())
+    }
+
     /// The pinned roots.
     pub fn pins(&self) -> Result<Vec<Cid>, StoreError> {
         self.contextualize((|| {
@@ -989,6 +1072,28 @@ mod tests {
         assert!(!s.delete(&cid).unwrap());
         assert_eq!(s.get(&cid).unwrap(), None);
         assert_eq!(s.stat().unwrap().bytes, 0);
+    }
+
+    #[test]
+    fn receipts_are_replaced_keep_what_was_claimed_and_survive_a_reopen() {
+        let (d, s) = store(None);
+        assert_eq!(s.receipt(b"k1").unwrap(), None);
+        s.put_receipt(b"k1", b"first").unwrap();
+        s.mark_claimed(b"k1", 100).unwrap();
+        s.put_receipt(b"k1", b"newer").unwrap();
+        s.put_receipt(b"k2", b"other").unwrap();
+        // Marking a receipt that is not there does nothing.
+        s.mark_claimed(b"k3", 5).unwrap();
+        assert_eq!(s.receipt(b"k1").unwrap(), Some((b"newer".to_vec(), 100)));
+        drop(s);
+        let s = Blockstore::open(&d.path().join("blocks.redb"), &StoreOptions::default()).unwrap();
+        let held: Vec<(Vec<u8>, u64)> = s
+            .receipts()
+            .unwrap()
+            .into_iter()
+            .map(|h| (h.key, h.claimed))
+            .collect();
+        assert_eq!(held, vec![(b"k1".to_vec(), 100), (b"k2".to_vec(), 0)]);
     }
 
     /// Overwrites a block's bytes in place, as damage at rest would.

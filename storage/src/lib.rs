@@ -13,7 +13,7 @@
 pub mod blockstore;
 pub mod codec;
 
-pub use blockstore::{BlockListener, Blockstore, StoreError, StoreOptions};
+pub use blockstore::{BlockListener, Blockstore, HeldReceipt, StoreError, StoreOptions};
 pub mod hls;
 pub mod import;
 

@@ -132,7 +132,7 @@ pub async fn wallet(anvil: &Anvil, n: u8) -> Wallet {
 }
 
 /// Epochs of an hour; claims open for one epoch after each.
-pub const EPOCH: u64 = 3600;
+pub const EPOCH: u64 = shoal_protocol::receipt::EPOCH_SECS;
 
 /// Deploys the contracts from `deployer` (who holds the whole supply),
 /// with the 70/20/10 split, a one-day unlock period and a minimum deposit

@@ -290,3 +290,164 @@ async fn the_wrong_chain_is_refused_before_anything_is_sent() {
         .unwrap_or_default();
     assert!(err.contains("invalid RPC URL"), "{err}");
 }
+
+/// Waits, if need be, until the wall clock is a minute clear of the next
+/// epoch boundary: nodes count receipts per epoch by their clocks, and a
+/// test that streamed across a boundary would hold receipts for two.
+async fn clear_of_epoch_boundary() {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let left = EPOCH - secs % EPOCH;
+    if left < 60 {
+        tokio::time::sleep(std::time::Duration::from_secs(left + 1)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_stream_collect_receipts_and_relayers_are_paid_the_split() {
+    use shoal_node::NodeConfig;
+    use shoal_node::rewards::RewardsConfig;
+    use shoal_protocol::ledger::LedgerConfig;
+    use shoal_protocol::receipt::channel_content_id;
+    use shoal_tests::live::{
+        Encoder, channel_key, hls_folder, one_at_a_time, spawn_broadcast, start_with,
+        viewer_config, wait_for_segments,
+    };
+
+    let _serial = one_at_a_time().await;
+    clear_of_epoch_boundary().await;
+    let w = world().await;
+    let creator = Wallet::from_bytes(&[3; 32]).unwrap().address();
+    // Viewers hold a deposit (their receipts count); the broadcaster
+    // needs none to be paid.
+    let viewer_wallets = [w.member(10, 5).await, w.member(11, 5).await];
+    let broadcaster_wallet = w.member(20, 0).await;
+    let config = |wallet: &Wallet| NodeConfig {
+        live: viewer_config(),
+        rewards: RewardsConfig {
+            wallet: Some(wallet.clone()),
+            deployment: Some(w.d),
+            // Ask for receipts every 64 KiB, so a short stream yields
+            // several rounds.
+            ledger: LedgerConfig {
+                payment_threshold: 64 << 10,
+                ask_interval: std::time::Duration::from_millis(200),
+                settle_interval: std::time::Duration::from_millis(500),
+                ..LedgerConfig::default()
+            },
+        },
+        ..NodeConfig::default()
+    };
+    let broadcaster = start_with(None, config(&broadcaster_wallet)).await;
+    let key = channel_key();
+    let channel = key.id();
+    let mut viewers = Vec::new();
+    for wallet in &viewer_wallets {
+        let v = start_with(Some(&broadcaster.addr), config(wallet)).await;
+        v.node.watch(channel).await.unwrap();
+        viewers.push(v);
+    }
+
+    // An advertiser funds the channel for this epoch.
+    let bank = connect(&w.anvil, &w.deployer, w.d).await;
+    let content = channel_content_id(&channel);
+    let epoch = bank.current_epoch().await.unwrap();
+    let amount = tokens(300) + U256::from(1);
+    bank.fund(content, epoch, creator, amount).await.unwrap();
+
+    let (_work, hls_dir) = hls_folder();
+    let published = spawn_broadcast(&broadcaster.node, key, hls_dir.clone(), Vec::new());
+    let encoder = Encoder::start(&hls_dir, 6);
+    let count = published.await.unwrap().len();
+    drop(encoder);
+    for v in &viewers {
+        wait_for_segments(&v.node, channel, count).await;
+    }
+    // The last requests settle.
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+
+    // The broadcaster holds a receipt from each viewer, for the channel,
+    // signed for this deployment; no receipt says more than was served.
+    let held = broadcaster.node.receipts().unwrap();
+    let viewers_seen: std::collections::HashSet<Address> =
+        held.iter().map(|(r, _)| r.receipt.viewer).collect();
+    assert_eq!(
+        viewers_seen,
+        viewer_wallets.iter().map(Wallet::address).collect(),
+        "{held:?}"
+    );
+    let accounts = broadcaster.node.accounts().await.unwrap();
+    for (r, _) in &held {
+        assert_eq!(r.receipt.contentId, content);
+        assert_eq!(r.receipt.relayer, broadcaster_wallet.address());
+        assert_eq!(r.verify(&w.d.receipt_domain()), Ok(()));
+        let viewer = viewers
+            .iter()
+            .zip(&viewer_wallets)
+            .find(|(_, wl)| wl.address() == r.receipt.viewer)
+            .map(|(v, _)| v.node.peer_id())
+            .unwrap();
+        let served = accounts
+            .iter()
+            .find(|(p, _)| *p == viewer)
+            .map_or(0, |(_, a)| a.served_bytes);
+        assert!(r.receipt.cumulativeBytes <= served, "{r:?} vs {served}");
+        assert!(r.receipt.cumulativeSegments > 0);
+    }
+    // What the broadcaster served is acknowledged by now, all but any
+    // duplicate shards a viewer had no use for (it signs only for what
+    // went into its segments).
+    let served: u64 = accounts.iter().map(|(_, a)| a.served_bytes).sum();
+    let acknowledged: u64 = held.iter().map(|(r, _)| r.receipt.cumulativeBytes).sum();
+    assert!(
+        acknowledged <= served && acknowledged * 10 >= served * 9,
+        "{acknowledged} of {served} acknowledged: {accounts:?}"
+    );
+
+    // After the epoch, every relayer claims what it holds.
+    w.anvil.advance(EPOCH).await;
+    let mut relayers = vec![(&broadcaster, &broadcaster_wallet)];
+    relayers.extend(viewers.iter().zip(&viewer_wallets));
+    let mut counted = Vec::new();
+    for (node, wallet) in &relayers {
+        let chain = connect(&w.anvil, wallet, w.d).await;
+        let outcome = node.node.claim(&chain).await.unwrap();
+        counted.push(outcome.bytes);
+        // Claimed receipts are not sent again.
+        assert_eq!(node.node.claim(&chain).await.unwrap().transactions, 0);
+    }
+    assert!(
+        counted[0] > 0,
+        "the broadcaster's receipts count: {counted:?}"
+    );
+    let total: u64 = counted.iter().sum();
+
+    // After the claim window, each relayer takes its share: the viewer
+    // pool pro rata to the bytes counted, to the wei.
+    w.anvil.advance(EPOCH).await;
+    let creator_share = amount * U256::from(7000) / U256::from(10_000);
+    let treasury_share = amount * U256::from(1000) / U256::from(10_000);
+    let viewer_pool = amount - creator_share - treasury_share;
+    for ((node, wallet), bytes) in relayers.iter().zip(&counted) {
+        let chain = connect(&w.anvil, wallet, w.d).await;
+        let expected = viewer_pool * U256::from(*bytes) / U256::from(total);
+        let before = chain.token_balance(wallet.address()).await.unwrap();
+        if *bytes > 0 {
+            assert_eq!(chain.payout(content, epoch).await.unwrap(), expected);
+        }
+        let after = chain.token_balance(wallet.address()).await.unwrap();
+        assert_eq!(after - before, expected, "relayer {}", node.node.peer_id());
+    }
+    assert_eq!(bank.token_balance(creator).await.unwrap(), creator_share);
+    assert_eq!(
+        bank.token_balance(w.treasury).await.unwrap(),
+        treasury_share
+    );
+    eprintln!("bytes counted per relayer (broadcaster, viewers): {counted:?}");
+    for v in viewers {
+        v.node.shutdown().await;
+    }
+    broadcaster.node.shutdown().await;
+}
