@@ -8,6 +8,7 @@
 mod client;
 mod demo;
 mod progress;
+mod rewards;
 
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -92,6 +93,15 @@ enum Command {
     /// network identity) for receipts, cheques and rewards
     #[command(subcommand)]
     Wallet(WalletCommand),
+    /// What this node contributed and earned: accounts, receipts held,
+    /// balances; claim, deposit and withdraw on chain
+    Rewards {
+        #[command(subcommand)]
+        command: Option<RewardsCommand>,
+        /// JSON-RPC endpoint of the chain (else rewards.rpc in config.toml)
+        #[arg(long, global = true, value_name = "URL")]
+        rpc: Option<String>,
+    },
     /// Broadcast a live channel from the folder a live encoder writes
     /// (needs a running daemon)
     Broadcast(BroadcastArgs),
@@ -109,6 +119,24 @@ enum Command {
     Stats {
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum RewardsCommand {
+    /// Claim on the reward pool with the receipts held, in batches
+    Claim,
+    /// Deposit tokens in the vault (receipts of viewers count only with a
+    /// deposit; cheques draw on it)
+    Deposit {
+        /// Tokens, e.g. 10 or 0.5
+        amount: String,
+    },
+    /// Withdraw from the vault: the first call requests it, a call after
+    /// the unlock period withdraws
+    Withdraw {
+        /// Tokens, e.g. 10 or 0.5
+        amount: String,
     },
 }
 
@@ -388,6 +416,16 @@ fn run(cli: Cli) -> Result<()> {
             let wallet = shoal_node::wallet::load_or_create(&paths.wallet())?;
             println!("{}", wallet.address());
             Ok(())
+        }
+        Command::Rewards { command, rpc } => {
+            let dir = dir()?;
+            let rpc = rpc.as_deref();
+            match command {
+                None => rewards::status(&dir, rpc),
+                Some(RewardsCommand::Claim) => rewards::claim(&dir, rpc),
+                Some(RewardsCommand::Deposit { amount }) => rewards::deposit(&dir, &amount, rpc),
+                Some(RewardsCommand::Withdraw { amount }) => rewards::withdraw(&dir, &amount, rpc),
+            }
         }
         Command::Broadcast(args) => broadcast(&dir()?, args),
         Command::Watch { channel, origins } => watch(&dir()?, &channel, &origins),

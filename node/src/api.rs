@@ -203,6 +203,8 @@ pub(crate) fn router(state: Arc<ApiState>) -> Router {
         .route("/api/v0/stats", get(stats))
         .route("/api/v0/broadcast", post(broadcast))
         .route("/api/v0/limits", get(get_limits).post(set_limits))
+        .route("/api/v0/rewards", get(rewards))
+        .route("/api/v0/rewards/claim", post(rewards_claim))
         .route("/metrics", get(metrics))
         .merge(crate::gateway::routes())
         .layer(middleware::from_fn_with_state(state.clone(), authorize))
@@ -780,4 +782,46 @@ async fn verify(State(s): State<Arc<ApiState>>) -> ApiResult<Json<serde_json::Va
     let damaged = blocking(move || store.verify_all()).await??;
     let damaged: Vec<String> = damaged.iter().map(ToString::to_string).collect();
     Ok(Json(serde_json::json!({ "damaged": damaged })))
+}
+
+/// What `shoal rewards` shows of a running node.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RewardsReport {
+    pub wallet: String,
+    pub accounts: Vec<crate::rewards::AccountReport>,
+    pub receipts: Vec<crate::rewards::ReceiptReport>,
+}
+
+async fn rewards(State(s): State<Arc<ApiState>>) -> ApiResult<Json<RewardsReport>> {
+    let wallet = s.node.wallet_address().await?;
+    let mut accounts: Vec<_> = s
+        .node
+        .accounts()
+        .await?
+        .iter()
+        .map(|(p, a)| crate::rewards::AccountReport::of(p, a))
+        .collect();
+    accounts.sort_by(|a, b| b.served_bytes.cmp(&a.served_bytes));
+    let receipts = crate::rewards::receipt_reports(s.node.store())?;
+    Ok(Json(RewardsReport {
+        wallet: wallet.to_string(),
+        accounts,
+        receipts,
+    }))
+}
+
+#[derive(Deserialize)]
+struct ClaimQuery {
+    rpc: Option<String>,
+}
+
+/// Claims with the receipts held, on the chain of `[rewards]` (or `rpc`).
+async fn rewards_claim(
+    State(s): State<Arc<ApiState>>,
+    Query(q): Query<ClaimQuery>,
+) -> ApiResult<Json<crate::settle::ClaimOutcome>> {
+    let chain = crate::settle::from_repo(&s.dir, q.rpc.as_deref())
+        .await
+        .map_err(bad_request)?;
+    Ok(Json(s.node.claim(&chain).await?))
 }

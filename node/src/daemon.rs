@@ -41,6 +41,8 @@ pub enum DaemonError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("rewards: {0}")]
+    Wallet(String),
 }
 
 /// A started daemon.
@@ -88,6 +90,18 @@ impl Daemon {
             upload_bytes_per_sec: net.upload_bytes_per_sec,
             no_upload: net.no_upload,
             live: paths.config.live.config(),
+            rewards: crate::rewards::RewardsConfig {
+                wallet: Some(
+                    crate::wallet::load_or_create(&paths.wallet())
+                        .map_err(|e| DaemonError::Wallet(e.to_string()))?,
+                ),
+                deployment: paths
+                    .config
+                    .rewards
+                    .deployment()
+                    .map_err(|e| DaemonError::Wallet(e.to_string()))?,
+                ledger: Default::default(),
+            },
             ..NodeConfig::default()
         };
         let api_text = options

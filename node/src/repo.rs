@@ -66,6 +66,52 @@ pub struct Config {
     pub node: NetworkConfig,
     pub api: ApiConfig,
     pub live: LiveSettings,
+    pub rewards: RewardsSettings,
+}
+
+/// The `[rewards]` section: the chain and contracts this node claims on.
+/// All four of `chain_id`, `reward_pool`, `vault` and `token` or none
+/// (then the node keeps accounts but asks nobody for receipts).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RewardsSettings {
+    /// JSON-RPC endpoint of the chain (`shoal rewards` commands).
+    pub rpc: Option<String>,
+    pub chain_id: Option<u64>,
+    pub reward_pool: Option<String>,
+    pub vault: Option<String>,
+    pub token: Option<String>,
+}
+
+impl RewardsSettings {
+    /// The deployment named, if any.
+    pub fn deployment(&self) -> Result<Option<shoal_protocol::receipt::Deployment>, String> {
+        let address =
+            |name: &str, v: &Option<String>| -> Result<Option<alloy_primitives::Address>, String> {
+                v.as_deref()
+                    .map(|s| {
+                        s.parse().map_err(|_| {
+                            format!("rewards.{name} {s:?} is not an address (0x and 40 hex digits)")
+                        })
+                    })
+                    .transpose()
+            };
+        let pool = address("reward_pool", &self.reward_pool)?;
+        let vault = address("vault", &self.vault)?;
+        let token = address("token", &self.token)?;
+        match (self.chain_id, pool, vault, token) {
+            (None, None, None, None) => Ok(None),
+            (Some(chain_id), Some(reward_pool), Some(vault), Some(token)) => {
+                Ok(Some(shoal_protocol::receipt::Deployment {
+                    chain_id,
+                    reward_pool,
+                    vault,
+                    token,
+                }))
+            }
+            _ => Err("rewards needs all of chain_id, reward_pool, vault and token, or none".into()),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -233,6 +279,14 @@ impl RepoPaths {
             .validate()
             .map_err(|e| invalid(e.to_string()))?;
         config.limits().validate().map_err(invalid)?;
+        config.rewards.deployment().map_err(invalid)?;
+        if let Some(rpc) = &config.rewards.rpc
+            && !(rpc.starts_with("http://") || rpc.starts_with("https://"))
+        {
+            return Err(invalid(format!(
+                "rewards.rpc {rpc:?} is not an http(s) URL"
+            )));
+        }
         if !(config.live.deadline_durations > 0.0 && config.live.deadline_durations <= 100.0) {
             return Err(invalid(
                 "live.deadline_durations must be above 0 and at most 100".into(),

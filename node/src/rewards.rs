@@ -458,3 +458,59 @@ pub(crate) async fn claim(
     }
     Ok(outcome)
 }
+
+/// One peer's account, as `shoal rewards` shows it.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct AccountReport {
+    pub peer: String,
+    pub served_bytes: u64,
+    pub received_bytes: u64,
+    pub acknowledged_bytes: u64,
+    pub owed_bytes: u64,
+}
+
+impl AccountReport {
+    pub fn of(peer: &PeerId, a: &Account) -> Self {
+        AccountReport {
+            peer: peer.to_string(),
+            served_bytes: a.served_bytes,
+            received_bytes: a.received_bytes,
+            acknowledged_bytes: a.acknowledged_bytes,
+            owed_bytes: a.owed(),
+        }
+    }
+}
+
+/// One receipt held, as `shoal rewards` shows it.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct ReceiptReport {
+    pub viewer: String,
+    /// The content id (`0x…`).
+    pub content: String,
+    pub epoch: u64,
+    pub bytes: u64,
+    pub segments: u64,
+    /// Bytes of it already claimed on chain.
+    pub claimed: u64,
+}
+
+/// The receipts held in `store`, for display.
+pub fn receipt_reports(store: &Blockstore) -> Result<Vec<ReceiptReport>, NodeError> {
+    Ok(held_receipts(store)?
+        .into_iter()
+        .map(|(r, claimed)| ReceiptReport {
+            viewer: r.receipt.viewer.to_string(),
+            content: r.receipt.contentId.to_string(),
+            epoch: r.receipt.epoch,
+            bytes: r.receipt.cumulativeBytes,
+            segments: r.receipt.cumulativeSegments,
+            claimed,
+        })
+        .collect())
+}
+
+/// Claims with the receipts held in `store` (see [`crate::Node::claim`]),
+/// for a repo whose daemon is not running.
+pub async fn claim_from(store: &Blockstore, chain: &Settlement) -> Result<ClaimOutcome, NodeError> {
+    claim(store, chain).await
+}

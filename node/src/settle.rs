@@ -82,7 +82,7 @@ pub struct DeployParams {
 }
 
 /// What a `claim` did.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ClaimOutcome {
     /// Receipts counted, and their bytes.
     pub counted: usize,
@@ -135,7 +135,13 @@ fn revert(e: alloy::contract::Error) -> SettleError {
         return SettleError::Reverted(describe_vault_error(&err));
     }
     if let Some(err) = e.as_decoded_interface_error::<ShoalToken::ShoalTokenErrors>() {
-        return SettleError::Reverted(format!("token: {err:?}"));
+        return SettleError::Reverted(match err {
+            ShoalToken::ShoalTokenErrors::ERC20InsufficientBalance(b) => format!(
+                "the wallet holds {} wei of the token, {} needed",
+                b.balance, b.needed
+            ),
+            other => format!("token: {other:?}"),
+        });
     }
     SettleError::Rpc(e.to_string())
 }
@@ -431,4 +437,21 @@ impl Settlement {
         }
         Ok((paid, bounced))
     }
+}
+
+/// Connects with a repo's wallet to the deployment its `[rewards]`
+/// section names, at `rpc` or the configured endpoint.
+pub async fn from_repo(dir: &std::path::Path, rpc: Option<&str>) -> Result<Settlement, String> {
+    let paths = crate::repo::RepoPaths::load(dir).map_err(|e| e.to_string())?;
+    let settings = &paths.config.rewards;
+    let deployment = settings.deployment()?.ok_or_else(|| {
+        "no [rewards] deployment in config.toml (chain_id, reward_pool, vault, token)".to_string()
+    })?;
+    let rpc = rpc
+        .or(settings.rpc.as_deref())
+        .ok_or_else(|| "no RPC endpoint: give --rpc URL or set rewards.rpc".to_string())?;
+    let wallet = crate::wallet::load_or_create(&paths.wallet()).map_err(|e| e.to_string())?;
+    Settlement::connect(rpc, &wallet, deployment)
+        .await
+        .map_err(|e| e.to_string())
 }
