@@ -801,7 +801,7 @@ async fn rewards(State(s): State<Arc<ApiState>>) -> ApiResult<Json<RewardsReport
         .iter()
         .map(|(p, a)| crate::rewards::AccountReport::of(p, a))
         .collect();
-    accounts.sort_by(|a, b| b.served_bytes.cmp(&a.served_bytes));
+    accounts.sort_by_key(|a| std::cmp::Reverse(a.served_bytes));
     let receipts = crate::rewards::receipt_reports(s.node.store())?;
     Ok(Json(RewardsReport {
         wallet: wallet.to_string(),
