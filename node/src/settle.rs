@@ -93,6 +93,15 @@ pub struct ClaimOutcome {
     pub gas_used: u64,
 }
 
+/// What cashing a cheque did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ChequeOutcome {
+    pub paid: U256,
+    /// What the payer's deposit could not cover (still owed).
+    pub bounced: U256,
+    pub gas_used: u64,
+}
+
 /// The node's side of the contracts, signing with its wallet.
 #[derive(Clone)]
 pub struct Settlement {
@@ -416,9 +425,8 @@ impl Settlement {
         Ok(amount)
     }
 
-    /// Cashes a cheque (for its payee; anyone may send it). Returns what
-    /// was paid, and what bounced.
-    pub async fn cash_cheque(&self, cheque: &SignedCheque) -> Result<(U256, U256), SettleError> {
+    /// Cashes a cheque (for its payee; anyone may send it).
+    pub async fn cash_cheque(&self, cheque: &SignedCheque) -> Result<ChequeOutcome, SettleError> {
         let c = &cheque.cheque;
         let receipt = send(self.vault().cashCheque(
             c.payer,
@@ -427,15 +435,18 @@ impl Settlement {
             Bytes::copy_from_slice(&cheque.signature),
         ))
         .await?;
-        let (mut paid, mut bounced) = (U256::ZERO, U256::ZERO);
+        let mut out = ChequeOutcome {
+            gas_used: receipt.gas_used,
+            ..ChequeOutcome::default()
+        };
         for log in receipt.inner.logs() {
             if let Ok(e) = log.log_decode::<Vault::ChequeCashed>() {
-                paid = e.inner.data.paid;
+                out.paid = e.inner.data.paid;
             } else if let Ok(e) = log.log_decode::<Vault::ChequeBounced>() {
-                bounced = e.inner.data.unpaid;
+                out.bounced = e.inner.data.unpaid;
             }
         }
-        Ok((paid, bounced))
+        Ok(out)
     }
 }
 

@@ -245,7 +245,8 @@ async fn a_cheque_beyond_the_deposit_bounces_and_the_rest_is_paid_later() {
     let c = connect(&w.anvil, &payee, w.d).await;
     // 8 tokens owed against a deposit of 5: 5 paid, 3 bounce.
     let eight = cheque(tokens(8));
-    assert_eq!(c.cash_cheque(&eight).await.unwrap(), (tokens(5), tokens(3)));
+    let cashed = c.cash_cheque(&eight).await.unwrap();
+    assert_eq!((cashed.paid, cashed.bounced), (tokens(5), tokens(3)));
     assert_eq!(c.token_balance(payee.address()).await.unwrap(), tokens(5));
     // The payer tops up; the same cheque pays the rest, once.
     let bank = connect(&w.anvil, &w.deployer, w.d).await;
@@ -255,10 +256,8 @@ async fn a_cheque_beyond_the_deposit_bounces_and_the_rest_is_paid_later() {
         .deposit(tokens(10))
         .await
         .unwrap();
-    assert_eq!(
-        c.cash_cheque(&eight).await.unwrap(),
-        (tokens(3), U256::ZERO)
-    );
+    let cashed = c.cash_cheque(&eight).await.unwrap();
+    assert_eq!((cashed.paid, cashed.bounced), (tokens(3), U256::ZERO));
     refused(c.cash_cheque(&eight).await, "cashed already");
     assert_eq!(c.token_balance(payee.address()).await.unwrap(), tokens(8));
     // A cheque signed by someone else is refused.
@@ -450,4 +449,69 @@ async fn three_nodes_stream_collect_receipts_and_relayers_are_paid_the_split() {
         v.node.shutdown().await;
     }
     broadcaster.node.shutdown().await;
+}
+
+/// Gas, the chain's own deterministic measure: claiming in batches
+/// amortises the transaction's fixed cost. Prints the numbers recorded in
+/// docs/BENCHMARKS.md.
+#[tokio::test]
+async fn claiming_in_batches_costs_less_gas_per_receipt() {
+    let w = world().await;
+    let relayer = w.member(200, 0).await;
+    let c = connect(&w.anvil, &relayer, w.d).await;
+    let epoch = c.current_epoch().await.unwrap();
+    let mut viewers = Vec::new();
+    for n in 0..61u8 {
+        viewers.push(w.member(100 + n, 2).await);
+    }
+    let content = B256::repeat_byte(9);
+    w.anvil.advance(EPOCH).await;
+    let mut rows = Vec::new();
+    let mut start = 0;
+    for batch in [1usize, 10, 50] {
+        let group = &viewers[start..start + batch];
+        start += batch;
+        let first: Vec<_> = group
+            .iter()
+            .map(|v| receipt(v, &relayer, &w.d, content, epoch, 1_000_000))
+            .collect();
+        let later: Vec<_> = group
+            .iter()
+            .map(|v| receipt(v, &relayer, &w.d, content, epoch, 2_000_000))
+            .collect();
+        let a = c.claim(&first).await.unwrap();
+        let b = c.claim(&later).await.unwrap();
+        assert_eq!((a.counted, b.counted, a.transactions), (batch, batch, 1));
+        rows.push((batch, a.gas_used / batch as u64, b.gas_used / batch as u64));
+    }
+    eprintln!("receipts per claim | gas per receipt, first | gas per receipt, later");
+    for (batch, first, later) in &rows {
+        eprintln!("{batch} | {first} | {later}");
+    }
+    assert!(rows[2].1 < rows[0].1 && rows[2].2 < rows[0].2, "{rows:?}");
+
+    // Cheques: the first to a payee writes its running total, later ones
+    // update it.
+    let payer = &viewers[0];
+    let cheque = |amount: U256| {
+        payer.sign_cheque(
+            Cheque {
+                payer: payer.address(),
+                payee: relayer.address(),
+                token: w.d.token,
+                cumulativeAmount: amount,
+            },
+            &w.d.cheque_domain(),
+        )
+    };
+    let first = c.cash_cheque(&cheque(tokens(1))).await.unwrap();
+    let later = c
+        .cash_cheque(&cheque(tokens(1) + tokens(1) / U256::from(2)))
+        .await
+        .unwrap();
+    eprintln!(
+        "cashCheque gas: first {}, later {}",
+        first.gas_used, later.gas_used
+    );
+    assert!(later.gas_used < first.gas_used);
 }
