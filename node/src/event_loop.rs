@@ -437,6 +437,15 @@ impl EventLoop {
         for (peer, cid, data) in &received {
             tracing::trace!(%peer, %cid, bytes = data.len(), "block received");
             for job in &mut self.jobs {
+                // What this peer delivered of the stream, for its receipts.
+                if let Some(group) = job.job.group_of(cid) {
+                    self.rewards.delivered(
+                        *peer,
+                        shoal_protocol::receipt::stream_content_id(&job.job.root),
+                        (0, group),
+                        data.len() as u64,
+                    );
+                }
                 match job
                     .job
                     .on_block(Some(*peer), cid, data.len(), &self.store, now)

@@ -316,6 +316,11 @@ impl FetchJob {
     }
 
     /// A block of this job arrived and is stored.
+    /// The group (segment or manifest fetch) a wanted block belongs to.
+    pub(crate) fn group_of(&self, cid: &Cid) -> Option<u64> {
+        self.by_cid.get(cid).and_then(|ids| ids.first().copied())
+    }
+
     pub(crate) fn on_block(
         &mut self,
         peer: Option<PeerId>,

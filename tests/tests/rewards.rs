@@ -3,7 +3,7 @@
 //! cheques signed by the protocol's EIP-712 code.
 
 use alloy_primitives::{Address, B256, U256};
-use shoal_node::settle::SettleError;
+use shoal_node::settle::{SettleError, Settlement};
 use shoal_protocol::receipt::{Cheque, Deployment, Receipt, SignedReceipt, Wallet};
 use shoal_tests::chain::{Anvil, EPOCH, connect, deploy, tokens, wallet};
 
@@ -72,6 +72,17 @@ impl World {
     }
 }
 
+/// A world with a viewer holding a deposit, a relayer connected to the
+/// chain, the current epoch and a content id.
+async fn viewer_and_relayer() -> (World, Wallet, Wallet, Settlement, u64, B256) {
+    let w = world().await;
+    let viewer = w.member(10, 5).await;
+    let relayer = w.member(20, 0).await;
+    let c = connect(&w.anvil, &relayer, w.d).await;
+    let epoch = c.current_epoch().await.unwrap();
+    (w, viewer, relayer, c, epoch, B256::repeat_byte(1))
+}
+
 #[tokio::test]
 async fn relayers_are_paid_the_split_to_the_wei() {
     let w = world().await;
@@ -131,13 +142,8 @@ async fn relayers_are_paid_the_split_to_the_wei() {
 
 #[tokio::test]
 async fn a_forged_receipt_is_refused() {
-    let w = world().await;
-    let viewer = w.member(10, 5).await;
-    let relayer = w.member(20, 0).await;
+    let (w, viewer, relayer, c, epoch, content) = viewer_and_relayer().await;
     let forger = Wallet::from_bytes(&[66; 32]).unwrap();
-    let c = connect(&w.anvil, &relayer, w.d).await;
-    let epoch = c.current_epoch().await.unwrap();
-    let content = B256::repeat_byte(1);
     // Claims to be the viewer's, signed by someone else.
     let mut forged = receipt(&forger, &relayer, &w.d, content, epoch, 9_000_000);
     forged.receipt.viewer = viewer.address();
@@ -154,12 +160,7 @@ async fn a_forged_receipt_is_refused() {
 
 #[tokio::test]
 async fn a_replayed_receipt_is_refused_and_a_newer_one_counts_only_its_increase() {
-    let w = world().await;
-    let viewer = w.member(10, 5).await;
-    let relayer = w.member(20, 0).await;
-    let c = connect(&w.anvil, &relayer, w.d).await;
-    let epoch = c.current_epoch().await.unwrap();
-    let content = B256::repeat_byte(1);
+    let (w, viewer, relayer, c, epoch, content) = viewer_and_relayer().await;
     let first = receipt(&viewer, &relayer, &w.d, content, epoch, 1_000_000);
     w.anvil.advance(EPOCH).await;
     assert_eq!(
@@ -177,12 +178,7 @@ async fn a_replayed_receipt_is_refused_and_a_newer_one_counts_only_its_increase(
 
 #[tokio::test]
 async fn a_receipt_for_another_chain_or_contract_is_refused() {
-    let w = world().await;
-    let viewer = w.member(10, 5).await;
-    let relayer = w.member(20, 0).await;
-    let c = connect(&w.anvil, &relayer, w.d).await;
-    let epoch = c.current_epoch().await.unwrap();
-    let content = B256::repeat_byte(1);
+    let (w, viewer, relayer, c, epoch, content) = viewer_and_relayer().await;
     let mainnet = Deployment { chain_id: 1, ..w.d };
     let other_pool = Deployment {
         reward_pool: Address::repeat_byte(0x77),
@@ -514,4 +510,74 @@ async fn claiming_in_batches_costs_less_gas_per_receipt() {
         first.gas_used, later.gas_used
     );
     assert!(later.gas_used < first.gas_used);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_fetching_a_stream_signs_receipts_for_it_too() {
+    use shoal_node::NodeConfig;
+    use shoal_node::rewards::RewardsConfig;
+    use shoal_protocol::ledger::LedgerConfig;
+    use shoal_protocol::receipt::stream_content_id;
+    use shoal_storage::{ImportOptions, import_file};
+    use shoal_tests::live::start_with;
+
+    clear_of_epoch_boundary().await;
+    // No chain is needed to collect receipts: only to claim them.
+    let d = Deployment {
+        chain_id: 31337,
+        reward_pool: Address::repeat_byte(0xAA),
+        vault: Address::repeat_byte(0xBB),
+        token: Address::repeat_byte(0xCC),
+    };
+    let seeder_wallet = Wallet::from_bytes(&[30; 32]).unwrap();
+    let seeder = start_with(
+        None,
+        NodeConfig {
+            rewards: RewardsConfig {
+                wallet: Some(seeder_wallet.clone()),
+                deployment: Some(d),
+                ledger: LedgerConfig {
+                    settle_interval: std::time::Duration::from_millis(300),
+                    ..LedgerConfig::default()
+                },
+            },
+            ..NodeConfig::default()
+        },
+    )
+    .await;
+    let fetcher = start_with(Some(&seeder.addr), NodeConfig::default()).await;
+    let sb = shoal_tests::Sandbox::new();
+    let (path, _) = sb.write_random_file("movie.bin", 3_000_000, 5);
+    let options = ImportOptions {
+        segment_size: 1 << 20,
+        ..ImportOptions::default()
+    };
+    let root = import_file(seeder.node.store(), &path, &options, &mut |_| {})
+        .unwrap()
+        .root;
+    seeder.node.provide(root).await.unwrap();
+    fetcher.node.fetch(root).await.unwrap();
+
+    let mut held = Vec::new();
+    for _ in 0..50 {
+        held = seeder.node.receipts().unwrap();
+        if !held.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(held.len(), 1, "{held:?}");
+    let r = &held[0].0;
+    assert_eq!(r.receipt.contentId, stream_content_id(&root));
+    assert_eq!(r.receipt.relayer, seeder_wallet.address());
+    assert_eq!(
+        r.receipt.viewer,
+        fetcher.node.wallet_address().await.unwrap()
+    );
+    assert_eq!(r.verify(&d.receipt_domain()), Ok(()));
+    // At least the data shards of the 3 segments, and every segment.
+    assert!(r.receipt.cumulativeBytes >= 3_000_000, "{r:?}");
+    assert!(r.receipt.cumulativeSegments >= 3, "{r:?}");
+    fetcher.node.shutdown().await;
+    seeder.node.shutdown().await;
 }
