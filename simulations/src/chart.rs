@@ -206,26 +206,22 @@ impl LineChart {
         // X ticks.
         let step = x_step(xmax - xmin);
         let mut x = (xmin / step).ceil() * step;
+        let x_tick = |svg: &mut String, at: f64| {
+            let px = sx(at);
+            let _ = writeln!(
+                svg,
+                r#"<line x1="{px:.1}" y1="{y0:.1}" x2="{px:.1}" y2="{:.1}" stroke="black"/>
+<text x="{px:.1}" y="{:.1}" text-anchor="middle">{at}</text>"#,
+                y0 + 5.0,
+                y0 + 18.0
+            );
+        };
         if x > xmin && xmin >= 1.0 && step > 1.0 {
             // Always label the first month too.
-            let px = sx(xmin);
-            let _ = writeln!(
-                svg,
-                r#"<line x1="{px:.1}" y1="{y0:.1}" x2="{px:.1}" y2="{:.1}" stroke="black"/>
-<text x="{px:.1}" y="{:.1}" text-anchor="middle">{xmin}</text>"#,
-                y0 + 5.0,
-                y0 + 18.0
-            );
+            x_tick(&mut svg, xmin);
         }
         while x <= xmax + 1e-9 {
-            let px = sx(x);
-            let _ = writeln!(
-                svg,
-                r#"<line x1="{px:.1}" y1="{y0:.1}" x2="{px:.1}" y2="{:.1}" stroke="black"/>
-<text x="{px:.1}" y="{:.1}" text-anchor="middle">{x}</text>"#,
-                y0 + 5.0,
-                y0 + 18.0
-            );
+            x_tick(&mut svg, x);
             x += step;
         }
         // Markers.
