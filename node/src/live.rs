@@ -612,24 +612,40 @@ impl EventLoop {
     }
 
     fn start_http(&mut self, channel: ChannelId, request: HttpRequest) {
-        let Some(session) = self.live.sessions.get(&channel) else {
+        let Some(session) = self.live.sessions.get_mut(&channel) else {
             return;
         };
-        let Some(record) = &session.record else {
+        // The record's origins serve the broadcaster's folder; a playlist
+        // read from an origin (the user's) locates the segment as well.
+        let mut urls: Vec<String> = Vec::new();
+        if let Some(record) = &session.record
+            && let Some(rendition) = record.renditions.get(usize::from(request.rendition))
+        {
+            let dir = match rendition.playlist.rfind('/') {
+                Some(i) => &rendition.playlist[..=i],
+                None => "",
+            };
+            urls.extend(
+                record
+                    .origins
+                    .iter()
+                    .map(|o| format!("{}/{dir}{}", o.0.trim_end_matches('/'), request.uri)),
+            );
+        }
+        if let Some(url) = session
+            .playlists
+            .get(&request.rendition)
+            .and_then(|p| p.join(&request.uri).ok())
+        {
+            urls.push(url.to_string());
+        }
+        if urls.is_empty() {
+            // Nowhere to ask yet: the planner tries again later.
+            session
+                .planner
+                .http_done(request.rendition, request.sequence, false, Instant::now());
             return;
-        };
-        let Some(rendition) = record.renditions.get(usize::from(request.rendition)) else {
-            return;
-        };
-        let dir = match rendition.playlist.rfind('/') {
-            Some(i) => &rendition.playlist[..=i],
-            None => "",
-        };
-        let urls: Vec<String> = record
-            .origins
-            .iter()
-            .map(|o| format!("{}/{dir}{}", o.0.trim_end_matches('/'), request.uri))
-            .collect();
+        }
         let client = self.live.http.clone();
         let tx = self.live.events_tx.clone();
         tokio::spawn(async move {

@@ -37,6 +37,9 @@ use crate::settle::{ClaimOutcome, Settlement};
 
 pub const RECEIPT_PROTOCOL: StreamProtocol = StreamProtocol::new("/shoal/receipt/1.0.0");
 
+/// A peer's receipt requests are answered at most this often.
+const MIN_REQUEST_INTERVAL: Duration = Duration::from_secs(1);
+
 /// A relayer's request and the viewer's answer together may take this
 /// long.
 const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -70,6 +73,9 @@ pub(crate) enum RewardsEvent {
     },
 }
 
+/// Whom a viewer signs for: relayer address, chain id, pool address.
+type SignedFor = ([u8; 20], u64, [u8; 20]);
+
 /// What a peer delivered of one content in one epoch.
 #[derive(Default)]
 struct Delivered {
@@ -83,6 +89,14 @@ pub(crate) struct Rewards {
     pub(crate) ledger: Ledger<PeerId>,
     /// Viewer side: (peer, content, epoch) → what the peer delivered.
     delivered: HashMap<(PeerId, B256, u64), Delivered>,
+    /// Viewer side: the relayer address and deployment signed for, per
+    /// peer and epoch: one only, so a peer cannot have the same bytes
+    /// signed for several wallets or pools.
+    signed_for: HashMap<(PeerId, u64), SignedFor>,
+    /// Viewer side: when each peer's last request was answered.
+    answered: HashMap<PeerId, Instant>,
+    /// Relayer side: the one viewer address each peer signs with.
+    viewer_of: HashMap<PeerId, Address>,
     /// Relayer side: peers asked and not yet answered.
     asking: HashSet<PeerId>,
     pub(crate) events_tx: mpsc::Sender<RewardsEvent>,
@@ -106,6 +120,9 @@ impl Rewards {
             deployment: config.deployment,
             ledger: Ledger::new(config.ledger.clone()),
             delivered: HashMap::new(),
+            signed_for: HashMap::new(),
+            answered: HashMap::new(),
+            viewer_of: HashMap::new(),
             asking: HashSet::new(),
             events_tx,
             events_rx,
@@ -143,6 +160,10 @@ impl Rewards {
         let keep_from = current_epoch().saturating_sub(1);
         self.delivered
             .retain(|(_, _, epoch), _| *epoch >= keep_from);
+        self.signed_for.retain(|(_, epoch), _| *epoch >= keep_from);
+        let now = Instant::now();
+        self.answered
+            .retain(|_, t| now.duration_since(*t) < MIN_REQUEST_INTERVAL);
     }
 
     pub(crate) fn accounts(&self) -> Vec<(PeerId, Account)> {
@@ -153,9 +174,32 @@ impl Rewards {
     }
 
     /// Viewer side: the receipts `peer` asks for, signed.
-    fn answer(&self, peer: &PeerId, request: &ReceiptRequest) -> ReceiptResponse {
+    /// Viewer side: the receipts `peer` asks for, signed. Nothing for an
+    /// epoch other than this one or the last, for a second relayer
+    /// address or deployment in one epoch, or within a second of the
+    /// last answer.
+    fn answer(&mut self, peer: &PeerId, request: &ReceiptRequest) -> ReceiptResponse {
         let now = current_epoch();
-        if request.epoch > now || request.epoch + 1 < now {
+        if request.epoch > now || request.epoch.saturating_add(1) < now {
+            return ReceiptResponse::default();
+        }
+        let at = Instant::now();
+        if self
+            .answered
+            .get(peer)
+            .is_some_and(|t| at.duration_since(*t) < MIN_REQUEST_INTERVAL)
+        {
+            return ReceiptResponse::default();
+        }
+        self.answered.insert(*peer, at);
+        let asked = (request.relayer, request.chain_id, request.reward_pool);
+        if *self
+            .signed_for
+            .entry((*peer, request.epoch))
+            .or_insert(asked)
+            != asked
+        {
+            tracing::warn!(%peer, "asked to sign for a second wallet or deployment; refused");
             return ReceiptResponse::default();
         }
         let domain = Deployment {
@@ -195,7 +239,7 @@ impl Rewards {
     /// Relayer side: checks and keeps the receipts `peer` sent; returns
     /// the bytes they acknowledge beyond what was held.
     fn accept(
-        &self,
+        &mut self,
         store: &Blockstore,
         peer: &PeerId,
         epoch: u64,
@@ -205,14 +249,27 @@ impl Rewards {
             return 0;
         };
         let domain = deployment.receipt_domain();
-        let mut acknowledged = 0;
+        // No receipt may say more than this node ever served the peer.
+        let served = self.ledger.account(peer).map_or(0, |a| a.served_bytes);
+        let mut acknowledged: u64 = 0;
         for r in response.receipts {
             if r.receipt.relayer != self.wallet.address() || r.receipt.epoch != epoch {
                 tracing::debug!(%peer, "a receipt for someone else or another epoch");
                 continue;
             }
+            if r.receipt.cumulativeBytes > served {
+                tracing::warn!(%peer, bytes = r.receipt.cumulativeBytes, served, "refused a receipt for more than was served");
+                continue;
+            }
             if let Err(e) = r.verify(&domain) {
                 tracing::warn!(%peer, error = %e, "refused a receipt");
+                continue;
+            }
+            // One viewer address per peer: a peer cannot mint receipts
+            // from throwaway keys.
+            let viewer = *self.viewer_of.entry(*peer).or_insert(r.receipt.viewer);
+            if viewer != r.receipt.viewer {
+                tracing::warn!(%peer, "refused a receipt from a second wallet");
                 continue;
             }
             let key = r.key();
@@ -231,7 +288,7 @@ impl Rewards {
                 continue;
             }
             let before = held.map_or(0, |h| h.receipt.cumulativeBytes);
-            acknowledged += r.receipt.cumulativeBytes - before;
+            acknowledged = acknowledged.saturating_add(r.receipt.cumulativeBytes - before);
         }
         acknowledged
     }
@@ -449,14 +506,41 @@ pub(crate) async fn claim(
         })
         .map(|(r, _)| r)
         .collect();
-    if ready.is_empty() {
-        return Ok(ClaimOutcome::default());
+    // What the pool already counted (a claim whose answer was lost, or
+    // one from another process) is recorded, not sent again: the pool
+    // would refuse the whole batch for it.
+    let mut fresh = Vec::new();
+    for r in ready {
+        let x = &r.receipt;
+        let counted = chain.counted(x.viewer, x.contentId, x.epoch).await?;
+        if counted >= x.cumulativeBytes {
+            store.mark_claimed(&r.key(), counted)?;
+        } else {
+            fresh.push(r);
+        }
     }
-    let outcome = chain.claim(&ready).await?;
-    for r in &ready {
-        store.mark_claimed(&r.key(), r.receipt.cumulativeBytes)?;
+    let mut total = ClaimOutcome::default();
+    // Each batch's counted receipts are recorded as soon as it is mined;
+    // receipts skipped for want of a viewer deposit stay for later.
+    for batch in fresh.chunks(crate::settle::CLAIM_BATCH) {
+        let outcome = chain.claim(batch).await?;
+        for r in batch {
+            let x = &r.receipt;
+            if outcome
+                .counted_receipts
+                .contains(&(x.viewer, x.contentId, x.epoch))
+            {
+                store.mark_claimed(&r.key(), x.cumulativeBytes)?;
+            }
+        }
+        total.counted += outcome.counted;
+        total.bytes += outcome.bytes;
+        total.not_counted += outcome.not_counted;
+        total.transactions += outcome.transactions;
+        total.gas_used += outcome.gas_used;
+        total.counted_receipts.extend(outcome.counted_receipts);
     }
-    Ok(outcome)
+    Ok(total)
 }
 
 /// One peer's account, as `shoal rewards` shows it.

@@ -91,6 +91,9 @@ pub struct ClaimOutcome {
     pub not_counted: usize,
     pub transactions: usize,
     pub gas_used: u64,
+    /// The receipts the pool counted: (viewer, content, epoch).
+    #[serde(skip)]
+    pub counted_receipts: Vec<(Address, B256, u64)>,
 }
 
 /// What cashing a cheque did.
@@ -398,14 +401,31 @@ impl Settlement {
             out.gas_used += receipt.gas_used;
             for log in receipt.inner.logs() {
                 if let Ok(c) = log.log_decode::<RewardPool::ReceiptCounted>() {
+                    let e = &c.inner.data;
                     out.counted += 1;
-                    out.bytes += c.inner.data.delta;
+                    out.bytes += e.delta;
+                    out.counted_receipts.push((e.viewer, e.contentId, e.epoch));
                 } else if log.log_decode::<RewardPool::ReceiptNotCounted>().is_ok() {
                     out.not_counted += 1;
                 }
             }
         }
         Ok(out)
+    }
+
+    /// The cumulative bytes the pool has counted for a viewer, this node
+    /// as relayer, a content and an epoch.
+    pub async fn counted(
+        &self,
+        viewer: Address,
+        content: B256,
+        epoch: u64,
+    ) -> Result<u64, SettleError> {
+        self.pool()
+            .counted(viewer, self.address, content, epoch)
+            .call()
+            .await
+            .map_err(revert)
     }
 
     /// What this node may take from the viewer pool of `content` in

@@ -75,6 +75,8 @@ pub struct Account {
     pub acknowledged_bytes: u64,
     /// Bytes' worth the peer paid with cheques.
     pub paid_bytes: u64,
+    /// `served_bytes` when the peer last settled in full.
+    settled_served: u64,
     last_ask: Option<Instant>,
     last_slot: Option<Instant>,
     last_active: Option<Instant>,
@@ -264,11 +266,22 @@ impl<P: Clone + Eq + Hash> Ledger<P> {
         self.settled(peer);
     }
 
-    /// `peer` signed receipts for `bytes` more than before.
+    /// `peer` signed receipts for `bytes` more than before. A peer that
+    /// has acknowledged at least three quarters of what it was served
+    /// since it last settled is settled in full: the shards it had no use
+    /// for (duplicates), bytes lost with a dropped connection and the
+    /// tail of an epoch are not held against an honest viewer until it is
+    /// throttled.
     pub fn acknowledged(&mut self, peer: &P, bytes: u64, now: Instant) {
         let a = self.entry(peer, now);
         a.acknowledged_bytes = a.acknowledged_bytes.saturating_add(bytes);
         a.last_ask = None;
+        let since = a.served_bytes.saturating_sub(a.settled_served);
+        let owed = a.owed();
+        if owed <= since / 4 {
+            a.acknowledged_bytes = a.acknowledged_bytes.saturating_add(owed);
+            a.settled_served = a.served_bytes;
+        }
         self.settled(peer);
     }
 
@@ -395,6 +408,27 @@ mod tests {
         assert_eq!(a.served_blocks, 120);
         assert!(a.owed() < config().payment_threshold);
         assert_eq!(l.optimistic(), None);
+    }
+
+    #[test]
+    fn a_viewer_that_signs_for_most_of_what_it_got_is_never_throttled() {
+        // It signs for 80% (the rest were duplicates it had no use for).
+        let t = Instant::now();
+        let mut l = Ledger::new(config());
+        for n in 0..1000u64 {
+            let now = t + Duration::from_secs(n);
+            assert_eq!(l.may_serve(&1, now), Decision::Serve, "block {n}");
+            if let Some(LedgerAction::AskReceipt { owed, .. }) = l.served(&1, BLOCK, now) {
+                l.acknowledged(&1, owed * 4 / 5, now);
+            }
+        }
+        assert!(l.account(&1).unwrap().owed() < config().payment_threshold);
+        // One signing for half is not forgiven the rest.
+        for n in 0..8u64 {
+            l.served(&2, BLOCK, t + Duration::from_secs(n));
+        }
+        l.acknowledged(&2, 4 * BLOCK, t);
+        assert_eq!(l.account(&2).unwrap().owed(), 4 * BLOCK);
     }
 
     #[test]

@@ -597,7 +597,10 @@ impl<P: Clone + Eq + Hash> LivePlanner<P> {
             );
         }
         r.highest = Some(a.sequence);
-        let proxied = r.has(a.sequence);
+        // Only a segment already complete from the origin is not fetched
+        // again; one still coming from it is fetched from peers as well,
+        // in case the origin fails.
+        let proxied = r.window.iter().any(|w| w.sequence == a.sequence);
         self.last_heard = now;
         if let Some(d) = a.manifest.duration_us.filter(|d| *d > 0) {
             self.last_duration_us = d;
@@ -951,7 +954,7 @@ impl<P: Clone + Eq + Hash> LivePlanner<P> {
         };
         let end = media_sequence.saturating_add(segments.len() as u64);
         let start = *r.proxy_from.get_or_insert(match r.highest {
-            Some(h) => h + 1,
+            Some(h) => h.saturating_add(1),
             None => end.saturating_sub(behind),
         });
         // Nothing older than what the window already shows.
@@ -959,7 +962,7 @@ impl<P: Clone + Eq + Hash> LivePlanner<P> {
         let mut out = Vec::new();
         let mut duration = 0;
         for (i, (uri, duration_us)) in segments.iter().enumerate() {
-            let sequence = media_sequence + i as u64;
+            let sequence = media_sequence.saturating_add(i as u64);
             duration = *duration_us;
             if sequence < floor || r.has(sequence) || r.highest.is_some_and(|h| sequence <= h) {
                 continue;
@@ -1028,16 +1031,12 @@ impl<P: Clone + Eq + Hash> LivePlanner<P> {
                     .find(|w| w.sequence == sequence)
                     .map(|w| w.manifest)
             });
-        if let Some(held) = held {
+        if held.is_some() {
             // Announced meanwhile: keep what peers deliver (it is checked
-            // against the signed manifest), unless it is the same blocks.
-            if held == manifest {
-                return Vec::new();
-            }
-            return vec![LiveAction::Release {
-                manifest,
-                shards: Vec::new(),
-            }];
+            // against the signed manifest). The origin's copy is not
+            // released: the same bytes make the same shards, which the
+            // held copy may be using; unpinned, it is evicted in time.
+            return Vec::new();
         }
         let out = r.enter_window(
             WindowSegment {
@@ -1516,31 +1515,38 @@ mod tests {
             vec![0, 1, 2, 3]
         );
         p.proxied(0, 2, "s2.ts", 2_000_000, Some((cid(2), 20)), t1, 5);
-        // Segment 2 is held, 3 is still coming from the origin: both
-        // announcements are valid, neither is fetched again.
-        for seq in [2, 3] {
-            let (_, _, a) = segment(seq, 20);
-            let (v, out) = p.offer(&a, Some(1), t1, 1_000);
-            assert_eq!(v, Verdict::Accept);
-            assert!(
-                wants(&out).is_empty() && out.iter().all(|a| !matches!(a, LiveAction::Fetch(_)))
-            );
-        }
+        // Segment 2 is held: its announcement is valid and nothing is
+        // fetched again.
+        let (_, _, a2) = segment(2, 20);
+        let (v, out) = p.offer(&a2, Some(1), t1, 1_000);
+        assert_eq!(v, Verdict::Accept);
+        assert!(out.iter().all(|a| !matches!(a, LiveAction::Fetch(_))));
         assert!(!p.proxying(t1));
-        // The next segment comes from peers again.
-        let (_, _, a) = segment(4, 20);
-        let (_, out) = p.offer(&a, Some(1), t1, 1_000);
+        // Segment 3 is still coming from the origin: peers are asked too,
+        // in case the origin fails.
+        let (_, shards, a3) = segment(3, 20);
+        let (v, out) = p.offer(&a3, Some(1), t1, 1_000);
+        assert_eq!(v, Verdict::Accept);
         assert!(out.iter().any(|a| matches!(a, LiveAction::Fetch(_))));
         assert!(
             p.tick(t1)
                 .iter()
                 .all(|a| !matches!(a, LiveAction::ReadPlaylists))
         );
-        // Segment 3 arrives from the origin after all: already announced
-        // and pending nowhere, so it enters the window.
-        p.proxied(0, 3, "s3.ts", 2_000_000, Some((cid(3), 20)), t1, 6);
+        // The origin fails it; peers deliver it.
+        p.proxied(0, 3, "s3.ts", 2_000_000, None, t1, 6);
+        for s in &shards[..usize::from(K)] {
+            p.on_block(&block::cid_of(Codec::Raw, s), s, Some(&1), t1);
+        }
+        p.segment_checked(0, 3, true, t1, 7);
         let seqs: Vec<u64> = p.window(0).map(|w| w.sequence).collect();
         assert_eq!(seqs, vec![2, 3]);
+        // A late origin copy of a held segment changes nothing and
+        // releases nothing (its shards may be the held copy's).
+        assert!(
+            p.proxied(0, 3, "s3.ts", 2_000_000, Some((cid(9), 20)), t1, 8)
+                .is_empty()
+        );
     }
 
     #[test]

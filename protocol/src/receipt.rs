@@ -188,6 +188,11 @@ impl Wallet {
 
 /// Who signed `hash`, if the signature is well formed and low-s.
 pub fn recover(hash: &B256, signature: &[u8; 65]) -> Result<Address, ReceiptError> {
+    // OpenZeppelin's ECDSA takes v = 27 or 28 only; alloy would also take
+    // 0/1 and EIP-155 values, which the contract then refuses.
+    if !matches!(signature[64], 27 | 28) {
+        return Err(ReceiptError::MalformedSignature);
+    }
     let sig = Signature::from_raw(signature).map_err(|_| ReceiptError::MalformedSignature)?;
     if sig.normalize_s().is_some() {
         return Err(ReceiptError::HighS);
@@ -500,6 +505,10 @@ mod tests {
         let mut high = signed.clone();
         high.signature = twin.as_bytes();
         assert_eq!(high.verify(&d), Err(ReceiptError::HighS));
+        // The same signature with v = 0/1 instead of 27/28.
+        let mut low_v = signed.clone();
+        low_v.signature[64] -= 27;
+        assert_eq!(low_v.verify(&d), Err(ReceiptError::MalformedSignature));
     }
 
     #[test]
