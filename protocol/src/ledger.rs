@@ -392,38 +392,35 @@ mod tests {
         assert!(l.due(later).is_empty(), "not twice in one interval");
     }
 
-    #[test]
-    fn a_peer_that_signs_receipts_is_served_without_end() {
+    /// Serves peer 1 a block a second while it signs for `share` of what
+    /// it is asked about; returns what it owes at the end.
+    fn serve_a_signer(l: &mut Ledger<u32>, blocks: u64, share: (u64, u64)) -> u64 {
         let t = Instant::now();
-        let mut l = Ledger::new(config());
-        for n in 0..120u64 {
+        for n in 0..blocks {
             let now = t + Duration::from_secs(n);
             assert_eq!(l.may_serve(&1, now), Decision::Serve, "block {n}");
-            // It answers every request with a receipt for what it got.
             if let Some(LedgerAction::AskReceipt { owed, .. }) = l.served(&1, BLOCK, now) {
-                l.acknowledged(&1, owed, now);
+                l.acknowledged(&1, owed * share.0 / share.1, now);
             }
         }
-        let a = l.account(&1).unwrap();
-        assert_eq!(a.served_blocks, 120);
-        assert!(a.owed() < config().payment_threshold);
+        l.account(&1).unwrap().owed()
+    }
+
+    #[test]
+    fn a_peer_that_signs_receipts_is_served_without_end() {
+        let mut l = Ledger::new(config());
+        assert!(serve_a_signer(&mut l, 120, (1, 1)) < config().payment_threshold);
+        assert_eq!(l.account(&1).unwrap().served_blocks, 120);
         assert_eq!(l.optimistic(), None);
     }
 
     #[test]
     fn a_viewer_that_signs_for_most_of_what_it_got_is_never_throttled() {
         // It signs for 80% (the rest were duplicates it had no use for).
-        let t = Instant::now();
         let mut l = Ledger::new(config());
-        for n in 0..1000u64 {
-            let now = t + Duration::from_secs(n);
-            assert_eq!(l.may_serve(&1, now), Decision::Serve, "block {n}");
-            if let Some(LedgerAction::AskReceipt { owed, .. }) = l.served(&1, BLOCK, now) {
-                l.acknowledged(&1, owed * 4 / 5, now);
-            }
-        }
-        assert!(l.account(&1).unwrap().owed() < config().payment_threshold);
+        assert!(serve_a_signer(&mut l, 1000, (4, 5)) < config().payment_threshold);
         // One signing for half is not forgiven the rest.
+        let t = Instant::now();
         for n in 0..8u64 {
             l.served(&2, BLOCK, t + Duration::from_secs(n));
         }

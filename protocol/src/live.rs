@@ -1511,8 +1511,8 @@ mod tests {
         p.add_peer(1, t);
         p.tick(t1);
         assert_eq!(
-            proxies(&p.on_playlist(0, 0, &listing(0, 4), t1)),
-            vec![0, 1, 2, 3]
+            proxies(&p.on_playlist(0, 0, &listing(0, 6), t1)),
+            vec![2, 3, 4, 5]
         );
         p.proxied(0, 2, "s2.ts", 2_000_000, Some((cid(2), 20)), t1, 5);
         // Segment 2 is held: its announcement is valid and nothing is
@@ -1522,31 +1522,37 @@ mod tests {
         assert_eq!(v, Verdict::Accept);
         assert!(out.iter().all(|a| !matches!(a, LiveAction::Fetch(_))));
         assert!(!p.proxying(t1));
-        // Segment 3 is still coming from the origin: peers are asked too,
-        // in case the origin fails.
-        let (_, shards, a3) = segment(3, 20);
-        let (v, out) = p.offer(&a3, Some(1), t1, 1_000);
-        assert_eq!(v, Verdict::Accept);
-        assert!(out.iter().any(|a| matches!(a, LiveAction::Fetch(_))));
         assert!(
             p.tick(t1)
                 .iter()
                 .all(|a| !matches!(a, LiveAction::ReadPlaylists))
         );
-        // The origin fails it; peers deliver it.
-        p.proxied(0, 3, "s3.ts", 2_000_000, None, t1, 6);
-        for s in &shards[..usize::from(K)] {
-            p.on_block(&block::cid_of(Codec::Raw, s), s, Some(&1), t1);
-        }
-        p.segment_checked(0, 3, true, t1, 7);
-        let seqs: Vec<u64> = p.window(0).map(|w| w.sequence).collect();
-        assert_eq!(seqs, vec![2, 3]);
-        // A late origin copy of a held segment changes nothing and
-        // releases nothing (its shards may be the held copy's).
-        assert!(
-            p.proxied(0, 3, "s3.ts", 2_000_000, Some((cid(9), 20)), t1, 8)
-                .is_empty()
-        );
+        // Segments 3 and 4 are still coming from the origin: peers are
+        // asked too, in case the origin fails.
+        let deliver = |p: &mut LivePlanner<u32>, seq: u64| {
+            let (_, shards, a) = segment(seq, 20);
+            let (v, out) = p.offer(&a, Some(1), t1, 1_000);
+            assert_eq!(v, Verdict::Accept);
+            assert!(out.iter().any(|a| matches!(a, LiveAction::Fetch(_))));
+            for s in &shards[..usize::from(K)] {
+                p.on_block(&block::cid_of(Codec::Raw, s), s, Some(&1), t1);
+            }
+            p.segment_checked(0, seq, true, t1, 7);
+            a.manifest_cid
+        };
+        let held = deliver(&mut p, 3);
+        // The origin's late copy of 3 changes nothing and releases
+        // nothing: the same bytes make the same shards, which the held
+        // copy uses.
+        let out = p.proxied(0, 3, "s3.ts", 2_000_000, Some((cid(9), 20)), t1, 8);
+        assert!(out.is_empty(), "{out:?}");
+        // The origin fails 4; peers deliver it.
+        p.proxied(0, 4, "s4.ts", 2_000_000, None, t1, 6);
+        deliver(&mut p, 4);
+        let w: Vec<(u64, Cid)> = p.window(0).map(|w| (w.sequence, w.manifest)).collect();
+        assert_eq!(w.len(), 3);
+        assert_eq!(w[1], (3, held));
+        assert_eq!((w[0].0, w[2].0), (2, 4));
     }
 
     #[test]
