@@ -9,7 +9,8 @@
 //! a CDN on this machine.
 //!
 //! `cargo bench -p shoal-node --bench live` (`SHOAL_BENCH_VIEWERS=10,50`
-//! picks the audiences, `SHOAL_BENCH_SEGMENTS` the segments per run, 12).
+//! picks the audiences, `SHOAL_BENCH_SEGMENTS` the segments per run, 12;
+//! `SHOAL_BENCH_RATION_WINDOW_MS=0` turns the broadcaster's rationing off).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -42,6 +43,12 @@ async fn start_node(dir: &Path, bootstrap: Vec<Multiaddr>) -> (Node, Multiaddr) 
         .and_then(|v| v.parse().ok())
     {
         live.source_quota = q;
+    }
+    if let Some(ms) = std::env::var("SHOAL_BENCH_RATION_WINDOW_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        live.ration_window = Duration::from_millis(ms);
     }
     let config = NodeConfig {
         listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],

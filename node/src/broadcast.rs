@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use shoal_protocol::channel::{
-    ChannelId, ChannelKey, ChannelRecord, LiveRendition, Origin, RECORD_WINDOW, RecentSegment,
+    ChannelKey, ChannelRecord, LiveRendition, Origin, RECORD_WINDOW, RecentSegment,
     is_safe_relative_path,
 };
 use shoal_storage::hls::{self, Playlist};
@@ -137,7 +137,8 @@ pub async fn broadcast(
         if events.is_closed() {
             return Ok(());
         }
-        let mut published_any = false;
+        // This round's new segments, imported, with their announcements.
+        let mut imported: Vec<(u16, Vec<u8>, Published)> = Vec::new();
         let mut ended = 0;
         for (r, state) in renditions.iter_mut().enumerate() {
             let media = match read_media(&options.dir, &state.playlist) {
@@ -164,7 +165,7 @@ pub async fn broadcast(
                     continue;
                 }
                 target_duration_us = target_duration_us.max(seg.duration_us);
-                let published = publish_segment(
+                let (announcement, published) = import_new_segment(
                     &node,
                     &key,
                     &options,
@@ -175,13 +176,13 @@ pub async fn broadcast(
                     seg,
                 )
                 .await?;
-                published_any = true;
-                if events.send(published).await.is_err() {
-                    return Ok(());
-                }
+                imported.push((r as u16, announcement, published));
             }
         }
-        if published_any {
+        // The record first, then the announcements: a viewer that hears an
+        // announcement and looks for the channel's origins finds the
+        // record here already.
+        if !imported.is_empty() {
             record_sequence += 1;
             let record = ChannelRecord {
                 name: options.name.clone(),
@@ -201,6 +202,19 @@ pub async fn broadcast(
             node.put_channel_record(channel, key.sign_record(&record))
                 .await?;
         }
+        for (rendition, announcement, published) in imported {
+            node.publish(channel, rendition, announcement).await?;
+            tracing::info!(
+                %channel,
+                rendition,
+                sequence = published.sequence,
+                bytes = published.bytes,
+                "published"
+            );
+            if events.send(published).await.is_err() {
+                return Ok(());
+            }
+        }
         if ended == renditions.len() && !renditions.is_empty() {
             tracing::info!(%channel, "the encoder ended the stream");
             return Ok(());
@@ -214,8 +228,10 @@ pub async fn broadcast(
     }
 }
 
+/// Imports one segment the encoder finished and signs its announcement;
+/// the caller publishes it.
 #[allow(clippy::too_many_arguments)]
-async fn publish_segment(
+async fn import_new_segment(
     node: &Node,
     key: &ChannelKey,
     options: &BroadcastOptions,
@@ -224,8 +240,7 @@ async fn publish_segment(
     rendition: u16,
     sequence: u64,
     seg: &hls::MediaSegment,
-) -> Result<Published, BroadcastError> {
-    let channel: ChannelId = key.id();
+) -> Result<(Vec<u8>, Published), BroadcastError> {
     let base = state
         .playlist
         .parent()
@@ -263,7 +278,6 @@ async fn publish_segment(
         &node.peer_id().to_bytes(),
         stored.manifest_bytes.clone(),
     );
-    node.publish(channel, rendition, announcement).await?;
     state.last = Some(sequence);
     state.recent.push_back(RecentSegment {
         sequence,
@@ -280,14 +294,14 @@ async fn publish_segment(
             tokio::task::spawn_blocking(move || crate::live::release(&store, &old, Vec::new()));
         }
     }
-    tracing::info!(%channel, rendition, sequence, bytes = len, "published");
-    Ok(Published {
+    let published = Published {
         rendition,
         sequence,
         uri: seg.uri.clone(),
         bytes: len,
         manifest: stored.manifest_cid.to_string(),
-    })
+    };
+    Ok((announcement, published))
 }
 
 fn input_err(path: &Path, detail: impl std::fmt::Display) -> BroadcastError {

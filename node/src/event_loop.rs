@@ -63,13 +63,13 @@ pub(crate) enum Command {
 
 /// The store as the engine sees it: empty in no-upload mode, so every
 /// want is answered with DONT_HAVE.
-struct StoreSource<'a> {
+pub(crate) struct StoreSource<'a> {
     store: &'a Blockstore,
     serve: bool,
 }
 
 impl<'a> StoreSource<'a> {
-    fn new(store: &'a Blockstore, config: &NodeConfig) -> Self {
+    pub(crate) fn new(store: &'a Blockstore, config: &NodeConfig) -> Self {
         StoreSource {
             store,
             serve: !config.no_upload,
@@ -333,7 +333,7 @@ impl EventLoop {
     }
 
     /// Carries out engine outputs.
-    fn apply(&mut self, outputs: Vec<Output<PeerId>>) {
+    pub(crate) fn apply(&mut self, outputs: Vec<Output<PeerId>>) {
         let mut received: Vec<(PeerId, Cid, Vec<u8>)> = Vec::new();
         let mut actions = Vec::new();
         // One message per peer for everything this batch sends it.

@@ -402,7 +402,8 @@ impl Node {
             .await?
     }
 
-    /// Stores a signed channel record in the DHT and provides the channel.
+    /// Stores a signed channel record here and provides the channel; the
+    /// put to the DHT goes on after this returns.
     pub async fn put_channel_record(
         &self,
         channel: ChannelId,

@@ -11,7 +11,7 @@
 //! before it is stored), segment checks (run on the blocking pool) and
 //! releases of segments that left the window.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use libp2p::PeerId;
@@ -32,7 +32,7 @@ use shoal_storage::hls::{self, MediaPlaylist, Playlist};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::NodeError;
-use crate::event_loop::EventLoop;
+use crate::event_loop::{EventLoop, StoreSource};
 
 /// How often a watching node looks for more viewers of the channel and for
 /// a newer channel record.
@@ -250,12 +250,16 @@ pub(crate) struct Live {
     topics: HashMap<TopicHash, (ChannelId, u16)>,
     record_queries: HashMap<kad::QueryId, ChannelId>,
     provider_queries: HashMap<kad::QueryId, ChannelId>,
-    pending_puts: HashMap<kad::QueryId, oneshot::Sender<Result<(), NodeError>>>,
+    /// DHT puts of channel records under way.
+    puts: HashSet<kad::QueryId>,
     pub(crate) events_tx: mpsc::UnboundedSender<LiveEvent>,
     pub(crate) events_rx: mpsc::UnboundedReceiver<LiveEvent>,
     http: reqwest::Client,
     /// Dial at most this many viewers found in the DHT per lookup.
     max_dials: usize,
+    /// Shards of segments this node published, rationed in the Bitswap
+    /// engine until the instant beside them, oldest first.
+    rationed: VecDeque<(Instant, Vec<Cid>)>,
 }
 
 impl Live {
@@ -271,11 +275,12 @@ impl Live {
             topics: HashMap::new(),
             record_queries: HashMap::new(),
             provider_queries: HashMap::new(),
-            pending_puts: HashMap::new(),
+            puts: HashSet::new(),
             events_tx,
             events_rx,
             http,
             max_dials,
+            rationed: VecDeque::new(),
         }
     }
 
@@ -832,6 +837,7 @@ impl EventLoop {
 
     pub(crate) fn live_tick(&mut self) {
         let now = Instant::now();
+        self.end_rations_due(now);
         let idle: Vec<ChannelId> = self
             .live
             .sessions
@@ -853,6 +859,29 @@ impl EventLoop {
             if discover {
                 self.discover(channel);
             }
+        }
+    }
+
+    /// Ends the ration of published shards whose window has passed: the
+    /// viewers still waiting for them are sent them.
+    fn end_rations_due(&mut self, now: Instant) {
+        let mut out = Vec::new();
+        while self
+            .live
+            .rationed
+            .front()
+            .is_some_and(|(due, _)| *due <= now)
+        {
+            let Some((_, shards)) = self.live.rationed.pop_front() else {
+                break;
+            };
+            let source = StoreSource::new(&self.store, &self.config);
+            for cid in &shards {
+                self.engine.end_ration(cid, &source, &mut out);
+            }
+        }
+        if !out.is_empty() {
+            self.apply(out);
         }
     }
 
@@ -894,13 +923,28 @@ impl EventLoop {
         })
     }
 
-    /// Publishes `data` on a rendition's topic of `channel`.
+    /// Publishes `data` on a rendition's topic of `channel`. The shards of
+    /// an announced segment are rationed first (each goes to a few viewers,
+    /// who trade it): viewers ask for them as soon as they hear the
+    /// announcement.
     pub(crate) fn publish(
         &mut self,
         channel: ChannelId,
         rendition: u16,
         data: Vec<u8>,
     ) -> Result<(), NodeError> {
+        let window = self.live.config.ration_window;
+        if !window.is_zero()
+            && let Ok(announcement) = Announcement::open(&channel, &data)
+        {
+            let shards = announcement.manifest.shards;
+            for cid in &shards {
+                self.engine.ration(*cid, self.live.config.ration_copies);
+            }
+            self.live
+                .rationed
+                .push_back((Instant::now() + window, shards));
+        }
         let topic = IdentTopic::new(channel.topic(rendition));
         match self.swarm.behaviour_mut().gossipsub.publish(topic, data) {
             Ok(_) => Ok(()),
@@ -912,8 +956,10 @@ impl EventLoop {
         }
     }
 
-    /// Stores a signed channel record here and in the DHT, and provides the
-    /// channel.
+    /// Stores a signed channel record here and provides the channel;
+    /// answers once it is stored here, while the put to the DHT goes on (a
+    /// broadcaster does not wait for remote peers between segments, and a
+    /// viewer that hears an announcement finds the record here at once).
     pub(crate) fn put_channel_record(
         &mut self,
         channel: ChannelId,
@@ -932,7 +978,8 @@ impl EventLoop {
         }
         match kad.put_record(record, kad::Quorum::One) {
             Ok(q) => {
-                self.live.pending_puts.insert(q, reply);
+                self.live.puts.insert(q);
+                let _ = reply.send(Ok(()));
             }
             Err(e) => {
                 let _ = reply.send(Err(NodeError::Publish(e.to_string())));
@@ -1005,13 +1052,12 @@ impl EventLoop {
             }
             return true;
         }
-        if let Some(reply) = self.live.pending_puts.remove(&id) {
+        if self.live.puts.remove(&id) {
             // Stored here either way; a timeout only means fewer remote
             // copies so far.
             if let kad::QueryResult::PutRecord(Err(e)) = result {
                 tracing::debug!(error = %e, "channel record reached fewer peers than wanted");
             }
-            let _ = reply.send(Ok(()));
             return true;
         }
         false

@@ -48,6 +48,11 @@ const MIN_PEERS_TO_SPARE_SOURCE: usize = 2;
 /// survive one viewer leaving mid-segment.
 pub const SOURCE_COPIES: usize = 2;
 
+/// A sequence taken from a channel record is forgotten as unannounced
+/// once announcements have moved this many sequences past it (a record
+/// lists six).
+const MAX_UNANNOUNCED_AGE: u64 = 16;
+
 /// How often a proxying planner reads playlists before it knows the
 /// segment duration.
 const PLAYLIST_INTERVAL_UNKNOWN: Duration = Duration::from_secs(1);
@@ -96,6 +101,21 @@ pub struct LiveConfig {
     /// asked for the rest. Loopback and LAN peers answer in milliseconds;
     /// 300 ms keeps the deadline (`p2p_budget`) well ahead.
     pub source_wait: Duration,
+    /// The broadcaster's side of sparing the source: it sends each shard
+    /// of a new segment to at most this many viewers (the first to ask)
+    /// during [`LiveConfig::ration_window`], and tells the others DONT_HAVE
+    /// so that they fetch it from those viewers. Each viewer's quota alone
+    /// cannot hold the source to a few copies: a viewer does not know how
+    /// many others watch, and when trading is slow every viewer turns to
+    /// the source at once. Two copies survive one viewer leaving.
+    pub ration_copies: usize,
+    /// How long after publishing a segment the broadcaster keeps to
+    /// [`LiveConfig::ration_copies`]; then it sends the shards to every
+    /// viewer still waiting. Viewers trade a shard in milliseconds on
+    /// loopback and LANs; 1 s leaves a viewer nobody serves time to get it
+    /// from the source before its P2P budget (1.5 s) passes. Zero turns
+    /// rationing off.
+    pub ration_window: Duration,
     /// Announcements dated this far in the future are refused: a publisher
     /// cannot pin a segment at the live edge for ever.
     pub max_clock_skew: Duration,
@@ -132,6 +152,8 @@ impl Default for LiveConfig {
             source_quota: 3,
             fetch_peers: 8,
             source_wait: Duration::from_millis(300),
+            ration_copies: SOURCE_COPIES,
+            ration_window: Duration::from_secs(1),
             max_clock_skew: Duration::from_secs(30),
             http_attempts: 3,
             origin_timeout: Duration::from_secs(5),
@@ -294,6 +316,9 @@ struct Rendition<P> {
     proxy_from: Option<u64>,
     /// Proxying: segments being fetched from the origin.
     proxying: BTreeSet<u64>,
+    /// Sequences taken from a channel record whose announcement has not
+    /// come yet: their announcement is no replay.
+    unannounced: BTreeSet<u64>,
 }
 
 impl<P> Default for Rendition<P> {
@@ -304,6 +329,7 @@ impl<P> Default for Rendition<P> {
             window: VecDeque::new(),
             proxy_from: None,
             proxying: BTreeSet::new(),
+            unannounced: BTreeSet::new(),
         }
     }
 }
@@ -314,6 +340,18 @@ impl<P> Rendition<P> {
         self.pending.contains_key(&sequence)
             || self.proxying.contains(&sequence)
             || self.window.iter().any(|w| w.sequence == sequence)
+    }
+
+    /// Whether `sequence` is complete or being fetched as the segment whose
+    /// manifest is `manifest`.
+    fn holds(&self, sequence: u64, manifest: &Cid) -> bool {
+        self.pending
+            .get(&sequence)
+            .is_some_and(|p| p.manifest_cid == *manifest)
+            || self
+                .window
+                .iter()
+                .any(|w| w.sequence == sequence && w.manifest == *manifest)
     }
 
     /// Puts a complete segment in the (sorted) window; returns the
@@ -587,6 +625,19 @@ impl<P: Clone + Eq + Hash> LivePlanner<P> {
         if let Some(h) = r.highest
             && a.sequence <= h
         {
+            if r.unannounced.contains(&a.sequence) && r.holds(a.sequence, &a.manifest_cid) {
+                // Learned from the channel record before its announcement
+                // came: the same segment, so a valid message to forward,
+                // with nothing more to fetch. A second copy is a replay.
+                r.unannounced.remove(&a.sequence);
+                if let Some(p) = r.pending.get_mut(&a.sequence) {
+                    p.published_ms.get_or_insert(a.published_ms);
+                }
+                if let Some(s) = source {
+                    self.source = Some(s);
+                }
+                return (Verdict::Accept, Vec::new());
+            }
             self.stats.rejected += 1;
             return (
                 Verdict::Reject(format!(
@@ -597,6 +648,8 @@ impl<P: Clone + Eq + Hash> LivePlanner<P> {
             );
         }
         r.highest = Some(a.sequence);
+        let oldest = a.sequence.saturating_sub(MAX_UNANNOUNCED_AGE);
+        r.unannounced.retain(|s| *s >= oldest);
         // Only a segment already complete from the origin is not fetched
         // again; one still coming from it is fetched from peers as well,
         // in case the origin fails.
@@ -661,6 +714,7 @@ impl<P: Clone + Eq + Hash> LivePlanner<P> {
                 continue;
             }
             r.highest = Some(s.sequence);
+            r.unannounced.insert(s.sequence);
             r.pending.insert(
                 s.sequence,
                 Pending {
@@ -1263,6 +1317,47 @@ mod tests {
             Verdict::Reject(_)
         ));
         assert_eq!(p.stats().rejected, 3);
+    }
+
+    #[test]
+    fn an_announcement_for_a_segment_known_from_the_record_is_no_replay() {
+        let t = Instant::now();
+        let mut p = LivePlanner::<u32>::new(LiveConfig::default(), 0, false, t);
+        let (_, _, a4) = segment(4, 20);
+        let (_, _, a5) = segment(5, 20);
+        let recent: Vec<RecentSegment> = [&a4, &a5]
+            .iter()
+            .map(|a| RecentSegment {
+                sequence: a.sequence,
+                manifest: a.manifest_cid,
+                duration_us: 2_000_000,
+            })
+            .collect();
+        p.seed(0, &recent, |s| format!("s{s}.ts"), t);
+        assert!(p.wants(&a5.manifest_cid), "the manifest is being fetched");
+        // The record came first; the announcement of the same segment is
+        // valid and fetches nothing more.
+        assert_eq!(
+            p.offer(&a5, Some(1), t, 1_000),
+            (Verdict::Accept, Vec::new())
+        );
+        // The same announcement again is a replay.
+        assert!(matches!(
+            p.offer(&a5, Some(1), t, 1_000).0,
+            Verdict::Reject(_)
+        ));
+        // Another segment under a sequence the record gave is refused.
+        let (_, _, other) = segment(40, 20);
+        let other = VerifiedAnnouncement {
+            sequence: 4,
+            ..other
+        };
+        assert!(matches!(
+            p.offer(&other, Some(1), t, 1_000).0,
+            Verdict::Reject(_)
+        ));
+        assert_eq!(p.offer(&a4, Some(1), t, 1_000).0, Verdict::Accept);
+        assert_eq!(p.stats().rejected, 2);
     }
 
     #[test]

@@ -83,9 +83,19 @@ pub fn hls_folder() -> (tempfile::TempDir, PathBuf) {
 
 /// `count` viewers that join through `bootstrap` and watch `channel`.
 pub async fn viewers(count: usize, bootstrap: &Multiaddr, channel: ChannelId) -> Vec<TestNode> {
+    viewers_with(count, bootstrap, channel, viewer_config()).await
+}
+
+/// [`viewers`] with a live configuration of the test's own.
+pub async fn viewers_with(
+    count: usize,
+    bootstrap: &Multiaddr,
+    channel: ChannelId,
+    live: LiveConfig,
+) -> Vec<TestNode> {
     let mut out = Vec::new();
     for _ in 0..count {
-        let v = start(Some(bootstrap), viewer_config()).await;
+        let v = start(Some(bootstrap), live.clone()).await;
         v.node.watch(channel).await.unwrap();
         out.push(v);
     }

@@ -10,7 +10,7 @@ use shoal_protocol::channel::ChannelKey;
 use shoal_protocol::live::LiveConfig;
 use shoal_tests::live::{
     Encoder, TestNode, assert_has_every_segment, assert_segments_intact, channel_key, hls_folder,
-    one_at_a_time, spawn_broadcast, start, start_with, viewers, wait_for_segments,
+    one_at_a_time, spawn_broadcast, start, start_with, viewers, viewers_with, wait_for_segments,
 };
 use shoal_tests::origin::{Mode, Origin};
 
@@ -52,6 +52,75 @@ async fn ten_viewers_receive_every_segment_byte_identical() {
     // Each viewer took at least the data shards of every segment.
     let content: u64 = published.iter().map(|p| p.bytes).sum();
     assert!(from_peers >= 10 * content);
+    for v in viewers {
+        v.node.shutdown().await;
+    }
+    broadcaster.node.shutdown().await;
+}
+
+/// The broadcaster sends each shard of a new segment to two viewers (the
+/// first to ask) and tells the rest DONT_HAVE: they trade it among
+/// themselves, so the broadcaster's upload is two copies of the shards
+/// whatever the audience — even when every viewer asks it for everything
+/// at once, as they all do when trading is slow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_broadcaster_sends_each_shard_twice_and_viewers_trade_the_rest() {
+    let _serial = one_at_a_time().await;
+    let (_work, hls_dir) = hls_folder();
+    // A ration longer than the test: no shard ever leaves the broadcaster
+    // a third time, however slowly the viewers trade.
+    let broadcaster = start(
+        None,
+        LiveConfig {
+            ration_window: Duration::from_secs(3600),
+            ..LiveConfig::default()
+        },
+    )
+    .await;
+    let key = channel_key();
+    let channel = key.id();
+    // Viewers that do not spare the source at all: each asks it for every
+    // shard at once.
+    let mut greedy = LiveConfig {
+        source_wait: Duration::ZERO,
+        ..shoal_tests::live::viewer_config()
+    };
+    greedy.fetch.max_in_flight_per_peer = 14;
+    let viewers = viewers_with(8, &broadcaster.addr, channel, greedy).await;
+    let published = spawn_broadcast(&broadcaster.node, key, hls_dir.clone(), Vec::new());
+    let encoder = Encoder::start(&hls_dir, 6);
+    let published = published.await.unwrap();
+    drop(encoder);
+    let count = published.len();
+    assert!(count >= 5, "the encoder wrote {count} segments");
+    for v in &viewers {
+        wait_for_segments(&v.node, channel, count).await;
+    }
+    for v in &viewers {
+        assert_has_every_segment(&v.node, channel, &hls_dir, count).await;
+    }
+    // Two copies of every shard (k = 10, m = 4; a shard is a tenth of the
+    // segment rounded up to 64 bytes), and a segment manifest (under 2 KiB)
+    // per viewer for the first segment, which viewers may learn of from
+    // the channel record before its announcement.
+    let shards: u64 = published
+        .iter()
+        .map(|p| 14 * p.bytes.div_ceil(10).div_ceil(64) * 64)
+        .sum();
+    let bound = 2 * shards + 8 * 2048;
+    let served: u64 = broadcaster
+        .node
+        .accounts()
+        .await
+        .unwrap()
+        .iter()
+        .map(|(_, a)| a.served_bytes)
+        .sum();
+    let content: u64 = published.iter().map(|p| p.bytes).sum();
+    eprintln!(
+        "broadcaster served {served} bytes for {content} bytes of segments ({shards} of shards), bound {bound}"
+    );
+    assert!(served <= bound, "served {served}, two copies are {bound}");
     for v in viewers {
         v.node.shutdown().await;
     }

@@ -21,6 +21,11 @@
 //!   open wants and [`EngineConfig::max_queued_bytes`] of blocks queued for
 //!   sending; wants beyond are dropped, blocks beyond wait for
 //!   [`Engine::sent`].
+//! - A block can be *rationed* ([`Engine::ration`]): sent to a few peers
+//!   only, the others told DONT_HAVE so that they fetch it from those few,
+//!   until [`Engine::end_ration`] serves whoever still waits. A live
+//!   broadcaster rations each new shard, so its upload stays a few copies
+//!   of the stream however many watch (BitTorrent's super-seeding).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::Hash;
@@ -113,10 +118,18 @@ pub enum Output<P> {
     },
 }
 
+/// One open want of a peer.
+#[derive(Clone, Copy, Debug)]
+struct PeerWant {
+    want_type: WantType,
+    priority: i32,
+    send_dont_have: bool,
+}
+
 #[derive(Default)]
 struct PeerState {
-    /// The peer's open wants, with their priority.
-    wants: HashMap<Cid, (WantType, i32)>,
+    /// The peer's open wants.
+    wants: HashMap<Cid, PeerWant>,
     /// Want-blocks we can serve but that wait for room in the queue.
     deferred: VecDeque<Cid>,
     queued_bytes: usize,
@@ -135,6 +148,8 @@ pub struct Engine<P> {
     peers: HashMap<P, PeerState>,
     /// Our open wants and their type.
     wants: HashMap<Cid, WantType>,
+    /// Rationed blocks and how many more peers each may be sent to.
+    rationed: HashMap<Cid, usize>,
 }
 
 impl<P: Clone + Eq + Hash> Engine<P> {
@@ -143,6 +158,7 @@ impl<P: Clone + Eq + Hash> Engine<P> {
             config,
             peers: HashMap::new(),
             wants: HashMap::new(),
+            rationed: HashMap::new(),
         }
     }
 
@@ -326,7 +342,14 @@ impl<P: Clone + Eq + Hash> Engine<P> {
                 state.dropped_wants += 1;
                 continue;
             }
-            state.wants.insert(e.cid, (e.want_type, e.priority));
+            state.wants.insert(
+                e.cid,
+                PeerWant {
+                    want_type: e.want_type,
+                    priority: e.priority,
+                    send_dont_have: e.send_dont_have,
+                },
+            );
             match (e.want_type, store.block_size(&e.cid)) {
                 (WantType::Have, Some(_)) => {
                     reply.presences.push((e.cid, Presence::Have));
@@ -347,7 +370,7 @@ impl<P: Clone + Eq + Hash> Engine<P> {
         state
             .deferred
             .make_contiguous()
-            .sort_by_key(|c| std::cmp::Reverse(wants.get(c).map_or(i32::MIN, |w| w.1)));
+            .sort_by_key(|c| std::cmp::Reverse(wants.get(c).map_or(i32::MIN, |w| w.priority)));
         self.fill_queue(peer, store, &mut reply);
         if !reply.is_empty() {
             out.push(Output::Send {
@@ -358,7 +381,9 @@ impl<P: Clone + Eq + Hash> Engine<P> {
     }
 
     /// Moves deferred want-blocks of `peer` into `reply` while the queue has
-    /// room. A block is sent once; its want is then closed.
+    /// room. A block is sent once; its want is then closed. A rationed block
+    /// already sent to its share of peers is answered DONT_HAVE, and its
+    /// want stays open for [`Engine::end_ration`].
     fn fill_queue(&mut self, peer: &P, store: &impl BlockSource, reply: &mut Outgoing) {
         let max = self.config.max_queued_bytes;
         let Some(state) = self.peers.get_mut(peer) else {
@@ -370,6 +395,13 @@ impl<P: Clone + Eq + Hash> Engine<P> {
                 state.deferred.pop_front();
                 continue;
             };
+            if self.rationed.get(&cid) == Some(&0) {
+                state.deferred.pop_front();
+                if state.wants.get(&cid).is_some_and(|w| w.send_dont_have) {
+                    reply.presences.push((cid, Presence::DontHave));
+                }
+                continue;
+            }
             // One block always fits an empty queue, so a block larger than
             // the limit cannot stall the peer forever.
             if state.queued_bytes > 0 && state.queued_bytes + size > max {
@@ -377,6 +409,9 @@ impl<P: Clone + Eq + Hash> Engine<P> {
             }
             state.deferred.pop_front();
             state.wants.remove(&cid);
+            if let Some(left) = self.rationed.get_mut(&cid) {
+                *left -= 1;
+            }
             state.queued_bytes += size;
             reply.blocks.push(cid);
             reply.block_bytes += size;
@@ -409,10 +444,48 @@ impl<P: Clone + Eq + Hash> Engine<P> {
     /// A block entered the store: every peer still wanting it gets it (or a
     /// HAVE for a want-have).
     pub fn block_stored(&mut self, cid: &Cid, store: &impl BlockSource, out: &mut Vec<Output<P>>) {
+        self.serve_waiting(cid, true, store, out);
+        // A block we wanted that arrived by another path (an import, HTTP).
+        if self.wants.remove(cid).is_some() {
+            self.cancel_asks(cid, None, out);
+        }
+    }
+
+    /// Rations `cid`: it is sent to at most `copies` peers (those that ask
+    /// first); later want-blocks are answered DONT_HAVE, so those peers
+    /// fetch it from the ones that have it, until [`Engine::end_ration`].
+    /// Rationing a block again resets its count.
+    pub fn ration(&mut self, cid: Cid, copies: usize) {
+        self.rationed.insert(cid, copies);
+    }
+
+    /// Ends the ration of `cid`: peers still waiting for it are sent it.
+    pub fn end_ration(&mut self, cid: &Cid, store: &impl BlockSource, out: &mut Vec<Output<P>>) {
+        if self.rationed.remove(cid).is_some() {
+            // Want-haves were answered HAVE already.
+            self.serve_waiting(cid, false, store, out);
+        }
+    }
+
+    /// Blocks under a ration.
+    pub fn rationed(&self) -> usize {
+        self.rationed.len()
+    }
+
+    /// Serves every peer with an open want for `cid`: the block for a
+    /// want-block, and a HAVE for a want-have if `haves`.
+    fn serve_waiting(
+        &mut self,
+        cid: &Cid,
+        haves: bool,
+        store: &impl BlockSource,
+        out: &mut Vec<Output<P>>,
+    ) {
         let waiting: Vec<(P, WantType)> = self
             .peers
             .iter()
-            .filter_map(|(p, s)| s.wants.get(cid).map(|w| (p.clone(), w.0)))
+            .filter_map(|(p, s)| s.wants.get(cid).map(|w| (p.clone(), w.want_type)))
+            .filter(|(_, t)| haves || *t == WantType::Block)
             .collect();
         for (peer, want_type) in waiting {
             let mut reply = Outgoing::default();
@@ -433,10 +506,6 @@ impl<P: Clone + Eq + Hash> Engine<P> {
                     message: reply,
                 });
             }
-        }
-        // A block we wanted that arrived by another path (an import, HTTP).
-        if self.wants.remove(cid).is_some() {
-            self.cancel_asks(cid, None, out);
         }
     }
 
@@ -554,6 +623,81 @@ mod tests {
                 .iter()
                 .all(|(p, m)| *p != 7 || m.blocks.is_empty())
         );
+    }
+
+    #[test]
+    fn a_rationed_block_goes_to_a_few_peers_until_the_ration_ends() {
+        let mut e = Engine::new(EngineConfig::default());
+        let mut store = Store::default();
+        let cid = cid_of(Codec::Raw, b"fresh shard");
+        store.0.insert(cid, 5);
+        e.ration(cid, 2);
+        let mut out = Vec::new();
+        // Five peers ask for it; the last one without asking for DONT_HAVE.
+        for p in 1u32..=5 {
+            e.on_message(
+                &p,
+                wants_msg(vec![want(cid, WantType::Block, p != 5)]),
+                &store,
+                &mut out,
+            );
+        }
+        let mut s = sends(&out);
+        s.sort_by_key(|(p, _)| *p);
+        let served: Vec<u32> = s
+            .iter()
+            .filter(|(_, m)| m.blocks == vec![cid])
+            .map(|(p, _)| *p)
+            .collect();
+        assert_eq!(served, vec![1, 2], "the first two askers get it");
+        let refused: Vec<u32> = s
+            .iter()
+            .filter(|(_, m)| m.presences == vec![(cid, Presence::DontHave)])
+            .map(|(p, _)| *p)
+            .collect();
+        assert_eq!(refused, vec![3, 4], "the others hear DONT_HAVE");
+        assert!(s.iter().all(|(p, _)| *p != 5), "5 asked to hear nothing");
+
+        // Peer 4 found it elsewhere and cancels; a new want-have hears HAVE.
+        out.clear();
+        let mut cancel = want(cid, WantType::Block, false);
+        cancel.cancel = true;
+        e.on_message(&4, wants_msg(vec![cancel]), &store, &mut out);
+        e.on_message(
+            &6,
+            wants_msg(vec![want(cid, WantType::Have, true)]),
+            &store,
+            &mut out,
+        );
+        assert_eq!(
+            sends(&out),
+            vec![(
+                6,
+                Outgoing {
+                    presences: vec![(cid, Presence::Have)],
+                    ..Outgoing::default()
+                }
+            )]
+        );
+
+        // The ration ends: the peers still waiting for the block get it, and no
+        // one gets a second copy or another HAVE.
+        out.clear();
+        e.end_ration(&cid, &store, &mut out);
+        let mut s = sends(&out);
+        s.sort_by_key(|(p, _)| *p);
+        assert_eq!(
+            s.iter()
+                .map(|(p, m)| (*p, m.blocks.clone()))
+                .collect::<Vec<_>>(),
+            vec![(3, vec![cid]), (5, vec![cid])]
+        );
+        assert!(s.iter().all(|(_, m)| m.presences.is_empty()));
+        assert_eq!(e.rationed(), 0);
+        // Ending it twice does nothing.
+        out.clear();
+        e.end_ration(&cid, &store, &mut out);
+        assert!(out.is_empty());
     }
 
     #[test]
