@@ -222,7 +222,16 @@ pub struct LiveSettings {
     /// When a segment must be complete, in segment durations after its
     /// announcement.
     pub deadline_durations: f64,
+    /// Broadcasting: viewers each new shard goes to while the ration lasts.
+    pub ration_copies: usize,
+    /// Broadcasting: how long the ration lasts after an announcement (0
+    /// turns it off).
+    pub ration_window_ms: u64,
 }
+
+/// A ration longer than this would keep viewers nobody served waiting past
+/// any deadline.
+const MAX_RATION_WINDOW_MS: u64 = 10_000;
 
 impl Default for LiveSettings {
     fn default() -> Self {
@@ -231,6 +240,8 @@ impl Default for LiveSettings {
             cache_segments: d.window,
             p2p_budget_ms: d.p2p_budget.as_millis() as u64,
             deadline_durations: d.deadline_durations,
+            ration_copies: d.ration_copies,
+            ration_window_ms: d.ration_window.as_millis() as u64,
         }
     }
 }
@@ -241,6 +252,8 @@ impl LiveSettings {
             window: self.cache_segments,
             p2p_budget: std::time::Duration::from_millis(self.p2p_budget_ms),
             deadline_durations: self.deadline_durations,
+            ration_copies: self.ration_copies,
+            ration_window: std::time::Duration::from_millis(self.ration_window_ms),
             ..shoal_protocol::live::LiveConfig::default()
         }
     }
@@ -291,6 +304,17 @@ impl RepoPaths {
             return Err(invalid(
                 "live.deadline_durations must be above 0 and at most 100".into(),
             ));
+        }
+        if config.live.ration_copies == 0 {
+            return Err(invalid(
+                "live.ration_copies must be at least 1 (ration_window_ms = 0 turns rationing off)"
+                    .into(),
+            ));
+        }
+        if config.live.ration_window_ms > MAX_RATION_WINDOW_MS {
+            return Err(invalid(format!(
+                "live.ration_window_ms must be at most {MAX_RATION_WINDOW_MS}"
+            )));
         }
         Ok(RepoPaths {
             dir: dir.to_owned(),

@@ -166,6 +166,12 @@ fn bad_options_and_config() {
     std::fs::write(&config, "[live]\ndeadline_durations = 0.0\n").unwrap();
     sb.shoal(&["repo", "stat"])
         .fails_with("deadline_durations must be above 0");
+    std::fs::write(&config, "[live]\nration_copies = 0\n").unwrap();
+    sb.shoal(&["repo", "stat"])
+        .fails_with("ration_copies must be at least 1");
+    std::fs::write(&config, "[live]\nration_window_ms = 60000\n").unwrap();
+    sb.shoal(&["repo", "stat"])
+        .fails_with("ration_window_ms must be at most 10000");
     std::fs::write(&config, "[node]\nupload_bytes_per_sec = 0\n").unwrap();
     sb.shoal(&["repo", "stat"])
         .fails_with("use no_upload instead");
