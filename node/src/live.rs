@@ -1111,11 +1111,18 @@ fn validate_record(record: &kad::Record) -> Result<(ChannelId, ChannelRecord), S
     Ok((id, r))
 }
 
-/// Rebuilds a segment from the store and checks its hash.
+/// Rebuilds a segment from the store and checks its hash; then makes the
+/// shards this node lacks (parity, when an origin filled in the data), so
+/// that it can serve peers any of them.
 fn check_segment(store: &Blockstore, manifest: &Cid, sequence: u64) -> bool {
-    shoal_storage::assemble::read_segment(store, manifest, sequence)
-        .map_err(|e| tracing::warn!(error = %e, "live segment does not rebuild"))
-        .is_ok()
+    if let Err(e) = shoal_storage::assemble::read_segment(store, manifest, sequence) {
+        tracing::warn!(error = %e, "live segment does not rebuild");
+        return false;
+    }
+    if let Err(e) = shoal_storage::assemble::complete_segment(store, manifest) {
+        tracing::warn!(%manifest, error = %e, "cannot complete a live segment's shards");
+    }
+    true
 }
 
 /// Deletes a segment that left the window (unless pinned).

@@ -196,6 +196,18 @@ fn write_parts(out: &mut dyn Write, parts: &[&[u8]]) -> io::Result<u64> {
 /// Regenerates and stores the lost shards of a segment; returns how many
 /// were stored.
 pub fn repair_segment(store: &Blockstore, cid: &Cid) -> Result<usize, AssembleError> {
+    regenerate(store, cid, true)
+}
+
+/// [`repair_segment`] without waiting for the disk, for a segment that is
+/// only kept for a while (a live window): a viewer that got `k` shards
+/// from peers and an origin then holds all `k + m`, and can serve any of
+/// them. After a crash the shards may be gone; they can be made again.
+pub fn complete_segment(store: &Blockstore, cid: &Cid) -> Result<usize, AssembleError> {
+    regenerate(store, cid, false)
+}
+
+fn regenerate(store: &Blockstore, cid: &Cid, durable: bool) -> Result<usize, AssembleError> {
     let manifest = load_segment(store, cid, 0)?;
     let mut shards = read_shards(store, &manifest)?;
     // Parity is read only when data is lost; repair wants every shard.
@@ -221,7 +233,11 @@ pub fn repair_segment(store: &Blockstore, cid: &Cid) -> Result<usize, AssembleEr
         .map(|(i, bytes)| Block::verified(manifest.shards[*i], bytes))
         .collect::<Result<_, _>>()
         .map_err(StoreError::from)?;
-    store.put_many(&blocks)?;
+    if durable {
+        store.put_many(&blocks)?;
+    } else {
+        store.put_many_lazily(&blocks)?;
+    }
     Ok(blocks.len())
 }
 

@@ -272,6 +272,21 @@ async fn an_http_origin_fills_in_what_slow_peers_cannot_deliver_in_time() {
     assert_eq!((stats.missed, stats.late), (0, 0), "{stats:?}");
     assert!(stats.bytes_from_http > 0, "{stats:?}");
     assert!(origin.segment_requests() > 0);
+    // The origin gave data shards only; the viewer made the parity itself,
+    // so it can serve peers any shard of every segment.
+    let view = viewer.node.live_view(channel).await.unwrap().unwrap();
+    let store = viewer.node.store();
+    for w in &view.renditions[0].window {
+        let bytes = store.get(&w.manifest).unwrap().unwrap();
+        let manifest = shoal_protocol::manifest::SegmentManifest::from_block(&bytes).unwrap();
+        for (i, shard) in manifest.shards.iter().enumerate() {
+            assert!(
+                store.size(shard).unwrap().is_some(),
+                "segment {} lacks shard {i}",
+                w.sequence
+            );
+        }
+    }
     viewer.node.shutdown().await;
     broadcaster.node.shutdown().await;
 }
