@@ -43,6 +43,11 @@ const LIVE_DISCOVERY_INTERVAL: Duration = Duration::from_secs(15);
 /// client names.
 pub const MAX_SESSIONS: usize = 32;
 
+/// Segments filled in by an origin and not yet checked, at most. A
+/// session that ends leaves its entries behind; clearing the set at this
+/// size bounds them (such a segment only goes without its parity).
+const MAX_HTTP_FILLED: usize = 4096;
+
 /// How often a session without a channel record looks for one while
 /// announcements arrive.
 const RECORD_RETRY: Duration = Duration::from_secs(2);
@@ -260,6 +265,9 @@ pub(crate) struct Live {
     /// Shards of segments this node published, rationed in the Bitswap
     /// engine until the instant beside them, oldest first.
     rationed: VecDeque<(Instant, Vec<Cid>)>,
+    /// Segments (manifest CIDs) an origin filled in, waiting to be checked:
+    /// their parity is made once they are.
+    http_filled: HashSet<Cid>,
 }
 
 impl Live {
@@ -281,6 +289,7 @@ impl Live {
             http,
             max_dials,
             rationed: VecDeque::new(),
+            http_filled: HashSet::new(),
         }
     }
 
@@ -542,6 +551,7 @@ impl EventLoop {
                 } => {
                     let store = self.store.clone();
                     let tx = self.live.events_tx.clone();
+                    let filled = self.live.http_filled.remove(&manifest);
                     tokio::task::spawn_blocking(move || {
                         let ok = check_segment(&store, &manifest, sequence);
                         let _ = tx.send(LiveEvent::Checked {
@@ -550,9 +560,15 @@ impl EventLoop {
                             sequence,
                             ok,
                         });
+                        // After the segment is playable, not before: the
+                        // player need not wait for the parity.
+                        if ok && filled {
+                            complete_segment(&store, &manifest);
+                        }
                     });
                 }
                 LiveAction::Release { manifest, shards } => {
+                    self.live.http_filled.remove(&manifest);
                     let store = self.store.clone();
                     tokio::task::spawn_blocking(move || release(&store, &manifest, shards));
                 }
@@ -685,7 +701,14 @@ impl EventLoop {
                         .iter()
                         .map(|(cid, data)| Block::prehashed(*cid, data))
                         .collect();
-                    if let Err(e) = self.store.put_many_lazily(&blocks) {
+                    let stored = self.store.put_many_lazily(&blocks);
+                    if stored.is_ok() && !shards.is_empty() {
+                        if self.live.http_filled.len() >= MAX_HTTP_FILLED {
+                            self.live.http_filled.clear();
+                        }
+                        self.live.http_filled.insert(request.manifest.to_block().0);
+                    }
+                    if let Err(e) = stored {
                         tracing::error!(error = %e, "cannot store shards from an origin");
                     } else if let Some(s) = self.live.sessions.get_mut(&channel) {
                         for (cid, data) in &shards {
@@ -1111,18 +1134,22 @@ fn validate_record(record: &kad::Record) -> Result<(ChannelId, ChannelRecord), S
     Ok((id, r))
 }
 
-/// Rebuilds a segment from the store and checks its hash; then makes the
-/// shards this node lacks (parity, when an origin filled in the data), so
-/// that it can serve peers any of them.
+/// Rebuilds a segment from the store and checks its hash.
 fn check_segment(store: &Blockstore, manifest: &Cid, sequence: u64) -> bool {
-    if let Err(e) = shoal_storage::assemble::read_segment(store, manifest, sequence) {
-        tracing::warn!(error = %e, "live segment does not rebuild");
-        return false;
-    }
+    shoal_storage::assemble::read_segment(store, manifest, sequence)
+        .map_err(|e| tracing::warn!(error = %e, "live segment does not rebuild"))
+        .is_ok()
+}
+
+/// Makes the shards of a checked segment that an origin filled in and
+/// this node lacks (the parity), so that it serves peers any of them like
+/// a segment that came from peers. (Segments from peers are left as they
+/// came: regenerating every one cost each viewer CPU that the live
+/// benchmark measured as latency.)
+fn complete_segment(store: &Blockstore, manifest: &Cid) {
     if let Err(e) = shoal_storage::assemble::complete_segment(store, manifest) {
         tracing::warn!(%manifest, error = %e, "cannot complete a live segment's shards");
     }
-    true
 }
 
 /// Deletes a segment that left the window (unless pinned).
