@@ -43,11 +43,6 @@ const LIVE_DISCOVERY_INTERVAL: Duration = Duration::from_secs(15);
 /// client names.
 pub const MAX_SESSIONS: usize = 32;
 
-/// Segments filled in by an origin and not yet checked, at most. A
-/// session that ends leaves its entries behind; clearing the set at this
-/// size bounds them (such a segment only goes without its parity).
-const MAX_HTTP_FILLED: usize = 4096;
-
 /// How often a session without a channel record looks for one while
 /// announcements arrive.
 const RECORD_RETRY: Duration = Duration::from_secs(2);
@@ -265,9 +260,6 @@ pub(crate) struct Live {
     /// Shards of segments this node published, rationed in the Bitswap
     /// engine until the instant beside them, oldest first.
     rationed: VecDeque<(Instant, Vec<Cid>)>,
-    /// Segments (manifest CIDs) an origin filled in, waiting to be checked:
-    /// their parity is made once they are.
-    http_filled: HashSet<Cid>,
 }
 
 impl Live {
@@ -289,7 +281,6 @@ impl Live {
             http,
             max_dials,
             rationed: VecDeque::new(),
-            http_filled: HashSet::new(),
         }
     }
 
@@ -548,10 +539,10 @@ impl EventLoop {
                     rendition,
                     sequence,
                     manifest,
+                    from_http,
                 } => {
                     let store = self.store.clone();
                     let tx = self.live.events_tx.clone();
-                    let filled = self.live.http_filled.remove(&manifest);
                     tokio::task::spawn_blocking(move || {
                         let ok = check_segment(&store, &manifest, sequence);
                         let _ = tx.send(LiveEvent::Checked {
@@ -562,13 +553,12 @@ impl EventLoop {
                         });
                         // After the segment is playable, not before: the
                         // player need not wait for the parity.
-                        if ok && filled {
+                        if ok && from_http {
                             complete_segment(&store, &manifest);
                         }
                     });
                 }
                 LiveAction::Release { manifest, shards } => {
-                    self.live.http_filled.remove(&manifest);
                     let store = self.store.clone();
                     tokio::task::spawn_blocking(move || release(&store, &manifest, shards));
                 }
@@ -701,14 +691,7 @@ impl EventLoop {
                         .iter()
                         .map(|(cid, data)| Block::prehashed(*cid, data))
                         .collect();
-                    let stored = self.store.put_many_lazily(&blocks);
-                    if stored.is_ok() && !shards.is_empty() {
-                        if self.live.http_filled.len() >= MAX_HTTP_FILLED {
-                            self.live.http_filled.clear();
-                        }
-                        self.live.http_filled.insert(request.manifest.to_block().0);
-                    }
-                    if let Err(e) = stored {
+                    if let Err(e) = self.store.put_many_lazily(&blocks) {
                         tracing::error!(error = %e, "cannot store shards from an origin");
                     } else if let Some(s) = self.live.sessions.get_mut(&channel) {
                         for (cid, data) in &shards {

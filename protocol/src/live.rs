@@ -214,6 +214,10 @@ pub enum LiveAction<P> {
         rendition: u16,
         sequence: u64,
         manifest: Cid,
+        /// An origin delivered some of its shards: once checked, the
+        /// caller should make the parity it lacks, so that it can serve
+        /// peers any shard.
+        from_http: bool,
     },
     /// A segment left the window (or was given up): its blocks are no
     /// longer needed for playback.
@@ -303,6 +307,8 @@ struct Pending<P> {
     stage: Stage<P>,
     http_attempts: u32,
     http_in_flight: bool,
+    /// An origin delivered some of its shards.
+    from_http: bool,
     /// When the next HTTP attempt may start.
     http_after: Instant,
 }
@@ -679,6 +685,7 @@ impl<P: Clone + Eq + Hash> LivePlanner<P> {
             },
             http_attempts: 0,
             http_in_flight: false,
+            from_http: false,
             http_after: now + self.p2p_time(a.manifest.duration_us.unwrap_or(0)),
         };
         let mut out = self.insert(a.rendition, a.sequence, pending, now);
@@ -726,6 +733,7 @@ impl<P: Clone + Eq + Hash> LivePlanner<P> {
                     stage: Stage::Manifest(GroupFetch::new(config.clone(), vec![s.manifest], 1)),
                     http_attempts: 0,
                     http_in_flight: false,
+                    from_http: false,
                     http_after: now + budget,
                 },
             );
@@ -875,6 +883,7 @@ impl<P: Clone + Eq + Hash> LivePlanner<P> {
                     Stage::Shards { fetch, manifest } if fetch.cids().contains(cid) => {
                         if !fetch.is_complete() {
                             counted = true;
+                            p.from_http |= sender.is_none();
                         }
                         out.extend(fetch.on_block(cid, now).into_iter().map(LiveAction::Fetch));
                         if fetch.is_complete() {
@@ -884,6 +893,7 @@ impl<P: Clone + Eq + Hash> LivePlanner<P> {
                                 rendition: ri as u16,
                                 sequence: *seq,
                                 manifest: p.manifest_cid,
+                                from_http: p.from_http,
                             });
                         }
                     }
@@ -1394,7 +1404,8 @@ mod tests {
             vec![LiveAction::Check {
                 rendition: 0,
                 sequence: 9,
-                manifest: a.manifest_cid
+                manifest: a.manifest_cid,
+                from_http: false,
             }]
         );
         assert_eq!(p.window(0).count(), 0, "not before the check");
@@ -1469,7 +1480,15 @@ mod tests {
             checks += p
                 .on_block(&cid, s, None, t + budget)
                 .iter()
-                .filter(|x| matches!(x, LiveAction::Check { .. }))
+                .filter(|x| {
+                    matches!(
+                        x,
+                        LiveAction::Check {
+                            from_http: true,
+                            ..
+                        }
+                    )
+                })
                 .count();
         }
         assert_eq!(checks, 1);
