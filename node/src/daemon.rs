@@ -51,6 +51,30 @@ pub struct Daemon {
     pub api_addr: SocketAddr,
     listener: tokio::net::TcpListener,
     paths: RepoPaths,
+    api_file: ApiFile,
+}
+
+/// The repo's `api` file, which tells the CLI where the running daemon
+/// listens. It is written once the API socket is bound (requests made
+/// before serving begins wait in the socket's backlog), so a CLI command
+/// run as soon as [`Daemon::start`] returns already goes through the daemon,
+/// and it is removed when the daemon stops or is dropped unserved.
+struct ApiFile(std::path::PathBuf);
+
+impl ApiFile {
+    fn write(path: std::path::PathBuf, url: &str) -> Result<ApiFile, RepoError> {
+        std::fs::write(&path, format!("{url}\n")).map_err(|source| RepoError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        Ok(ApiFile(path))
+    }
+}
+
+impl Drop for ApiFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 fn parse_addrs(what: &'static str, texts: &[String]) -> Result<Vec<Multiaddr>, DaemonError> {
@@ -68,8 +92,8 @@ fn parse_addrs(what: &'static str, texts: &[String]) -> Result<Vec<Multiaddr>, D
 }
 
 impl Daemon {
-    /// Opens the repo, starts the node, binds the API and announces the
-    /// pinned streams.
+    /// Opens the repo, starts the node, binds the API, announces the
+    /// pinned streams and writes the repo's `api` file.
     pub async fn start(dir: &Path, options: DaemonOptions) -> Result<Daemon, DaemonError> {
         let paths = RepoPaths::load(dir)?;
         let store = Arc::new(paths.open_store()?);
@@ -136,11 +160,13 @@ impl Daemon {
                 tracing::warn!(%root, error = %e, "cannot announce a pinned stream");
             }
         }
+        let api_file = ApiFile::write(paths.api_file(), &format!("http://{api_addr}"))?;
         Ok(Daemon {
             node,
             api_addr,
             listener,
             paths,
+            api_file,
         })
     }
 
@@ -157,12 +183,6 @@ impl Daemon {
         self,
         stop: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> Result<(), DaemonError> {
-        let api_file = self.paths.api_file();
-        let url = format!("http://{}", self.api_addr);
-        std::fs::write(&api_file, format!("{url}\n")).map_err(|source| RepoError::Io {
-            path: api_file.clone(),
-            source,
-        })?;
         let state = Arc::new(ApiState {
             node: self.node.clone(),
             dir: self.paths.dir.clone(),
@@ -174,7 +194,7 @@ impl Daemon {
         let served = axum::serve(self.listener, app)
             .with_graceful_shutdown(stop)
             .await;
-        let _ = std::fs::remove_file(&api_file);
+        drop(self.api_file);
         self.node.shutdown().await;
         served.map_err(|source| DaemonError::Bind {
             addr: self.api_addr,
