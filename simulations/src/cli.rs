@@ -1,11 +1,13 @@
 //! The `shoal-sim` command line.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
 use crate::Error;
 use crate::model::{MAX_MONTHS, Params};
+use crate::swarm::{self, OriginParams, SwarmParams};
 use crate::tokenomics;
 
 #[derive(Parser, Debug)]
@@ -20,6 +22,82 @@ pub enum Command {
     /// Recompute the study's Table 1 and run the tokenomics stress
     /// scenarios; writes CSV files and SVG charts
     Tokenomics(TokenomicsArgs),
+    /// Simulate a live channel's swarm: the node's own planner and Bitswap
+    /// engine over a modelled network; prints latency, stalls and offload
+    Swarm(SwarmArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct SwarmArgs {
+    /// Audience sizes to run, comma-separated
+    #[arg(long, value_name = "N,..", default_value = "10,50,100",
+          value_delimiter = ',', value_parser = clap::value_parser!(u64).range(1..=5000))]
+    pub viewers: Vec<u64>,
+    /// Segments measured (after two warm-up segments)
+    #[arg(long, value_name = "N", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(1..=1000))]
+    pub segments: u64,
+    /// Each viewer's upload rate, in Mb/s
+    #[arg(long, value_name = "MBPS", default_value = "10", value_parser = mbps)]
+    pub uplink: u64,
+    /// The broadcaster's upload rate, in Mb/s
+    #[arg(long, value_name = "MBPS", default_value = "20", value_parser = mbps)]
+    pub source_uplink: u64,
+    /// One-way latency of each link, drawn from LO-HI milliseconds
+    #[arg(long, value_name = "LO-HI", default_value = "10-50", value_parser = millis_range)]
+    pub latency: (Duration, Duration),
+    /// Viewers each viewer dials
+    #[arg(long, value_name = "N", default_value_t = 16,
+          value_parser = clap::value_parser!(u64).range(1..=1000))]
+    pub dials: u64,
+    /// Add an HTTP origin this many milliseconds away (round trip) for
+    /// segments peers cannot deliver in time
+    #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u64).range(0..=10_000))]
+    pub origin_rtt: Option<u64>,
+    /// How long the broadcaster rations each new shard, in ms (0: off)
+    #[arg(long, value_name = "MS", default_value_t = 1000,
+          value_parser = clap::value_parser!(u64).range(0..=10_000))]
+    pub ration_window: u64,
+    /// Viewers that leave at once halfway through
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub leave: usize,
+    /// Seed for the topology and latencies
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub seed: u64,
+}
+
+/// A rate such as `10` or `2.5` Mb/s, as bytes per second.
+fn mbps(s: &str) -> Result<u64, String> {
+    let x: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of Mb/s"))?;
+    if !x.is_finite() || !(0.01..=100_000.0).contains(&x) {
+        return Err(format!("{s} Mb/s is not between 0.01 and 100000"));
+    }
+    Ok((x * 1_000_000.0 / 8.0).round() as u64)
+}
+
+/// `LO-HI` milliseconds (or one number for both).
+fn millis_range(s: &str) -> Result<(Duration, Duration), String> {
+    let one = |t: &str| -> Result<Duration, String> {
+        let ms: u64 = t
+            .trim()
+            .parse()
+            .map_err(|_| format!("{t:?} is not a whole number of milliseconds"))?;
+        if ms > 10_000 {
+            return Err(format!("{ms} ms is over the 10000 ms this model allows"));
+        }
+        Ok(Duration::from_millis(ms))
+    };
+    let (lo, hi) = match s.split_once('-') {
+        Some((lo, hi)) => (one(lo)?, one(hi)?),
+        None => (one(s)?, one(s)?),
+    };
+    if lo > hi {
+        return Err(format!("{s}: the low end is above the high end"));
+    }
+    Ok((lo, hi))
 }
 
 #[derive(Args, Debug)]
@@ -69,6 +147,36 @@ pub fn run(cli: Cli) -> Result<String, Error> {
             };
             let out = args.out.unwrap_or_else(default_out);
             Ok(tokenomics::run(&params, &out)?.report)
+        }
+        Command::Swarm(args) => {
+            let live = shoal_protocol::live::LiveConfig {
+                ration_window: Duration::from_millis(args.ration_window),
+                ..Default::default()
+            };
+            let base = SwarmParams {
+                segments: args.segments,
+                viewer_uplink: args.uplink,
+                source_uplink: args.source_uplink,
+                latency: args.latency,
+                dials: args.dials as usize,
+                origin: args.origin_rtt.map(|ms| OriginParams {
+                    rtt: Duration::from_millis(ms),
+                    rate: 50_000_000 / 8,
+                }),
+                leave: args.leave,
+                seed: args.seed,
+                live,
+                ..SwarmParams::default()
+            };
+            let mut reports = Vec::new();
+            for n in &args.viewers {
+                let params = SwarmParams {
+                    viewers: *n as usize,
+                    ..base.clone()
+                };
+                reports.push(swarm::run(&params)?);
+            }
+            Ok(swarm::table(&base, &reports))
         }
     }
 }

@@ -1,6 +1,10 @@
 //! shoal-sim: models of shoal that run without a network.
 //!
-//! Today it holds the tokenomics model behind `shoal-sim tokenomics`:
+//! [`swarm`] is `shoal-sim swarm`: a live channel's broadcaster and
+//! viewers running the node's own sans-IO planner and Bitswap engine over a
+//! modelled network, to measure the protocol apart from any machine.
+//!
+//! The tokenomics model behind `shoal-sim tokenomics`:
 //!
 //! - [`table1`]: the study's Table 1 recomputed from its own assumptions;
 //! - [`model`]: a monthly model of ad revenue split 70/20/10 to the cent,
@@ -20,6 +24,7 @@ pub mod cli;
 mod error;
 pub mod model;
 pub mod money;
+pub mod swarm;
 pub mod table1;
 pub mod tokenomics;
 
