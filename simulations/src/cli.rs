@@ -4,6 +4,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use shoal_protocol::bitswap::EngineConfig;
+use shoal_protocol::live::LiveConfig;
 
 use crate::Error;
 use crate::model::{MAX_MONTHS, Params};
@@ -55,9 +57,20 @@ pub struct SwarmArgs {
     #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u64).range(0..=10_000))]
     pub origin_rtt: Option<u64>,
     /// How long the broadcaster rations each new shard, in ms (0: off)
-    #[arg(long, value_name = "MS", default_value_t = 1000,
+    #[arg(long, value_name = "MS",
+          default_value_t = LiveConfig::default().ration_window.as_millis() as u64,
           value_parser = clap::value_parser!(u64).range(0..=10_000))]
     pub ration_window: u64,
+    /// How long a viewer lets other viewers deliver before it asks the
+    /// broadcaster beyond its small quota, in ms
+    #[arg(long, value_name = "MS",
+          default_value_t = LiveConfig::default().source_wait.as_millis() as u64,
+          value_parser = clap::value_parser!(u64).range(0..=10_000))]
+    pub source_wait: u64,
+    /// Let the broadcaster queue every copy a viewer asks for at once,
+    /// instead of 128 KiB at a time
+    #[arg(long)]
+    pub no_pacing: bool,
     /// Viewers that leave at once halfway through
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub leave: usize,
@@ -149,8 +162,9 @@ pub fn run(cli: Cli) -> Result<String, Error> {
             Ok(tokenomics::run(&params, &out)?.report)
         }
         Command::Swarm(args) => {
-            let live = shoal_protocol::live::LiveConfig {
+            let live = LiveConfig {
                 ration_window: Duration::from_millis(args.ration_window),
+                source_wait: Duration::from_millis(args.source_wait),
                 ..Default::default()
             };
             let base = SwarmParams {
@@ -166,6 +180,14 @@ pub fn run(cli: Cli) -> Result<String, Error> {
                 leave: args.leave,
                 seed: args.seed,
                 live,
+                engine: EngineConfig {
+                    max_paced_bytes: if args.no_pacing {
+                        usize::MAX
+                    } else {
+                        EngineConfig::default().max_paced_bytes
+                    },
+                    ..Default::default()
+                },
                 ..SwarmParams::default()
             };
             let mut reports = Vec::new();

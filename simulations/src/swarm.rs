@@ -103,6 +103,8 @@ pub struct SwarmParams {
     pub leave: usize,
     pub seed: u64,
     pub live: LiveConfig,
+    /// Every node's Bitswap engine (the broadcaster's pacing among them).
+    pub engine: EngineConfig,
 }
 
 impl Default for SwarmParams {
@@ -126,6 +128,7 @@ impl Default for SwarmParams {
             leave: 0,
             seed: 1,
             live: LiveConfig::default(),
+            engine: EngineConfig::default(),
         }
     }
 }
@@ -255,6 +258,7 @@ struct Uplink {
 
 enum Event {
     Publish(u64),
+    /// The broadcaster's ration of a segment's shards ends.
     EndRation(u64),
     /// The uplink may send its next chunk.
     Uplink(usize),
@@ -391,7 +395,7 @@ impl Sim {
         let n = p.viewers + 1;
         let mut nodes: Vec<SimNode> = (0..n)
             .map(|i| SimNode {
-                engine: Engine::new(EngineConfig::default()),
+                engine: Engine::new(p.engine.clone()),
                 planner: None,
                 held: HashSet::new(),
                 links: BTreeMap::new(),
@@ -706,14 +710,14 @@ impl Sim {
         s.published = Some(self.now);
         let shards = s.manifest.shards.clone();
         let manifest_cid = s.manifest_cid;
-        let window = self.p.live.ration_window;
+        let rationed = !self.p.live.ration_window.is_zero();
         let copies = self.p.live.ration_copies;
         let mut out = Vec::new();
         let node = &mut self.nodes[SOURCE];
         node.held.insert(manifest_cid);
         for cid in &shards {
             node.held.insert(*cid);
-            if !window.is_zero() {
+            if rationed {
                 node.engine.ration(*cid, copies);
             }
         }
@@ -724,8 +728,14 @@ impl Sim {
         for cid in &shards {
             node.engine.block_stored(cid, &store, &mut out);
         }
-        if !window.is_zero() {
-            self.at(self.now + window, Event::EndRation(seq));
+        // The node ends a ration on its first tick after it is due.
+        if rationed {
+            let tick = TICK.as_micros();
+            let due = (self.now + self.p.live.ration_window)
+                .as_micros()
+                .div_ceil(tick)
+                * tick;
+            self.at(Duration::from_micros(due as u64), Event::EndRation(seq));
         }
         self.outputs(SOURCE, out);
         self.nodes[SOURCE].seen.insert(seq);
@@ -1109,7 +1119,8 @@ pub fn table(params: &SwarmParams, reports: &[SwarmReport]) -> String {
     let _ = writeln!(
         t,
         "live swarm: {} kB segments every {:.1} s (k = {}, m = {}), viewer uplink {:.1} Mb/s, \
-         broadcaster {:.1} Mb/s, one-way latency {}-{} ms, {} dials, ration {} ms{}{}",
+         broadcaster {:.1} Mb/s, one-way latency {}-{} ms, {} dials, ration {} ms, source wait {} ms, \
+         pacing {}{}{}",
         params.segment_bytes / 1000,
         params.segment_duration.as_secs_f64(),
         params.k,
@@ -1120,6 +1131,12 @@ pub fn table(params: &SwarmParams, reports: &[SwarmReport]) -> String {
         ms(params.latency.1),
         params.dials,
         ms(params.live.ration_window),
+        ms(params.live.source_wait),
+        if params.engine.max_paced_bytes == usize::MAX {
+            "off".to_owned()
+        } else {
+            format!("{} KiB", params.engine.max_paced_bytes >> 10)
+        },
         match &params.origin {
             Some(o) => format!(", HTTP origin {} ms away", ms(o.rtt)),
             None => String::new(),

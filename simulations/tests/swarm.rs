@@ -7,6 +7,7 @@
 use std::time::Duration;
 
 use clap::Parser;
+use shoal_protocol::bitswap::EngineConfig;
 use shoal_sim::cli::{self, Cli};
 use shoal_sim::swarm::{self, OriginParams, SwarmParams, SwarmReport};
 
@@ -79,6 +80,37 @@ fn without_the_ration_every_viewer_turns_to_the_broadcaster() {
         rationed.source_shards_sent
     );
     assert!(rationed.offload() > free.offload(), "{rationed:?} {free:?}");
+}
+
+#[test]
+fn pacing_keeps_a_thin_broadcaster_uplink_from_collapsing() {
+    // A hundred viewers on a 10 Mb/s broadcaster. Unpaced, every copy it
+    // is asked for queues in its uplink, where a viewer's cancel cannot
+    // reach it and announcements wait behind it: segments arrive later
+    // than the viewers give them up.
+    let thin = SwarmParams {
+        viewers: 100,
+        segments: 4,
+        source_uplink: 10_000_000 / 8,
+        ..SwarmParams::default()
+    };
+    let paced = swarm::run(&thin).unwrap();
+    everyone_gets_everything(&paced);
+    let unpaced = swarm::run(&SwarmParams {
+        engine: EngineConfig {
+            max_paced_bytes: usize::MAX,
+            ..EngineConfig::default()
+        },
+        ..thin
+    })
+    .unwrap();
+    assert!(unpaced.missed + unpaced.late > 0, "{unpaced:?}");
+    assert!(
+        unpaced.source_shards_sent > paced.source_shards_sent * 3,
+        "unpaced {} bytes of shards, paced {}",
+        unpaced.source_shards_sent,
+        paced.source_shards_sent
+    );
 }
 
 #[test]

@@ -26,6 +26,12 @@
 //!   until [`Engine::end_ration`] serves whoever still waits. A live
 //!   broadcaster rations each new shard, so its upload stays a few copies
 //!   of the stream however many watch (BitTorrent's super-seeding).
+//! - A block once rationed is also *paced*: at most
+//!   [`EngineConfig::max_paced_bytes`] of such blocks are queued for all
+//!   peers together, the rest wait here, in turn, where a cancel still
+//!   stops them. A broadcaster's uplink is the scarcest link of a live
+//!   channel; a copy handed to the transport goes out even when its viewer
+//!   got the shard elsewhere meanwhile, and announcements wait behind it.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::Hash;
@@ -48,6 +54,16 @@ pub struct EngineConfig {
     /// Cancelled asks remembered per peer, so that a block already on its
     /// way when we cancelled is not taken for an unrequested one.
     pub remembered_cancels: usize,
+    /// Bytes of *paced* blocks (those ever rationed: the shards of live
+    /// segments this node published) queued for all peers together and not
+    /// yet sent. The rest wait in the engine, where a cancel still stops
+    /// them; once queued, a block goes out even if its peer got it
+    /// elsewhere meanwhile. 128 KiB is 50 ms of a 20 Mb/s uplink and a
+    /// millisecond of a gigabit one.
+    pub max_paced_bytes: usize,
+    /// Paced blocks remembered, oldest forgotten first: a broadcaster's
+    /// window of segments is well inside 4096 shards.
+    pub max_paced_blocks: usize,
 }
 
 impl Default for EngineConfig {
@@ -56,6 +72,8 @@ impl Default for EngineConfig {
             max_peer_wants: 8192,
             max_queued_bytes: 16 << 20,
             remembered_cancels: 1024,
+            max_paced_bytes: 128 << 10,
+            max_paced_blocks: 4096,
         }
     }
 }
@@ -133,6 +151,8 @@ struct PeerState {
     /// Want-blocks we can serve but that wait for room in the queue.
     deferred: VecDeque<Cid>,
     queued_bytes: usize,
+    /// Of `queued_bytes`, paced blocks.
+    paced_queued: usize,
     /// Our wants sent to this peer.
     asked: HashMap<Cid, WantType>,
     /// Our recently cancelled asks, oldest first.
@@ -150,6 +170,14 @@ pub struct Engine<P> {
     wants: HashMap<Cid, WantType>,
     /// Rationed blocks and how many more peers each may be sent to.
     rationed: HashMap<Cid, usize>,
+    /// Paced blocks, and the order they were paced in.
+    paced: HashSet<Cid>,
+    paced_order: VecDeque<Cid>,
+    /// Bytes of paced blocks queued for all peers.
+    paced_queued: usize,
+    /// Peers whose next block waits for room among the paced bytes, in
+    /// turn.
+    starved: VecDeque<P>,
 }
 
 impl<P: Clone + Eq + Hash> Engine<P> {
@@ -159,6 +187,10 @@ impl<P: Clone + Eq + Hash> Engine<P> {
             peers: HashMap::new(),
             wants: HashMap::new(),
             rationed: HashMap::new(),
+            paced: HashSet::new(),
+            paced_order: VecDeque::new(),
+            paced_queued: 0,
+            starved: VecDeque::new(),
         }
     }
 
@@ -168,9 +200,11 @@ impl<P: Clone + Eq + Hash> Engine<P> {
 
     /// Forgets a peer; returns the CIDs we had asked it for, to ask others.
     pub fn peer_disconnected(&mut self, peer: &P) -> Vec<Cid> {
+        self.starved.retain(|p| p != peer);
         self.peers
             .remove(peer)
             .map(|s| {
+                self.paced_queued = self.paced_queued.saturating_sub(s.paced_queued);
                 s.asked
                     .into_keys()
                     .filter(|c| self.wants.contains_key(c))
@@ -314,6 +348,7 @@ impl<P: Clone + Eq + Hash> Engine<P> {
             }
         }
         self.on_wantlist(peer, msg.wantlist, msg.full, store, out);
+        self.pump(store, out);
     }
 
     fn on_wantlist(
@@ -407,12 +442,26 @@ impl<P: Clone + Eq + Hash> Engine<P> {
             if state.queued_bytes > 0 && state.queued_bytes + size > max {
                 break;
             }
+            let paced = self.paced.contains(&cid);
+            if paced
+                && self.paced_queued > 0
+                && self.paced_queued + size > self.config.max_paced_bytes
+            {
+                if !self.starved.contains(peer) {
+                    self.starved.push_back(peer.clone());
+                }
+                break;
+            }
             state.deferred.pop_front();
             state.wants.remove(&cid);
             if let Some(left) = self.rationed.get_mut(&cid) {
                 *left -= 1;
             }
             state.queued_bytes += size;
+            if paced {
+                state.paced_queued += size;
+                self.paced_queued += size;
+            }
             reply.blocks.push(cid);
             reply.block_bytes += size;
         }
@@ -430,7 +479,16 @@ impl<P: Clone + Eq + Hash> Engine<P> {
         let Some(state) = self.peers.get_mut(peer) else {
             return;
         };
-        state.queued_bytes = state.queued_bytes.saturating_sub(bytes);
+        let freed = bytes.min(state.queued_bytes);
+        state.queued_bytes -= freed;
+        // Which of the bytes were paced is not reported; counting them
+        // first frees the room no later than it really is.
+        let paced = freed.min(state.paced_queued);
+        state.paced_queued -= paced;
+        self.paced_queued = self.paced_queued.saturating_sub(paced);
+        // Peers that waited for room among the paced bytes go before this
+        // one, which takes its turn behind them if it must wait too.
+        self.pump(store, out);
         let mut reply = Outgoing::default();
         self.fill_queue(peer, store, &mut reply);
         if !reply.is_empty() {
@@ -441,9 +499,31 @@ impl<P: Clone + Eq + Hash> Engine<P> {
         }
     }
 
+    /// Serves the peers waiting for room among the paced bytes, in turn,
+    /// while there is room. Called wherever a store is at hand, so that
+    /// room freed by a peer that left is used on the next event.
+    fn pump(&mut self, store: &impl BlockSource, out: &mut Vec<Output<P>>) {
+        let mut turns = self.starved.len();
+        while turns > 0 && self.paced_queued < self.config.max_paced_bytes {
+            turns -= 1;
+            let Some(next) = self.starved.pop_front() else {
+                break;
+            };
+            let mut reply = Outgoing::default();
+            self.fill_queue(&next, store, &mut reply);
+            if !reply.is_empty() {
+                out.push(Output::Send {
+                    peer: next,
+                    message: reply,
+                });
+            }
+        }
+    }
+
     /// A block entered the store: every peer still wanting it gets it (or a
     /// HAVE for a want-have).
     pub fn block_stored(&mut self, cid: &Cid, store: &impl BlockSource, out: &mut Vec<Output<P>>) {
+        self.pump(store, out);
         self.serve_waiting(cid, true, store, out);
         // A block we wanted that arrived by another path (an import, HTTP).
         if self.wants.remove(cid).is_some() {
@@ -457,6 +537,14 @@ impl<P: Clone + Eq + Hash> Engine<P> {
     /// Rationing a block again resets its count.
     pub fn ration(&mut self, cid: Cid, copies: usize) {
         self.rationed.insert(cid, copies);
+        if self.paced.insert(cid) {
+            self.paced_order.push_back(cid);
+            while self.paced_order.len() > self.config.max_paced_blocks {
+                if let Some(old) = self.paced_order.pop_front() {
+                    self.paced.remove(&old);
+                }
+            }
+        }
     }
 
     /// Ends the ration of `cid`: peers still waiting for it are sent it.
@@ -682,6 +770,74 @@ mod tests {
         out.clear();
         e.end_ration(&cid, &store, &mut out);
         assert!(out.is_empty());
+    }
+
+    #[test]
+    fn paced_blocks_wait_in_the_engine_where_a_cancel_still_stops_them() {
+        let config = EngineConfig {
+            max_paced_bytes: 150,
+            ..EngineConfig::default()
+        };
+        let mut e = Engine::new(config);
+        let mut store = Store::default();
+        let live = cid_of(Codec::Raw, b"new live shard");
+        let bulk = cid_of(Codec::Raw, b"file shard");
+        store.0.insert(live, 100);
+        store.0.insert(bulk, 100);
+        // Rationed once, paced from then on; the ration itself ends at once.
+        e.ration(live, 1);
+        let mut out = Vec::new();
+        e.end_ration(&live, &store, &mut out);
+        // Four peers ask for the live shard: one copy fits the paced
+        // bytes, the other three wait in turn.
+        for p in 1u32..=4 {
+            e.on_message(
+                &p,
+                wants_msg(vec![want(live, WantType::Block, true)]),
+                &store,
+                &mut out,
+            );
+        }
+        let served = |out: &[Output<u32>]| -> Vec<u32> {
+            let mut v: Vec<u32> = sends(out)
+                .iter()
+                .filter(|(_, m)| m.blocks.contains(&live))
+                .map(|(p, _)| *p)
+                .collect();
+            v.sort();
+            v
+        };
+        assert_eq!(served(&out), vec![1]);
+        // Pacing is for live shards only: a file's block goes at once.
+        out.clear();
+        e.on_message(
+            &1,
+            wants_msg(vec![want(bulk, WantType::Block, true)]),
+            &store,
+            &mut out,
+        );
+        assert_eq!(sends(&out)[0].1.blocks, vec![bulk]);
+        // Peer 3 got the shard elsewhere and cancels while it waits.
+        let mut cancel = want(live, WantType::Block, false);
+        cancel.cancel = true;
+        e.on_message(&3, wants_msg(vec![cancel]), &store, &mut out);
+        // Peer 1's copy is out: the next in turn gets one.
+        out.clear();
+        e.sent(&1, 100, &store, &mut out);
+        assert_eq!(served(&out), vec![2]);
+        out.clear();
+        e.sent(&2, 100, &store, &mut out);
+        assert_eq!(served(&out), vec![4], "peer 3 cancelled and gets nothing");
+        // Peer 4 leaves with its copy unsent: the room is not lost.
+        e.peer_disconnected(&4);
+        out.clear();
+        e.on_message(
+            &5,
+            wants_msg(vec![want(live, WantType::Block, true)]),
+            &store,
+            &mut out,
+        );
+        assert_eq!(served(&out), vec![5]);
     }
 
     #[test]
