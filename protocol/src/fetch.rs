@@ -190,6 +190,18 @@ impl<P: Clone + Eq + Hash> GroupFetch<P> {
         out
     }
 
+    /// A candidate peer known to hold every block of the group (a live
+    /// segment's publisher): nothing is asked about, blocks are requested
+    /// from it straight away.
+    pub fn add_holder(&mut self, peer: P, now: Instant) -> Vec<FetchAction<P>> {
+        if self.is_complete() || !self.peers.insert(peer.clone()) {
+            return Vec::new();
+        }
+        let all: HashSet<usize> = (0..self.cids.len()).collect();
+        self.has.insert(peer, all);
+        self.schedule(now)
+    }
+
     /// A peer said whether it has a block.
     pub fn on_presence(
         &mut self,
@@ -374,6 +386,23 @@ mod tests {
                 _ => None,
             })
             .collect()
+    }
+
+    #[test]
+    fn a_known_holder_is_asked_for_blocks_without_being_asked_what_it_has() {
+        let cids = shards(6);
+        let mut g = GroupFetch::new(FetchConfig::default(), cids.clone(), 4);
+        let t = Instant::now();
+        let out = g.add_holder(1u32, t);
+        assert!(
+            out.iter()
+                .all(|a| matches!(a, FetchAction::WantBlock { peer: 1, .. }))
+        );
+        // Two at a time, data shards first.
+        let asked: Vec<Cid> = want_blocks(&out).into_iter().map(|(_, c)| c).collect();
+        assert_eq!(asked, cids[..2].to_vec());
+        // Added twice, it is not asked twice.
+        assert!(g.add_holder(1, t).is_empty());
     }
 
     #[test]
