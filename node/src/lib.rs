@@ -488,6 +488,13 @@ fn build_swarm(
                 .validation_mode(gossipsub::ValidationMode::Strict)
                 .validate_messages()
                 .max_transmit_size(GOSSIPSUB_MAX_BYTES)
+                // A broadcaster sends each announcement to its mesh (topped
+                // up to six peers) rather than to every viewer connected to
+                // it: its uplink is the channel's scarcest, and the mesh
+                // carries the message on in a few hops (`shoal-sim swarm`,
+                // 1000 viewers: p95 1.33 -> 1.00 s, and a third of the
+                // broadcaster's bytes).
+                .flood_publish(false)
                 // A message is known by its content: a replayed
                 // announcement is a duplicate while remembered, and a
                 // rewound one after that.

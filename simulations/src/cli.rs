@@ -71,6 +71,10 @@ pub struct SwarmArgs {
     /// instead of 128 KiB at a time
     #[arg(long)]
     pub no_pacing: bool,
+    /// The broadcaster sends announcements to every viewer it is connected
+    /// to, not just its gossip mesh
+    #[arg(long)]
+    pub flood_publish: bool,
     /// Viewers that leave at once halfway through
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub leave: usize,
@@ -178,6 +182,7 @@ pub fn run(cli: Cli) -> Result<String, Error> {
                     rate: 50_000_000 / 8,
                 }),
                 leave: args.leave,
+                flood_publish: args.flood_publish,
                 seed: args.seed,
                 live,
                 engine: EngineConfig {

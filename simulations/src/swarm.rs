@@ -12,10 +12,11 @@
 //!   Downlinks are unlimited: a home or mobile line receives several times
 //!   faster than it sends.
 //! - **Every link has its own one-way latency**, drawn once per link.
-//! - **Gossip is gossipsub's**: the broadcaster floods its own announcements
-//!   to every viewer it is connected to (rust-libp2p's `flood_publish`), and
-//!   each viewer forwards the first copy it sees to its mesh peers (six);
-//!   copies go through the uplinks like any other message.
+//! - **Gossip is gossipsub's**: the broadcaster sends its announcements to
+//!   its mesh peers (the node turns gossipsub's `flood_publish` off;
+//!   [`SwarmParams::flood_publish`] puts it back), and each viewer forwards
+//!   the first copy it sees to its mesh peers (six); copies go through the
+//!   uplinks like any other message.
 //! - **Sizes are real**: Bitswap messages are encoded with shoal's wire
 //!   codec and announcements are signed, so what crosses a link is what
 //!   the node would send.
@@ -105,6 +106,9 @@ pub struct SwarmParams {
     pub live: LiveConfig,
     /// Every node's Bitswap engine (the broadcaster's pacing among them).
     pub engine: EngineConfig,
+    /// The broadcaster sends each announcement to every viewer it is
+    /// connected to (gossipsub's `flood_publish`), not just its mesh.
+    pub flood_publish: bool,
 }
 
 impl Default for SwarmParams {
@@ -129,6 +133,7 @@ impl Default for SwarmParams {
             seed: 1,
             live: LiveConfig::default(),
             engine: EngineConfig::default(),
+            flood_publish: false,
         }
     }
 }
@@ -739,7 +744,11 @@ impl Sim {
         }
         self.outputs(SOURCE, out);
         self.nodes[SOURCE].seen.insert(seq);
-        let viewers: Vec<usize> = self.nodes[SOURCE].links.keys().copied().collect();
+        let viewers: Vec<usize> = if self.p.flood_publish {
+            self.nodes[SOURCE].links.keys().copied().collect()
+        } else {
+            self.nodes[SOURCE].mesh.clone()
+        };
         for v in viewers {
             self.enqueue(SOURCE, v, Payload::Announce(seq));
         }
@@ -1120,7 +1129,7 @@ pub fn table(params: &SwarmParams, reports: &[SwarmReport]) -> String {
         t,
         "live swarm: {} kB segments every {:.1} s (k = {}, m = {}), viewer uplink {:.1} Mb/s, \
          broadcaster {:.1} Mb/s, one-way latency {}-{} ms, {} dials, ration {} ms, source wait {} ms, \
-         pacing {}{}{}",
+         pacing {}{}{}{}",
         params.segment_bytes / 1000,
         params.segment_duration.as_secs_f64(),
         params.k,
@@ -1145,6 +1154,11 @@ pub fn table(params: &SwarmParams, reports: &[SwarmReport]) -> String {
             format!(", {} viewers leave halfway", params.leave)
         } else {
             String::new()
+        },
+        if params.flood_publish {
+            ", flood publish"
+        } else {
+            ""
         },
     );
     let _ = writeln!(
