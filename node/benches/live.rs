@@ -50,11 +50,19 @@ async fn start_node(dir: &Path, bootstrap: Vec<Multiaddr>) -> (Node, Multiaddr) 
     {
         live.ration_window = Duration::from_millis(ms);
     }
+    let mut engine = shoal_protocol::bitswap::EngineConfig::default();
+    if let Some(kib) = std::env::var("SHOAL_BENCH_PACED_KIB")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        engine.max_paced_bytes = kib << 10;
+    }
     let config = NodeConfig {
         listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
         bootstrap,
         mdns: false,
         live,
+        engine,
         ..NodeConfig::default()
     };
     let node = Node::start_in(dir, config).await.unwrap();

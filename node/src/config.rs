@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use libp2p::Multiaddr;
+use shoal_protocol::bitswap::EngineConfig;
 use shoal_protocol::fetch::FetchConfig;
 use shoal_protocol::live::LiveConfig;
 
@@ -43,6 +44,9 @@ pub struct NodeConfig {
     /// now to arrive, short enough that a wrong CID is reported quickly.
     pub fetch_hopeless_grace: Duration,
     pub fetch: FetchConfig,
+    /// The Bitswap engine's limits (wantlists, queues, the broadcaster's
+    /// pacing).
+    pub engine: EngineConfig,
     /// Deadlines and windows of watched live channels.
     pub live: LiveConfig,
     /// Viewers of a channel dialed per DHT lookup: enough for a gossip mesh
@@ -74,6 +78,7 @@ impl Default for NodeConfig {
             fetch_stall_timeout: Duration::from_secs(30),
             fetch_hopeless_grace: Duration::from_secs(5),
             fetch: FetchConfig::default(),
+            engine: EngineConfig::default(),
             live: LiveConfig::default(),
             live_max_dials: 16,
             rewards: Default::default(),

@@ -43,7 +43,7 @@ use libp2p::{
     Multiaddr, PeerId, StreamProtocol, allow_block_list, autonat, connection_limits, dcutr,
     gossipsub, identify, kad, mdns, noise, ping, tcp, yamux,
 };
-use shoal_protocol::bitswap::{Engine, EngineConfig};
+use shoal_protocol::bitswap::Engine;
 use shoal_protocol::block::Cid;
 use shoal_protocol::channel::ChannelId;
 use shoal_protocol::receipt::SignedReceipt;
@@ -166,11 +166,12 @@ impl Node {
         store.set_listener(Box::new(move |cids| {
             let _ = stored_tx.send(cids.to_vec());
         }));
+        let engine = Engine::new(config.engine.clone());
         let event_loop = EventLoop {
             swarm,
             config,
             store: store.clone(),
-            engine: Engine::new(EngineConfig::default()),
+            engine,
             commands: commands_rx,
             stream_events: events_rx,
             stored: stored_rx,
