@@ -102,10 +102,10 @@ pub struct LiveConfig {
     /// and there the wait costs nothing; on slow uplinks asking the source
     /// sooner only brings DONT_HAVE from its ration and open wants it must
     /// serve later, when the viewers have mostly traded the shards already.
-    /// In `shoal-sim swarm` 1.5 s, the P2P budget, cut the broadcaster's
-    /// shards from 17.2 to 12.3 MB (100 viewers, 4 Mb/s uplinks) and kept
-    /// 1000 viewers on 10 Mb/s from stalling (p95 9.0 s → 1.6 s); longer
-    /// changed nothing.
+    /// In `shoal-sim swarm`, 1.5 s (the P2P budget) against 300 ms cut the
+    /// shards the broadcaster sent by 30% (100 viewers with 4 Mb/s
+    /// uplinks: 31.2 → 22.1 MB) at the same latency; longer changed
+    /// nothing.
     pub source_wait: Duration,
     /// The broadcaster's side of sparing the source: it sends each shard
     /// of a new segment to at most this many viewers (the first to ask)
