@@ -341,13 +341,7 @@ impl EventLoop {
         let now = Instant::now();
         for output in outputs {
             match output {
-                Output::Send { peer, message } => {
-                    let merged = sends.entry(peer).or_default();
-                    merged.wantlist.extend(message.wantlist);
-                    merged.presences.extend(message.presences);
-                    merged.blocks.extend(message.blocks);
-                    merged.block_bytes += message.block_bytes;
-                }
+                Output::Send { peer, message } => sends.entry(peer).or_default().merge(message),
                 Output::Received { peer, cid, data } => received.push((peer, cid, data)),
                 Output::Presence {
                     peer,

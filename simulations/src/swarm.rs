@@ -561,6 +561,23 @@ impl Sim {
         sim
     }
 
+    /// Runs `f` on `node`'s engine with the node's blocks, then carries out
+    /// what it output.
+    fn engine(
+        &mut self,
+        node: usize,
+        f: impl FnOnce(&mut Engine<usize>, &Held<'_>, &mut Vec<Output<usize>>),
+    ) {
+        let mut out = Vec::new();
+        let n = &mut self.nodes[node];
+        let store = Held {
+            held: &n.held,
+            blocks: &self.blocks,
+        };
+        f(&mut n.engine, &store, &mut out);
+        self.outputs(node, out);
+    }
+
     fn at(&mut self, at: Duration, event: Event) {
         self.order += 1;
         self.queue.push(Scheduled {
@@ -594,44 +611,29 @@ impl Sim {
             Event::Publish(seq) => self.publish(seq),
             Event::EndRation(seq) => {
                 let shards = self.segments[seq as usize].manifest.shards.clone();
-                let mut out = Vec::new();
-                let node = &mut self.nodes[SOURCE];
-                let store = Held {
-                    held: &node.held,
-                    blocks: &self.blocks,
-                };
-                for cid in &shards {
-                    node.engine.end_ration(cid, &store, &mut out);
-                }
-                self.outputs(SOURCE, out);
+                self.engine(SOURCE, |engine, store, out| {
+                    for cid in &shards {
+                        engine.end_ration(cid, store, out);
+                    }
+                });
             }
             Event::Uplink(node) => self.uplink(node),
             Event::Deliver { to, from, message } => {
                 if self.nodes[to].gone || self.nodes[from].gone {
                     return;
                 }
-                let mut out = Vec::new();
-                let n = &mut self.nodes[to];
-                let store = Held {
-                    held: &n.held,
-                    blocks: &self.blocks,
-                };
-                n.engine.on_message(&from, message, &store, &mut out);
-                self.outputs(to, out);
+                self.engine(to, |engine, store, out| {
+                    engine.on_message(&from, message, store, out)
+                });
             }
             Event::Announce { to, from, sequence } => self.announced(to, from, sequence),
             Event::Sent { node, peer, bytes } => {
                 if self.nodes[node].gone {
                     return;
                 }
-                let mut out = Vec::new();
-                let n = &mut self.nodes[node];
-                let store = Held {
-                    held: &n.held,
-                    blocks: &self.blocks,
-                };
-                n.engine.sent(&peer, bytes, &store, &mut out);
-                self.outputs(node, out);
+                self.engine(node, |engine, store, out| {
+                    engine.sent(&peer, bytes, store, out)
+                });
             }
             Event::Tick(node) => {
                 if self.nodes[node].gone {
@@ -717,7 +719,6 @@ impl Sim {
         let manifest_cid = s.manifest_cid;
         let rationed = !self.p.live.ration_window.is_zero();
         let copies = self.p.live.ration_copies;
-        let mut out = Vec::new();
         let node = &mut self.nodes[SOURCE];
         node.held.insert(manifest_cid);
         for cid in &shards {
@@ -726,13 +727,11 @@ impl Sim {
                 node.engine.ration(*cid, copies);
             }
         }
-        let store = Held {
-            held: &node.held,
-            blocks: &self.blocks,
-        };
-        for cid in &shards {
-            node.engine.block_stored(cid, &store, &mut out);
-        }
+        self.engine(SOURCE, |engine, store, out| {
+            for cid in &shards {
+                engine.block_stored(cid, store, out);
+            }
+        });
         // The node ends a ration on its first tick after it is due.
         if rationed {
             let tick = TICK.as_micros();
@@ -742,7 +741,6 @@ impl Sim {
                 * tick;
             self.at(Duration::from_micros(due as u64), Event::EndRation(seq));
         }
-        self.outputs(SOURCE, out);
         self.nodes[SOURCE].seen.insert(seq);
         let viewers: Vec<usize> = if self.p.flood_publish {
             self.nodes[SOURCE].links.keys().copied().collect()
@@ -875,13 +873,7 @@ impl Sim {
         let mut actions = Vec::new();
         for output in outputs {
             match output {
-                Output::Send { peer, message } => {
-                    let merged = sends.entry(peer).or_default();
-                    merged.wantlist.extend(message.wantlist);
-                    merged.presences.extend(message.presences);
-                    merged.blocks.extend(message.blocks);
-                    merged.block_bytes += message.block_bytes;
-                }
+                Output::Send { peer, message } => sends.entry(peer).or_default().merge(message),
                 Output::Received { peer, cid, data } => received.push((peer, cid, data)),
                 Output::Presence {
                     peer,

@@ -100,6 +100,15 @@ impl Outgoing {
     fn is_empty(&self) -> bool {
         self.wantlist.is_empty() && self.presences.is_empty() && self.blocks.is_empty()
     }
+
+    /// Appends `other`, so that one message carries everything a batch of
+    /// outputs sends a peer.
+    pub fn merge(&mut self, other: Outgoing) {
+        self.wantlist.extend(other.wantlist);
+        self.presences.extend(other.presences);
+        self.blocks.extend(other.blocks);
+        self.block_bytes += other.block_bytes;
+    }
 }
 
 /// Why a peer is disconnected.
