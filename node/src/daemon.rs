@@ -47,11 +47,13 @@ pub enum DaemonError {
 
 /// A started daemon.
 pub struct Daemon {
+    /// First, so that a daemon dropped unserved removes its `api` file
+    /// before its node and store go.
+    api_file: ApiFile,
     pub node: Node,
     pub api_addr: SocketAddr,
     listener: tokio::net::TcpListener,
     paths: RepoPaths,
-    api_file: ApiFile,
 }
 
 /// The repo's `api` file, which tells the CLI where the running daemon

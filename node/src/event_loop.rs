@@ -385,7 +385,7 @@ impl EventLoop {
                     &mut released,
                 );
             }
-            self.send(peer, message);
+            self.send(peer, message, &mut released);
         }
         if !released.is_empty() {
             self.apply(released);
@@ -451,7 +451,10 @@ impl EventLoop {
         }
     }
 
-    fn send(&mut self, peer: PeerId, message: Outgoing) {
+    /// Hands `message` to the peer's writer. If the writer has stopped,
+    /// the engine releases the queue space it counted; what that frees for
+    /// other peers (paced blocks waiting their turn) goes into `released`.
+    fn send(&mut self, peer: PeerId, message: Outgoing, released: &mut Vec<Output<PeerId>>) {
         let writer = self.writers.entry(peer).or_insert_with(|| {
             bitswap::spawn_writer(
                 peer,
@@ -467,12 +470,11 @@ impl EventLoop {
             // counted; a new writer starts with the next message.
             tracing::debug!(%peer, "bitswap writer gone; message dropped");
             self.writers.remove(&peer);
-            let mut out = Vec::new();
             self.engine.sent(
                 &peer,
                 bytes,
                 &StoreSource::new(&self.store, &self.config),
-                &mut out,
+                released,
             );
         }
     }

@@ -493,7 +493,7 @@ fn build_swarm(
                 // up to six peers) rather than to every viewer connected to
                 // it: its uplink is the channel's scarcest, and the mesh
                 // carries the message on in a few hops (`shoal-sim swarm`,
-                // 1000 viewers: p95 1.33 -> 1.00 s, and a third of the
+                // 1000 viewers: p95 1.33 -> 0.98 s, and a third of the
                 // broadcaster's bytes).
                 .flood_publish(false)
                 // A message is known by its content: a replayed

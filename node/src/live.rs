@@ -930,9 +930,9 @@ impl EventLoop {
     }
 
     /// Publishes `data` on a rendition's topic of `channel`. The shards of
-    /// an announced segment are rationed first (each goes to a few viewers,
-    /// who trade it): viewers ask for them as soon as they hear the
-    /// announcement.
+    /// an announced segment are paced and rationed first (each goes to a
+    /// few viewers, who trade it): viewers ask for them as soon as they
+    /// hear the announcement.
     pub(crate) fn publish(
         &mut self,
         channel: ChannelId,
@@ -940,16 +940,19 @@ impl EventLoop {
         data: Vec<u8>,
     ) -> Result<(), NodeError> {
         let window = self.live.config.ration_window;
-        if !window.is_zero()
-            && let Ok(announcement) = Announcement::open(&channel, &data)
-        {
+        if let Ok(announcement) = Announcement::open(&channel, &data) {
             let shards = announcement.manifest.shards;
             for cid in &shards {
-                self.engine.ration(*cid, self.live.config.ration_copies);
+                self.engine.pace(*cid);
             }
-            self.live
-                .rationed
-                .push_back((Instant::now() + window, shards));
+            if !window.is_zero() {
+                for cid in &shards {
+                    self.engine.ration(*cid, self.live.config.ration_copies);
+                }
+                self.live
+                    .rationed
+                    .push_back((Instant::now() + window, shards));
+            }
         }
         let topic = IdentTopic::new(channel.topic(rendition));
         match self.swarm.behaviour_mut().gossipsub.publish(topic, data) {

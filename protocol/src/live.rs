@@ -103,8 +103,8 @@ pub struct LiveConfig {
     /// sooner only brings DONT_HAVE from its ration and open wants it must
     /// serve later, when the viewers have mostly traded the shards already.
     /// In `shoal-sim swarm`, 1.5 s (the P2P budget) against 300 ms cut the
-    /// shards the broadcaster sent by 30% (100 viewers with 4 Mb/s
-    /// uplinks: 31.2 → 22.1 MB) at the same latency; longer changed
+    /// shards the broadcaster sent by 28% (100 viewers with 4 Mb/s
+    /// uplinks: 30.9 → 22.2 MB) at the same latency; longer changed
     /// nothing.
     pub source_wait: Duration,
     /// The broadcaster's side of sparing the source: it sends each shard
@@ -1554,8 +1554,8 @@ mod tests {
             }
         }
         // K = 4 of 6 shards, two copies each: 12 shards to share. Three
-        // viewers at a quota of 3 could not hold 4 distinct shards between
-        // them, so none waits: each takes what it needs from the source.
+        // viewers at a quota of 3 hold only 9 of them, so the source is not
+        // spared and none waits: each takes what it needs from it.
         assert_eq!(from_source_before_the_wait(3), usize::from(K));
         // Five viewers share 12 at 3 each: the source is spared.
         assert_eq!(from_source_before_the_wait(5), 3);

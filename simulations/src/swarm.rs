@@ -15,8 +15,8 @@
 //! - **Gossip is gossipsub's**: the broadcaster sends its announcements to
 //!   its mesh peers (the node turns gossipsub's `flood_publish` off;
 //!   [`SwarmParams::flood_publish`] puts it back), and each viewer forwards
-//!   the first copy it sees to its mesh peers (six); copies go through the
-//!   uplinks like any other message.
+//!   the first copy it sees to its mesh peers (six to twelve); copies go
+//!   through the uplinks like any other message.
 //! - **Sizes are real**: Bitswap messages are encoded with shoal's wire
 //!   codec and announcements are signed, so what crosses a link is what
 //!   the node would send.
@@ -24,8 +24,11 @@
 //! What it leaves out: CPU time (a message is handled the instant it
 //! arrives, so this measures the protocol, not a machine), connection
 //! set-up (every viewer is connected and in the mesh before the first
-//! segment), packet loss, and the DHT (a viewer dials `dials` viewers
-//! chosen at random, as it would dial providers found there).
+//! segment), packet loss, gossipsub's re-grafting after churn, the DHT (a
+//! viewer dials `dials` viewers chosen at random, as it would dial
+//! providers found there), and the parity a viewer makes for a segment an
+//! origin filled in (so such a viewer serves only data shards here, which
+//! makes runs with an origin pessimistic).
 //!
 //! Time is a virtual clock: `Instant`s handed to the state machines are a
 //! fixed base plus the simulated time, so the planner's timers (source
@@ -195,10 +198,12 @@ pub struct SwarmReport {
     pub from_peers: u64,
     pub from_source: u64,
     pub from_http: u64,
-    /// Everything the broadcaster's uplink carried (announcements, presences
-    /// and shards, duplicates included).
+    /// Everything the broadcaster's uplink carried by the end of the run
+    /// (announcements, presences and shards, duplicates included; what
+    /// still waited in its queue is not counted).
     pub source_sent: u64,
-    /// Of `source_sent`, shards (a shard sent twice counts twice).
+    /// Shards in the messages that left the broadcaster's uplink whole (a
+    /// shard sent twice counts twice).
     pub source_shards_sent: u64,
     /// Bytes of one copy of the measured segments' data shards, for scale.
     pub stream_bytes: u64,
@@ -250,14 +255,24 @@ struct Queued {
     left: usize,
 }
 
+impl Payload {
+    fn block_bytes(&self) -> usize {
+        match self {
+            Payload::Bitswap { block_bytes, .. } => *block_bytes,
+            Payload::Announce(_) => 0,
+        }
+    }
+}
+
 #[derive(Default)]
 struct Uplink {
     queues: HashMap<usize, VecDeque<Queued>>,
     /// Peers with something queued, in round-robin order.
     order: VecDeque<usize>,
     busy: bool,
+    /// Bytes that left the uplink.
     sent: u64,
-    /// Of `sent`, the blocks' own bytes.
+    /// The blocks in the messages that left it whole.
     block_bytes: u64,
 }
 
@@ -723,6 +738,7 @@ impl Sim {
         node.held.insert(manifest_cid);
         for cid in &shards {
             node.held.insert(*cid);
+            node.engine.pace(*cid);
             if rationed {
                 node.engine.ration(*cid, copies);
             }
@@ -755,7 +771,7 @@ impl Sim {
     /// A viewer hears an announcement: the first copy is offered to its
     /// planner and forwarded to its mesh.
     fn announced(&mut self, to: usize, from: usize, seq: u64) {
-        if self.nodes[to].gone || !self.nodes[to].seen.insert(seq) {
+        if self.nodes[to].gone || self.nodes[from].gone || !self.nodes[to].seen.insert(seq) {
             return;
         }
         let (now, now_ms) = (self.instant(), self.now_ms());
@@ -938,15 +954,11 @@ impl Sim {
     }
 
     fn enqueue(&mut self, from: usize, to: usize, payload: Payload) {
-        let (size, blocks) = match &payload {
-            Payload::Bitswap {
-                message,
-                block_bytes,
-            } => (message.encode_framed().len(), *block_bytes as u64),
-            Payload::Announce(seq) => (
-                self.segments[*seq as usize].announcement.len() + GOSSIP_OVERHEAD,
-                0,
-            ),
+        let size = match &payload {
+            Payload::Bitswap { message, .. } => message.encode_framed().len(),
+            Payload::Announce(seq) => {
+                self.segments[*seq as usize].announcement.len() + GOSSIP_OVERHEAD
+            }
         };
         let up = &mut self.nodes[from].uplink;
         let queue = up.queues.entry(to).or_default();
@@ -957,8 +969,6 @@ impl Sim {
             payload,
             left: size,
         });
-        up.sent += size as u64;
-        up.block_bytes += blocks;
         if !up.busy {
             up.busy = true;
             self.at(self.now, Event::Uplink(from));
@@ -967,6 +977,9 @@ impl Sim {
 
     /// Sends the next chunk of the uplink's round-robin.
     fn uplink(&mut self, node: usize) {
+        if self.nodes[node].gone {
+            return;
+        }
         let rate = self.nodes[node].rate;
         let up = &mut self.nodes[node].uplink;
         let Some(peer) = up.order.pop_front() else {
@@ -983,12 +996,16 @@ impl Sim {
         };
         let chunk = front.left.min(CHUNK);
         front.left -= chunk;
+        up.sent += chunk as u64;
         let done = self.now + Duration::from_secs_f64(chunk as f64 / rate as f64);
         let finished = if front.left == 0 {
             queue.pop_front()
         } else {
             None
         };
+        if let Some(q) = &finished {
+            up.block_bytes += q.payload.block_bytes() as u64;
+        }
         if !queue.is_empty() {
             up.order.push_back(peer);
         }
@@ -1051,6 +1068,10 @@ impl Sim {
                 n.engine.peer_disconnected(&gone);
                 n.uplink.queues.remove(&gone);
                 n.uplink.order.retain(|p| *p != gone);
+                // Gone from the mesh too; gossipsub's re-grafting is not
+                // modelled (the mesh is dense enough to carry on).
+                n.links.remove(&gone);
+                n.mesh.retain(|p| *p != gone);
                 let actions = match &mut n.planner {
                     Some(p) => p.peer_gone(&gone, now),
                     None => Vec::new(),

@@ -26,7 +26,7 @@
 //!   until [`Engine::end_ration`] serves whoever still waits. A live
 //!   broadcaster rations each new shard, so its upload stays a few copies
 //!   of the stream however many watch (BitTorrent's super-seeding).
-//! - A block once rationed is also *paced*: at most
+//! - A block can be *paced* ([`Engine::pace`]): at most
 //!   [`EngineConfig::max_paced_bytes`] of such blocks are queued for all
 //!   peers together, the rest wait here, in turn, where a cancel still
 //!   stops them. A broadcaster's uplink is the scarcest link of a live
@@ -54,7 +54,7 @@ pub struct EngineConfig {
     /// Cancelled asks remembered per peer, so that a block already on its
     /// way when we cancelled is not taken for an unrequested one.
     pub remembered_cancels: usize,
-    /// Bytes of *paced* blocks (those ever rationed: the shards of live
+    /// Bytes of *paced* blocks ([`Engine::pace`]: the shards of live
     /// segments this node published) queued for all peers together and not
     /// yet sent. The rest wait in the engine, where a cancel still stops
     /// them; once queued, a block goes out even if its peer got it
@@ -546,6 +546,12 @@ impl<P: Clone + Eq + Hash> Engine<P> {
     /// Rationing a block again resets its count.
     pub fn ration(&mut self, cid: Cid, copies: usize) {
         self.rationed.insert(cid, copies);
+    }
+
+    /// Paces `cid` from now on: its copies count against
+    /// [`EngineConfig::max_paced_bytes`]. A live broadcaster paces each
+    /// shard it publishes.
+    pub fn pace(&mut self, cid: Cid) {
         if self.paced.insert(cid) {
             self.paced_order.push_back(cid);
             while self.paced_order.len() > self.config.max_paced_blocks {
@@ -793,10 +799,8 @@ mod tests {
         let bulk = cid_of(Codec::Raw, b"file shard");
         store.0.insert(live, 100);
         store.0.insert(bulk, 100);
-        // Rationed once, paced from then on; the ration itself ends at once.
-        e.ration(live, 1);
+        e.pace(live);
         let mut out = Vec::new();
-        e.end_ration(&live, &store, &mut out);
         // Four peers ask for the live shard: one copy fits the paced
         // bytes, the other three wait in turn.
         for p in 1u32..=4 {
