@@ -37,7 +37,6 @@
 
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet, VecDeque};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use shoal_protocol::bitswap::{
@@ -238,7 +237,8 @@ struct Segment {
     manifest: SegmentManifest,
     /// The signed announcement, as gossiped.
     announcement: Vec<u8>,
-    published: Option<Duration>,
+    /// When the broadcaster publishes it, in simulated time.
+    published: Duration,
 }
 
 /// What waits in an uplink's queue for one peer.
@@ -353,7 +353,7 @@ struct SimNode {
 /// A node's blocks, as its engine sees them.
 struct Held<'a> {
     held: &'a HashSet<Cid>,
-    blocks: &'a HashMap<Cid, Arc<Vec<u8>>>,
+    blocks: &'a HashMap<Cid, Vec<u8>>,
 }
 
 impl BlockSource for Held<'_> {
@@ -395,7 +395,7 @@ impl Rng {
 struct Sim {
     p: SwarmParams,
     nodes: Vec<SimNode>,
-    blocks: HashMap<Cid, Arc<Vec<u8>>>,
+    blocks: HashMap<Cid, Vec<u8>>,
     segments: Vec<Segment>,
     channel: ChannelId,
     queue: BinaryHeap<Scheduled>,
@@ -485,7 +485,7 @@ impl Sim {
                 data[..8].copy_from_slice(&sequence.to_le_bytes());
                 data[8..16].copy_from_slice(&(index as u64).to_le_bytes());
                 let cid = cid_of(Codec::Raw, &data);
-                blocks.insert(cid, Arc::new(data));
+                blocks.insert(cid, data);
                 shards.push(cid);
             }
             let manifest = SegmentManifest {
@@ -502,7 +502,7 @@ impl Sim {
                 shards,
             };
             let (manifest_cid, manifest_bytes) = manifest.to_block();
-            blocks.insert(manifest_cid, Arc::new(manifest_bytes.clone()));
+            blocks.insert(manifest_cid, manifest_bytes.clone());
             let at = start + p.segment_duration * (sequence as u32);
             let published_ms = BASE_MS + at.as_millis() as u64;
             let announcement = key.announce(
@@ -517,7 +517,7 @@ impl Sim {
                 manifest_cid,
                 manifest,
                 announcement,
-                published: None,
+                published: at,
             });
         }
         let base = Instant::now();
@@ -541,10 +541,7 @@ impl Sim {
             events: 0,
         };
         for seq in 0..total {
-            sim.at(
-                start + sim.p.segment_duration * (seq as u32),
-                Event::Publish(seq),
-            );
+            sim.at(sim.segments[seq as usize].published, Event::Publish(seq));
         }
         // Viewers join: every connection is a candidate of the planner
         // and a peer of the engine.
@@ -677,10 +674,8 @@ impl Sim {
                 let before = planner.stats().segments;
                 let actions = planner.segment_checked(rendition, sequence, true, now, now_ms);
                 let entered = planner.stats().segments > before;
-                if entered
-                    && sequence >= self.p.warmup
-                    && let Some(published) = self.segments[sequence as usize].published
-                {
+                if entered && sequence >= self.p.warmup {
+                    let published = self.segments[sequence as usize].published;
                     self.latencies
                         .insert((node, sequence), self.now.saturating_sub(published));
                 }
@@ -725,11 +720,11 @@ impl Sim {
         }
     }
 
-    /// The broadcaster imports a segment: stores its shards, rations each,
-    /// serves any want already open, and floods the announcement.
+    /// The broadcaster imports a segment: stores its shards, paces and
+    /// rations each, serves any want already open, and sends the
+    /// announcement to its mesh.
     fn publish(&mut self, seq: u64) {
-        let s = &mut self.segments[seq as usize];
-        s.published = Some(self.now);
+        let s = &self.segments[seq as usize];
         let shards = s.manifest.shards.clone();
         let manifest_cid = s.manifest_cid;
         let rationed = !self.p.live.ration_window.is_zero();
@@ -915,7 +910,7 @@ impl Sim {
                 .filter_map(|cid| {
                     self.blocks.get(cid).map(|data| WireBlock {
                         cid: *cid,
-                        data: data.to_vec(),
+                        data: data.clone(),
                     })
                 })
                 .collect();
