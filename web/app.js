@@ -1,6 +1,7 @@
 // shoal's player page: plays a live channel or an on-demand stream from
 // this node's HLS gateway with hls.js, and charts where the bytes came
-// from (peers or HTTP origins) and the peer count, from /api/v0/stats.
+// from (peers or HTTP origins) and the peer count, from the gateway's
+// read-only /live/<channel>/stats.json.
 "use strict";
 
 const video = document.getElementById("video");
@@ -56,7 +57,7 @@ function human(bytes) {
 }
 
 function show(stats) {
-  const s = stats.sessions.find((x) => x.channel === source) || stats.sessions[0];
+  const s = stats.session;
   const rows = [["peers", stats.peers]];
   if (s) {
     rows.push(
@@ -106,7 +107,7 @@ function draw() {
 
 async function poll() {
   try {
-    const r = await fetch("/api/v0/stats");
+    const r = await fetch(`/live/${encodeURIComponent(source)}/stats.json`);
     if (r.ok) show(await r.json());
   } catch (e) {
     // The daemon restarting: try again next time.
@@ -114,5 +115,8 @@ async function poll() {
 }
 
 if (source) play(source);
-setInterval(poll, 1000);
-poll();
+// Live channels have session numbers; an on-demand stream has none.
+if (source.startsWith("z")) {
+  setInterval(poll, 1000);
+  poll();
+}

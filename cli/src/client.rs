@@ -15,8 +15,9 @@ pub struct Client {
 }
 
 impl Client {
-    /// Connects to the daemon at `base` (`http://host:port`), or `None` if
-    /// nothing answers there (a daemon that stopped without cleaning up).
+    /// Connects to the daemon at `base` (`http://host:port`) with the token
+    /// its control API takes, or `None` if nothing answers there (a daemon
+    /// that stopped without cleaning up).
     pub fn connect(base: &str, token: Option<String>) -> Result<Option<Client>> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -32,9 +33,7 @@ impl Client {
             http,
             rt,
         };
-        let probe = client
-            .rt
-            .block_on(client.request(reqwest::Method::GET, "id", &[]).send());
+        let probe = client.rt.block_on(client.request("id", &[]).send());
         Ok(probe.ok().map(|_| client))
     }
 
@@ -43,15 +42,11 @@ impl Client {
         &self.base
     }
 
-    fn request(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        query: &[(&str, &str)],
-    ) -> reqwest::RequestBuilder {
+    /// A call: every call of the control API is a POST.
+    fn request(&self, path: &str, query: &[(&str, &str)]) -> reqwest::RequestBuilder {
         let mut r = self
             .http
-            .request(method, format!("{}/api/v0/{path}", self.base))
+            .post(format!("{}/api/v0/{path}", self.base))
             .query(query);
         if let Some(token) = &self.token {
             r = r.bearer_auth(token);
@@ -72,15 +67,11 @@ impl Client {
         bail!("{message}")
     }
 
-    fn call<T: DeserializeOwned>(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        query: &[(&str, &str)],
-    ) -> Result<T> {
+    /// Makes a call and reads its JSON answer.
+    pub fn call<T: DeserializeOwned>(&self, path: &str, query: &[(&str, &str)]) -> Result<T> {
         self.rt.block_on(async {
             let response = self
-                .request(method, path, query)
+                .request(path, query)
                 .send()
                 .await
                 .context("the daemon did not answer")?;
@@ -90,14 +81,6 @@ impl Client {
                 .await
                 .context("reading the daemon's answer")
         })
-    }
-
-    pub fn get<T: DeserializeOwned>(&self, path: &str, query: &[(&str, &str)]) -> Result<T> {
-        self.call(reqwest::Method::GET, path, query)
-    }
-
-    pub fn post<T: DeserializeOwned>(&self, path: &str, query: &[(&str, &str)]) -> Result<T> {
-        self.call(reqwest::Method::POST, path, query)
     }
 
     /// Posts `body` as JSON and hands each line of the streamed answer
@@ -110,7 +93,7 @@ impl Client {
     ) -> Result<()> {
         self.rt.block_on(async {
             let response = self
-                .request(reqwest::Method::POST, path, &[])
+                .request(path, &[])
                 .json(body)
                 .send()
                 .await
@@ -140,7 +123,7 @@ impl Client {
     ) -> Result<u64> {
         self.rt.block_on(async {
             let response = self
-                .request(reqwest::Method::GET, "cat", &[("arg", cid)])
+                .request("cat", &[("arg", cid)])
                 .send()
                 .await
                 .context("the daemon did not answer")?;

@@ -284,18 +284,18 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
 
 /// Where a command is carried out.
 enum Backend {
-    Local(Repo),
+    Local(Box<Repo>),
     Daemon(Client),
 }
 
 fn backend(dir: &Path) -> Result<Backend> {
     let paths = RepoPaths::load(dir)?;
     if let Some(url) = paths.daemon_api()
-        && let Some(client) = Client::connect(&url, paths.config.api.token.clone())?
+        && let Some(client) = Client::connect(&url, paths.daemon_token())?
     {
         return Ok(Backend::Daemon(client));
     }
-    Ok(Backend::Local(Repo::open(dir)?))
+    Ok(Backend::Local(Box::new(Repo::open(dir)?)))
 }
 
 fn daemon_only(dir: &Path, what: &str) -> Result<Client> {
@@ -338,7 +338,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Daemon(args) => daemon(&dir()?, args),
         Command::Id { json } => id(&dir()?, json),
         Command::Peers => {
-            let v: serde_json::Value = daemon_only(&dir()?, "peers")?.get("peers", &[])?;
+            let v: serde_json::Value = daemon_only(&dir()?, "peers")?.call("peers", &[])?;
             for peer in json_strings(&v, "peers") {
                 println!("{peer}");
             }
@@ -349,7 +349,7 @@ fn run(cli: Cli) -> Result<()> {
                 .parse::<Multiaddr>()
                 .with_context(|| format!("invalid multiaddr {multiaddr:?}"))?;
             let v: serde_json::Value =
-                daemon_only(&dir()?, "connect")?.post("connect", &[("arg", &multiaddr)])?;
+                daemon_only(&dir()?, "connect")?.call("connect", &[("arg", &multiaddr)])?;
             println!("connected to {}", v["peer_id"].as_str().unwrap_or_default());
             Ok(())
         }
@@ -385,7 +385,7 @@ fn run(cli: Cli) -> Result<()> {
                 }
                 Backend::Daemon(client) => {
                     let out = absolute(&out)?;
-                    let v: serde_json::Value = client.post(
+                    let v: serde_json::Value = client.call(
                         "export-hls",
                         &[("arg", &cid.to_string()), ("dir", &out.to_string_lossy())],
                     )?;
@@ -473,13 +473,13 @@ fn watch(dir: &Path, channel: &str, origins: &[String]) -> Result<()> {
     let client = daemon_only(dir, "watch")?;
     let mut query = vec![("arg", channel)];
     query.extend(origins.iter().map(|o| ("origin", o.as_str())));
-    let v: serde_json::Value = client.post("watch", &query)?;
+    let v: serde_json::Value = client.call("watch", &query)?;
     println!("{}{}", client.base(), v["url"].as_str().unwrap_or_default());
     io::stdout().flush()?;
     loop {
         std::thread::sleep(std::time::Duration::from_secs(2));
-        let v: serde_json::Value = client.get("stats", &[("arg", channel)])?;
-        let sessions: Vec<api::LiveStatsReport> =
+        let v: serde_json::Value = client.call("stats", &[("arg", channel)])?;
+        let sessions: Vec<shoal_node::stats::LiveStatsReport> =
             serde_json::from_value(v["sessions"].clone()).unwrap_or_default();
         for r in sessions {
             println!("{}", stats_line(&r));
@@ -488,7 +488,7 @@ fn watch(dir: &Path, channel: &str, origins: &[String]) -> Result<()> {
     }
 }
 
-fn stats_line(r: &api::LiveStatsReport) -> String {
+fn stats_line(r: &shoal_node::stats::LiveStatsReport) -> String {
     let ms = |v: Option<u64>| v.map_or("-".into(), |v| format!("{v} ms"));
     format!(
         "{} segments, {} missed, {} stalls, offload {}, peers {}, latency p50 {} p95 {}, startup {}",
@@ -510,12 +510,12 @@ fn stats_line(r: &api::LiveStatsReport) -> String {
 
 fn stats(dir: &Path, json: bool) -> Result<()> {
     let client = daemon_only(dir, "stats")?;
-    let v: serde_json::Value = client.get("stats", &[])?;
+    let v: serde_json::Value = client.call("stats", &[])?;
     if json {
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
-    let sessions: Vec<api::LiveStatsReport> =
+    let sessions: Vec<shoal_node::stats::LiveStatsReport> =
         serde_json::from_value(v["sessions"].clone()).context("reading the daemon's answer")?;
     println!("peers: {}", v["peers"]);
     if sessions.is_empty() {
@@ -574,7 +574,7 @@ fn daemon(dir: &Path, args: DaemonArgs) -> Result<()> {
 
 fn id(dir: &Path, json: bool) -> Result<()> {
     let result = match backend(dir)? {
-        Backend::Daemon(client) => client.get::<IdResult>("id", &[])?,
+        Backend::Daemon(client) => client.call::<IdResult>("id", &[])?,
         Backend::Local(repo) => {
             let key = shoal_node::identity::load_or_create(&repo.paths.identity())?;
             IdResult {
@@ -647,7 +647,7 @@ fn add(backend: &Backend, args: AddArgs) -> Result<()> {
                 query.push(("segment_size", s.to_string()));
             }
             let query: Vec<(&str, &str)> = query.iter().map(|(k, v)| (*k, v.as_str())).collect();
-            client.post("add", &query)?
+            client.call("add", &query)?
         }
     };
     if args.json {
@@ -722,7 +722,7 @@ fn pin(backend: &Backend, cmd: PinCommand) -> Result<()> {
         Backend::Local(repo) => repo.store.unpin(&cid)?,
         Backend::Daemon(c) => {
             let path = if add { "pin/add" } else { "pin/rm" };
-            c.post::<serde_json::Value>(path, &[("arg", &cid.to_string())])?;
+            c.call::<serde_json::Value>(path, &[("arg", &cid.to_string())])?;
         }
     }
     println!("{} {cid}", if add { "pinned" } else { "unpinned" });
@@ -732,7 +732,7 @@ fn pin(backend: &Backend, cmd: PinCommand) -> Result<()> {
 fn pin_ls(backend: &Backend) -> Result<()> {
     let pins: Vec<String> = match backend {
         Backend::Local(repo) => repo.store.pins()?.iter().map(ToString::to_string).collect(),
-        Backend::Daemon(c) => json_strings(&c.get("pin/ls", &[])?, "pins"),
+        Backend::Daemon(c) => json_strings(&c.call("pin/ls", &[])?, "pins"),
     };
     let mut out = io::stdout().lock();
     for cid in pins {
@@ -756,7 +756,7 @@ fn repo_cmd(backend: &Backend, cmd: RepoCommand) -> Result<()> {
         RepoCommand::Stat { json } => {
             let s: RepoStat = match backend {
                 Backend::Local(repo) => api::repo_stat(&repo.store, &repo.paths.dir)?,
-                Backend::Daemon(c) => c.get("repo/stat", &[])?,
+                Backend::Daemon(c) => c.call("repo/stat", &[])?,
             };
             if json {
                 println!("{}", serde_json::to_string(&s)?);
@@ -779,7 +779,7 @@ fn repo_cmd(backend: &Backend, cmd: RepoCommand) -> Result<()> {
                     (g.blocks, g.bytes)
                 }
                 Backend::Daemon(c) => {
-                    let v: serde_json::Value = c.post("repo/gc", &[])?;
+                    let v: serde_json::Value = c.call("repo/gc", &[])?;
                     (
                         v["blocks"].as_u64().unwrap_or(0),
                         v["bytes"].as_u64().unwrap_or(0),
@@ -799,7 +799,7 @@ fn repo_cmd(backend: &Backend, cmd: RepoCommand) -> Result<()> {
                     repo.store.path().display().to_string(),
                 ),
                 Backend::Daemon(c) => {
-                    let v: serde_json::Value = c.post("repo/verify", &[])?;
+                    let v: serde_json::Value = c.call("repo/verify", &[])?;
                     (json_strings(&v, "damaged"), "the daemon's repo".into())
                 }
             };

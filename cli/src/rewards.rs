@@ -66,7 +66,7 @@ async fn chain(dir: &Path, rpc: Option<&str>) -> Result<Settlement> {
 pub fn status(dir: &Path, rpc: Option<&str>) -> Result<()> {
     let (wallet, accounts, receipts) = match backend(dir)? {
         Backend::Daemon(client) => {
-            let r: RewardsReport = client.get("rewards", &[])?;
+            let r: RewardsReport = client.call("rewards", &[])?;
             (r.wallet, Some(r.accounts), r.receipts)
         }
         Backend::Local(repo) => {
@@ -138,7 +138,7 @@ pub fn claim(dir: &Path, rpc: Option<&str>) -> Result<()> {
             if let Some(rpc) = rpc {
                 query.push(("rpc", rpc));
             }
-            client.post("rewards/claim", &query)?
+            client.call("rewards/claim", &query)?
         }
         Backend::Local(repo) => claim_local(&repo, dir, rpc)?,
     };

@@ -1,10 +1,24 @@
-//! The daemon's HTTP API: JSON under `/api/v0/`.
+//! The daemon's control API: JSON under `/api/v0/`, for the node's owner
+//! only (the CLI, or a script of the user's).
 //!
-//! Loopback only unless an access token is configured; with a token every
-//! request must carry `Authorization: Bearer <token>`. Errors are JSON
-//! `{"error": "..."}` with a 4xx or 5xx status. The response types are
-//! shared with the CLI, which prints the same JSON whether it went through
-//! a daemon or opened the repo itself.
+//! Any web page the user opens can send requests to this port, so every
+//! call must pass, in this order:
+//!
+//! 1. `Host`: an IP literal, `localhost` or a name listed in `[api] hosts`
+//!    (DNS rebinding), else 403 ([`crate::local_http::Access`]);
+//! 2. no browser page of another origin (`Origin`, `Sec-Fetch-Site`), else
+//!    403;
+//! 3. `POST` for every call, reads included, so that no link, image or
+//!    form GET can reach it (405 otherwise);
+//! 4. `Authorization: Bearer <token>`, the token in the repo's `api.token`
+//!    file (mode 0600, written by the daemon at start; `[api] token` in
+//!    `config.toml` fixes it for clients on other machines), else 401.
+//!
+//! Errors are JSON `{"error": "..."}` with a 4xx or 5xx status. The
+//! response types are shared with the CLI, which prints the same JSON
+//! whether it went through a daemon or opened the repo itself. What a
+//! player needs (playlists, segments, read-only statistics) is the
+//! gateway's, apart from this ([`crate::gateway`]).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -14,7 +28,7 @@ use axum::extract::{Query, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::post;
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use shoal_protocol::block::{Cid, parse_cid};
@@ -22,6 +36,8 @@ use shoal_protocol::channel::ChannelId;
 use shoal_storage::{AssembleError, Blockstore, ImportError, ImportOptions, StoreError};
 
 use crate::limits::Limits;
+use crate::local_http::{Access, Site};
+use crate::stats::LiveStatsReport;
 use crate::{Node, NodeError};
 
 /// What `add` reports.
@@ -96,7 +112,9 @@ pub(crate) struct ApiState {
     pub(crate) node: Node,
     pub(crate) dir: PathBuf,
     pub(crate) import: ImportOptions,
-    pub(crate) token: Option<String>,
+    /// The secret every call carries (`Authorization: Bearer`).
+    pub(crate) token: String,
+    pub(crate) access: Access,
     /// Channels being broadcast now: a second broadcast of one would
     /// announce every sequence twice.
     pub(crate) broadcasting: std::sync::Mutex<std::collections::HashSet<ChannelId>>,
@@ -104,12 +122,6 @@ pub(crate) struct ApiState {
 
 /// An error as the API returns it.
 pub struct ApiError(StatusCode, String);
-
-impl ApiError {
-    pub(crate) fn new(status: StatusCode, message: String) -> Self {
-        ApiError(status, message)
-    }
-}
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
@@ -185,48 +197,78 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
 
 pub(crate) fn router(state: Arc<ApiState>) -> Router {
     Router::new()
-        .route("/api/v0/id", get(id))
-        .route("/api/v0/peers", get(peers))
+        .route("/api/v0/id", post(id))
+        .route("/api/v0/peers", post(peers))
         .route("/api/v0/connect", post(connect))
         .route("/api/v0/add", post(add_handler))
-        .route("/api/v0/cat", get(cat))
+        .route("/api/v0/cat", post(cat))
         .route("/api/v0/fetch", post(fetch))
         .route("/api/v0/export-hls", post(export_hls))
         .route("/api/v0/pin/add", post(pin_add))
         .route("/api/v0/pin/rm", post(pin_rm))
-        .route("/api/v0/pin/ls", get(pin_ls))
-        .route("/api/v0/repo/stat", get(stat))
+        .route("/api/v0/pin/ls", post(pin_ls))
+        .route("/api/v0/repo/stat", post(stat))
         .route("/api/v0/repo/gc", post(gc))
         .route("/api/v0/repo/verify", post(verify))
         .route("/api/v0/watch", post(watch))
         .route("/api/v0/unwatch", post(unwatch))
-        .route("/api/v0/stats", get(stats))
+        .route("/api/v0/stats", post(stats))
         .route("/api/v0/broadcast", post(broadcast))
-        .route("/api/v0/limits", get(get_limits).post(set_limits))
-        .route("/api/v0/rewards", get(rewards))
+        .route("/api/v0/limits", post(limits))
+        .route("/api/v0/rewards", post(rewards))
         .route("/api/v0/rewards/claim", post(rewards_claim))
-        .route("/metrics", get(metrics))
-        .merge(crate::gateway::routes())
+        .route(
+            "/api/v0/{*call}",
+            post(|| async {
+                ApiError(
+                    StatusCode::NOT_FOUND,
+                    "no such API call (calls are POST /api/v0/<call>)".into(),
+                )
+            }),
+        )
         .layer(middleware::from_fn_with_state(state.clone(), authorize))
         .with_state(state)
 }
 
+/// The checks every call passes, in the order of the module documentation.
 async fn authorize(State(state): State<Arc<ApiState>>, request: Request, next: Next) -> Response {
-    if let Some(token) = &state.token {
-        let given = request
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        if given != Some(token.as_str()) {
-            return ApiError(
-                StatusCode::UNAUTHORIZED,
-                "missing or wrong access token".into(),
-            )
-            .into_response();
-        }
+    let headers = request.headers();
+    if let Err(refused) = state.access.check_host(headers) {
+        return refused.into_response();
+    }
+    if let Site::Foreign(origin) = state.access.site(headers) {
+        tracing::warn!(?origin, path = %request.uri().path(), "refused a web page's call to the control API");
+        return ApiError(
+            StatusCode::FORBIDDEN,
+            "the control API does not answer web pages; the gateway (/live, /vod, /web) is for players"
+                .into(),
+        )
+        .into_response();
+    }
+    if request.method() != axum::http::Method::POST {
+        return ApiError(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "the control API takes POST only".into(),
+        )
+        .into_response();
+    }
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if !given.is_some_and(|g| constant_time_eq(g.as_bytes(), state.token.as_bytes())) {
+        return ApiError(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong token: send `Authorization: Bearer <token>` with the token in the repo's api.token file".into(),
+        )
+        .into_response();
     }
     next.run(request).await
+}
+
+/// Compares two secrets in time that depends on their lengths only.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 async fn id(State(s): State<Arc<ApiState>>) -> ApiResult<Json<IdResult>> {
@@ -289,65 +331,6 @@ async fn add_handler(
     let root = parse_cid(&result.root).map_err(bad_request)?;
     s.node.provide(root).await?;
     Ok(Json(result))
-}
-
-/// One watch session's numbers, as `shoal stats` shows them.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct LiveStatsReport {
-    pub channel: String,
-    pub name: Option<String>,
-    pub url: String,
-    pub segments: u64,
-    /// Segments given up before they were complete.
-    pub missed: u64,
-    /// Segments complete after their deadline (two segment durations
-    /// after their announcement by default): a player at the live edge
-    /// would have stalled.
-    pub late: u64,
-    /// Bytes from other viewers.
-    pub bytes_from_peers: u64,
-    /// Bytes from the channel's broadcaster.
-    pub bytes_from_source: u64,
-    /// Bytes from HTTP origins.
-    pub bytes_from_http: u64,
-    /// Share of bytes from other viewers (0..1), once anything arrived.
-    pub offload: Option<f64>,
-    pub startup_ms: Option<u64>,
-    /// Publication to completion.
-    pub latency_p50_ms: Option<u64>,
-    pub latency_p95_ms: Option<u64>,
-    pub peers: usize,
-    pub rejected_announcements: u64,
-    pub renditions: usize,
-    /// No peer announces the channel: segments come straight from an
-    /// origin's playlist.
-    #[serde(default)]
-    pub proxying: bool,
-}
-
-impl LiveStatsReport {
-    fn of(view: &crate::LiveView) -> Self {
-        let st = &view.stats;
-        LiveStatsReport {
-            channel: view.channel.to_string(),
-            name: view.name.clone(),
-            url: format!("/live/{}/index.m3u8", view.channel),
-            segments: st.segments,
-            missed: st.missed,
-            late: st.late,
-            bytes_from_peers: st.bytes_from_peers,
-            bytes_from_source: st.bytes_from_source,
-            bytes_from_http: st.bytes_from_http,
-            offload: st.offload(),
-            startup_ms: st.startup.map(|d| d.as_millis() as u64),
-            latency_p50_ms: st.latency_quantile_ms(0.5),
-            latency_p95_ms: st.latency_quantile_ms(0.95),
-            peers: view.peers,
-            rejected_announcements: st.rejected,
-            renditions: view.renditions.len(),
-            proxying: view.proxying,
-        }
-    }
 }
 
 fn channel_arg(q: &Arg) -> ApiResult<ChannelId> {
@@ -430,16 +413,15 @@ async fn stats(
     ))
 }
 
-async fn get_limits(State(s): State<Arc<ApiState>>) -> ApiResult<Json<Limits>> {
-    Ok(Json(s.node.limits().await?))
-}
-
-/// Changes the limits given; the others stay as they are.
-async fn set_limits(
-    State(s): State<Arc<ApiState>>,
-    Json(change): Json<serde_json::Value>,
-) -> ApiResult<Json<Limits>> {
+/// The node's limits, after changing those the body names (a JSON object;
+/// an empty body changes nothing).
+async fn limits(State(s): State<Arc<ApiState>>, body: Bytes) -> ApiResult<Json<Limits>> {
     let current = s.node.limits().await?;
+    if body.is_empty() {
+        return Ok(Json(current));
+    }
+    let change: serde_json::Value =
+        serde_json::from_slice(&body).map_err(|e| bad_request(format!("limits: {e}")))?;
     let mut merged = serde_json::to_value(&current)
         .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     let (Some(m), Some(c)) = (merged.as_object_mut(), change.as_object()) else {
@@ -452,86 +434,6 @@ async fn set_limits(
     limits.validate().map_err(bad_request)?;
     s.node.set_limits(limits).await?;
     Ok(Json(s.node.limits().await?))
-}
-
-/// A Prometheus series: name, type, help, and its value in a report.
-type Series = (
-    &'static str,
-    &'static str,
-    &'static str,
-    fn(&LiveStatsReport) -> f64,
-);
-
-/// Prometheus text exposition of the same numbers.
-async fn metrics(State(s): State<Arc<ApiState>>) -> ApiResult<Response> {
-    use std::fmt::Write as _;
-    let sessions = live_reports(&s, None).await?;
-    let peers = s.node.peers().await?.len();
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "# HELP shoal_peers Connected peers.\n# TYPE shoal_peers gauge\nshoal_peers {peers}"
-    );
-    let series: [Series; 9] = [
-        (
-            "shoal_live_segments_total",
-            "counter",
-            "Segments complete.",
-            |r| r.segments as f64,
-        ),
-        (
-            "shoal_live_missed_total",
-            "counter",
-            "Segments given up.",
-            |r| r.missed as f64,
-        ),
-        (
-            "shoal_live_stalls_total",
-            "counter",
-            "Segments complete after their deadline.",
-            |r| r.late as f64,
-        ),
-        (
-            "shoal_live_bytes_from_peers_total",
-            "counter",
-            "Bytes received from peers.",
-            |r| r.bytes_from_peers as f64,
-        ),
-        (
-            "shoal_live_bytes_from_source_total",
-            "counter",
-            "Bytes received from the channel's broadcaster.",
-            |r| r.bytes_from_source as f64,
-        ),
-        (
-            "shoal_live_bytes_from_http_total",
-            "counter",
-            "Bytes received from HTTP origins.",
-            |r| r.bytes_from_http as f64,
-        ),
-        ("shoal_live_peers", "gauge", "Peers of the channel.", |r| {
-            r.peers as f64
-        }),
-        (
-            "shoal_live_proxying",
-            "gauge",
-            "1 while no peer announces the channel and segments come from an origin's playlist.",
-            |r| f64::from(u8::from(r.proxying)),
-        ),
-        (
-            "shoal_live_latency_p95_seconds",
-            "gauge",
-            "Publication to completion, 95th percentile.",
-            |r| r.latency_p95_ms.unwrap_or(0) as f64 / 1000.0,
-        ),
-    ];
-    for (name, kind, help, value) in series {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        for r in &sessions {
-            let _ = writeln!(out, "{name}{{channel=\"{}\"}} {}", r.channel, value(r));
-        }
-    }
-    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response())
 }
 
 /// What `shoal broadcast` asks for.

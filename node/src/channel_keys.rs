@@ -50,16 +50,7 @@ pub fn create(repo: &Path, name: &str) -> Result<ChannelId, ChannelKeyError> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(io)?;
     }
-    let fresh = libp2p::identity::ed25519::Keypair::generate();
-    let seed: [u8; 32] =
-        fresh
-            .secret()
-            .as_ref()
-            .try_into()
-            .map_err(|_| ChannelKeyError::Damaged {
-                path: path.clone(),
-                detail: "generated key has the wrong length".into(),
-            })?;
+    let seed = crate::identity::random_secret();
     let key = ChannelKey::from_seed(&seed);
     crate::identity::write_private(&path, &seed).map_err(io)?;
     Ok(key.id())

@@ -1,4 +1,5 @@
-//! `shoal daemon`: the node and its HTTP API, on a repo, until a signal.
+//! `shoal daemon`: the node, its gateway and its control API on one port,
+//! on a repo, until a signal.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -7,6 +8,7 @@ use std::sync::Arc;
 use libp2p::Multiaddr;
 
 use crate::api::{self, ApiState};
+use crate::local_http::Access;
 use crate::repo::{RepoError, RepoPaths};
 use crate::{Node, NodeConfig, NodeError, identity};
 
@@ -47,36 +49,56 @@ pub enum DaemonError {
 
 /// A started daemon.
 pub struct Daemon {
-    /// First, so that a daemon dropped unserved removes its `api` file
-    /// before its node and store go.
+    /// First, so that a daemon dropped unserved removes its `api` and
+    /// `api.token` files before its node and store go.
     api_file: ApiFile,
+    token: String,
     pub node: Node,
     pub api_addr: SocketAddr,
     listener: tokio::net::TcpListener,
     paths: RepoPaths,
 }
 
-/// The repo's `api` file, which tells the CLI where the running daemon
-/// listens. It is written once the API socket is bound (requests made
-/// before serving begins wait in the socket's backlog), so a CLI command
-/// run as soon as [`Daemon::start`] returns already goes through the daemon,
-/// and it is removed when the daemon stops or is dropped unserved.
-struct ApiFile(std::path::PathBuf);
+/// The repo's `api` and `api.token` files, which tell the CLI where the
+/// running daemon listens and what token its control API takes (both mode
+/// 0600, the token first). They are written once the API socket is bound
+/// (requests made before serving begins wait in the socket's backlog), so
+/// a CLI command run as soon as [`Daemon::start`] returns already goes
+/// through the daemon, and removed when the daemon stops or is dropped
+/// unserved.
+struct ApiFile {
+    url: std::path::PathBuf,
+    token: std::path::PathBuf,
+}
 
 impl ApiFile {
-    fn write(path: std::path::PathBuf, url: &str) -> Result<ApiFile, RepoError> {
-        std::fs::write(&path, format!("{url}\n")).map_err(|source| RepoError::Io {
-            path: path.clone(),
-            source,
-        })?;
-        Ok(ApiFile(path))
+    fn write(paths: &RepoPaths, url: &str, token: &str) -> Result<ApiFile, RepoError> {
+        let write = |path: std::path::PathBuf, text: &str| {
+            crate::identity::write_private(&path, format!("{text}\n").as_bytes())
+                .map_err(|source| RepoError::Io { path, source })
+        };
+        write(paths.api_token(), token)?;
+        write(paths.api_file(), url)?;
+        Ok(ApiFile {
+            url: paths.api_file(),
+            token: paths.api_token(),
+        })
     }
 }
 
 impl Drop for ApiFile {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
+        let _ = std::fs::remove_file(&self.url);
+        let _ = std::fs::remove_file(&self.token);
     }
+}
+
+/// A fresh control API token: 32 random bytes in hex.
+fn fresh_token() -> String {
+    crate::identity::random_secret()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 fn parse_addrs(what: &'static str, texts: &[String]) -> Result<Vec<Multiaddr>, DaemonError> {
@@ -162,19 +184,21 @@ impl Daemon {
                 tracing::warn!(%root, error = %e, "cannot announce a pinned stream");
             }
         }
-        let api_file = ApiFile::write(paths.api_file(), &format!("http://{api_addr}"))?;
+        let token = paths.config.api.token.clone().unwrap_or_else(fresh_token);
+        let api_file = ApiFile::write(&paths, &format!("http://{api_addr}"), &token)?;
         Ok(Daemon {
             node,
             api_addr,
             listener,
             paths,
             api_file,
+            token,
         })
     }
 
-    /// Serves the API until SIGINT or SIGTERM, then shuts down cleanly: the
-    /// API stops, the node closes its connections, the store is closed and
-    /// the `api` file removed.
+    /// Serves the gateway and the API until SIGINT or SIGTERM, then shuts
+    /// down cleanly: the server stops, the node closes its connections, the
+    /// store is closed and the `api` files removed.
     pub async fn run_until_signal(self) -> Result<(), DaemonError> {
         self.serve_until(signal()).await
     }
@@ -185,23 +209,22 @@ impl Daemon {
         self,
         stop: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> Result<(), DaemonError> {
+        let api = &self.paths.config.api;
+        let access = Access::new(&api.hosts, &api.player_origins);
         let state = Arc::new(ApiState {
             node: self.node.clone(),
             dir: self.paths.dir.clone(),
             import: self.paths.config.import.options(),
-            token: self.paths.config.api.token.clone(),
+            token: self.token.clone(),
+            access: access.clone(),
             broadcasting: Default::default(),
         });
-        let app = api::router(state);
-        let served = axum::serve(self.listener, app)
-            .with_graceful_shutdown(stop)
-            .await;
+        let gateway = crate::gateway::Gateway::new(self.node.clone(), access);
+        let app = api::router(state).merge(crate::gateway::router(gateway));
+        crate::local_http::serve(self.listener, app, stop).await;
         drop(self.api_file);
         self.node.shutdown().await;
-        served.map_err(|source| DaemonError::Bind {
-            addr: self.api_addr,
-            source,
-        })
+        Ok(())
     }
 }
 

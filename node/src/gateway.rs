@@ -1,5 +1,6 @@
-//! The HLS gateway: live channels and on-demand streams as ordinary HLS on
-//! the daemon's HTTP port, for any player.
+//! The HLS gateway: live channels and on-demand streams as ordinary HLS,
+//! for any player, on the daemon's port or on its own
+//! ([`serve`], for an app that embeds the node).
 //!
 //! - `/live/<channel>/index.m3u8`: a master playlist when the channel has
 //!   several renditions, else the sliding media playlist of its only one.
@@ -9,19 +10,35 @@
 //!   playlist, the segments this node holds complete, oldest first.
 //! - `/live/<channel>/<rendition>/<sequence>.<ext>`: a segment, rebuilt
 //!   from its shards and checked against its hash.
+//! - `/live/<channel>/stats.json`: the session's numbers and the node's
+//!   peer count, read-only (the player page charts them).
 //! - `/vod/<root>/index.m3u8` (and `<rendition>/index.m3u8`,
 //!   `<rendition>/<n>.<ext>`, `<rendition>/init.mp4`): an on-demand stream,
 //!   fetched from the network segment by segment as the player asks, with
 //!   the next [`VOD_PREFETCH`] segments fetched ahead of the playhead.
-//! - `/web/`: the player page (hls.js), with live statistics.
+//! - `/web/`: the player page (hls.js); `/metrics`: Prometheus text.
+//!
+//! What a request may start is decided by where it comes from
+//! ([`crate::local_http::Site`]): a player, the CLI or the gateway's own
+//! page may start a watch or a fetch, within [`WATCHES_PER_SITE`] channels
+//! and [`FETCHES_PER_SITE`] fetches at once per site, and all sites
+//! together leave [`RESERVED_WATCHES`] of the node's watch slots to the
+//! owner; a page of an origin listed in `[api] player_origins` the same,
+//! with CORS headers so that it can read the answers; any other web page
+//! gets 403 and starts nothing (it could not read the answers anyway, but
+//! it could fill the watch slots and make the node announce channels).
+//! Nothing here pins, imports or writes files.
 
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Path, State};
-use axum::http::{StatusCode, header};
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use shoal_protocol::block::{Cid, parse_cid};
@@ -30,8 +47,10 @@ use shoal_protocol::manifest::{StreamKind, StreamManifest};
 use shoal_storage::assemble::load_stream;
 use shoal_storage::hls;
 
-use crate::api::{ApiError, ApiState};
 use crate::live::LiveView;
+use crate::local_http::{Access, Refused, Site};
+use crate::stats::LiveStatsReport;
+use crate::{Node, NodeError};
 
 /// How long a first playlist request waits for the first segment of a
 /// channel just joined: a late joiner's first segments arrive within a
@@ -42,6 +61,22 @@ const FIRST_SEGMENT_WAIT: Duration = Duration::from_secs(20);
 /// 8–24 s of video, enough to ride out a slow peer without holding much.
 pub const VOD_PREFETCH: usize = 4;
 
+/// Channels one site may have the gateway watch at once: a household's
+/// players, or the tabs of one player page.
+pub const WATCHES_PER_SITE: usize = 8;
+
+/// Watch slots ([`crate::live::MAX_SESSIONS`]) the gateway never takes, so
+/// that the owner's own `shoal watch` always has room.
+pub const RESERVED_WATCHES: usize = 8;
+
+/// On-demand fetches one site may run at once (a player asks for one
+/// segment at a time; the prefetch runs beside it).
+pub const FETCHES_PER_SITE: usize = 4;
+
+/// Of those, how many may be prefetches: a player's own request always
+/// finds a slot.
+const PREFETCHES_PER_SITE: usize = 2;
+
 const PLAYLIST_TYPE: &str = "application/vnd.apple.mpegurl";
 
 /// The player page (`web/`), built into the binary so the daemon needs no
@@ -51,11 +86,176 @@ const WEB_APP: &[u8] = include_bytes!("../../web/app.js");
 /// hls.js from npm (version pinned in `web/package.json`).
 const WEB_HLS: &[u8] = include_bytes!("../../web/vendor/hls.light.min.js");
 
-fn page(content_type: &'static str, bytes: &'static [u8]) -> Response {
-    ([(header::CONTENT_TYPE, content_type)], bytes).into_response()
+/// An error as the gateway answers it: a status and a line of text.
+#[derive(Debug)]
+pub struct GatewayError(StatusCode, String);
+
+impl GatewayError {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        GatewayError(status, message.into())
+    }
 }
 
-pub(crate) fn routes() -> Router<Arc<ApiState>> {
+impl IntoResponse for GatewayError {
+    fn into_response(self) -> Response {
+        Refused(self.0, self.1).into_response()
+    }
+}
+
+impl From<NodeError> for GatewayError {
+    fn from(e: NodeError) -> Self {
+        let status = match e {
+            NodeError::Fetch { .. } => StatusCode::NOT_FOUND,
+            NodeError::Busy(_) => StatusCode::TOO_MANY_REQUESTS,
+            NodeError::InvalidInput(_) => StatusCode::BAD_REQUEST,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        GatewayError(status, e.to_string())
+    }
+}
+
+impl From<shoal_storage::StoreError> for GatewayError {
+    fn from(e: shoal_storage::StoreError) -> Self {
+        GatewayError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+    }
+}
+
+impl From<shoal_storage::AssembleError> for GatewayError {
+    fn from(e: shoal_storage::AssembleError) -> Self {
+        let status = match e {
+            shoal_storage::AssembleError::NotFound(_) => StatusCode::NOT_FOUND,
+            shoal_storage::AssembleError::NotAStream { .. } => StatusCode::BAD_REQUEST,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        GatewayError(status, e.to_string())
+    }
+}
+
+type GatewayResult<T> = Result<T, GatewayError>;
+
+/// The gateway of one node.
+pub struct Gateway {
+    node: Node,
+    access: Access,
+    /// Channels each site had the gateway start watching.
+    watches: tokio::sync::Mutex<HashMap<Site, HashSet<ChannelId>>>,
+    /// On-demand fetches running per site.
+    fetches: Mutex<HashMap<Site, usize>>,
+}
+
+impl Gateway {
+    pub fn new(node: Node, access: Access) -> Arc<Gateway> {
+        Arc::new(Gateway {
+            node,
+            access,
+            watches: Default::default(),
+            fetches: Mutex::default(),
+        })
+    }
+
+    /// Watches `channel` for a player of `site` (or keeps watching it),
+    /// within the site's share of the watch slots. Starts are taken one at
+    /// a time, so that the count and the start cannot race.
+    async fn watch_for(&self, site: &Site, channel: ChannelId) -> GatewayResult<()> {
+        let mut watches = self.watches.lock().await;
+        let watching: HashSet<ChannelId> = self.node.watching().await?.into_iter().collect();
+        if !watching.contains(&channel) {
+            // Sessions end by themselves when nobody looks: forget those.
+            for set in watches.values_mut() {
+                set.retain(|c| watching.contains(c));
+            }
+            let mine = watches.get(site).map_or(0, HashSet::len);
+            let all: usize = watches.values().map(HashSet::len).sum();
+            let room = crate::live::MAX_SESSIONS - RESERVED_WATCHES;
+            if mine >= WATCHES_PER_SITE || all >= room {
+                return Err(GatewayError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    format!(
+                        "players already watch {} channels through this gateway; stop one first",
+                        if mine >= WATCHES_PER_SITE { mine } else { all }
+                    ),
+                ));
+            }
+            self.node.watch(channel).await?;
+            watches.entry(site.clone()).or_default().insert(channel);
+            return Ok(());
+        }
+        drop(watches);
+        self.node.watch(channel).await?;
+        Ok(())
+    }
+
+    /// A slot for one on-demand fetch of `site` while it runs fewer than
+    /// `limit`, freed when dropped.
+    fn fetch_slot(self: &Arc<Self>, site: &Site, limit: usize) -> GatewayResult<FetchSlot> {
+        let mut fetches = self.fetches.lock().unwrap_or_else(|e| e.into_inner());
+        let running = fetches.entry(site.clone()).or_default();
+        if *running >= limit {
+            return Err(GatewayError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!("{FETCHES_PER_SITE} fetches are running for this player already"),
+            ));
+        }
+        *running += 1;
+        Ok(FetchSlot {
+            gateway: self.clone(),
+            site: site.clone(),
+        })
+    }
+}
+
+/// One running on-demand fetch of a site.
+struct FetchSlot {
+    gateway: Arc<Gateway>,
+    site: Site,
+}
+
+impl Drop for FetchSlot {
+    fn drop(&mut self) {
+        let mut fetches = self
+            .gateway
+            .fetches
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = fetches.get_mut(&self.site) {
+            *n = n.saturating_sub(1);
+        }
+    }
+}
+
+/// A request placed by the access rules: who asks, for the handlers.
+#[derive(Clone)]
+struct Asker(Site);
+
+fn page(content_type: &'static str, bytes: &'static [u8]) -> Response {
+    let mut response = ([(header::CONTENT_TYPE, content_type)], bytes).into_response();
+    // Another site must not frame the player page (and click it for the
+    // user, or make it start watches hidden in a frame).
+    let headers = response.headers_mut();
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("frame-ancestors 'none'"),
+    );
+    response
+}
+
+/// The gateway's routes, with its access rules applied.
+pub fn router(gateway: Arc<Gateway>) -> Router {
+    let players = Router::new()
+        .route("/vod/{root}/index.m3u8", get(vod_top))
+        .route("/vod/{root}/{rendition}/index.m3u8", get(vod_media))
+        .route("/vod/{root}/{rendition}/{segment}", get(vod_segment))
+        .route("/live/{channel}/index.m3u8", get(live_top))
+        .route("/live/{channel}/stats.json", get(live_stats))
+        .route("/live/{channel}/{rendition}/index.m3u8", get(live_media))
+        .route("/live/{channel}/{rendition}/{segment}", get(live_segment))
+        .route("/metrics", get(metrics))
+        .layer(middleware::from_fn_with_state(
+            gateway.clone(),
+            players_only,
+        ))
+        .with_state(gateway.clone());
     Router::new()
         .route("/", get(|| async { axum::response::Redirect::to("/web/") }))
         .route(
@@ -70,35 +270,115 @@ pub(crate) fn routes() -> Router<Arc<ApiState>> {
             "/web/hls.light.min.js",
             get(|| async { page("text/javascript", WEB_HLS) }),
         )
-        .route("/vod/{root}/index.m3u8", get(vod_top))
-        .route("/vod/{root}/{rendition}/index.m3u8", get(vod_media))
-        .route("/vod/{root}/{rendition}/{segment}", get(vod_segment))
-        .route("/live/{channel}/index.m3u8", get(live_top))
-        .route("/live/{channel}/{rendition}/index.m3u8", get(live_media))
-        .route("/live/{channel}/{rendition}/{segment}", get(live_segment))
+        .merge(players)
+        .layer(middleware::from_fn_with_state(gateway, known_host))
 }
 
-fn channel_arg(text: &str) -> Result<ChannelId, ApiError> {
+/// Every request: a `Host` this node answers to.
+async fn known_host(State(g): State<Arc<Gateway>>, request: Request, next: Next) -> Response {
+    match g.access.check_host(request.headers()) {
+        Ok(()) => next.run(request).await,
+        Err(refused) => refused.into_response(),
+    }
+}
+
+/// Playlists, segments and statistics: players and the allowed origins'
+/// pages only (which also get CORS headers); another web page gets 403.
+async fn players_only(State(g): State<Arc<Gateway>>, mut request: Request, next: Next) -> Response {
+    let site = g.access.site(request.headers());
+    let cors = match &site {
+        Site::Local => None,
+        Site::Player(origin) => HeaderValue::from_str(origin).ok(),
+        Site::Foreign(origin) => {
+            tracing::debug!(?origin, path = %request.uri().path(), "refused a web page of another origin");
+            return GatewayError::new(
+                StatusCode::FORBIDDEN,
+                "pages of other origins may not use this gateway; list the page's origin under [api] player_origins to allow it",
+            )
+            .into_response();
+        }
+    };
+    request.extensions_mut().insert(Asker(site));
+    let mut response = next.run(request).await;
+    if let Some(origin) = cors {
+        let h = response.headers_mut();
+        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+        h.insert(header::VARY, HeaderValue::from_static("Origin"));
+    }
+    response
+}
+
+/// A gateway serving on its own: what an app that embeds the node shows
+/// its player.
+pub struct GatewayServer {
+    /// `http://<address>`; playlists are under it (`/live/<channel>/index.m3u8`).
+    pub url: String,
+    pub addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    served: tokio::task::JoinHandle<()>,
+}
+
+impl GatewayServer {
+    /// Stops serving and waits until the server is gone.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = (&mut self.served).await;
+    }
+}
+
+/// Serves `node`'s gateway on `addr` (port 0: any free one), with the
+/// default access rules, until [`GatewayServer::stop`].
+pub async fn serve(node: Node, addr: SocketAddr) -> Result<GatewayServer, NodeError> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| NodeError::Listen {
+            addr: addr.to_string(),
+            detail: e.to_string(),
+        })?;
+    let addr = listener.local_addr().map_err(|e| NodeError::Listen {
+        addr: addr.to_string(),
+        detail: e.to_string(),
+    })?;
+    let app = router(Gateway::new(node, Access::default()));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let served = tokio::spawn(crate::local_http::serve(listener, app, async {
+        let _ = stopped.await;
+    }));
+    Ok(GatewayServer {
+        url: format!("http://{addr}"),
+        addr,
+        stop: Some(stop),
+        served,
+    })
+}
+
+fn channel_arg(text: &str) -> GatewayResult<ChannelId> {
     text.parse()
         .map_err(|e: shoal_protocol::channel::ChannelError| {
-            ApiError::new(StatusCode::BAD_REQUEST, e.to_string())
+            GatewayError::new(StatusCode::BAD_REQUEST, e.to_string())
         })
 }
 
-/// The channel's view, watching it first if needed and waiting (a while)
-/// for its first segment.
-async fn view_with_segments(s: &ApiState, channel: ChannelId) -> Result<LiveView, ApiError> {
-    s.node.watch(channel).await?;
+/// The channel's view, watching it first if needed (for `site`) and
+/// waiting (a while) for its first segment.
+async fn view_with_segments(
+    g: &Gateway,
+    site: &Site,
+    channel: ChannelId,
+) -> GatewayResult<LiveView> {
+    g.watch_for(site, channel).await?;
     let deadline = tokio::time::Instant::now() + FIRST_SEGMENT_WAIT;
     loop {
-        let view = s.node.live_view(channel).await?.ok_or_else(|| {
-            ApiError::new(StatusCode::NOT_FOUND, format!("not watching {channel}"))
+        let view = g.node.live_view(channel).await?.ok_or_else(|| {
+            GatewayError::new(StatusCode::NOT_FOUND, format!("not watching {channel}"))
         })?;
         if view.renditions.iter().any(|r| !r.window.is_empty()) {
             return Ok(view);
         }
         if tokio::time::Instant::now() >= deadline {
-            return Err(ApiError::new(
+            return Err(GatewayError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!("no segment of channel {channel} has arrived yet; try again shortly"),
             ));
@@ -157,11 +437,12 @@ fn media_playlist(view: &LiveView, rendition: usize) -> Option<String> {
 }
 
 async fn live_top(
-    State(s): State<Arc<ApiState>>,
+    State(g): State<Arc<Gateway>>,
+    axum::Extension(Asker(site)): axum::Extension<Asker>,
     Path(channel): Path<String>,
-) -> Result<Response, ApiError> {
+) -> GatewayResult<Response> {
     let channel = channel_arg(&channel)?;
-    let view = view_with_segments(&s, channel).await?;
+    let view = view_with_segments(&g, &site, channel).await?;
     if view.renditions.len() <= 1 {
         let text = media_playlist(&view, 0).unwrap_or_default();
         // Segment URIs are relative to the rendition's folder.
@@ -177,13 +458,14 @@ async fn live_top(
 }
 
 async fn live_media(
-    State(s): State<Arc<ApiState>>,
+    State(g): State<Arc<Gateway>>,
+    axum::Extension(Asker(site)): axum::Extension<Asker>,
     Path((channel, rendition)): Path<(String, usize)>,
-) -> Result<Response, ApiError> {
+) -> GatewayResult<Response> {
     let channel = channel_arg(&channel)?;
-    let view = view_with_segments(&s, channel).await?;
+    let view = view_with_segments(&g, &site, channel).await?;
     let text = media_playlist(&view, rendition).ok_or_else(|| {
-        ApiError::new(
+        GatewayError::new(
             StatusCode::NOT_FOUND,
             format!("channel {channel} has no rendition {rendition}"),
         )
@@ -191,13 +473,43 @@ async fn live_media(
     Ok(playlist(text))
 }
 
+/// The session's numbers, without starting one: `session` is `null` while
+/// the node does not watch the channel.
+async fn live_stats(
+    State(g): State<Arc<Gateway>>,
+    Path(channel): Path<String>,
+) -> GatewayResult<Response> {
+    let channel = channel_arg(&channel)?;
+    let session = g
+        .node
+        .live_view(channel)
+        .await?
+        .map(|v| LiveStatsReport::of(&v));
+    let peers = g.node.peers().await?.len();
+    let body = serde_json::json!({ "peers": peers, "session": session });
+    Ok(([(header::CACHE_CONTROL, "no-cache")], axum::Json(body)).into_response())
+}
+
+/// Prometheus text: the node's peers and every watch session's numbers.
+async fn metrics(State(g): State<Arc<Gateway>>) -> GatewayResult<Response> {
+    let mut sessions = Vec::new();
+    for channel in g.node.watching().await? {
+        if let Some(view) = g.node.live_view(channel).await? {
+            sessions.push(LiveStatsReport::of(&view));
+        }
+    }
+    let peers = g.node.peers().await?.len();
+    let text = crate::stats::prometheus(peers, &sessions);
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
+}
+
 async fn live_segment(
-    State(s): State<Arc<ApiState>>,
+    State(g): State<Arc<Gateway>>,
     Path((channel, rendition, segment)): Path<(String, usize, String)>,
-) -> Result<Response, ApiError> {
+) -> GatewayResult<Response> {
     let channel = channel_arg(&channel)?;
     let not_found = || {
-        ApiError::new(
+        GatewayError::new(
             StatusCode::NOT_FOUND,
             format!("segment {segment} of channel {channel} is not held here (any more)"),
         )
@@ -206,33 +518,34 @@ async fn live_segment(
         .split_once('.')
         .and_then(|(n, _)| n.parse().ok())
         .ok_or_else(not_found)?;
-    let view = s.node.live_view(channel).await?.ok_or_else(not_found)?;
+    let view = g.node.live_view(channel).await?.ok_or_else(not_found)?;
     let w = view
         .renditions
         .get(rendition)
         .and_then(|r| r.window.iter().find(|w| w.sequence == sequence))
         .cloned()
         .ok_or_else(not_found)?;
-    let bytes = read_segment(&s, w.manifest, w.sequence).await?;
+    let bytes = read_segment(&g.node, w.manifest, w.sequence).await?;
     Ok(([(header::CONTENT_TYPE, "video/mp2t")], Body::from(bytes)).into_response())
 }
 
-fn root_arg(text: &str) -> Result<Cid, ApiError> {
-    parse_cid(text).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e))
+fn root_arg(text: &str) -> GatewayResult<Cid> {
+    parse_cid(text).map_err(|e| GatewayError::new(StatusCode::BAD_REQUEST, e))
 }
 
-/// The stream's root manifest, fetched (not pinned) if this node lacks it.
-async fn vod_stream(s: &ApiState, root: Cid) -> Result<StreamManifest, ApiError> {
-    let store = s.node.store().clone();
-    if !store.has(&root).map_err(ApiError::from)? {
-        s.node.fetch_root(root).await?;
+/// The stream's root manifest, fetched (not pinned) for `site` if this
+/// node lacks it.
+async fn vod_stream(g: &Arc<Gateway>, site: &Site, root: Cid) -> GatewayResult<StreamManifest> {
+    let store = g.node.store().clone();
+    if !store.has(&root)? {
+        let _slot = g.fetch_slot(site, FETCHES_PER_SITE)?;
+        g.node.fetch_root(root).await?;
     }
-    let store = s.node.store().clone();
     let stream = tokio::task::spawn_blocking(move || load_stream(&store, &root))
         .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+        .map_err(|e| GatewayError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
     if stream.kind == StreamKind::File {
-        return Err(ApiError::new(
+        return Err(GatewayError::new(
             StatusCode::BAD_REQUEST,
             format!("{root} is a file, not an HLS presentation"),
         ));
@@ -258,11 +571,12 @@ fn vod_media_playlist(stream: &StreamManifest, rendition: usize) -> Option<Strin
 }
 
 async fn vod_top(
-    State(s): State<Arc<ApiState>>,
+    State(g): State<Arc<Gateway>>,
+    axum::Extension(Asker(site)): axum::Extension<Asker>,
     Path(root): Path<String>,
-) -> Result<Response, ApiError> {
+) -> GatewayResult<Response> {
     let root = root_arg(&root)?;
-    let stream = vod_stream(&s, root).await?;
+    let stream = vod_stream(&g, &site, root).await?;
     let single = stream.renditions.len() == 1 && stream.renditions[0].bandwidth.is_none();
     if single {
         let text = vod_media_playlist(&stream, 0).unwrap_or_default();
@@ -274,13 +588,14 @@ async fn vod_top(
 }
 
 async fn vod_media(
-    State(s): State<Arc<ApiState>>,
+    State(g): State<Arc<Gateway>>,
+    axum::Extension(Asker(site)): axum::Extension<Asker>,
     Path((root, rendition)): Path<(String, usize)>,
-) -> Result<Response, ApiError> {
+) -> GatewayResult<Response> {
     let root = root_arg(&root)?;
-    let stream = vod_stream(&s, root).await?;
+    let stream = vod_stream(&g, &site, root).await?;
     let text = vod_media_playlist(&stream, rendition).ok_or_else(|| {
-        ApiError::new(
+        GatewayError::new(
             StatusCode::NOT_FOUND,
             format!("{root} has no rendition {rendition}"),
         )
@@ -289,13 +604,14 @@ async fn vod_media(
 }
 
 async fn vod_segment(
-    State(s): State<Arc<ApiState>>,
+    State(g): State<Arc<Gateway>>,
+    axum::Extension(Asker(site)): axum::Extension<Asker>,
     Path((root, rendition, segment)): Path<(String, usize, String)>,
-) -> Result<Response, ApiError> {
+) -> GatewayResult<Response> {
     let root = root_arg(&root)?;
-    let stream = vod_stream(&s, root).await?;
+    let stream = vod_stream(&g, &site, root).await?;
     let not_found = || {
-        ApiError::new(
+        GatewayError::new(
             StatusCode::NOT_FOUND,
             format!("{root} has no segment {rendition}/{segment}"),
         )
@@ -318,20 +634,25 @@ async fn vod_segment(
             .collect();
         (seg.cid, i as u64, ahead)
     };
-    // Ahead of the playhead, in the background.
-    if !ahead.is_empty() {
-        let node = s.node.clone();
+    // Ahead of the playhead, in the background, if the site has a fetch
+    // to spare.
+    if !ahead.is_empty()
+        && let Ok(slot) = g.fetch_slot(&site, PREFETCHES_PER_SITE)
+    {
+        let node = g.node.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             if let Err(e) = node.fetch_segments(root, ahead).await {
                 tracing::debug!(%root, error = %e, "prefetch failed");
             }
         });
     }
-    let bytes = match read_segment(&s, manifest, position).await {
+    let bytes = match read_segment(&g.node, manifest, position).await {
         Ok(bytes) => bytes,
         Err(_) => {
-            s.node.fetch_segments(root, vec![manifest]).await?;
-            read_segment(&s, manifest, position).await?
+            let _slot = g.fetch_slot(&site, FETCHES_PER_SITE)?;
+            g.node.fetch_segments(root, vec![manifest]).await?;
+            read_segment(&g.node, manifest, position).await?
         }
     };
     let content_type = match r.segment_extension.as_str() {
@@ -342,15 +663,15 @@ async fn vod_segment(
 }
 
 /// Rebuilds a segment from the store and checks it.
-async fn read_segment(s: &ApiState, manifest: Cid, position: u64) -> Result<Vec<u8>, ApiError> {
-    let store = s.node.store().clone();
-    tokio::task::spawn_blocking(move || -> Result<Vec<u8>, ApiError> {
+async fn read_segment(node: &Node, manifest: Cid, position: u64) -> GatewayResult<Vec<u8>> {
+    let store = node.store().clone();
+    tokio::task::spawn_blocking(move || -> GatewayResult<Vec<u8>> {
         Ok(shoal_storage::assemble::read_segment(
             &store, &manifest, position,
         )?)
     })
     .await
-    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+    .map_err(|e| GatewayError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
 }
 
 /// Puts `prefix` before every URI line of a playlist.

@@ -34,18 +34,42 @@ pub fn load_or_create(path: &Path) -> Result<Keypair, NodeError> {
     }
 }
 
-/// Writes a secret to `path` readable by the owner only, atomically (a
-/// temporary file, synced, then renamed over `path`).
+/// 32 bytes from the operating system's randomness (the source of the
+/// identity, wallet and channel keys).
+pub(crate) fn random_secret() -> [u8; 32] {
+    let fresh = libp2p::identity::ed25519::Keypair::generate();
+    let mut out = [0u8; 32];
+    out.copy_from_slice(&fresh.secret().as_ref()[..32]);
+    out
+}
+
+/// Writes a secret to `path` readable by the owner only, atomically: a
+/// new file of a random name beside it (created exclusively, so nothing
+/// planted there, a symlink least of all, is written through), synced,
+/// then renamed over `path`.
 pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let nonce: String = random_secret()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let tmp = path.with_file_name(format!(".{name}.{nonce}.tmp"));
     let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
+    options.write(true).create_new(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
     let mut file = options.open(&tmp)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, path)
+    let written = file
+        .write_all(bytes)
+        .and_then(|()| file.sync_all())
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
 }
 
 #[cfg(test)]

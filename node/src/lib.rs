@@ -21,14 +21,16 @@ pub mod config;
 pub mod daemon;
 mod event_loop;
 mod fetch;
-mod gateway;
+pub mod gateway;
 pub mod identity;
 pub mod limits;
 pub mod live;
+pub mod local_http;
 pub mod origin;
 pub mod repo;
 pub mod rewards;
 pub mod settle;
+pub mod stats;
 pub mod testsrc;
 pub mod wallet;
 

@@ -6,7 +6,11 @@
 //! <repo>/identity.key   the node's ed25519 key (mode 0600)
 //! <repo>/wallet.key     the node's secp256k1 wallet key (mode 0600)
 //! <repo>/api            the address of the running daemon's API, if any
+//! <repo>/api.token      the token its control API takes (mode 0600)
 //! ```
+//!
+//! The folder is the owner's alone (mode 0700): the config can hold the
+//! API token, and the database the receipts a relayer is paid for.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -19,6 +23,7 @@ const DATABASE: &str = "blocks.redb";
 const IDENTITY: &str = "identity.key";
 const WALLET: &str = "wallet.key";
 const API_FILE: &str = "api";
+const API_TOKEN: &str = "api.token";
 
 /// What is wrong with a repo.
 #[derive(Debug, thiserror::Error)]
@@ -196,10 +201,18 @@ pub struct ApiConfig {
     /// Address to serve on. Without a token only loopback addresses are
     /// accepted: the API can read and write files as the daemon's user.
     pub address: String,
-    /// Bearer token every request must carry; set it to serve beyond
-    /// loopback.
+    /// The token every control API call carries. Absent: the daemon draws
+    /// one at each start. Set it to serve beyond loopback, for clients on
+    /// other machines.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,
+    /// Host names the daemon answers to besides IP literals and
+    /// `localhost` (a LAN name, say); `"*"` for any. Requests naming
+    /// another host get 403, which stops DNS rebinding.
+    pub hosts: Vec<String>,
+    /// Web origins (`https://tv.example`) whose pages may play through the
+    /// gateway, with CORS. They never reach the control API.
+    pub player_origins: Vec<String>,
 }
 
 impl Default for ApiConfig {
@@ -207,7 +220,46 @@ impl Default for ApiConfig {
         ApiConfig {
             address: "127.0.0.1:5080".into(),
             token: None,
+            hosts: Vec::new(),
+            player_origins: Vec::new(),
         }
+    }
+}
+
+/// The shortest `[api] token` taken: it is all that stands between the
+/// network and the node's files.
+const MIN_TOKEN_LEN: usize = 16;
+
+impl ApiConfig {
+    fn validate(&self) -> Result<(), String> {
+        if let Some(t) = &self.token
+            && (t.len() < MIN_TOKEN_LEN || !t.bytes().all(|b| b.is_ascii_graphic()))
+        {
+            return Err(format!(
+                "api.token must be at least {MIN_TOKEN_LEN} printable characters without spaces"
+            ));
+        }
+        for h in &self.hosts {
+            if h != "*" && (h.is_empty() || h.contains([':', '/', ' '])) {
+                return Err(format!(
+                    "api.hosts: {h:?} is not a host name (no scheme, port or path)"
+                ));
+            }
+        }
+        for o in &self.player_origins {
+            let bad = || {
+                format!("api.player_origins: {o:?} is not an origin like \"https://tv.example\"")
+            };
+            let rest = o
+                .strip_prefix("https://")
+                .or_else(|| o.strip_prefix("http://"))
+                .ok_or_else(bad)?;
+            let rest = rest.trim_end_matches('/');
+            if rest.is_empty() || rest.contains(['/', '?', '#', ' ', '*']) {
+                return Err(bad());
+            }
+        }
+        Ok(())
     }
 }
 
@@ -293,6 +345,7 @@ impl RepoPaths {
             .map_err(|e| invalid(e.to_string()))?;
         config.limits().validate().map_err(invalid)?;
         config.rewards.deployment().map_err(invalid)?;
+        config.api.validate().map_err(invalid)?;
         if let Some(rpc) = &config.rewards.rpc
             && !(rpc.starts_with("http://") || rpc.starts_with("https://"))
         {
@@ -338,6 +391,18 @@ impl RepoPaths {
         self.dir.join(API_FILE)
     }
 
+    pub fn api_token(&self) -> PathBuf {
+        self.dir.join(API_TOKEN)
+    }
+
+    /// The token the running daemon's control API takes, if it wrote one.
+    pub fn daemon_token(&self) -> Option<String> {
+        std::fs::read_to_string(self.api_token())
+            .ok()
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty())
+    }
+
     /// The API address a running daemon wrote, if any.
     pub fn daemon_api(&self) -> Option<String> {
         std::fs::read_to_string(self.api_file())
@@ -376,6 +441,7 @@ impl Repo {
             return Ok(false);
         }
         std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+        owner_only(dir, 0o700)?;
         let text = format!(
             "# shoal repo settings. Sizes are in bytes.\n{}",
             toml::to_string(&Config::default()).map_err(|e| RepoError::Config {
@@ -387,13 +453,13 @@ impl Repo {
         // initialised once its config exists, so an interrupted init is
         // simply run again.
         Blockstore::create(&dir.join(DATABASE), &StoreOptions::default())?;
+        owner_only(&dir.join(DATABASE), 0o600)?;
         crate::identity::load_or_create(&dir.join(IDENTITY)).map_err(|e| RepoError::Config {
             path: dir.join(IDENTITY),
             detail: e.to_string(),
         })?;
-        let tmp = dir.join(format!(".{CONFIG}.tmp"));
-        std::fs::write(&tmp, text).map_err(io_err(&tmp))?;
-        std::fs::rename(&tmp, &config_path).map_err(io_err(&config_path))?;
+        crate::identity::write_private(&config_path, text.as_bytes())
+            .map_err(io_err(&config_path))?;
         Ok(true)
     }
 
@@ -403,4 +469,17 @@ impl Repo {
         let store = Arc::new(paths.open_store()?);
         Ok(Repo { paths, store })
     }
+}
+
+/// Sets `path`'s mode (owner only) where the platform has modes.
+fn owner_only(path: &Path, mode: u32) -> Result<(), RepoError> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+            .map_err(io_err(path))?;
+    }
+    #[cfg(not(unix))]
+    let _ = (path, mode);
+    Ok(())
 }

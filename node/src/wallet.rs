@@ -58,9 +58,7 @@ fn parse(path: &Path, text: &str) -> Result<Wallet, WalletError> {
 /// A new key from the operating system's randomness.
 pub(crate) fn generate() -> Wallet {
     loop {
-        // The same source as the identity and channel keys.
-        let fresh = libp2p::identity::ed25519::Keypair::generate();
-        let secret: [u8; 32] = fresh.secret().as_ref().try_into().unwrap_or([0; 32]);
+        let secret = crate::identity::random_secret();
         // A 32-byte string is a valid secp256k1 scalar but for odds of
         // about 2^-128; draw again if not.
         if let Ok(w) = Wallet::from_bytes(&secret) {

@@ -339,3 +339,91 @@ impl Drop for DaemonProcess {
         self.stop();
     }
 }
+
+/// An HTTP answer as a raw client saw it.
+#[derive(Debug)]
+pub struct HttpReply {
+    pub status: u16,
+    /// Header lines, as sent (`Name: value`).
+    pub headers: Vec<String>,
+    pub body: Vec<u8>,
+}
+
+impl HttpReply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find_map(|h| {
+            let (k, v) = h.split_once(':')?;
+            k.eq_ignore_ascii_case(name).then(|| v.trim())
+        })
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// Sends one HTTP/1.1 request to `addr` (`host:port`) the way a browser or
+/// an attacker's script would: every header as given (`Host` too), and
+/// reads the whole answer (the request asks the server to close). Waits at
+/// most `timeout` for it.
+pub fn http_request(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    timeout: std::time::Duration,
+) -> std::io::Result<HttpReply> {
+    use std::io::Read;
+    let mut s = std::net::TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(timeout))?;
+    let mut raw = format!("{method} {path} HTTP/1.1\r\n");
+    for (k, v) in headers {
+        raw.push_str(&format!("{k}: {v}\r\n"));
+    }
+    raw.push_str("Content-Length: 0\r\nConnection: close\r\n\r\n");
+    s.write_all(raw.as_bytes())?;
+    let mut reply = Vec::new();
+    s.read_to_end(&mut reply)?;
+    let end = reply
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| std::io::Error::other("no complete answer"))?;
+    let head = String::from_utf8_lossy(&reply[..end]).into_owned();
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("not HTTP: {head:?}")))?;
+    let headers: Vec<String> = lines.map(str::to_owned).collect();
+    let mut body = reply[end + 4..].to_vec();
+    if headers
+        .iter()
+        .any(|h| h.eq_ignore_ascii_case("transfer-encoding: chunked"))
+    {
+        body = dechunk(&body);
+    }
+    Ok(HttpReply {
+        status,
+        headers,
+        body,
+    })
+}
+
+/// The payload of a chunked body.
+fn dechunk(mut body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(line_end) = body.windows(2).position(|w| w == b"\r\n") {
+        let size = std::str::from_utf8(&body[..line_end])
+            .ok()
+            .and_then(|s| usize::from_str_radix(s.trim(), 16).ok())
+            .unwrap_or(0);
+        body = &body[line_end + 2..];
+        if size == 0 || body.len() < size {
+            break;
+        }
+        out.extend_from_slice(&body[..size]);
+        body = body.get(size + 2..).unwrap_or_default();
+    }
+    out
+}

@@ -88,7 +88,7 @@ fn an_hls_presentation_is_exported_from_the_network() {
 #[test]
 fn the_api_refuses_the_network_without_a_token_and_requests_without_it() {
     let sb = Sandbox::with_repo();
-    // Beyond loopback without a token: refused at start.
+    // Beyond loopback without a fixed token: refused at start.
     let run = sb.shoal(&[
         "daemon",
         "--listen",
@@ -98,31 +98,41 @@ fn the_api_refuses_the_network_without_a_token_and_requests_without_it() {
         "--no-mdns",
     ]);
     run.fails_with("without an access token");
-
-    // With a token, every request must carry it; the CLI reads it from the
-    // repo's config.
+    // A token too short to stand between the network and the node.
     let config = sb.repo().join("config.toml");
     let text = std::fs::read_to_string(&config).unwrap();
     std::fs::write(&config, text.replace("[api]", "[api]\ntoken = \"s3cret\"")).unwrap();
+    sb.shoal(&["repo", "stat"])
+        .fails_with("api.token must be at least 16");
+
+    // With a fixed token, every call must carry it; the CLI reads it from
+    // the repo's api.token, which the daemon writes.
+    let token = "a-long-s3cret-for-the-lan";
+    std::fs::write(
+        &config,
+        text.replace("[api]", &format!("[api]\ntoken = \"{token}\"")),
+    )
+    .unwrap();
     let d = sb.start_daemon(None);
     sb.shoal(&["repo", "stat"]).ok();
     let host = d.api.trim_start_matches("http://");
-    let ask = |auth: Option<&str>| -> String {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(host).unwrap();
-        let auth = auth
-            .map(|t| format!("Authorization: Bearer {t}\r\n"))
-            .unwrap_or_default();
-        write!(
-            s,
-            "GET /api/v0/id HTTP/1.1\r\nHost: {host}\r\n{auth}Connection: close\r\n\r\n"
+    let ask = |auth: Option<&str>| -> u16 {
+        let bearer = auth.map(|t| format!("Bearer {t}"));
+        let mut headers = vec![("Host", host)];
+        if let Some(b) = &bearer {
+            headers.push(("Authorization", b));
+        }
+        shoal_tests::http_request(
+            host,
+            "POST",
+            "/api/v0/id",
+            &headers,
+            std::time::Duration::from_secs(10),
         )
-        .unwrap();
-        let mut reply = String::new();
-        s.read_to_string(&mut reply).unwrap();
-        reply
+        .unwrap()
+        .status
     };
-    assert!(ask(None).starts_with("HTTP/1.1 401"), "{}", ask(None));
-    assert!(ask(Some("wrong")).starts_with("HTTP/1.1 401"));
-    assert!(ask(Some("s3cret")).starts_with("HTTP/1.1 200"));
+    assert_eq!(ask(None), 401);
+    assert_eq!(ask(Some("wrong")), 401);
+    assert_eq!(ask(Some(token)), 200);
 }
