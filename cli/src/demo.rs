@@ -242,9 +242,9 @@ async fn demo(work: &Path, options: DemoOptions) -> Result<()> {
     let _ = stop_api.send(());
     let _ = api.await;
     for v in viewers.iter().skip(1) {
-        v.shutdown().await;
+        v.stop().await;
     }
-    broadcaster.shutdown().await;
+    broadcaster.stop().await;
     origin.abort();
     Ok(())
 }

@@ -160,7 +160,7 @@ pub fn claim(dir: &Path, rpc: Option<&str>) -> Result<()> {
 fn claim_local(repo: &Repo, dir: &Path, rpc: Option<&str>) -> Result<settle::ClaimOutcome> {
     runtime()?.block_on(async {
         let chain = chain(dir, rpc).await?;
-        Ok(shoal_node::rewards::claim_from(&repo.store, &chain).await?)
+        Ok(shoal_node::settle::claim(&repo.store, &chain).await?)
     })
 }
 

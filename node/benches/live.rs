@@ -160,9 +160,9 @@ async fn shoal_run(viewers: usize, segments: u64) -> Outcome {
     }
     let broadcaster_sent = broadcaster.traffic().await.unwrap().sent;
     for n in nodes {
-        n.shutdown().await;
+        n.stop().await;
     }
-    broadcaster.shutdown().await;
+    broadcaster.stop().await;
     let total = (peers + source + http).max(1) as f64;
     // Windows keep the last six segments.
     let kept = (segments.min(6)).min(segments - WARMUP) as usize;

@@ -143,9 +143,9 @@ async fn shoal_transfer(input: &std::path::Path, seeders: usize) -> (f64, f64) {
     let secs = start.elapsed().as_secs_f64();
     let cpu = cpu_seconds() - cpu;
     assert!(report.bytes_fetched > 0);
-    fetcher.shutdown().await;
+    fetcher.stop().await;
     for (n, _) in nodes {
-        n.shutdown().await;
+        n.stop().await;
     }
     (secs, cpu)
 }

@@ -169,8 +169,12 @@ impl From<NodeError> for ApiError {
         let status = match e {
             NodeError::Fetch { .. } => StatusCode::NOT_FOUND,
             NodeError::Dial { .. } => StatusCode::BAD_GATEWAY,
-            NodeError::Busy(_) => StatusCode::CONFLICT,
-            NodeError::InvalidInput(_) => StatusCode::BAD_REQUEST,
+            NodeError::Watch(shoal_protocol::machine::WatchError::TooMany(_)) => {
+                StatusCode::CONFLICT
+            }
+            NodeError::Watch(_) | NodeError::Channel(_) | NodeError::Limits(_) => {
+                StatusCode::BAD_REQUEST
+            }
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError(status, e.to_string())

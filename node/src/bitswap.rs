@@ -36,11 +36,12 @@ pub(crate) fn protocols() -> Vec<StreamProtocol> {
 pub(crate) fn spawn_acceptors(
     control: &mut libp2p_stream::Control,
     events: mpsc::Sender<StreamEvent>,
+    tasks: &mut tokio::task::JoinSet<()>,
 ) -> Result<(), libp2p_stream::AlreadyRegistered> {
     for protocol in protocols() {
         let mut incoming = control.accept(protocol)?;
         let events = events.clone();
-        tokio::spawn(async move {
+        tasks.spawn(async move {
             while let Some((peer, stream)) = incoming.next().await {
                 tokio::spawn(read_stream(peer, stream, events.clone()));
             }
@@ -154,9 +155,11 @@ pub(crate) fn spawn_writer(
     store: Arc<Blockstore>,
     upload: Arc<UploadLimiter>,
     events: mpsc::Sender<StreamEvent>,
+    blocking: Arc<()>,
+    tasks: &mut tokio::task::JoinSet<()>,
 ) -> mpsc::UnboundedSender<Outgoing> {
     let (tx, mut rx) = mpsc::unbounded_channel::<Outgoing>();
-    tokio::spawn(async move {
+    tasks.spawn(async move {
         let mut stream: Option<Stream> = None;
         while let Some(out) = rx.recv().await {
             let block_bytes = out.block_bytes;
@@ -166,9 +169,13 @@ pub(crate) fn spawn_writer(
                 build(out, &store)
             } else {
                 let store = store.clone();
-                tokio::task::spawn_blocking(move || build(out, &store))
-                    .await
-                    .unwrap_or_default()
+                let token = blocking.clone();
+                tokio::task::spawn_blocking(move || {
+                    let _token = token;
+                    build(out, &store)
+                })
+                .await
+                .unwrap_or_default()
             };
             for msg in msgs {
                 let frame = msg.encode_framed();

@@ -102,8 +102,9 @@ struct RenditionState {
     /// Highest sequence published.
     last: Option<u64>,
     recent: VecDeque<RecentSegment>,
-    /// Manifests of the segments still kept in the store, oldest first.
-    kept: VecDeque<shoal_protocol::block::Cid>,
+    /// The segments still kept in the store (manifest, shards), oldest
+    /// first.
+    kept: VecDeque<(shoal_protocol::block::Cid, Vec<shoal_protocol::block::Cid>)>,
 }
 
 /// Broadcasts until the encoder ends the stream (EXT-X-ENDLIST in every
@@ -287,11 +288,15 @@ async fn import_new_segment(
     while state.recent.len() > RECORD_WINDOW {
         state.recent.pop_front();
     }
-    state.kept.push_back(stored.manifest_cid);
+    state
+        .kept
+        .push_back((stored.manifest_cid, stored.manifest.shards.clone()));
     while state.kept.len() > KEEP_SEGMENTS {
-        if let Some(old) = state.kept.pop_front() {
+        if let Some((manifest, shards)) = state.kept.pop_front() {
             let store = node.store().clone();
-            tokio::task::spawn_blocking(move || crate::live::release(&store, &old, Vec::new()));
+            tokio::task::spawn_blocking(move || {
+                crate::store_io::release(&store, &manifest, &shards)
+            });
         }
     }
     let published = Published {

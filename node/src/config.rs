@@ -4,8 +4,9 @@ use std::time::Duration;
 
 use libp2p::Multiaddr;
 use shoal_protocol::bitswap::EngineConfig;
-use shoal_protocol::fetch::FetchConfig;
+use shoal_protocol::fetch::StreamFetchConfig;
 use shoal_protocol::live::LiveConfig;
+use shoal_protocol::machine::MachineConfig;
 
 /// How a node runs.
 #[derive(Clone, Debug)]
@@ -34,37 +35,29 @@ pub struct NodeConfig {
     pub provide_interval: Duration,
     /// How long a peer that sent a wrong block stays banned.
     pub ban_duration: Duration,
-    /// Segments fetched at once. Eight 4 MiB segments in flight keep several
-    /// peers busy without holding much memory.
-    pub segment_window: usize,
-    /// A fetch with no progress for this long fails.
-    pub fetch_stall_timeout: Duration,
-    /// A fetch that no known peer can complete, with the DHT search over,
-    /// fails after this long: long enough for content being added right
-    /// now to arrive, short enough that a wrong CID is reported quickly.
-    pub fetch_hopeless_grace: Duration,
-    pub fetch: FetchConfig,
+    /// On-demand fetches: windows and timeouts.
+    pub fetch: StreamFetchConfig,
     /// The Bitswap engine's limits (wantlists, queues, the broadcaster's
     /// pacing).
     pub engine: EngineConfig,
     /// Deadlines and windows of watched live channels.
     pub live: LiveConfig,
-    /// Viewers of a channel dialed per DHT lookup: enough for a gossip mesh
+    /// Peers found in the DHT dialled per lookup: enough for a gossip mesh
     /// (gossipsub keeps 6 mesh peers) and several shard sources each.
-    pub live_max_dials: usize,
+    pub max_dials: usize,
     /// The wallet, the deployment claimed on, and the ledger's thresholds.
     pub rewards: crate::rewards::RewardsConfig,
+    /// The wall clock at the node's start, in Unix milliseconds (`None`:
+    /// the system's). The node keeps time from it by its monotonic clock,
+    /// so a clock stepped while it runs moves neither its deadlines nor
+    /// its reward epochs.
+    pub start_unix_ms: Option<u64>,
 }
 
 impl Default for NodeConfig {
     fn default() -> Self {
         NodeConfig {
-            listen: vec![
-                "/ip4/0.0.0.0/tcp/0".parse().expect("valid multiaddr"),
-                "/ip4/0.0.0.0/udp/0/quic-v1"
-                    .parse()
-                    .expect("valid multiaddr"),
-            ],
+            listen: default_listen(),
             bootstrap: Vec::new(),
             kad_protocol: "/shoal/kad/1.0.0".into(),
             mdns: true,
@@ -74,14 +67,40 @@ impl Default for NodeConfig {
             no_upload: false,
             provide_interval: Duration::from_secs(12 * 3600),
             ban_duration: Duration::from_secs(3600),
-            segment_window: 8,
-            fetch_stall_timeout: Duration::from_secs(30),
-            fetch_hopeless_grace: Duration::from_secs(5),
-            fetch: FetchConfig::default(),
+            fetch: StreamFetchConfig::default(),
             engine: EngineConfig::default(),
             live: LiveConfig::default(),
-            live_max_dials: 16,
+            max_dials: 16,
             rewards: Default::default(),
+            start_unix_ms: None,
+        }
+    }
+}
+
+/// Any free port on every interface, over TCP (and QUIC where built in).
+fn default_listen() -> Vec<Multiaddr> {
+    let mut addrs = vec!["/ip4/0.0.0.0/tcp/0".parse().expect("valid multiaddr")];
+    if cfg!(feature = "quic") {
+        addrs.push(
+            "/ip4/0.0.0.0/udp/0/quic-v1"
+                .parse()
+                .expect("valid multiaddr"),
+        );
+    }
+    addrs
+}
+
+impl NodeConfig {
+    /// The settings of the node's machine.
+    pub(crate) fn machine(&self) -> MachineConfig {
+        MachineConfig {
+            engine: self.engine.clone(),
+            live: self.live.clone(),
+            fetch: self.fetch.clone(),
+            ledger: self.rewards.ledger.clone(),
+            ban_duration: self.ban_duration,
+            max_dials: self.max_dials,
+            no_upload: self.no_upload,
         }
     }
 }

@@ -223,7 +223,7 @@ impl Daemon {
         let app = api::router(state).merge(crate::gateway::router(gateway));
         crate::local_http::serve(self.listener, app, stop).await;
         drop(self.api_file);
-        self.node.shutdown().await;
+        self.node.stop().await;
         Ok(())
     }
 }

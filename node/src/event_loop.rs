@@ -1,7 +1,16 @@
-//! The one task that owns the swarm: it takes commands from [`crate::Node`]
-//! handles, swarm events, and stream events, and drives the Bitswap engine
-//! and the fetch jobs. No lock is held around the swarm; everything that
-//! touches it happens here.
+//! The one task that owns the swarm. It only routes: it feeds the node's
+//! machine ([`NodeMachine`], `shoal_protocol::machine`) what the swarm,
+//! the handles' commands and its own tasks report, carries out what the
+//! machine asks, and sleeps until the machine's [`NodeMachine::poll_timeout`]
+//! (there is no fixed tick). No lock is held around the swarm; everything
+//! that touches it happens here, and everything that writes the store or
+//! waits on the network happens in tasks.
+//!
+//! Where things are:
+//! - one handler per swarm behaviour (`on_connection_*`, `on_identify`,
+//!   `on_mdns`, `on_gossip`, `on_kad_request`, `on_kad_query`);
+//! - [`EventLoop::perform`]: every [`Action`] the machine asks for;
+//! - [`EventLoop::on_done`]: what the tasks report back.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -12,34 +21,45 @@ use libp2p::kad::store::RecordStore;
 use libp2p::swarm::dial_opts::DialOpts;
 use libp2p::swarm::{ConnectionId, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, Swarm, gossipsub, identify, kad, mdns};
-use shoal_protocol::bitswap::{BlockSource, Engine, Outgoing, Output, Presence, WantType};
-use shoal_protocol::block::{Block, Cid};
-use shoal_protocol::channel::ChannelId;
-use shoal_protocol::fetch::FetchAction;
+use shoal_protocol::bitswap::Outgoing;
+use shoal_protocol::block::Cid;
+use shoal_protocol::channel::{ChannelId, ChannelRecord, open_dht_record};
+use shoal_protocol::fetch::FetchTarget;
+use shoal_protocol::live::{HttpRequest, LiveView, OriginPlaylists, ProxiedSegment, ProxySegment};
+use shoal_protocol::machine::{
+    Action, FetchId, Identity, Input, Judgement, NodeMachine, ProviderKey, Traffic, WallClock,
+};
+use shoal_protocol::receipt::{ReceiptResponse, SignedReceipt};
 use shoal_storage::Blockstore;
 use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinSet;
 
 use crate::behaviour::{Behaviour, BehaviourEvent};
 use crate::bitswap::{self, StreamEvent};
-use crate::fetch::{FetchJob, FetchReport, Target};
 use crate::limits::{Limits, UploadLimiter};
-use crate::live::{Live, LiveView};
-use crate::{NodeConfig, NodeError};
+use crate::rewards::ReceiptAsked;
+use crate::store_io::{NodeStore, Write};
+use crate::{FetchReport, NodeConfig, NodeError, NodeEvent};
 
-/// How often timeouts and bans are checked.
-const TICK: Duration = Duration::from_millis(200);
+/// After a stop, tasks under way get this long to finish before they are
+/// aborted (an HTTP request to an origin, a block on its way to a slow
+/// peer).
+const STOP_GRACE: Duration = Duration::from_secs(2);
 
 pub(crate) enum Command {
     ListenAddrs(oneshot::Sender<Vec<Multiaddr>>),
     Dial(Multiaddr, oneshot::Sender<Result<PeerId, NodeError>>),
     Peers(oneshot::Sender<Vec<PeerId>>),
     Provide(Cid, oneshot::Sender<Result<(), NodeError>>),
-    /// Fetch something below a root.
-    Fetch(Cid, Target, oneshot::Sender<Result<FetchReport, NodeError>>),
+    Fetch(
+        Cid,
+        FetchTarget,
+        oneshot::Sender<Result<FetchReport, NodeError>>,
+    ),
     Banned(oneshot::Sender<Vec<PeerId>>),
     Watch(
         ChannelId,
-        Vec<reqwest::Url>,
+        Vec<String>,
         oneshot::Sender<Result<(), NodeError>>,
     ),
     Unwatch(ChannelId, oneshot::Sender<()>),
@@ -58,98 +78,291 @@ pub(crate) enum Command {
     WalletAddress(oneshot::Sender<alloy_primitives::Address>),
     Accounts(oneshot::Sender<Vec<(PeerId, shoal_protocol::ledger::Account)>>),
     SetLimits(Limits, oneshot::Sender<()>),
-    Shutdown(oneshot::Sender<()>),
+    Stop(oneshot::Sender<()>),
 }
 
-/// The store as the engine sees it: empty in no-upload mode, so every
-/// want is answered with DONT_HAVE.
-pub(crate) struct StoreSource<'a> {
-    store: &'a Blockstore,
-    serve: bool,
+/// What the loop's tasks report back.
+enum Done {
+    /// A segment's missing shards from an origin, verified; stored if `Ok`.
+    Range {
+        channel: ChannelId,
+        request: HttpRequest,
+        result: Result<Vec<(Cid, Vec<u8>)>, String>,
+    },
+    Checked {
+        channel: ChannelId,
+        rendition: u16,
+        sequence: u64,
+        ok: bool,
+    },
+    Playlists {
+        channel: ChannelId,
+        result: Result<OriginPlaylists, String>,
+    },
+    Proxied {
+        channel: ChannelId,
+        segment: ProxySegment,
+        stored: Option<ProxiedSegment>,
+    },
+    Receipts {
+        peer: PeerId,
+        epoch: u64,
+        result: Result<ReceiptResponse, String>,
+    },
+    ReceiptsKept(Vec<SignedReceipt>),
+    /// A finished fetch, pinned if its target asked for it.
+    Pinned {
+        id: FetchId,
+        result: Result<FetchReport, NodeError>,
+    },
 }
 
-impl<'a> StoreSource<'a> {
-    pub(crate) fn new(store: &'a Blockstore, config: &NodeConfig) -> Self {
-        StoreSource {
-            store,
-            serve: !config.no_upload,
-        }
-    }
+/// A DHT query under way, and what it is for.
+enum Query {
+    Record(ChannelId),
+    Providers(ProviderKey),
+    /// A provider record the user asked for (reply when it is out).
+    Provide(Option<oneshot::Sender<Result<(), NodeError>>>),
+    PutRecord,
 }
 
-impl BlockSource for StoreSource<'_> {
-    fn block_size(&self, cid: &Cid) -> Option<usize> {
-        if !self.serve {
-            return None;
-        }
-        self.store.size(cid).ok().flatten().map(|s| s as usize)
-    }
+/// The channels through which the loop hears from everything else.
+struct Inbox {
+    commands: mpsc::Receiver<Command>,
+    stream_events: mpsc::Receiver<StreamEvent>,
+    stored: mpsc::UnboundedReceiver<Vec<Cid>>,
+    written: mpsc::UnboundedReceiver<crate::store_io::Stored<PeerId>>,
+    receipt_requests: mpsc::Receiver<ReceiptAsked>,
+    done: mpsc::UnboundedReceiver<Done>,
 }
 
-pub(crate) struct Job {
-    job: FetchJob,
-    target: Target,
-    reply: oneshot::Sender<Result<FetchReport, NodeError>>,
+struct EventLoop {
+    swarm: Swarm<Behaviour>,
+    machine: NodeMachine<PeerId, NodeStore>,
+    config: NodeConfig,
+    store: Arc<Blockstore>,
+    inbox: Inbox,
+    done_tx: mpsc::UnboundedSender<Done>,
+    stream_events_tx: mpsc::Sender<StreamEvent>,
+    /// Writes for the writer task; `None` once stopping.
+    writes: Option<mpsc::UnboundedSender<Write<PeerId>>>,
+    control: libp2p_stream::Control,
+    writers: HashMap<PeerId, mpsc::UnboundedSender<Outgoing>>,
+    pending_dials: HashMap<ConnectionId, oneshot::Sender<Result<PeerId, NodeError>>>,
+    queries: HashMap<kad::QueryId, Query>,
+    fetches: HashMap<FetchId, oneshot::Sender<Result<FetchReport, NodeError>>>,
+    #[cfg(feature = "http-origin")]
+    http: reqwest::Client,
+    upload: Arc<UploadLimiter>,
+    events: tokio::sync::broadcast::Sender<NodeEvent>,
+    /// Every task the loop started; all are waited for when it stops.
+    tasks: JoinSet<()>,
+    /// Held by every blocking job the node's tasks run (they cannot be
+    /// aborted): the loop waits for it to be its own again before it lets
+    /// the store go.
+    blocking: Arc<()>,
+    /// What the last publish's gossip reported.
+    publish_error: Option<NodeError>,
 }
 
-pub(crate) struct EventLoop {
-    pub(crate) swarm: Swarm<Behaviour>,
-    pub(crate) config: NodeConfig,
-    pub(crate) store: Arc<Blockstore>,
-    pub(crate) engine: Engine<PeerId>,
-    pub(crate) commands: mpsc::Receiver<Command>,
-    pub(crate) stream_events: mpsc::Receiver<StreamEvent>,
-    pub(crate) stored: mpsc::UnboundedReceiver<Vec<Cid>>,
-    pub(crate) stream_events_tx: mpsc::Sender<StreamEvent>,
-    pub(crate) control: libp2p_stream::Control,
-    pub(crate) writers: HashMap<PeerId, mpsc::UnboundedSender<Outgoing>>,
-    pub(crate) banned: HashMap<PeerId, Instant>,
-    pub(crate) pending_dials: HashMap<ConnectionId, oneshot::Sender<Result<PeerId, NodeError>>>,
-    pub(crate) pending_provides: HashMap<kad::QueryId, oneshot::Sender<Result<(), NodeError>>>,
-    pub(crate) provider_queries: HashMap<kad::QueryId, Cid>,
-    pub(crate) jobs: Vec<Job>,
-    pub(crate) live: Live,
-    pub(crate) upload: Arc<UploadLimiter>,
-    pub(crate) traffic: Traffic,
-    pub(crate) rewards: crate::rewards::Rewards,
+/// Queued commands from the handles: a caller waits for room beyond this.
+const COMMANDS_QUEUED: usize = 256;
+
+/// Decoded Bitswap messages queued from the readers: a reader waits for
+/// room beyond this, and so stops reading its peer.
+const STREAM_EVENTS_QUEUED: usize = 1024;
+
+/// Receipt requests queued from peers.
+const RECEIPT_REQUESTS_QUEUED: usize = 256;
+
+/// Events kept for a slow listener of `Node::events` before the oldest
+/// are dropped (it then hears how many it missed).
+const EVENTS_KEPT: usize = 256;
+
+/// Starts the event loop of a node whose swarm is built: the Bitswap and
+/// receipt acceptors, the store's writer, the machine. Returns where the
+/// handles send commands and where events go out.
+pub(crate) fn spawn(
+    swarm: Swarm<Behaviour>,
+    config: NodeConfig,
+    peer_id: PeerId,
+    store: Arc<Blockstore>,
+) -> Result<
+    (
+        mpsc::Sender<Command>,
+        tokio::sync::broadcast::Sender<NodeEvent>,
+    ),
+    NodeError,
+> {
+    let upload = Arc::new(UploadLimiter::default());
+    upload.set_rate(config.upload_bytes_per_sec);
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut control = swarm.behaviour().streams.new_control();
+    let (stream_events_tx, stream_events) = mpsc::channel(STREAM_EVENTS_QUEUED);
+    bitswap::spawn_acceptors(&mut control, stream_events_tx.clone(), &mut tasks)
+        .map_err(|e| NodeError::Transport(format!("{e:?}")))?;
+    let (receipts_tx, receipt_requests) = mpsc::channel(RECEIPT_REQUESTS_QUEUED);
+    crate::rewards::spawn_acceptor(&mut control, receipts_tx, &mut tasks)
+        .map_err(|e| NodeError::Transport(format!("{e:?}")))?;
+
+    let (commands_tx, commands) = mpsc::channel(COMMANDS_QUEUED);
+    // Every block that enters the store, by whatever path, may be one a
+    // peer is waiting for.
+    // Unbounded: a notice is a few CIDs, the loop drains them at once,
+    // and dropping one would leave a peer waiting for ever.
+    let (stored_tx, stored) = mpsc::unbounded_channel::<Vec<Cid>>();
+    store.set_listener(Box::new(move |cids| {
+        let _ = stored_tx.send(cids.to_vec());
+    }));
+    let (writes, writes_rx) = mpsc::unbounded_channel();
+    let (written_tx, written) = mpsc::unbounded_channel();
+    tasks.spawn(crate::store_io::run_writer(
+        store.clone(),
+        writes_rx,
+        written_tx,
+    ));
+    let (done_tx, done) = mpsc::unbounded_channel();
+    let (events, _) = tokio::sync::broadcast::channel(EVENTS_KEPT);
+
+    let wallet = config
+        .rewards
+        .wallet
+        .clone()
+        .unwrap_or_else(crate::wallet::generate);
+    let machine = NodeMachine::new(
+        config.machine(),
+        Identity {
+            peer: peer_id,
+            wallet,
+            deployment: config.rewards.deployment,
+            publisher_of: |bytes| PeerId::from_bytes(bytes).ok(),
+            rotation: rotation_of(&peer_id),
+        },
+        crate::store_io::NodeStore(store.clone()),
+        WallClock {
+            at: std::time::Instant::now(),
+            unix_ms: crate::live::unix_ms(),
+        },
+    );
+    #[cfg(feature = "http-origin")]
+    let http = reqwest::Client::builder()
+        .timeout(config.live.origin_timeout)
+        .build()
+        .map_err(|e| NodeError::Transport(format!("HTTP client: {e}")))?;
+    let event_loop = EventLoop {
+        swarm,
+        machine,
+        config,
+        store: store.clone(),
+        inbox: Inbox {
+            commands,
+            stream_events,
+            stored,
+            written,
+            receipt_requests,
+            done,
+        },
+        done_tx,
+        stream_events_tx,
+        writes: Some(writes),
+        control,
+        writers: HashMap::new(),
+        pending_dials: HashMap::new(),
+        queries: HashMap::new(),
+        fetches: HashMap::new(),
+        #[cfg(feature = "http-origin")]
+        http,
+        upload,
+        events: events.clone(),
+        tasks,
+        blocking: Arc::new(()),
+        publish_error: None,
+    };
+    tokio::spawn(event_loop.run());
+    Ok((commands_tx, events))
 }
 
-/// Bitswap block bytes this node sent and received since it started.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Traffic {
-    pub sent: u64,
-    pub received: u64,
+/// A rotation for this node's shard order: viewers start at different
+/// shards of each live segment.
+fn rotation_of(peer: &PeerId) -> usize {
+    let digest = shoal_protocol::block::sha256(&peer.to_bytes());
+    usize::from(digest[0]) | (usize::from(digest[1]) << 8)
 }
 
 impl EventLoop {
-    pub(crate) async fn run(mut self) {
-        let mut tick = tokio::time::interval(TICK);
-        loop {
+    async fn run(mut self) {
+        let stopped_by = loop {
+            let timeout = self.machine.poll_timeout();
+            let sleep = async move {
+                match timeout {
+                    Some(t) => tokio::time::sleep_until(tokio::time::Instant::from_std(t)).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
-                command = self.commands.recv() => match command {
-                    Some(Command::Shutdown(reply)) => {
-                        let _ = reply.send(());
-                        break;
-                    }
+                command = self.inbox.commands.recv() => match command {
+                    Some(Command::Stop(reply)) => break Some(reply),
                     Some(command) => self.on_command(command),
                     // Every handle is gone: nobody can ask anything more.
-                    None => break,
+                    None => break None,
                 },
-                Some(event) = self.stream_events.recv() => self.on_stream_event(event),
-                Some(cids) = self.stored.recv() => self.on_blocks_stored(cids),
-                Some(event) = self.live.events_rx.recv() => self.on_live_event(event),
-                Some(event) = self.rewards.events_rx.recv() => self.on_rewards_event(event),
-                _ = tick.tick() => self.on_tick(),
+                Some(event) = self.inbox.stream_events.recv() => self.on_stream_event(event),
+                Some(cids) = self.inbox.stored.recv() => {
+                    self.machine.handle(Input::Stored(cids), Instant::now());
+                }
+                Some((from, blocks)) = self.inbox.written.recv() => {
+                    self.machine.handle(Input::Received { from, blocks }, Instant::now());
+                }
+                Some(asked) = self.inbox.receipt_requests.recv() => {
+                    let answer = self.machine.handle_receipt_request(&asked.peer, &asked.request, Instant::now());
+                    let _ = asked.reply.send(answer);
+                }
+                Some(done) = self.inbox.done.recv() => self.on_done(done),
+                Some(_) = self.tasks.join_next(), if !self.tasks.is_empty() => {}
+                () = sleep => {
+                    self.machine.handle(Input::Timeout, Instant::now());
+                }
             }
+            self.perform();
+        };
+        self.stop().await;
+        // The swarm, the machine and the loop's hold on the store go before
+        // the caller hears that the node has stopped.
+        drop(self);
+        if let Some(reply) = stopped_by {
+            let _ = reply.send(());
         }
-        for job in self.jobs.drain(..) {
-            let _ = job.reply.send(Err(NodeError::ShutDown));
+    }
+
+    /// Stops: fetches and watches end, queues close, every task is waited
+    /// for (then aborted after [`STOP_GRACE`]), and the loop's hold on the
+    /// store goes with it.
+    async fn stop(&mut self) {
+        self.machine.stop(Instant::now());
+        self.perform();
+        for (_, reply) in self.fetches.drain() {
+            let _ = reply.send(Err(NodeError::ShutDown));
+        }
+        self.writers.clear();
+        self.writes = None;
+        let drained = async { while self.tasks.join_next().await.is_some() {} };
+        if tokio::time::timeout(STOP_GRACE, drained).await.is_err() {
+            self.tasks.shutdown().await;
+        }
+        // Blocking jobs cannot be aborted; they are short (a block read,
+        // a transaction).
+        for _ in 0..1000 {
+            if Arc::strong_count(&self.blocking) == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
         tracing::debug!("node event loop stopped");
     }
 
     fn on_command(&mut self, command: Command) {
+        let now = Instant::now();
         match command {
             Command::ListenAddrs(reply) => {
                 let _ = reply.send(self.swarm.listeners().cloned().collect());
@@ -172,61 +385,65 @@ impl EventLoop {
             Command::Peers(reply) => {
                 let _ = reply.send(self.swarm.connected_peers().copied().collect());
             }
-            Command::Provide(cid, reply) => {
-                let key = kad::RecordKey::new(&cid.to_bytes());
-                match self.swarm.behaviour_mut().kad.start_providing(key) {
-                    Ok(id) => {
-                        self.pending_provides.insert(id, reply);
-                    }
-                    Err(e) => {
-                        let _ = reply.send(Err(NodeError::Provide(e.to_string())));
-                    }
-                }
+            Command::Provide(cid, reply) => self.provide(cid.to_bytes(), Some(reply)),
+            Command::Fetch(root, target, reply) => {
+                let id = self.machine.fetch(root, target, now);
+                self.fetches.insert(id, reply);
             }
-            Command::Fetch(root, target, reply) => self.start_fetch(root, target, reply),
             Command::Banned(reply) => {
-                let _ = reply.send(self.banned.keys().copied().collect());
+                let _ = reply.send(self.machine.banned().copied().collect());
             }
             Command::Watch(channel, origins, reply) => {
-                let _ = reply.send(self.watch(channel, origins));
+                let result = self.machine.watch(channel, origins, now);
+                let _ = reply.send(result.map_err(NodeError::Watch));
             }
             Command::Unwatch(channel, reply) => {
-                self.unwatch(&channel);
+                self.machine.unwatch(&channel, now);
                 let _ = reply.send(());
             }
             Command::LiveView(channel, reply) => {
-                let _ = reply.send(self.live_view(&channel));
+                let _ = reply.send(self.machine.live_view(&channel, now));
             }
             Command::Watching(reply) => {
-                let _ = reply.send(self.live.sessions.keys().copied().collect());
+                let _ = reply.send(self.machine.watching().copied().collect());
             }
             Command::Publish(channel, rendition, data, reply) => {
-                let _ = reply.send(self.publish(channel, rendition, data));
+                let result = self
+                    .machine
+                    .publish(channel, rendition, data, now)
+                    .map_err(NodeError::Channel);
+                if result.is_err() {
+                    let _ = reply.send(result);
+                    return;
+                }
+                // The gossip goes out now, so that its error is the reply's.
+                self.perform();
+                let _ = reply.send(self.publish_error.take().map_or(Ok(()), Err));
             }
             Command::PutRecord(channel, data, reply) => {
-                self.put_channel_record(channel, data, reply)
+                let _ = reply.send(self.put_channel_record(channel, data));
             }
             Command::WalletAddress(reply) => {
-                let _ = reply.send(self.rewards.address());
+                let _ = reply.send(self.machine.wallet_address());
             }
             Command::Accounts(reply) => {
-                let _ = reply.send(self.rewards.accounts());
+                let _ = reply.send(self.machine.accounts());
             }
             Command::Traffic(reply) => {
-                let _ = reply.send(self.traffic);
+                let _ = reply.send(self.machine.traffic());
             }
             Command::Limits(reply) => {
                 let _ = reply.send(self.limits());
             }
             Command::SetLimits(limits, reply) => {
-                self.set_limits(limits);
+                self.set_limits(limits, now);
                 let _ = reply.send(());
             }
             Command::GossipScore(peer, reply) => {
                 let _ = reply.send(self.swarm.behaviour().gossipsub.peer_score(&peer));
             }
             // Stopping needs the loop itself; `run` handles it first.
-            Command::Shutdown(reply) => {
+            Command::Stop(reply) => {
                 let _ = reply.send(());
             }
         }
@@ -235,226 +452,199 @@ impl EventLoop {
     fn limits(&self) -> Limits {
         Limits {
             upload_bytes_per_sec: self.config.upload_bytes_per_sec,
-            no_upload: self.config.no_upload,
+            no_upload: self.machine.config().no_upload,
             max_peers: self.config.max_connections,
-            cache_segments: self.live.config.window,
+            cache_segments: self.machine.config().live.window,
         }
     }
 
-    fn set_limits(&mut self, limits: Limits) {
+    fn set_limits(&mut self, limits: Limits, now: Instant) {
         tracing::info!(?limits, "limits changed");
         self.config.upload_bytes_per_sec = limits.upload_bytes_per_sec;
         self.upload.set_rate(limits.upload_bytes_per_sec);
-        self.config.no_upload = limits.no_upload;
+        self.machine.set_no_upload(limits.no_upload);
         self.config.max_connections = limits.max_peers;
         self.swarm.behaviour_mut().limits.limits_mut().clone_from(
             &libp2p::connection_limits::ConnectionLimits::default()
                 .with_max_established(Some(limits.max_peers))
                 .with_max_established_per_peer(Some(self.config.max_connections_per_peer)),
         );
-        self.live.config.window = limits.cache_segments;
-        let channels: Vec<ChannelId> = self.live.sessions.keys().copied().collect();
-        for channel in channels {
-            let actions = self.live.set_window(&channel, limits.cache_segments);
-            self.run_live_actions(channel, actions);
-        }
+        self.machine.set_window(limits.cache_segments, now);
     }
 
-    /// Blocks entered the store: peers waiting for them get them.
-    fn on_blocks_stored(&mut self, cids: Vec<Cid>) {
-        if self.config.no_upload {
-            return;
-        }
-        let mut out = Vec::new();
-        let source = StoreSource::new(&self.store, &self.config);
-        for cid in &cids {
-            self.engine.block_stored(cid, &source, &mut out);
-        }
-        self.apply(out);
-    }
-
-    fn start_fetch(
-        &mut self,
-        root: Cid,
-        target: Target,
-        reply: oneshot::Sender<Result<FetchReport, NodeError>>,
-    ) {
-        let now = Instant::now();
-        let (mut job, mut actions) = match FetchJob::new(
-            root,
-            &target,
-            self.config.fetch.clone(),
-            self.config.segment_window,
-            &self.store,
-            now,
-        ) {
-            Ok(x) => x,
-            Err(e) => {
-                let _ = reply.send(Err(e));
-                return;
+    fn provide(&mut self, key: Vec<u8>, reply: Option<oneshot::Sender<Result<(), NodeError>>>) {
+        let key = kad::RecordKey::new(&key);
+        match self.swarm.behaviour_mut().kad.start_providing(key) {
+            Ok(id) => {
+                self.queries.insert(id, Query::Provide(reply));
             }
-        };
-        let peers: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
-        for peer in peers {
-            actions.extend(job.add_candidate(peer, now));
+            Err(e) => match reply {
+                Some(reply) => {
+                    let _ = reply.send(Err(NodeError::Provide(e.to_string())));
+                }
+                None => tracing::debug!(error = %e, "cannot provide"),
+            },
         }
-        let key = kad::RecordKey::new(&root.to_bytes());
-        let query = self.swarm.behaviour_mut().kad.get_providers(key);
-        self.provider_queries.insert(query, root);
-        self.jobs.push(Job { job, target, reply });
-        self.run_actions(actions);
-        self.finish_jobs();
     }
 
-    /// Carries out fetch planner actions through the engine.
-    pub(crate) fn run_actions(&mut self, actions: Vec<FetchAction<PeerId>>) {
-        if actions.is_empty() {
-            return;
+    /// Stores a signed channel record here and provides the channel;
+    /// answers once it is stored here, while the put to the DHT goes on (a
+    /// broadcaster does not wait for remote peers between segments, and a
+    /// viewer that hears an announcement finds the record here at once).
+    fn put_channel_record(&mut self, channel: ChannelId, bytes: Vec<u8>) -> Result<(), NodeError> {
+        ChannelRecord::open(&channel, &bytes).map_err(NodeError::Channel)?;
+        let key = kad::RecordKey::new(&channel.record_key());
+        let record = kad::Record::new(key.clone(), bytes);
+        let kad = &mut self.swarm.behaviour_mut().kad;
+        if kad.store_mut().providers(&key).is_empty() {
+            let _ = kad.start_providing(key);
         }
-        let mut out = Vec::new();
-        for action in actions {
+        let q = kad
+            .put_record(record, kad::Quorum::One)
+            .map_err(|e| NodeError::Provide(e.to_string()))?;
+        self.queries.insert(q, Query::PutRecord);
+        Ok(())
+    }
+
+    // ---- what the machine asks ---------------------------------------
+
+    /// Carries out everything the machine asks, until it asks nothing.
+    fn perform(&mut self) {
+        while let Some(action) = self.machine.poll_action() {
             match action {
-                FetchAction::WantHave { peer, cid } => {
-                    self.engine.want(&peer, cid, WantType::Have, &mut out)
+                Action::Send { peer, message } => self.send(peer, message),
+                Action::Store { from, blocks } => self.write(Write::Received { from, blocks }),
+                Action::StoreManifest { cid, bytes } => self.write(Write::Manifest { cid, bytes }),
+                Action::Ban { peer } => {
+                    tracing::warn!(%peer, "peer misbehaved; banned");
+                    self.swarm.behaviour_mut().blocked.block_peer(peer);
+                    self.writers.remove(&peer);
                 }
-                FetchAction::WantBlock { peer, cid } => {
-                    self.engine.want(&peer, cid, WantType::Block, &mut out)
+                Action::Unban { peer } => {
+                    self.swarm.behaviour_mut().blocked.unblock_peer(peer);
                 }
-                FetchAction::Cancel { cid } => {
-                    let still_wanted =
-                        self.jobs.iter().any(|j| j.job.wants(&cid)) || self.live.wants(&cid);
-                    if !still_wanted {
-                        self.engine.cancel(&cid, &mut out);
+                Action::Subscribe { topic } => self.subscribe(topic),
+                Action::Unsubscribe { topic } => {
+                    let topic = gossipsub::IdentTopic::new(topic);
+                    self.swarm.behaviour_mut().gossipsub.unsubscribe(&topic);
+                }
+                Action::Gossip { topic, data } => {
+                    let topic = gossipsub::IdentTopic::new(topic);
+                    match self.swarm.behaviour_mut().gossipsub.publish(topic, data) {
+                        // Nobody watches yet: late joiners find the segment
+                        // through the channel record.
+                        Ok(_)
+                        | Err(gossipsub::PublishError::NoPeersSubscribedToTopic)
+                        | Err(gossipsub::PublishError::Duplicate) => {}
+                        Err(e) => self.publish_error = Some(NodeError::Gossip(e.to_string())),
                     }
                 }
-            }
-        }
-        self.apply(out);
-    }
-
-    /// Carries out engine outputs.
-    pub(crate) fn apply(&mut self, outputs: Vec<Output<PeerId>>) {
-        let mut received: Vec<(PeerId, Cid, Vec<u8>)> = Vec::new();
-        let mut actions = Vec::new();
-        // One message per peer for everything this batch sends it.
-        let mut sends: HashMap<PeerId, Outgoing> = HashMap::new();
-        let now = Instant::now();
-        for output in outputs {
-            match output {
-                Output::Send { peer, message } => sends.entry(peer).or_default().merge(message),
-                Output::Received { peer, cid, data } => received.push((peer, cid, data)),
-                Output::Presence {
-                    peer,
-                    cid,
-                    presence,
+                Action::Provide { key } => self.provide(key, None),
+                Action::StopProviding { key } => {
+                    let key = kad::RecordKey::new(&key);
+                    self.swarm.behaviour_mut().kad.stop_providing(&key);
+                }
+                Action::FindRecord { channel } => {
+                    let key = kad::RecordKey::new(&channel.record_key());
+                    let q = self.swarm.behaviour_mut().kad.get_record(key);
+                    self.queries.insert(q, Query::Record(channel));
+                }
+                Action::FindProviders { key } => {
+                    let k = kad::RecordKey::new(&key.to_bytes());
+                    let q = self.swarm.behaviour_mut().kad.get_providers(k);
+                    self.queries.insert(q, Query::Providers(key));
+                }
+                Action::Dial { peer } => {
+                    if let Err(e) = self.swarm.dial(peer) {
+                        tracing::debug!(%peer, error = %e, "cannot dial a provider");
+                    }
+                }
+                Action::FetchRange {
+                    channel,
+                    request,
+                    urls,
+                } => self.fetch_range(channel, request, urls),
+                Action::ReadPlaylists { channel, sources } => self.read_playlists(channel, sources),
+                Action::FetchSegment {
+                    channel,
+                    segment,
+                    url,
+                } => self.fetch_segment(channel, segment, url),
+                Action::Check {
+                    channel,
+                    rendition,
+                    sequence,
+                    manifest,
+                    from_http,
                 } => {
-                    for job in &mut self.jobs {
-                        actions.extend(job.job.on_presence(
-                            &peer,
-                            &cid,
-                            presence == Presence::Have,
-                            now,
-                        ));
-                    }
-                    self.live_presence(&peer, &cid, presence == Presence::Have);
+                    let store = self.store.clone();
+                    let tx = self.done_tx.clone();
+                    let token = self.blocking.clone();
+                    self.tasks.spawn_blocking(move || {
+                        let _token = token;
+                        let ok =
+                            crate::store_io::check_segment(&store, &manifest, sequence, from_http);
+                        let _ = tx.send(Done::Checked {
+                            channel,
+                            rendition,
+                            sequence,
+                            ok,
+                        });
+                    });
                 }
-                Output::Disconnect { peer, reason } => {
-                    tracing::warn!(%peer, ?reason, "peer misbehaved; disconnecting and banning it");
-                    self.ban(peer);
-                    for job in &mut self.jobs {
-                        actions.extend(job.job.on_peer_gone(&peer, now));
-                    }
-                    self.live_peer_gone(&peer);
+                Action::Release { manifest, shards } => {
+                    let store = self.store.clone();
+                    let token = self.blocking.clone();
+                    self.tasks.spawn_blocking(move || {
+                        let _token = token;
+                        crate::store_io::release(&store, &manifest, &shards);
+                    });
+                }
+                Action::AskReceipts { peer, request } => {
+                    let control = self.control.clone();
+                    let tx = self.done_tx.clone();
+                    self.tasks.spawn(async move {
+                        let epoch = request.epoch;
+                        let result = crate::rewards::ask(control, peer, request).await;
+                        let _ = tx.send(Done::Receipts {
+                            peer,
+                            epoch,
+                            result,
+                        });
+                    });
+                }
+                Action::KeepReceipts(receipts) => {
+                    let store = self.store.clone();
+                    let tx = self.done_tx.clone();
+                    let token = self.blocking.clone();
+                    self.tasks.spawn_blocking(move || {
+                        let _token = token;
+                        for r in &receipts {
+                            if let Err(e) = store.put_receipt(&r.key(), &r.to_bytes()) {
+                                tracing::error!(error = %e, "cannot keep a receipt");
+                            }
+                        }
+                        let _ = tx.send(Done::ReceiptsKept(receipts));
+                    });
+                }
+                Action::FetchDone { id, target, result } => self.fetch_done(id, target, result),
+                Action::Event(event) => {
+                    // Nobody listening is fine.
+                    let _ = self.events.send(event);
                 }
             }
         }
-        let mut released = Vec::new();
-        for (peer, mut message) in sends {
-            if !message.blocks.is_empty() && !self.rewards.may_serve(&peer) {
-                // Over its limit and not in the optimistic slot: the peer
-                // hears DONT_HAVE and asks elsewhere.
-                tracing::debug!(%peer, blocks = message.blocks.len(), "throttled: owes too much");
-                let bytes = std::mem::take(&mut message.block_bytes);
-                for cid in std::mem::take(&mut message.blocks) {
-                    message.presences.push((cid, Presence::DontHave));
-                }
-                self.engine.sent(
-                    &peer,
-                    bytes,
-                    &StoreSource::new(&self.store, &self.config),
-                    &mut released,
-                );
-            }
-            self.send(peer, message, &mut released);
-        }
-        if !released.is_empty() {
-            self.apply(released);
-        }
-        if !received.is_empty() {
-            self.store_received(received, &mut actions);
-        }
-        if !actions.is_empty() {
-            self.run_actions(actions);
-        }
-        self.finish_jobs();
     }
 
-    /// Stores verified blocks, credits their senders, serves peers waiting
-    /// for them, and tells the fetch jobs.
-    fn store_received(
-        &mut self,
-        received: Vec<(PeerId, Cid, Vec<u8>)>,
-        actions: &mut Vec<FetchAction<PeerId>>,
-    ) {
-        // The wire decoder computed every CID from the block's bytes, so
-        // hashing again would only repeat it. The commit skips the fsync: a
-        // crash loses blocks that can be fetched again, and the pin at the
-        // end of the fetch is durable.
-        let blocks: Vec<Block<'_>> = received
-            .iter()
-            .map(|(_, cid, data)| Block::prehashed(*cid, data))
-            .collect();
-        if let Err(e) = self.store.put_many_lazily(&blocks) {
-            tracing::error!(error = %e, "cannot store received blocks");
-            return;
-        }
-        // Peers waiting for these blocks hear of them through the store's
-        // listener (`on_blocks_stored`), like blocks from any source.
-        self.traffic.received += received.iter().map(|(_, _, d)| d.len() as u64).sum::<u64>();
-        for (peer, _, data) in &received {
-            self.rewards
-                .ledger
-                .received(peer, data.len() as u64, Instant::now());
-        }
-        self.live_blocks(&received);
-        let now = Instant::now();
-        for (peer, cid, data) in &received {
-            tracing::trace!(%peer, %cid, bytes = data.len(), "block received");
-            for job in &mut self.jobs {
-                // What this peer delivered of the stream, for its receipts.
-                if let Some(group) = job.job.group_of(cid) {
-                    self.rewards.delivered(
-                        *peer,
-                        shoal_protocol::receipt::stream_content_id(&job.job.root),
-                        (0, group),
-                        data.len() as u64,
-                    );
-                }
-                match job
-                    .job
-                    .on_block(Some(*peer), cid, data.len(), &self.store, now)
-                {
-                    Ok(a) => actions.extend(a),
-                    Err(e) => job.job.fail(e),
-                }
-            }
+    fn write(&mut self, write: Write<PeerId>) {
+        if let Some(writes) = &self.writes {
+            let _ = writes.send(write);
         }
     }
 
     /// Hands `message` to the peer's writer. If the writer has stopped,
-    /// the engine releases the queue space it counted; what that frees for
-    /// other peers (paced blocks waiting their turn) goes into `released`.
-    fn send(&mut self, peer: PeerId, message: Outgoing, released: &mut Vec<Output<PeerId>>) {
+    /// the machine gets the queue space back at once.
+    fn send(&mut self, peer: PeerId, message: Outgoing) {
         let writer = self.writers.entry(peer).or_insert_with(|| {
             bitswap::spawn_writer(
                 peer,
@@ -462,143 +652,259 @@ impl EventLoop {
                 self.store.clone(),
                 self.upload.clone(),
                 self.stream_events_tx.clone(),
+                self.blocking.clone(),
+                &mut self.tasks,
             )
         });
         let bytes = message.block_bytes;
         if writer.send(message).is_err() {
-            // The writer has stopped: release the queue space the engine
-            // counted; a new writer starts with the next message.
             tracing::debug!(%peer, "bitswap writer gone; message dropped");
             self.writers.remove(&peer);
-            self.engine.sent(
-                &peer,
-                bytes,
-                &StoreSource::new(&self.store, &self.config),
-                released,
-            );
+            self.machine
+                .handle(Input::Sent { to: peer, bytes }, Instant::now());
         }
     }
 
-    fn ban(&mut self, peer: PeerId) {
-        self.banned
-            .insert(peer, Instant::now() + self.config.ban_duration);
-        self.swarm.behaviour_mut().blocked.block_peer(peer);
-        self.writers.remove(&peer);
-        let _ = self.engine.peer_disconnected(&peer);
+    fn subscribe(&mut self, topic: String) {
+        let t = gossipsub::IdentTopic::new(topic.clone());
+        let gossipsub = &mut self.swarm.behaviour_mut().gossipsub;
+        if let Err(e) = gossipsub.set_topic_params(t.clone(), crate::live::topic_score_params()) {
+            tracing::warn!(%topic, error = e, "cannot score a channel's topic");
+        }
+        if let Err(e) = gossipsub.subscribe(&t) {
+            tracing::warn!(%topic, error = %e, "cannot subscribe to a channel's topic");
+            return;
+        }
+        // Peers already subscribed are candidates from the start.
+        let hash = t.hash();
+        let known: Vec<PeerId> = self
+            .swarm
+            .behaviour()
+            .gossipsub
+            .all_peers()
+            .filter(|(_, topics)| topics.contains(&&hash))
+            .map(|(p, _)| *p)
+            .collect();
+        let now = Instant::now();
+        for peer in known {
+            let topic = topic.clone();
+            self.machine.handle(Input::Subscribed { peer, topic }, now);
+        }
+    }
+
+    #[cfg(feature = "http-origin")]
+    fn fetch_range(&mut self, channel: ChannelId, request: HttpRequest, urls: Vec<String>) {
+        let client = self.http.clone();
+        let store = self.store.clone();
+        let tx = self.done_tx.clone();
+        let token = self.blocking.clone();
+        self.tasks.spawn(async move {
+            let result =
+                crate::live::fetch_and_store_range(&client, store, &urls, &request, token).await;
+            let _ = tx.send(Done::Range {
+                channel,
+                request,
+                result,
+            });
+        });
+    }
+
+    #[cfg(not(feature = "http-origin"))]
+    fn fetch_range(&mut self, channel: ChannelId, request: HttpRequest, _urls: Vec<String>) {
+        let _ = self.done_tx.send(Done::Range {
+            channel,
+            request,
+            result: Err("this build has no HTTP origin client".into()),
+        });
+    }
+
+    #[cfg(feature = "http-origin")]
+    fn read_playlists(
+        &mut self,
+        channel: ChannelId,
+        sources: shoal_protocol::live::PlaylistSources,
+    ) {
+        let client = self.http.clone();
+        let tx = self.done_tx.clone();
+        self.tasks.spawn(async move {
+            let result = crate::live::read_origin(&client, sources).await;
+            let _ = tx.send(Done::Playlists { channel, result });
+        });
+    }
+
+    #[cfg(not(feature = "http-origin"))]
+    fn read_playlists(
+        &mut self,
+        channel: ChannelId,
+        _sources: shoal_protocol::live::PlaylistSources,
+    ) {
+        let _ = self.done_tx.send(Done::Playlists {
+            channel,
+            result: Err("this build has no HTTP origin client".into()),
+        });
+    }
+
+    #[cfg(feature = "http-origin")]
+    fn fetch_segment(&mut self, channel: ChannelId, segment: ProxySegment, url: String) {
+        let client = self.http.clone();
+        let store = self.store.clone();
+        let tx = self.done_tx.clone();
+        let token = self.blocking.clone();
+        self.tasks.spawn(async move {
+            let stored = crate::live::proxy_segment(&client, store, &url, &segment, token).await;
+            let _ = tx.send(Done::Proxied {
+                channel,
+                segment,
+                stored,
+            });
+        });
+    }
+
+    #[cfg(not(feature = "http-origin"))]
+    fn fetch_segment(&mut self, channel: ChannelId, segment: ProxySegment, _url: String) {
+        let _ = self.done_tx.send(Done::Proxied {
+            channel,
+            segment,
+            stored: None,
+        });
+    }
+
+    /// A fetch ended: what is fetched for keeps is pinned (durably), and a
+    /// stream provided, before the caller hears.
+    fn fetch_done(
+        &mut self,
+        id: FetchId,
+        target: FetchTarget,
+        result: Result<FetchReport, shoal_protocol::fetch::FetchError>,
+    ) {
+        let report = match result {
+            Ok(report) => report,
+            Err(e) => {
+                if let Some(reply) = self.fetches.remove(&id) {
+                    let _ = reply.send(Err(NodeError::Fetch(e)));
+                }
+                return;
+            }
+        };
+        let pin = match target {
+            FetchTarget::Stream | FetchTarget::Block { pin: true } => true,
+            FetchTarget::Block { pin: false } | FetchTarget::Segments(_) => false,
+        };
+        if !pin {
+            if let Some(reply) = self.fetches.remove(&id) {
+                let _ = reply.send(Ok(report));
+            }
+            return;
+        }
+        let store = self.store.clone();
+        let tx = self.done_tx.clone();
+        let token = self.blocking.clone();
+        self.tasks.spawn_blocking(move || {
+            let _token = token;
+            let result = store
+                .pin(&report.root)
+                .map(|()| report)
+                .map_err(NodeError::from);
+            let _ = tx.send(Done::Pinned { id, result });
+        });
+    }
+
+    // ---- what the tasks report ---------------------------------------
+
+    fn on_done(&mut self, done: Done) {
+        let now = Instant::now();
+        match done {
+            Done::Range {
+                channel,
+                request,
+                result,
+            } => {
+                let input = Input::Range {
+                    channel,
+                    request,
+                    result,
+                };
+                self.machine.handle(input, now);
+            }
+            Done::Checked {
+                channel,
+                rendition,
+                sequence,
+                ok,
+            } => {
+                if !ok {
+                    tracing::warn!(%channel, rendition, sequence, "segment did not rebuild; dropped");
+                }
+                let input = Input::Checked {
+                    channel,
+                    rendition,
+                    sequence,
+                    ok,
+                };
+                self.machine.handle(input, now);
+            }
+            Done::Playlists { channel, result } => {
+                if let Err(e) = &result {
+                    tracing::warn!(%channel, error = %e, "cannot read the origin's playlist");
+                }
+                self.machine
+                    .handle(Input::Playlists { channel, result }, now);
+            }
+            Done::Proxied {
+                channel,
+                segment,
+                stored,
+            } => {
+                let input = Input::Proxied {
+                    channel,
+                    segment,
+                    stored,
+                };
+                self.machine.handle(input, now);
+            }
+            Done::Receipts {
+                peer,
+                epoch,
+                result,
+            } => {
+                if let Err(e) = &result {
+                    tracing::debug!(%peer, error = %e, "no receipts");
+                }
+                let held = self.machine.store().clone();
+                match self
+                    .machine
+                    .handle_receipts(&peer, epoch, result, &held, now)
+                {
+                    Ok(credited) => tracing::debug!(%peer, credited, "receipts"),
+                    Err(e) => tracing::error!(error = %e, "cannot read receipts"),
+                }
+            }
+            Done::ReceiptsKept(receipts) => self.machine.handle_receipts_kept(&receipts),
+            Done::Pinned { id, result } => {
+                if let Ok(report) = &result {
+                    self.provide(report.root.to_bytes(), None);
+                }
+                if let Some(reply) = self.fetches.remove(&id) {
+                    let _ = reply.send(result);
+                }
+            }
+        }
     }
 
     fn on_stream_event(&mut self, event: StreamEvent) {
-        match event {
-            StreamEvent::Message(peer, msg) => {
-                if self.banned.contains_key(&peer) {
-                    return;
-                }
-                let mut out = Vec::new();
-                self.engine.on_message(
-                    &peer,
-                    msg,
-                    &StoreSource::new(&self.store, &self.config),
-                    &mut out,
-                );
-                self.apply(out);
-            }
-            StreamEvent::Sent(peer, bytes) => {
-                self.traffic.sent += bytes as u64;
-                self.rewards_served(peer, bytes as u64);
-                let mut out = Vec::new();
-                self.engine.sent(
-                    &peer,
-                    bytes,
-                    &StoreSource::new(&self.store, &self.config),
-                    &mut out,
-                );
-                self.apply(out);
-            }
-            StreamEvent::Malformed(peer, error) => {
-                tracing::warn!(%peer, %error, "malformed bitswap message; disconnecting and banning the peer");
-                self.ban(peer);
-                let now = Instant::now();
-                let mut actions = Vec::new();
-                for job in &mut self.jobs {
-                    actions.extend(job.job.on_peer_gone(&peer, now));
-                }
-                self.run_actions(actions);
-                self.live_peer_gone(&peer);
-            }
-        }
-    }
-
-    fn on_tick(&mut self) {
         let now = Instant::now();
-        self.rewards.prune();
-        self.rewards_due();
-        let expired: Vec<PeerId> = self
-            .banned
-            .iter()
-            .filter(|(_, until)| **until <= now)
-            .map(|(p, _)| *p)
-            .collect();
-        for peer in expired {
-            self.banned.remove(&peer);
-            self.swarm.behaviour_mut().blocked.unblock_peer(peer);
-        }
-        let mut actions = Vec::new();
-        let timeout = self.config.fetch_stall_timeout;
-        for job in &mut self.jobs {
-            actions.extend(job.job.tick(now));
-            let give_up = self.config.fetch_hopeless_grace;
-            if let Some(e) = job
-                .job
-                .stalled(now, timeout)
-                .or_else(|| job.job.hopeless(now, give_up))
-            {
-                job.job.fail(e);
-            }
-        }
-        self.run_actions(actions);
-        self.finish_jobs();
-        self.live_tick();
+        let input = match event {
+            StreamEvent::Message(from, message) => Input::Bitswap { from, message },
+            StreamEvent::Sent(to, bytes) => Input::Sent { to, bytes },
+            StreamEvent::Malformed(from, error) => Input::Malformed {
+                from,
+                error: error.to_string(),
+            },
+        };
+        self.machine.handle(input, now);
     }
 
-    /// Replies to finished and failed jobs, pins what was fetched and
-    /// provides it.
-    fn finish_jobs(&mut self) {
-        let mut i = 0;
-        while i < self.jobs.len() {
-            let failed = self.jobs[i].job.take_failure();
-            if failed.is_none() && !self.jobs[i].job.is_done() {
-                i += 1;
-                continue;
-            }
-            let Job {
-                mut job,
-                target,
-                reply,
-            } = self.jobs.swap_remove(i);
-            let result = match failed {
-                Some(e) => {
-                    let actions = job.cancel();
-                    self.run_actions(actions);
-                    Err(e)
-                }
-                // Segments fetched for a player are a cache, not a copy.
-                None if matches!(target, Target::Segments(_) | Target::Block { pin: false }) => {
-                    Ok(job.report())
-                }
-                None => match self.store.pin(&job.root) {
-                    Ok(()) => {
-                        let key = kad::RecordKey::new(&job.root.to_bytes());
-                        if let Err(e) = self.swarm.behaviour_mut().kad.start_providing(key) {
-                            tracing::warn!(root = %job.root, error = %e, "cannot provide fetched content");
-                        }
-                        Ok(job.report())
-                    }
-                    Err(e) => Err(e.into()),
-                },
-            };
-            let _ = reply.send(result);
-        }
-    }
+    // ---- what the swarm reports --------------------------------------
 
     fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
         match event {
@@ -611,40 +917,20 @@ impl EventLoop {
                 endpoint,
                 num_established,
                 ..
-            } => {
-                if let Some(reply) = self.pending_dials.remove(&connection_id) {
-                    let _ = reply.send(Ok(peer_id));
-                }
-                if endpoint.is_dialer() {
-                    self.swarm
-                        .behaviour_mut()
-                        .kad
-                        .add_address(&peer_id, endpoint.get_remote_address().clone());
-                }
-                if num_established.get() == 1 {
-                    self.engine.peer_connected(peer_id);
-                    let now = Instant::now();
-                    let mut actions = Vec::new();
-                    for job in &mut self.jobs {
-                        actions.extend(job.job.add_candidate(peer_id, now));
-                    }
-                    self.run_actions(actions);
-                }
-            }
+            } => self.on_connection_established(
+                peer_id,
+                connection_id,
+                &endpoint,
+                num_established.get(),
+            ),
             SwarmEvent::ConnectionClosed {
                 peer_id,
                 num_established: 0,
                 ..
             } => {
                 self.writers.remove(&peer_id);
-                let _ = self.engine.peer_disconnected(&peer_id);
-                let now = Instant::now();
-                let mut actions = Vec::new();
-                for job in &mut self.jobs {
-                    actions.extend(job.job.on_peer_gone(&peer_id, now));
-                }
-                self.run_actions(actions);
-                self.live_peer_gone(&peer_id);
+                self.machine
+                    .handle(Input::Disconnected(peer_id), Instant::now());
             }
             SwarmEvent::OutgoingConnectionError {
                 connection_id,
@@ -658,113 +944,184 @@ impl EventLoop {
                     }));
                 }
             }
-            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
-                peer_id,
-                info,
-                ..
-            })) => {
-                for addr in info.listen_addrs {
-                    self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
-                }
-            }
-            SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
-                for (peer, addr) in found {
-                    self.swarm.behaviour_mut().kad.add_address(&peer, addr);
-                    if !self.swarm.is_connected(&peer) {
-                        let _ = self.swarm.dial(peer);
-                    }
-                }
-            }
-            SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Message {
-                propagation_source,
-                message_id,
-                message,
-            })) => self.on_gossip_message(propagation_source, message_id, message),
-            SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Subscribed {
-                peer_id,
-                topic,
-            })) => self.on_gossip_subscribed(peer_id, &topic),
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(event)) => self.on_identify(event),
+            SwarmEvent::Behaviour(BehaviourEvent::Mdns(event)) => self.on_mdns(event),
+            SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(event)) => self.on_gossip(event),
             SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::InboundRequest { request })) => {
-                match request {
-                    kad::InboundRequest::PutRecord {
-                        source,
-                        record: Some(record),
-                        ..
-                    } => self.on_inbound_record(source, record),
-                    kad::InboundRequest::AddProvider {
-                        record: Some(record),
-                    } => {
-                        if let Err(e) = self
-                            .swarm
-                            .behaviour_mut()
-                            .kad
-                            .store_mut()
-                            .add_provider(record)
-                        {
-                            tracing::debug!(error = %e, "cannot keep a provider record");
-                        }
-                    }
-                    _ => {}
-                }
+                self.on_kad_request(request)
             }
             SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
                 id,
                 result,
                 step,
                 ..
-            })) => {
-                if self.on_live_kad_result(id, &result, step.last) {
-                    return;
+            })) => self.on_kad_query(id, result, step.last),
+            _ => {}
+        }
+    }
+
+    fn on_connection_established(
+        &mut self,
+        peer: PeerId,
+        connection: ConnectionId,
+        endpoint: &libp2p::core::ConnectedPoint,
+        established: u32,
+    ) {
+        if let Some(reply) = self.pending_dials.remove(&connection) {
+            let _ = reply.send(Ok(peer));
+        }
+        if endpoint.is_dialer() {
+            self.swarm
+                .behaviour_mut()
+                .kad
+                .add_address(&peer, endpoint.get_remote_address().clone());
+        }
+        if established == 1 {
+            self.machine.handle(Input::Connected(peer), Instant::now());
+        }
+    }
+
+    fn on_identify(&mut self, event: identify::Event) {
+        if let identify::Event::Received { peer_id, info, .. } = event {
+            for addr in info.listen_addrs {
+                self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
+            }
+        }
+    }
+
+    fn on_mdns(&mut self, event: mdns::Event) {
+        if let mdns::Event::Discovered(found) = event {
+            for (peer, addr) in found {
+                self.swarm.behaviour_mut().kad.add_address(&peer, addr);
+                if !self.swarm.is_connected(&peer) {
+                    let _ = self.swarm.dial(peer);
                 }
-                self.on_kad_result(id, result);
-                if step.last
-                    && let Some(root) = self.provider_queries.remove(&id)
-                {
-                    for job in self.jobs.iter_mut().filter(|j| j.job.root == root) {
-                        job.job.providers_searched();
+            }
+        }
+    }
+
+    fn on_gossip(&mut self, event: gossipsub::Event) {
+        let now = Instant::now();
+        match event {
+            gossipsub::Event::Message {
+                propagation_source,
+                message_id,
+                message,
+            } => {
+                let topic = message.topic.into_string();
+                let input = Input::Gossip {
+                    topic: topic.clone(),
+                    data: message.data,
+                };
+                let judged = self.machine.handle(input, now);
+                let acceptance = match judged {
+                    Judgement::Accept => gossipsub::MessageAcceptance::Accept,
+                    Judgement::Ignore => gossipsub::MessageAcceptance::Ignore,
+                    Judgement::Reject(why) => {
+                        tracing::warn!(
+                            peer = %propagation_source,
+                            %topic,
+                            %why,
+                            "refused a live announcement; the sender loses gossip score"
+                        );
+                        gossipsub::MessageAcceptance::Reject
                     }
-                    self.finish_jobs();
+                };
+                self.swarm
+                    .behaviour_mut()
+                    .gossipsub
+                    .report_message_validation_result(&message_id, &propagation_source, acceptance);
+            }
+            gossipsub::Event::Subscribed { peer_id, topic } => {
+                let input = Input::Subscribed {
+                    peer: peer_id,
+                    topic: topic.into_string(),
+                };
+                self.machine.handle(input, now);
+            }
+            _ => {}
+        }
+    }
+
+    /// A peer asks this node to keep a record: only valid channel records
+    /// are kept, and never one older than what is held.
+    fn on_kad_request(&mut self, request: kad::InboundRequest) {
+        let store = self.swarm.behaviour_mut().kad.store_mut();
+        match request {
+            kad::InboundRequest::PutRecord {
+                source,
+                record: Some(record),
+                ..
+            } => match open_dht_record(record.key.as_ref(), &record.value) {
+                Ok((channel, fresh)) => {
+                    let held = store
+                        .get(&record.key)
+                        .and_then(|r| ChannelRecord::open(&channel, &r.value).ok());
+                    if held.is_some_and(|h| h.sequence >= fresh.sequence) {
+                        return;
+                    }
+                    if let Err(e) = store.put(record) {
+                        tracing::debug!(%source, error = %e, "cannot keep a channel record");
+                    }
+                }
+                Err(why) => tracing::debug!(%source, %why, "refused a DHT record"),
+            },
+            kad::InboundRequest::AddProvider {
+                record: Some(record),
+            } => {
+                if let Err(e) = store.add_provider(record) {
+                    tracing::debug!(error = %e, "cannot keep a provider record");
                 }
             }
             _ => {}
         }
     }
 
-    fn on_kad_result(&mut self, id: kad::QueryId, result: kad::QueryResult) {
-        match result {
-            kad::QueryResult::StartProviding(result) => {
-                if let Some(reply) = self.pending_provides.remove(&id) {
-                    // The record is stored locally either way; a timeout
-                    // only means fewer remote peers hold it yet.
-                    if let Err(e) = &result {
-                        tracing::debug!(error = %e, "provider record reached fewer peers than wanted");
-                    }
+    fn on_kad_query(&mut self, id: kad::QueryId, result: kad::QueryResult, last: bool) {
+        let now = Instant::now();
+        let query = if last {
+            self.queries.remove(&id)
+        } else {
+            match self.queries.get(&id) {
+                Some(Query::Record(c)) => Some(Query::Record(*c)),
+                Some(Query::Providers(k)) => Some(Query::Providers(*k)),
+                _ => None,
+            }
+        };
+        match (query, result) {
+            (
+                Some(Query::Record(channel)),
+                kad::QueryResult::GetRecord(Ok(kad::GetRecordOk::FoundRecord(found))),
+            ) => {
+                let bytes = found.record.value;
+                self.machine.handle(Input::Record { channel, bytes }, now);
+            }
+            (Some(Query::Providers(key)), result) => {
+                if let kad::QueryResult::GetProviders(Ok(kad::GetProvidersOk::FoundProviders {
+                    providers,
+                    ..
+                })) = result
+                {
+                    let providers: Vec<PeerId> = providers.into_iter().collect();
+                    self.machine
+                        .handle(Input::Providers { key, providers }, now);
+                }
+                if last {
+                    self.machine.handle(Input::ProvidersDone(key), now);
+                }
+            }
+            (Some(Query::Provide(reply)), kad::QueryResult::StartProviding(result)) => {
+                // The record is stored locally either way; a timeout only
+                // means fewer remote peers hold it yet.
+                if let Err(e) = &result {
+                    tracing::debug!(error = %e, "provider record reached fewer peers than wanted");
+                }
+                if let Some(reply) = reply {
                     let _ = reply.send(Ok(()));
                 }
             }
-            kad::QueryResult::GetProviders(Ok(kad::GetProvidersOk::FoundProviders {
-                providers,
-                ..
-            })) => {
-                let Some(root) = self.provider_queries.get(&id).copied() else {
-                    return;
-                };
-                let local = *self.swarm.local_peer_id();
-                let now = Instant::now();
-                let mut actions = Vec::new();
-                for peer in providers {
-                    if peer == local || self.banned.contains_key(&peer) {
-                        continue;
-                    }
-                    if self.swarm.is_connected(&peer) {
-                        for job in self.jobs.iter_mut().filter(|j| j.job.root == root) {
-                            actions.extend(job.job.add_candidate(peer, now));
-                        }
-                    } else if let Err(e) = self.swarm.dial(peer) {
-                        tracing::debug!(%peer, error = %e, "cannot dial a provider");
-                    }
-                }
-                self.run_actions(actions);
+            (Some(Query::PutRecord), kad::QueryResult::PutRecord(Err(e))) => {
+                tracing::debug!(error = %e, "channel record reached fewer peers than wanted");
             }
             _ => {}
         }

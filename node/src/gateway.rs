@@ -106,8 +106,12 @@ impl From<NodeError> for GatewayError {
     fn from(e: NodeError) -> Self {
         let status = match e {
             NodeError::Fetch { .. } => StatusCode::NOT_FOUND,
-            NodeError::Busy(_) => StatusCode::TOO_MANY_REQUESTS,
-            NodeError::InvalidInput(_) => StatusCode::BAD_REQUEST,
+            NodeError::Watch(shoal_protocol::machine::WatchError::TooMany(_)) => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
+            NodeError::Watch(_) | NodeError::Channel(_) | NodeError::Limits(_) => {
+                StatusCode::BAD_REQUEST
+            }
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         GatewayError(status, e.to_string())

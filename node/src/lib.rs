@@ -12,29 +12,33 @@
 // user can act on them; they are returned on cold paths only.
 #![allow(clippy::result_large_err)]
 
+#[cfg(feature = "api")]
 pub mod api;
 mod behaviour;
 mod bitswap;
 pub mod broadcast;
 pub mod channel_keys;
 pub mod config;
+#[cfg(feature = "api")]
 pub mod daemon;
 mod event_loop;
-mod fetch;
+#[cfg(feature = "gateway")]
 pub mod gateway;
 pub mod identity;
 pub mod limits;
 pub mod live;
 pub mod local_http;
+#[cfg(feature = "gateway")]
 pub mod origin;
 pub mod repo;
 pub mod rewards;
+#[cfg(feature = "settle")]
 pub mod settle;
 pub mod stats;
+mod store_io;
 pub mod testsrc;
 pub mod wallet;
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -45,21 +49,28 @@ use libp2p::{
     Multiaddr, PeerId, StreamProtocol, allow_block_list, autonat, connection_limits, dcutr,
     gossipsub, identify, kad, mdns, noise, ping, tcp, yamux,
 };
-use shoal_protocol::bitswap::Engine;
 use shoal_protocol::block::Cid;
-use shoal_protocol::channel::ChannelId;
+use shoal_protocol::channel::{ChannelError, ChannelId};
+use shoal_protocol::fetch::{FetchError, FetchTarget};
+use shoal_protocol::machine::WatchError;
 use shoal_protocol::receipt::SignedReceipt;
 use shoal_storage::{Blockstore, StoreError};
 use tokio::sync::{mpsc, oneshot};
 
 pub use config::NodeConfig;
-pub use fetch::FetchReport;
 pub use libp2p;
 pub use live::{LiveView, RenditionView};
+pub use shoal_protocol::machine::Traffic;
 
 use crate::behaviour::Behaviour;
-pub use crate::event_loop::Traffic;
-use crate::event_loop::{Command, EventLoop};
+use crate::event_loop::Command;
+
+/// What a finished fetch did.
+pub type FetchReport = shoal_protocol::fetch::FetchReport<PeerId>;
+
+/// What happens in the node that an app would show: segments ready, a
+/// channel proxying its origin or stalling, the peer count, bans.
+pub type NodeEvent = shoal_protocol::machine::NodeEvent<PeerId>;
 
 /// Largest gossipsub message: announcements are small, and a bound keeps a
 /// flood cheap to refuse.
@@ -83,18 +94,19 @@ pub enum NodeError {
     Dial { addr: String, detail: String },
     #[error("cannot announce content: {0}")]
     Provide(String),
+    #[error(transparent)]
+    Channel(#[from] ChannelError),
     #[error("cannot publish: {0}")]
-    Publish(String),
-    #[error("{0}")]
-    Busy(String),
-    #[error("{0}")]
-    InvalidInput(String),
+    Gossip(String),
+    #[error(transparent)]
+    Watch(#[from] WatchError),
+    #[cfg(feature = "settle")]
     #[error(transparent)]
     Settle(#[from] settle::SettleError),
     #[error("invalid limits: {0}")]
     Limits(String),
-    #[error("fetching {root}: {detail}")]
-    Fetch { root: Cid, detail: String },
+    #[error(transparent)]
+    Fetch(#[from] FetchError),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("the node has shut down")]
@@ -107,6 +119,7 @@ pub struct Node {
     peer_id: PeerId,
     commands: mpsc::Sender<Command>,
     store: Arc<Blockstore>,
+    events: tokio::sync::broadcast::Sender<NodeEvent>,
 }
 
 impl Node {
@@ -148,53 +161,12 @@ impl Node {
             let _ = swarm.behaviour_mut().kad.bootstrap();
         }
 
-        let config_live = (config.live.clone(), config.live_max_dials);
-        let upload = Arc::new(limits::UploadLimiter::default());
-        upload.set_rate(config.upload_bytes_per_sec);
-        let mut control = swarm.behaviour().streams.new_control();
-        let (events_tx, events_rx) = mpsc::channel(1024);
-        bitswap::spawn_acceptors(&mut control, events_tx.clone())
-            .map_err(|e| NodeError::Transport(format!("{e:?}")))?;
-        let rewards = rewards::Rewards::new(&config.rewards);
-        rewards::spawn_acceptor(&mut control, rewards.events_tx.clone())
-            .map_err(|e| NodeError::Transport(format!("{e:?}")))?;
-
-        let (commands_tx, commands_rx) = mpsc::channel(256);
-        // Every block that enters the store, by whatever path, may be one a
-        // peer is waiting for.
-        // Unbounded: a notice is a few CIDs, the loop drains them at once,
-        // and dropping one would leave a peer waiting for ever.
-        let (stored_tx, stored_rx) = mpsc::unbounded_channel::<Vec<Cid>>();
-        store.set_listener(Box::new(move |cids| {
-            let _ = stored_tx.send(cids.to_vec());
-        }));
-        let engine = Engine::new(config.engine.clone());
-        let event_loop = EventLoop {
-            swarm,
-            config,
-            store: store.clone(),
-            engine,
-            commands: commands_rx,
-            stream_events: events_rx,
-            stored: stored_rx,
-            stream_events_tx: events_tx,
-            control,
-            writers: HashMap::new(),
-            banned: HashMap::new(),
-            pending_dials: HashMap::new(),
-            pending_provides: HashMap::new(),
-            provider_queries: HashMap::new(),
-            jobs: Vec::new(),
-            live: live::Live::new(config_live.0, config_live.1),
-            upload,
-            traffic: Default::default(),
-            rewards,
-        };
-        tokio::spawn(event_loop.run());
+        let (commands, events) = event_loop::spawn(swarm, config, peer_id, store.clone())?;
         let node = Node {
             peer_id,
-            commands: commands_tx,
+            commands,
             store,
+            events,
         };
         Ok(node)
     }
@@ -300,7 +272,7 @@ impl Node {
     /// Fetches a stream from the network into the store (what is already
     /// there is not fetched again), pins it and provides it.
     pub async fn fetch(&self, root: Cid) -> Result<FetchReport, NodeError> {
-        self.ask(|tx| Command::Fetch(root, fetch::Target::Stream, tx))
+        self.ask(|tx| Command::Fetch(root, FetchTarget::Stream, tx))
             .await?
     }
 
@@ -312,13 +284,13 @@ impl Node {
         root: Cid,
         manifests: Vec<Cid>,
     ) -> Result<FetchReport, NodeError> {
-        self.ask(|tx| Command::Fetch(root, fetch::Target::Segments(manifests), tx))
+        self.ask(|tx| Command::Fetch(root, FetchTarget::Segments(manifests), tx))
             .await?
     }
 
     /// Fetches a stream's root manifest alone, without pinning it.
     pub async fn fetch_root(&self, root: Cid) -> Result<(), NodeError> {
-        self.ask(|tx| Command::Fetch(root, fetch::Target::Block { pin: false }, tx))
+        self.ask(|tx| Command::Fetch(root, FetchTarget::Block { pin: false }, tx))
             .await??;
         Ok(())
     }
@@ -326,7 +298,7 @@ impl Node {
     /// Fetches one block of any kind (not a stream) into the store, pins it
     /// and returns its bytes: what any IPFS node can ask of shoal.
     pub async fn fetch_block(&self, cid: Cid) -> Result<Vec<u8>, NodeError> {
-        self.ask(|tx| Command::Fetch(cid, fetch::Target::Block { pin: true }, tx))
+        self.ask(|tx| Command::Fetch(cid, FetchTarget::Block { pin: true }, tx))
             .await??;
         Ok(self.store.require(&cid)?)
     }
@@ -348,7 +320,7 @@ impl Node {
         channel: ChannelId,
         origins: &[String],
     ) -> Result<(), NodeError> {
-        let origins = live::parse_origins(origins)?;
+        let origins = origins.to_vec();
         self.ask(|tx| Command::Watch(channel, origins, tx)).await?
     }
 
@@ -382,11 +354,12 @@ impl Node {
 
     /// Claims every receipt held that the pool can count now (its epoch
     /// over, its claim window open) and not claimed yet.
+    #[cfg(feature = "settle")]
     pub async fn claim(
         &self,
         chain: &settle::Settlement,
     ) -> Result<settle::ClaimOutcome, NodeError> {
-        rewards::claim(&self.store, chain).await
+        settle::claim(&self.store, chain).await
     }
 
     /// Channels being watched.
@@ -437,9 +410,21 @@ impl Node {
         self.ask(|tx| Command::GossipScore(peer, tx)).await
     }
 
-    /// Stops the event loop; the swarm and its connections close.
-    pub async fn shutdown(&self) {
-        let _ = self.ask(Command::Shutdown).await;
+    /// What happens in the node, as an app would show it, from now on. A
+    /// listener that falls more than a few hundred events behind loses the
+    /// oldest (and is told how many).
+    pub fn events(&self) -> tokio::sync::broadcast::Receiver<NodeEvent> {
+        self.events.subscribe()
+    }
+
+    /// Stops the node and waits until it has: fetches under way fail,
+    /// watches end, the swarm and its connections close, and every task
+    /// the node started has finished, so that nothing of the node holds the
+    /// store any more. The store itself closes (and its lock is released)
+    /// when the last handle to it goes: drop this handle and its clones
+    /// (a gateway's among them), and the repo can be opened again.
+    pub async fn stop(&self) {
+        let _ = self.ask(Command::Stop).await;
     }
 }
 
@@ -462,15 +447,17 @@ fn build_swarm(
         .with_max_established_per_peer(Some(config.max_connections_per_peer));
     let mdns_enabled = config.mdns;
     let provide_interval = config.provide_interval;
-    let swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
+    let builder = libp2p::SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
         .with_tcp(
             tcp::Config::default().nodelay(true),
             noise::Config::new,
             yamux::Config::default,
         )
-        .map_err(|e| NodeError::Transport(e.to_string()))?
-        .with_quic()
+        .map_err(|e| NodeError::Transport(e.to_string()))?;
+    #[cfg(feature = "quic")]
+    let builder = builder.with_quic();
+    let swarm = builder
         .with_dns()
         .map_err(|e| NodeError::Transport(e.to_string()))?
         .with_relay_client(noise::Config::new, yamux::Config::default)

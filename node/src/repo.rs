@@ -181,10 +181,14 @@ impl Default for NetworkConfig {
         NetworkConfig {
             // A fixed port (not 4001, which IPFS daemons use) so that a
             // port forward or firewall rule keeps working across restarts.
-            listen: vec![
-                "/ip4/0.0.0.0/tcp/4101".into(),
-                "/ip4/0.0.0.0/udp/4101/quic-v1".into(),
-            ],
+            listen: if cfg!(feature = "quic") {
+                vec![
+                    "/ip4/0.0.0.0/tcp/4101".into(),
+                    "/ip4/0.0.0.0/udp/4101/quic-v1".into(),
+                ]
+            } else {
+                vec!["/ip4/0.0.0.0/tcp/4101".into()]
+            },
             bootstrap: Vec::new(),
             mdns: true,
             max_peers: crate::NodeConfig::default().max_connections,

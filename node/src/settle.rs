@@ -486,3 +486,61 @@ pub async fn from_repo(dir: &std::path::Path, rpc: Option<&str>) -> Result<Settl
         .await
         .map_err(|e| e.to_string())
 }
+
+/// Claims what can be claimed now: receipts whose epoch is over and
+/// whose claim window is open, beyond what was claimed of them before.
+/// What the pool counted is recorded, so nothing is sent twice.
+pub async fn claim(
+    store: &shoal_storage::Blockstore,
+    chain: &Settlement,
+) -> Result<ClaimOutcome, crate::NodeError> {
+    let now = chain.current_epoch().await?;
+    let window = chain.claim_epochs().await?;
+    let me = chain.address();
+    let ready: Vec<SignedReceipt> = crate::rewards::held_receipts(store)?
+        .into_iter()
+        .filter(|(r, claimed)| {
+            let r = &r.receipt;
+            r.relayer == me
+                && r.epoch < now
+                && now - r.epoch <= window
+                && r.cumulativeBytes > *claimed
+        })
+        .map(|(r, _)| r)
+        .collect();
+    // What the pool already counted (a claim whose answer was lost, or
+    // one from another process) is recorded, not sent again: the pool
+    // would refuse the whole batch for it.
+    let mut fresh = Vec::new();
+    for r in ready {
+        let x = &r.receipt;
+        let counted = chain.counted(x.viewer, x.contentId, x.epoch).await?;
+        if counted >= x.cumulativeBytes {
+            store.mark_claimed(&r.key(), counted)?;
+        } else {
+            fresh.push(r);
+        }
+    }
+    let mut total = ClaimOutcome::default();
+    // Each batch's counted receipts are recorded as soon as it is mined;
+    // receipts skipped for want of a viewer deposit stay for later.
+    for batch in fresh.chunks(CLAIM_BATCH) {
+        let outcome = chain.claim(batch).await?;
+        for r in batch {
+            let x = &r.receipt;
+            if outcome
+                .counted_receipts
+                .contains(&(x.viewer, x.contentId, x.epoch))
+            {
+                store.mark_claimed(&r.key(), x.cumulativeBytes)?;
+            }
+        }
+        total.counted += outcome.counted;
+        total.bytes += outcome.bytes;
+        total.not_counted += outcome.not_counted;
+        total.transactions += outcome.transactions;
+        total.gas_used += outcome.gas_used;
+        total.counted_receipts.extend(outcome.counted_receipts);
+    }
+    Ok(total)
+}

@@ -114,7 +114,7 @@ impl ChannelId {
 
     /// The DHT key of the channel's record (and its provider records).
     pub fn record_key(&self) -> Vec<u8> {
-        let mut key = b"/shoal/channel/".to_vec();
+        let mut key = RECORD_KEY_PREFIX.to_vec();
         key.extend_from_slice(&self.0);
         key
     }
@@ -434,6 +434,30 @@ impl ChannelRecord {
         }
         Ok(r)
     }
+}
+
+/// The key prefix of channel records in the DHT ([`ChannelId::record_key`]).
+pub const RECORD_KEY_PREFIX: &[u8] = b"/shoal/channel/";
+
+/// Checks a record someone wants stored in the DHT: a channel record under
+/// its own channel's key, within the size limit, correctly signed.
+pub fn open_dht_record(
+    key: &[u8],
+    value: &[u8],
+) -> Result<(ChannelId, ChannelRecord), ChannelError> {
+    if value.len() > MAX_RECORD_BYTES {
+        return Err(ChannelError::TooLarge {
+            len: value.len(),
+            max: MAX_RECORD_BYTES,
+        });
+    }
+    let id = key
+        .strip_prefix(RECORD_KEY_PREFIX)
+        .and_then(|rest| <[u8; 32]>::try_from(rest).ok())
+        .and_then(ChannelId::from_bytes)
+        .ok_or_else(|| ChannelError::Malformed("not a channel record key".into()))?;
+    let record = ChannelRecord::open(&id, value)?;
+    Ok((id, record))
 }
 
 /// A relative path of plain file names (`a/b.ts`): nothing that climbs out

@@ -19,8 +19,7 @@
 //! reconnecting); at most [`LedgerConfig::max_peers`] are kept, and those
 //! that owe nothing are forgotten first.
 
-use std::collections::HashMap;
-use std::hash::Hash;
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 /// Thresholds, each with the reason for its default.
@@ -118,16 +117,20 @@ struct Slot<P> {
 /// The accounts of every peer. See the module documentation.
 pub struct Ledger<P> {
     config: LedgerConfig,
-    accounts: HashMap<P, Account>,
+    accounts: BTreeMap<P, Account>,
     slot: Option<Slot<P>>,
+    /// No account is due before this ([`Ledger::next_due`]); never later
+    /// than the earliest one that is.
+    next_due: Option<Instant>,
 }
 
-impl<P: Clone + Eq + Hash> Ledger<P> {
+impl<P: Clone + Ord> Ledger<P> {
     pub fn new(config: LedgerConfig) -> Self {
         Ledger {
             config,
-            accounts: HashMap::new(),
+            accounts: BTreeMap::new(),
             slot: None,
+            next_due: None,
         }
     }
 
@@ -229,6 +232,11 @@ impl<P: Clone + Eq + Hash> Ledger<P> {
             slot.used = slot.used.saturating_add(bytes);
         }
         let a = self.accounts.get_mut(peer)?;
+        if owed > 0 {
+            let since = a.last_ask.or(a.last_active).unwrap_or(now);
+            let due = since + self.config.settle_interval;
+            self.next_due = Some(self.next_due.map_or(due, |d| d.min(due)));
+        }
         if owed < threshold || a.last_ask.is_some_and(|t| now.duration_since(t) < interval) {
             return None;
         }
@@ -244,18 +252,31 @@ impl<P: Clone + Eq + Hash> Ledger<P> {
     pub fn due(&mut self, now: Instant) -> Vec<LedgerAction<P>> {
         let interval = self.config.settle_interval;
         let mut out = Vec::new();
+        let mut next: Option<Instant> = None;
         for (peer, a) in &mut self.accounts {
             let owed = a.owed();
+            if owed == 0 {
+                continue;
+            }
             let since = a.last_ask.or(a.last_active);
-            if owed > 0 && since.is_none_or(|t| now.duration_since(t) >= interval) {
+            if since.is_none_or(|t| now.duration_since(t) >= interval) {
                 a.last_ask = Some(now);
                 out.push(LedgerAction::AskReceipt {
                     peer: peer.clone(),
                     owed,
                 });
             }
+            let due = a.last_ask.or(a.last_active).unwrap_or(now) + interval;
+            next = Some(next.map_or(due, |n| n.min(due)));
         }
+        self.next_due = next;
         out
+    }
+
+    /// When [`Ledger::due`] may next have a peer to ask (it may find none:
+    /// a peer can settle meanwhile).
+    pub fn next_due(&self) -> Option<Instant> {
+        self.next_due
     }
 
     /// `bytes` (one block) came from `peer`.

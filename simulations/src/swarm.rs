@@ -1,7 +1,10 @@
 //! A live channel's swarm in simulated time: the broadcaster and every
-//! viewer run shoal's own sans-IO state machines — [`LivePlanner`] decides
-//! what each viewer asks whom for, [`Engine`] answers (and the broadcaster
-//! rations each new shard) — over a modelled network instead of libp2p.
+//! viewer run shoal's own [`NodeMachine`] — the very machine a node's event
+//! loop drives, with its live sessions, the broadcaster's pacing and
+//! ration, and the Bitswap engine — over a modelled network instead of
+//! libp2p. The model feeds each machine what its network and store would
+//! report and carries out what the machine asks, as the node's event loop
+//! does; it decides nothing itself.
 //!
 //! What the network model keeps, and why:
 //!
@@ -15,44 +18,48 @@
 //! - **Gossip is gossipsub's**: the broadcaster sends its announcements to
 //!   its mesh peers (the node turns gossipsub's `flood_publish` off;
 //!   [`SwarmParams::flood_publish`] puts it back), and each viewer forwards
-//!   the first copy it sees to its mesh peers (six to twelve); copies go
+//!   the first copy it accepts to its mesh peers (six to twelve); copies go
 //!   through the uplinks like any other message.
 //! - **Sizes are real**: Bitswap messages are encoded with shoal's wire
 //!   codec and announcements are signed, so what crosses a link is what
 //!   the node would send.
+//! - **Time is the machine's**: each machine is woken at its own
+//!   `poll_timeout`, as the node's loop sleeps until it.
 //!
 //! What it leaves out: CPU time (a message is handled the instant it
 //! arrives, so this measures the protocol, not a machine), connection
 //! set-up (every viewer is connected and in the mesh before the first
 //! segment), packet loss, gossipsub's re-grafting after churn, the DHT (a
 //! viewer dials `dials` viewers chosen at random, as it would dial
-//! providers found there), and the parity a viewer makes for a segment an
+//! providers found there), the time a store takes (a write is done the
+//! moment it is asked for), and the parity a viewer makes for a segment an
 //! origin filled in (so such a viewer serves only data shards here, which
 //! makes runs with an origin pessimistic).
 //!
-//! Time is a virtual clock: `Instant`s handed to the state machines are a
-//! fixed base plus the simulated time, so the planner's timers (source
-//! wait, block timeouts, the P2P budget) run exactly as in the node, which
-//! ticks every viewer's planner every 200 ms.
+//! `Instant`s handed to the machines are a fixed base plus the simulated
+//! time.
 
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use shoal_protocol::bitswap::{
-    BlockSource, Engine, EngineConfig, Message, Outgoing, Output, WantType, WireBlock,
-};
+use shoal_protocol::bitswap::{BlockSource, EngineConfig, Message, WireBlock};
 use shoal_protocol::block::{Codec, cid_of, sha256, sha256_multihash};
-use shoal_protocol::channel::{Announcement, ChannelId, ChannelKey};
-use shoal_protocol::fetch::FetchAction;
-use shoal_protocol::live::{LiveAction, LiveConfig, LivePlanner};
+use shoal_protocol::channel::{
+    CHANNEL_VERSION, ChannelId, ChannelKey, ChannelRecord, LiveRendition, Origin,
+};
+use shoal_protocol::fetch::BlockLookup;
+use shoal_protocol::live::{HttpRequest, LiveConfig, LiveEvent};
+use shoal_protocol::machine::{
+    Action, Identity, Input, Judgement, MachineConfig, NodeEvent, NodeMachine, WallClock,
+};
 use shoal_protocol::manifest::MANIFEST_VERSION;
+use shoal_protocol::receipt::Wallet;
 use shoal_protocol::{Cid, SegmentManifest};
 
 use crate::Error;
 
-/// How often the node ticks its planners.
-const TICK: Duration = Duration::from_millis(200);
 /// Bytes an uplink sends before it turns to the next peer's queue.
 const CHUNK: usize = 16 * 1024;
 /// Gossipsub's mesh degree (rust-libp2p's default `mesh_n`).
@@ -69,6 +76,9 @@ const CHECK: Duration = Duration::from_millis(2);
 const SOURCE: usize = 0;
 /// The wall clock at the start, in Unix milliseconds.
 const BASE_MS: u64 = 1_700_000_000_000;
+/// The origin the channel record names when the run has one (the model
+/// answers for it; nothing is fetched).
+const ORIGIN_URL: &str = "http://origin.invalid/live";
 
 /// An HTTP origin (a CDN) that viewers may fill gaps from.
 #[derive(Clone, Debug)]
@@ -233,7 +243,6 @@ pub fn run(params: &SwarmParams) -> Result<SwarmReport, Error> {
 
 /// A segment as the broadcaster publishes it.
 struct Segment {
-    manifest_cid: Cid,
     manifest: SegmentManifest,
     /// The signed announcement, as gossiped.
     announcement: Vec<u8>,
@@ -247,7 +256,7 @@ enum Payload {
         message: Message,
         block_bytes: usize,
     },
-    Announce(u64),
+    Announce(Arc<Vec<u8>>),
 }
 
 struct Queued {
@@ -278,8 +287,6 @@ struct Uplink {
 
 enum Event {
     Publish(u64),
-    /// The broadcaster's ration of a segment's shards ends.
-    EndRation(u64),
     /// The uplink may send its next chunk.
     Uplink(usize),
     Deliver {
@@ -290,7 +297,7 @@ enum Event {
     Announce {
         to: usize,
         from: usize,
-        sequence: u64,
+        data: Arc<Vec<u8>>,
     },
     /// A message's blocks left `node`'s uplink for `peer`.
     Sent {
@@ -298,7 +305,11 @@ enum Event {
         peer: usize,
         bytes: usize,
     },
-    Tick(usize),
+    /// The node's machine asked to be woken now.
+    Timeout {
+        node: usize,
+        at: Duration,
+    },
     Checked {
         node: usize,
         rendition: u16,
@@ -306,8 +317,7 @@ enum Event {
     },
     HttpDone {
         node: usize,
-        rendition: u16,
-        sequence: u64,
+        request: HttpRequest,
         shards: Vec<Cid>,
     },
     Leave,
@@ -337,33 +347,49 @@ impl Ord for Scheduled {
     }
 }
 
-struct SimNode {
-    engine: Engine<usize>,
-    /// `None` for the broadcaster.
-    planner: Option<LivePlanner<usize>>,
+/// A node's store in the model: which blocks it holds, their bytes shared
+/// by everyone (a block is the same bytes wherever it is).
+pub struct ModelStore {
     held: HashSet<Cid>,
-    links: BTreeMap<usize, Duration>,
-    mesh: Vec<usize>,
-    seen: HashSet<u64>,
-    uplink: Uplink,
-    rate: u64,
-    gone: bool,
+    blocks: Arc<HashMap<Cid, Vec<u8>>>,
 }
 
-/// A node's blocks, as its engine sees them.
-struct Held<'a> {
-    held: &'a HashSet<Cid>,
-    blocks: &'a HashMap<Cid, Vec<u8>>,
-}
-
-impl BlockSource for Held<'_> {
+impl BlockSource for ModelStore {
     fn block_size(&self, cid: &Cid) -> Option<usize> {
         if self.held.contains(cid) {
-            self.blocks.get(cid).map(|b| b.len())
+            self.blocks.get(cid).map(Vec::len)
         } else {
             None
         }
     }
+}
+
+impl BlockLookup for ModelStore {
+    fn has(&self, cid: &Cid) -> Result<bool, String> {
+        Ok(self.held.contains(cid))
+    }
+
+    fn get(&self, cid: &Cid) -> Result<Option<Vec<u8>>, String> {
+        Ok(self
+            .held
+            .contains(cid)
+            .then(|| self.blocks.get(cid).cloned())
+            .flatten())
+    }
+}
+
+struct SimNode {
+    machine: NodeMachine<usize, ModelStore>,
+    links: BTreeMap<usize, Duration>,
+    mesh: Vec<usize>,
+    /// Announcements seen, by their bytes (gossipsub's content-addressed
+    /// message ids).
+    seen: HashSet<[u8; 32]>,
+    uplink: Uplink,
+    rate: u64,
+    gone: bool,
+    /// The wake-up asked for last, if it is still to come.
+    wake: Option<Duration>,
 }
 
 /// SplitMix64: small, seedable and good enough for drawing a topology.
@@ -392,10 +418,16 @@ impl Rng {
     }
 }
 
+/// The model's peer ids are node indices; a publisher's "peer id" in an
+/// announcement is the broadcaster's.
+fn publisher_of(bytes: &[u8]) -> Option<usize> {
+    (bytes == b"broadcaster").then_some(SOURCE)
+}
+
 struct Sim {
     p: SwarmParams,
     nodes: Vec<SimNode>,
-    blocks: HashMap<Cid, Vec<u8>>,
+    blocks: Arc<HashMap<Cid, Vec<u8>>>,
     segments: Vec<Segment>,
     channel: ChannelId,
     queue: BinaryHeap<Scheduled>,
@@ -413,58 +445,6 @@ impl Sim {
     fn new(p: SwarmParams) -> Sim {
         let mut rng = Rng(p.seed);
         let n = p.viewers + 1;
-        let mut nodes: Vec<SimNode> = (0..n)
-            .map(|i| SimNode {
-                engine: Engine::new(p.engine.clone()),
-                planner: None,
-                held: HashSet::new(),
-                links: BTreeMap::new(),
-                mesh: Vec::new(),
-                seen: HashSet::new(),
-                uplink: Uplink::default(),
-                rate: if i == SOURCE {
-                    p.source_uplink
-                } else {
-                    p.viewer_uplink
-                },
-                gone: false,
-            })
-            .collect();
-        // Every viewer dials the broadcaster and `dials` other viewers.
-        let link = |nodes: &mut Vec<SimNode>, a: usize, b: usize, rng: &mut Rng| {
-            if a == b || nodes[a].links.contains_key(&b) {
-                return;
-            }
-            let latency = rng.between(p.latency.0, p.latency.1);
-            nodes[a].links.insert(b, latency);
-            nodes[b].links.insert(a, latency);
-        };
-        for v in 1..n {
-            link(&mut nodes, v, SOURCE, &mut rng);
-            let dials = p.dials.min(p.viewers - 1);
-            let mut tries = 0;
-            while nodes[v].links.len() < dials + 1 && tries < dials * 8 {
-                tries += 1;
-                let other = 1 + rng.below(p.viewers);
-                link(&mut nodes, v, other, &mut rng);
-            }
-        }
-        // Gossip mesh: each node grafts connected peers up to the mesh
-        // degree, and a peer accepts while it is under the upper bound.
-        for v in 0..n {
-            let peers: Vec<usize> = nodes[v].links.keys().copied().collect();
-            let mut tries = 0;
-            while nodes[v].mesh.len() < MESH.min(peers.len()) && tries < peers.len() * 4 {
-                tries += 1;
-                let other = peers[rng.below(peers.len())];
-                if nodes[v].mesh.contains(&other) || nodes[other].mesh.len() >= MESH_HIGH {
-                    continue;
-                }
-                nodes[v].mesh.push(other);
-                nodes[other].mesh.push(v);
-            }
-        }
-
         let key = ChannelKey::from_seed(&[7; 32]);
         let channel = key.id();
         let total = p.warmup + p.segments;
@@ -514,13 +494,53 @@ impl Sim {
                 manifest_bytes,
             );
             segments.push(Segment {
-                manifest_cid,
                 manifest,
                 announcement,
                 published: at,
             });
         }
+        let blocks = Arc::new(blocks);
         let base = Instant::now();
+        let clock = WallClock {
+            at: base,
+            unix_ms: BASE_MS,
+        };
+        let config = MachineConfig {
+            engine: p.engine.clone(),
+            live: p.live.clone(),
+            ..MachineConfig::default()
+        };
+        let nodes: Vec<SimNode> = (0..n)
+            .map(|i| SimNode {
+                machine: NodeMachine::new(
+                    config.clone(),
+                    Identity {
+                        peer: i,
+                        // Nobody claims in the model: a wallet signs nothing.
+                        wallet: Wallet::from_bytes(&[1; 32]).expect("a valid key"),
+                        deployment: None,
+                        publisher_of,
+                        rotation: rng.next() as usize,
+                    },
+                    ModelStore {
+                        held: HashSet::new(),
+                        blocks: blocks.clone(),
+                    },
+                    clock,
+                ),
+                links: BTreeMap::new(),
+                mesh: Vec::new(),
+                seen: HashSet::new(),
+                uplink: Uplink::default(),
+                rate: if i == SOURCE {
+                    p.source_uplink
+                } else {
+                    p.viewer_uplink
+                },
+                gone: false,
+                wake: None,
+            })
+            .collect();
         let end = start
             + p.segment_duration * (total as u32)
             + p.live.deadline(p.segment_duration.as_micros() as u64)
@@ -540,29 +560,52 @@ impl Sim {
             disconnects: 0,
             events: 0,
         };
+        sim.connect(&mut rng);
         for seq in 0..total {
             sim.at(sim.segments[seq as usize].published, Event::Publish(seq));
         }
-        // Viewers join: every connection is a candidate of the planner
-        // and a peer of the engine.
-        let http = sim.p.origin.is_some();
+        // Viewers join: every one watches the channel, every connection is
+        // up, and every viewer it is connected to is subscribed to the
+        // channel's topic. With an origin, the channel's record names it,
+        // and every viewer has found the record.
+        let topic = channel.topic(0);
+        let record = sim.p.origin.as_ref().map(|_| {
+            key.sign_record(&ChannelRecord {
+                version: CHANNEL_VERSION,
+                channel: channel.as_bytes().to_vec(),
+                name: "model".into(),
+                sequence: 1,
+                expires_ms: u64::MAX,
+                target_duration_us: sim.p.segment_duration.as_micros() as u64,
+                renditions: vec![LiveRendition {
+                    playlist: "index.m3u8".into(),
+                    segment_extension: "ts".into(),
+                    ..LiveRendition::default()
+                }],
+                origins: vec![Origin(ORIGIN_URL.into())],
+            })
+        });
+        let now = sim.instant();
         for v in 0..n {
             let peers: Vec<usize> = sim.nodes[v].links.keys().copied().collect();
+            let machine = &mut sim.nodes[v].machine;
             for &peer in &peers {
-                sim.nodes[v].engine.peer_connected(peer);
+                machine.handle(Input::Connected(peer), now);
             }
-            if v == SOURCE {
-                continue;
+            if v != SOURCE {
+                if let Err(e) = machine.watch(channel, Vec::new(), now) {
+                    unreachable!("one channel: {e}");
+                }
+                for &peer in peers.iter().filter(|p| **p != SOURCE) {
+                    let topic = topic.clone();
+                    machine.handle(Input::Subscribed { peer, topic }, now);
+                }
+                if let Some(bytes) = &record {
+                    let bytes = bytes.clone();
+                    machine.handle(Input::Record { channel, bytes }, now);
+                }
             }
-            let rotation = rng.next() as usize;
-            let mut planner = LivePlanner::new(sim.p.live.clone(), rotation, http, base);
-            for &peer in &peers {
-                let actions = planner.add_peer(peer, base);
-                debug_assert!(actions.is_empty());
-            }
-            sim.nodes[v].planner = Some(planner);
-            let phase = Duration::from_micros(rng.next() % TICK.as_micros() as u64);
-            sim.at(phase, Event::Tick(v));
+            sim.perform(v);
         }
         if sim.p.leave > 0 {
             let half = start
@@ -573,21 +616,44 @@ impl Sim {
         sim
     }
 
-    /// Runs `f` on `node`'s engine with the node's blocks, then carries out
-    /// what it output.
-    fn engine(
-        &mut self,
-        node: usize,
-        f: impl FnOnce(&mut Engine<usize>, &Held<'_>, &mut Vec<Output<usize>>),
-    ) {
-        let mut out = Vec::new();
-        let n = &mut self.nodes[node];
-        let store = Held {
-            held: &n.held,
-            blocks: &self.blocks,
+    /// Every viewer dials the broadcaster and `dials` other viewers; each
+    /// node grafts connected peers into its gossip mesh up to the mesh
+    /// degree, and a peer accepts while it is under the upper bound.
+    fn connect(&mut self, rng: &mut Rng) {
+        let p = &self.p;
+        let n = p.viewers + 1;
+        let nodes = &mut self.nodes;
+        let link = |nodes: &mut Vec<SimNode>, a: usize, b: usize, rng: &mut Rng| {
+            if a == b || nodes[a].links.contains_key(&b) {
+                return;
+            }
+            let latency = rng.between(p.latency.0, p.latency.1);
+            nodes[a].links.insert(b, latency);
+            nodes[b].links.insert(a, latency);
         };
-        f(&mut n.engine, &store, &mut out);
-        self.outputs(node, out);
+        for v in 1..n {
+            link(nodes, v, SOURCE, rng);
+            let dials = p.dials.min(p.viewers - 1);
+            let mut tries = 0;
+            while nodes[v].links.len() < dials + 1 && tries < dials * 8 {
+                tries += 1;
+                let other = 1 + rng.below(p.viewers);
+                link(nodes, v, other, rng);
+            }
+        }
+        for v in 0..n {
+            let peers: Vec<usize> = nodes[v].links.keys().copied().collect();
+            let mut tries = 0;
+            while nodes[v].mesh.len() < MESH.min(peers.len()) && tries < peers.len() * 4 {
+                tries += 1;
+                let other = peers[rng.below(peers.len())];
+                if nodes[v].mesh.contains(&other) || nodes[other].mesh.len() >= MESH_HIGH {
+                    continue;
+                }
+                nodes[v].mesh.push(other);
+                nodes[other].mesh.push(v);
+            }
+        }
     }
 
     fn at(&mut self, at: Duration, event: Event) {
@@ -603,8 +669,24 @@ impl Sim {
         self.base + self.now
     }
 
-    fn now_ms(&self) -> u64 {
-        BASE_MS + self.now.as_millis() as u64
+    /// Feeds `node`'s machine, as the node's event loop does.
+    fn feed(&mut self, node: usize, input: Input<usize>) -> Judgement {
+        let now = self.instant();
+        self.nodes[node].machine.handle(input, now)
+    }
+
+    /// Blocks enter `node`'s store (the model's stores write at once).
+    fn hold(&mut self, node: usize, cids: &[Cid]) {
+        let held = &mut self.nodes[node].machine.store_mut().held;
+        held.extend(cids.iter().copied());
+    }
+
+    /// Blocks leave `node`'s store.
+    fn drop_blocks(&mut self, node: usize, cids: &[Cid]) {
+        let held = &mut self.nodes[node].machine.store_mut().held;
+        for cid in cids {
+            held.remove(cid);
+        }
     }
 
     fn run(&mut self) {
@@ -618,46 +700,46 @@ impl Sim {
         }
     }
 
+    /// One simulated event, fed to the machine it concerns, whose actions
+    /// are then carried out.
     fn handle(&mut self, event: Event) {
-        match event {
-            Event::Publish(seq) => self.publish(seq),
-            Event::EndRation(seq) => {
-                let shards = self.segments[seq as usize].manifest.shards.clone();
-                self.engine(SOURCE, |engine, store, out| {
-                    for cid in &shards {
-                        engine.end_ration(cid, store, out);
-                    }
-                });
+        let node = match event {
+            Event::Publish(seq) => {
+                self.publish(seq);
+                SOURCE
             }
-            Event::Uplink(node) => self.uplink(node),
+            Event::Uplink(node) => {
+                self.uplink(node);
+                return;
+            }
             Event::Deliver { to, from, message } => {
                 if self.nodes[to].gone || self.nodes[from].gone {
                     return;
                 }
-                self.engine(to, |engine, store, out| {
-                    engine.on_message(&from, message, store, out)
-                });
+                self.feed(to, Input::Bitswap { from, message });
+                to
             }
-            Event::Announce { to, from, sequence } => self.announced(to, from, sequence),
+            Event::Announce { to, from, data } => {
+                if !self.announced(to, from, data) {
+                    return;
+                }
+                to
+            }
             Event::Sent { node, peer, bytes } => {
                 if self.nodes[node].gone {
                     return;
                 }
-                self.engine(node, |engine, store, out| {
-                    engine.sent(&peer, bytes, store, out)
-                });
+                self.feed(node, Input::Sent { to: peer, bytes });
+                node
             }
-            Event::Tick(node) => {
-                if self.nodes[node].gone {
+            Event::Timeout { node, at } => {
+                if self.nodes[node].gone || self.nodes[node].wake != Some(at) {
+                    // Gone, or a wake-up asked for before a later one.
                     return;
                 }
-                let now = self.instant();
-                let actions = match &mut self.nodes[node].planner {
-                    Some(p) => p.tick(now),
-                    None => return,
-                };
-                self.actions(node, actions);
-                self.at(self.now + TICK, Event::Tick(node));
+                self.nodes[node].wake = None;
+                self.feed(node, Input::Timeout);
+                node
             }
             Event::Checked {
                 node,
@@ -667,153 +749,144 @@ impl Sim {
                 if self.nodes[node].gone {
                     return;
                 }
-                let (now, now_ms) = (self.instant(), self.now_ms());
-                let Some(planner) = &mut self.nodes[node].planner else {
-                    return;
+                let channel = self.channel;
+                let input = Input::Checked {
+                    channel,
+                    rendition,
+                    sequence,
+                    ok: true,
                 };
-                let before = planner.stats().segments;
-                let actions = planner.segment_checked(rendition, sequence, true, now, now_ms);
-                let entered = planner.stats().segments > before;
-                if entered && sequence >= self.p.warmup {
-                    let published = self.segments[sequence as usize].published;
-                    self.latencies
-                        .insert((node, sequence), self.now.saturating_sub(published));
-                }
-                self.actions(node, actions);
+                self.feed(node, input);
+                node
             }
             Event::HttpDone {
                 node,
-                rendition,
-                sequence,
+                request,
                 shards,
             } => {
                 if self.nodes[node].gone {
                     return;
                 }
-                let now = self.instant();
-                let mut actions = Vec::new();
-                let mut out = Vec::new();
-                let n = &mut self.nodes[node];
-                for cid in shards {
-                    if !n.held.insert(cid) {
-                        continue;
-                    }
-                    let Some(data) = self.blocks.get(&cid) else {
-                        continue;
-                    };
-                    if let Some(planner) = &mut n.planner {
-                        actions.extend(planner.on_block(&cid, data, None, now));
-                    }
-                    let store = Held {
-                        held: &n.held,
-                        blocks: &self.blocks,
-                    };
-                    n.engine.block_stored(&cid, &store, &mut out);
-                }
-                if let Some(planner) = &mut n.planner {
-                    planner.http_done(rendition, sequence, true, now);
-                }
-                self.outputs(node, out);
-                self.actions(node, actions);
+                let blocks: Vec<(Cid, Vec<u8>)> = shards
+                    .iter()
+                    .filter_map(|c| self.blocks.get(c).map(|b| (*c, b.clone())))
+                    .collect();
+                let channel = self.channel;
+                self.hold(node, &shards);
+                self.feed(node, Input::Stored(shards));
+                let input = Input::Range {
+                    channel,
+                    request,
+                    result: Ok(blocks),
+                };
+                self.feed(node, input);
+                node
             }
-            Event::Leave => self.leave(),
-        }
+            Event::Leave => {
+                self.leave();
+                return;
+            }
+        };
+        self.perform(node);
     }
 
-    /// The broadcaster imports a segment: stores its shards, paces and
-    /// rations each, serves any want already open, and sends the
-    /// announcement to its mesh.
+    /// The broadcaster imports a segment (its shards enter the store) and
+    /// publishes its announcement, as `shoal broadcast` does.
     fn publish(&mut self, seq: u64) {
+        let now = self.instant();
         let s = &self.segments[seq as usize];
-        let shards = s.manifest.shards.clone();
-        let manifest_cid = s.manifest_cid;
-        let rationed = !self.p.live.ration_window.is_zero();
-        let copies = self.p.live.ration_copies;
-        let node = &mut self.nodes[SOURCE];
-        node.held.insert(manifest_cid);
-        for cid in &shards {
-            node.held.insert(*cid);
-            node.engine.pace(*cid);
-            if rationed {
-                node.engine.ration(*cid, copies);
-            }
-        }
-        self.engine(SOURCE, |engine, store, out| {
-            for cid in &shards {
-                engine.block_stored(cid, store, out);
-            }
-        });
-        // The node ends a ration on its first tick after it is due.
-        if rationed {
-            let tick = TICK.as_micros();
-            let due = (self.now + self.p.live.ration_window)
-                .as_micros()
-                .div_ceil(tick)
-                * tick;
-            self.at(Duration::from_micros(due as u64), Event::EndRation(seq));
-        }
-        self.nodes[SOURCE].seen.insert(seq);
-        let viewers: Vec<usize> = if self.p.flood_publish {
-            self.nodes[SOURCE].links.keys().copied().collect()
-        } else {
-            self.nodes[SOURCE].mesh.clone()
-        };
-        for v in viewers {
-            self.enqueue(SOURCE, v, Payload::Announce(seq));
+        let (manifest_cid, _) = s.manifest.to_block();
+        let mut stored = s.manifest.shards.clone();
+        stored.push(manifest_cid);
+        let announcement = s.announcement.clone();
+        self.hold(SOURCE, &stored);
+        self.feed(SOURCE, Input::Stored(stored));
+        let machine = &mut self.nodes[SOURCE].machine;
+        if let Err(e) = machine.publish(self.channel, 0, announcement, now) {
+            unreachable!("the model's announcements are signed by the channel: {e}");
         }
     }
 
-    /// A viewer hears an announcement: the first copy is offered to its
-    /// planner and forwarded to its mesh.
-    fn announced(&mut self, to: usize, from: usize, seq: u64) {
-        if self.nodes[to].gone || self.nodes[from].gone || !self.nodes[to].seen.insert(seq) {
-            return;
+    /// A node hears an announcement: the first copy goes to its machine
+    /// (gossipsub drops the others by message id), and an accepted one on
+    /// to its mesh. Returns whether the machine heard it.
+    fn announced(&mut self, to: usize, from: usize, data: Arc<Vec<u8>>) -> bool {
+        if self.nodes[to].gone || self.nodes[from].gone {
+            return false;
         }
-        let (now, now_ms) = (self.instant(), self.now_ms());
-        let s = &self.segments[seq as usize];
-        let Ok(a) = Announcement::open(&self.channel, &s.announcement) else {
-            return;
-        };
-        let manifest_cid = s.manifest_cid;
-        let node = &mut self.nodes[to];
-        let Some(planner) = &mut node.planner else {
-            return;
-        };
-        let (_, actions) = planner.offer(&a, Some(SOURCE), now, now_ms);
-        node.held.insert(manifest_cid);
-        let mesh: Vec<usize> = node
-            .mesh
-            .iter()
-            .copied()
-            .filter(|p| *p != from && *p != SOURCE)
-            .collect();
-        for peer in mesh {
-            self.enqueue(to, peer, Payload::Announce(seq));
+        if !self.nodes[to].seen.insert(sha256(&data)) {
+            return false;
         }
-        self.actions(to, actions);
+        let topic = self.channel.topic(0);
+        let input = Input::Gossip {
+            topic,
+            data: data.to_vec(),
+        };
+        let judged = self.feed(to, input);
+        if judged == Judgement::Accept {
+            let mesh: Vec<usize> = self.nodes[to]
+                .mesh
+                .iter()
+                .copied()
+                .filter(|p| *p != from && *p != SOURCE)
+                .collect();
+            for peer in mesh {
+                self.enqueue(to, peer, Payload::Announce(data.clone()));
+            }
+        }
+        true
     }
 
-    /// Carries out a planner's actions at `node`.
-    fn actions(&mut self, node: usize, actions: Vec<LiveAction<usize>>) {
-        if actions.is_empty() {
-            return;
-        }
-        let mut out = Vec::new();
-        for action in actions {
-            let n = &mut self.nodes[node];
+    /// Carries out what `node`'s machine asks, as the node's event loop
+    /// does, and schedules its next wake-up.
+    fn perform(&mut self, node: usize) {
+        while let Some(action) = self.nodes[node].machine.poll_action() {
             match action {
-                LiveAction::Fetch(FetchAction::WantHave { peer, cid }) => {
-                    n.engine.want(&peer, cid, WantType::Have, &mut out)
+                Action::Send { peer, message } => {
+                    let blocks = message
+                        .blocks
+                        .iter()
+                        .filter_map(|cid| {
+                            self.blocks.get(cid).map(|data| WireBlock {
+                                cid: *cid,
+                                data: data.clone(),
+                            })
+                        })
+                        .collect();
+                    let wire = Message {
+                        wantlist: message.wantlist,
+                        full: false,
+                        blocks,
+                        unreadable_blocks: 0,
+                        presences: message.presences,
+                        pending_bytes: 0,
+                    };
+                    self.enqueue(
+                        node,
+                        peer,
+                        Payload::Bitswap {
+                            message: wire,
+                            block_bytes: message.block_bytes,
+                        },
+                    );
                 }
-                LiveAction::Fetch(FetchAction::WantBlock { peer, cid }) => {
-                    n.engine.want(&peer, cid, WantType::Block, &mut out)
+                Action::Store { from, blocks } => {
+                    // A store that writes at once: the listener's notice,
+                    // then the writer's report, as in the node.
+                    let cids: Vec<Cid> = blocks.iter().map(|(c, _)| *c).collect();
+                    self.hold(node, &cids);
+                    self.feed(node, Input::Stored(cids));
+                    self.feed(node, Input::Received { from, blocks });
                 }
-                LiveAction::Fetch(FetchAction::Cancel { cid }) => {
-                    if !n.planner.as_ref().is_some_and(|p| p.wants(&cid)) {
-                        n.engine.cancel(&cid, &mut out);
-                    }
+                Action::StoreManifest { cid, .. } => self.hold(node, &[cid]),
+                Action::Release { manifest, shards } => {
+                    // The node deletes a segment's blocks once it leaves
+                    // the window, and so no longer serves it.
+                    let mut gone = shards;
+                    gone.push(manifest);
+                    self.drop_blocks(node, &gone);
                 }
-                LiveAction::Check {
+                Action::Check {
                     rendition,
                     sequence,
                     ..
@@ -825,135 +898,101 @@ impl Sim {
                         sequence,
                     },
                 ),
-                LiveAction::Release { manifest, shards } => {
-                    // The node deletes a segment's blocks once it leaves
-                    // the window, and so no longer serves it.
-                    for cid in shards.iter().chain(std::iter::once(&manifest)) {
-                        n.held.remove(cid);
-                    }
-                }
-                LiveAction::Http(req) => {
-                    let Some(origin) = self.p.origin.clone() else {
-                        continue;
-                    };
-                    let size = u64::from(req.manifest.shard_size).max(1);
-                    let first = req.first_shard;
-                    let last = (req.end.saturating_sub(1) / size) as usize;
-                    let shards = req
-                        .manifest
-                        .shards
-                        .get(first..=last.min(usize::from(req.manifest.k) - 1))
-                        .map(<[Cid]>::to_vec)
-                        .unwrap_or_default();
-                    let bytes = req.end.saturating_sub(req.start);
-                    let transfer = Duration::from_secs_f64(bytes as f64 / origin.rate as f64);
-                    self.at(
-                        self.now + origin.rtt + transfer,
-                        Event::HttpDone {
-                            node,
-                            rendition: req.rendition,
-                            sequence: req.sequence,
-                            shards,
-                        },
-                    );
-                }
-                LiveAction::ReadPlaylists => {
+                Action::FetchRange { request, .. } => self.http(node, request),
+                Action::ReadPlaylists { channel, .. } => {
                     // No playlists in the model: the read fails, and the
-                    // planner tries again later.
-                    let now = self.base + self.now;
-                    if let Some(p) = &mut n.planner {
-                        p.playlists_read(false, now);
+                    // session tries again later.
+                    let result = Err("the model has no playlists".into());
+                    self.feed(node, Input::Playlists { channel, result });
+                }
+                Action::Gossip { data, .. } => {
+                    let to: Vec<usize> = if self.p.flood_publish {
+                        self.nodes[node].links.keys().copied().collect()
+                    } else {
+                        self.nodes[node].mesh.clone()
+                    };
+                    let data = Arc::new(data);
+                    self.nodes[node].seen.insert(sha256(&data));
+                    for peer in to {
+                        self.enqueue(node, peer, Payload::Announce(data.clone()));
                     }
                 }
-                LiveAction::Proxy { .. } => {}
+                Action::Event(NodeEvent::Live {
+                    event: LiveEvent::SegmentReady { sequence, .. },
+                    ..
+                }) => {
+                    if sequence >= self.p.warmup {
+                        let published = self.segments[sequence as usize].published;
+                        self.latencies
+                            .insert((node, sequence), self.now.saturating_sub(published));
+                    }
+                }
+                Action::Ban { .. } => self.disconnects += 1,
+                // The topology is modelled: no DHT, no dials, no topics
+                // to join, no chain.
+                Action::Unban { .. }
+                | Action::Subscribe { .. }
+                | Action::Unsubscribe { .. }
+                | Action::Provide { .. }
+                | Action::StopProviding { .. }
+                | Action::FindRecord { .. }
+                | Action::FindProviders { .. }
+                | Action::Dial { .. }
+                | Action::FetchSegment { .. }
+                | Action::AskReceipts { .. }
+                | Action::KeepReceipts(_)
+                | Action::FetchDone { .. }
+                | Action::Event(_) => {}
             }
         }
-        self.outputs(node, out);
+        self.wake(node);
     }
 
-    /// Carries out an engine's outputs at `node`, like the node's event
-    /// loop: one message per peer per batch, received blocks stored (and
-    /// served to whoever waits for them) and handed to the planner.
-    fn outputs(&mut self, node: usize, outputs: Vec<Output<usize>>) {
-        if outputs.is_empty() {
+    /// Schedules `node`'s machine to be woken at its `poll_timeout`.
+    fn wake(&mut self, node: usize) {
+        let Some(t) = self.nodes[node].machine.poll_timeout() else {
+            self.nodes[node].wake = None;
+            return;
+        };
+        let at = t.saturating_duration_since(self.base).max(self.now);
+        if self.nodes[node].wake == Some(at) {
             return;
         }
-        let now = self.instant();
-        let mut sends: BTreeMap<usize, Outgoing> = BTreeMap::new();
-        let mut received = Vec::new();
-        let mut actions = Vec::new();
-        for output in outputs {
-            match output {
-                Output::Send { peer, message } => sends.entry(peer).or_default().merge(message),
-                Output::Received { peer, cid, data } => received.push((peer, cid, data)),
-                Output::Presence {
-                    peer,
-                    cid,
-                    presence,
-                } => {
-                    if let Some(p) = &mut self.nodes[node].planner {
-                        actions.extend(p.on_presence(
-                            &peer,
-                            &cid,
-                            presence == shoal_protocol::bitswap::Presence::Have,
-                            now,
-                        ));
-                    }
-                }
-                Output::Disconnect { .. } => self.disconnects += 1,
-            }
-        }
-        for (peer, out) in sends {
-            let blocks = out
-                .blocks
-                .iter()
-                .filter_map(|cid| {
-                    self.blocks.get(cid).map(|data| WireBlock {
-                        cid: *cid,
-                        data: data.clone(),
-                    })
-                })
-                .collect();
-            let message = Message {
-                wantlist: out.wantlist,
-                full: false,
-                blocks,
-                unreadable_blocks: 0,
-                presences: out.presences,
-                pending_bytes: 0,
-            };
-            self.enqueue(
+        self.nodes[node].wake = Some(at);
+        self.at(at, Event::Timeout { node, at });
+    }
+
+    /// An origin answers a byte range: its data shards arrive after a
+    /// round trip and the transfer at the origin's rate.
+    fn http(&mut self, node: usize, request: HttpRequest) {
+        let Some(origin) = self.p.origin.clone() else {
+            return;
+        };
+        let size = u64::from(request.manifest.shard_size).max(1);
+        let first = request.first_shard;
+        let last = (request.end.saturating_sub(1) / size) as usize;
+        let shards = request
+            .manifest
+            .shards
+            .get(first..=last.min(usize::from(request.manifest.k) - 1))
+            .map(<[Cid]>::to_vec)
+            .unwrap_or_default();
+        let bytes = request.end.saturating_sub(request.start);
+        let transfer = Duration::from_secs_f64(bytes as f64 / origin.rate as f64);
+        self.at(
+            self.now + origin.rtt + transfer,
+            Event::HttpDone {
                 node,
-                peer,
-                Payload::Bitswap {
-                    message,
-                    block_bytes: out.block_bytes,
-                },
-            );
-        }
-        let mut served = Vec::new();
-        let n = &mut self.nodes[node];
-        for (peer, cid, data) in received {
-            n.held.insert(cid);
-            if let Some(p) = &mut n.planner {
-                actions.extend(p.on_block(&cid, &data, Some(&peer), now));
-            }
-            let store = Held {
-                held: &n.held,
-                blocks: &self.blocks,
-            };
-            n.engine.block_stored(&cid, &store, &mut served);
-        }
-        self.outputs(node, served);
-        self.actions(node, actions);
+                request,
+                shards,
+            },
+        );
     }
 
     fn enqueue(&mut self, from: usize, to: usize, payload: Payload) {
         let size = match &payload {
             Payload::Bitswap { message, .. } => message.encode_framed().len(),
-            Payload::Announce(seq) => {
-                self.segments[*seq as usize].announcement.len() + GOSSIP_OVERHEAD
-            }
+            Payload::Announce(data) => data.len() + GOSSIP_OVERHEAD,
         };
         let up = &mut self.nodes[from].uplink;
         let queue = up.queues.entry(to).or_default();
@@ -1035,12 +1074,12 @@ impl Sim {
                         },
                     );
                 }
-                Payload::Announce(sequence) => self.at(
+                Payload::Announce(data) => self.at(
                     done + latency,
                     Event::Announce {
                         to: peer,
                         from: node,
-                        sequence,
+                        data,
                     },
                 ),
             }
@@ -1050,7 +1089,6 @@ impl Sim {
     /// `leave` viewers go at once; their peers notice at once (their
     /// connections close).
     fn leave(&mut self) {
-        let now = self.instant();
         for i in 0..self.p.leave {
             let gone = 1 + (i * self.p.viewers) / self.p.leave;
             self.nodes[gone].gone = true;
@@ -1060,18 +1098,14 @@ impl Sim {
                     continue;
                 }
                 let n = &mut self.nodes[peer];
-                n.engine.peer_disconnected(&gone);
                 n.uplink.queues.remove(&gone);
                 n.uplink.order.retain(|p| *p != gone);
                 // Gone from the mesh too; gossipsub's re-grafting is not
                 // modelled (the mesh is dense enough to carry on).
                 n.links.remove(&gone);
                 n.mesh.retain(|p| *p != gone);
-                let actions = match &mut n.planner {
-                    Some(p) => p.peer_gone(&gone, now),
-                    None => Vec::new(),
-                };
-                self.actions(peer, actions);
+                self.feed(peer, Input::Disconnected(gone));
+                self.perform(peer);
             }
         }
     }
@@ -1116,8 +1150,7 @@ impl Sim {
             events: self.events,
         };
         for n in staying {
-            if let Some(p) = &n.planner {
-                let s = p.stats();
+            if let Some(s) = n.machine.live_stats(&self.channel) {
                 r.from_peers += s.bytes_from_peers;
                 r.from_source += s.bytes_from_source;
                 r.from_http += s.bytes_from_http;

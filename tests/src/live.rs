@@ -233,3 +233,89 @@ pub fn assert_segments_intact(
         assert!(got == expected, "segment {} differs", w.uri);
     }
 }
+
+/// A peer that speaks nothing but gossipsub and publishes whatever it is
+/// given on a channel's topic: what an attacker's node does, without the
+/// checks a shoal node makes before it publishes.
+pub struct Forger {
+    pub peer: shoal_node::libp2p::PeerId,
+    publish: mpsc::Sender<(Vec<u8>, tokio::sync::oneshot::Sender<()>)>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Forger {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Forger {
+    /// Connects to `peer` and subscribes to `topic`.
+    pub async fn connect(peer: &Multiaddr, topic: String) -> Forger {
+        use futures::StreamExt;
+        use shoal_node::libp2p::{self, gossipsub, noise, tcp, yamux};
+        let mut swarm = libp2p::SwarmBuilder::with_new_identity()
+            .with_tokio()
+            .with_tcp(
+                tcp::Config::default(),
+                noise::Config::new,
+                yamux::Config::default,
+            )
+            .unwrap()
+            .with_behaviour(|key| {
+                let config = gossipsub::ConfigBuilder::default()
+                    .max_transmit_size(64 << 10)
+                    .build()
+                    .unwrap();
+                gossipsub::Behaviour::<
+                    gossipsub::IdentityTransform,
+                    gossipsub::AllowAllSubscriptionFilter,
+                >::new(gossipsub::MessageAuthenticity::Signed(key.clone()), config)
+                .unwrap()
+            })
+            .unwrap()
+            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+            .build();
+        let topic = gossipsub::IdentTopic::new(topic);
+        swarm.behaviour_mut().subscribe(&topic).unwrap();
+        swarm.dial(peer.clone()).unwrap();
+        let forger = *swarm.local_peer_id();
+        let (publish, mut asked) = mpsc::channel::<(Vec<u8>, tokio::sync::oneshot::Sender<()>)>(4);
+        let task = tokio::spawn(async move {
+            let mut waiting: Option<(Vec<u8>, tokio::sync::oneshot::Sender<()>)> = None;
+            loop {
+                // Published once the peer's subscription is known; until
+                // then gossipsub has nobody to send it to.
+                if let Some((data, done)) = waiting.take() {
+                    match swarm.behaviour_mut().publish(topic.clone(), data.clone()) {
+                        Ok(_) => {
+                            let _ = done.send(());
+                        }
+                        Err(_) => waiting = Some((data, done)),
+                    }
+                }
+                tokio::select! {
+                    _ = swarm.select_next_some() => {}
+                    Some(next) = asked.recv(), if waiting.is_none() => waiting = Some(next),
+                    _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+                }
+            }
+        });
+        Forger {
+            peer: forger,
+            publish,
+            task,
+        }
+    }
+
+    /// Publishes `data` as it is (waits, at most ten seconds, until the
+    /// peer's subscription is known).
+    pub async fn publish(&self, data: Vec<u8>) {
+        let (done, published) = tokio::sync::oneshot::channel();
+        self.publish.send((data, done)).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(10), published)
+            .await
+            .expect("the forger published within ten seconds")
+            .unwrap();
+    }
+}

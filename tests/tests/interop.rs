@@ -86,7 +86,7 @@ async fn helia_fetches_blocks_from_shoal() {
         let expected = format!("{cid} {} {}", hex(&Sha256::digest(&bytes)), bytes.len());
         assert_eq!(line, &expected);
     }
-    node.shutdown().await;
+    node.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -130,7 +130,7 @@ async fn shoal_fetches_a_block_from_helia() {
         .unwrap()
         .unwrap();
     assert!(status.success());
-    node.shutdown().await;
+    node.stop().await;
 }
 
 fn hex(bytes: &[u8]) -> String {

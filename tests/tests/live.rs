@@ -9,8 +9,9 @@ use shoal_node::NodeConfig;
 use shoal_protocol::channel::ChannelKey;
 use shoal_protocol::live::LiveConfig;
 use shoal_tests::live::{
-    Encoder, TestNode, assert_has_every_segment, assert_segments_intact, channel_key, hls_folder,
-    one_at_a_time, spawn_broadcast, start, start_with, viewers, viewers_with, wait_for_segments,
+    Encoder, Forger, TestNode, assert_has_every_segment, assert_segments_intact, channel_key,
+    hls_folder, one_at_a_time, spawn_broadcast, start, start_with, viewers, viewers_with,
+    wait_for_segments,
 };
 use shoal_tests::origin::{Mode, Origin};
 
@@ -53,9 +54,9 @@ async fn ten_viewers_receive_every_segment_byte_identical() {
     let content: u64 = published.iter().map(|p| p.bytes).sum();
     assert!(from_peers >= 10 * content);
     for v in viewers {
-        v.node.shutdown().await;
+        v.node.stop().await;
     }
-    broadcaster.node.shutdown().await;
+    broadcaster.node.stop().await;
 }
 
 /// The broadcaster sends each shard of a new segment to two viewers (the
@@ -122,9 +123,9 @@ async fn the_broadcaster_sends_each_shard_twice_and_viewers_trade_the_rest() {
     );
     assert!(served <= bound, "served {served}, two copies are {bound}");
     for v in viewers {
-        v.node.shutdown().await;
+        v.node.stop().await;
     }
-    broadcaster.node.shutdown().await;
+    broadcaster.node.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -141,7 +142,7 @@ async fn viewers_that_stay_miss_no_deadline_when_three_leave() {
     wait_for_segments(&viewers[0].node, channel, 3).await;
     let leaving: Vec<TestNode> = viewers.drain(..3).collect();
     for v in &leaving {
-        v.node.shutdown().await;
+        v.node.stop().await;
     }
     let published = published.await.unwrap();
     drop(encoder);
@@ -155,9 +156,9 @@ async fn viewers_that_stay_miss_no_deadline_when_three_leave() {
         assert_eq!((stats.missed, stats.late), (0, 0), "{stats:?}");
     }
     for v in viewers {
-        v.node.shutdown().await;
+        v.node.stop().await;
     }
-    broadcaster.node.shutdown().await;
+    broadcaster.node.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -171,10 +172,11 @@ async fn forged_announcements_are_refused_and_cost_the_sender_its_score() {
     let viewer = viewers(1, &broadcaster.addr, channel).await.remove(0);
     // One forger per forgery: the first invalid message already puts its
     // sender under gossipsub's graylist threshold, after which the viewer
-    // ignores it without looking.
+    // ignores it without looking. A shoal node would refuse to publish
+    // them: these are bare gossipsub peers.
     let mut forgers = Vec::new();
     for _ in 0..3 {
-        forgers.push(start(Some(&viewer.addr), LiveConfig::default()).await);
+        forgers.push(Forger::connect(&viewer.addr, channel.topic(0)).await);
     }
     let published = spawn_broadcast(&broadcaster.node, key, hls_dir.clone(), Vec::new());
     let encoder = Encoder::start(&hls_dir, 6);
@@ -192,16 +194,12 @@ async fn forged_announcements_are_refused_and_cost_the_sender_its_score() {
     // Far over the size limit.
     let oversized = vec![0xA5u8; 40 << 10];
     for (forger, message) in forgers.iter().zip([forged, rewound, oversized]) {
-        forger.node.publish(channel, 0, message).await.unwrap();
+        forger.publish(message).await;
     }
     for forger in &forgers {
         let mut score = None;
         for _ in 0..50 {
-            score = viewer
-                .node
-                .gossip_score(forger.node.peer_id())
-                .await
-                .unwrap();
+            score = viewer.node.gossip_score(forger.peer).await.unwrap();
             if score.is_some_and(|s| s < 0.0) {
                 break;
             }
@@ -228,8 +226,9 @@ async fn forged_announcements_are_refused_and_cost_the_sender_its_score() {
     let count = published.len();
     wait_for_segments(&viewer.node, channel, count).await;
     assert_has_every_segment(&viewer.node, channel, &hls_dir, count).await;
-    for n in forgers.iter().chain([&viewer, &broadcaster]) {
-        n.node.shutdown().await;
+    drop(forgers);
+    for n in [&viewer, &broadcaster] {
+        n.node.stop().await;
     }
 }
 
@@ -287,8 +286,8 @@ async fn an_http_origin_fills_in_what_slow_peers_cannot_deliver_in_time() {
             );
         }
     }
-    viewer.node.shutdown().await;
-    broadcaster.node.shutdown().await;
+    viewer.node.stop().await;
+    broadcaster.node.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -324,7 +323,7 @@ async fn with_no_peers_a_viewer_plays_the_origin_as_a_plain_hls_proxy() {
         .sum();
     assert_eq!(stats.bytes_from_http, written);
     assert_eq!(viewer.node.store().verify_all().unwrap(), Vec::new());
-    viewer.node.shutdown().await;
+    viewer.node.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -346,7 +345,7 @@ async fn when_the_broadcaster_goes_its_viewers_carry_on_from_the_origin() {
     // A few segments through the swarm, then the broadcaster is gone.
     wait_for_segments(&viewers[0].node, channel, 3).await;
     broadcast.abort();
-    broadcaster.node.shutdown().await;
+    broadcaster.node.stop().await;
     let count = encoder.finish(&hls_dir).await;
     for v in &viewers {
         wait_for_segments(&v.node, channel, count).await;
@@ -364,7 +363,7 @@ async fn when_the_broadcaster_goes_its_viewers_carry_on_from_the_origin() {
         );
     }
     for v in viewers {
-        v.node.shutdown().await;
+        v.node.stop().await;
     }
 }
 
@@ -398,8 +397,8 @@ async fn truncated_or_altered_segments_from_an_origin_are_refused() {
     // ...so whatever the viewer holds came from peers, intact.
     assert_segments_intact(&viewer.node, &view.renditions[0].window, &hls_dir);
     assert_eq!(viewer.node.store().verify_all().unwrap(), Vec::new());
-    viewer.node.shutdown().await;
-    broadcaster.node.shutdown().await;
+    viewer.node.stop().await;
+    broadcaster.node.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -432,6 +431,6 @@ async fn a_node_in_no_upload_mode_serves_nothing_until_allowed_again() {
     phone.node.set_limits(limits.clone()).await.unwrap();
     assert_eq!(phone.node.limits().await.unwrap(), limits);
     assert_eq!(peer.node.fetch_block(cid).await.unwrap(), data);
-    peer.node.shutdown().await;
-    phone.node.shutdown().await;
+    peer.node.stop().await;
+    phone.node.stop().await;
 }

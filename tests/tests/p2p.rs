@@ -85,7 +85,7 @@ async fn five_nodes_fetch(transport: &str) {
     assert_eq!(read_back(&d.node, &root), bytes);
     assert!(report.bytes_fetched > 0);
     for n in [&a, &b, &c, &d, &e] {
-        n.node.shutdown().await;
+        n.node.stop().await;
     }
 }
 
@@ -108,7 +108,7 @@ async fn a_want_sent_before_the_block_exists_is_served_when_it_is_added() {
     // Import into a scratch store first, only to learn the root.
     let scratch = start("tcp", None).await;
     let (root, bytes) = import(&sb, &scratch.node, 3_000_000, 7);
-    scratch.node.shutdown().await;
+    scratch.node.stop().await;
 
     let fetch = tokio::spawn({
         let e = e.node.clone();
@@ -174,8 +174,8 @@ async fn two_of_five_providers_killed_mid_transfer() {
     for _ in 0..20_000 {
         if e.node.store().stat().unwrap().blocks >= total_blocks / 10 {
             assert!(!fetch.is_finished(), "the fetch ended before the kill");
-            a.node.shutdown().await;
-            c.node.shutdown().await;
+            a.node.stop().await;
+            c.node.stop().await;
             killed = true;
             break;
         }

@@ -122,7 +122,7 @@ async fn chromium_plays_a_live_channel_through_the_gateway() {
     drop(encoder);
     published.abort();
     viewer.stop().await;
-    broadcaster.node.shutdown().await;
+    broadcaster.node.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -196,5 +196,5 @@ async fn ffprobe_reads_an_on_demand_stream_that_the_gateway_fetches_from_peers()
     assert!(viewer.store().stat().unwrap().blocks > 0);
 
     daemon.stop().await;
-    seeder.node.shutdown().await;
+    seeder.node.stop().await;
 }

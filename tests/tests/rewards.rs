@@ -286,18 +286,11 @@ async fn the_wrong_chain_is_refused_before_anything_is_sent() {
     assert!(err.contains("invalid RPC URL"), "{err}");
 }
 
-/// Waits, if need be, until the wall clock is a minute clear of the next
-/// epoch boundary: nodes count receipts per epoch by their clocks, and a
-/// test that streamed across a boundary would hold receipts for two.
-async fn clear_of_epoch_boundary() {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let left = EPOCH - secs % EPOCH;
-    if left < 60 {
-        tokio::time::sleep(std::time::Duration::from_secs(left + 1)).await;
-    }
+/// The middle of `epoch`, in Unix milliseconds: nodes started at it count
+/// receipts in `epoch` for half an hour, whatever the wall clock says, so
+/// no test streams across an epoch boundary.
+fn mid_epoch_ms(epoch: u64) -> u64 {
+    (epoch * EPOCH + EPOCH / 2) * 1000
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -312,8 +305,11 @@ async fn three_nodes_stream_collect_receipts_and_relayers_are_paid_the_split() {
     };
 
     let _serial = one_at_a_time().await;
-    clear_of_epoch_boundary().await;
     let w = world().await;
+    // An advertiser funds the channel for the chain's epoch, the epoch the
+    // nodes' clocks are set in.
+    let bank = connect(&w.anvil, &w.deployer, w.d).await;
+    let epoch = bank.current_epoch().await.unwrap();
     let creator = Wallet::from_bytes(&[3; 32]).unwrap().address();
     // Viewers hold a deposit (their receipts count); the broadcaster
     // needs none to be paid.
@@ -333,6 +329,7 @@ async fn three_nodes_stream_collect_receipts_and_relayers_are_paid_the_split() {
                 ..LedgerConfig::default()
             },
         },
+        start_unix_ms: Some(mid_epoch_ms(epoch)),
         ..NodeConfig::default()
     };
     let broadcaster = start_with(None, config(&broadcaster_wallet)).await;
@@ -345,10 +342,7 @@ async fn three_nodes_stream_collect_receipts_and_relayers_are_paid_the_split() {
         viewers.push(v);
     }
 
-    // An advertiser funds the channel for this epoch.
-    let bank = connect(&w.anvil, &w.deployer, w.d).await;
     let content = channel_content_id(&channel);
-    let epoch = bank.current_epoch().await.unwrap();
     let amount = tokens(300) + U256::from(1);
     bank.fund(content, epoch, creator, amount).await.unwrap();
 
@@ -442,9 +436,9 @@ async fn three_nodes_stream_collect_receipts_and_relayers_are_paid_the_split() {
     );
     eprintln!("bytes counted per relayer (broadcaster, viewers): {counted:?}");
     for v in viewers {
-        v.node.shutdown().await;
+        v.node.stop().await;
     }
-    broadcaster.node.shutdown().await;
+    broadcaster.node.stop().await;
 }
 
 /// Gas, the chain's own deterministic measure: claiming in batches
@@ -521,8 +515,13 @@ async fn a_node_fetching_a_stream_signs_receipts_for_it_too() {
     use shoal_storage::{ImportOptions, import_file};
     use shoal_tests::live::start_with;
 
-    clear_of_epoch_boundary().await;
-    // No chain is needed to collect receipts: only to claim them.
+    // No chain is needed to collect receipts: only to claim them. Both
+    // nodes keep the middle of this epoch's hour as their clock.
+    let now_secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let start_unix_ms = Some(mid_epoch_ms(now_secs / EPOCH));
     let d = Deployment {
         chain_id: 31337,
         reward_pool: Address::repeat_byte(0xAA),
@@ -541,11 +540,19 @@ async fn a_node_fetching_a_stream_signs_receipts_for_it_too() {
                     ..LedgerConfig::default()
                 },
             },
+            start_unix_ms,
             ..NodeConfig::default()
         },
     )
     .await;
-    let fetcher = start_with(Some(&seeder.addr), NodeConfig::default()).await;
+    let fetcher = start_with(
+        Some(&seeder.addr),
+        NodeConfig {
+            start_unix_ms,
+            ..NodeConfig::default()
+        },
+    )
+    .await;
     let sb = shoal_tests::Sandbox::new();
     let (path, _) = sb.write_random_file("movie.bin", 3_000_000, 5);
     let options = ImportOptions {
@@ -578,6 +585,6 @@ async fn a_node_fetching_a_stream_signs_receipts_for_it_too() {
     // At least the data shards of the 3 segments, and every segment.
     assert!(r.receipt.cumulativeBytes >= 3_000_000, "{r:?}");
     assert!(r.receipt.cumulativeSegments >= 3, "{r:?}");
-    fetcher.node.shutdown().await;
-    seeder.node.shutdown().await;
+    fetcher.node.stop().await;
+    seeder.node.stop().await;
 }

@@ -30,7 +30,7 @@
 //! announcement that comes ends the proxying; sequences are the encoder's
 //! media sequence numbers either way, so the window carries on.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::time::{Duration, Instant};
 
@@ -225,8 +225,9 @@ pub enum LiveAction<P> {
         /// peers any shard.
         from_http: bool,
     },
-    /// A segment left the window (or was given up): its blocks are no
-    /// longer needed for playback.
+    /// A segment left the window (or was given up): its blocks (the
+    /// manifest and the shards named) are no longer needed for playback.
+    /// A segment given up before its manifest arrived names no shards.
     Release {
         manifest: Cid,
         shards: Vec<Cid>,
@@ -243,6 +244,18 @@ pub struct WindowSegment {
     pub length: u64,
     /// When it became complete here, in Unix milliseconds.
     pub completed_ms: u64,
+    /// Its shards (data then parity), released with it.
+    pub shards: Vec<Cid>,
+}
+
+/// A segment fetched whole from an origin and stored
+/// ([`LiveAction::Proxy`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProxiedSegment {
+    pub manifest: Cid,
+    pub length: u64,
+    /// Its shards, as the node coded and stored them.
+    pub shards: Vec<Cid>,
 }
 
 /// Counters of one watch session.
@@ -305,7 +318,7 @@ enum Stage<P> {
 struct Pending<P> {
     /// The peers this segment's fetch asks (the source and up to
     /// `fetch_peers` others).
-    asked: HashSet<P>,
+    asked: BTreeSet<P>,
     manifest_cid: Cid,
     uri: String,
     published_ms: Option<u64>,
@@ -377,7 +390,7 @@ impl<P> Rendition<P> {
             if let Some(old) = self.window.pop_front() {
                 out.push(LiveAction::Release {
                     manifest: old.manifest,
-                    shards: Vec::new(),
+                    shards: old.shards,
                 });
             }
         }
@@ -391,7 +404,7 @@ pub struct LivePlanner<P> {
     started: Instant,
     /// Where this viewer starts in every segment's shards.
     rotation: usize,
-    peers: HashSet<P>,
+    peers: BTreeSet<P>,
     source: Option<P>,
     http: bool,
     renditions: Vec<Rendition<P>>,
@@ -407,7 +420,7 @@ pub struct LivePlanner<P> {
     playlists_due: Instant,
 }
 
-impl<P: Clone + Eq + Hash> LivePlanner<P> {
+impl<P: Clone + Ord + Hash> LivePlanner<P> {
     /// A plan starting `now`. `rotation` should differ between viewers
     /// (a hash of the peer id); `http` says whether the channel has
     /// origins.
@@ -416,7 +429,7 @@ impl<P: Clone + Eq + Hash> LivePlanner<P> {
             config,
             started: now,
             rotation,
-            peers: HashSet::new(),
+            peers: BTreeSet::new(),
             source: None,
             http,
             renditions: Vec::new(),
@@ -471,7 +484,7 @@ impl<P: Clone + Eq + Hash> LivePlanner<P> {
                 if let Some(old) = r.window.pop_front() {
                     out.push(LiveAction::Release {
                         manifest: old.manifest,
-                        shards: Vec::new(),
+                        shards: old.shards,
                     });
                 }
             }
@@ -681,7 +694,7 @@ impl<P: Clone + Eq + Hash> LivePlanner<P> {
         }
         let fetch = self.shard_fetch(&a.manifest, a.sequence, now);
         let pending = Pending {
-            asked: HashSet::new(),
+            asked: BTreeSet::new(),
             manifest_cid: a.manifest_cid,
             uri: a.uri.clone(),
             published_ms: Some(a.published_ms),
@@ -695,7 +708,7 @@ impl<P: Clone + Eq + Hash> LivePlanner<P> {
             from_http: false,
             http_after: now + self.p2p_time(a.manifest.duration_us.unwrap_or(0)),
         };
-        let mut out = self.insert(a.rendition, a.sequence, pending, now);
+        let mut out = self.insert(a.rendition, a.sequence, pending);
         out.extend(self.start(a.rendition, a.sequence, now));
         (Verdict::Accept, out)
     }
@@ -732,7 +745,7 @@ impl<P: Clone + Eq + Hash> LivePlanner<P> {
             r.pending.insert(
                 s.sequence,
                 Pending {
-                    asked: HashSet::new(),
+                    asked: BTreeSet::new(),
                     manifest_cid: s.manifest,
                     uri: uri_of(s.sequence),
                     published_ms: None,
@@ -780,13 +793,7 @@ impl<P: Clone + Eq + Hash> LivePlanner<P> {
     }
 
     /// Adds a pending segment, giving up the oldest beyond `max_pending`.
-    fn insert(
-        &mut self,
-        rendition: u16,
-        sequence: u64,
-        pending: Pending<P>,
-        now: Instant,
-    ) -> Vec<LiveAction<P>> {
+    fn insert(&mut self, rendition: u16, sequence: u64, pending: Pending<P>) -> Vec<LiveAction<P>> {
         let max = self.config.max_pending.max(1);
         let mut out = Vec::new();
         let Some(r) = self.rendition_mut(rendition) else {
@@ -801,7 +808,7 @@ impl<P: Clone + Eq + Hash> LivePlanner<P> {
         }
         for mut p in given_up {
             self.stats.missed += 1;
-            out.extend(give_up(&mut p, now));
+            out.extend(give_up(&mut p));
         }
         out
     }
@@ -918,7 +925,7 @@ impl<P: Clone + Eq + Hash> LivePlanner<P> {
         for (ri, seq) in bad {
             if let Some(mut p) = self.renditions[ri].pending.remove(&seq) {
                 self.stats.missed += 1;
-                out.extend(give_up(&mut p, now));
+                out.extend(give_up(&mut p));
             }
         }
         for (r, seq) in advanced {
@@ -953,7 +960,7 @@ impl<P: Clone + Eq + Hash> LivePlanner<P> {
         };
         if !ok {
             self.stats.missed += 1;
-            out.extend(give_up(&mut p, now));
+            out.extend(give_up(&mut p));
             return out;
         }
         let duration_us = manifest.duration_us.unwrap_or(0);
@@ -964,6 +971,7 @@ impl<P: Clone + Eq + Hash> LivePlanner<P> {
             uri: p.uri.clone(),
             length: manifest.length,
             completed_ms: now_ms,
+            shards: manifest.shards.clone(),
         };
         out.extend(r.enter_window(seg, window));
         self.stats.segments += 1;
@@ -1065,9 +1073,8 @@ impl<P: Clone + Eq + Hash> LivePlanner<P> {
     }
 
     /// Proxying: a segment of a [`LiveAction::Proxy`] was fetched and
-    /// stored under `stored = (manifest, length)`, or could not be (it is
-    /// asked for again while the playlist lists it). `now_ms` is the wall
-    /// clock.
+    /// stored (`stored`), or could not be (it is asked for again while the
+    /// playlist lists it). `now_ms` is the wall clock.
     #[allow(clippy::too_many_arguments)]
     pub fn proxied(
         &mut self,
@@ -1075,7 +1082,7 @@ impl<P: Clone + Eq + Hash> LivePlanner<P> {
         sequence: u64,
         uri: &str,
         duration_us: u64,
-        stored: Option<(Cid, u64)>,
+        stored: Option<ProxiedSegment>,
         now: Instant,
         now_ms: u64,
     ) -> Vec<LiveAction<P>> {
@@ -1087,7 +1094,12 @@ impl<P: Clone + Eq + Hash> LivePlanner<P> {
         if !r.proxying.remove(&sequence) {
             return Vec::new();
         }
-        let Some((manifest, length)) = stored else {
+        let Some(ProxiedSegment {
+            manifest,
+            length,
+            shards,
+        }) = stored
+        else {
             self.stats.http_failures += 1;
             return Vec::new();
         };
@@ -1116,6 +1128,7 @@ impl<P: Clone + Eq + Hash> LivePlanner<P> {
                 uri: uri.to_owned(),
                 length,
                 completed_ms: now_ms,
+                shards,
             },
             window,
         );
@@ -1127,8 +1140,10 @@ impl<P: Clone + Eq + Hash> LivePlanner<P> {
         out
     }
 
-    /// Moves timed-out requests, turns late segments over to HTTP.
-    pub fn tick(&mut self, now: Instant) -> Vec<LiveAction<P>> {
+    /// Moves timed-out requests, turns late segments over to HTTP, and
+    /// (proxying) reads the origin's playlists when due. Call it when
+    /// [`LivePlanner::next_timeout`] has come.
+    pub fn handle_timeout(&mut self, now: Instant) -> Vec<LiveAction<P>> {
         let mut out = self.each_fetch(|f| f.tick(now));
         if !self.http {
             return out;
@@ -1150,21 +1165,70 @@ impl<P: Clone + Eq + Hash> LivePlanner<P> {
                 {
                     continue;
                 }
-                if let Some(req) = http_request(ri as u16, *seq, &p.uri, manifest, fetch) {
-                    p.http_in_flight = true;
-                    p.http_attempts += 1;
-                    out.push(LiveAction::Http(req));
+                match http_request(ri as u16, *seq, &p.uri, manifest, fetch) {
+                    Some(req) => {
+                        p.http_in_flight = true;
+                        p.http_attempts += 1;
+                        out.push(LiveAction::Http(req));
+                    }
+                    // Nothing an origin could add: no more attempts.
+                    None => p.http_attempts = attempts,
                 }
             }
         }
         out
+    }
+
+    /// Ends the plan: every fetch under way is cancelled (the window stays
+    /// where it is, for the store's eviction to take in time).
+    pub fn stop(&mut self) -> Vec<LiveAction<P>> {
+        let out = self.each_fetch(|f| f.cancel());
+        for r in &mut self.renditions {
+            r.pending.clear();
+            r.proxying.clear();
+        }
+        out
+    }
+
+    /// When [`LivePlanner::handle_timeout`] has something to do next: a
+    /// block request times out, the source's spare ends, a segment's P2P
+    /// time is up, proxying starts, or the origin's playlists are due.
+    pub fn next_timeout(&self) -> Option<Instant> {
+        let attempts = self.config.http_attempts;
+        let mut next: Option<Instant> = None;
+        let mut at = |t: Option<Instant>| {
+            if let Some(t) = t {
+                next = Some(next.map_or(t, |n| n.min(t)));
+            }
+        };
+        for r in &self.renditions {
+            for p in r.pending.values() {
+                match &p.stage {
+                    Stage::Manifest(g) => at(g.next_deadline()),
+                    Stage::Shards { fetch, .. } => {
+                        at(fetch.next_deadline());
+                        let http_due = self.http
+                            && !p.http_in_flight
+                            && p.http_attempts < attempts
+                            && !fetch.is_complete();
+                        at(http_due.then_some(p.http_after));
+                    }
+                    Stage::Checking { .. } => {}
+                }
+            }
+        }
+        if self.http && !self.playlists_in_flight {
+            let proxying_from = self.last_heard + self.deadline(self.last_duration_us);
+            at(Some(proxying_from.max(self.playlists_due)));
+        }
+        next
     }
 }
 
 /// Adds `peer` to a segment's fetch. The source published the segment,
 /// so it holds every shard: it is not asked which (with a thousand viewers
 /// that is fourteen thousand HAVEs per segment from the busiest uplink).
-fn ask<P: Clone + Eq + Hash>(
+fn ask<P: Clone + Ord + Hash>(
     p: &mut Pending<P>,
     peer: P,
     source: Option<&P>,
@@ -1185,7 +1249,7 @@ fn ask<P: Clone + Eq + Hash>(
 /// encoder's file: the first `k - received` data shards not yet received,
 /// from the first to the last of them. Data shards wholly past the end of
 /// the segment are zeros and never fetched (the caller makes them).
-fn http_request<P: Clone + Eq + Hash>(
+fn http_request<P: Clone + Ord + Hash>(
     rendition: u16,
     sequence: u64,
     uri: &str,
@@ -1213,7 +1277,7 @@ fn http_request<P: Clone + Eq + Hash>(
     })
 }
 
-fn give_up<P: Clone + Eq + Hash>(p: &mut Pending<P>, _now: Instant) -> Vec<LiveAction<P>> {
+fn give_up<P: Clone + Ord + Hash>(p: &mut Pending<P>) -> Vec<LiveAction<P>> {
     let mut out = Vec::new();
     let shards = match &mut p.stage {
         Stage::Manifest(g) => {
@@ -1459,11 +1523,11 @@ mod tests {
             t,
         );
         assert!(
-            p.tick(t + budget / 2)
+            p.handle_timeout(t + budget / 2)
                 .iter()
                 .all(|x| !matches!(x, LiveAction::Http(_)))
         );
-        let out = p.tick(t + budget);
+        let out = p.handle_timeout(t + budget);
         let reqs: Vec<&HttpRequest> = out
             .iter()
             .filter_map(|x| match x {
@@ -1480,7 +1544,7 @@ mod tests {
             ("s3.ts", 0, 20, 0)
         );
         assert!(
-            p.tick(t + budget * 2)
+            p.handle_timeout(t + budget * 2)
                 .iter()
                 .all(|x| !matches!(x, LiveAction::Http(_))),
             "one request in flight"
@@ -1633,10 +1697,14 @@ mod tests {
                 .filter(|a| matches!(a, LiveAction::ReadPlaylists))
                 .count()
         };
-        assert_eq!(reads(&p.tick(t + silence / 2)), 0, "peers get their chance");
+        assert_eq!(
+            reads(&p.handle_timeout(t + silence / 2)),
+            0,
+            "peers get their chance"
+        );
         let t1 = t + silence;
-        assert_eq!(reads(&p.tick(t1)), 1);
-        assert_eq!(reads(&p.tick(t1)), 0, "one read at a time");
+        assert_eq!(reads(&p.handle_timeout(t1)), 1);
+        assert_eq!(reads(&p.handle_timeout(t1)), 0, "one read at a time");
         // The origin lists 10..=17: the proxy starts max_pending (4)
         // segments behind the edge.
         let out = p.on_playlist(0, 10, &listing(10, 8), t1);
@@ -1650,7 +1718,11 @@ mod tests {
                 seq,
                 &format!("s{seq}.ts"),
                 2_000_000,
-                Some((cid(seq as u8), 100)),
+                Some(ProxiedSegment {
+                    manifest: cid(seq as u8),
+                    length: 100,
+                    shards: Vec::new(),
+                }),
                 t1,
                 5,
             );
@@ -1660,9 +1732,9 @@ mod tests {
         assert_eq!(p.stats().bytes_from_http, 400);
         assert_eq!(p.stats().offload(), Some(0.0));
         // Next read after half a segment; a failed segment is asked again.
-        assert_eq!(reads(&p.tick(t1 + Duration::from_millis(500))), 0);
+        assert_eq!(reads(&p.handle_timeout(t1 + Duration::from_millis(500))), 0);
         let t2 = t1 + Duration::from_secs(1);
-        assert_eq!(reads(&p.tick(t2)), 1);
+        assert_eq!(reads(&p.handle_timeout(t2)), 1);
         assert_eq!(
             proxies(&p.on_playlist(0, 12, &listing(12, 7), t2)),
             vec![18]
@@ -1683,12 +1755,24 @@ mod tests {
         let t1 = t + config.p2p_budget * 2;
         let mut p = LivePlanner::<u32>::new(config, 0, true, t);
         p.add_peer(1, t);
-        p.tick(t1);
+        p.handle_timeout(t1);
         assert_eq!(
             proxies(&p.on_playlist(0, 0, &listing(0, 6), t1)),
             vec![2, 3, 4, 5]
         );
-        p.proxied(0, 2, "s2.ts", 2_000_000, Some((cid(2), 20)), t1, 5);
+        p.proxied(
+            0,
+            2,
+            "s2.ts",
+            2_000_000,
+            Some(ProxiedSegment {
+                manifest: cid(2),
+                length: 20,
+                shards: Vec::new(),
+            }),
+            t1,
+            5,
+        );
         // Segment 2 is held: its announcement is valid and nothing is
         // fetched again.
         let (_, _, a2) = segment(2, 20);
@@ -1697,7 +1781,7 @@ mod tests {
         assert!(out.iter().all(|a| !matches!(a, LiveAction::Fetch(_))));
         assert!(!p.proxying(t1));
         assert!(
-            p.tick(t1)
+            p.handle_timeout(t1)
                 .iter()
                 .all(|a| !matches!(a, LiveAction::ReadPlaylists))
         );
@@ -1718,7 +1802,19 @@ mod tests {
         // The origin's late copy of 3 changes nothing and releases
         // nothing: the same bytes make the same shards, which the held
         // copy uses.
-        let out = p.proxied(0, 3, "s3.ts", 2_000_000, Some((cid(9), 20)), t1, 8);
+        let out = p.proxied(
+            0,
+            3,
+            "s3.ts",
+            2_000_000,
+            Some(ProxiedSegment {
+                manifest: cid(9),
+                length: 20,
+                shards: Vec::new(),
+            }),
+            t1,
+            8,
+        );
         assert!(out.is_empty(), "{out:?}");
         // The origin fails 4; peers deliver it.
         p.proxied(0, 4, "s4.ts", 2_000_000, None, t1, 6);
@@ -1735,7 +1831,7 @@ mod tests {
         let mut p = LivePlanner::<u32>::new(LiveConfig::default(), 0, false, t);
         let later = t + Duration::from_secs(60);
         assert!(!p.proxying(later));
-        assert!(p.tick(later).is_empty());
+        assert!(p.handle_timeout(later).is_empty());
         assert!(p.on_playlist(0, 0, &listing(0, 4), later).is_empty());
     }
 }

@@ -14,8 +14,7 @@
 //! The caller feeds it presences, blocks, peer changes and the time, and
 //! carries out the [`FetchAction`]s it returns.
 
-use std::collections::{HashMap, HashSet};
-use std::hash::Hash;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use cid::Cid;
@@ -58,14 +57,14 @@ pub struct GroupFetch<P> {
     /// blocks, so one CID may fill several positions.
     index: HashMap<Cid, Vec<usize>>,
     need: usize,
-    peers: HashSet<P>,
-    has: HashMap<P, HashSet<usize>>,
-    lacks: HashMap<P, HashSet<usize>>,
-    requested: HashMap<usize, (P, Instant)>,
-    done: HashSet<usize>,
+    peers: BTreeSet<P>,
+    has: BTreeMap<P, BTreeSet<usize>>,
+    lacks: BTreeMap<P, BTreeSet<usize>>,
+    requested: BTreeMap<usize, (P, Instant)>,
+    done: BTreeSet<usize>,
     /// Peers that let a request time out: asked again by this group only
     /// when no other peer has the block.
-    slow: HashSet<P>,
+    slow: BTreeSet<P>,
     /// Positions in the order blocks are requested.
     order: Vec<usize>,
     /// A peer to spare (see [`GroupFetch::spare`]).
@@ -79,9 +78,11 @@ struct Spared<P> {
     quota: usize,
     until: Instant,
     asked: usize,
+    /// `until` has passed and the group was scheduled since.
+    lapsed: bool,
 }
 
-impl<P: Clone + Eq + Hash> GroupFetch<P> {
+impl<P: Clone + Ord> GroupFetch<P> {
     /// A fetch of any `need` of `cids` (in preference order: data shards
     /// first). `need` is clamped to `1..=cids.len()`.
     pub fn new(config: FetchConfig, cids: Vec<Cid>, need: usize) -> Self {
@@ -94,12 +95,12 @@ impl<P: Clone + Eq + Hash> GroupFetch<P> {
             config,
             index,
             need,
-            peers: HashSet::new(),
-            has: HashMap::new(),
-            lacks: HashMap::new(),
-            requested: HashMap::new(),
-            done: HashSet::new(),
-            slow: HashSet::new(),
+            peers: BTreeSet::new(),
+            has: BTreeMap::new(),
+            lacks: BTreeMap::new(),
+            requested: BTreeMap::new(),
+            done: BTreeSet::new(),
+            slow: BTreeSet::new(),
             order: (0..cids.len()).collect(),
             spared: None,
             cancelled: false,
@@ -129,6 +130,7 @@ impl<P: Clone + Eq + Hash> GroupFetch<P> {
             quota,
             until,
             asked: 0,
+            lapsed: false,
         });
     }
 
@@ -138,7 +140,7 @@ impl<P: Clone + Eq + Hash> GroupFetch<P> {
     }
 
     /// Blocks received so far (their positions in the group).
-    pub fn received(&self) -> &HashSet<usize> {
+    pub fn received(&self) -> &BTreeSet<usize> {
         &self.done
     }
 
@@ -161,8 +163,8 @@ impl<P: Clone + Eq + Hash> GroupFetch<P> {
             .chain(self.done.iter().copied())
             .collect();
         let all_answered = self.peers.iter().all(|p| {
-            let known =
-                self.has.get(p).map_or(0, HashSet::len) + self.lacks.get(p).map_or(0, HashSet::len);
+            let known = self.has.get(p).map_or(0, BTreeSet::len)
+                + self.lacks.get(p).map_or(0, BTreeSet::len);
             known >= self.cids.len() || self.slow.contains(p)
         });
         all_answered && reachable.len() < self.need
@@ -197,7 +199,7 @@ impl<P: Clone + Eq + Hash> GroupFetch<P> {
         if self.is_complete() || !self.peers.insert(peer.clone()) {
             return Vec::new();
         }
-        let all: HashSet<usize> = (0..self.cids.len()).collect();
+        let all: BTreeSet<usize> = (0..self.cids.len()).collect();
         self.has.insert(peer, all);
         self.schedule(now)
     }
@@ -270,14 +272,27 @@ impl<P: Clone + Eq + Hash> GroupFetch<P> {
             self.requested.remove(&i);
             self.slow.insert(peer);
         }
+        if let Some(s) = self.spared.as_mut().filter(|s| now >= s.until) {
+            s.lapsed = true;
+        }
         self.schedule(now)
     }
 
-    /// When the next request times out, if any is outstanding.
+    /// When [`GroupFetch::tick`] has something to do next: a request times
+    /// out, or the spared peer's wait ends while it holds back blocks.
     pub fn next_deadline(&self) -> Option<Instant> {
+        if self.cancelled || self.is_complete() {
+            return None;
+        }
+        let spare_ends = self
+            .spared
+            .as_ref()
+            .filter(|s| !s.lapsed && s.asked >= s.quota)
+            .map(|s| s.until);
         self.requested
             .values()
             .map(|(_, at)| *at + self.config.block_timeout)
+            .chain(spare_ends)
             .min()
     }
 
@@ -302,7 +317,7 @@ impl<P: Clone + Eq + Hash> GroupFetch<P> {
     /// The peer to ask for block `i`: one that has it and has room, the
     /// least loaded first, and one that never let a request time out
     /// before a slow one (a slow peer is still better than none).
-    fn holder(&self, i: usize, load: &HashMap<P, usize>, now: Instant) -> Option<P> {
+    fn holder(&self, i: usize, load: &BTreeMap<P, usize>, now: Instant) -> Option<P> {
         let max = self.config.max_in_flight_per_peer;
         let load_of = |p: &P| load.get(p).copied().unwrap_or(0);
         let spared_out = self
@@ -333,7 +348,7 @@ impl<P: Clone + Eq + Hash> GroupFetch<P> {
         if self.cancelled {
             return out;
         }
-        let mut load: HashMap<P, usize> = HashMap::new();
+        let mut load: BTreeMap<P, usize> = BTreeMap::new();
         for (p, _) in self.requested.values() {
             *load.entry(p.clone()).or_default() += 1;
         }
