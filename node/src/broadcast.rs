@@ -62,11 +62,7 @@ impl BroadcastOptions {
             return Err(input_err(&self.dir, "not a folder"));
         }
         for o in &self.origins {
-            if !(o.starts_with("http://") || o.starts_with("https://"))
-                || o.len() > shoal_protocol::channel::MAX_URL
-            {
-                return Err(BroadcastError::Origin(o.clone()));
-            }
+            shoal_protocol::channel::check_origin(o).map_err(BroadcastError::Origin)?;
         }
         Ok(())
     }
@@ -87,7 +83,7 @@ pub struct Published {
 pub enum BroadcastError {
     #[error("{path}: {detail}")]
     Input { path: PathBuf, detail: String },
-    #[error("invalid origin {0:?}: an origin is an http:// or https:// URL")]
+    #[error("{0}")]
     Origin(String),
     #[error(transparent)]
     Node(#[from] NodeError),

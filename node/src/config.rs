@@ -91,6 +91,49 @@ fn default_listen() -> Vec<Multiaddr> {
 }
 
 impl NodeConfig {
+    /// The settings a repo's `config.toml` gives (its addresses, limits,
+    /// live settings and deployment) with the repo's wallet, created if
+    /// it has none. What `config.toml` cannot say (the engine's limits,
+    /// timeouts) keeps its default.
+    pub fn from_repo(paths: &crate::repo::RepoPaths) -> Result<NodeConfig, crate::repo::RepoError> {
+        let invalid = |detail: String| crate::repo::RepoError::Config {
+            path: paths.config_file(),
+            detail,
+        };
+        let addrs =
+            |what: &str, texts: &[String]| -> Result<Vec<Multiaddr>, crate::repo::RepoError> {
+                texts
+                    .iter()
+                    .map(|t| {
+                        t.parse()
+                            .map_err(|e| invalid(format!("invalid {what} {t:?}: {e}")))
+                    })
+                    .collect()
+            };
+        let net = &paths.config.node;
+        let wallet = crate::wallet::load_or_create(&paths.wallet()).map_err(|e| {
+            crate::repo::RepoError::Config {
+                path: paths.wallet(),
+                detail: e.to_string(),
+            }
+        })?;
+        Ok(NodeConfig {
+            listen: addrs("listen address", &net.listen)?,
+            bootstrap: addrs("bootstrap address", &net.bootstrap)?,
+            mdns: net.mdns,
+            max_connections: net.max_peers,
+            upload_bytes_per_sec: net.upload_bytes_per_sec,
+            no_upload: net.no_upload,
+            live: paths.config.live.config(),
+            rewards: crate::rewards::RewardsConfig {
+                wallet: Some(wallet),
+                deployment: paths.config.rewards.deployment().map_err(invalid)?,
+                ledger: Default::default(),
+            },
+            ..NodeConfig::default()
+        })
+    }
+
     /// The settings of the node's machine.
     pub(crate) fn machine(&self) -> MachineConfig {
         MachineConfig {

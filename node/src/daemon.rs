@@ -10,7 +10,7 @@ use libp2p::Multiaddr;
 use crate::api::{self, ApiState};
 use crate::local_http::Access;
 use crate::repo::{RepoError, RepoPaths};
-use crate::{Node, NodeConfig, NodeError, identity};
+use crate::{Node, NodeConfig, NodeError};
 
 /// Command-line settings that override `config.toml`.
 #[derive(Clone, Debug, Default)]
@@ -43,8 +43,6 @@ pub enum DaemonError {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error("rewards: {0}")]
-    Wallet(String),
 }
 
 /// A started daemon.
@@ -101,57 +99,19 @@ fn fresh_token() -> String {
         .collect()
 }
 
-fn parse_addrs(what: &'static str, texts: &[String]) -> Result<Vec<Multiaddr>, DaemonError> {
-    texts
-        .iter()
-        .map(|t| {
-            t.parse()
-                .map_err(|e: libp2p::multiaddr::Error| DaemonError::Setting {
-                    what,
-                    value: t.clone(),
-                    detail: e.to_string(),
-                })
-        })
-        .collect()
-}
-
 impl Daemon {
     /// Opens the repo, starts the node, binds the API, announces the
     /// pinned streams and writes the repo's `api` file.
     pub async fn start(dir: &Path, options: DaemonOptions) -> Result<Daemon, DaemonError> {
         let paths = RepoPaths::load(dir)?;
-        let store = Arc::new(paths.open_store()?);
-        let key = identity::load_or_create(&paths.identity())?;
-        let net = &paths.config.node;
-        let listen = if options.listen.is_empty() {
-            parse_addrs("listen address", &net.listen)?
-        } else {
-            options.listen.clone()
-        };
-        let mut bootstrap = parse_addrs("bootstrap address", &net.bootstrap)?;
-        bootstrap.extend(options.bootstrap.iter().cloned());
-        let config = NodeConfig {
-            listen,
-            bootstrap,
-            mdns: options.mdns.unwrap_or(net.mdns),
-            max_connections: net.max_peers,
-            upload_bytes_per_sec: net.upload_bytes_per_sec,
-            no_upload: net.no_upload,
-            live: paths.config.live.config(),
-            rewards: crate::rewards::RewardsConfig {
-                wallet: Some(
-                    crate::wallet::load_or_create(&paths.wallet())
-                        .map_err(|e| DaemonError::Wallet(e.to_string()))?,
-                ),
-                deployment: paths
-                    .config
-                    .rewards
-                    .deployment()
-                    .map_err(|e| DaemonError::Wallet(e.to_string()))?,
-                ledger: Default::default(),
-            },
-            ..NodeConfig::default()
-        };
+        let mut config = NodeConfig::from_repo(&paths)?;
+        if !options.listen.is_empty() {
+            config.listen = options.listen.clone();
+        }
+        config.bootstrap.extend(options.bootstrap.iter().cloned());
+        if let Some(mdns) = options.mdns {
+            config.mdns = mdns;
+        }
         let api_text = options
             .api
             .clone()
@@ -177,8 +137,8 @@ impl Daemon {
             addr: api_addr,
             source,
         })?;
-        let node = Node::start(config, key, store.clone()).await?;
-        let pins = store.pins().map_err(RepoError::from)?;
+        let node = Node::start_repo(&paths, config).await?;
+        let pins = node.store().pins().map_err(RepoError::from)?;
         for root in pins {
             if let Err(e) = node.provide(root).await {
                 tracing::warn!(%root, error = %e, "cannot announce a pinned stream");

@@ -78,7 +78,6 @@ pub(crate) enum Command {
     WalletAddress(oneshot::Sender<alloy_primitives::Address>),
     Accounts(oneshot::Sender<Vec<(PeerId, shoal_protocol::ledger::Account)>>),
     SetLimits(Limits, oneshot::Sender<()>),
-    Stop(oneshot::Sender<()>),
 }
 
 /// What the loop's tasks report back.
@@ -129,6 +128,8 @@ enum Query {
 /// The channels through which the loop hears from everything else.
 struct Inbox {
     commands: mpsc::Receiver<Command>,
+    /// A handle asks the node to stop; answered once it has.
+    stop: mpsc::Receiver<oneshot::Sender<()>>,
     stream_events: mpsc::Receiver<StreamEvent>,
     stored: mpsc::UnboundedReceiver<Vec<Cid>>,
     written: mpsc::UnboundedReceiver<crate::store_io::Stored<PeerId>>,
@@ -179,6 +180,13 @@ const RECEIPT_REQUESTS_QUEUED: usize = 256;
 /// are dropped (it then hears how many it missed).
 const EVENTS_KEPT: usize = 256;
 
+/// Where a node's handles reach its event loop.
+pub(crate) struct Handles {
+    pub(crate) commands: mpsc::Sender<Command>,
+    pub(crate) stop: mpsc::Sender<oneshot::Sender<()>>,
+    pub(crate) events: tokio::sync::broadcast::Sender<NodeEvent>,
+}
+
 /// Starts the event loop of a node whose swarm is built: the Bitswap and
 /// receipt acceptors, the store's writer, the machine. Returns where the
 /// handles send commands and where events go out.
@@ -187,13 +195,7 @@ pub(crate) fn spawn(
     config: NodeConfig,
     peer_id: PeerId,
     store: Arc<Blockstore>,
-) -> Result<
-    (
-        mpsc::Sender<Command>,
-        tokio::sync::broadcast::Sender<NodeEvent>,
-    ),
-    NodeError,
-> {
+) -> Result<Handles, NodeError> {
     let upload = Arc::new(UploadLimiter::default());
     upload.set_rate(config.upload_bytes_per_sec);
     let mut tasks = tokio::task::JoinSet::new();
@@ -206,6 +208,7 @@ pub(crate) fn spawn(
         .map_err(|e| NodeError::Transport(format!("{e:?}")))?;
 
     let (commands_tx, commands) = mpsc::channel(COMMANDS_QUEUED);
+    let (stop_tx, stop) = mpsc::channel(1);
     // Every block that enters the store, by whatever path, may be one a
     // peer is waiting for.
     // Unbounded: a notice is a few CIDs, the loop drains them at once,
@@ -256,6 +259,7 @@ pub(crate) fn spawn(
         store: store.clone(),
         inbox: Inbox {
             commands,
+            stop,
             stream_events,
             stored,
             written,
@@ -279,7 +283,11 @@ pub(crate) fn spawn(
         publish_error: None,
     };
     tokio::spawn(event_loop.run());
-    Ok((commands_tx, events))
+    Ok(Handles {
+        commands: commands_tx,
+        stop: stop_tx,
+        events,
+    })
 }
 
 /// A rotation for this node's shard order: viewers start at different
@@ -301,8 +309,8 @@ impl EventLoop {
             };
             tokio::select! {
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
+                Some(reply) = self.inbox.stop.recv() => break Some(reply),
                 command = self.inbox.commands.recv() => match command {
-                    Some(Command::Stop(reply)) => break Some(reply),
                     Some(command) => self.on_command(command),
                     // Every handle is gone: nobody can ask anything more.
                     None => break None,
@@ -441,10 +449,6 @@ impl EventLoop {
             }
             Command::GossipScore(peer, reply) => {
                 let _ = reply.send(self.swarm.behaviour().gossipsub.peer_score(&peer));
-            }
-            // Stopping needs the loop itself; `run` handles it first.
-            Command::Stop(reply) => {
-                let _ = reply.send(());
             }
         }
     }
@@ -700,7 +704,8 @@ impl EventLoop {
         let token = self.blocking.clone();
         self.tasks.spawn(async move {
             let result =
-                crate::live::fetch_and_store_range(&client, store, &urls, &request, token).await;
+                crate::origin_client::fetch_and_store_range(&client, store, &urls, &request, token)
+                    .await;
             let _ = tx.send(Done::Range {
                 channel,
                 request,
@@ -727,7 +732,7 @@ impl EventLoop {
         let client = self.http.clone();
         let tx = self.done_tx.clone();
         self.tasks.spawn(async move {
-            let result = crate::live::read_origin(&client, sources).await;
+            let result = crate::origin_client::read_origin(&client, sources).await;
             let _ = tx.send(Done::Playlists { channel, result });
         });
     }
@@ -751,7 +756,8 @@ impl EventLoop {
         let tx = self.done_tx.clone();
         let token = self.blocking.clone();
         self.tasks.spawn(async move {
-            let stored = crate::live::proxy_segment(&client, store, &url, &segment, token).await;
+            let stored =
+                crate::origin_client::proxy_segment(&client, store, &url, &segment, token).await;
             let _ = tx.send(Done::Proxied {
                 channel,
                 segment,

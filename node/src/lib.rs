@@ -27,9 +27,12 @@ pub mod gateway;
 pub mod identity;
 pub mod limits;
 pub mod live;
+#[cfg(feature = "gateway")]
 pub mod local_http;
 #[cfg(feature = "gateway")]
 pub mod origin;
+#[cfg(feature = "http-origin")]
+mod origin_client;
 pub mod repo;
 pub mod rewards;
 #[cfg(feature = "settle")]
@@ -109,6 +112,8 @@ pub enum NodeError {
     Fetch(#[from] FetchError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Repo(Box<repo::RepoError>),
     #[error("the node has shut down")]
     ShutDown,
 }
@@ -118,6 +123,7 @@ pub enum NodeError {
 pub struct Node {
     peer_id: PeerId,
     commands: mpsc::Sender<Command>,
+    stop: mpsc::Sender<oneshot::Sender<()>>,
     store: Arc<Blockstore>,
     events: tokio::sync::broadcast::Sender<NodeEvent>,
 }
@@ -161,12 +167,13 @@ impl Node {
             let _ = swarm.behaviour_mut().kad.bootstrap();
         }
 
-        let (commands, events) = event_loop::spawn(swarm, config, peer_id, store.clone())?;
+        let handles = event_loop::spawn(swarm, config, peer_id, store.clone())?;
         let node = Node {
             peer_id,
-            commands,
+            commands: handles.commands,
+            stop: handles.stop,
             store,
-            events,
+            events: handles.events,
         };
         Ok(node)
     }
@@ -194,6 +201,22 @@ impl Node {
             })?;
             config.rewards.wallet = Some(wallet);
         }
+        Node::start(config, key, Arc::new(store)).await
+    }
+
+    /// Starts a node on a repo (see [`crate::repo`]): its store (opened
+    /// exclusively) and identity, with `config` (usually
+    /// [`NodeConfig::from_repo`], changed as the caller needs). What an app
+    /// that embeds the node calls; stop it with [`Node::stop`].
+    pub async fn start_repo(
+        paths: &repo::RepoPaths,
+        config: NodeConfig,
+    ) -> Result<Node, NodeError> {
+        let store = paths.open_store().map_err(|e| match e {
+            repo::RepoError::Store(s) => NodeError::Store(s),
+            other => NodeError::Repo(Box::new(other)),
+        })?;
+        let key = identity::load_or_create(&paths.identity())?;
         Node::start(config, key, Arc::new(store)).await
     }
 
@@ -424,7 +447,10 @@ impl Node {
     /// when the last handle to it goes: drop this handle and its clones
     /// (a gateway's among them), and the repo can be opened again.
     pub async fn stop(&self) {
-        let _ = self.ask(Command::Stop).await;
+        let (tx, rx) = oneshot::channel();
+        if self.stop.send(tx).await.is_ok() {
+            let _ = rx.await;
+        }
     }
 }
 

@@ -379,6 +379,10 @@ impl RepoPaths {
         })
     }
 
+    pub fn config_file(&self) -> PathBuf {
+        self.dir.join(CONFIG)
+    }
+
     pub fn database(&self) -> PathBuf {
         self.dir.join(DATABASE)
     }

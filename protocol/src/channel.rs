@@ -408,12 +408,7 @@ impl ChannelRecord {
             return Err(ChannelError::Invalid("a channel has no renditions".into()));
         }
         for o in &r.origins {
-            if !(o.0.starts_with("http://") || o.0.starts_with("https://")) {
-                return Err(ChannelError::Invalid(format!(
-                    "origin {:?} is not an http(s) URL",
-                    o.0
-                )));
-            }
+            check_origin(&o.0).map_err(ChannelError::Invalid)?;
         }
         for (i, rendition) in r.renditions.iter().enumerate() {
             if !is_safe_relative_path(&rendition.playlist) {
@@ -434,6 +429,25 @@ impl ChannelRecord {
         }
         Ok(r)
     }
+}
+
+/// Checks an HTTP origin's URL (a channel record's, a broadcaster's, or a
+/// playlist a viewer names): http or https with a host, at most
+/// [`MAX_URL`] bytes, no whitespace or control characters.
+pub fn check_origin(url: &str) -> Result<(), String> {
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"));
+    let host = rest.and_then(|r| r.split(['/', '?', '#']).next());
+    if url.len() > MAX_URL
+        || host.is_none_or(str::is_empty)
+        || url.chars().any(|c| c.is_whitespace() || c.is_control())
+    {
+        return Err(format!(
+            "invalid origin {url:?}: an origin is an http:// or https:// URL"
+        ));
+    }
+    Ok(())
 }
 
 /// The key prefix of channel records in the DHT ([`ChannelId::record_key`]).
@@ -700,5 +714,21 @@ mod tests {
             ChannelRecord::open(&k.id(), &k.sign_record(&bad)),
             Err(ChannelError::Malformed(_))
         ));
+    }
+
+    #[test]
+    fn origins_are_http_urls_with_a_host() {
+        assert!(check_origin("https://cdn.example/live/index.m3u8").is_ok());
+        assert!(check_origin("http://127.0.0.1:8080").is_ok());
+        for bad in [
+            "ftp://x/y",
+            "http://",
+            "https:///x",
+            "http://a b/c",
+            "index.m3u8",
+        ] {
+            assert!(check_origin(bad).is_err(), "{bad}");
+        }
+        assert!(check_origin(&format!("https://a.example/{}", "x".repeat(MAX_URL))).is_err());
     }
 }

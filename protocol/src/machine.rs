@@ -44,7 +44,7 @@ use crate::bitswap::{
     BlockSource, Engine, EngineConfig, Message, Misbehaviour, Outgoing, Output, Presence, WantType,
 };
 use crate::block::Cid;
-use crate::channel::{ChannelError, ChannelId, ChannelRecord};
+use crate::channel::{ChannelError, ChannelId, ChannelRecord, check_origin};
 use crate::fetch::{
     BlockLookup, FetchAction, FetchError, FetchReport, FetchTarget, StreamFetch, StreamFetchAction,
     StreamFetchConfig,
@@ -53,7 +53,7 @@ use crate::ledger::{Account, LedgerConfig};
 use crate::live::HttpRequest;
 use crate::live::{
     Broadcast, BroadcastAction, LiveConfig, LiveEvent, LiveSession, LiveView, OriginPlaylists,
-    PlaylistSources, ProxiedSegment, ProxySegment, SessionAction, Verdict, check_origin,
+    PlaylistSources, ProxiedSegment, ProxySegment, SessionAction, Verdict,
 };
 use crate::receipt::{
     Deployment, EPOCH_SECS, ReceiptRequest, ReceiptResponse, SignedReceipt, Wallet,

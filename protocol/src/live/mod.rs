@@ -29,5 +29,5 @@ pub use planner::*;
 pub use session::{
     LIVE_DISCOVERY_INTERVAL, LIVE_IDLE_TIMEOUT, LiveEvent, LiveSession, LiveView, OriginMedia,
     OriginPlaylists, PlaylistSources, ProxySegment, RECORD_RETRY, RenditionView, SessionAction,
-    check_origin, join_relative,
+    join_relative,
 };
