@@ -716,11 +716,13 @@ async fn rewards(State(s): State<Arc<ApiState>>) -> ApiResult<Json<RewardsReport
     }))
 }
 
+#[cfg(feature = "settle")]
 #[derive(Deserialize)]
 struct ClaimQuery {
     rpc: Option<String>,
 }
 
+#[cfg(feature = "settle")]
 /// Claims with the receipts held, on the chain of `[rewards]` (or `rpc`).
 async fn rewards_claim(
     State(s): State<Arc<ApiState>>,
@@ -730,4 +732,13 @@ async fn rewards_claim(
         .await
         .map_err(bad_request)?;
     Ok(Json(s.node.claim(&chain).await?))
+}
+
+/// This build has no chain client.
+#[cfg(not(feature = "settle"))]
+async fn rewards_claim() -> ApiError {
+    ApiError(
+        StatusCode::NOT_IMPLEMENTED,
+        "this build of shoal has no chain client (the `settle` feature)".into(),
+    )
 }

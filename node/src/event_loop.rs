@@ -41,11 +41,6 @@ use crate::rewards::ReceiptAsked;
 use crate::store_io::{NodeStore, Write};
 use crate::{FetchReport, NodeConfig, NodeError, NodeEvent};
 
-/// After a stop, tasks under way get this long to finish before they are
-/// aborted (an HTTP request to an origin, a block on its way to a slow
-/// peer).
-const STOP_GRACE: Duration = Duration::from_secs(2);
-
 pub(crate) enum Command {
     ListenAddrs(oneshot::Sender<Vec<Multiaddr>>),
     Dial(Multiaddr, oneshot::Sender<Result<PeerId, NodeError>>),
@@ -156,8 +151,12 @@ struct EventLoop {
     http: reqwest::Client,
     upload: Arc<UploadLimiter>,
     events: tokio::sync::broadcast::Sender<NodeEvent>,
-    /// Every task the loop started; all are waited for when it stops.
+    /// The loop's network tasks (acceptors, Bitswap writers, HTTP requests,
+    /// receipt exchanges): aborted when it stops.
     tasks: JoinSet<()>,
+    /// Its store work (the writer, checks, releases, pins, receipts):
+    /// waited for when it stops.
+    jobs: JoinSet<()>,
     /// Held by every blocking job the node's tasks run (they cannot be
     /// aborted): the loop waits for it to be its own again before it lets
     /// the store go.
@@ -219,7 +218,8 @@ pub(crate) fn spawn(
     }));
     let (writes, writes_rx) = mpsc::unbounded_channel();
     let (written_tx, written) = mpsc::unbounded_channel();
-    tasks.spawn(crate::store_io::run_writer(
+    let mut jobs = tokio::task::JoinSet::new();
+    jobs.spawn(crate::store_io::run_writer(
         store.clone(),
         writes_rx,
         written_tx,
@@ -279,6 +279,7 @@ pub(crate) fn spawn(
         upload,
         events: events.clone(),
         tasks,
+        jobs,
         blocking: Arc::new(()),
         publish_error: None,
     };
@@ -328,6 +329,7 @@ impl EventLoop {
                 }
                 Some(done) = self.inbox.done.recv() => self.on_done(done),
                 Some(_) = self.tasks.join_next(), if !self.tasks.is_empty() => {}
+                Some(_) = self.jobs.join_next(), if !self.jobs.is_empty() => {}
                 () = sleep => {
                     self.machine.handle(Input::Timeout, Instant::now());
                 }
@@ -343,9 +345,9 @@ impl EventLoop {
         }
     }
 
-    /// Stops: fetches and watches end, queues close, every task is waited
-    /// for (then aborted after [`STOP_GRACE`]), and the loop's hold on the
-    /// store goes with it.
+    /// Stops: fetches and watches end, the network tasks are aborted, the
+    /// writer's queue closes and the store work under way is waited for,
+    /// so that nothing of the loop holds the store when it returns.
     async fn stop(&mut self) {
         self.machine.stop(Instant::now());
         self.perform();
@@ -354,10 +356,8 @@ impl EventLoop {
         }
         self.writers.clear();
         self.writes = None;
-        let drained = async { while self.tasks.join_next().await.is_some() {} };
-        if tokio::time::timeout(STOP_GRACE, drained).await.is_err() {
-            self.tasks.shutdown().await;
-        }
+        self.tasks.shutdown().await;
+        while self.jobs.join_next().await.is_some() {}
         // Blocking jobs cannot be aborted; they are short (a block read,
         // a transaction).
         for _ in 0..1000 {
@@ -584,7 +584,7 @@ impl EventLoop {
                     let store = self.store.clone();
                     let tx = self.done_tx.clone();
                     let token = self.blocking.clone();
-                    self.tasks.spawn_blocking(move || {
+                    self.jobs.spawn_blocking(move || {
                         let _token = token;
                         let ok =
                             crate::store_io::check_segment(&store, &manifest, sequence, from_http);
@@ -599,7 +599,7 @@ impl EventLoop {
                 Action::Release { manifest, shards } => {
                     let store = self.store.clone();
                     let token = self.blocking.clone();
-                    self.tasks.spawn_blocking(move || {
+                    self.jobs.spawn_blocking(move || {
                         let _token = token;
                         crate::store_io::release(&store, &manifest, &shards);
                     });
@@ -621,7 +621,7 @@ impl EventLoop {
                     let store = self.store.clone();
                     let tx = self.done_tx.clone();
                     let token = self.blocking.clone();
-                    self.tasks.spawn_blocking(move || {
+                    self.jobs.spawn_blocking(move || {
                         let _token = token;
                         for r in &receipts {
                             if let Err(e) = store.put_receipt(&r.key(), &r.to_bytes()) {
@@ -805,7 +805,7 @@ impl EventLoop {
         let store = self.store.clone();
         let tx = self.done_tx.clone();
         let token = self.blocking.clone();
-        self.tasks.spawn_blocking(move || {
+        self.jobs.spawn_blocking(move || {
             let _token = token;
             let result = store
                 .pin(&report.root)

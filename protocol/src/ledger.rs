@@ -134,10 +134,6 @@ impl<P: Clone + Ord> Ledger<P> {
         }
     }
 
-    pub fn config(&self) -> &LedgerConfig {
-        &self.config
-    }
-
     pub fn account(&self, peer: &P) -> Option<&Account> {
         self.accounts.get(peer)
     }
@@ -147,7 +143,8 @@ impl<P: Clone + Ord> Ledger<P> {
     }
 
     /// The peer holding the optimistic slot, if any.
-    pub fn optimistic(&self) -> Option<&P> {
+    #[cfg(test)]
+    fn optimistic(&self) -> Option<&P> {
         self.slot.as_ref().map(|s| &s.peer)
     }
 

@@ -484,10 +484,6 @@ impl<P: Clone + Ord + Hash, S: BlockSource + BlockLookup> NodeMachine<P, S> {
             .min()
     }
 
-    pub fn clock(&self) -> WallClock {
-        self.clock
-    }
-
     pub fn config(&self) -> &MachineConfig {
         &self.config
     }
@@ -518,11 +514,6 @@ impl<P: Clone + Ord + Hash, S: BlockSource + BlockLookup> NodeMachine<P, S> {
 
     pub fn watching(&self) -> impl Iterator<Item = &ChannelId> {
         self.sessions.keys()
-    }
-
-    /// The Bitswap engine, for its counters.
-    pub fn engine(&self) -> &Engine<P> {
-        &self.engine
     }
 
     /// Turns no-upload mode on or off.

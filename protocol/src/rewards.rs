@@ -110,10 +110,6 @@ impl<P: Clone + Ord> Rewards<P> {
         self.wallet.address()
     }
 
-    pub fn ledger(&self) -> &Ledger<P> {
-        &self.ledger
-    }
-
     /// Every peer's account.
     pub fn accounts(&self) -> Vec<(P, Account)> {
         self.ledger

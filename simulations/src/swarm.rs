@@ -121,6 +121,9 @@ pub struct SwarmParams {
     /// The broadcaster sends each announcement to every viewer it is
     /// connected to (gossipsub's `flood_publish`), not just its mesh.
     pub flood_publish: bool,
+    /// Record everything fed to this node's machine and everything it
+    /// asked ([`SwarmReport::trace`]).
+    pub trace: Option<usize>,
 }
 
 impl Default for SwarmParams {
@@ -146,6 +149,7 @@ impl Default for SwarmParams {
             live: LiveConfig::default(),
             engine: EngineConfig::default(),
             flood_publish: false,
+            trace: None,
         }
     }
 }
@@ -220,6 +224,41 @@ pub struct SwarmReport {
     /// has none).
     pub disconnects: u64,
     pub events: u64,
+    /// What [`SwarmParams::trace`] asked for.
+    pub trace: Option<Trace>,
+}
+
+/// One node's machine as the model drove it: enough to drive a fresh
+/// machine the same way and compare what it asks.
+#[derive(Clone, Debug)]
+pub struct Trace {
+    pub node: usize,
+    /// How its machine was made: [`machine`] with these.
+    pub rotation: usize,
+    pub base: Instant,
+    pub blocks: Arc<HashMap<Cid, Vec<u8>>>,
+    pub steps: Vec<TraceStep>,
+}
+
+/// One step of a [`Trace`], in the order it happened.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TraceStep {
+    /// The machine was told to watch the channel.
+    Watch { at: Duration, channel: ChannelId },
+    /// The machine was told to publish an announcement.
+    Publish {
+        at: Duration,
+        channel: ChannelId,
+        data: Vec<u8>,
+    },
+    /// Blocks entered the node's store.
+    Held(Vec<Cid>),
+    /// Blocks left it.
+    Dropped(Vec<Cid>),
+    /// An input, at this simulated time.
+    Input { at: Duration, input: Input<usize> },
+    /// What the machine asked, in the order it asked.
+    Action(Action<usize>),
 }
 
 impl SwarmReport {
@@ -354,6 +393,20 @@ pub struct ModelStore {
     blocks: Arc<HashMap<Cid, Vec<u8>>>,
 }
 
+impl ModelStore {
+    /// Blocks enter the store.
+    pub fn hold(&mut self, cids: &[Cid]) {
+        self.held.extend(cids.iter().copied());
+    }
+
+    /// Blocks leave it.
+    pub fn drop_blocks(&mut self, cids: &[Cid]) {
+        for cid in cids {
+            self.held.remove(cid);
+        }
+    }
+}
+
 impl BlockSource for ModelStore {
     fn block_size(&self, cid: &Cid) -> Option<usize> {
         if self.held.contains(cid) {
@@ -424,6 +477,42 @@ fn publisher_of(bytes: &[u8]) -> Option<usize> {
     (bytes == b"broadcaster").then_some(SOURCE)
 }
 
+/// The machine of node `node` of a run of `p`, its wall clock starting at
+/// `base`, its store empty over the run's `blocks`: what every node of the
+/// model runs.
+pub fn machine(
+    p: &SwarmParams,
+    node: usize,
+    rotation: usize,
+    base: Instant,
+    blocks: Arc<HashMap<Cid, Vec<u8>>>,
+) -> NodeMachine<usize, ModelStore> {
+    let config = MachineConfig {
+        engine: p.engine.clone(),
+        live: p.live.clone(),
+        ..MachineConfig::default()
+    };
+    NodeMachine::new(
+        config,
+        Identity {
+            peer: node,
+            // Nobody claims in the model: a wallet signs nothing.
+            wallet: Wallet::from_bytes(&[1; 32]).expect("a valid key"),
+            deployment: None,
+            publisher_of,
+            rotation,
+        },
+        ModelStore {
+            held: HashSet::new(),
+            blocks,
+        },
+        WallClock {
+            at: base,
+            unix_ms: BASE_MS,
+        },
+    )
+}
+
 struct Sim {
     p: SwarmParams,
     nodes: Vec<SimNode>,
@@ -439,6 +528,7 @@ struct Sim {
     latencies: HashMap<(usize, u64), Duration>,
     disconnects: u64,
     events: u64,
+    trace: Option<Trace>,
 }
 
 impl Sim {
@@ -501,33 +591,23 @@ impl Sim {
         }
         let blocks = Arc::new(blocks);
         let base = Instant::now();
-        let clock = WallClock {
-            at: base,
-            unix_ms: BASE_MS,
-        };
-        let config = MachineConfig {
-            engine: p.engine.clone(),
-            live: p.live.clone(),
-            ..MachineConfig::default()
-        };
+        let mut trace = None;
         let nodes: Vec<SimNode> = (0..n)
-            .map(|i| SimNode {
-                machine: NodeMachine::new(
-                    config.clone(),
-                    Identity {
-                        peer: i,
-                        // Nobody claims in the model: a wallet signs nothing.
-                        wallet: Wallet::from_bytes(&[1; 32]).expect("a valid key"),
-                        deployment: None,
-                        publisher_of,
-                        rotation: rng.next() as usize,
-                    },
-                    ModelStore {
-                        held: HashSet::new(),
+            .map(|i| {
+                let rotation = rng.next() as usize;
+                if p.trace == Some(i) {
+                    trace = Some(Trace {
+                        node: i,
+                        rotation,
+                        base,
                         blocks: blocks.clone(),
-                    },
-                    clock,
-                ),
+                        steps: Vec::new(),
+                    });
+                }
+                (i, machine(&p, i, rotation, base, blocks.clone()))
+            })
+            .map(|(i, machine)| SimNode {
+                machine,
                 links: BTreeMap::new(),
                 mesh: Vec::new(),
                 seen: HashSet::new(),
@@ -559,6 +639,7 @@ impl Sim {
             latencies: HashMap::new(),
             disconnects: 0,
             events: 0,
+            trace,
         };
         sim.connect(&mut rng);
         for seq in 0..total {
@@ -588,21 +669,24 @@ impl Sim {
         let now = sim.instant();
         for v in 0..n {
             let peers: Vec<usize> = sim.nodes[v].links.keys().copied().collect();
-            let machine = &mut sim.nodes[v].machine;
             for &peer in &peers {
-                machine.handle(Input::Connected(peer), now);
+                sim.feed(v, Input::Connected(peer));
             }
             if v != SOURCE {
-                if let Err(e) = machine.watch(channel, Vec::new(), now) {
+                sim.record(v, || TraceStep::Watch {
+                    at: Duration::ZERO,
+                    channel,
+                });
+                if let Err(e) = sim.nodes[v].machine.watch(channel, Vec::new(), now) {
                     unreachable!("one channel: {e}");
                 }
                 for &peer in peers.iter().filter(|p| **p != SOURCE) {
                     let topic = topic.clone();
-                    machine.handle(Input::Subscribed { peer, topic }, now);
+                    sim.feed(v, Input::Subscribed { peer, topic });
                 }
                 if let Some(bytes) = &record {
                     let bytes = bytes.clone();
-                    machine.handle(Input::Record { channel, bytes }, now);
+                    sim.feed(v, Input::Record { channel, bytes });
                 }
             }
             sim.perform(v);
@@ -672,20 +756,30 @@ impl Sim {
     /// Feeds `node`'s machine, as the node's event loop does.
     fn feed(&mut self, node: usize, input: Input<usize>) -> Judgement {
         let now = self.instant();
+        let at = self.now;
+        self.record(node, || TraceStep::Input {
+            at,
+            input: input.clone(),
+        });
         self.nodes[node].machine.handle(input, now)
     }
 
     /// Blocks enter `node`'s store (the model's stores write at once).
     fn hold(&mut self, node: usize, cids: &[Cid]) {
-        let held = &mut self.nodes[node].machine.store_mut().held;
-        held.extend(cids.iter().copied());
+        self.record(node, || TraceStep::Held(cids.to_vec()));
+        self.nodes[node].machine.store_mut().hold(cids);
     }
 
     /// Blocks leave `node`'s store.
     fn drop_blocks(&mut self, node: usize, cids: &[Cid]) {
-        let held = &mut self.nodes[node].machine.store_mut().held;
-        for cid in cids {
-            held.remove(cid);
+        self.record(node, || TraceStep::Dropped(cids.to_vec()));
+        self.nodes[node].machine.store_mut().drop_blocks(cids);
+    }
+
+    /// Adds a step to the trace, if `node` is traced.
+    fn record(&mut self, node: usize, step: impl FnOnce() -> TraceStep) {
+        if let Some(t) = self.trace.as_mut().filter(|t| t.node == node) {
+            t.steps.push(step());
         }
     }
 
@@ -801,6 +895,9 @@ impl Sim {
         let announcement = s.announcement.clone();
         self.hold(SOURCE, &stored);
         self.feed(SOURCE, Input::Stored(stored));
+        let (at, channel) = (self.now, self.channel);
+        let data = announcement.clone();
+        self.record(SOURCE, || TraceStep::Publish { at, channel, data });
         let machine = &mut self.nodes[SOURCE].machine;
         if let Err(e) = machine.publish(self.channel, 0, announcement, now) {
             unreachable!("the model's announcements are signed by the channel: {e}");
@@ -841,6 +938,7 @@ impl Sim {
     /// does, and schedules its next wake-up.
     fn perform(&mut self, node: usize) {
         while let Some(action) = self.nodes[node].machine.poll_action() {
+            self.record(node, || TraceStep::Action(action.clone()));
             match action {
                 Action::Send { peer, message } => {
                     let blocks = message
@@ -1148,6 +1246,7 @@ impl Sim {
             stream_bytes: self.p.segments * self.p.segment_bytes as u64,
             disconnects: self.disconnects,
             events: self.events,
+            trace: self.trace.clone(),
         };
         for n in staying {
             if let Some(s) = n.machine.live_stats(&self.channel) {

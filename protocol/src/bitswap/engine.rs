@@ -222,22 +222,21 @@ impl<P: Clone + Eq + Hash> Engine<P> {
             .unwrap_or_default()
     }
 
-    pub fn is_connected(&self, peer: &P) -> bool {
-        self.peers.contains_key(peer)
-    }
-
     /// Our open wants.
-    pub fn wants(&self) -> impl Iterator<Item = (&Cid, &WantType)> {
+    #[cfg(test)]
+    fn wants(&self) -> impl Iterator<Item = (&Cid, &WantType)> {
         self.wants.iter()
     }
 
     /// How many wants a peer has open with us.
-    pub fn peer_want_count(&self, peer: &P) -> usize {
+    #[cfg(test)]
+    fn peer_want_count(&self, peer: &P) -> usize {
         self.peers.get(peer).map_or(0, |s| s.wants.len())
     }
 
     /// Bytes queued for a peer and not yet reported sent.
-    pub fn queued_bytes(&self, peer: &P) -> usize {
+    #[cfg(test)]
+    fn queued_bytes(&self, peer: &P) -> usize {
         self.peers.get(peer).map_or(0, |s| s.queued_bytes)
     }
 
@@ -571,7 +570,8 @@ impl<P: Clone + Eq + Hash> Engine<P> {
     }
 
     /// Blocks under a ration.
-    pub fn rationed(&self) -> usize {
+    #[cfg(test)]
+    fn rationed(&self) -> usize {
         self.rationed.len()
     }
 
@@ -613,7 +613,8 @@ impl<P: Clone + Eq + Hash> Engine<P> {
     }
 
     /// Wants dropped from a peer because its wantlist was full.
-    pub fn dropped_wants(&self, peer: &P) -> u64 {
+    #[cfg(test)]
+    fn dropped_wants(&self, peer: &P) -> u64 {
         self.peers.get(peer).map_or(0, |s| s.dropped_wants)
     }
 }
