@@ -27,8 +27,7 @@
 
 use crate::Error;
 
-/// Micro-TKN per TKN: token amounts are integers of this unit.
-pub const TOKEN_UNIT: u64 = 1_000_000;
+pub use crate::money::TOKEN_UNIT;
 
 /// Cents in `d` dollars.
 pub const fn dollars(d: u64) -> u64 {

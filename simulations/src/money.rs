@@ -1,6 +1,7 @@
 //! Writing cents and micro-TKN for people and for CSV files, exactly.
 
-use crate::model::TOKEN_UNIT;
+/// Micro-TKN per TKN: token amounts are integers of this unit.
+pub const TOKEN_UNIT: u64 = 1_000_000;
 
 /// Cents as dollars: `123456` as `$1,234.56`.
 pub fn usd(cents: u64) -> String {
