@@ -2,7 +2,8 @@
 //! nodes (all in this process) watch a synthetic 1 Mb/s stream of 2 s
 //! segments. Reports, per audience size, the latency from the moment the
 //! encoder listed a segment to the moment each viewer held it complete
-//! (p50, p95), the offload (share of the bytes viewers got from each other
+//! (p50, p95) and to the moment it heard of it (the broadcaster's import
+//! and the gossip; the rest is the fetch), the offload (share of the bytes viewers got from each other
 //! rather than from the broadcaster or an origin), and stalls. The baseline,
 //! measured in the same run, is the same segments fetched by the same
 //! number of HTTP clients from a local origin the moment they are listed —
@@ -81,6 +82,8 @@ fn quantile(v: &mut [u64], q: f64) -> u64 {
 struct Outcome {
     p50: u64,
     p95: u64,
+    heard_p50: u64,
+    heard_p95: u64,
     offload: f64,
     source_share: f64,
     late: u64,
@@ -134,6 +137,9 @@ async fn shoal_run(viewers: usize, segments: u64) -> Outcome {
 
     let written = written.lock().unwrap().clone();
     let mut latencies = Vec::new();
+    // From the listing to the moment a viewer heard of the segment: the
+    // broadcaster's import and the gossip, the rest being the fetch.
+    let mut heard = Vec::new();
     let (mut peers, mut source, mut http, mut late, mut missed, mut delivered) =
         (0u64, 0u64, 0u64, 0u64, 0u64, 0usize);
     for n in &nodes {
@@ -154,6 +160,7 @@ async fn shoal_run(viewers: usize, segments: u64) -> Outcome {
                 delivered += 1;
                 if let Some(t) = written.get(&w.sequence) {
                     latencies.push(w.completed_ms.saturating_sub(*t));
+                    heard.push(w.heard_ms.saturating_sub(*t));
                 }
             }
         }
@@ -169,6 +176,8 @@ async fn shoal_run(viewers: usize, segments: u64) -> Outcome {
     Outcome {
         p50: quantile(&mut latencies, 0.5),
         p95: quantile(&mut latencies, 0.95),
+        heard_p50: quantile(&mut heard, 0.5),
+        heard_p95: quantile(&mut heard, 0.95),
         offload: peers as f64 / total,
         source_share: (source + http) as f64 / total,
         late,
@@ -249,11 +258,13 @@ fn main() {
         let o = rt.block_on(shoal_run(n, segments));
         println!(
             "  {n:>3} viewers: latency p50 {} ms, p95 {} ms (HTTP origin p50 {h50} ms, p95 {h95} ms; p95 ratio {:.2}); \
-             offload {:.1}% (broadcaster + origin {:.1}%), broadcaster sent {:.1} MB for {:.1} MB delivered; \
+             heard of p50 {} ms, p95 {} ms after listing; offload {:.1}% (broadcaster + origin {:.1}%), broadcaster sent {:.1} MB for {:.1} MB delivered; \
              {}/{} segments held, {} late, {} missed",
             o.p50,
             o.p95,
             o.p95 as f64 / h95.max(1) as f64,
+            o.heard_p50,
+            o.heard_p95,
             o.offload * 100.0,
             o.source_share * 100.0,
             o.broadcaster_sent as f64 / 1e6,

@@ -435,7 +435,7 @@ async fn limits(State(s): State<Arc<ApiState>>, body: Bytes) -> ApiResult<Json<L
         m.insert(k.clone(), v.clone());
     }
     let limits: Limits = serde_json::from_value(merged).map_err(|e| bad_request(e.to_string()))?;
-    limits.validate().map_err(bad_request)?;
+    limits.validate().map_err(|e| bad_request(e.to_string()))?;
     s.node.set_limits(limits).await?;
     Ok(Json(s.node.limits().await?))
 }

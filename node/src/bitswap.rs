@@ -4,8 +4,12 @@
 //! frame whose declared length is over the limit before reading it, decodes
 //! it and hands the message to the event loop. Outbound, one task per peer
 //! owns a stream, reads the blocks a message names from the store, splits
-//! large replies under the message limit and reports the bytes it wrote.
-//! All protocol decisions are the engine's (`shoal_protocol::bitswap`).
+//! large replies under the message limit and reports each message that
+//! carried queue space once written. A peer that takes nothing of a frame
+//! for [`WRITE_STALL`] is reported [`StreamEvent::Stalled`] (the event loop
+//! disconnects it) and its writer stops. All protocol decisions are the
+//! engine's (`shoal_protocol::bitswap`), which also bounds what waits in a
+//! writer's queue.
 
 use std::sync::Arc;
 
@@ -18,12 +22,28 @@ use shoal_storage::Blockstore;
 use crate::limits::UploadLimiter;
 use tokio::sync::mpsc;
 
+/// How long a write may make no progress before the peer is dropped. A
+/// frame is written in [`WRITE_CHUNK`] pieces, each within this time, so a
+/// slow link that takes 64 KiB per 10 s (51 kb/s) keeps its stream, and a
+/// peer that reads nothing is gone within 10 s of its window filling.
+pub(crate) const WRITE_STALL: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The piece of a frame that must go out within [`WRITE_STALL`].
+const WRITE_CHUNK: usize = 64 << 10;
+
 /// What the stream tasks tell the event loop.
 #[derive(Debug)]
 pub(crate) enum StreamEvent {
     Message(PeerId, Message),
-    /// The writer wrote (or dropped) this many bytes of blocks.
-    Sent(PeerId, usize),
+    /// The writer wrote (or dropped) a message carrying this many bytes of
+    /// blocks and this many counted answers.
+    Sent {
+        peer: PeerId,
+        bytes: usize,
+        presences: usize,
+    },
+    /// The peer took nothing for [`WRITE_STALL`]; its writer stopped.
+    Stalled(PeerId),
     /// The peer sent something that is not a valid Bitswap message.
     Malformed(PeerId, WireError),
 }
@@ -145,10 +165,24 @@ fn build(out: Outgoing, store: &Blockstore) -> Vec<Message> {
     msgs
 }
 
+/// Writes `frame` in pieces, each within [`WRITE_STALL`].
+async fn write_frame(stream: &mut Stream, frame: &[u8]) -> std::io::Result<()> {
+    for piece in frame.chunks(WRITE_CHUNK) {
+        match tokio::time::timeout(WRITE_STALL, stream.write_all(piece)).await {
+            Ok(written) => written?,
+            Err(_) => return Err(std::io::ErrorKind::TimedOut.into()),
+        }
+    }
+    match tokio::time::timeout(WRITE_STALL, stream.flush()).await {
+        Ok(flushed) => flushed,
+        Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
+    }
+}
+
 /// Starts the writer of one peer; returns its queue. The queue needs no
 /// bound of its own: it holds CIDs, not bytes, and the engine bounds what
-/// goes in (its per-peer byte budget for blocks, our own wants, and the
-/// peer's bounded wantlist for presences).
+/// goes in (its per-peer byte budget for blocks and answers until they are
+/// reported written, and our own wants).
 pub(crate) fn spawn_writer(
     peer: PeerId,
     mut control: libp2p_stream::Control,
@@ -162,7 +196,8 @@ pub(crate) fn spawn_writer(
     tasks.spawn(async move {
         let mut stream: Option<Stream> = None;
         while let Some(out) = rx.recv().await {
-            let block_bytes = out.block_bytes;
+            let (bytes, presences) = (out.block_bytes, out.queued_presences);
+            let report = out.needs_report();
             // Reading blocks touches the disk: off the async threads. Most
             // messages (wants, presences) carry none and are built here.
             let msgs = if out.blocks.is_empty() {
@@ -187,10 +222,14 @@ pub(crate) fn spawn_writer(
                         stream = open(&mut control, peer).await;
                     }
                     let Some(s) = stream.as_mut() else { break };
-                    match s.write_all(&frame).await {
-                        Ok(()) => {
-                            let _ = s.flush().await;
-                            break;
+                    match write_frame(s, &frame).await {
+                        Ok(()) => break,
+                        Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                            tracing::debug!(%peer, "bitswap peer takes nothing; dropping it");
+                            // Its queue space comes back with the peer's
+                            // departure; what waits here is dropped with it.
+                            let _ = events.send(StreamEvent::Stalled(peer)).await;
+                            return;
                         }
                         Err(e) => {
                             tracing::debug!(%peer, error = %e, "bitswap write failed");
@@ -199,9 +238,13 @@ pub(crate) fn spawn_writer(
                     }
                 }
             }
-            if block_bytes > 0
+            if report
                 && events
-                    .send(StreamEvent::Sent(peer, block_bytes))
+                    .send(StreamEvent::Sent {
+                        peer,
+                        bytes,
+                        presences,
+                    })
                     .await
                     .is_err()
             {

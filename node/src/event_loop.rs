@@ -201,10 +201,10 @@ pub(crate) fn spawn(
     let mut control = swarm.behaviour().streams.new_control();
     let (stream_events_tx, stream_events) = mpsc::channel(STREAM_EVENTS_QUEUED);
     bitswap::spawn_acceptors(&mut control, stream_events_tx.clone(), &mut tasks)
-        .map_err(|e| NodeError::Transport(format!("{e:?}")))?;
+        .map_err(|e| NodeError::transport("a stream protocol", e))?;
     let (receipts_tx, receipt_requests) = mpsc::channel(RECEIPT_REQUESTS_QUEUED);
     crate::rewards::spawn_acceptor(&mut control, receipts_tx, &mut tasks)
-        .map_err(|e| NodeError::Transport(format!("{e:?}")))?;
+        .map_err(|e| NodeError::transport("a stream protocol", e))?;
 
     let (commands_tx, commands) = mpsc::channel(COMMANDS_QUEUED);
     let (stop_tx, stop) = mpsc::channel(1);
@@ -251,7 +251,7 @@ pub(crate) fn spawn(
     let http = reqwest::Client::builder()
         .timeout(config.live.origin_timeout)
         .build()
-        .map_err(|e| NodeError::Transport(format!("HTTP client: {e}")))?;
+        .map_err(|e| NodeError::transport("the HTTP client", e))?;
     let event_loop = EventLoop {
         swarm,
         machine,
@@ -385,7 +385,7 @@ impl EventLoop {
                     Err(e) => {
                         let _ = reply.send(Err(NodeError::Dial {
                             addr: addr.to_string(),
-                            detail: e.to_string(),
+                            source: e,
                         }));
                     }
                 }
@@ -484,7 +484,7 @@ impl EventLoop {
             }
             Err(e) => match reply {
                 Some(reply) => {
-                    let _ = reply.send(Err(NodeError::Provide(e.to_string())));
+                    let _ = reply.send(Err(NodeError::Provide(e)));
                 }
                 None => tracing::debug!(error = %e, "cannot provide"),
             },
@@ -505,7 +505,7 @@ impl EventLoop {
         }
         let q = kad
             .put_record(record, kad::Quorum::One)
-            .map_err(|e| NodeError::Provide(e.to_string()))?;
+            .map_err(NodeError::Provide)?;
         self.queries.insert(q, Query::PutRecord);
         Ok(())
     }
@@ -540,7 +540,7 @@ impl EventLoop {
                         Ok(_)
                         | Err(gossipsub::PublishError::NoPeersSubscribedToTopic)
                         | Err(gossipsub::PublishError::Duplicate) => {}
-                        Err(e) => self.publish_error = Some(NodeError::Gossip(e.to_string())),
+                        Err(e) => self.publish_error = Some(NodeError::Gossip(e)),
                     }
                 }
                 Action::Provide { key } => self.provide(key, None),
@@ -660,12 +660,18 @@ impl EventLoop {
                 &mut self.tasks,
             )
         });
-        let bytes = message.block_bytes;
+        let (bytes, presences) = (message.block_bytes, message.queued_presences);
         if writer.send(message).is_err() {
             tracing::debug!(%peer, "bitswap writer gone; message dropped");
             self.writers.remove(&peer);
-            self.machine
-                .handle(Input::Sent { to: peer, bytes }, Instant::now());
+            self.machine.handle(
+                Input::Sent {
+                    to: peer,
+                    bytes,
+                    presences,
+                },
+                Instant::now(),
+            );
         }
     }
 
@@ -901,7 +907,22 @@ impl EventLoop {
         let now = Instant::now();
         let input = match event {
             StreamEvent::Message(from, message) => Input::Bitswap { from, message },
-            StreamEvent::Sent(to, bytes) => Input::Sent { to, bytes },
+            StreamEvent::Sent {
+                peer,
+                bytes,
+                presences,
+            } => Input::Sent {
+                to: peer,
+                bytes,
+                presences,
+            },
+            StreamEvent::Stalled(peer) => {
+                // A peer that takes nothing holds its queue and our
+                // stream; the machine hears it leave with its connections.
+                self.writers.remove(&peer);
+                let _ = self.swarm.disconnect_peer_id(peer);
+                return;
+            }
             StreamEvent::Malformed(from, error) => Input::Malformed {
                 from,
                 error: error.to_string(),
@@ -946,7 +967,7 @@ impl EventLoop {
                 if let Some(reply) = self.pending_dials.remove(&connection_id) {
                     let _ = reply.send(Err(NodeError::Dial {
                         addr: String::new(),
-                        detail: error.to_string(),
+                        source: error,
                     }));
                 }
             }

@@ -339,11 +339,11 @@ pub async fn serve(node: Node, addr: SocketAddr) -> Result<GatewayServer, NodeEr
         .await
         .map_err(|e| NodeError::Listen {
             addr: addr.to_string(),
-            detail: e.to_string(),
+            source: Box::new(e),
         })?;
     let addr = listener.local_addr().map_err(|e| NodeError::Listen {
         addr: addr.to_string(),
-        detail: e.to_string(),
+        source: Box::new(e),
     })?;
     let app = router(Gateway::new(node, Access::default()));
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

@@ -15,17 +15,19 @@ pub fn load_or_create(path: &Path) -> Result<Keypair, NodeError> {
         source,
     };
     match std::fs::read(path) {
-        Ok(bytes) => Keypair::from_protobuf_encoding(&bytes).map_err(|e| NodeError::Identity {
-            path: path.to_owned(),
-            detail: e.to_string(),
-        }),
+        Ok(bytes) => {
+            Keypair::from_protobuf_encoding(&bytes).map_err(|source| NodeError::Identity {
+                path: path.to_owned(),
+                source,
+            })
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let key = Keypair::generate_ed25519();
             let bytes = key
                 .to_protobuf_encoding()
-                .map_err(|e| NodeError::Identity {
+                .map_err(|source| NodeError::Identity {
                     path: path.to_owned(),
-                    detail: e.to_string(),
+                    source,
                 })?;
             write_private(path, &bytes).map_err(io_err)?;
             Ok(key)

@@ -87,27 +87,43 @@ pub enum NodeError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("identity key {path} is unreadable: {detail}")]
-    Identity { path: PathBuf, detail: String },
-    #[error("cannot start the network: {0}")]
-    Transport(String),
-    #[error("cannot listen on {addr}: {detail}")]
-    Listen { addr: String, detail: String },
-    #[error("cannot reach {addr}: {detail}")]
-    Dial { addr: String, detail: String },
+    #[error("identity key {path} is unreadable: {source}")]
+    Identity {
+        path: PathBuf,
+        source: libp2p::identity::DecodingError,
+    },
+    #[error(transparent)]
+    Wallet(#[from] wallet::WalletError),
+    #[error("cannot start the network: {what}: {source}")]
+    Transport {
+        what: &'static str,
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: String,
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("the node listens nowhere")]
+    NotListening,
+    #[error("cannot reach {addr}: {source}")]
+    Dial {
+        addr: String,
+        source: libp2p::swarm::DialError,
+    },
     #[error("cannot announce content: {0}")]
-    Provide(String),
+    Provide(#[from] kad::store::Error),
     #[error(transparent)]
     Channel(#[from] ChannelError),
     #[error("cannot publish: {0}")]
-    Gossip(String),
+    Gossip(#[from] gossipsub::PublishError),
     #[error(transparent)]
     Watch(#[from] WatchError),
     #[cfg(feature = "settle")]
     #[error(transparent)]
     Settle(#[from] settle::SettleError),
     #[error("invalid limits: {0}")]
-    Limits(String),
+    Limits(#[from] limits::LimitsError),
     #[error(transparent)]
     Fetch(#[from] FetchError),
     #[error(transparent)]
@@ -116,6 +132,18 @@ pub enum NodeError {
     Repo(Box<repo::RepoError>),
     #[error("the node has shut down")]
     ShutDown,
+}
+
+impl NodeError {
+    fn transport(
+        what: &'static str,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> NodeError {
+        NodeError::Transport {
+            what,
+            source: source.into(),
+        }
+    }
 }
 
 /// A handle to a running node.
@@ -144,7 +172,7 @@ impl Node {
                 .listen_on(addr.clone())
                 .map_err(|e| NodeError::Listen {
                     addr: addr.to_string(),
-                    detail: e.to_string(),
+                    source: Box::new(e),
                 })?;
         }
         // Serve the DHT from the start: nodes on one LAN or loopback have
@@ -195,10 +223,7 @@ impl Node {
         let mut config = config;
         if config.rewards.wallet.is_none() {
             let path = dir.join("wallet.key");
-            let wallet = wallet::load_or_create(&path).map_err(|e| NodeError::Identity {
-                path,
-                detail: e.to_string(),
-            })?;
+            let wallet = wallet::load_or_create(&path)?;
             config.rewards.wallet = Some(wallet);
         }
         Node::start(config, key, Arc::new(store)).await
@@ -228,7 +253,7 @@ impl Node {
             .await?
             .into_iter()
             .next()
-            .ok_or_else(|| NodeError::Transport("the node listens nowhere".into()))?;
+            .ok_or(NodeError::NotListening)?;
         Ok(addr.with(libp2p::multiaddr::Protocol::P2p(self.peer_id)))
     }
 
@@ -271,7 +296,7 @@ impl Node {
         self.ask(|tx| Command::Dial(addr, tx))
             .await?
             .map_err(|e| match e {
-                NodeError::Dial { detail, .. } => NodeError::Dial { addr: text, detail },
+                NodeError::Dial { source, .. } => NodeError::Dial { addr: text, source },
                 other => other,
             })
     }
@@ -424,7 +449,7 @@ impl Node {
 
     /// Changes the node's run-time limits.
     pub async fn set_limits(&self, limits: limits::Limits) -> Result<(), NodeError> {
-        limits.validate().map_err(NodeError::Limits)?;
+        limits.validate()?;
         self.ask(|tx| Command::SetLimits(limits, tx)).await
     }
 
@@ -467,7 +492,7 @@ fn build_swarm(
     keypair: Keypair,
 ) -> Result<libp2p::Swarm<Behaviour>, NodeError> {
     let kad_protocol = StreamProtocol::try_from_owned(config.kad_protocol.clone())
-        .map_err(|e| NodeError::Transport(format!("Kademlia protocol name: {e}")))?;
+        .map_err(|e| NodeError::transport("the Kademlia protocol name", e.to_string()))?;
     let limits = connection_limits::ConnectionLimits::default()
         .with_max_established(Some(config.max_connections))
         .with_max_established_per_peer(Some(config.max_connections_per_peer));
@@ -480,14 +505,14 @@ fn build_swarm(
             noise::Config::new,
             yamux::Config::default,
         )
-        .map_err(|e| NodeError::Transport(e.to_string()))?;
+        .map_err(|e| NodeError::transport("TCP", e))?;
     #[cfg(feature = "quic")]
     let builder = builder.with_quic();
     let swarm = builder
         .with_dns()
-        .map_err(|e| NodeError::Transport(e.to_string()))?
+        .map_err(|e| NodeError::transport("DNS", e))?
         .with_relay_client(noise::Config::new, yamux::Config::default)
-        .map_err(|e| NodeError::Transport(e.to_string()))?
+        .map_err(|e| NodeError::transport("the relay client", e))?
         .with_behaviour(|key, relay| {
             let peer_id = key.public().to_peer_id();
             let mut kad_config = kad::Config::new(kad_protocol);
@@ -552,7 +577,7 @@ fn build_swarm(
                 streams: libp2p_stream::Behaviour::new(),
             })
         })
-        .map_err(|e| NodeError::Transport(e.to_string()))?
+        .map_err(|e| NodeError::transport("the behaviour", e.to_string()))?
         .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
         .build();
     Ok(swarm)

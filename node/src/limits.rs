@@ -30,18 +30,27 @@ pub struct Limits {
 /// next two to be served.
 pub const MIN_CACHE_SEGMENTS: usize = 3;
 
+/// Why limits were refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum LimitsError {
+    #[error("max_peers must be at least 1")]
+    NoPeers,
+    #[error("cache_segments must be at least {MIN_CACHE_SEGMENTS}")]
+    CacheTooSmall,
+    #[error("upload_bytes_per_sec of 0: use no_upload instead")]
+    ZeroUpload,
+}
+
 impl Limits {
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), LimitsError> {
         if self.max_peers == 0 {
-            return Err("max_peers must be at least 1".into());
+            return Err(LimitsError::NoPeers);
         }
         if self.cache_segments < MIN_CACHE_SEGMENTS {
-            return Err(format!(
-                "cache_segments must be at least {MIN_CACHE_SEGMENTS}"
-            ));
+            return Err(LimitsError::CacheTooSmall);
         }
         if self.upload_bytes_per_sec == Some(0) {
-            return Err("upload_bytes_per_sec of 0: use no_upload instead".into());
+            return Err(LimitsError::ZeroUpload);
         }
         Ok(())
     }

@@ -347,7 +347,10 @@ impl RepoPaths {
             .options()
             .validate()
             .map_err(|e| invalid(e.to_string()))?;
-        config.limits().validate().map_err(invalid)?;
+        config
+            .limits()
+            .validate()
+            .map_err(|e| invalid(e.to_string()))?;
         config.rewards.deployment().map_err(invalid)?;
         config.api.validate().map_err(invalid)?;
         if let Some(rpc) = &config.rewards.rpc

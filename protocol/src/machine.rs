@@ -196,8 +196,8 @@ pub enum WatchError {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action<P> {
     /// Send a Bitswap message (the node reads the named blocks from its
-    /// store); report the blocks' bytes with [`NodeMachine::handle_sent`]
-    /// once written or dropped.
+    /// store); if it [needs a report](Outgoing::needs_report), report it
+    /// with [`NodeMachine::handle_sent`] once written or dropped.
     Send {
         peer: P,
         message: Outgoing,
@@ -321,8 +321,13 @@ pub enum Input<P> {
     Bitswap { from: P, message: Message },
     /// A peer sent something that is not a Bitswap message.
     Malformed { from: P, error: String },
-    /// Bytes of blocks of an [`Action::Send`] were written (or dropped).
-    Sent { to: P, bytes: usize },
+    /// An [`Action::Send`] that [needed a report](Outgoing::needs_report)
+    /// was written (or dropped): its `block_bytes` and `queued_presences`.
+    Sent {
+        to: P,
+        bytes: usize,
+        presences: usize,
+    },
     /// Blocks entered the store, by any path.
     Stored(Vec<Cid>),
     /// The blocks of an [`Action::Store`] are stored.
@@ -539,7 +544,11 @@ impl<P: Clone + Ord + Hash, S: BlockSource + BlockLookup> NodeMachine<P, S> {
             Input::Disconnected(peer) => self.handle_disconnected(&peer, now),
             Input::Bitswap { from, message } => self.handle_bitswap(from, message, now),
             Input::Malformed { from, error } => self.handle_malformed(from, error, now),
-            Input::Sent { to, bytes } => self.handle_sent(to, bytes, now),
+            Input::Sent {
+                to,
+                bytes,
+                presences,
+            } => self.handle_sent(to, bytes, presences, now),
             Input::Stored(cids) => self.handle_stored(&cids, now),
             Input::Received { from, blocks } => self.handle_received(from, &blocks, now),
             Input::Gossip { topic, data } => return self.handle_gossip(&topic, &data, now),
@@ -647,18 +656,22 @@ impl<P: Clone + Ord + Hash, S: BlockSource + BlockLookup> NodeMachine<P, S> {
         self.settle(now);
     }
 
-    /// `bytes` of blocks of a [`Action::Send`] to `peer` were written (or
-    /// dropped with its stream).
-    pub fn handle_sent(&mut self, peer: P, bytes: usize, now: Instant) {
-        self.traffic.sent += bytes as u64;
-        let epoch = self.clock.epoch(now);
-        self.rewards.served(&peer, bytes as u64, now, epoch);
+    /// A [`Action::Send`] to `peer` carrying `bytes` of blocks and
+    /// `presences` counted answers was written (or dropped with its
+    /// stream).
+    pub fn handle_sent(&mut self, peer: P, bytes: usize, presences: usize, now: Instant) {
+        if bytes > 0 {
+            self.traffic.sent += bytes as u64;
+            let epoch = self.clock.epoch(now);
+            self.rewards.served(&peer, bytes as u64, now, epoch);
+        }
         let mut out = Vec::new();
         let serving = Serving {
             store: &self.store,
             serve: !self.config.no_upload,
         };
-        self.engine.sent(&peer, bytes, &serving, &mut out);
+        self.engine
+            .sent(&peer, bytes, presences, &serving, &mut out);
         self.route(out, now);
         self.settle(now);
     }
@@ -1345,7 +1358,7 @@ impl<P: Clone + Ord + Hash, S: BlockSource + BlockLookup> NodeMachine<P, S> {
                         store: &self.store,
                         serve: !self.config.no_upload,
                     };
-                    self.engine.sent(&peer, bytes, &serving, &mut released);
+                    self.engine.sent(&peer, bytes, 0, &serving, &mut released);
                 }
                 self.actions.push_back(Action::Send { peer, message });
             }

@@ -294,6 +294,8 @@ enum Payload {
     Bitswap {
         message: Message,
         block_bytes: usize,
+        /// The answers the engine counted against the peer's queue.
+        queued_presences: usize,
     },
     Announce(Arc<Vec<u8>>),
 }
@@ -343,6 +345,7 @@ enum Event {
         node: usize,
         peer: usize,
         bytes: usize,
+        presences: usize,
     },
     /// The node's machine asked to be woken now.
     Timeout {
@@ -819,11 +822,23 @@ impl Sim {
                 }
                 to
             }
-            Event::Sent { node, peer, bytes } => {
+            Event::Sent {
+                node,
+                peer,
+                bytes,
+                presences,
+            } => {
                 if self.nodes[node].gone {
                     return;
                 }
-                self.feed(node, Input::Sent { to: peer, bytes });
+                self.feed(
+                    node,
+                    Input::Sent {
+                        to: peer,
+                        bytes,
+                        presences,
+                    },
+                );
                 node
             }
             Event::Timeout { node, at } => {
@@ -965,6 +980,7 @@ impl Sim {
                         Payload::Bitswap {
                             message: wire,
                             block_bytes: message.block_bytes,
+                            queued_presences: message.queued_presences,
                         },
                     );
                 }
@@ -1152,14 +1168,16 @@ impl Sim {
                 Payload::Bitswap {
                     message,
                     block_bytes,
+                    queued_presences,
                 } => {
-                    if block_bytes > 0 {
+                    if block_bytes > 0 || queued_presences > 0 {
                         self.at(
                             done,
                             Event::Sent {
                                 node,
                                 peer,
                                 bytes: block_bytes,
+                                presences: queued_presences,
                             },
                         );
                     }

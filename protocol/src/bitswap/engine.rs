@@ -18,9 +18,12 @@
 //!   looks like once its CID is computed from its bytes) gets the peer
 //!   disconnected: [`Output::Disconnect`].
 //! - Memory per peer is bounded: at most [`EngineConfig::max_peer_wants`]
-//!   open wants and [`EngineConfig::max_queued_bytes`] of blocks queued for
-//!   sending; wants beyond are dropped, blocks beyond wait for
-//!   [`Engine::sent`].
+//!   open wants, [`EngineConfig::max_queued_bytes`] of blocks and
+//!   [`EngineConfig::max_queued_presences`] HAVE/DONT_HAVE answers handed
+//!   to the node and not yet written. Wants beyond are dropped; blocks and
+//!   answers beyond wait here for [`Engine::sent`], answers merged per CID
+//!   (one pending answer per open want, whatever the peer repeats), so a
+//!   peer that asks without reading holds no more than its wantlist.
 //! - A block can be *rationed* ([`Engine::ration`]): sent to a few peers
 //!   only, the others told DONT_HAVE so that they fetch it from those few,
 //!   until [`Engine::end_ration`] serves whoever still waits. A live
@@ -64,6 +67,10 @@ pub struct EngineConfig {
     /// Paced blocks remembered, oldest forgotten first: a broadcaster's
     /// window of segments is well inside 4096 shards.
     pub max_paced_blocks: usize,
+    /// HAVE/DONT_HAVE answers handed to the node for one peer and not yet
+    /// reported written. 8192 is one full message of presences (about
+    /// 400 KiB); answers beyond wait in the engine, one per open want.
+    pub max_queued_presences: usize,
 }
 
 impl Default for EngineConfig {
@@ -74,6 +81,7 @@ impl Default for EngineConfig {
             remembered_cancels: 1024,
             max_paced_bytes: 128 << 10,
             max_paced_blocks: 4096,
+            max_queued_presences: super::wire::MAX_PRESENCES_PER_MESSAGE,
         }
     }
 }
@@ -94,11 +102,20 @@ pub struct Outgoing {
     /// Bytes of `blocks`, already counted against the peer's queue; report
     /// them back with [`Engine::sent`] once written (or dropped).
     pub block_bytes: usize,
+    /// Of `presences`, how many the engine counted against the peer's
+    /// queue; report them back with [`Engine::sent`] too.
+    pub queued_presences: usize,
 }
 
 impl Outgoing {
     fn is_empty(&self) -> bool {
         self.wantlist.is_empty() && self.presences.is_empty() && self.blocks.is_empty()
+    }
+
+    /// Whether the writer must report this message back with
+    /// [`Engine::sent`] (it carries queue space).
+    pub fn needs_report(&self) -> bool {
+        self.block_bytes > 0 || self.queued_presences > 0
     }
 
     /// Appends `other`, so that one message carries everything a batch of
@@ -108,6 +125,7 @@ impl Outgoing {
         self.presences.extend(other.presences);
         self.blocks.extend(other.blocks);
         self.block_bytes += other.block_bytes;
+        self.queued_presences += other.queued_presences;
     }
 }
 
@@ -169,6 +187,50 @@ struct PeerState {
     cancelled_set: HashSet<Cid>,
     /// Entries dropped because the wantlist was full.
     dropped_wants: u64,
+    /// Answers waiting for room, one per CID, in the order they were
+    /// first made: CID → (turn, answer), and turn → CID.
+    pending: HashMap<Cid, (u64, Presence)>,
+    pending_order: std::collections::BTreeMap<u64, Cid>,
+    next_turn: u64,
+    /// Answers handed to the node and not yet reported written.
+    queued_presences: usize,
+}
+
+impl PeerState {
+    /// Queues an answer for `cid`, replacing one still waiting.
+    fn answer(&mut self, cid: Cid, presence: Presence) {
+        match self.pending.get_mut(&cid) {
+            Some((_, p)) => *p = presence,
+            None => {
+                let turn = self.next_turn;
+                self.next_turn += 1;
+                self.pending.insert(cid, (turn, presence));
+                self.pending_order.insert(turn, cid);
+            }
+        }
+    }
+
+    /// Closes the peer's want of `cid` and any answer still waiting for it.
+    fn close_want(&mut self, cid: &Cid) {
+        self.wants.remove(cid);
+        if let Some((turn, _)) = self.pending.remove(cid) {
+            self.pending_order.remove(&turn);
+        }
+    }
+
+    /// Moves waiting answers into `reply` while the queue has room.
+    fn release_answers(&mut self, max: usize, reply: &mut Outgoing) {
+        while self.queued_presences < max {
+            let Some((_, cid)) = self.pending_order.pop_first() else {
+                break;
+            };
+            if let Some((_, presence)) = self.pending.remove(&cid) {
+                reply.presences.push((cid, presence));
+                reply.queued_presences += 1;
+                self.queued_presences += 1;
+            }
+        }
+    }
 }
 
 /// The Bitswap engine. See the module documentation.
@@ -374,11 +436,13 @@ impl<P: Clone + Eq + Hash> Engine<P> {
         if full {
             state.wants.clear();
             state.deferred.clear();
+            state.pending.clear();
+            state.pending_order.clear();
         }
         let mut reply = Outgoing::default();
         for e in entries {
             if e.cancel {
-                state.wants.remove(&e.cid);
+                state.close_want(&e.cid);
                 continue;
             }
             if !state.wants.contains_key(&e.cid) && state.wants.len() >= max_wants {
@@ -395,14 +459,12 @@ impl<P: Clone + Eq + Hash> Engine<P> {
             );
             match (e.want_type, store.block_size(&e.cid)) {
                 (WantType::Have, Some(_)) => {
-                    reply.presences.push((e.cid, Presence::Have));
+                    state.answer(e.cid, Presence::Have);
                     // A want-have is answered; the want stays open so that
                     // a later want-block or cancel finds it.
                 }
                 (WantType::Block, Some(_)) => state.deferred.push_back(e.cid),
-                (_, None) if e.send_dont_have => {
-                    reply.presences.push((e.cid, Presence::DontHave));
-                }
+                (_, None) if e.send_dont_have => state.answer(e.cid, Presence::DontHave),
                 (_, None) => {}
             }
         }
@@ -429,6 +491,7 @@ impl<P: Clone + Eq + Hash> Engine<P> {
     /// want stays open for [`Engine::end_ration`].
     fn fill_queue(&mut self, peer: &P, store: &impl BlockSource, reply: &mut Outgoing) {
         let max = self.config.max_queued_bytes;
+        let max_presences = self.config.max_queued_presences;
         let Some(state) = self.peers.get_mut(peer) else {
             return;
         };
@@ -441,7 +504,7 @@ impl<P: Clone + Eq + Hash> Engine<P> {
             if self.rationed.get(&cid) == Some(&0) {
                 state.deferred.pop_front();
                 if state.wants.get(&cid).is_some_and(|w| w.send_dont_have) {
-                    reply.presences.push((cid, Presence::DontHave));
+                    state.answer(cid, Presence::DontHave);
                 }
                 continue;
             }
@@ -461,7 +524,7 @@ impl<P: Clone + Eq + Hash> Engine<P> {
                 break;
             }
             state.deferred.pop_front();
-            state.wants.remove(&cid);
+            state.close_want(&cid);
             if let Some(left) = self.rationed.get_mut(&cid) {
                 *left -= 1;
             }
@@ -473,20 +536,25 @@ impl<P: Clone + Eq + Hash> Engine<P> {
             reply.blocks.push(cid);
             reply.block_bytes += size;
         }
+        state.release_answers(max_presences, reply);
     }
 
-    /// The node finished writing (or dropped) `bytes` of blocks to `peer`;
-    /// queued want-blocks may now go out.
+    /// The node finished writing (or dropped) a message to `peer` carrying
+    /// `bytes` of blocks and `presences` counted answers (its
+    /// [`Outgoing::block_bytes`] and [`Outgoing::queued_presences`]);
+    /// want-blocks and answers waiting for room may now go out.
     pub fn sent(
         &mut self,
         peer: &P,
         bytes: usize,
+        presences: usize,
         store: &impl BlockSource,
         out: &mut Vec<Output<P>>,
     ) {
         let Some(state) = self.peers.get_mut(peer) else {
             return;
         };
+        state.queued_presences = state.queued_presences.saturating_sub(presences);
         let freed = bytes.min(state.queued_bytes);
         state.queued_bytes -= freed;
         // Which of the bytes were paced is not reported; counting them
@@ -592,17 +660,16 @@ impl<P: Clone + Eq + Hash> Engine<P> {
             .collect();
         for (peer, want_type) in waiting {
             let mut reply = Outgoing::default();
-            match want_type {
-                WantType::Have => reply.presences.push((*cid, Presence::Have)),
-                WantType::Block => {
-                    if let Some(state) = self.peers.get_mut(&peer)
-                        && !state.deferred.contains(cid)
-                    {
-                        state.deferred.push_back(*cid);
+            if let Some(state) = self.peers.get_mut(&peer) {
+                match want_type {
+                    WantType::Have => state.answer(*cid, Presence::Have),
+                    WantType::Block if !state.deferred.contains(cid) => {
+                        state.deferred.push_back(*cid)
                     }
-                    self.fill_queue(&peer, store, &mut reply);
+                    WantType::Block => {}
                 }
             }
+            self.fill_queue(&peer, store, &mut reply);
             if !reply.is_empty() {
                 out.push(Output::Send {
                     peer,
@@ -676,6 +743,7 @@ mod tests {
             peer,
             Outgoing {
                 presences: vec![(cid, presence)],
+                queued_presences: 1,
                 ..Outgoing::default()
             },
         )]
@@ -837,10 +905,10 @@ mod tests {
         e.on_message(&3, wants_msg(vec![cancel]), &store, &mut out);
         // Peer 1's copy is out: the next in turn gets one.
         out.clear();
-        e.sent(&1, 100, &store, &mut out);
+        e.sent(&1, 100, 0, &store, &mut out);
         assert_eq!(served(&out), vec![2]);
         out.clear();
-        e.sent(&2, 100, &store, &mut out);
+        e.sent(&2, 100, 0, &store, &mut out);
         assert_eq!(served(&out), vec![4], "peer 3 cancelled and gets nothing");
         // Peer 4 leaves with its copy unsent: the room is not lost.
         e.peer_disconnected(&4);
@@ -974,7 +1042,7 @@ mod tests {
         assert_eq!(s[0].1.blocks.len(), 2);
         assert_eq!(e.queued_bytes(&1), 80);
         out.clear();
-        e.sent(&1, 80, &store, &mut out);
+        e.sent(&1, 80, 0, &store, &mut out);
         assert_eq!(sends(&out)[0].1.blocks.len(), 2);
     }
 
@@ -1044,5 +1112,87 @@ mod tests {
                 presence: Presence::Have
             }]
         );
+    }
+
+    /// Answers handed out to `peer` in `out`.
+    fn answers(out: &[Output<u32>]) -> Vec<(Cid, Presence)> {
+        sends(out)
+            .into_iter()
+            .flat_map(|(_, m)| m.presences)
+            .collect()
+    }
+
+    #[test]
+    fn a_peer_that_does_not_read_holds_no_more_than_its_wantlist() {
+        let config = EngineConfig {
+            max_peer_wants: 64,
+            max_queued_presences: 8,
+            ..EngineConfig::default()
+        };
+        let mut e = Engine::new(config);
+        let store = Store::default();
+        let mut handed = Vec::new();
+        // A thousand floods of want-haves for blocks we lack, each asking
+        // for DONT_HAVE, and no report that anything was written.
+        for round in 0..1000u32 {
+            let entries = (0..100u32)
+                .map(|i| {
+                    let cid = cid_of(Codec::Raw, &(round * 100 + i).to_be_bytes());
+                    want(cid, WantType::Have, true)
+                })
+                .collect();
+            let mut out = Vec::new();
+            e.on_message(&1u32, wants_msg(entries), &store, &mut out);
+            handed.extend(answers(&out));
+        }
+        assert_eq!(handed.len(), 8, "only the queue's worth is handed out");
+        assert_eq!(e.peer_want_count(&1), 64);
+        let state = &e.peers[&1];
+        assert!(state.pending.len() <= 64 - 8 && state.pending_order.len() == state.pending.len());
+        // Once the writer reports them written, the next answers go.
+        let mut out = Vec::new();
+        e.sent(&1, 0, 8, &store, &mut out);
+        assert_eq!(answers(&out).len(), 8);
+    }
+
+    #[test]
+    fn a_want_repeated_in_one_message_gets_one_answer() {
+        let mut e = Engine::new(EngineConfig::default());
+        let store = Store::default();
+        let cid = cid_of(Codec::Raw, b"absent");
+        let mut out = Vec::new();
+        let entries = vec![want(cid, WantType::Have, true); 8192];
+        e.on_message(&1u32, wants_msg(entries), &store, &mut out);
+        assert_eq!(answers(&out), vec![(cid, Presence::DontHave)]);
+    }
+
+    #[test]
+    fn a_cancel_drops_the_answer_still_waiting() {
+        let config = EngineConfig {
+            max_queued_presences: 1,
+            ..EngineConfig::default()
+        };
+        let mut e = Engine::new(config);
+        let store = Store::default();
+        let (a, b, c) = (
+            cid_of(Codec::Raw, b"a"),
+            cid_of(Codec::Raw, b"b"),
+            cid_of(Codec::Raw, b"c"),
+        );
+        let mut out = Vec::new();
+        let entries = [a, b, c]
+            .iter()
+            .map(|x| want(*x, WantType::Have, true))
+            .collect();
+        e.on_message(&1u32, wants_msg(entries), &store, &mut out);
+        assert_eq!(answers(&out), vec![(a, Presence::DontHave)]);
+        let mut cancel = want(b, WantType::Have, false);
+        cancel.cancel = true;
+        out.clear();
+        e.on_message(&1, wants_msg(vec![cancel]), &store, &mut out);
+        assert!(answers(&out).is_empty(), "the queue is still full");
+        out.clear();
+        e.sent(&1, 0, 1, &store, &mut out);
+        assert_eq!(answers(&out), vec![(c, Presence::DontHave)]);
     }
 }

@@ -35,6 +35,12 @@ pub const MAX_ENTRIES_PER_MESSAGE: usize = 8192;
 /// Most block presences in one message.
 pub const MAX_PRESENCES_PER_MESSAGE: usize = 8192;
 
+/// Most blocks in one message. Decoding a block costs its hash and about
+/// a hundred bytes beside its data, so a 4 MiB frame of tiny blocks must not
+/// be read block by block without end; 1024 is 4 KiB a block at the frame
+/// limit, smaller than any block shoal makes and than the usual IPFS chunk.
+pub const MAX_BLOCKS_PER_MESSAGE: usize = 1024;
+
 /// Longest CID accepted (a CIDv1 with a 64-byte digest is 70 bytes).
 const MAX_CID_BYTES: usize = 128;
 
@@ -212,7 +218,7 @@ impl Message {
                 (2, LEN) => {
                     // Bitswap 1.0.0: the bytes of a CIDv0 (dag-pb, sha2-256) block.
                     let data = r.bytes()?;
-                    check_block_len(data)?;
+                    check_block(data, &msg)?;
                     let digest = block::sha256(data);
                     let cid = Cid::new_v0(block::sha256_multihash(&digest))
                         .map_err(|_| WireError::Malformed("CIDv0"))?;
@@ -252,9 +258,19 @@ impl Message {
     }
 }
 
-fn check_block_len(data: &[u8]) -> Result<(), WireError> {
+/// Checks a block before anything is computed or copied for it: not
+/// empty (no content of shoal's or IPFS's is an empty block, and empty
+/// blocks are the cheapest way to make a decoder count), not over
+/// [`MAX_WIRE_BLOCK`], and within [`MAX_BLOCKS_PER_MESSAGE`].
+fn check_block(data: &[u8], msg: &Message) -> Result<(), WireError> {
+    if data.is_empty() {
+        return Err(WireError::Malformed("empty block"));
+    }
     if data.len() > MAX_WIRE_BLOCK {
         return Err(WireError::Malformed("block over 2 MiB"));
+    }
+    if msg.blocks.len() + msg.unreadable_blocks >= MAX_BLOCKS_PER_MESSAGE {
+        return Err(WireError::TooMany(MAX_BLOCKS_PER_MESSAGE, "blocks"));
     }
     Ok(())
 }
@@ -324,7 +340,7 @@ fn decode_payload(buf: &[u8], msg: &mut Message) -> Result<(), WireError> {
         (Some(p), Some(d)) => (p, d),
         _ => return Err(WireError::Malformed("block without prefix or data")),
     };
-    check_block_len(data)?;
+    check_block(data, msg)?;
     match cid_from_prefix(prefix, data)? {
         Some(cid) => msg.blocks.push(WireBlock {
             cid,
@@ -381,8 +397,9 @@ fn read_cid(bytes: &[u8]) -> Result<Cid, WireError> {
     Cid::try_from(bytes).map_err(|_| WireError::Malformed("CID"))
 }
 
-/// Groups blocks into messages that each stay under [`MAX_MESSAGE_SIZE`];
-/// the first message also carries `presences`.
+/// Groups blocks into messages that each stay under [`MAX_MESSAGE_SIZE`]
+/// and [`MAX_BLOCKS_PER_MESSAGE`]; the first message also carries
+/// `presences`.
 pub fn split_blocks(blocks: Vec<WireBlock>, presences: Vec<(Cid, Presence)>) -> Vec<Message> {
     // Room for the framing and per-block prefix/tags.
     const OVERHEAD: usize = 64;
@@ -393,8 +410,10 @@ pub fn split_blocks(blocks: Vec<WireBlock>, presences: Vec<(Cid, Presence)>) -> 
     let mut size = out[0].encode().len();
     for b in blocks {
         let cost = b.data.len() + OVERHEAD;
-        let full =
-            out.last().is_some_and(|m| !m.blocks.is_empty()) && size + cost > MAX_MESSAGE_SIZE;
+        let full = out.last().is_some_and(|m| {
+            !m.blocks.is_empty()
+                && (size + cost > MAX_MESSAGE_SIZE || m.blocks.len() == MAX_BLOCKS_PER_MESSAGE)
+        });
         if full {
             out.push(Message::default());
             size = 0;
@@ -638,6 +657,38 @@ mod tests {
         put_varint_field(&mut bytes, 99, 7);
         put_bytes(&mut bytes, 98, b"future");
         assert_eq!(Message::decode(&bytes).unwrap(), sample());
+    }
+
+    #[test]
+    fn empty_blocks_and_too_many_blocks_are_refused_before_hashing() {
+        let block = |data: Vec<u8>| WireBlock {
+            cid: cid_of(Codec::Raw, &data),
+            data,
+        };
+        let empty = Message {
+            blocks: vec![block(Vec::new())],
+            ..Message::default()
+        };
+        assert_eq!(
+            Message::decode(&empty.encode()),
+            Err(WireError::Malformed("empty block"))
+        );
+        let many = Message {
+            blocks: (0..=MAX_BLOCKS_PER_MESSAGE as u32)
+                .map(|i| block(i.to_be_bytes().to_vec()))
+                .collect(),
+            ..Message::default()
+        };
+        assert_eq!(
+            Message::decode(&many.encode()),
+            Err(WireError::TooMany(MAX_BLOCKS_PER_MESSAGE, "blocks"))
+        );
+        // What shoal sends of the same blocks is split under the count.
+        let split = split_blocks(many.blocks, Vec::new());
+        assert_eq!(split.len(), 2);
+        for m in split {
+            assert!(Message::decode(&m.encode()).is_ok());
+        }
     }
 
     #[test]

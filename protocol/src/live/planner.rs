@@ -244,6 +244,10 @@ pub struct WindowSegment {
     pub length: u64,
     /// When it became complete here, in Unix milliseconds.
     pub completed_ms: u64,
+    /// When this node heard of it (its announcement, or the record that
+    /// listed it), in Unix milliseconds: `completed_ms` minus this is the
+    /// time its fetch took.
+    pub heard_ms: u64,
     /// Its shards (data then parity), released with it.
     pub shards: Vec<Cid>,
 }
@@ -971,6 +975,7 @@ impl<P: Clone + Ord + Hash> LivePlanner<P> {
             uri: p.uri.clone(),
             length: manifest.length,
             completed_ms: now_ms,
+            heard_ms: now_ms.saturating_sub(now.duration_since(p.announced).as_millis() as u64),
             shards: manifest.shards.clone(),
         };
         out.extend(r.enter_window(seg, window));
@@ -1128,6 +1133,7 @@ impl<P: Clone + Ord + Hash> LivePlanner<P> {
                 uri: uri.to_owned(),
                 length,
                 completed_ms: now_ms,
+                heard_ms: now_ms,
                 shards,
             },
             window,
