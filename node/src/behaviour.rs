@@ -13,7 +13,7 @@ pub(crate) struct Behaviour {
     pub(crate) blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
     pub(crate) identify: identify::Behaviour,
     pub(crate) ping: ping::Behaviour,
-    pub(crate) kad: kad::Behaviour<kad::store::MemoryStore>,
+    pub(crate) kad: kad::Behaviour<crate::dht_store::DhtStore>,
     pub(crate) gossipsub: gossipsub::Behaviour,
     pub(crate) autonat: autonat::Behaviour,
     pub(crate) relay: relay::client::Behaviour,

@@ -70,6 +70,7 @@ pub(crate) enum Command {
     GossipScore(PeerId, oneshot::Sender<Option<f64>>),
     Limits(oneshot::Sender<Limits>),
     Traffic(oneshot::Sender<Traffic>),
+    DhtStat(oneshot::Sender<crate::dht_store::DhtStat>),
     WalletAddress(oneshot::Sender<alloy_primitives::Address>),
     Accounts(oneshot::Sender<Vec<(PeerId, shoal_protocol::ledger::Account)>>),
     SetLimits(Limits, oneshot::Sender<()>),
@@ -439,6 +440,9 @@ impl EventLoop {
             }
             Command::Traffic(reply) => {
                 let _ = reply.send(self.machine.traffic());
+            }
+            Command::DhtStat(reply) => {
+                let _ = reply.send(self.swarm.behaviour_mut().kad.store_mut().stat());
             }
             Command::Limits(reply) => {
                 let _ = reply.send(self.limits());
@@ -1077,7 +1081,7 @@ impl EventLoop {
         match request {
             kad::InboundRequest::PutRecord {
                 source,
-                record: Some(record),
+                record: Some(mut record),
                 ..
             } => match open_dht_record(record.key.as_ref(), &record.value) {
                 Ok((channel, fresh)) => {
@@ -1087,6 +1091,9 @@ impl EventLoop {
                     if held.is_some_and(|h| h.sequence >= fresh.sequence) {
                         return;
                     }
+                    // Counted against the peer that sent it, whatever it
+                    // claims: the store's quotas are per sender.
+                    record.publisher = Some(source);
                     if let Err(e) = store.put(record) {
                         tracing::debug!(%source, error = %e, "cannot keep a channel record");
                     }

@@ -21,6 +21,7 @@ pub mod channel_keys;
 pub mod config;
 #[cfg(feature = "api")]
 pub mod daemon;
+pub mod dht_store;
 mod event_loop;
 #[cfg(feature = "gateway")]
 pub mod gateway;
@@ -442,6 +443,12 @@ impl Node {
         self.ask(Command::Traffic).await
     }
 
+    /// What the node's DHT store holds: its own announcements and other
+    /// peers' records, and how many of those it refused over a quota.
+    pub async fn dht_stat(&self) -> Result<dht_store::DhtStat, NodeError> {
+        self.ask(Command::DhtStat).await
+    }
+
     /// The node's run-time limits.
     pub async fn limits(&self) -> Result<limits::Limits, NodeError> {
         self.ask(Command::Limits).await
@@ -520,11 +527,8 @@ fn build_swarm(
             // Records are checked before they are stored (only signed
             // channel records are kept); provider records are kept as is.
             kad_config.set_record_filtering(kad::StoreInserts::FilterBoth);
-            let kad = kad::Behaviour::with_config(
-                peer_id,
-                kad::store::MemoryStore::new(peer_id),
-                kad_config,
-            );
+            let kad =
+                kad::Behaviour::with_config(peer_id, dht_store::DhtStore::new(peer_id), kad_config);
             let gossipsub_config = gossipsub::ConfigBuilder::default()
                 .validation_mode(gossipsub::ValidationMode::Strict)
                 .validate_messages()

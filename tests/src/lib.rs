@@ -2,6 +2,7 @@
 //! a throw-away repo, measure its peak memory, make test content.
 
 pub mod chain;
+pub mod hostile;
 pub mod live;
 pub mod origin;
 
@@ -315,6 +316,11 @@ impl Sandbox {
 }
 
 impl DaemonProcess {
+    /// The daemon's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
     /// Sends SIGTERM and waits for the exit status (SIGKILL after 10 s).
     pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
         let mut child = self.child.take()?;
