@@ -166,14 +166,13 @@ impl RecordStore for DhtStore {
         }
         match owner {
             None if self.own_records >= MAX_OWN_RECORDS => return Err(Error::MaxRecords),
-            None => {}
-            Some(from) => {
+            Some(from)
                 if self.record_from.len() >= MAX_REMOTE_RECORDS
-                    || self.records_of.get(&from).copied().unwrap_or(0) >= RECORDS_PER_PEER
-                {
-                    return self.refuse(Error::MaxRecords);
-                }
+                    || self.records_of.get(&from).copied().unwrap_or(0) >= RECORDS_PER_PEER =>
+            {
+                return self.refuse(Error::MaxRecords);
             }
+            _ => {}
         }
         let key = r.key.clone();
         self.inner.put(r)?;
