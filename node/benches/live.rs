@@ -64,6 +64,8 @@ async fn start_node(dir: &Path, bootstrap: Vec<Multiaddr>) -> (Node, Multiaddr) 
         mdns: false,
         live,
         engine,
+        // Every node of the benchmark runs on 127.0.0.1.
+        max_connections_per_ip: None,
         ..NodeConfig::default()
     };
     let node = Node::start_in(dir, config).await.unwrap();

@@ -25,6 +25,9 @@ pub struct NodeConfig {
     pub max_connections: u32,
     /// Most connections with one peer.
     pub max_connections_per_peer: u32,
+    /// Most inbound connections from one IP address (`None`: no limit,
+    /// for nodes that all run on one address, as in tests).
+    pub max_connections_per_ip: Option<u32>,
     /// Upload cap and no-upload mode (changeable at run time; the live
     /// cache and peer limit come from `live.window` and
     /// `max_connections`).
@@ -63,6 +66,7 @@ impl Default for NodeConfig {
             mdns: true,
             max_connections: 512,
             max_connections_per_peer: 2,
+            max_connections_per_ip: Some(crate::ip_limit::DEFAULT_PER_IP),
             upload_bytes_per_sec: None,
             no_upload: false,
             provide_interval: Duration::from_secs(12 * 3600),
@@ -122,6 +126,7 @@ impl NodeConfig {
             bootstrap: addrs("bootstrap address", &net.bootstrap)?,
             mdns: net.mdns,
             max_connections: net.max_peers,
+            max_connections_per_ip: (net.max_peers_per_ip > 0).then_some(net.max_peers_per_ip),
             upload_bytes_per_sec: net.upload_bytes_per_sec,
             no_upload: net.no_upload,
             live: paths.config.live.config(),

@@ -473,9 +473,10 @@ impl EventLoop {
         self.machine.set_no_upload(limits.no_upload);
         self.config.max_connections = limits.max_peers;
         self.swarm.behaviour_mut().limits.limits_mut().clone_from(
-            &libp2p::connection_limits::ConnectionLimits::default()
-                .with_max_established(Some(limits.max_peers))
-                .with_max_established_per_peer(Some(self.config.max_connections_per_peer)),
+            &crate::ip_limit::connection_limits(
+                limits.max_peers,
+                self.config.max_connections_per_peer,
+            ),
         );
         self.machine.set_window(limits.cache_segments, now);
     }

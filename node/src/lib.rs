@@ -26,6 +26,7 @@ mod event_loop;
 #[cfg(feature = "gateway")]
 pub mod gateway;
 pub mod identity;
+pub mod ip_limit;
 pub mod limits;
 pub mod live;
 #[cfg(feature = "gateway")]
@@ -500,9 +501,9 @@ fn build_swarm(
 ) -> Result<libp2p::Swarm<Behaviour>, NodeError> {
     let kad_protocol = StreamProtocol::try_from_owned(config.kad_protocol.clone())
         .map_err(|e| NodeError::transport("the Kademlia protocol name", e.to_string()))?;
-    let limits = connection_limits::ConnectionLimits::default()
-        .with_max_established(Some(config.max_connections))
-        .with_max_established_per_peer(Some(config.max_connections_per_peer));
+    let limits =
+        ip_limit::connection_limits(config.max_connections, config.max_connections_per_peer);
+    let per_ip = config.max_connections_per_ip;
     let mdns_enabled = config.mdns;
     let provide_interval = config.provide_interval;
     let builder = libp2p::SwarmBuilder::with_existing_identity(keypair)
@@ -566,6 +567,7 @@ fn build_swarm(
             };
             Ok(Behaviour {
                 limits: connection_limits::Behaviour::new(limits),
+                per_ip: ip_limit::IpLimit::new(per_ip),
                 blocked: allow_block_list::Behaviour::default(),
                 identify: identify::Behaviour::new(identify::Config::new(
                     "/shoal/1.0.0".into(),

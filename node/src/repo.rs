@@ -169,6 +169,8 @@ pub struct NetworkConfig {
     pub mdns: bool,
     /// Most connected peers.
     pub max_peers: u32,
+    /// Most inbound connections from one IP address; 0: no limit.
+    pub max_peers_per_ip: u32,
     /// Most bytes per second sent to peers. Absent: no limit.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub upload_bytes_per_sec: Option<u64>,
@@ -192,6 +194,7 @@ impl Default for NetworkConfig {
             bootstrap: Vec::new(),
             mdns: true,
             max_peers: crate::NodeConfig::default().max_connections,
+            max_peers_per_ip: crate::ip_limit::DEFAULT_PER_IP,
             upload_bytes_per_sec: None,
             no_upload: false,
         }

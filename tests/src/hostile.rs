@@ -28,6 +28,20 @@ impl RawPeer {
     /// for the connection. `accept`: protocols whose inbound streams are
     /// taken and left unread.
     pub async fn connect(addr: &Multiaddr, accept: &[&'static str]) -> RawPeer {
+        let (peer, up) = RawPeer::dial(addr, accept);
+        tokio::time::timeout(Duration::from_secs(10), up)
+            .await
+            .expect("the raw peer connected within ten seconds")
+            .unwrap();
+        peer
+    }
+
+    /// Dials `addr` and returns at once, with a signal for the first time
+    /// the connection is up (which it may never be).
+    pub fn dial(
+        addr: &Multiaddr,
+        accept: &[&'static str],
+    ) -> (RawPeer, tokio::sync::oneshot::Receiver<()>) {
         let mut swarm = libp2p::SwarmBuilder::with_new_identity()
             .with_tokio()
             .with_tcp(
@@ -74,16 +88,15 @@ impl RawPeer {
                 }
             }
         });
-        tokio::time::timeout(Duration::from_secs(10), up)
-            .await
-            .expect("the raw peer connected within ten seconds")
-            .unwrap();
-        RawPeer {
-            peer,
-            control,
-            connected,
-            task,
-        }
+        (
+            RawPeer {
+                peer,
+                control,
+                connected,
+                task,
+            },
+            up,
+        )
     }
 
     /// Opens a stream to `peer` on `protocol`.

@@ -250,3 +250,64 @@ async fn ten_thousand_remote_provider_records_leave_room_for_our_own() {
         .expect("a broadcast still publishes its record");
     assert_eq!(t.node.dht_stat().await.unwrap().own_records, 1);
 }
+
+/// Peers connected to `node` a moment after twenty dials from 127.0.0.1.
+async fn after_twenty_dials(t: &shoal_tests::live::TestNode) -> (Vec<RawPeer>, usize) {
+    let crowd: Vec<RawPeer> = (0..20).map(|_| RawPeer::dial(&t.addr, &[]).0).collect();
+    // Bounded: until the count has held still for a second, at most 15 s.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut last = usize::MAX;
+    let mut still_since = Instant::now();
+    while Instant::now() < deadline {
+        let n = t.node.peers().await.unwrap().len();
+        if n != last {
+            last = n;
+            still_since = Instant::now();
+        } else if still_since.elapsed() > Duration::from_secs(1) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    (crowd, last)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_holds_at_most_its_quota_of_connections() {
+    use shoal_node::NodeConfig;
+    let t = shoal_tests::live::start_node(NodeConfig {
+        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
+        mdns: false,
+        max_connections_per_ip: Some(8),
+        ..NodeConfig::default()
+    })
+    .await;
+    let (_crowd, held) = after_twenty_dials(&t).await;
+    println!("twenty fresh peer ids from one address: {held} connected");
+    assert_eq!(held, 8);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_full_of_inbound_peers_still_dials_out() {
+    use shoal_node::NodeConfig;
+    let t = shoal_tests::live::start_node(NodeConfig {
+        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
+        mdns: false,
+        max_connections: 16,
+        max_connections_per_ip: None,
+        ..NodeConfig::default()
+    })
+    .await;
+    let (_crowd, held) = after_twenty_dials(&t).await;
+    println!("twenty inbound peers against 16 slots: {held} connected");
+    assert_eq!(
+        held, 14,
+        "two of sixteen slots stay for the node's own dials"
+    );
+    let other = shoal_tests::live::start(None, Default::default()).await;
+    let peer = t
+        .node
+        .dial(other.addr.clone())
+        .await
+        .expect("an outgoing dial still works");
+    assert_eq!(peer, other.node.peer_id());
+}

@@ -1,0 +1,150 @@
+//! Connections per remote IP address, and the node's connection limits.
+//!
+//! Peer ids cost nothing, so a per-peer limit does not stop one host from
+//! taking every connection slot with fresh identities (530 dials from one
+//! address filled all 512). [`IpLimit`] refuses an inbound connection
+//! from an address that already holds its quota; [`connection_limits`]
+//! keeps part of the total for the node's own dials, so a crowd of
+//! inbound peers never stops it from reaching the peers it chose
+//! (providers of a segment, a bootstrap node).
+//!
+//! Relayed connections (`/p2p-circuit`) come from the relay's address
+//! and are not counted against it: the relay bounds its own circuits.
+
+use std::collections::{HashMap, HashSet};
+use std::convert::Infallible;
+use std::net::IpAddr;
+use std::task::{Context, Poll};
+
+use libp2p::connection_limits::ConnectionLimits;
+use libp2p::core::Endpoint;
+use libp2p::core::transport::PortUse;
+use libp2p::multiaddr::Protocol;
+use libp2p::swarm::{
+    ConnectionClosed, ConnectionDenied, ConnectionId, FromSwarm, NetworkBehaviour, THandler,
+    THandlerInEvent, THandlerOutEvent, ToSwarm, dummy,
+};
+use libp2p::{Multiaddr, PeerId};
+
+/// Inbound connections held from one IP address by default: a household
+/// behind one NAT with a few devices watching, or a few nodes on one
+/// server; not a crowd.
+pub const DEFAULT_PER_IP: u32 = 8;
+
+/// Inbound handshakes in progress at once: each costs a socket and a noise
+/// handshake before its peer is known.
+const MAX_PENDING_INBOUND: u32 = 64;
+
+/// The node's connection limits: `total` in all, at most `per_peer` with
+/// one peer, and an eighth of `total` that inbound connections cannot
+/// take, kept for the node's own dials.
+pub fn connection_limits(total: u32, per_peer: u32) -> ConnectionLimits {
+    ConnectionLimits::default()
+        .with_max_established(Some(total))
+        .with_max_established_incoming(Some(total - total / 8))
+        .with_max_established_per_peer(Some(per_peer))
+        .with_max_pending_incoming(Some(MAX_PENDING_INBOUND))
+}
+
+/// The IP address a connection comes from, unless it is relayed.
+fn direct_ip(addr: &Multiaddr) -> Option<IpAddr> {
+    if addr.iter().any(|p| p == Protocol::P2pCircuit) {
+        return None;
+    }
+    addr.iter().find_map(|p| match p {
+        Protocol::Ip4(ip) => Some(IpAddr::V4(ip)),
+        Protocol::Ip6(ip) => Some(IpAddr::V6(ip)),
+        _ => None,
+    })
+}
+
+/// See the module documentation.
+pub struct IpLimit {
+    /// `None`: no limit.
+    per_ip: Option<u32>,
+    inbound: HashMap<IpAddr, HashSet<ConnectionId>>,
+    by_connection: HashMap<ConnectionId, IpAddr>,
+}
+
+impl IpLimit {
+    pub fn new(per_ip: Option<u32>) -> IpLimit {
+        IpLimit {
+            per_ip,
+            inbound: HashMap::new(),
+            by_connection: HashMap::new(),
+        }
+    }
+}
+
+/// Why an inbound connection was refused.
+#[derive(Debug, thiserror::Error)]
+#[error("{ip} already holds {limit} inbound connections")]
+pub struct TooManyFromIp {
+    pub ip: IpAddr,
+    pub limit: u32,
+}
+
+impl NetworkBehaviour for IpLimit {
+    type ConnectionHandler = dummy::ConnectionHandler;
+    type ToSwarm = Infallible;
+
+    fn handle_established_inbound_connection(
+        &mut self,
+        connection_id: ConnectionId,
+        _peer: PeerId,
+        _local_addr: &Multiaddr,
+        remote_addr: &Multiaddr,
+    ) -> Result<THandler<Self>, ConnectionDenied> {
+        let Some(ip) = direct_ip(remote_addr) else {
+            return Ok(dummy::ConnectionHandler);
+        };
+        let held = self.inbound.entry(ip).or_default();
+        if let Some(limit) = self.per_ip
+            && held.len() >= limit as usize
+        {
+            return Err(ConnectionDenied::new(TooManyFromIp { ip, limit }));
+        }
+        held.insert(connection_id);
+        self.by_connection.insert(connection_id, ip);
+        Ok(dummy::ConnectionHandler)
+    }
+
+    fn handle_established_outbound_connection(
+        &mut self,
+        _connection_id: ConnectionId,
+        _peer: PeerId,
+        _addr: &Multiaddr,
+        _role_override: Endpoint,
+        _port_use: PortUse,
+    ) -> Result<THandler<Self>, ConnectionDenied> {
+        Ok(dummy::ConnectionHandler)
+    }
+
+    fn on_swarm_event(&mut self, event: FromSwarm) {
+        if let FromSwarm::ConnectionClosed(ConnectionClosed { connection_id, .. }) = event
+            && let Some(ip) = self.by_connection.remove(&connection_id)
+            && let Some(held) = self.inbound.get_mut(&ip)
+        {
+            held.remove(&connection_id);
+            if held.is_empty() {
+                self.inbound.remove(&ip);
+            }
+        }
+    }
+
+    fn on_connection_handler_event(
+        &mut self,
+        _peer: PeerId,
+        _connection: ConnectionId,
+        event: THandlerOutEvent<Self>,
+    ) {
+        match event {}
+    }
+
+    fn poll(
+        &mut self,
+        _cx: &mut Context<'_>,
+    ) -> Poll<ToSwarm<Self::ToSwarm, THandlerInEvent<Self>>> {
+        Poll::Pending
+    }
+}
