@@ -32,10 +32,8 @@ use crate::{Node, NodeError};
 pub const POLL_INTERVAL: Duration = Duration::from_millis(50);
 
 /// Segments per rendition the broadcaster keeps in its store after
-/// publishing them: a minute of 2 s segments, far more than any viewer's
-/// window; older ones are deleted (unless pinned) so that a broadcast can
-/// run for days on a bounded disk.
-pub const KEEP_SEGMENTS: usize = 30;
+/// publishing them (the node's machine lets older ones go).
+pub use shoal_protocol::live::KEEP_SEGMENTS;
 
 /// How long a channel record stays valid without a newer one: a viewer
 /// that finds only an older record knows the channel has stopped.
@@ -98,9 +96,6 @@ struct RenditionState {
     /// Highest sequence published.
     last: Option<u64>,
     recent: VecDeque<RecentSegment>,
-    /// The segments still kept in the store (manifest, shards), oldest
-    /// first.
-    kept: VecDeque<(shoal_protocol::block::Cid, Vec<shoal_protocol::block::Cid>)>,
 }
 
 /// Broadcasts until the encoder ends the stream (EXT-X-ENDLIST in every
@@ -284,17 +279,6 @@ async fn import_new_segment(
     while state.recent.len() > RECORD_WINDOW {
         state.recent.pop_front();
     }
-    state
-        .kept
-        .push_back((stored.manifest_cid, stored.manifest.shards.clone()));
-    while state.kept.len() > KEEP_SEGMENTS {
-        if let Some((manifest, shards)) = state.kept.pop_front() {
-            let store = node.store().clone();
-            tokio::task::spawn_blocking(move || {
-                crate::store_io::release(&store, &manifest, &shards)
-            });
-        }
-    }
     let published = Published {
         rendition,
         sequence,
@@ -410,7 +394,6 @@ fn read_renditions(dir: &Path, top: &str) -> Result<Vec<RenditionState>, Broadca
             playlist: PathBuf::from(playlist),
             last: None,
             recent: VecDeque::new(),
-            kept: VecDeque::new(),
         }
     };
     match read_playlist(&dir.join(top))? {

@@ -601,14 +601,7 @@ impl EventLoop {
                         });
                     });
                 }
-                Action::Release { manifest, shards } => {
-                    let store = self.store.clone();
-                    let token = self.blocking.clone();
-                    self.jobs.spawn_blocking(move || {
-                        let _token = token;
-                        crate::store_io::release(&store, &manifest, &shards);
-                    });
-                }
+                Action::Release { blocks } => self.write(Write::Release(blocks)),
                 Action::AskReceipts { peer, request } => {
                     let control = self.control.clone();
                     let tx = self.done_tx.clone();

@@ -5,12 +5,14 @@
 //! - [`NodeStore`] answers the machine's lookups: block sizes for the
 //!   Bitswap engine, blocks for the fetches, held receipts for the rules.
 //! - [`run_writer`] is the one task that writes what the network brings
-//!   (blocks from peers, manifests that came inline), in the order it was
-//!   asked, a batch per transaction; each batch is reported back once it
-//!   is committed. One writer, in order, so that a manifest queued before a
-//!   segment's shards is stored before the segment is checked.
-//! - [`check_segment`] and [`release`] are the live sessions' blocking
-//!   work, run on the blocking pool.
+//!   (blocks from peers, manifests that came inline) and deletes what the
+//!   machine lets go, in the order it was asked, a batch per transaction;
+//!   each batch is reported back once it is committed. One writer, in
+//!   order, so that a manifest queued before a segment's shards is stored
+//!   before the segment is checked, and a block let go and then fetched
+//!   again (a repeated segment) is deleted before it is stored, not after.
+//! - [`check_segment`] is the live sessions' blocking work, run on the
+//!   blocking pool.
 
 use std::sync::Arc;
 
@@ -65,20 +67,51 @@ pub(crate) enum Write<P> {
     },
     /// A segment manifest that came inline with an announcement.
     Manifest { cid: Cid, bytes: Vec<u8> },
+    /// Blocks the machine let go: deleted unless pinned.
+    Release(Vec<Cid>),
 }
 
 /// Writes in order, a batch per transaction, without an fsync (what is
-/// lost in a crash can be fetched again); sends `(from, blocks)` of every
-/// committed [`Write::Received`] to `done`. Ends when `writes` closes.
+/// lost in a crash can be fetched again), and deletes what is released
+/// between the batches before and after it; sends `(from, blocks)` of
+/// every committed [`Write::Received`] to `done`. Ends when `writes`
+/// closes.
 pub(crate) async fn run_writer<P: Send + 'static>(
     store: Arc<Blockstore>,
     mut writes: mpsc::UnboundedReceiver<Write<P>>,
     done: mpsc::UnboundedSender<Stored<P>>,
 ) {
-    while let Some(first) = writes.recv().await {
+    // A release read while batching waits for the batch before it.
+    let mut next: Option<Write<P>> = None;
+    loop {
+        let first = match next.take() {
+            Some(w) => w,
+            None => match writes.recv().await {
+                Some(w) => w,
+                None => return,
+            },
+        };
+        if let Write::Release(cids) = first {
+            let store = store.clone();
+            let deleted = tokio::task::spawn_blocking(move || {
+                for cid in &cids {
+                    // Pinned or already gone: either way nothing to do.
+                    let _ = store.delete(cid);
+                }
+            })
+            .await;
+            if deleted.is_err() {
+                return;
+            }
+            continue;
+        }
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
             match writes.try_recv() {
+                Ok(w @ Write::Release(_)) => {
+                    next = Some(w);
+                    break;
+                }
                 Ok(w) => batch.push(w),
                 Err(_) => break,
             }
@@ -96,6 +129,7 @@ pub(crate) async fn run_writer<P: Send + 'static>(
                             .map(|(cid, data)| Block::prehashed(*cid, data))
                             .collect(),
                         Write::Manifest { cid, bytes } => vec![Block::prehashed(*cid, bytes)],
+                        Write::Release(_) => Vec::new(),
                     }
                 })
                 .collect();
@@ -140,12 +174,4 @@ pub(crate) fn check_segment(
         tracing::warn!(%manifest, error = %e, "cannot complete a live segment's shards");
     }
     ok
-}
-
-/// Deletes a segment's blocks (those pinned stay).
-pub(crate) fn release(store: &Blockstore, manifest: &Cid, shards: &[Cid]) {
-    for cid in shards.iter().chain(std::iter::once(manifest)) {
-        // Pinned or already gone: either way nothing to do.
-        let _ = store.delete(cid);
-    }
 }

@@ -285,10 +285,12 @@ pub enum Action<P> {
         manifest: Cid,
         from_http: bool,
     },
-    /// Delete these blocks (unless pinned).
+    /// Delete these blocks (unless pinned): no session, window or
+    /// broadcast of this machine holds them any more. Delete them in order
+    /// with the [`Action::Store`]s, so that a block stored again after
+    /// this is not deleted.
     Release {
-        manifest: Cid,
-        shards: Vec<Cid>,
+        blocks: Vec<Cid>,
     },
     /// Ask a peer for receipts; report with
     /// [`NodeMachine::handle_receipts`].
@@ -422,6 +424,8 @@ pub struct NodeMachine<P, S> {
     traffic: Traffic,
     /// What one input sends each peer, merged.
     sends: BTreeMap<P, Outgoing>,
+    /// Blocks let go within one input, to delete unless still held.
+    releasing: BTreeSet<Cid>,
     /// Blocks received from each peer within one input, to store.
     received: BTreeMap<P, Vec<(Cid, Vec<u8>)>>,
     /// The earliest ban to end.
@@ -454,6 +458,7 @@ impl<P: Clone + Ord + Hash, S: BlockSource + BlockLookup> NodeMachine<P, S> {
             rewards,
             traffic: Traffic::default(),
             sends: BTreeMap::new(),
+            releasing: BTreeSet::new(),
             received: BTreeMap::new(),
             actions: VecDeque::new(),
             store,
@@ -930,10 +935,8 @@ impl<P: Clone + Ord + Hash, S: BlockSource + BlockLookup> NodeMachine<P, S> {
             Some(s) => s.handle_proxied(segment, stored, now, now_ms),
             None => {
                 if let Some(p) = stored {
-                    self.actions.push_back(Action::Release {
-                        manifest: p.manifest,
-                        shards: p.shards,
-                    });
+                    self.releasing.insert(p.manifest);
+                    self.releasing.extend(p.shards);
                 }
             }
         }
@@ -1202,9 +1205,9 @@ impl<P: Clone + Ord + Hash, S: BlockSource + BlockLookup> NodeMachine<P, S> {
                             data,
                         });
                     }
+                    BroadcastAction::Release(blocks) => self.releasing.extend(blocks),
                 }
             }
-            self.broadcasts.retain(|_, b| !b.is_idle());
             let mut fetch_actions = Vec::new();
             for (id, f) in &mut self.fetches {
                 while let Some(a) = f.poll_action() {
@@ -1254,10 +1257,35 @@ impl<P: Clone + Ord + Hash, S: BlockSource + BlockLookup> NodeMachine<P, S> {
                 break;
             }
         }
+        self.release();
         for (from, blocks) in std::mem::take(&mut self.received) {
             self.actions.push_back(Action::Store { from, blocks });
         }
         self.flush(now);
+    }
+
+    /// Asks the node to delete the blocks let go in this input that
+    /// nothing else holds: one segment's shards may be another's (a
+    /// channel that repeats a slate, two channels of the same source), and
+    /// a broadcaster keeps what it published.
+    fn release(&mut self) {
+        if self.releasing.is_empty() {
+            return;
+        }
+        let mut held = BTreeSet::new();
+        for s in self.sessions.values() {
+            s.holds(&mut held);
+        }
+        for b in self.broadcasts.values() {
+            b.holds(&mut held);
+        }
+        let blocks: Vec<Cid> = std::mem::take(&mut self.releasing)
+            .into_iter()
+            .filter(|c| !held.contains(c))
+            .collect();
+        if !blocks.is_empty() {
+            self.actions.push_back(Action::Release { blocks });
+        }
     }
 
     fn session_action(
@@ -1326,7 +1354,8 @@ impl<P: Clone + Ord + Hash, S: BlockSource + BlockLookup> NodeMachine<P, S> {
                 },
             ),
             SessionAction::Release { manifest, shards } => {
-                push(self, Action::Release { manifest, shards })
+                self.releasing.insert(manifest);
+                self.releasing.extend(shards);
             }
             SessionAction::Delivered {
                 peer,

@@ -993,12 +993,10 @@ impl Sim {
                     self.feed(node, Input::Received { from, blocks });
                 }
                 Action::StoreManifest { cid, .. } => self.hold(node, &[cid]),
-                Action::Release { manifest, shards } => {
+                Action::Release { blocks } => {
                     // The node deletes a segment's blocks once it leaves
                     // the window, and so no longer serves it.
-                    let mut gone = shards;
-                    gone.push(manifest);
-                    self.drop_blocks(node, &gone);
+                    self.drop_blocks(node, &blocks);
                 }
                 Action::Check {
                     rendition,

@@ -10,8 +10,8 @@ use shoal_protocol::channel::ChannelKey;
 use shoal_protocol::live::LiveConfig;
 use shoal_tests::live::{
     Encoder, Forger, TestNode, assert_has_every_segment, assert_segments_intact, channel_key,
-    hls_folder, one_at_a_time, spawn_broadcast, start, start_with, viewers, viewers_with,
-    wait_for_segments,
+    hls_folder, one_at_a_time, spawn_broadcast, start, start_with, viewer_config, viewers,
+    viewers_with, wait_for_segments,
 };
 use shoal_tests::origin::{Mode, Origin};
 
@@ -433,4 +433,76 @@ async fn a_node_in_no_upload_mode_serves_nothing_until_allowed_again() {
     assert_eq!(peer.node.fetch_block(cid).await.unwrap(), data);
     peer.node.stop().await;
     phone.node.stop().await;
+}
+
+/// A channel whose segments are all the same bytes (a static slate,
+/// silence): each segment's shards are the others'. A segment leaving a
+/// viewer's window, or the broadcaster's store, must not take with it the
+/// blocks the segments after it are made of.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_channel_of_identical_segments_plays() {
+    let _serial = one_at_a_time().await;
+    let (_work, dir) = hls_folder();
+    let broadcaster = start(None, LiveConfig::default()).await;
+    let key = channel_key();
+    let channel = key.id();
+    let window = 3;
+    let viewers = viewers_with(
+        2,
+        &broadcaster.addr,
+        channel,
+        LiveConfig {
+            window,
+            ..viewer_config()
+        },
+    )
+    .await;
+    let published = spawn_broadcast(&broadcaster.node, key, dir.clone(), Vec::new());
+    // More segments than the broadcaster keeps, a quarter second each.
+    let count = shoal_node::broadcast::KEEP_SEGMENTS + 6;
+    let slate: Vec<u8> = (0..96 * 1024u32).map(|i| (i * 7 % 251) as u8).collect();
+    let mut playlist = String::from(
+        "#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:1\n#EXT-X-MEDIA-SEQUENCE:0\n",
+    );
+    for n in 0..count {
+        std::fs::write(dir.join(format!("slate{n}.ts")), &slate).unwrap();
+        playlist.push_str(&format!("#EXTINF:0.250,\nslate{n}.ts\n"));
+        let tmp = dir.join("index.m3u8.tmp");
+        std::fs::write(&tmp, &playlist).unwrap();
+        std::fs::rename(&tmp, dir.join("index.m3u8")).unwrap();
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    playlist.push_str("#EXT-X-ENDLIST\n");
+    std::fs::write(dir.join("index.m3u8"), &playlist).unwrap();
+    let published = published.await.unwrap();
+    assert_eq!(published.len(), count);
+    for v in &viewers {
+        // Bounded: 10 s for the last segments to arrive.
+        for _ in 0..100 {
+            let stats = v.node.live_view(channel).await.unwrap().unwrap().stats;
+            if stats.segments + stats.missed >= count as u64 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let view = v.node.live_view(channel).await.unwrap().unwrap();
+        eprintln!("viewer {}: {:?}", v.node.peer_id(), view.stats);
+        assert_eq!(view.stats.missed, 0, "{:?}", view.stats);
+        assert_eq!(view.stats.segments, count as u64);
+        let held = &view.renditions[0].window;
+        assert_eq!(held.len(), window);
+        assert_segments_intact(&v.node, held, &dir);
+    }
+    // The broadcaster let its oldest segments go and still serves the
+    // newest, made of the same blocks.
+    let last = published.last().unwrap();
+    let manifest: shoal_protocol::block::Cid = last.manifest.parse().unwrap();
+    let got =
+        shoal_storage::assemble::read_segment(broadcaster.node.store(), &manifest, last.sequence)
+            .expect("the broadcaster still holds its newest segment");
+    assert!(got == slate);
+    for v in viewers {
+        v.node.stop().await;
+    }
+    broadcaster.node.stop().await;
 }

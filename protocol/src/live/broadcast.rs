@@ -14,8 +14,12 @@
 //!   rations nothing.
 //! - At most [`MAX_RATIONED_SEGMENTS`] segments are under a ration at
 //!   once; an older one's ration ends early rather than be forgotten.
+//! - The last [`KEEP_SEGMENTS`] segments of each rendition stay in the
+//!   store for viewers that come late or fall behind; older ones are let
+//!   go ([`BroadcastAction::Release`]), so a broadcast runs for days on a
+//!   bounded disk. The node deletes only what nothing else still holds.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::time::Instant;
 
 use crate::block::Cid;
@@ -28,6 +32,11 @@ use super::planner::LiveConfig;
 /// that publishes in a loop grow the queue without end.
 pub const MAX_RATIONED_SEGMENTS: usize = 64;
 
+/// Segments per rendition the broadcaster keeps in its store after
+/// publishing them: a minute of 2 s segments, far more than any viewer's
+/// window.
+pub const KEEP_SEGMENTS: usize = 30;
+
 /// What a broadcast asks of the node's Bitswap engine and gossip.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum BroadcastAction {
@@ -39,6 +48,9 @@ pub enum BroadcastAction {
     EndRation(Vec<Cid>),
     /// Publish the announcement on the rendition's topic.
     Gossip { rendition: u16, data: Vec<u8> },
+    /// These blocks (an old segment's manifest and shards) need not be
+    /// kept for this broadcast any more.
+    Release(Vec<Cid>),
 }
 
 /// One channel being published. See the module documentation.
@@ -47,6 +59,8 @@ pub struct Broadcast {
     config: LiveConfig,
     /// Rationed shards and when their ration ends, oldest first.
     rations: VecDeque<(Instant, Vec<Cid>)>,
+    /// Per rendition, the blocks of the segments kept, oldest first.
+    kept: BTreeMap<u16, VecDeque<Vec<Cid>>>,
     actions: VecDeque<BroadcastAction>,
 }
 
@@ -56,6 +70,7 @@ impl Broadcast {
             channel,
             config,
             rations: VecDeque::new(),
+            kept: BTreeMap::new(),
             actions: VecDeque::new(),
         }
     }
@@ -73,6 +88,15 @@ impl Broadcast {
     ) -> Result<(), ChannelError> {
         let announcement = Announcement::open(&self.channel, &data)?;
         let shards = announcement.manifest.shards;
+        let kept = self.kept.entry(rendition).or_default();
+        let mut blocks = shards.clone();
+        blocks.push(announcement.manifest_cid);
+        kept.push_back(blocks);
+        while kept.len() > KEEP_SEGMENTS {
+            if let Some(old) = kept.pop_front() {
+                self.actions.push_back(BroadcastAction::Release(old));
+            }
+        }
         self.actions
             .push_back(BroadcastAction::Pace(shards.clone()));
         let window = self.config.ration_window;
@@ -111,10 +135,13 @@ impl Broadcast {
         self.actions.pop_front()
     }
 
-    /// Whether a ration is still running (a broadcast with none and nothing
-    /// to do can be dropped).
-    pub fn is_idle(&self) -> bool {
-        self.rations.is_empty() && self.actions.is_empty()
+    /// Adds to `held` the blocks of the segments this broadcast keeps.
+    pub fn holds(&self, held: &mut std::collections::BTreeSet<Cid>) {
+        for segments in self.kept.values() {
+            for blocks in segments {
+                held.extend(blocks.iter().copied());
+            }
+        }
     }
 }
 
@@ -178,7 +205,38 @@ mod tests {
         b.handle_timeout(t + window);
         assert_eq!(drain(&mut b), vec![BroadcastAction::EndRation(shards)]);
         assert_eq!(b.poll_timeout(), None);
-        assert!(b.is_idle());
+    }
+
+    #[test]
+    fn the_last_segments_are_kept_and_older_ones_let_go() {
+        let key = ChannelKey::from_seed(&[3; 32]);
+        let mut b = Broadcast::new(key.id(), LiveConfig::default());
+        let t = Instant::now();
+        let mut first = Vec::new();
+        for sequence in 0..=KEEP_SEGMENTS as u64 {
+            let (data, shards) = announcement(&key, sequence);
+            if sequence == 0 {
+                first = shards;
+            }
+            b.handle_publish(0, data, t).unwrap();
+        }
+        let released: Vec<Vec<Cid>> = drain(&mut b)
+            .into_iter()
+            .filter_map(|a| match a {
+                BroadcastAction::Release(blocks) => Some(blocks),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(released.len(), 1);
+        assert!(first.iter().all(|c| released[0].contains(c)));
+        assert_eq!(
+            released[0].len(),
+            first.len() + 1,
+            "its shards and manifest"
+        );
+        let mut held = std::collections::BTreeSet::new();
+        b.holds(&mut held);
+        assert!(first.iter().all(|c| !held.contains(c)));
     }
 
     #[test]

@@ -24,7 +24,7 @@ mod broadcast;
 mod planner;
 mod session;
 
-pub use broadcast::{Broadcast, BroadcastAction};
+pub use broadcast::{Broadcast, BroadcastAction, KEEP_SEGMENTS};
 pub use planner::*;
 pub use session::{
     LIVE_DISCOVERY_INTERVAL, LIVE_IDLE_TIMEOUT, LiveEvent, LiveSession, LiveView, OriginMedia,

@@ -506,6 +506,27 @@ impl<P: Clone + Ord + Hash> LivePlanner<P> {
         self.http = http;
     }
 
+    /// Adds to `held` every block this planner still needs: the manifests
+    /// and shards of the segments in its windows and of those it fetches
+    /// or checks (a manifest still being fetched names no shards yet).
+    pub fn holds(&self, held: &mut std::collections::BTreeSet<Cid>) {
+        for r in &self.renditions {
+            for w in &r.window {
+                held.insert(w.manifest);
+                held.extend(w.shards.iter().copied());
+            }
+            for p in r.pending.values() {
+                held.insert(p.manifest_cid);
+                match &p.stage {
+                    Stage::Manifest(_) => {}
+                    Stage::Shards { manifest, .. } | Stage::Checking { manifest } => {
+                        held.extend(manifest.shards.iter().copied())
+                    }
+                }
+            }
+        }
+    }
+
     /// The complete segments of a rendition, oldest first.
     pub fn window(&self, rendition: u16) -> impl Iterator<Item = &WindowSegment> {
         self.renditions

@@ -330,6 +330,12 @@ impl<P: Clone + Ord + Hash> LiveSession<P> {
         self.planner.wants(cid)
     }
 
+    /// Adds to `held` every block this session still needs (its window,
+    /// and the segments it fetches or checks).
+    pub fn holds(&self, held: &mut std::collections::BTreeSet<Cid>) {
+        self.planner.holds(held);
+    }
+
     /// Changes how many complete segments each rendition keeps.
     pub fn set_window(&mut self, window: usize, now: Instant) {
         let actions = self.planner.set_window(window);
