@@ -658,27 +658,22 @@ fn add(backend: &Backend, args: AddArgs) -> Result<()> {
     Ok(())
 }
 
-/// Writes into a hidden temporary file beside `output` and renames it into
-/// place, so a failed `get` leaves no partial file.
+/// Writes into a hidden temporary file beside `output` (a random name,
+/// created exclusively: see `shoal_storage::files`) and renames it into
+/// place, so a failed `get` leaves no partial file and nothing planted
+/// beside `output` is written through.
 fn get(backend: &Backend, cid: &Cid, output: &Path) -> Result<()> {
-    let name = output
-        .file_name()
-        .with_context(|| format!("{} is not a file path", output.display()))?
-        .to_string_lossy()
-        .into_owned();
-    let parent = output
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
+    if output.file_name().is_none() {
+        anyhow::bail!("{} is not a file path", output.display());
+    }
     let size = match backend {
         Backend::Local(repo) => Some(assemble::load_stream(&repo.store, cid)?.size),
         Backend::Daemon(_) => None,
     };
-    let tmp = parent.join(format!(".{name}.partial-{}", std::process::id()));
+    let (tmp, file) = shoal_storage::files::temp_file(output, false)
+        .with_context(|| format!("creating a temporary file beside {}", output.display()))?;
     let bar = progress::bytes(size.unwrap_or(0), "getting");
     let result = (|| -> Result<()> {
-        let file =
-            std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
         let mut out = io::BufWriter::with_capacity(1 << 20, file);
         let mut on_progress = |n: u64| {
             if n > bar.length().unwrap_or(0) {

@@ -1,6 +1,5 @@
 //! The node's ed25519 identity, kept in the repo with mode 0600.
 
-use std::io::Write;
 use std::path::Path;
 
 use libp2p::identity::Keypair;
@@ -45,33 +44,11 @@ pub(crate) fn random_secret() -> [u8; 32] {
     out
 }
 
-/// Writes a secret to `path` readable by the owner only, atomically: a
-/// new file of a random name beside it (created exclusively, so nothing
-/// planted there, a symlink least of all, is written through), synced,
-/// then renamed over `path`.
+/// Writes a secret to `path` readable by the owner only, atomically
+/// (see `shoal_storage::files`: a random temporary name created
+/// exclusively, synced, renamed over `path`).
 pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let nonce: String = random_secret()[..8]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    let tmp = path.with_file_name(format!(".{name}.{nonce}.tmp"));
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options.open(&tmp)?;
-    let written = file
-        .write_all(bytes)
-        .and_then(|()| file.sync_all())
-        .and_then(|()| std::fs::rename(&tmp, path));
-    if written.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    written
+    shoal_storage::files::write_atomically(path, bytes, true)
 }
 
 #[cfg(test)]

@@ -308,17 +308,19 @@ pub fn export_hls(
             });
         }
     }
-    let name = dir
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "export".into());
-    let parent = dir
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let tmp = parent.join(format!(".{name}.partial-{}", std::process::id()));
+    // A fresh folder of a random name, the owner's only until it is
+    // renamed into place: nothing planted beside or inside it is written
+    // through (see `files`).
+    let tmp = crate::files::temp_dir(dir).map_err(io_err(dir))?;
     let result = write_presentation(store, &stream, &tmp, progress);
     let result = result.and_then(|()| {
+        // Written: the folder opens as any exported folder would.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))
+                .map_err(io_err(&tmp))?;
+        }
         if dir.exists() {
             std::fs::remove_dir(dir).map_err(io_err(dir))?;
         }
@@ -337,7 +339,7 @@ fn write_presentation(
     progress: &mut dyn FnMut(u64),
 ) -> Result<(), AssembleError> {
     let write = |path: PathBuf, parts: &[&[u8]]| -> Result<u64, AssembleError> {
-        std::fs::File::create(&path)
+        crate::files::create_new(&path, false)
             .and_then(|mut f| write_parts(&mut f, parts))
             .map_err(|source| AssembleError::Io { path, source })
     };

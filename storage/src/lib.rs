@@ -12,6 +12,7 @@
 
 pub mod blockstore;
 pub mod codec;
+pub mod files;
 
 pub use blockstore::{BlockListener, Blockstore, HeldReceipt, StoreError, StoreOptions};
 pub mod hls;

@@ -210,3 +210,61 @@ fn quota_too_small_for_an_import_keeps_the_repo_as_it_was() {
     // What was pinned before is intact.
     sb.shoal(&["get", &root, "-o", "again.bin"]).ok();
 }
+
+/// The next process ids, as `/proc` tells them: where a writer that names
+/// its temporary files after its pid would write.
+#[cfg(target_os = "linux")]
+fn next_pids(n: u32) -> impl Iterator<Item = u32> {
+    let last: u32 = std::fs::read_to_string("/proc/sys/kernel/ns_last_pid")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(1000);
+    (last + 1)..(last + 1 + n)
+}
+
+/// An attacker who can write beside the user's output plants symlinks to
+/// a victim file at every name `get -o` and `export-hls` might write
+/// first: the target itself and the temporary names of the next
+/// processes. The victim is untouched and the output lands whole.
+#[cfg(target_os = "linux")]
+#[test]
+fn planted_symlinks_leave_their_victims_untouched() {
+    let (sb, root) = repo_with_file();
+    let victim = sb.path("victim");
+    std::fs::write(&victim, "precious").unwrap();
+    let out = sb.path("out.bin");
+    std::os::unix::fs::symlink(&victim, &out).unwrap();
+    for pid in next_pids(500) {
+        std::os::unix::fs::symlink(&victim, sb.path(&format!(".out.bin.partial-{pid}"))).unwrap();
+        std::os::unix::fs::symlink(&victim, sb.path(&format!(".hls.partial-{pid}"))).unwrap();
+    }
+    sb.shoal(&["get", &root, "-o", out.to_str().unwrap()]).ok();
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+    assert!(!std::fs::symlink_metadata(&out).unwrap().is_symlink());
+
+    // An HLS presentation, exported beside the same traps.
+    let src = sb.path("src");
+    std::fs::create_dir(&src).unwrap();
+    std::fs::write(src.join("seg0.ts"), vec![0x47u8; 188 * 40]).unwrap();
+    std::fs::write(
+        src.join("index.m3u8"),
+        "#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:2\n#EXT-X-PLAYLIST-TYPE:VOD\n#EXTINF:2.0,\nseg0.ts\n#EXT-X-ENDLIST\n",
+    )
+    .unwrap();
+    let hls = sb
+        .shoal(&["add", "--hls", src.join("index.m3u8").to_str().unwrap()])
+        .ok()
+        .to_owned();
+    let dir = sb.path("hls");
+    sb.shoal(&["export-hls", &hls, dir.to_str().unwrap()]).ok();
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+    assert!(dir.join("index.m3u8").is_file());
+    // A target folder that is a symlink to the victim's folder is refused.
+    let victim_dir = sb.path("victim_dir");
+    std::fs::create_dir(&victim_dir).unwrap();
+    let linked = sb.path("linked");
+    std::os::unix::fs::symlink(&victim_dir, &linked).unwrap();
+    sb.shoal(&["export-hls", &hls, linked.to_str().unwrap()])
+        .fails_with("linked");
+    assert!(std::fs::read_dir(&victim_dir).unwrap().next().is_none());
+}
