@@ -107,6 +107,8 @@ fn loopback_config(bootstrap: Vec<Multiaddr>) -> NodeConfig {
         listen: vec!["/ip4/127.0.0.1/tcp/0".parse().expect("valid multiaddr")],
         bootstrap,
         mdns: false,
+        // The demo's origin serves on 127.0.0.1 beside its nodes.
+        private_origins: true,
         ..NodeConfig::default()
     }
 }

@@ -66,6 +66,7 @@ async fn start_node(dir: &Path, bootstrap: Vec<Multiaddr>) -> (Node, Multiaddr) 
         engine,
         // Every node of the benchmark runs on 127.0.0.1.
         max_connections_per_ip: None,
+        private_origins: true,
         ..NodeConfig::default()
     };
     let node = Node::start_in(dir, config).await.unwrap();

@@ -25,6 +25,10 @@ pub struct NodeConfig {
     pub max_connections: u32,
     /// Most connections with one peer.
     pub max_connections_per_peer: u32,
+    /// Fetch from origins on loopback, private or link-local addresses
+    /// even when only a channel record names them (a broadcast on a LAN,
+    /// tests on one machine). Origins the user names are always allowed.
+    pub private_origins: bool,
     /// Most inbound connections from one IP address (`None`: no limit,
     /// for nodes that all run on one address, as in tests).
     pub max_connections_per_ip: Option<u32>,
@@ -67,6 +71,7 @@ impl Default for NodeConfig {
             max_connections: 512,
             max_connections_per_peer: 2,
             max_connections_per_ip: Some(crate::ip_limit::DEFAULT_PER_IP),
+            private_origins: false,
             upload_bytes_per_sec: None,
             no_upload: false,
             provide_interval: Duration::from_secs(12 * 3600),
@@ -127,6 +132,7 @@ impl NodeConfig {
             mdns: net.mdns,
             max_connections: net.max_peers,
             max_connections_per_ip: (net.max_peers_per_ip > 0).then_some(net.max_peers_per_ip),
+            private_origins: paths.config.live.private_origins,
             upload_bytes_per_sec: net.upload_bytes_per_sec,
             no_upload: net.no_upload,
             live: paths.config.live.config(),

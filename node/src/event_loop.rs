@@ -149,7 +149,7 @@ struct EventLoop {
     queries: HashMap<kad::QueryId, Query>,
     fetches: HashMap<FetchId, oneshot::Sender<Result<FetchReport, NodeError>>>,
     #[cfg(feature = "http-origin")]
-    http: reqwest::Client,
+    http: crate::origin_client::Origins,
     upload: Arc<UploadLimiter>,
     events: tokio::sync::broadcast::Sender<NodeEvent>,
     /// The loop's network tasks (acceptors, Bitswap writers, HTTP requests,
@@ -249,10 +249,9 @@ pub(crate) fn spawn(
         },
     );
     #[cfg(feature = "http-origin")]
-    let http = reqwest::Client::builder()
-        .timeout(config.live.origin_timeout)
-        .build()
-        .map_err(|e| NodeError::transport("the HTTP client", e))?;
+    let http =
+        crate::origin_client::Origins::new(config.live.origin_timeout, config.private_origins)
+            .map_err(|e| NodeError::transport("the HTTP client", e))?;
     let event_loop = EventLoop {
         swarm,
         machine,
@@ -403,6 +402,8 @@ impl EventLoop {
                 let _ = reply.send(self.machine.banned().copied().collect());
             }
             Command::Watch(channel, origins, reply) => {
+                #[cfg(feature = "http-origin")]
+                self.http.vouch(&origins);
                 let result = self.machine.watch(channel, origins, now);
                 let _ = reply.send(result.map_err(NodeError::Watch));
             }

@@ -8,6 +8,15 @@
 //!   or shards that do not match, are not);
 //! - [`read_origin`]: a proxying session's media playlists;
 //! - [`proxy_segment`]: a segment fetched whole and coded into the store.
+//!
+//! Origins are URLs the user or the channel's key vouched for, and nothing
+//! else ([`Origins`]): a redirect may not leave the origin's host; an
+//! origin only a channel record names may not be, or resolve to, a
+//! loopback, private or link-local address (a record is anyone's to sign,
+//! and a viewer's node must not become its reader of the viewer's LAN),
+//! unless the user named that origin themselves or allowed private
+//! origins; master-playlist variants must be plain relative paths; bodies
+//! and times are bounded.
 
 use shoal_protocol::block::{self, Cid, Codec};
 use shoal_protocol::channel::{LiveRendition, MAX_LIVE_RENDITIONS, is_safe_relative_path};
@@ -18,6 +27,158 @@ use shoal_protocol::live::{
 use shoal_storage::Blockstore;
 use shoal_storage::hls::{self, MediaPlaylist, Playlist};
 
+/// Redirects followed, at most, within an origin's host.
+const MAX_REDIRECTS: usize = 5;
+
+/// Whether `ip` is an address on the public Internet: not loopback,
+/// private, link-local, shared (CGNAT), unspecified, multicast or
+/// documentation space (IPv4 inside IPv6 judged as IPv4).
+pub fn is_public_ip(ip: std::net::IpAddr) -> bool {
+    use std::net::IpAddr;
+    match ip {
+        IpAddr::V4(v4) => {
+            let o = v4.octets();
+            !(v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || v4.is_multicast()
+                || v4.is_documentation()
+                || o[0] == 0
+                || (o[0] == 100 && (o[1] & 0xc0) == 64)
+                || (o[0] == 192 && o[1] == 0 && o[2] == 0)
+                || o[0] >= 240)
+        }
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return is_public_ip(IpAddr::V4(v4));
+            }
+            let seg = v6.segments();
+            !(v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || (seg[0] & 0xfe00) == 0xfc00
+                || (seg[0] & 0xffc0) == 0xfe80
+                || (seg[0] == 0x2001 && seg[1] == 0x0db8))
+        }
+    }
+}
+
+/// `scheme://host:port` of a URL: what a redirect may not leave and what
+/// a user vouches for by naming an origin.
+fn site(url: &reqwest::Url) -> String {
+    format!(
+        "{}://{}:{}",
+        url.scheme(),
+        url.host_str().unwrap_or_default(),
+        url.port_or_known_default().unwrap_or_default()
+    )
+}
+
+/// Resolves names to public addresses only: what a record-named origin
+/// may reach, checked at every connection (so DNS rebinding gains
+/// nothing).
+struct PublicResolver;
+
+impl reqwest::dns::Resolve for PublicResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        Box::pin(async move {
+            let host = name.as_str().to_owned();
+            let found: Vec<std::net::SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
+                .await?
+                .filter(|a| is_public_ip(a.ip()))
+                .collect();
+            if found.is_empty() {
+                return Err(format!(
+                    "{host} resolves to no public address (an origin only a channel record names must be on the Internet)"
+                )
+                .into());
+            }
+            let addrs: reqwest::dns::Addrs = Box::new(found.into_iter());
+            Ok(addrs)
+        })
+    }
+}
+
+/// The HTTP clients for origins, and which origins the user vouched for.
+#[derive(Clone)]
+pub(crate) struct Origins {
+    /// For origins the user named (or all, with private origins allowed).
+    vouched: reqwest::Client,
+    /// For origins only a channel record names: public addresses only.
+    public: reqwest::Client,
+    /// Sites the user named (`scheme://host:port`).
+    named: std::sync::Arc<std::collections::BTreeSet<String>>,
+    allow_private: bool,
+}
+
+impl Origins {
+    pub(crate) fn new(
+        timeout: std::time::Duration,
+        allow_private: bool,
+    ) -> reqwest::Result<Origins> {
+        let same_site = || {
+            reqwest::redirect::Policy::custom(|attempt| {
+                let first = attempt.previous().first().map(site);
+                if attempt.previous().len() > MAX_REDIRECTS {
+                    attempt.error("too many redirects")
+                } else if first.is_some_and(|f| f != site(attempt.url())) {
+                    attempt.error("a redirect to another host")
+                } else {
+                    attempt.follow()
+                }
+            })
+        };
+        Ok(Origins {
+            vouched: reqwest::Client::builder()
+                .timeout(timeout)
+                .redirect(same_site())
+                .build()?,
+            public: reqwest::Client::builder()
+                .timeout(timeout)
+                .redirect(same_site())
+                .dns_resolver(std::sync::Arc::new(PublicResolver))
+                .build()?,
+            named: Default::default(),
+            allow_private,
+        })
+    }
+
+    /// The user named these origins (a watch with origins of their own).
+    pub(crate) fn vouch(&mut self, origins: &[String]) {
+        let mut named = (*self.named).clone();
+        for o in origins {
+            if let Ok(url) = reqwest::Url::parse(o) {
+                named.insert(site(&url));
+            }
+        }
+        self.named = std::sync::Arc::new(named);
+    }
+
+    /// A GET of `url` through the client its provenance allows, or why
+    /// not.
+    fn get(&self, url: &str) -> Result<reqwest::RequestBuilder, String> {
+        let parsed = reqwest::Url::parse(url).map_err(|e| format!("{url}: {e}"))?;
+        if !matches!(parsed.scheme(), "http" | "https") {
+            return Err(format!("{url}: not an http(s) URL"));
+        }
+        if self.allow_private || self.named.contains(&site(&parsed)) {
+            return Ok(self.vouched.get(parsed));
+        }
+        let literal = parsed
+            .host_str()
+            .map(|h| h.trim_start_matches('[').trim_end_matches(']'))
+            .and_then(|h| h.parse::<std::net::IpAddr>().ok());
+        if literal.is_some_and(|ip| !is_public_ip(ip)) {
+            return Err(format!(
+                "{url}: refused, a private address that only a channel record names"
+            ));
+        }
+        Ok(self.public.get(parsed))
+    }
+}
+
 /// The longest segment an HTTP origin may send (matches the importer's
 /// limit for HLS segments).
 const MAX_HTTP_BYTES: u64 = shoal_storage::import::MAX_HLS_SEGMENT_BYTES;
@@ -26,7 +187,7 @@ const MAX_HTTP_BYTES: u64 = shoal_storage::import::MAX_HLS_SEGMENT_BYTES;
 /// delivers them, verified shard by shard, and stores the shards (without
 /// an fsync: they can be fetched again).
 pub(crate) async fn fetch_and_store_range(
-    client: &reqwest::Client,
+    origins: &Origins,
     store: std::sync::Arc<Blockstore>,
     urls: &[String],
     request: &HttpRequest,
@@ -34,7 +195,7 @@ pub(crate) async fn fetch_and_store_range(
 ) -> Result<Vec<(Cid, Vec<u8>)>, String> {
     let mut result = Err("no origin".to_string());
     for url in urls {
-        result = fetch_range(client, url, request).await;
+        result = fetch_range(origins, url, request).await;
         match &result {
             Ok(_) => break,
             Err(e) => tracing::warn!(%url, error = %e, "origin did not deliver"),
@@ -60,15 +221,15 @@ pub(crate) async fn fetch_and_store_range(
 /// file is fine; a body of the wrong length, or one whose shards do not
 /// match the manifest, is refused.
 async fn fetch_range(
-    client: &reqwest::Client,
+    origins: &Origins,
     url: &str,
     req: &HttpRequest,
 ) -> Result<Vec<(Cid, Vec<u8>)>, String> {
     if req.end <= req.start {
         return cut(req, &[]);
     }
-    let response = client
-        .get(url)
+    let response = origins
+        .get(url)?
         .header(
             reqwest::header::RANGE,
             format!("bytes={}-{}", req.start, req.end - 1),
@@ -135,7 +296,7 @@ fn cut(req: &HttpRequest, bytes: &[u8]) -> Result<Vec<(Cid, Vec<u8>)>, String> {
 /// Reads the media playlist of every rendition from the first origin that
 /// answers for it.
 pub(crate) async fn read_origin(
-    client: &reqwest::Client,
+    origins: &Origins,
     sources: PlaylistSources,
 ) -> Result<OriginPlaylists, String> {
     match sources {
@@ -148,7 +309,7 @@ pub(crate) async fn read_origin(
                         last_error = format!("{text}: not a URL");
                         continue;
                     };
-                    match read_playlist(client, &url).await {
+                    match read_playlist(origins, &url).await {
                         Ok(Playlist::Media(m)) => {
                             media.push(origin_media(r as u16, &url, m));
                             break;
@@ -175,7 +336,7 @@ pub(crate) async fn read_origin(
                     last_error = format!("{text}: not a URL");
                     continue;
                 };
-                match read_top(client, &url).await {
+                match read_top(origins, &url).await {
                     Ok(found) => return Ok(found),
                     Err(e) => last_error = e,
                 }
@@ -188,8 +349,8 @@ pub(crate) async fn read_origin(
 /// Reads a playlist a user named: a media playlist is rendition 0; a
 /// master playlist's variants are the renditions, in its order (the order
 /// a broadcaster of the same folder numbers them in).
-async fn read_top(client: &reqwest::Client, url: &reqwest::Url) -> Result<OriginPlaylists, String> {
-    match read_playlist(client, url).await? {
+async fn read_top(origins: &Origins, url: &reqwest::Url) -> Result<OriginPlaylists, String> {
+    match read_playlist(origins, url).await? {
         Playlist::Media(m) => Ok(OriginPlaylists {
             media: vec![origin_media(0, url, m)],
             renditions: None,
@@ -198,8 +359,15 @@ async fn read_top(client: &reqwest::Client, url: &reqwest::Url) -> Result<Origin
             let mut media = Vec::new();
             let mut info = Vec::new();
             for (r, v) in variants.iter().enumerate().take(MAX_LIVE_RENDITIONS) {
+                // `//host/path` or an absolute URL would reach another host.
+                if !is_safe_relative_path(&v.uri) {
+                    return Err(format!(
+                        "{url}: variant {:?} is not a plain relative path",
+                        v.uri
+                    ));
+                }
                 let at = url.join(&v.uri).map_err(|e| format!("{url}: {e}"))?;
-                let m = match read_playlist(client, &at).await? {
+                let m = match read_playlist(origins, &at).await? {
                     Playlist::Media(m) => m,
                     Playlist::Master(_) => return Err(format!("{at}: a master inside a master")),
                 };
@@ -245,9 +413,9 @@ const MAX_PLAYLIST_BYTES: u64 = 1 << 20;
 
 /// Reads and parses one playlist. Only what the gateway can serve is
 /// accepted: MPEG-TS segments named by plain relative paths.
-async fn read_playlist(client: &reqwest::Client, url: &reqwest::Url) -> Result<Playlist, String> {
-    let response = client
-        .get(url.clone())
+async fn read_playlist(origins: &Origins, url: &reqwest::Url) -> Result<Playlist, String> {
+    let response = origins
+        .get(url.as_str())?
         .send()
         .await
         .map_err(|e| format!("{url}: {e}"))?;
@@ -279,14 +447,14 @@ async fn read_playlist(client: &reqwest::Client, url: &reqwest::Url) -> Result<P
 /// a manifest, so that it plays from the store and peers can fetch it.
 /// `None` (logged) if that failed.
 pub(crate) async fn proxy_segment(
-    client: &reqwest::Client,
+    origins: &Origins,
     store: std::sync::Arc<Blockstore>,
     url: &str,
     segment: &ProxySegment,
     blocking: std::sync::Arc<()>,
 ) -> Option<ProxiedSegment> {
     let fetched = async {
-        let response = client.get(url).send().await.map_err(|e| e.to_string())?;
+        let response = origins.get(url)?.send().await.map_err(|e| e.to_string())?;
         if !response.status().is_success() {
             return Err(format!("HTTP {}", response.status().as_u16()));
         }
@@ -326,5 +494,33 @@ pub(crate) async fn proxy_segment(
             None
         }
         Err(_) => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_public_ip;
+
+    #[test]
+    fn only_internet_addresses_are_public() {
+        for private in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "0.0.0.0",
+            "224.0.0.1",
+            "::1",
+            "fe80::1",
+            "fd00::1",
+            "::ffff:192.168.1.1",
+        ] {
+            assert!(!is_public_ip(private.parse().unwrap()), "{private}");
+        }
+        for public in ["8.8.8.8", "1.1.1.1", "2606:4700::1111", "::ffff:8.8.8.8"] {
+            assert!(is_public_ip(public.parse().unwrap()), "{public}");
+        }
     }
 }

@@ -286,6 +286,10 @@ pub struct LiveSettings {
     /// Broadcasting: how long the ration lasts after an announcement (0
     /// turns it off).
     pub ration_window_ms: u64,
+    /// Fetch from origins on private addresses that only a channel record
+    /// names (a broadcast inside a LAN). Origins named with `watch
+    /// --origin` are always allowed.
+    pub private_origins: bool,
 }
 
 /// A ration longer than this would keep viewers nobody served waiting past
@@ -301,6 +305,7 @@ impl Default for LiveSettings {
             deadline_durations: d.deadline_durations,
             ration_copies: d.ration_copies,
             ration_window_ms: d.ration_window.as_millis() as u64,
+            private_origins: false,
         }
     }
 }

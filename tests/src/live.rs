@@ -56,8 +56,9 @@ pub async fn start_with(bootstrap: Option<&Multiaddr>, config: NodeConfig) -> Te
         listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
         bootstrap: bootstrap.into_iter().cloned().collect(),
         mdns: false,
-        // Every node of a test runs on 127.0.0.1.
+        // Every node of a test runs on 127.0.0.1, and so do its origins.
         max_connections_per_ip: None,
+        private_origins: true,
         ..config
     })
     .await

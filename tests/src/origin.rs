@@ -21,11 +21,16 @@ pub enum Mode {
     Truncated,
     /// One byte of every body flipped.
     Altered,
+    /// Every segment request redirected (302) to the same path under
+    /// [`Origin::redirect_to`]'s URL.
+    Redirect,
 }
 
 struct Served {
     dir: PathBuf,
     mode: Mode,
+    redirect_to: std::sync::Mutex<String>,
+    requests: AtomicUsize,
     segment_requests: AtomicUsize,
 }
 
@@ -42,6 +47,8 @@ impl Origin {
         let served = Arc::new(Served {
             dir,
             mode,
+            redirect_to: std::sync::Mutex::new(String::new()),
+            requests: AtomicUsize::new(0),
             segment_requests: AtomicUsize::new(0),
         });
         let app = Router::new()
@@ -57,6 +64,16 @@ impl Origin {
             served,
             task,
         }
+    }
+
+    /// Where [`Mode::Redirect`] sends segment requests.
+    pub fn redirect_to(&self, url: &str) {
+        *self.served.redirect_to.lock().unwrap() = url.to_owned();
+    }
+
+    /// Requests of any kind so far.
+    pub fn requests(&self) -> usize {
+        self.served.requests.load(Ordering::Relaxed)
     }
 
     /// Requests for media segments (not playlists) so far.
@@ -76,15 +93,20 @@ async fn file(
     Path(path): Path<String>,
     headers: HeaderMap,
 ) -> Response {
+    s.requests.fetch_add(1, Ordering::Relaxed);
     let Some(mut answer) = Answer::read(&s.dir, &path, &headers) else {
         return StatusCode::NOT_FOUND.into_response();
     };
     if !path.ends_with(".m3u8") {
         s.segment_requests.fetch_add(1, Ordering::Relaxed);
+        if s.mode == Mode::Redirect {
+            let to = format!("{}/{path}", s.redirect_to.lock().unwrap());
+            return (StatusCode::FOUND, [(axum::http::header::LOCATION, to)]).into_response();
+        }
     }
     let body = &mut answer.body;
     match s.mode {
-        Mode::Faithful => {}
+        Mode::Faithful | Mode::Redirect => {}
         Mode::Truncated => {
             let keep = body.len() - body.len() / 10;
             body.truncate(keep);
