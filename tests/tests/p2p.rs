@@ -387,3 +387,79 @@ async fn oversized_and_malformed_messages_get_the_sender_banned() {
         assert_eq!(read_back(&e.node, &root), bytes);
     }
 }
+
+/// An RSA key as IPFS nodes made them for years (PKCS#8, from openssl:
+/// libp2p signs with RSA but does not generate such keys).
+fn rsa_keypair(sb: &Sandbox) -> shoal_node::libp2p::identity::Keypair {
+    shoal_tests::require_tool("openssl");
+    let (pem, path) = (sb.path("rsa.pem"), sb.path("rsa.der"));
+    for args in [
+        vec!["genrsa", "-out", pem.to_str().unwrap(), "2048"],
+        vec![
+            "pkcs8",
+            "-topk8",
+            "-nocrypt",
+            "-in",
+            pem.to_str().unwrap(),
+            "-outform",
+            "DER",
+            "-out",
+            path.to_str().unwrap(),
+        ],
+    ] {
+        let out = std::process::Command::new("openssl")
+            .args(&args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let mut der = std::fs::read(&path).unwrap();
+    shoal_node::libp2p::identity::Keypair::rsa_from_pkcs8(&mut der).unwrap()
+}
+
+/// Long-lived IPFS nodes still have RSA identities, others secp256k1 or
+/// ECDSA ones: each connects to a shoal node (ed25519) and fetches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_with_rsa_secp256k1_and_ecdsa_identities_connect_and_fetch() {
+    use shoal_node::libp2p::identity::Keypair;
+    let sb = Sandbox::new();
+    let server = start("tcp", None).await;
+    let (root, bytes) = import(&sb, &server.node, 300_000, 21);
+    let keys = [
+        ("RSA", rsa_keypair(&sb)),
+        ("secp256k1", Keypair::generate_secp256k1()),
+        ("ECDSA", Keypair::generate_ecdsa()),
+    ];
+    for (kind, key) in keys {
+        let dir = tempfile::tempdir().unwrap();
+        let store = shoal_storage::Blockstore::create(
+            &dir.path().join("blocks.redb"),
+            &shoal_storage::StoreOptions::default(),
+        )
+        .unwrap();
+        let config = NodeConfig {
+            listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
+            bootstrap: vec![server.addr.clone()],
+            mdns: false,
+            ..NodeConfig::default()
+        };
+        let node = Node::start(config, key, std::sync::Arc::new(store))
+            .await
+            .unwrap();
+        tokio::time::timeout(FETCH_TIMEOUT, node.fetch(root))
+            .await
+            .unwrap_or_else(|_| panic!("a peer with an {kind} identity fetched in time"))
+            .unwrap();
+        assert!(read_back(&node, &root) == bytes, "{kind}");
+        println!(
+            "a peer with a {kind} identity ({}) fetched {} bytes",
+            node.peer_id(),
+            bytes.len()
+        );
+        node.stop().await;
+    }
+}
