@@ -385,7 +385,7 @@ impl EventLoop {
                     Err(e) => {
                         let _ = reply.send(Err(NodeError::Dial {
                             addr: addr.to_string(),
-                            source: e,
+                            source: Box::new(e),
                         }));
                     }
                 }
@@ -966,7 +966,7 @@ impl EventLoop {
                 if let Some(reply) = self.pending_dials.remove(&connection_id) {
                     let _ = reply.send(Err(NodeError::Dial {
                         addr: String::new(),
-                        source: error,
+                        source: Box::new(error),
                     }));
                 }
             }

@@ -111,7 +111,9 @@ pub enum NodeError {
     #[error("cannot reach {addr}: {source}")]
     Dial {
         addr: String,
-        source: libp2p::swarm::DialError,
+        // Boxed: a dial error lists every address tried, and a
+        // `NodeError` travels in every reply.
+        source: Box<libp2p::swarm::DialError>,
     },
     #[error("cannot announce content: {0}")]
     Provide(#[from] kad::store::Error),

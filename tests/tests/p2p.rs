@@ -450,10 +450,12 @@ async fn peers_with_rsa_secp256k1_and_ecdsa_identities_connect_and_fetch() {
         let node = Node::start(config, key, std::sync::Arc::new(store))
             .await
             .unwrap();
-        tokio::time::timeout(FETCH_TIMEOUT, node.fetch(root))
-            .await
-            .unwrap_or_else(|_| panic!("a peer with an {kind} identity fetched in time"))
-            .unwrap();
+        let fetched = tokio::time::timeout(FETCH_TIMEOUT, node.fetch(root)).await;
+        assert!(
+            fetched.is_ok(),
+            "a peer with an {kind} identity fetched in time"
+        );
+        fetched.unwrap().unwrap();
         assert!(read_back(&node, &root) == bytes, "{kind}");
         println!(
             "a peer with a {kind} identity ({}) fetched {} bytes",
