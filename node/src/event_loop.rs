@@ -145,6 +145,9 @@ struct EventLoop {
     writes: Option<mpsc::UnboundedSender<Write<PeerId>>>,
     control: libp2p_stream::Control,
     writers: HashMap<PeerId, mpsc::UnboundedSender<Outgoing>>,
+    /// The address each connected peer reached us from (its last
+    /// connection's): what the addresses it gives for itself are judged by.
+    peer_ips: HashMap<PeerId, std::net::IpAddr>,
     pending_dials: HashMap<ConnectionId, oneshot::Sender<Result<PeerId, NodeError>>>,
     queries: HashMap<kad::QueryId, Query>,
     fetches: HashMap<FetchId, oneshot::Sender<Result<FetchReport, NodeError>>>,
@@ -271,6 +274,7 @@ pub(crate) fn spawn(
         writes: Some(writes),
         control,
         writers: HashMap::new(),
+        peer_ips: HashMap::new(),
         pending_dials: HashMap::new(),
         queries: HashMap::new(),
         fetches: HashMap::new(),
@@ -955,6 +959,7 @@ impl EventLoop {
                 ..
             } => {
                 self.writers.remove(&peer_id);
+                self.peer_ips.remove(&peer_id);
                 self.machine
                     .handle(Input::Disconnected(peer_id), Instant::now());
             }
@@ -996,6 +1001,9 @@ impl EventLoop {
         if let Some(reply) = self.pending_dials.remove(&connection) {
             let _ = reply.send(Ok(peer));
         }
+        if let Some(ip) = crate::ip_limit::direct_ip(endpoint.get_remote_address()) {
+            self.peer_ips.insert(peer, ip);
+        }
         if endpoint.is_dialer() {
             self.swarm
                 .behaviour_mut()
@@ -1009,8 +1017,13 @@ impl EventLoop {
 
     fn on_identify(&mut self, event: identify::Event) {
         if let identify::Event::Received { peer_id, info, .. } = event {
+            let from = self.peer_ips.get(&peer_id).copied();
             for addr in info.listen_addrs {
-                self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
+                if crate::ip_limit::in_scope(&addr, from) {
+                    self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
+                } else {
+                    tracing::debug!(%peer_id, %addr, "refused an address out of the peer's scope");
+                }
             }
         }
     }
@@ -1096,8 +1109,13 @@ impl EventLoop {
                 Err(why) => tracing::debug!(%source, %why, "refused a DHT record"),
             },
             kad::InboundRequest::AddProvider {
-                record: Some(record),
+                record: Some(mut record),
             } => {
+                // Its provider is its sender (Kademlia checks).
+                let from = self.peer_ips.get(&record.provider).copied();
+                record
+                    .addresses
+                    .retain(|a| crate::ip_limit::in_scope(a, from));
                 if let Err(e) = store.add_provider(record) {
                     tracing::debug!(error = %e, "cannot keep a provider record");
                 }

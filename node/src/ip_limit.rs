@@ -10,6 +10,12 @@
 //!
 //! Relayed connections (`/p2p-circuit`) come from the relay's address
 //! and are not counted against it: the relay bounds its own circuits.
+//!
+//! [`in_scope`] judges the addresses a peer gives for itself (identify,
+//! its provider records) before Kademlia keeps or dials them: a peer that
+//! reached this node from the Internet may not point it at loopback,
+//! private or link-local addresses (which would make the node probe its
+//! own network for whoever asks); a peer on the same LAN or machine may.
 
 use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
@@ -46,8 +52,53 @@ pub fn connection_limits(total: u32, per_peer: u32) -> ConnectionLimits {
         .with_max_pending_incoming(Some(MAX_PENDING_INBOUND))
 }
 
+/// Whether `ip` is an address on the public Internet: not loopback,
+/// private, link-local, shared (CGNAT), unspecified, multicast or
+/// documentation space (IPv4 inside IPv6 judged as IPv4).
+pub fn is_public_ip(ip: std::net::IpAddr) -> bool {
+    use std::net::IpAddr;
+    match ip {
+        IpAddr::V4(v4) => {
+            let o = v4.octets();
+            !(v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || v4.is_multicast()
+                || v4.is_documentation()
+                || o[0] == 0
+                || (o[0] == 100 && (o[1] & 0xc0) == 64)
+                || (o[0] == 192 && o[1] == 0 && o[2] == 0)
+                || o[0] >= 240)
+        }
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return is_public_ip(IpAddr::V4(v4));
+            }
+            let seg = v6.segments();
+            !(v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || (seg[0] & 0xfe00) == 0xfc00
+                || (seg[0] & 0xffc0) == 0xfe80
+                || (seg[0] == 0x2001 && seg[1] == 0x0db8))
+        }
+    }
+}
+
+/// Whether `addr`, given by a peer connected from `from`, may be kept and
+/// dialled: a public address, a name, or any address of a peer that is
+/// itself on a private network with this node.
+pub fn in_scope(addr: &Multiaddr, from: Option<IpAddr>) -> bool {
+    match direct_ip(addr) {
+        Some(ip) => is_public_ip(ip) || from.is_some_and(|f| !is_public_ip(f)),
+        None => true,
+    }
+}
+
 /// The IP address a connection comes from, unless it is relayed.
-fn direct_ip(addr: &Multiaddr) -> Option<IpAddr> {
+pub(crate) fn direct_ip(addr: &Multiaddr) -> Option<IpAddr> {
     if addr.iter().any(|p| p == Protocol::P2pCircuit) {
         return None;
     }
@@ -146,5 +197,49 @@ impl NetworkBehaviour for IpLimit {
         _cx: &mut Context<'_>,
     ) -> Poll<ToSwarm<Self::ToSwarm, THandlerInEvent<Self>>> {
         Poll::Pending
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn internet_peers_may_not_point_at_private_addresses() {
+        let lan: Multiaddr = "/ip4/192.168.1.5/tcp/4101".parse().unwrap();
+        let public: Multiaddr = "/ip4/8.8.8.8/tcp/4101".parse().unwrap();
+        let from_internet = Some("1.1.1.1".parse().unwrap());
+        let from_lan = Some("192.168.1.9".parse().unwrap());
+        assert!(!in_scope(&lan, from_internet));
+        assert!(!in_scope(&lan, None));
+        assert!(in_scope(&lan, from_lan));
+        assert!(in_scope(&public, from_internet));
+        assert!(in_scope(
+            &"/ip4/127.0.0.1/tcp/1".parse().unwrap(),
+            Some("127.0.0.1".parse().unwrap())
+        ));
+    }
+
+    #[test]
+    fn only_internet_addresses_are_public() {
+        for private in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "0.0.0.0",
+            "224.0.0.1",
+            "::1",
+            "fe80::1",
+            "fd00::1",
+            "::ffff:192.168.1.1",
+        ] {
+            assert!(!is_public_ip(private.parse().unwrap()), "{private}");
+        }
+        for public in ["8.8.8.8", "1.1.1.1", "2606:4700::1111", "::ffff:8.8.8.8"] {
+            assert!(is_public_ip(public.parse().unwrap()), "{public}");
+        }
     }
 }

@@ -30,41 +30,6 @@ use shoal_storage::hls::{self, MediaPlaylist, Playlist};
 /// Redirects followed, at most, within an origin's host.
 const MAX_REDIRECTS: usize = 5;
 
-/// Whether `ip` is an address on the public Internet: not loopback,
-/// private, link-local, shared (CGNAT), unspecified, multicast or
-/// documentation space (IPv4 inside IPv6 judged as IPv4).
-pub fn is_public_ip(ip: std::net::IpAddr) -> bool {
-    use std::net::IpAddr;
-    match ip {
-        IpAddr::V4(v4) => {
-            let o = v4.octets();
-            !(v4.is_loopback()
-                || v4.is_private()
-                || v4.is_link_local()
-                || v4.is_unspecified()
-                || v4.is_broadcast()
-                || v4.is_multicast()
-                || v4.is_documentation()
-                || o[0] == 0
-                || (o[0] == 100 && (o[1] & 0xc0) == 64)
-                || (o[0] == 192 && o[1] == 0 && o[2] == 0)
-                || o[0] >= 240)
-        }
-        IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                return is_public_ip(IpAddr::V4(v4));
-            }
-            let seg = v6.segments();
-            !(v6.is_loopback()
-                || v6.is_unspecified()
-                || v6.is_multicast()
-                || (seg[0] & 0xfe00) == 0xfc00
-                || (seg[0] & 0xffc0) == 0xfe80
-                || (seg[0] == 0x2001 && seg[1] == 0x0db8))
-        }
-    }
-}
-
 /// `scheme://host:port` of a URL: what a redirect may not leave and what
 /// a user vouches for by naming an origin.
 fn site(url: &reqwest::Url) -> String {
@@ -87,7 +52,7 @@ impl reqwest::dns::Resolve for PublicResolver {
             let host = name.as_str().to_owned();
             let found: Vec<std::net::SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
                 .await?
-                .filter(|a| is_public_ip(a.ip()))
+                .filter(|a| crate::ip_limit::is_public_ip(a.ip()))
                 .collect();
             if found.is_empty() {
                 return Err(format!(
@@ -170,7 +135,7 @@ impl Origins {
             .host_str()
             .map(|h| h.trim_start_matches('[').trim_end_matches(']'))
             .and_then(|h| h.parse::<std::net::IpAddr>().ok());
-        if literal.is_some_and(|ip| !is_public_ip(ip)) {
+        if literal.is_some_and(|ip| !crate::ip_limit::is_public_ip(ip)) {
             return Err(format!(
                 "{url}: refused, a private address that only a channel record names"
             ));
@@ -494,33 +459,5 @@ pub(crate) async fn proxy_segment(
             None
         }
         Err(_) => None,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::is_public_ip;
-
-    #[test]
-    fn only_internet_addresses_are_public() {
-        for private in [
-            "127.0.0.1",
-            "10.1.2.3",
-            "172.16.0.1",
-            "192.168.1.1",
-            "169.254.169.254",
-            "100.64.0.1",
-            "0.0.0.0",
-            "224.0.0.1",
-            "::1",
-            "fe80::1",
-            "fd00::1",
-            "::ffff:192.168.1.1",
-        ] {
-            assert!(!is_public_ip(private.parse().unwrap()), "{private}");
-        }
-        for public in ["8.8.8.8", "1.1.1.1", "2606:4700::1111", "::ffff:8.8.8.8"] {
-            assert!(is_public_ip(public.parse().unwrap()), "{public}");
-        }
     }
 }
