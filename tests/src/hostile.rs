@@ -8,6 +8,23 @@ use std::time::Duration;
 use futures::StreamExt;
 use shoal_node::libp2p::{self, Multiaddr, PeerId, Stream, StreamProtocol, noise, tcp, yamux};
 
+/// A swarm of a fresh identity that speaks raw streams over TCP and
+/// nothing else: what a hostile peer is built on.
+pub fn stream_swarm() -> libp2p::Swarm<libp2p_stream::Behaviour> {
+    libp2p::SwarmBuilder::with_new_identity()
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default(),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .unwrap()
+        .with_behaviour(|_| libp2p_stream::Behaviour::new())
+        .unwrap()
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(120)))
+        .build()
+}
+
 /// A peer connected to one node. Streams the node opens to it on the
 /// protocols it accepts are held open and never read.
 pub struct RawPeer {
@@ -42,18 +59,7 @@ impl RawPeer {
         addr: &Multiaddr,
         accept: &[&'static str],
     ) -> (RawPeer, tokio::sync::oneshot::Receiver<()>) {
-        let mut swarm = libp2p::SwarmBuilder::with_new_identity()
-            .with_tokio()
-            .with_tcp(
-                tcp::Config::default(),
-                noise::Config::new,
-                yamux::Config::default,
-            )
-            .unwrap()
-            .with_behaviour(|_| libp2p_stream::Behaviour::new())
-            .unwrap()
-            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(120)))
-            .build();
+        let mut swarm = stream_swarm();
         let peer = *swarm.local_peer_id();
         let mut control = swarm.behaviour().new_control();
         let mut held = Vec::new();

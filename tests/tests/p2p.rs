@@ -199,7 +199,7 @@ async fn two_of_five_providers_killed_mid_transfer() {
 /// A peer that speaks Bitswap dishonestly.
 mod evil {
     use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
-    use shoal_node::libp2p::{self, Multiaddr, PeerId, StreamProtocol, noise, tcp, yamux};
+    use shoal_node::libp2p::{self, Multiaddr, PeerId, StreamProtocol};
     use shoal_protocol::bitswap::wire::FrameDecoder;
     use shoal_protocol::bitswap::{Message, Presence, WantType, WireBlock};
 
@@ -228,20 +228,7 @@ mod evil {
     const PROTOCOL: StreamProtocol = StreamProtocol::new("/ipfs/bitswap/1.2.0");
 
     pub async fn start(mode: Mode) -> Evil {
-        let mut swarm = libp2p::SwarmBuilder::with_new_identity()
-            .with_tokio()
-            .with_tcp(
-                tcp::Config::default(),
-                noise::Config::new,
-                yamux::Config::default,
-            )
-            .unwrap()
-            .with_behaviour(|_| libp2p_stream::Behaviour::new())
-            .unwrap()
-            .with_swarm_config(|c| {
-                c.with_idle_connection_timeout(std::time::Duration::from_secs(60))
-            })
-            .build();
+        let mut swarm = shoal_tests::hostile::stream_swarm();
         swarm
             .listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap())
             .unwrap();
