@@ -36,13 +36,14 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Path, Request, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, StatusCode, Uri, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use shoal_protocol::block::{Cid, parse_cid};
+use shoal_protocol::block::Cid;
 use shoal_protocol::channel::ChannelId;
+use shoal_protocol::http::{GatewayPath, PathError};
 use shoal_protocol::manifest::{StreamKind, StreamManifest};
 use shoal_storage::assemble::load_stream;
 use shoal_storage::hls;
@@ -113,6 +114,16 @@ impl From<NodeError> for GatewayError {
                 StatusCode::BAD_REQUEST
             }
             _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        GatewayError(status, e.to_string())
+    }
+}
+
+impl From<PathError> for GatewayError {
+    fn from(e: PathError) -> Self {
+        let status = match e {
+            PathError::NotFound => StatusCode::NOT_FOUND,
+            PathError::BadChannel(_) | PathError::BadRoot(_) => StatusCode::BAD_REQUEST,
         };
         GatewayError(status, e.to_string())
     }
@@ -246,14 +257,11 @@ fn page(content_type: &'static str, bytes: &'static [u8]) -> Response {
 
 /// The gateway's routes, with its access rules applied.
 pub fn router(gateway: Arc<Gateway>) -> Router {
+    // Every /live/ and /vod/ path is read by one parser
+    // (shoal_protocol::http::GatewayPath), the one the fuzzer runs.
     let players = Router::new()
-        .route("/vod/{root}/index.m3u8", get(vod_top))
-        .route("/vod/{root}/{rendition}/index.m3u8", get(vod_media))
-        .route("/vod/{root}/{rendition}/{segment}", get(vod_segment))
-        .route("/live/{channel}/index.m3u8", get(live_top))
-        .route("/live/{channel}/stats.json", get(live_stats))
-        .route("/live/{channel}/{rendition}/index.m3u8", get(live_media))
-        .route("/live/{channel}/{rendition}/{segment}", get(live_segment))
+        .route("/vod/{*path}", get(player))
+        .route("/live/{*path}", get(player))
         .route("/metrics", get(metrics))
         .layer(middleware::from_fn_with_state(
             gateway.clone(),
@@ -358,11 +366,36 @@ pub async fn serve(node: Node, addr: SocketAddr) -> Result<GatewayServer, NodeEr
     })
 }
 
-fn channel_arg(text: &str) -> GatewayResult<ChannelId> {
-    text.parse()
-        .map_err(|e: shoal_protocol::channel::ChannelError| {
-            GatewayError::new(StatusCode::BAD_REQUEST, e.to_string())
-        })
+/// A playlist, segment or statistics request, by what its path names.
+async fn player(
+    State(g): State<Arc<Gateway>>,
+    axum::Extension(Asker(site)): axum::Extension<Asker>,
+    uri: Uri,
+) -> GatewayResult<Response> {
+    match GatewayPath::parse(uri.path())? {
+        GatewayPath::LiveTop { channel } => live_top(&g, &site, channel).await,
+        GatewayPath::LiveStats { channel } => live_stats(&g, channel).await,
+        GatewayPath::LiveMedia { channel, rendition } => {
+            live_media(&g, &site, channel, rendition.into()).await
+        }
+        GatewayPath::LiveSegment {
+            channel,
+            rendition,
+            sequence,
+        } => live_segment(&g, channel, rendition.into(), sequence).await,
+        GatewayPath::VodTop { root } => vod_top(&g, &site, root).await,
+        GatewayPath::VodMedia { root, rendition } => {
+            vod_media(&g, &site, root, rendition.into()).await
+        }
+        GatewayPath::VodInit { root, rendition } => {
+            vod_segment(&g, &site, root, rendition.into(), None).await
+        }
+        GatewayPath::VodSegment {
+            root,
+            rendition,
+            index,
+        } => vod_segment(&g, &site, root, rendition.into(), Some(index)).await,
+    }
 }
 
 /// The channel's view, watching it first if needed (for `site`) and
@@ -440,13 +473,8 @@ fn media_playlist(view: &LiveView, rendition: usize) -> Option<String> {
     ))
 }
 
-async fn live_top(
-    State(g): State<Arc<Gateway>>,
-    axum::Extension(Asker(site)): axum::Extension<Asker>,
-    Path(channel): Path<String>,
-) -> GatewayResult<Response> {
-    let channel = channel_arg(&channel)?;
-    let view = view_with_segments(&g, &site, channel).await?;
+async fn live_top(g: &Arc<Gateway>, site: &Site, channel: ChannelId) -> GatewayResult<Response> {
+    let view = view_with_segments(g, site, channel).await?;
     if view.renditions.len() <= 1 {
         let text = media_playlist(&view, 0).unwrap_or_default();
         // Segment URIs are relative to the rendition's folder.
@@ -462,12 +490,12 @@ async fn live_top(
 }
 
 async fn live_media(
-    State(g): State<Arc<Gateway>>,
-    axum::Extension(Asker(site)): axum::Extension<Asker>,
-    Path((channel, rendition)): Path<(String, usize)>,
+    g: &Arc<Gateway>,
+    site: &Site,
+    channel: ChannelId,
+    rendition: usize,
 ) -> GatewayResult<Response> {
-    let channel = channel_arg(&channel)?;
-    let view = view_with_segments(&g, &site, channel).await?;
+    let view = view_with_segments(g, site, channel).await?;
     let text = media_playlist(&view, rendition).ok_or_else(|| {
         GatewayError::new(
             StatusCode::NOT_FOUND,
@@ -479,11 +507,7 @@ async fn live_media(
 
 /// The session's numbers, without starting one: `session` is `null` while
 /// the node does not watch the channel.
-async fn live_stats(
-    State(g): State<Arc<Gateway>>,
-    Path(channel): Path<String>,
-) -> GatewayResult<Response> {
-    let channel = channel_arg(&channel)?;
+async fn live_stats(g: &Arc<Gateway>, channel: ChannelId) -> GatewayResult<Response> {
     let session = g
         .node
         .live_view(channel)
@@ -508,20 +532,19 @@ async fn metrics(State(g): State<Arc<Gateway>>) -> GatewayResult<Response> {
 }
 
 async fn live_segment(
-    State(g): State<Arc<Gateway>>,
-    Path((channel, rendition, segment)): Path<(String, usize, String)>,
+    g: &Arc<Gateway>,
+    channel: ChannelId,
+    rendition: usize,
+    sequence: u64,
 ) -> GatewayResult<Response> {
-    let channel = channel_arg(&channel)?;
     let not_found = || {
         GatewayError::new(
             StatusCode::NOT_FOUND,
-            format!("segment {segment} of channel {channel} is not held here (any more)"),
+            format!(
+                "segment {sequence} of rendition {rendition} of channel {channel} is not held here (any more)"
+            ),
         )
     };
-    let sequence: u64 = segment
-        .split_once('.')
-        .and_then(|(n, _)| n.parse().ok())
-        .ok_or_else(not_found)?;
     let view = g.node.live_view(channel).await?.ok_or_else(not_found)?;
     let w = view
         .renditions
@@ -531,10 +554,6 @@ async fn live_segment(
         .ok_or_else(not_found)?;
     let bytes = read_segment(&g.node, w.manifest, w.sequence).await?;
     Ok(([(header::CONTENT_TYPE, "video/mp2t")], Body::from(bytes)).into_response())
-}
-
-fn root_arg(text: &str) -> GatewayResult<Cid> {
-    parse_cid(text).map_err(|e| GatewayError::new(StatusCode::BAD_REQUEST, e))
 }
 
 /// The stream's root manifest, fetched (not pinned) for `site` if this
@@ -574,13 +593,8 @@ fn vod_media_playlist(stream: &StreamManifest, rendition: usize) -> Option<Strin
     Some(hls::write_media(r.media_sequence, init, &segments))
 }
 
-async fn vod_top(
-    State(g): State<Arc<Gateway>>,
-    axum::Extension(Asker(site)): axum::Extension<Asker>,
-    Path(root): Path<String>,
-) -> GatewayResult<Response> {
-    let root = root_arg(&root)?;
-    let stream = vod_stream(&g, &site, root).await?;
+async fn vod_top(g: &Arc<Gateway>, site: &Site, root: Cid) -> GatewayResult<Response> {
+    let stream = vod_stream(g, site, root).await?;
     let single = stream.renditions.len() == 1 && stream.renditions[0].bandwidth.is_none();
     if single {
         let text = vod_media_playlist(&stream, 0).unwrap_or_default();
@@ -592,12 +606,12 @@ async fn vod_top(
 }
 
 async fn vod_media(
-    State(g): State<Arc<Gateway>>,
-    axum::Extension(Asker(site)): axum::Extension<Asker>,
-    Path((root, rendition)): Path<(String, usize)>,
+    g: &Arc<Gateway>,
+    site: &Site,
+    root: Cid,
+    rendition: usize,
 ) -> GatewayResult<Response> {
-    let root = root_arg(&root)?;
-    let stream = vod_stream(&g, &site, root).await?;
+    let stream = vod_stream(g, site, root).await?;
     let text = vod_media_playlist(&stream, rendition).ok_or_else(|| {
         GatewayError::new(
             StatusCode::NOT_FOUND,
@@ -607,41 +621,42 @@ async fn vod_media(
     Ok(playlist(text))
 }
 
+/// Segment `index` of a rendition (`None`: its init section).
 async fn vod_segment(
-    State(g): State<Arc<Gateway>>,
-    axum::Extension(Asker(site)): axum::Extension<Asker>,
-    Path((root, rendition, segment)): Path<(String, usize, String)>,
+    g: &Arc<Gateway>,
+    site: &Site,
+    root: Cid,
+    rendition: usize,
+    index: Option<u64>,
 ) -> GatewayResult<Response> {
-    let root = root_arg(&root)?;
-    let stream = vod_stream(&g, &site, root).await?;
+    let stream = vod_stream(g, site, root).await?;
     let not_found = || {
+        let which = index.map_or("init.mp4".to_string(), |i| format!("segment {i}"));
         GatewayError::new(
             StatusCode::NOT_FOUND,
-            format!("{root} has no segment {rendition}/{segment}"),
+            format!("{root} has no {which} in rendition {rendition}"),
         )
     };
     let r = stream.renditions.get(rendition).ok_or_else(not_found)?;
-    let (manifest, position, ahead) = if segment == "init.mp4" {
-        (r.init.ok_or_else(not_found)?, 0, Vec::new())
-    } else {
-        let i: usize = segment
-            .split_once('.')
-            .and_then(|(n, _)| n.parse().ok())
-            .ok_or_else(not_found)?;
-        let seg = r.segments.get(i).ok_or_else(not_found)?;
-        let ahead: Vec<Cid> = r
-            .segments
-            .iter()
-            .skip(i + 1)
-            .take(VOD_PREFETCH)
-            .map(|x| x.cid)
-            .collect();
-        (seg.cid, i as u64, ahead)
+    let (manifest, position, ahead) = match index {
+        None => (r.init.ok_or_else(not_found)?, 0, Vec::new()),
+        Some(i) => {
+            let i = usize::try_from(i).map_err(|_| not_found())?;
+            let seg = r.segments.get(i).ok_or_else(not_found)?;
+            let ahead: Vec<Cid> = r
+                .segments
+                .iter()
+                .skip(i + 1)
+                .take(VOD_PREFETCH)
+                .map(|x| x.cid)
+                .collect();
+            (seg.cid, i as u64, ahead)
+        }
     };
     // Ahead of the playhead, in the background, if the site has a fetch
     // to spare.
     if !ahead.is_empty()
-        && let Ok(slot) = g.fetch_slot(&site, PREFETCHES_PER_SITE)
+        && let Ok(slot) = g.fetch_slot(site, PREFETCHES_PER_SITE)
     {
         let node = g.node.clone();
         tokio::spawn(async move {
@@ -654,7 +669,7 @@ async fn vod_segment(
     let bytes = match read_segment(&g.node, manifest, position).await {
         Ok(bytes) => bytes,
         Err(_) => {
-            let _slot = g.fetch_slot(&site, FETCHES_PER_SITE)?;
+            let _slot = g.fetch_slot(site, FETCHES_PER_SITE)?;
             g.node.fetch_segments(root, vec![manifest]).await?;
             read_segment(&g.node, manifest, position).await?
         }

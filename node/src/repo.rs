@@ -25,6 +25,10 @@ const WALLET: &str = "wallet.key";
 const API_FILE: &str = "api";
 const API_TOKEN: &str = "api.token";
 
+/// The largest `config.toml` read: settings are a few KiB at most, and a
+/// file this size is not one.
+const MAX_CONFIG_BYTES: u64 = 1 << 20;
+
 /// What is wrong with a repo.
 #[derive(Debug, thiserror::Error)]
 pub enum RepoError {
@@ -51,6 +55,40 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> RepoError + '_ {
 }
 
 impl Config {
+    /// Reads `config.toml`'s text and checks every setting; the error says
+    /// which setting is wrong and what it may be.
+    pub fn parse(text: &str) -> Result<Config, String> {
+        let config: Config = toml::from_str(text).map_err(|e| e.to_string())?;
+        config
+            .import
+            .options()
+            .validate()
+            .map_err(|e| e.to_string())?;
+        config.limits().validate().map_err(|e| e.to_string())?;
+        config.rewards.deployment()?;
+        config.api.validate()?;
+        if let Some(rpc) = &config.rewards.rpc
+            && !(rpc.starts_with("http://") || rpc.starts_with("https://"))
+        {
+            return Err(format!("rewards.rpc {rpc:?} is not an http(s) URL"));
+        }
+        if !(config.live.deadline_durations > 0.0 && config.live.deadline_durations <= 100.0) {
+            return Err("live.deadline_durations must be above 0 and at most 100".into());
+        }
+        if config.live.ration_copies == 0 {
+            return Err(
+                "live.ration_copies must be at least 1 (ration_window_ms = 0 turns rationing off)"
+                    .into(),
+            );
+        }
+        if config.live.ration_window_ms > MAX_RATION_WINDOW_MS {
+            return Err(format!(
+                "live.ration_window_ms must be at most {MAX_RATION_WINDOW_MS}"
+            ));
+        }
+        Ok(config)
+    }
+
     /// The run-time limits this config starts a node with.
     pub fn limits(&self) -> crate::limits::Limits {
         crate::limits::Limits {
@@ -344,46 +382,20 @@ impl RepoPaths {
         if !config_path.exists() {
             return Err(RepoError::NotInitialised(dir.to_owned()));
         }
-        let text = std::fs::read_to_string(&config_path).map_err(io_err(&config_path))?;
         let invalid = |detail: String| RepoError::Config {
             path: config_path.clone(),
             detail: detail.replace('\n', " "),
         };
-        let config: Config = toml::from_str(&text).map_err(|e| invalid(e.to_string()))?;
-        config
-            .import
-            .options()
-            .validate()
-            .map_err(|e| invalid(e.to_string()))?;
-        config
-            .limits()
-            .validate()
-            .map_err(|e| invalid(e.to_string()))?;
-        config.rewards.deployment().map_err(invalid)?;
-        config.api.validate().map_err(invalid)?;
-        if let Some(rpc) = &config.rewards.rpc
-            && !(rpc.starts_with("http://") || rpc.starts_with("https://"))
-        {
+        let size = std::fs::metadata(&config_path)
+            .map_err(io_err(&config_path))?
+            .len();
+        if size > MAX_CONFIG_BYTES {
             return Err(invalid(format!(
-                "rewards.rpc {rpc:?} is not an http(s) URL"
+                "{size} bytes; a config is at most {MAX_CONFIG_BYTES} (the one `shoal init` writes is about 1 KiB)"
             )));
         }
-        if !(config.live.deadline_durations > 0.0 && config.live.deadline_durations <= 100.0) {
-            return Err(invalid(
-                "live.deadline_durations must be above 0 and at most 100".into(),
-            ));
-        }
-        if config.live.ration_copies == 0 {
-            return Err(invalid(
-                "live.ration_copies must be at least 1 (ration_window_ms = 0 turns rationing off)"
-                    .into(),
-            ));
-        }
-        if config.live.ration_window_ms > MAX_RATION_WINDOW_MS {
-            return Err(invalid(format!(
-                "live.ration_window_ms must be at most {MAX_RATION_WINDOW_MS}"
-            )));
-        }
+        let text = std::fs::read_to_string(&config_path).map_err(io_err(&config_path))?;
+        let config = Config::parse(&text).map_err(invalid)?;
         Ok(RepoPaths {
             dir: dir.to_owned(),
             config,

@@ -13,6 +13,8 @@
 //!   the fetch of a whole on-demand stream;
 //! - [`live`]: a watched live channel (its session and the deadline-aware
 //!   planner inside it) and a published one;
+//! - [`http`]: the gateway's paths and `Range` headers, as HTTP clients
+//!   send them;
 //! - [`ledger`]: per-peer accounting (Swarm's thresholds) and throttling;
 //! - [`receipt`]: EIP-712 receipts and cheques, the wallet key, and the
 //!   receipt protocol's messages;
@@ -35,6 +37,7 @@ pub mod block;
 mod bounded;
 pub mod channel;
 pub mod fetch;
+pub mod http;
 pub mod ledger;
 pub mod live;
 pub mod machine;

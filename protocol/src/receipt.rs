@@ -359,6 +359,53 @@ impl SignedReceipt {
     }
 }
 
+/// A cheque as it travels and is kept: fixed-size byte strings, the
+/// amount as 32 big-endian bytes (the contract's `uint256`).
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WireCheque {
+    #[serde(with = "fixed_bytes")]
+    payer: [u8; 20],
+    #[serde(with = "fixed_bytes")]
+    payee: [u8; 20],
+    #[serde(with = "fixed_bytes")]
+    token: [u8; 20],
+    #[serde(with = "fixed_bytes")]
+    amount: [u8; 32],
+    #[serde(with = "fixed_bytes")]
+    signature: [u8; 65],
+}
+
+impl SignedCheque {
+    /// The cheque as it is sent and stored (dag-cbor).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let c = &self.cheque;
+        let wire = WireCheque {
+            payer: c.payer.into(),
+            payee: c.payee.into(),
+            token: c.token.into(),
+            amount: c.cumulativeAmount.to_be_bytes(),
+            signature: self.signature,
+        };
+        serde_ipld_dagcbor::to_vec(&wire).expect("byte strings encode")
+    }
+
+    /// Decodes a cheque (its signature is not checked here: see
+    /// [`SignedCheque::verify`]).
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, ReceiptError> {
+        let w: WireCheque = strict_decode(bytes)?;
+        Ok(SignedCheque {
+            cheque: Cheque {
+                payer: w.payer.into(),
+                payee: w.payee.into(),
+                token: w.token.into(),
+                cumulativeAmount: U256::from_be_bytes(w.amount),
+            },
+            signature: w.signature,
+        })
+    }
+}
+
 impl ReceiptResponse {
     pub fn to_bytes(&self) -> Vec<u8> {
         let wire = WireResponse {
@@ -537,6 +584,44 @@ mod tests {
         let signed = payer.sign_cheque(cheque, &d.cheque_domain());
         assert_eq!(signed.verify(&d.cheque_domain()), Ok(()));
         assert!(signed.verify(&d.receipt_domain()).is_err());
+    }
+
+    #[test]
+    fn cheques_round_trip_and_altered_ones_are_refused() {
+        let payer = wallet(4);
+        let d = deployment();
+        let cheque = Cheque {
+            payer: payer.address(),
+            payee: wallet(5).address(),
+            token: d.token,
+            cumulativeAmount: U256::MAX - U256::from(1u8),
+        };
+        let signed = payer.sign_cheque(cheque, &d.cheque_domain());
+        let bytes = signed.to_bytes();
+        let back = SignedCheque::from_bytes(&bytes).unwrap();
+        assert_eq!(back, signed);
+        assert_eq!(back.verify(&d.cheque_domain()), Ok(()));
+        // One amount byte changed: decodes, but the payer did not sign it.
+        let at = bytes
+            .windows(32)
+            .position(|w| w == signed.cheque.cumulativeAmount.to_be_bytes::<32>())
+            .unwrap();
+        let mut altered = bytes.clone();
+        altered[at + 31] ^= 1;
+        let altered = SignedCheque::from_bytes(&altered).unwrap();
+        assert!(matches!(
+            altered.verify(&d.cheque_domain()),
+            Err(ReceiptError::WrongSigner { .. })
+        ));
+        // Cut short, padded, too large: refused before any signature work.
+        assert!(SignedCheque::from_bytes(&bytes[..bytes.len() - 1]).is_err());
+        let mut padded = bytes.clone();
+        padded.push(0);
+        assert!(SignedCheque::from_bytes(&padded).is_err());
+        assert!(matches!(
+            SignedCheque::from_bytes(&vec![0; MAX_RECEIPT_MESSAGE_BYTES + 1]),
+            Err(ReceiptError::TooLarge(_))
+        ));
     }
 
     #[test]

@@ -71,6 +71,25 @@ async fn an_embedded_node_plays_a_channel_through_its_own_gateway_stops_and_star
         segment.bytes().await.unwrap().to_vec(),
         std::fs::read(hls_dir.join(&w.uri)).unwrap()
     );
+    // Paths that name nothing, or name a segment another way, are refused
+    // before any work: one parser reads them all (shoal_protocol::http).
+    for (path, status) in [
+        ("/live/not-a-channel/index.m3u8".to_string(), 400),
+        ("/vod/bafy!/index.m3u8".to_string(), 400),
+        (format!("/live/{channel}/00/index.m3u8"), 404),
+        (format!("/live/{channel}/0/+{}.ts", w.sequence), 404),
+        (format!("/live/{channel}/0/0{}.ts", w.sequence), 404),
+        (format!("/live/{channel}/0/%3{}.ts", w.sequence % 10), 404),
+        (format!("/live/{channel}/0/{}.ts/more", w.sequence), 404),
+        (format!("/live/{channel}/99/{}.ts", w.sequence), 404),
+    ] {
+        let answer = http
+            .get(format!("{}{path}", server.url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), status, "{path}");
+    }
     // The app heard of the segments as they were ready.
     let ready = tokio::time::timeout(Duration::from_secs(10), async {
         loop {
