@@ -391,7 +391,7 @@ impl RepoPaths {
             .len();
         if size > MAX_CONFIG_BYTES {
             return Err(invalid(format!(
-                "{size} bytes; a config is at most {MAX_CONFIG_BYTES} (the one `shoal init` writes is about 1 KiB)"
+                "{size} bytes; a config is at most {MAX_CONFIG_BYTES} (the one `shoal init` writes is under 1 KiB)"
             )));
         }
         let text = std::fs::read_to_string(&config_path).map_err(io_err(&config_path))?;

@@ -178,6 +178,10 @@ fn bad_options_and_config() {
     std::fs::write(&config, "[store]\nquota = 5\n").unwrap();
     sb.shoal(&["repo", "stat"])
         .fails_with("config.toml is invalid");
+    // A comment 2 MiB long: refused by its size, before it is read.
+    std::fs::write(&config, format!("#{}\n", "x".repeat(2 << 20))).unwrap();
+    sb.shoal(&["repo", "stat"])
+        .fails_with("a config is at most 1048576");
     std::fs::write(&config, good).unwrap();
     sb.shoal(&["repo", "stat"]).ok();
 }
