@@ -20,6 +20,12 @@ pub struct NodeConfig {
     pub kad_protocol: String,
     /// Find peers on the local network with mDNS.
     pub mdns: bool,
+    /// Resolve `/dns*` multiaddrs with the system's resolver settings
+    /// (`/etc/resolv.conf` and the like); `false`: Cloudflare's and
+    /// Google's public resolvers, asked directly. Phones use `false`: on
+    /// Android, reading the system's settings calls into the JVM, which a
+    /// library the app loads cannot do without being handed its context.
+    pub system_dns: bool,
     /// Most connections in total, so a crowd of peers cannot exhaust
     /// memory or file descriptors.
     pub max_connections: u32,
@@ -68,6 +74,7 @@ impl Default for NodeConfig {
             bootstrap: Vec::new(),
             kad_protocol: "/shoal/kad/1.0.0".into(),
             mdns: true,
+            system_dns: true,
             max_connections: 512,
             max_connections_per_peer: 2,
             max_connections_per_ip: Some(crate::ip_limit::DEFAULT_PER_IP),

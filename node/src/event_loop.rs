@@ -74,6 +74,8 @@ pub(crate) enum Command {
     WalletAddress(oneshot::Sender<alloy_primitives::Address>),
     Accounts(oneshot::Sender<Vec<(PeerId, shoal_protocol::ledger::Account)>>),
     SetLimits(Limits, oneshot::Sender<()>),
+    /// Pause (`true`) or resume (`false`).
+    Pause(bool, oneshot::Sender<()>),
 }
 
 /// What the loop's tasks report back.
@@ -167,6 +169,9 @@ struct EventLoop {
     blocking: Arc<()>,
     /// What the last publish's gossip reported.
     publish_error: Option<NodeError>,
+    /// Paused: no connection, nothing served. The peers held when the
+    /// node paused, dialled again when it resumes.
+    paused: Option<Vec<PeerId>>,
 }
 
 /// Queued commands from the handles: a caller waits for room beyond this.
@@ -286,6 +291,7 @@ pub(crate) fn spawn(
         jobs,
         blocking: Arc::new(()),
         publish_error: None,
+        paused: None,
     };
     tokio::spawn(event_loop.run());
     Ok(Handles {
@@ -456,6 +462,14 @@ impl EventLoop {
                 self.set_limits(limits, now);
                 let _ = reply.send(());
             }
+            Command::Pause(pause, reply) => {
+                if pause {
+                    self.pause();
+                } else {
+                    self.resume();
+                }
+                let _ = reply.send(());
+            }
             Command::GossipScore(peer, reply) => {
                 let _ = reply.send(self.swarm.behaviour().gossipsub.peer_score(&peer));
             }
@@ -465,7 +479,7 @@ impl EventLoop {
     fn limits(&self) -> Limits {
         Limits {
             upload_bytes_per_sec: self.config.upload_bytes_per_sec,
-            no_upload: self.machine.config().no_upload,
+            no_upload: self.config.no_upload,
             max_peers: self.config.max_connections,
             cache_segments: self.machine.config().live.window,
         }
@@ -475,7 +489,9 @@ impl EventLoop {
         tracing::info!(?limits, "limits changed");
         self.config.upload_bytes_per_sec = limits.upload_bytes_per_sec;
         self.upload.set_rate(limits.upload_bytes_per_sec);
-        self.machine.set_no_upload(limits.no_upload);
+        self.config.no_upload = limits.no_upload;
+        self.machine
+            .set_no_upload(limits.no_upload || self.paused.is_some());
         self.config.max_connections = limits.max_peers;
         self.swarm.behaviour_mut().limits.limits_mut().clone_from(
             &crate::ip_limit::connection_limits(
@@ -484,6 +500,47 @@ impl EventLoop {
             ),
         );
         self.machine.set_window(limits.cache_segments, now);
+    }
+
+    /// Pauses (an app gone to the background): serves nothing, closes
+    /// every connection and refuses new ones, both ways. Watches and
+    /// fetches stay, without peers; a session nobody looks at ends by
+    /// itself.
+    fn pause(&mut self) {
+        if self.paused.is_some() {
+            return;
+        }
+        let held: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
+        tracing::info!(peers = held.len(), "paused");
+        self.machine.set_no_upload(true);
+        self.swarm.behaviour_mut().per_ip.set_paused(true);
+        for peer in &held {
+            let _ = self.swarm.disconnect_peer_id(*peer);
+        }
+        self.paused = Some(held);
+    }
+
+    /// Resumes: serves again (unless the limits say not to), and dials the
+    /// bootstrap peers and the peers held when paused, so that the DHT
+    /// and the channels' meshes are joined again at once.
+    fn resume(&mut self) {
+        let Some(held) = self.paused.take() else {
+            return;
+        };
+        tracing::info!(peers = held.len(), "resumed");
+        self.swarm.behaviour_mut().per_ip.set_paused(false);
+        self.machine.set_no_upload(self.config.no_upload);
+        for addr in self.config.bootstrap.clone() {
+            if let Err(e) = self.swarm.dial(addr.clone()) {
+                tracing::debug!(%addr, error = %e, "cannot dial a bootstrap peer");
+            }
+        }
+        for peer in held.into_iter().take(self.config.max_dials) {
+            if let Err(e) = self.swarm.dial(peer) {
+                tracing::debug!(%peer, error = %e, "cannot dial a peer held before the pause");
+            }
+        }
+        let _ = self.swarm.behaviour_mut().kad.bootstrap();
     }
 
     fn provide(&mut self, key: Vec<u8>, reply: Option<oneshot::Sender<Result<(), NodeError>>>) {

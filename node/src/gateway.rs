@@ -1,6 +1,7 @@
 //! The HLS gateway: live channels and on-demand streams as ordinary HLS,
-//! for any player, on the daemon's port or on its own
-//! ([`serve`], for an app that embeds the node).
+//! for any player, on the daemon's port or on its own ([`serve`]; and
+//! [`serve_private`] for an app that embeds the node: playlists and
+//! segments only, under a secret path).
 //!
 //! - `/live/<channel>/index.m3u8`: a master playlist when the channel has
 //!   several renditions, else the sliding media playlist of its only one.
@@ -156,6 +157,8 @@ pub struct Gateway {
     watches: tokio::sync::Mutex<HashMap<Site, HashSet<ChannelId>>>,
     /// On-demand fetches running per site.
     fetches: Mutex<HashMap<Site, usize>>,
+    /// The first path segment every request must carry ([`serve_private`]).
+    secret: Option<String>,
 }
 
 impl Gateway {
@@ -165,7 +168,32 @@ impl Gateway {
             access,
             watches: Default::default(),
             fetches: Mutex::default(),
+            secret: None,
         })
+    }
+
+    /// `path` without the secret first segment this gateway requires, or
+    /// 404 (compared in constant time: a guess learns nothing from how
+    /// long the refusal took).
+    fn unprefixed<'a>(&self, path: &'a str) -> GatewayResult<&'a str> {
+        let Some(secret) = &self.secret else {
+            return Ok(path);
+        };
+        let not_found = || GatewayError::new(StatusCode::NOT_FOUND, "not found");
+        let (given, _) = path
+            .strip_prefix('/')
+            .and_then(|p| p.split_once('/'))
+            .ok_or_else(not_found)?;
+        let same = given.len() == secret.len()
+            && given
+                .bytes()
+                .zip(secret.bytes())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0;
+        if !same {
+            return Err(not_found());
+        }
+        Ok(&path[given.len() + 1..])
     }
 
     /// Watches `channel` for a player of `site` (or keeps watching it),
@@ -286,6 +314,20 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .layer(middleware::from_fn_with_state(gateway, known_host))
 }
 
+/// The routes of [`serve_private`]: playlists and segments under the
+/// secret first segment, nothing else (no player page, no metrics).
+fn private_router(gateway: Arc<Gateway>) -> Router {
+    Router::new()
+        .route("/{secret}/vod/{*path}", get(player))
+        .route("/{secret}/live/{*path}", get(player))
+        .layer(middleware::from_fn_with_state(
+            gateway.clone(),
+            players_only,
+        ))
+        .layer(middleware::from_fn_with_state(gateway.clone(), known_host))
+        .with_state(gateway)
+}
+
 /// Every request: a `Host` this node answers to.
 async fn known_host(State(g): State<Arc<Gateway>>, request: Request, next: Next) -> Response {
     match g.access.check_host(request.headers()) {
@@ -323,7 +365,8 @@ async fn players_only(State(g): State<Arc<Gateway>>, mut request: Request, next:
 /// A gateway serving on its own: what an app that embeds the node shows
 /// its player.
 pub struct GatewayServer {
-    /// `http://<address>`; playlists are under it (`/live/<channel>/index.m3u8`).
+    /// `http://<address>` (and the secret path of [`serve_private`]);
+    /// playlists are under it (`/live/<channel>/index.m3u8`).
     pub url: String,
     pub addr: SocketAddr,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
@@ -343,6 +386,32 @@ impl GatewayServer {
 /// Serves `node`'s gateway on `addr` (port 0: any free one), with the
 /// default access rules, until [`GatewayServer::stop`].
 pub async fn serve(node: Node, addr: SocketAddr) -> Result<GatewayServer, NodeError> {
+    let app = router(Gateway::new(node, Access::default()));
+    serve_app(app, addr, "").await
+}
+
+/// Serves `node`'s gateway for an app's own player on `addr`: playlists
+/// and segments only, every path under `/<secret>/` (the server's `url`
+/// includes it). Other apps on a phone share its loopback interface; a
+/// secret drawn at each start (say 32 random bytes in hex) keeps them,
+/// and web pages, from watching through it or reading what it holds.
+pub async fn serve_private(
+    node: Node,
+    addr: SocketAddr,
+    secret: &str,
+) -> Result<GatewayServer, NodeError> {
+    let gateway = Gateway {
+        node,
+        access: Access::default(),
+        watches: Default::default(),
+        fetches: Mutex::default(),
+        secret: Some(secret.to_owned()),
+    };
+    let app = private_router(Arc::new(gateway));
+    serve_app(app, addr, &format!("/{secret}")).await
+}
+
+async fn serve_app(app: Router, addr: SocketAddr, path: &str) -> Result<GatewayServer, NodeError> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| NodeError::Listen {
@@ -353,13 +422,12 @@ pub async fn serve(node: Node, addr: SocketAddr) -> Result<GatewayServer, NodeEr
         addr: addr.to_string(),
         source: Box::new(e),
     })?;
-    let app = router(Gateway::new(node, Access::default()));
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let served = tokio::spawn(crate::local_http::serve(listener, app, async {
         let _ = stopped.await;
     }));
     Ok(GatewayServer {
-        url: format!("http://{addr}"),
+        url: format!("http://{addr}{path}"),
         addr,
         stop: Some(stop),
         served,
@@ -372,8 +440,12 @@ async fn player(
     axum::Extension(Asker(site)): axum::Extension<Asker>,
     uri: Uri,
 ) -> GatewayResult<Response> {
-    match GatewayPath::parse(uri.path())? {
+    match GatewayPath::parse(g.unprefixed(uri.path())?)? {
         GatewayPath::LiveTop { channel } => live_top(&g, &site, channel).await,
+        // An app's private gateway serves playlists and segments only.
+        GatewayPath::LiveStats { .. } if g.secret.is_some() => {
+            Err(GatewayError::new(StatusCode::NOT_FOUND, "not found"))
+        }
         GatewayPath::LiveStats { channel } => live_stats(&g, channel).await,
         GatewayPath::LiveMedia { channel, rendition } => {
             live_media(&g, &site, channel, rendition.into()).await

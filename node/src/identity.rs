@@ -37,7 +37,7 @@ pub fn load_or_create(path: &Path) -> Result<Keypair, NodeError> {
 
 /// 32 bytes from the operating system's randomness (the source of the
 /// identity, wallet and channel keys).
-pub(crate) fn random_secret() -> [u8; 32] {
+pub fn random_secret() -> [u8; 32] {
     let fresh = libp2p::identity::ed25519::Keypair::generate();
     let mut out = [0u8; 32];
     out.copy_from_slice(&fresh.secret().as_ref()[..32]);

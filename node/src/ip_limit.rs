@@ -11,6 +11,9 @@
 //! Relayed connections (`/p2p-circuit`) come from the relay's address
 //! and are not counted against it: the relay bounds its own circuits.
 //!
+//! While the node is paused ([`IpLimit::set_paused`]) it refuses every
+//! connection, both ways.
+//!
 //! [`in_scope`] judges the addresses a peer gives for itself (identify,
 //! its provider records) before Kademlia keeps or dials them: a peer that
 //! reached this node from the Internet may not point it at loopback,
@@ -115,6 +118,7 @@ pub struct IpLimit {
     per_ip: Option<u32>,
     inbound: HashMap<IpAddr, HashSet<ConnectionId>>,
     by_connection: HashMap<ConnectionId, IpAddr>,
+    paused: bool,
 }
 
 impl IpLimit {
@@ -123,9 +127,28 @@ impl IpLimit {
             per_ip,
             inbound: HashMap::new(),
             by_connection: HashMap::new(),
+            paused: false,
         }
     }
+
+    /// While paused (an app in the background), every connection is
+    /// refused, inbound and outbound, so that the node holds none.
+    pub fn set_paused(&mut self, paused: bool) {
+        self.paused = paused;
+    }
+
+    fn open(&self) -> Result<(), ConnectionDenied> {
+        if self.paused {
+            return Err(ConnectionDenied::new(Paused));
+        }
+        Ok(())
+    }
 }
+
+/// Why a connection was refused while the node is paused.
+#[derive(Debug, thiserror::Error)]
+#[error("the node is paused")]
+pub struct Paused;
 
 /// Why an inbound connection was refused.
 #[derive(Debug, thiserror::Error)]
@@ -146,6 +169,7 @@ impl NetworkBehaviour for IpLimit {
         _local_addr: &Multiaddr,
         remote_addr: &Multiaddr,
     ) -> Result<THandler<Self>, ConnectionDenied> {
+        self.open()?;
         let Some(ip) = direct_ip(remote_addr) else {
             return Ok(dummy::ConnectionHandler);
         };
@@ -168,7 +192,28 @@ impl NetworkBehaviour for IpLimit {
         _role_override: Endpoint,
         _port_use: PortUse,
     ) -> Result<THandler<Self>, ConnectionDenied> {
+        self.open()?;
         Ok(dummy::ConnectionHandler)
+    }
+
+    fn handle_pending_inbound_connection(
+        &mut self,
+        _connection_id: ConnectionId,
+        _local_addr: &Multiaddr,
+        _remote_addr: &Multiaddr,
+    ) -> Result<(), ConnectionDenied> {
+        self.open()
+    }
+
+    fn handle_pending_outbound_connection(
+        &mut self,
+        _connection_id: ConnectionId,
+        _peer: Option<PeerId>,
+        _addresses: &[Multiaddr],
+        _effective_role: Endpoint,
+    ) -> Result<Vec<Multiaddr>, ConnectionDenied> {
+        self.open()?;
+        Ok(Vec::new())
     }
 
     fn on_swarm_event(&mut self, event: FromSwarm) {

@@ -463,6 +463,20 @@ impl Node {
         self.ask(|tx| Command::SetLimits(limits, tx)).await
     }
 
+    /// Pauses the node, as a phone app does when it goes to the
+    /// background: it serves nothing, closes every connection and refuses
+    /// new ones until [`Node::resume`]. Watches and the gateway stay (a
+    /// player asking finds what the store holds); the store is untouched.
+    pub async fn pause(&self) -> Result<(), NodeError> {
+        self.ask(|tx| Command::Pause(true, tx)).await
+    }
+
+    /// Resumes a paused node: it serves again (as its limits allow) and
+    /// dials its bootstrap peers and the peers it held before the pause.
+    pub async fn resume(&self) -> Result<(), NodeError> {
+        self.ask(|tx| Command::Pause(false, tx)).await
+    }
+
     /// A peer's gossipsub score (negative after invalid messages).
     pub async fn gossip_score(&self, peer: PeerId) -> Result<Option<f64>, NodeError> {
         self.ask(|tx| Command::GossipScore(peer, tx)).await
@@ -497,6 +511,25 @@ pub fn peer_of(addr: &Multiaddr) -> Option<PeerId> {
     })
 }
 
+/// Where `/dns*` multiaddrs are resolved (see [`NodeConfig::system_dns`]).
+fn dns_resolvers(
+    system: bool,
+) -> Result<(libp2p::dns::ResolverConfig, libp2p::dns::ResolverOpts), NodeError> {
+    use hickory_resolver::config::{CLOUDFLARE, GOOGLE, ResolverConfig, ResolverOpts};
+    if system {
+        return hickory_resolver::system_conf::read_system_conf()
+            .map_err(|e| NodeError::transport("DNS (the system's resolver settings)", e));
+    }
+    let servers = CLOUDFLARE
+        .udp_and_tcp()
+        .chain(GOOGLE.udp_and_tcp())
+        .collect();
+    Ok((
+        ResolverConfig::from_name_servers(servers),
+        ResolverOpts::default(),
+    ))
+}
+
 fn build_swarm(
     config: &NodeConfig,
     keypair: Keypair,
@@ -518,9 +551,9 @@ fn build_swarm(
         .map_err(|e| NodeError::transport("TCP", e))?;
     #[cfg(feature = "quic")]
     let builder = builder.with_quic();
+    let (dns, dns_options) = dns_resolvers(config.system_dns)?;
     let swarm = builder
-        .with_dns()
-        .map_err(|e| NodeError::transport("DNS", e))?
+        .with_dns_config(dns, dns_options)
         .with_relay_client(noise::Config::new, yamux::Config::default)
         .map_err(|e| NodeError::transport("the relay client", e))?
         .with_behaviour(|key, relay| {

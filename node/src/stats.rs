@@ -23,6 +23,9 @@ pub struct LiveStatsReport {
     pub bytes_from_source: u64,
     /// Bytes from HTTP origins.
     pub bytes_from_http: u64,
+    /// Bytes of the channel's segments sent to other viewers.
+    #[serde(default)]
+    pub bytes_uploaded: u64,
     /// Share of bytes from other viewers (0..1), once anything arrived.
     pub offload: Option<f64>,
     pub startup_ms: Option<u64>,
@@ -52,6 +55,7 @@ impl LiveStatsReport {
             bytes_from_peers: st.bytes_from_peers,
             bytes_from_source: st.bytes_from_source,
             bytes_from_http: st.bytes_from_http,
+            bytes_uploaded: st.bytes_uploaded,
             offload: st.offload(),
             startup_ms: st.startup.map(|d| d.as_millis() as u64),
             latency_p50_ms: st.latency_quantile_ms(0.5),
@@ -81,7 +85,7 @@ pub fn prometheus(peers: usize, sessions: &[LiveStatsReport]) -> String {
         out,
         "# HELP shoal_peers Connected peers.\n# TYPE shoal_peers gauge\nshoal_peers {peers}"
     );
-    let series: [Series; 9] = [
+    let series: [Series; 10] = [
         (
             "shoal_live_segments_total",
             "counter",
@@ -117,6 +121,12 @@ pub fn prometheus(peers: usize, sessions: &[LiveStatsReport]) -> String {
             "counter",
             "Bytes received from HTTP origins.",
             |r| r.bytes_from_http as f64,
+        ),
+        (
+            "shoal_live_bytes_uploaded_total",
+            "counter",
+            "Bytes of the channel's segments sent to other viewers.",
+            |r| r.bytes_uploaded as f64,
         ),
         ("shoal_live_peers", "gauge", "Peers of the channel.", |r| {
             r.peers as f64

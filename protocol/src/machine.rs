@@ -1371,6 +1371,18 @@ impl<P: Clone + Ord + Hash, S: BlockSource + BlockLookup> NodeMachine<P, S> {
         }
     }
 
+    /// Counts blocks going to a peer against the watched channels whose
+    /// segments they belong to. The blocks of one message share its
+    /// bytes by count (they are a segment's shards, of one size).
+    fn count_upload(&mut self, blocks: &[Cid], bytes: usize) {
+        for s in self.sessions.values_mut() {
+            let ours = blocks.iter().filter(|c| s.serves(c)).count();
+            if ours > 0 {
+                s.note_uploaded((bytes * ours / blocks.len()) as u64);
+            }
+        }
+    }
+
     /// Sends what this input sends each peer, as one message per peer. A
     /// peer the ledger throttles hears DONT_HAVE instead of blocks, and the
     /// engine gets the room back (which may let other peers' blocks go).
@@ -1388,6 +1400,9 @@ impl<P: Clone + Ord + Hash, S: BlockSource + BlockLookup> NodeMachine<P, S> {
                         serve: !self.config.no_upload,
                     };
                     self.engine.sent(&peer, bytes, 0, &serving, &mut released);
+                }
+                if !message.blocks.is_empty() {
+                    self.count_upload(&message.blocks, message.block_bytes);
                 }
                 self.actions.push_back(Action::Send { peer, message });
             }

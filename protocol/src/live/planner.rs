@@ -278,6 +278,8 @@ pub struct LiveStats {
     pub bytes_from_source: u64,
     /// Bytes from HTTP origins.
     pub bytes_from_http: u64,
+    /// Bytes of this channel's segments sent to other viewers.
+    pub bytes_uploaded: u64,
     /// From the start of the session to its first complete segment.
     pub startup: Option<Duration>,
     /// Milliseconds from publication to completion, most recent last.
@@ -538,6 +540,19 @@ impl<P: Clone + Ord + Hash> LivePlanner<P> {
     /// Renditions heard of so far.
     pub fn rendition_count(&self) -> usize {
         self.renditions.len()
+    }
+
+    /// Whether `cid` is the manifest or a shard of a complete segment in
+    /// a window.
+    pub fn serves(&self, cid: &Cid) -> bool {
+        self.renditions
+            .iter()
+            .flat_map(|r| r.window.iter())
+            .any(|w| w.manifest == *cid || w.shards.contains(cid))
+    }
+
+    pub fn note_uploaded(&mut self, bytes: u64) {
+        self.stats.bytes_uploaded += bytes;
     }
 
     /// Whether a block is one this plan is waiting for.

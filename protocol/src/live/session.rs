@@ -325,6 +325,17 @@ impl<P: Clone + Ord + Hash> LiveSession<P> {
         now.duration_since(self.last_access) >= LIVE_IDLE_TIMEOUT
     }
 
+    /// Whether `cid` is a block of a complete segment the session holds
+    /// (what it serves other viewers).
+    pub fn serves(&self, cid: &Cid) -> bool {
+        self.planner.serves(cid)
+    }
+
+    /// Bytes of this channel's segments went to a peer.
+    pub fn note_uploaded(&mut self, bytes: u64) {
+        self.planner.note_uploaded(bytes);
+    }
+
     /// Whether the session still waits for `cid`.
     pub fn wants(&self, cid: &Cid) -> bool {
         self.planner.wants(cid)
