@@ -22,7 +22,8 @@
 //!
 //! `cargo bench -p shoal-ffi --bench footprint`; `SHOAL_BENCH_SECONDS`
 //! (60), `SHOAL_BENCH_RATES` (kbit/s, `1000,4500`), `SHOAL_BENCH_VIEWERS`
-//! (other viewers, 3).
+//! (other viewers, 3), `SHOAL_BENCH_PERF=DIR` (profile each measured
+//! process with `perf record` into `DIR/<mode>.data`).
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -203,7 +204,21 @@ fn child(args: &[String]) {
 }
 
 fn spawn(mode: &str, dir: &Path, addr: &str, target: &str, seconds: u64) -> Child {
-    Command::new(std::env::current_exe().expect("this benchmark's path"))
+    let exe = std::env::current_exe().expect("this benchmark's path");
+    // SHOAL_BENCH_PERF=DIR: each measured process runs under `perf record`,
+    // its profile written to DIR/<mode>.data.
+    let mut command = match std::env::var_os("SHOAL_BENCH_PERF") {
+        Some(dir) => {
+            let mut c = Command::new("perf");
+            c.args(["record", "-q", "-F", "999", "-g", "-e", "cpu-clock", "-o"])
+                .arg(Path::new(&dir).join(format!("{mode}.data")))
+                .arg("--")
+                .arg(exe);
+            c
+        }
+        None => Command::new(exe),
+    };
+    command
         .args(["child", mode])
         .arg(dir)
         .args([addr, target, &seconds.to_string()])
@@ -232,7 +247,9 @@ fn encoder(dir: PathBuf, bytes: usize, seconds: u64) -> std::thread::JoinHandle<
     std::fs::create_dir_all(&dir).unwrap();
     let count = (WARMUP.as_secs() + seconds + 10) / SEGMENT.as_secs();
     std::thread::spawn(move || {
-        tokio::runtime::Builder::new_current_thread()
+        // It outlives the run by a few segments; a write into the folder
+        // the run has removed ends it.
+        let _ = tokio::runtime::Builder::new_current_thread()
             .enable_time()
             .build()
             .unwrap()
@@ -242,8 +259,7 @@ fn encoder(dir: PathBuf, bytes: usize, seconds: u64) -> std::thread::JoinHandle<
                 bytes,
                 Some(count),
                 |_| {},
-            ))
-            .unwrap();
+            ));
     })
 }
 
@@ -385,7 +401,10 @@ fn library_size() {
         return;
     };
     let Ok(whole) = std::fs::metadata(&lib).map(|m| m.len()) else {
-        println!("{} not found: no library size", lib.display());
+        println!(
+            "{} not found: `cargo build -p shoal-ffi --release --lib` builds it",
+            lib.display()
+        );
         return;
     };
     let tmp = tempfile::tempdir().unwrap();

@@ -1108,6 +1108,7 @@ impl EventLoop {
                 let input = Input::Gossip {
                     topic: topic.clone(),
                     data: message.data,
+                    author: message.source,
                 };
                 let judged = self.machine.handle(input, now);
                 let acceptance = match judged {

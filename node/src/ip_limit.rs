@@ -91,11 +91,17 @@ pub fn is_public_ip(ip: std::net::IpAddr) -> bool {
 }
 
 /// Whether `addr`, given by a peer connected from `from`, may be kept and
-/// dialled: a public address, a name, or any address of a peer that is
-/// itself on a private network with this node.
+/// dialled: a public address, a name, a private or link-local address of
+/// a peer that is itself on a private network with this node, and a
+/// loopback address only of a peer on this machine. (A LAN peer's
+/// `127.0.0.1:4101` is this node's own port when both use the default:
+/// dialling it reaches this node itself.)
 pub fn in_scope(addr: &Multiaddr, from: Option<IpAddr>) -> bool {
+    let loopback = |ip: IpAddr| ip.to_canonical().is_loopback();
     match direct_ip(addr) {
-        Some(ip) => is_public_ip(ip) || from.is_some_and(|f| !is_public_ip(f)),
+        Some(ip) if is_public_ip(ip) => true,
+        Some(ip) if loopback(ip) => from.is_some_and(loopback),
+        Some(_) => from.is_some_and(|f| !is_public_ip(f)),
         None => true,
     }
 }
@@ -250,7 +256,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn internet_peers_may_not_point_at_private_addresses() {
+    fn peers_point_only_at_addresses_of_their_own_scope() {
         let lan: Multiaddr = "/ip4/192.168.1.5/tcp/4101".parse().unwrap();
         let public: Multiaddr = "/ip4/8.8.8.8/tcp/4101".parse().unwrap();
         let from_internet = Some("1.1.1.1".parse().unwrap());
@@ -259,10 +265,11 @@ mod tests {
         assert!(!in_scope(&lan, None));
         assert!(in_scope(&lan, from_lan));
         assert!(in_scope(&public, from_internet));
-        assert!(in_scope(
-            &"/ip4/127.0.0.1/tcp/1".parse().unwrap(),
-            Some("127.0.0.1".parse().unwrap())
-        ));
+        let own: Multiaddr = "/ip4/127.0.0.1/tcp/4101".parse().unwrap();
+        assert!(in_scope(&own, Some("127.0.0.1".parse().unwrap())));
+        // A LAN peer's loopback is this node's own.
+        assert!(!in_scope(&own, from_lan));
+        assert!(!in_scope(&"/ip6/::1/tcp/4101".parse().unwrap(), from_lan));
     }
 
     #[test]

@@ -94,9 +94,9 @@ pub(crate) async fn run_writer<P: Send + 'static>(
         if let Write::Release(cids) = first {
             let store = store.clone();
             let deleted = tokio::task::spawn_blocking(move || {
-                for cid in &cids {
-                    // Pinned or already gone: either way nothing to do.
-                    let _ = store.delete(cid);
+                // Pinned or already gone: either way nothing to do.
+                if let Err(e) = store.delete_unpinned(&cids) {
+                    tracing::warn!(error = %e, "cannot delete released blocks");
                 }
             })
             .await;

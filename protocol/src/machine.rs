@@ -337,8 +337,14 @@ pub enum Input<P> {
         from: P,
         blocks: Vec<(Cid, Vec<u8>)>,
     },
-    /// A gossiped message ([`NodeMachine::handle`] returns its judgement).
-    Gossip { topic: String, data: Vec<u8> },
+    /// A gossiped message ([`NodeMachine::handle`] returns its
+    /// judgement), with the peer that signed it into gossip (its author,
+    /// not whoever forwarded it).
+    Gossip {
+        topic: String,
+        data: Vec<u8>,
+        author: Option<P>,
+    },
     /// A peer is subscribed to a topic.
     Subscribed { peer: P, topic: String },
     /// A record found under a channel's key (not yet opened).
@@ -382,7 +388,8 @@ pub enum Judgement {
     Accept,
     /// Do not forward it; its sender loses score.
     Reject(String),
-    /// Not a topic this node judges.
+    /// Not forwarded, nobody penalised: not a topic this node judges,
+    /// or an announcement older than what it has.
     Ignore,
 }
 
@@ -556,7 +563,11 @@ impl<P: Clone + Ord + Hash, S: BlockSource + BlockLookup> NodeMachine<P, S> {
             } => self.handle_sent(to, bytes, presences, now),
             Input::Stored(cids) => self.handle_stored(&cids, now),
             Input::Received { from, blocks } => self.handle_received(from, &blocks, now),
-            Input::Gossip { topic, data } => return self.handle_gossip(&topic, &data, now),
+            Input::Gossip {
+                topic,
+                data,
+                author,
+            } => return self.handle_gossip(&topic, &data, author.as_ref(), now),
             Input::Subscribed { peer, topic } => self.handle_subscribed(peer, &topic, now),
             Input::Record { channel, bytes } => self.handle_record(channel, &bytes, now),
             Input::Providers { key, providers } => self.handle_providers(key, &providers, now),
@@ -715,7 +726,13 @@ impl<P: Clone + Ord + Hash, S: BlockSource + BlockLookup> NodeMachine<P, S> {
     // ---- gossip and the DHT -----------------------------------------
 
     /// A gossiped message on `topic`, judged for gossipsub.
-    pub fn handle_gossip(&mut self, topic: &str, data: &[u8], now: Instant) -> Judgement {
+    pub fn handle_gossip(
+        &mut self,
+        topic: &str,
+        data: &[u8],
+        author: Option<&P>,
+        now: Instant,
+    ) -> Judgement {
         let Some(&(channel, rendition)) = self.topics.get(topic) else {
             return Judgement::Ignore;
         };
@@ -723,11 +740,12 @@ impl<P: Clone + Ord + Hash, S: BlockSource + BlockLookup> NodeMachine<P, S> {
         let Some(session) = self.sessions.get_mut(&channel) else {
             return Judgement::Ignore;
         };
-        let verdict = session.handle_announcement(rendition, data, now, now_ms);
+        let verdict = session.handle_announcement(rendition, data, author, now, now_ms);
         self.settle(now);
         match verdict {
             Verdict::Accept => Judgement::Accept,
             Verdict::Reject(why) => Judgement::Reject(why),
+            Verdict::Stale(_) => Judgement::Ignore,
         }
     }
 

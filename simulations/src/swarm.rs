@@ -930,9 +930,11 @@ impl Sim {
             return false;
         }
         let topic = self.channel.topic(0);
+        // Every announcement is the broadcaster's own gossip message.
         let input = Input::Gossip {
             topic,
             data: data.to_vec(),
+            author: Some(SOURCE),
         };
         let judged = self.feed(to, input);
         if judged == Judgement::Accept {

@@ -3,6 +3,7 @@
 
 pub mod chain;
 pub mod hostile;
+pub mod lab;
 pub mod live;
 pub mod origin;
 
@@ -33,6 +34,8 @@ pub fn shoal_bin() -> PathBuf {
 /// A throw-away folder holding a repo (`repo/`) and test files.
 pub struct Sandbox {
     pub dir: tempfile::TempDir,
+    /// The network namespace its commands run in (a lab host's), if any.
+    pub netns: Option<String>,
 }
 
 /// What a finished `shoal` process did.
@@ -87,6 +90,7 @@ impl Sandbox {
                 .prefix("shoal-test-")
                 .tempdir()
                 .expect("temp dir"),
+            netns: None,
         }
     }
 
@@ -107,7 +111,14 @@ impl Sandbox {
 
     /// A `shoal` command on this sandbox's repo, not yet started.
     pub fn command(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(shoal_bin());
+        let mut c = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(shoal_bin());
+                c
+            }
+            None => Command::new(shoal_bin()),
+        };
         c.args(args)
             .env("SHOAL_REPO", self.repo())
             .current_dir(self.dir.path())
@@ -259,7 +270,6 @@ impl Sandbox {
     /// Starts `shoal daemon` on this sandbox's repo, on loopback with free
     /// ports, and waits (at most 30 s) until it is ready.
     pub fn start_daemon(&self, bootstrap: Option<&str>) -> DaemonProcess {
-        use std::io::BufRead;
         let mut args = vec![
             "daemon",
             "--listen",
@@ -271,8 +281,15 @@ impl Sandbox {
         if let Some(b) = bootstrap {
             args.extend(["--bootstrap", b]);
         }
+        self.start_daemon_with(&args)
+    }
+
+    /// Starts `shoal` with `args` (a `daemon` command) and waits (at most
+    /// 30 s) until it is ready.
+    pub fn start_daemon_with(&self, args: &[&str]) -> DaemonProcess {
+        use std::io::BufRead;
         let mut child = self
-            .command(&args)
+            .command(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -319,6 +336,15 @@ impl DaemonProcess {
     /// The daemon's process id, while it runs.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(|c| c.id())
+    }
+
+    /// Kills the daemon outright (SIGKILL), as a crash or an out-of-memory
+    /// kill would, and waits for it.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 
     /// Sends SIGTERM and waits for the exit status (SIGKILL after 10 s).
@@ -379,8 +405,20 @@ pub fn http_request(
     headers: &[(&str, &str)],
     timeout: std::time::Duration,
 ) -> std::io::Result<HttpReply> {
+    let s = std::net::TcpStream::connect(addr)?;
+    http_request_on(s, method, path, headers, timeout)
+}
+
+/// [`http_request`] on a connection already made (from inside a lab
+/// host's namespace, say).
+pub fn http_request_on(
+    mut s: std::net::TcpStream,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    timeout: std::time::Duration,
+) -> std::io::Result<HttpReply> {
     use std::io::Read;
-    let mut s = std::net::TcpStream::connect(addr)?;
     s.set_read_timeout(Some(timeout))?;
     let mut raw = format!("{method} {path} HTTP/1.1\r\n");
     for (k, v) in headers {

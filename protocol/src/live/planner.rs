@@ -180,6 +180,11 @@ pub enum Verdict {
     Accept,
     /// Refused; the sender should be penalised.
     Reject(String),
+    /// Signed by the channel but not newer than what this node has: not
+    /// forwarded, and nobody penalised. Gossip brings an older message
+    /// late in the ordinary course (another path, IHAVE/IWANT), so its
+    /// forwarder did nothing wrong.
+    Stale(String),
 }
 
 /// Bytes `start..end` of a segment from an HTTP origin: data shards
@@ -704,10 +709,9 @@ impl<P: Clone + Ord + Hash> LivePlanner<P> {
                 }
                 return (Verdict::Accept, Vec::new());
             }
-            self.stats.rejected += 1;
             return (
-                Verdict::Reject(format!(
-                    "sequence {} is not after {h}: replayed or rewound",
+                Verdict::Stale(format!(
+                    "sequence {} is not after {h}: late, replayed or rewound",
                     a.sequence
                 )),
                 Vec::new(),
@@ -1422,19 +1426,21 @@ mod tests {
     }
 
     #[test]
-    fn replayed_rewound_and_future_announcements_are_rejected() {
+    fn late_and_replayed_announcements_are_dropped_unpunished_and_future_ones_rejected() {
         let t = Instant::now();
         let mut p = LivePlanner::<u32>::new(LiveConfig::default(), 0, false, t);
         let (_, _, a5) = segment(5, 20);
         let (_, _, a4) = segment(4, 20);
         assert_eq!(p.offer(&a5, Some(1), t, 1_000).0, Verdict::Accept);
+        // Again, or an older one arriving late by another path: not
+        // forwarded, and its forwarder did nothing wrong.
         assert!(matches!(
-            p.offer(&a5, Some(1), t, 1_000).0,
-            Verdict::Reject(_)
+            p.offer(&a5, Some(1), t, 1_000),
+            (Verdict::Stale(_), ref asked) if asked.is_empty()
         ));
         assert!(matches!(
             p.offer(&a4, Some(1), t, 1_000).0,
-            Verdict::Reject(_)
+            Verdict::Stale(_)
         ));
         // Dated an hour ahead of our clock.
         let (_, _, mut future) = segment(6, 20);
@@ -1443,7 +1449,7 @@ mod tests {
             p.offer(&future, Some(1), t, 1_000).0,
             Verdict::Reject(_)
         ));
-        assert_eq!(p.stats().rejected, 3);
+        assert_eq!(p.stats().rejected, 1);
     }
 
     #[test]
@@ -1471,9 +1477,9 @@ mod tests {
         // The same announcement again is a replay.
         assert!(matches!(
             p.offer(&a5, Some(1), t, 1_000).0,
-            Verdict::Reject(_)
+            Verdict::Stale(_)
         ));
-        // Another segment under a sequence the record gave is refused.
+        // Another segment under a sequence the record gave is dropped.
         let (_, _, other) = segment(40, 20);
         let other = VerifiedAnnouncement {
             sequence: 4,
@@ -1481,10 +1487,9 @@ mod tests {
         };
         assert!(matches!(
             p.offer(&other, Some(1), t, 1_000).0,
-            Verdict::Reject(_)
+            Verdict::Stale(_)
         ));
         assert_eq!(p.offer(&a4, Some(1), t, 1_000).0, Verdict::Accept);
-        assert_eq!(p.stats().rejected, 2);
     }
 
     #[test]

@@ -9,7 +9,10 @@
 //!   rendition against the topic it came on, and its publisher's peer id,
 //!   then the planner's rules (future-dated, replayed or rewound). The
 //!   verdict is for gossipsub: a rejected message is not forwarded and
-//!   costs its sender score.
+//!   costs its sender score; one signed by the channel but not newer than
+//!   what the node has is dropped without cost to anyone when its
+//!   publisher put it into gossip (gossip brings older messages late in
+//!   the ordinary course), and rejected when another peer did (a replay).
 //! - **The segment's source is the publisher the channel signed for**, not
 //!   whoever relayed the message first.
 //! - **Every block asked for is asked through [`SessionAction::Fetch`]**,
@@ -353,12 +356,14 @@ impl<P: Clone + Ord + Hash> LiveSession<P> {
         self.run(actions, now);
     }
 
-    /// A gossiped message on rendition `rendition`'s topic. `now_ms` is
-    /// the wall clock in Unix milliseconds.
+    /// A gossiped message on rendition `rendition`'s topic, put into
+    /// gossip by `author`. `now_ms` is the wall clock in Unix
+    /// milliseconds.
     pub fn handle_announcement(
         &mut self,
         rendition: u16,
         data: &[u8],
+        author: Option<&P>,
         now: Instant,
         now_ms: u64,
     ) -> Verdict {
@@ -381,8 +386,15 @@ impl<P: Clone + Ord + Hash> LiveSession<P> {
             return Verdict::Reject("the publisher is not a peer id".into());
         };
         let (verdict, actions) = self.planner.offer(&a, Some(publisher.clone()), now, now_ms);
-        if let Verdict::Reject(_) = verdict {
-            return verdict;
+        match verdict {
+            // Late by its own publisher's message: gossip's ordinary
+            // course. Put into gossip again by someone else: a replay.
+            Verdict::Stale(why) if author != Some(&publisher) => {
+                self.planner.note_rejected();
+                return Verdict::Reject(format!("{why}, gossiped by a peer not its publisher"));
+            }
+            Verdict::Reject(_) | Verdict::Stale(_) => return verdict,
+            Verdict::Accept => {}
         }
         self.actions.push_back(SessionAction::StoreManifest {
             cid: a.manifest_cid,
@@ -890,16 +902,16 @@ mod tests {
         drain(&mut s);
         let (_, forged) = segment(&ChannelKey::from_seed(&[6; 32]), 1);
         assert!(matches!(
-            s.handle_announcement(0, &forged, t, 1_000_000),
+            s.handle_announcement(0, &forged, None, t, 1_000_000),
             Verdict::Reject(_)
         ));
         let (_, real) = segment(&key(), 1);
         assert!(matches!(
-            s.handle_announcement(1, &real, t, 1_000_000),
+            s.handle_announcement(1, &real, None, t, 1_000_000),
             Verdict::Reject(_)
         ));
         assert!(matches!(
-            s.handle_announcement(0, &[0xA5; 100], t, 1_000_000),
+            s.handle_announcement(0, &[0xA5; 100], None, t, 1_000_000),
             Verdict::Reject(_)
         ));
         assert!(drain(&mut s).is_empty());
@@ -913,7 +925,7 @@ mod tests {
         drain(&mut s);
         let (shards, data) = segment(&key(), 1);
         assert_eq!(
-            s.handle_announcement(0, &data, t, 1_000_000),
+            s.handle_announcement(0, &data, Some(&SOURCE), t, 1_000_000),
             Verdict::Accept
         );
         let actions = drain(&mut s);
@@ -942,9 +954,15 @@ mod tests {
                 },
             ]
         );
-        // The same announcement again is a replay.
+        // The same announcement again from its publisher (gossip's late
+        // copies): dropped, unpunished. Put into gossip again by another
+        // peer: a replay, rejected.
         assert!(matches!(
-            s.handle_announcement(0, &data, t, 1_000_000),
+            s.handle_announcement(0, &data, Some(&SOURCE), t, 1_000_000),
+            Verdict::Stale(_)
+        ));
+        assert!(matches!(
+            s.handle_announcement(0, &data, Some(&(SOURCE + 1)), t, 1_000_000),
             Verdict::Reject(_)
         ));
     }
@@ -954,7 +972,7 @@ mod tests {
         let t = Instant::now();
         let mut s = session(t);
         let (shards, data) = segment(&key(), 1);
-        s.handle_announcement(0, &data, t, 1_000_000);
+        s.handle_announcement(0, &data, Some(&SOURCE), t, 1_000_000);
         drain(&mut s);
         for (cid, bytes) in &shards[..usize::from(K)] {
             s.handle_block(cid, bytes, Some(&SOURCE), t);
@@ -1002,7 +1020,7 @@ mod tests {
             t,
         );
         let (_, data) = segment(&key(), 1);
-        s.handle_announcement(0, &data, t, 1_000_000);
+        s.handle_announcement(0, &data, Some(&SOURCE), t, 1_000_000);
         drain(&mut s);
         // Nothing arrives; the P2P time runs out.
         let due = s.poll_timeout().expect("a timer");
@@ -1037,7 +1055,7 @@ mod tests {
         let mut s = session(t);
         s.handle_record(record(&["https://cdn.example/live"]), t);
         let (_, data) = segment(&key(), 1);
-        s.handle_announcement(0, &data, t, 1_000_000);
+        s.handle_announcement(0, &data, Some(&SOURCE), t, 1_000_000);
         let mut now = t;
         for _ in 0..200 {
             drain(&mut s);
