@@ -25,6 +25,8 @@
 //!   processes that no longer run (a test killed outright).
 //! - **Where it cannot run** (not root, no `ip`, `nft` or `tc`),
 //!   [`Lab::new`] says why and returns `None`: the test skips.
+//! - **One lab at a time** in a process: a lab holds a lock from
+//!   [`Lab::new`] to its drop, since each runs many daemons.
 //!
 //! Limits, and why: 200 hosts per lab (one `/24` octet each); a link's
 //! queue holds at most 4 MiB (beyond it packets are dropped, like a full
@@ -286,7 +288,11 @@ pub struct Lab {
     /// Descriptors of the TUN devices, closed after the wires stop.
     tuns: Vec<Arc<OwnedFd>>,
     processes: std::sync::Mutex<Vec<std::process::Child>>,
+    /// Labs run one at a time: each runs many daemons on a small machine.
+    _one_at_a_time: std::sync::MutexGuard<'static, ()>,
 }
+
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// Why the lab cannot run here, if it cannot.
 fn unavailable() -> Option<String> {
@@ -341,6 +347,7 @@ impl Lab {
             eprintln!("skipped: {why}");
             return None;
         }
+        let guard = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
         delete_stale();
         static LABS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = LABS.fetch_add(1, Ordering::Relaxed);
@@ -355,6 +362,7 @@ impl Lab {
             wires: Vec::new(),
             tuns: Vec::new(),
             processes: Default::default(),
+            _one_at_a_time: guard,
         };
         lab.namespace(&core).expect("the core namespace");
         in_ns(&core, "sysctl", &["-qw", "net.ipv4.ip_forward=1"]).expect("forwarding");
@@ -639,6 +647,39 @@ pub const PEER_PORT: u16 = 4101;
 /// Where a daemon's gateway and API listen, on its host's own loopback.
 pub const API: &str = "127.0.0.1:5080";
 
+/// `text` (a config.toml) with `line` (`key = value`) in `[section]`,
+/// in place of the key's line (set or commented out) if it has one.
+fn set_key(text: &str, section: &str, line: &str) -> String {
+    let key = line.split('=').next().unwrap_or(line).trim();
+    let header = format!("[{section}]");
+    let mut out = Vec::new();
+    let (mut inside, mut done) = (false, false);
+    for l in text.lines() {
+        if l.trim_start().starts_with('[') {
+            if inside && !done {
+                out.push(line.to_owned());
+                done = true;
+            }
+            inside = l.trim() == header;
+        }
+        let bare = l.trim_start().trim_start_matches('#').trim_start();
+        let is_key = bare
+            .strip_prefix(key)
+            .is_some_and(|rest| rest.trim_start().starts_with('='));
+        if inside && !done && is_key {
+            out.push(line.to_owned());
+            done = true;
+            continue;
+        }
+        out.push(l.to_owned());
+    }
+    assert!(inside || done, "no [{section}] in config.toml");
+    if !done {
+        out.push(line.to_owned());
+    }
+    out.join("\n") + "\n"
+}
+
 /// A `shoal daemon` running on a lab host, with its repo.
 pub struct LabNode {
     pub host: Host,
@@ -658,11 +699,7 @@ impl LabNode {
             let path = sandbox.repo().join("config.toml");
             let mut text = std::fs::read_to_string(&path).expect("config.toml");
             for (section, line) in config {
-                let header = format!("[{section}]\n");
-                let at = text
-                    .find(&header)
-                    .unwrap_or_else(|| panic!("no [{section}] in config.toml"));
-                text.insert_str(at + header.len(), &format!("{line}\n"));
+                text = set_key(&text, section, line);
             }
             std::fs::write(&path, text).expect("config.toml");
         }

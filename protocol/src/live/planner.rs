@@ -770,13 +770,17 @@ impl<P: Clone + Ord + Hash> LivePlanner<P> {
         let config = self.config.fetch.clone();
         let window = self.config.window;
         let budget = self.config.p2p_budget;
+        // No more than the fetches allowed at once, less one for the next
+        // announcement: a seed beyond that would be given up (and counted
+        // missed) as soon as the live edge moves.
+        let room = self.config.max_pending.saturating_sub(1).max(1);
         let Some(r) = self.rendition_mut(rendition) else {
             return Vec::new();
         };
         if r.highest.is_some() {
             return Vec::new();
         }
-        let take = recent.len().min(window);
+        let take = recent.len().min(window).min(room);
         let mut started = Vec::new();
         let mut duration = 0;
         for s in &recent[recent.len() - take..] {
@@ -1450,6 +1454,30 @@ mod tests {
             Verdict::Reject(_)
         ));
         assert_eq!(p.stats().rejected, 1);
+    }
+
+    #[test]
+    fn a_late_joiner_seeds_what_it_can_fetch_and_misses_nothing_when_the_edge_moves() {
+        let t = Instant::now();
+        let config = LiveConfig::default();
+        let max = config.max_pending;
+        let mut p = LivePlanner::<u32>::new(config, 0, false, t);
+        let segments: Vec<_> = (0..8u64).map(|s| segment(s, 20).2).collect();
+        let recent: Vec<RecentSegment> = segments[..7]
+            .iter()
+            .map(|a| RecentSegment {
+                sequence: a.sequence,
+                manifest: a.manifest_cid,
+                duration_us: 2_000_000,
+            })
+            .collect();
+        p.seed(0, &recent, |s| format!("s{s}.ts"), t);
+        // The newest of the record, as many as leave room for the next.
+        assert!(!p.wants(&segments[6 - (max - 1)].manifest_cid));
+        assert!(p.wants(&segments[6].manifest_cid));
+        assert!(p.wants(&segments[7 - (max - 1)].manifest_cid));
+        assert_eq!(p.offer(&segments[7], Some(1), t, 1_000).0, Verdict::Accept);
+        assert_eq!(p.stats().missed, 0);
     }
 
     #[test]
