@@ -59,7 +59,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// List connected peers (needs a running daemon)
+    /// List connected peers, a line per connection with its address
+    /// (needs a running daemon)
     Peers,
     /// Connect to a peer (needs a running daemon)
     Connect { multiaddr: String },
@@ -339,8 +340,11 @@ fn run(cli: Cli) -> Result<()> {
         Command::Id { json } => id(&dir()?, json),
         Command::Peers => {
             let v: serde_json::Value = daemon_only(&dir()?, "peers")?.call("peers", &[])?;
-            for peer in json_strings(&v, "peers") {
-                println!("{peer}");
+            // A peer and the address of each connection with it (a
+            // relayed one ends in /p2p-circuit).
+            for c in v["connections"].as_array().into_iter().flatten() {
+                let text = |k: &str| c[k].as_str().unwrap_or_default().to_owned();
+                println!("{}\t{}", text("peer"), text("addr"));
             }
             Ok(())
         }

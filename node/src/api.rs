@@ -291,7 +291,16 @@ async fn peers(State(s): State<Arc<ApiState>>) -> ApiResult<Json<serde_json::Val
         .iter()
         .map(ToString::to_string)
         .collect();
-    Ok(Json(serde_json::json!({ "peers": peers })))
+    let connections: Vec<serde_json::Value> = s
+        .node
+        .connections()
+        .await?
+        .iter()
+        .map(|(p, a)| serde_json::json!({ "peer": p.to_string(), "addr": a.to_string() }))
+        .collect();
+    Ok(Json(
+        serde_json::json!({ "peers": peers, "connections": connections }),
+    ))
 }
 
 async fn connect(

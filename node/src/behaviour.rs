@@ -18,6 +18,8 @@ pub(crate) struct Behaviour {
     pub(crate) gossipsub: gossipsub::Behaviour,
     pub(crate) autonat: autonat::Behaviour,
     pub(crate) relay: relay::client::Behaviour,
+    /// Serving as a circuit relay (`[node] relay`).
+    pub(crate) relay_server: Toggle<relay::Behaviour>,
     pub(crate) dcutr: dcutr::Behaviour,
     pub(crate) mdns: Toggle<mdns::tokio::Behaviour>,
     pub(crate) streams: libp2p_stream::Behaviour,

@@ -26,6 +26,9 @@ pub struct NodeConfig {
     /// Android, reading the system's settings calls into the JVM, which a
     /// library the app loads cannot do without being handed its context.
     pub system_dns: bool,
+    /// Serve as a circuit relay for peers behind NAT (`[node] relay`):
+    /// for nodes on a public address that can spare the bandwidth.
+    pub relay: bool,
     /// Most connections in total, so a crowd of peers cannot exhaust
     /// memory or file descriptors.
     pub max_connections: u32,
@@ -75,6 +78,7 @@ impl Default for NodeConfig {
             kad_protocol: "/shoal/kad/1.0.0".into(),
             mdns: true,
             system_dns: true,
+            relay: false,
             max_connections: 512,
             max_connections_per_peer: 2,
             max_connections_per_ip: Some(crate::ip_limit::DEFAULT_PER_IP),
@@ -137,6 +141,7 @@ impl NodeConfig {
             listen: addrs("listen address", &net.listen)?,
             bootstrap: addrs("bootstrap address", &net.bootstrap)?,
             mdns: net.mdns,
+            relay: net.relay,
             max_connections: net.max_peers,
             max_connections_per_ip: (net.max_peers_per_ip > 0).then_some(net.max_peers_per_ip),
             private_origins: paths.config.live.private_origins,

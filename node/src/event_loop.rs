@@ -20,7 +20,7 @@ use futures::StreamExt;
 use libp2p::kad::store::RecordStore;
 use libp2p::swarm::dial_opts::DialOpts;
 use libp2p::swarm::{ConnectionId, SwarmEvent};
-use libp2p::{Multiaddr, PeerId, Swarm, gossipsub, identify, kad, mdns};
+use libp2p::{Multiaddr, PeerId, Swarm, dcutr, gossipsub, identify, kad, mdns, relay};
 use shoal_protocol::bitswap::Outgoing;
 use shoal_protocol::block::Cid;
 use shoal_protocol::channel::{ChannelId, ChannelRecord, open_dht_record};
@@ -45,6 +45,7 @@ pub(crate) enum Command {
     ListenAddrs(oneshot::Sender<Vec<Multiaddr>>),
     Dial(Multiaddr, oneshot::Sender<Result<PeerId, NodeError>>),
     Peers(oneshot::Sender<Vec<PeerId>>),
+    Connections(oneshot::Sender<Vec<(PeerId, Multiaddr)>>),
     Provide(Cid, oneshot::Sender<Result<(), NodeError>>),
     Fetch(
         Cid,
@@ -172,6 +173,11 @@ struct EventLoop {
     /// Paused: no connection, nothing served. The peers held when the
     /// node paused, dialled again when it resumes.
     paused: Option<Vec<PeerId>>,
+    /// Every established connection: its peer, its remote address, and
+    /// whether this node dialled it.
+    connections: HashMap<ConnectionId, (PeerId, Multiaddr, bool)>,
+    /// Relays met and reservations held (behind NAT).
+    relaying: crate::relaying::Relaying,
 }
 
 /// Queued commands from the handles: a caller waits for room beyond this.
@@ -292,6 +298,8 @@ pub(crate) fn spawn(
         blocking: Arc::new(()),
         publish_error: None,
         paused: None,
+        connections: HashMap::new(),
+        relaying: Default::default(),
     };
     tokio::spawn(event_loop.run());
     Ok(Handles {
@@ -402,6 +410,15 @@ impl EventLoop {
             }
             Command::Peers(reply) => {
                 let _ = reply.send(self.swarm.connected_peers().copied().collect());
+            }
+            Command::Connections(reply) => {
+                let mut all: Vec<(PeerId, Multiaddr)> = self
+                    .connections
+                    .values()
+                    .map(|(p, a, _)| (*p, a.clone()))
+                    .collect();
+                all.sort();
+                let _ = reply.send(all);
             }
             Command::Provide(cid, reply) => self.provide(cid.to_bytes(), Some(reply)),
             Command::Fetch(root, target, reply) => {
@@ -586,8 +603,8 @@ impl EventLoop {
                 Action::Send { peer, message } => self.send(peer, message),
                 Action::Store { from, blocks } => self.write(Write::Received { from, blocks }),
                 Action::StoreManifest { cid, bytes } => self.write(Write::Manifest { cid, bytes }),
-                Action::Ban { peer } => {
-                    tracing::warn!(%peer, "peer misbehaved; banned");
+                Action::Ban { peer, reason } => {
+                    tracing::warn!(%peer, %reason, "peer misbehaved; banned");
                     self.swarm.behaviour_mut().blocked.block_peer(peer);
                     self.writers.remove(&peer);
                 }
@@ -997,7 +1014,17 @@ impl EventLoop {
         match event {
             SwarmEvent::NewListenAddr { address, .. } => {
                 tracing::info!(%address, "listening");
+                self.relaying.listening(&address);
+                // A relay tells the peers it serves where it is: libp2p's
+                // relay serves only once it has an address to give them.
+                if self.config.relay
+                    && let Some(ip) = crate::ip_limit::direct_ip(&address)
+                    && !ip.to_canonical().is_loopback()
+                {
+                    self.swarm.add_external_address(address);
+                }
             }
+            SwarmEvent::ListenerClosed { listener_id, .. } => self.relaying.closed(listener_id),
             SwarmEvent::ConnectionEstablished {
                 peer_id,
                 connection_id,
@@ -1012,13 +1039,18 @@ impl EventLoop {
             ),
             SwarmEvent::ConnectionClosed {
                 peer_id,
-                num_established: 0,
+                connection_id,
+                num_established,
                 ..
             } => {
-                self.writers.remove(&peer_id);
-                self.peer_ips.remove(&peer_id);
-                self.machine
-                    .handle(Input::Disconnected(peer_id), Instant::now());
+                self.connections.remove(&connection_id);
+                if num_established == 0 {
+                    self.writers.remove(&peer_id);
+                    self.peer_ips.remove(&peer_id);
+                    self.relaying.disconnected(&peer_id);
+                    self.machine
+                        .handle(Input::Disconnected(peer_id), Instant::now());
+                }
             }
             SwarmEvent::OutgoingConnectionError {
                 connection_id,
@@ -1033,6 +1065,32 @@ impl EventLoop {
                 }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Identify(event)) => self.on_identify(event),
+            SwarmEvent::Behaviour(BehaviourEvent::Relay(
+                relay::client::Event::ReservationReqAccepted {
+                    relay_peer_id,
+                    renewal,
+                    ..
+                },
+            )) => {
+                tracing::info!(relay = %relay_peer_id, "reachable through a relay");
+                // Provider records carry the addresses this node had when
+                // it sent them; behind NAT none of those could be dialled.
+                // Announce again with the relayed one.
+                if !renewal {
+                    self.provide_again();
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Dcutr(dcutr::Event {
+                remote_peer_id,
+                result,
+            })) => match result {
+                Ok(_) => {
+                    tracing::info!(peer = %remote_peer_id, "hole punched: a direct connection")
+                }
+                Err(e) => {
+                    tracing::info!(peer = %remote_peer_id, error = %e, "hole punching failed; staying relayed")
+                }
+            },
             SwarmEvent::Behaviour(BehaviourEvent::Mdns(event)) => self.on_mdns(event),
             SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(event)) => self.on_gossip(event),
             SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::InboundRequest { request })) => {
@@ -1061,6 +1119,14 @@ impl EventLoop {
         if let Some(ip) = crate::ip_limit::direct_ip(endpoint.get_remote_address()) {
             self.peer_ips.insert(peer, ip);
         }
+        self.connections.insert(
+            connection,
+            (
+                peer,
+                endpoint.get_remote_address().clone(),
+                endpoint.is_dialer(),
+            ),
+        );
         if endpoint.is_dialer() {
             self.swarm
                 .behaviour_mut()
@@ -1075,12 +1141,61 @@ impl EventLoop {
     fn on_identify(&mut self, event: identify::Event) {
         if let identify::Event::Received { peer_id, info, .. } = event {
             let from = self.peer_ips.get(&peer_id).copied();
+            // The address of a connection this node dialled directly: a
+            // relay is reserved on where it was reached.
+            let dialled = self
+                .connections
+                .values()
+                .find(|(p, a, dialer)| {
+                    *p == peer_id && *dialer && crate::ip_limit::direct_ip(a).is_some()
+                })
+                .map(|(_, a, _)| a.clone());
+            self.relaying.identified(
+                peer_id,
+                dialled.as_ref(),
+                &info.observed_addr,
+                &info.protocols,
+            );
+            self.reserve_relays();
             for addr in info.listen_addrs {
                 if crate::ip_limit::in_scope(&addr, from) {
                     self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
                 } else {
                     tracing::debug!(%peer_id, %addr, "refused an address out of the peer's scope");
                 }
+            }
+        }
+    }
+
+    /// Sends this node's provider records again (with its addresses now).
+    fn provide_again(&mut self) {
+        let keys: Vec<kad::RecordKey> = self
+            .swarm
+            .behaviour_mut()
+            .kad
+            .store_mut()
+            .provided()
+            .map(|r| r.key.clone())
+            .collect();
+        for key in keys {
+            if let Err(e) = self.swarm.behaviour_mut().kad.start_providing(key) {
+                tracing::debug!(error = %e, "cannot provide again");
+            }
+        }
+    }
+
+    /// Behind NAT: asks the relays met for a slot (see `relaying`).
+    fn reserve_relays(&mut self) {
+        if self.paused.is_some() {
+            return;
+        }
+        for (relay, circuit) in self.relaying.wanted() {
+            match self.swarm.listen_on(circuit.clone()) {
+                Ok(listener) => {
+                    tracing::info!(%relay, "behind NAT: asking a relay for a slot");
+                    self.relaying.reserving(listener, relay);
+                }
+                Err(e) => tracing::debug!(%circuit, error = %e, "cannot listen through a relay"),
             }
         }
     }

@@ -35,6 +35,7 @@ pub mod local_http;
 pub mod origin;
 #[cfg(feature = "http-origin")]
 mod origin_client;
+mod relaying;
 pub mod repo;
 pub mod rewards;
 #[cfg(feature = "settle")]
@@ -52,7 +53,7 @@ use libp2p::identity::Keypair;
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::{
     Multiaddr, PeerId, StreamProtocol, allow_block_list, autonat, connection_limits, dcutr,
-    gossipsub, identify, kad, mdns, noise, ping, tcp, yamux,
+    gossipsub, identify, kad, mdns, noise, ping, relay, tcp, yamux,
 };
 use shoal_protocol::block::Cid;
 use shoal_protocol::channel::{ChannelError, ChannelId};
@@ -310,6 +311,12 @@ impl Node {
         self.ask(Command::Peers).await
     }
 
+    /// Every connection: its peer and the address at the other end (a
+    /// relayed one ends in `/p2p-circuit`).
+    pub async fn connections(&self) -> Result<Vec<(PeerId, Multiaddr)>, NodeError> {
+        self.ask(Command::Connections).await
+    }
+
     /// Peers banned for misbehaviour.
     pub async fn banned(&self) -> Result<Vec<PeerId>, NodeError> {
         self.ask(Command::Banned).await
@@ -540,6 +547,7 @@ fn build_swarm(
         ip_limit::connection_limits(config.max_connections, config.max_connections_per_peer);
     let per_ip = config.max_connections_per_ip;
     let mdns_enabled = config.mdns;
+    let serve_relay = config.relay;
     let provide_interval = config.provide_interval;
     let builder = libp2p::SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
@@ -556,7 +564,7 @@ fn build_swarm(
         .with_dns_config(dns, dns_options)
         .with_relay_client(noise::Config::new, yamux::Config::default)
         .map_err(|e| NodeError::transport("the relay client", e))?
-        .with_behaviour(|key, relay| {
+        .with_behaviour(|key, relay_client| {
             let peer_id = key.public().to_peer_id();
             let mut kad_config = kad::Config::new(kad_protocol);
             kad_config.set_provider_publication_interval(Some(provide_interval));
@@ -604,15 +612,21 @@ fn build_swarm(
                 limits: connection_limits::Behaviour::new(limits),
                 per_ip: ip_limit::IpLimit::new(per_ip),
                 blocked: allow_block_list::Behaviour::default(),
-                identify: identify::Behaviour::new(identify::Config::new(
-                    "/shoal/1.0.0".into(),
-                    key.public(),
-                )),
+                // Peers hear of new addresses at once (a relayed one, once a
+                // relay has given this node a slot), not at the next
+                // periodic identify.
+                identify: identify::Behaviour::new(
+                    identify::Config::new("/shoal/1.0.0".into(), key.public())
+                        .with_push_listen_addr_updates(true),
+                ),
                 ping: ping::Behaviour::default(),
                 kad,
                 gossipsub,
                 autonat: autonat::Behaviour::new(peer_id, autonat::Config::default()),
-                relay,
+                relay: relay_client,
+                relay_server: Toggle::from(
+                    serve_relay.then(|| relay::Behaviour::new(peer_id, relaying::server_config())),
+                ),
                 dcutr: dcutr::Behaviour::new(peer_id),
                 mdns: Toggle::from(mdns),
                 streams: libp2p_stream::Behaviour::new(),

@@ -214,6 +214,9 @@ pub struct NetworkConfig {
     pub upload_bytes_per_sec: Option<u64>,
     /// Serve nothing to peers (metered networks).
     pub no_upload: bool,
+    /// Serve as a circuit relay for peers behind NAT (a node on a public
+    /// address).
+    pub relay: bool,
 }
 
 impl Default for NetworkConfig {
@@ -235,6 +238,7 @@ impl Default for NetworkConfig {
             max_peers_per_ip: crate::ip_limit::DEFAULT_PER_IP,
             upload_bytes_per_sec: None,
             no_upload: false,
+            relay: false,
         }
     }
 }

@@ -216,6 +216,7 @@ pub enum Action<P> {
     /// Refuse the peer's connections until [`Action::Unban`].
     Ban {
         peer: P,
+        reason: String,
     },
     Unban {
         peer: P,
@@ -641,7 +642,10 @@ impl<P: Clone + Ord + Hash, S: BlockSource + BlockLookup> NodeMachine<P, S> {
         let until = now + self.config.ban_duration;
         self.banned.insert(peer.clone(), until);
         self.next_unban = Some(self.next_unban.map_or(until, |t| t.min(until)));
-        self.actions.push_back(Action::Ban { peer: peer.clone() });
+        self.actions.push_back(Action::Ban {
+            peer: peer.clone(),
+            reason: reason.clone(),
+        });
         self.event(NodeEvent::Banned {
             peer: peer.clone(),
             reason,
@@ -1527,7 +1531,12 @@ mod tests {
             t,
         );
         let actions = drain(&mut m);
-        assert!(actions.contains(&Action::Ban { peer: 1 }), "{actions:?}");
+        assert!(
+            actions
+                .iter()
+                .any(|a| matches!(a, Action::Ban { peer: 1, .. })),
+            "{actions:?}"
+        );
         assert!(
             actions.contains(&Action::Event(NodeEvent::Peers(0))),
             "{actions:?}"

@@ -618,8 +618,10 @@ impl Lab {
     }
 }
 
-impl Drop for Lab {
-    fn drop(&mut self) {
+impl Lab {
+    /// Kills every process [`Lab::spawn`] started (before the daemons
+    /// they talk to go, so that they do not report them gone).
+    pub fn stop_processes(&self) {
         for mut child in self
             .processes
             .lock()
@@ -629,6 +631,12 @@ impl Drop for Lab {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        self.stop_processes();
         self.stop.store(true, Ordering::Relaxed);
         for wire in self.wires.drain(..) {
             let _ = wire.join();
@@ -689,9 +697,9 @@ pub struct LabNode {
 
 impl LabNode {
     /// Initialises a repo and starts a daemon on `host`, joining through
-    /// `bootstrap`; `config` is appended to the repo's `config.toml`
-    /// sections (TOML keys per section: `[("node", "relay = true")]`).
-    pub fn start(host: &Host, bootstrap: Option<&str>, config: &[(&str, &str)]) -> LabNode {
+    /// `bootstrap`; `config` sets keys of the repo's `config.toml` (per
+    /// section: `[("node", "relay = true")]`).
+    pub fn start(host: &Host, bootstrap: &[&str], config: &[(&str, &str)]) -> LabNode {
         let mut sandbox = crate::Sandbox::new();
         sandbox.netns = Some(host.ns.clone());
         sandbox.shoal(&["init"]).ok();
@@ -705,7 +713,7 @@ impl LabNode {
         }
         let listen = format!("/ip4/0.0.0.0/tcp/{PEER_PORT}");
         let mut args = vec!["daemon", "--listen", &listen, "--api", API, "--no-mdns"];
-        if let Some(b) = bootstrap {
+        for b in bootstrap {
             args.extend(["--bootstrap", b]);
         }
         let daemon = sandbox.start_daemon_with(&args);
@@ -741,5 +749,18 @@ impl LabNode {
             &[("Host", API)],
             Duration::from_secs(30),
         )
+    }
+}
+
+impl LabNode {
+    /// Its connections: each peer and the address at the other end (a
+    /// relayed one ends in `/p2p-circuit`).
+    pub fn connections(&self) -> Vec<(String, String)> {
+        self.shoal(&["peers"])
+            .ok()
+            .lines()
+            .filter_map(|l| l.split_once('\t'))
+            .map(|(p, a)| (p.to_owned(), a.to_owned()))
+            .collect()
     }
 }

@@ -249,7 +249,7 @@ impl Stream {
         } else {
             (None, None)
         };
-        let source = LabNode::start(&source_host, None, &[]);
+        let source = LabNode::start(&source_host, &[], &[]);
         // The origin is on the lab's private addresses: viewers take it
         // from the channel record only when told that is fine (a LAN).
         let config: &[(&str, &str)] = if origin {
@@ -259,7 +259,7 @@ impl Stream {
         };
         let viewers: Vec<LabNode> = viewer_hosts
             .iter()
-            .map(|h| LabNode::start(h, Some(&source.addr()), config))
+            .map(|h| LabNode::start(h, &[&source.addr()], config))
             .collect();
         let encoding = encoder(hls.clone(), segments);
         let channel = source.shoal(&["channel", "create", name]).ok().to_owned();
@@ -331,6 +331,12 @@ impl Stream {
     }
 }
 
+impl Drop for Stream {
+    fn drop(&mut self) {
+        self.lab.stop_processes();
+    }
+}
+
 #[test]
 fn eight_viewers_at_20_to_100_ms_play_every_segment() {
     let Some(stream) = Stream::start("rtt", &spread(8), 30, false) else {
@@ -398,7 +404,7 @@ fn three_viewers_killed_and_a_late_joiner_cost_the_others_nothing() {
     }
     let at = encoder_at(&stream.hls);
     let host = stream.lab.host(home(25));
-    let joiner = LabNode::start(&host, Some(&stream.source.addr()), &[]);
+    let joiner = LabNode::start(&host, &[&stream.source.addr()], &[]);
     stream.viewers.push(joiner);
     let alive: Vec<usize> = (3..stream.viewers.len()).collect();
     stream.play(&alive, at + 1, 8, Duration::from_secs(60));
@@ -424,4 +430,103 @@ fn when_the_broadcaster_dies_viewers_play_the_origin() {
         assert_eq!(st["proxying"], true, "{st}");
         assert!(st["bytes_from_http"].as_u64().unwrap_or(0) > 0, "{st}");
     }
+}
+
+#[test]
+fn viewers_behind_nat_reach_each_other_through_a_relay() {
+    let Some(mut lab) = Lab::new("nat") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let hls = tmp.path().join("hls");
+    let source_host = lab.host(home(5));
+    let relay_host = lab.host(home(10));
+    let behind = |delay| LinkSpec {
+        nat: true,
+        ..home(delay)
+    };
+    let nat_hosts: Vec<Host> = [15, 25, 35]
+        .into_iter()
+        .map(|d| lab.host(behind(d)))
+        .collect();
+    let source = LabNode::start(&source_host, &[], &[]);
+    let relay = LabNode::start(&relay_host, &[&source.addr()], &[("node", "relay = true")]);
+    let bootstrap = [source.addr(), relay.addr()];
+    let bootstrap: Vec<&str> = bootstrap.iter().map(String::as_str).collect();
+    let viewers: Vec<LabNode> = nat_hosts
+        .iter()
+        .map(|h| LabNode::start(h, &bootstrap, &[]))
+        .collect();
+    // The second and third cannot reach the broadcaster at all: what they
+    // play comes from the first, behind its own NAT, or each other.
+    lab.partition(&[&nat_hosts[1], &nat_hosts[2]], &[&source_host]);
+
+    let _encoding = encoder(hls.clone(), 40);
+    let channel = source.shoal(&["channel", "create", "nat"]).ok().to_owned();
+    let mut broadcast =
+        source
+            .sandbox
+            .command(&["broadcast", "nat", "--hls-dir", hls.to_str().unwrap()]);
+    broadcast.stdout(std::process::Stdio::null());
+    lab.spawn(broadcast).unwrap();
+
+    let play_all = |from: u64, want: usize| {
+        std::thread::scope(|s| {
+            for v in &viewers {
+                let (channel, hls) = (&channel, &hls);
+                s.spawn(move || play(v, channel, hls, from, want, Duration::from_secs(90)));
+            }
+        })
+    };
+    // Until each has found its way in (the channel's peers, a relay), a
+    // segment may pass it by; from then on, none may.
+    play_all(0, 3);
+    let missed_before: Vec<serde_json::Value> = viewers
+        .iter()
+        .map(|v| stats(v, &channel)["missed"].clone())
+        .collect();
+    let at = encoder_at(&hls);
+    play_all(at + 1, 8);
+    eprintln!("3 viewers behind NAT, the last two cut from the broadcaster, one relay:");
+    let peer_of: std::collections::HashMap<String, usize> = viewers
+        .iter()
+        .map(|v| (v.daemon.peer_id.clone(), v.host.index))
+        .collect();
+    for (v, before) in viewers.iter().zip(&missed_before) {
+        let st = stats(v, &channel);
+        let links: Vec<String> = v
+            .connections()
+            .into_iter()
+            .filter_map(|(peer, addr)| {
+                let other = peer_of.get(&peer)?;
+                let how = if addr.contains("/p2p-circuit") {
+                    "relayed"
+                } else {
+                    "direct (hole punched)"
+                };
+                Some(format!("host {other} {how}"))
+            })
+            .collect();
+        eprintln!(
+            "  host {}: segments {}, missed {} ({} before it found its way in), p95 {} ms, \
+             startup {} ms, from peers {} B, from the broadcaster {} B; {}",
+            v.host.index,
+            st["segments"],
+            st["missed"],
+            before,
+            st["latency_p95_ms"],
+            st["startup_ms"],
+            st["bytes_from_peers"],
+            st["bytes_from_source"],
+            links.join(", ")
+        );
+        assert_eq!(&st["missed"], before, "{st}");
+    }
+    // The two cut from the broadcaster played what other viewers behind
+    // NAT gave them (and what the broadcaster sent through the relay).
+    for v in &viewers[1..] {
+        let st = stats(v, &channel);
+        assert!(st["bytes_from_peers"].as_u64().unwrap_or(0) > 0, "{st}");
+    }
+    lab.stop_processes();
 }

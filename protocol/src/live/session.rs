@@ -25,9 +25,10 @@
 //! - **A segment leaves with its blocks**: [`SessionAction::Release`]
 //!   always names the shards to delete.
 //! - **Discovery is bounded**: the record and other viewers are looked up
-//!   at the start and every [`LIVE_DISCOVERY_INTERVAL`]; a channel that is
-//!   live without a known record is looked up again at most every
-//!   [`RECORD_RETRY`].
+//!   at the start and every [`LIVE_DISCOVERY_INTERVAL`] (while no peer of
+//!   the channel is known, after [`FIRST_DISCOVERY_RETRY`] and twice as
+//!   long each time up to it); a channel that is live without a known
+//!   record is looked up again at most every [`RECORD_RETRY`].
 //!
 //! The session does not know the network or the store: `P` is the peer
 //! identifier, and the caller opens nothing, stores what it is asked to,
@@ -53,6 +54,12 @@ use super::planner::{
 /// within a few segments, rarely enough that a DHT lookup per channel costs
 /// little.
 pub const LIVE_DISCOVERY_INTERVAL: Duration = Duration::from_secs(15);
+
+/// A session that knows no peer of the channel looks again this soon, then
+/// twice as long each time up to [`LIVE_DISCOVERY_INTERVAL`]: a viewer that
+/// starts with the others (none has announced itself yet), or one that
+/// cannot reach the broadcaster, finds its peers within seconds.
+pub const FIRST_DISCOVERY_RETRY: Duration = Duration::from_secs(1);
 
 /// How often a session without a channel record looks for one while
 /// announcements arrive (the record names the origins and renditions).
@@ -233,6 +240,8 @@ pub struct LiveSession<P> {
     proxy_renditions: Vec<LiveRendition>,
     last_access: Instant,
     next_discovery: Instant,
+    /// The wait before the next lookup while no peer is known.
+    discovery_backoff: Duration,
     /// No record yet: the earliest time to look for one again.
     next_record_query: Instant,
     /// The proxying state last reported.
@@ -271,6 +280,7 @@ impl<P: Clone + Ord + Hash> LiveSession<P> {
             proxy_renditions: Vec::new(),
             last_access: now,
             next_discovery: now,
+            discovery_backoff: FIRST_DISCOVERY_RETRY,
             next_record_query: now,
             proxying: false,
             reported_missed: 0,
@@ -652,7 +662,15 @@ impl<P: Clone + Ord + Hash> LiveSession<P> {
     fn discover(&mut self, now: Instant) {
         self.actions.push_back(SessionAction::FindRecord);
         self.actions.push_back(SessionAction::FindProviders);
-        self.next_discovery = now + LIVE_DISCOVERY_INTERVAL;
+        let wait = if self.candidates.is_empty() {
+            let wait = self.discovery_backoff;
+            self.discovery_backoff = (wait * 2).min(LIVE_DISCOVERY_INTERVAL);
+            wait
+        } else {
+            self.discovery_backoff = FIRST_DISCOVERY_RETRY;
+            LIVE_DISCOVERY_INTERVAL
+        };
+        self.next_discovery = now + wait;
     }
 
     /// Whether the channel has any HTTP origin.
@@ -879,6 +897,38 @@ mod tests {
             }],
             origins: origins.iter().map(|o| Origin((*o).into())).collect(),
         }
+    }
+
+    #[test]
+    fn a_session_that_knows_no_peer_looks_again_sooner() {
+        let t = Instant::now();
+        let mut s = session(t);
+        drain(&mut s);
+        let lookups = |s: &mut LiveSession<u32>| {
+            drain(s)
+                .into_iter()
+                .filter(|a| *a == SessionAction::FindProviders)
+                .count()
+        };
+        // Nobody known: after 1, then 2, then 4 seconds...
+        let mut at = t;
+        for wait in [1, 2, 4] {
+            at += Duration::from_secs(wait);
+            s.handle_timeout(at - Duration::from_millis(1));
+            assert_eq!(lookups(&mut s), 0, "before {wait} s");
+            s.handle_timeout(at);
+            assert_eq!(lookups(&mut s), 1, "after {wait} s");
+        }
+        // ...and once a peer of the channel is known, every 15 s.
+        s.handle_peer(SOURCE, at);
+        drain(&mut s);
+        at += Duration::from_secs(8);
+        s.handle_timeout(at);
+        assert_eq!(lookups(&mut s), 1, "the wait then was 8 s");
+        s.handle_timeout(at + LIVE_DISCOVERY_INTERVAL - Duration::from_millis(1));
+        assert_eq!(lookups(&mut s), 0);
+        s.handle_timeout(at + LIVE_DISCOVERY_INTERVAL);
+        assert_eq!(lookups(&mut s), 1);
     }
 
     #[test]
