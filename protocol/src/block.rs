@@ -116,7 +116,7 @@ pub fn verify_multihash_parts(code: u64, digest: &[u8], parts: &[&[u8]]) -> Resu
         SHA2_256 => {
             let mut h = Sha256::new();
             parts.iter().for_each(|p| h.update(p));
-            digest == h.finalize().as_slice()
+            *digest == h.finalize()[..]
         }
         BLAKE3 => {
             let mut h = blake3::Hasher::new();

@@ -4,6 +4,7 @@
 pub mod chain;
 pub mod hostile;
 pub mod lab;
+pub mod lab_live;
 pub mod live;
 pub mod origin;
 

@@ -1,0 +1,271 @@
+//! The network lab as a benchmark (as root; `tests/src/lab.rs`): real
+//! daemons (the release `shoal` binary) on capped links.
+//!
+//! `cargo build --release -p shoal-cli && cargo bench -p shoal-tests --bench lab -- [transfer] [live]`
+//!
+//! - **transfer**: a 64 MiB stream (`SHOAL_BENCH_MIB`) fetched with `shoal
+//!   get` by one host from 1, 2 and 4 seeders (`SHOAL_BENCH_SEEDERS`), each
+//!   behind a 20 Mb/s uplink with 10 ms to the core. The baseline, in the
+//!   same run: one plain TCP connection carrying bytes over one such link
+//!   (what a link gives a single stream: TCP/IP headers, the queue). The
+//!   ratio is shoal's throughput over that baseline times the seeders.
+//!   The time includes the command's start and the DHT lookup, as a user
+//!   sees it.
+//! - **live**: a broadcaster and 10 and 20 viewers (`SHOAL_BENCH_VIEWERS`)
+//!   at 20–100 ms round trips with 10 Mb/s uplinks watch a 1.5 Mb/s
+//!   synthetic stream for 30 segments; reports latency from listing to
+//!   completion (p50, p95 over every viewer's segments), startup, offload,
+//!   what the broadcaster sent against what viewers got, missed segments,
+//!   and the machine's CPU share during the run (above 70% the machine,
+//!   not the network, may be what limits).
+
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use shoal_tests::lab::{Host, Lab, LabNode, LinkSpec};
+use shoal_tests::lab_live::{Stream, spread};
+
+fn env_list(name: &str, default: &[usize]) -> Vec<usize> {
+    std::env::var(name)
+        .ok()
+        .map(|v| v.split(',').filter_map(|n| n.trim().parse().ok()).collect())
+        .unwrap_or_else(|| default.to_vec())
+}
+
+/// Busy and total CPU time of the machine so far (`/proc/stat`), in ticks.
+fn cpu_ticks() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let fields: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    let total: u64 = fields.iter().sum();
+    // idle and iowait
+    let idle = fields.get(3).copied().unwrap_or(0) + fields.get(4).copied().unwrap_or(0);
+    (total - idle, total)
+}
+
+fn cpu_share(from: (u64, u64), to: (u64, u64)) -> f64 {
+    let busy = to.0.saturating_sub(from.0) as f64;
+    let total = to.1.saturating_sub(from.1).max(1) as f64;
+    busy / total
+}
+
+/// A seeder's uplink: 20 Mb/s, 10 ms to the core.
+fn seeder_link() -> LinkSpec {
+    LinkSpec {
+        delay: Duration::from_millis(10),
+        up_kbit: Some(20_000),
+        ..LinkSpec::default()
+    }
+}
+
+/// Bytes per second one plain TCP connection gets from `from` to `to`
+/// over the lab (`bytes` of them).
+fn tcp_goodput(from: &Host, to: &Host, bytes: usize) -> f64 {
+    let at = SocketAddr::from((to.addr, 9000));
+    let listener = to.listen(at).expect("listen");
+    let reader = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().expect("accept");
+        let mut buf = vec![0u8; 1 << 16];
+        let mut got = 0usize;
+        let start = Instant::now();
+        while let Ok(n) = s.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            got += n;
+        }
+        got as f64 / start.elapsed().as_secs_f64()
+    });
+    let mut s = from.connect(at).expect("connect");
+    let chunk = vec![0x5Au8; 1 << 16];
+    let mut sent = 0;
+    while sent < bytes {
+        let n = chunk.len().min(bytes - sent);
+        s.write_all(&chunk[..n]).expect("send");
+        sent += n;
+    }
+    drop(s);
+    reader.join().expect("the reader")
+}
+
+fn transfer(mib: usize, seeders: usize, file: &Path, goodput: f64) {
+    let Some(mut lab) = Lab::new("xfer") else {
+        return;
+    };
+    let fetcher_host = lab.host(LinkSpec {
+        delay: Duration::from_millis(10),
+        ..LinkSpec::default()
+    });
+    let hosts: Vec<Host> = (0..seeders).map(|_| lab.host(seeder_link())).collect();
+    let seeds: Vec<LabNode> = hosts.iter().map(|h| LabNode::start(h, &[], &[])).collect();
+    let file_arg = file.to_str().expect("a UTF-8 path");
+    let mut root = String::new();
+    for s in &seeds {
+        root = s.shoal(&["add", file_arg]).ok().to_owned();
+    }
+    let addrs: Vec<String> = seeds.iter().map(LabNode::addr).collect();
+    let bootstrap: Vec<&str> = addrs.iter().map(String::as_str).collect();
+    let fetcher = LabNode::start(&fetcher_host, &bootstrap, &[]);
+    let out = fetcher.sandbox.path("copy");
+    let start = Instant::now();
+    fetcher
+        .shoal(&["get", &root, "-o", out.to_str().expect("a UTF-8 path")])
+        .ok();
+    let secs = start.elapsed().as_secs_f64();
+    let bytes = std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
+    assert_eq!(bytes, (mib << 20) as u64, "the copy is whole");
+    let rate = bytes as f64 / secs;
+    let capacity = goodput * seeders as f64;
+    println!(
+        "  {seeders} seeder{}: {:.1} s, {:.2} MB/s of {:.2} MB/s ({seeders} x one link's TCP goodput): {:.0}%",
+        if seeders == 1 { "" } else { "s" },
+        secs,
+        rate / 1e6,
+        capacity / 1e6,
+        100.0 * rate / capacity
+    );
+}
+
+fn transfers() {
+    let mib = std::env::var("SHOAL_BENCH_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(64usize);
+    let dir = tempfile::tempdir().expect("a temporary folder");
+    let file = dir.path().join("stream.bin");
+    let mut f = std::fs::File::create(&file).expect("the stream file");
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let mut block = vec![0u8; 1 << 20];
+    for _ in 0..mib {
+        for c in block.chunks_exact_mut(8) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            c.copy_from_slice(&x.to_le_bytes());
+        }
+        f.write_all(&block).expect("write");
+    }
+    drop(f);
+    // The baseline: one TCP connection over one capped link.
+    let goodput = {
+        let Some(mut lab) = Lab::new("tcp") else {
+            return;
+        };
+        let a = lab.host(seeder_link());
+        let b = lab.host(LinkSpec {
+            delay: Duration::from_millis(10),
+            ..LinkSpec::default()
+        });
+        tcp_goodput(&a, &b, 16 << 20)
+    };
+    println!(
+        "transfer of {mib} MiB over 20 Mb/s uplinks; one TCP connection gets {:.2} MB/s ({:.1} Mb/s) of a link",
+        goodput / 1e6,
+        goodput * 8.0 / 1e6
+    );
+    for seeders in env_list("SHOAL_BENCH_SEEDERS", &[1, 2, 4]) {
+        transfer(mib, seeders, &file, goodput);
+    }
+}
+
+/// Segments the live run measures, after a warm-up of 4.
+const LIVE_SEGMENTS: usize = 30;
+
+fn quantile(v: &mut [f64], q: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    v[((v.len() - 1) as f64 * q).round() as usize]
+}
+
+fn live(viewers: usize) {
+    let Some(stream) = Stream::start(
+        "bench",
+        &spread(viewers as u64),
+        LIVE_SEGMENTS as u64 + 12,
+        false,
+    ) else {
+        return;
+    };
+    stream.play(&stream.all(), 0, 4, Duration::from_secs(120));
+    let before = cpu_ticks();
+    let at = shoal_tests::lab_live::encoder_at(&stream.hls);
+    let started = Instant::now();
+    stream.play(
+        &stream.all(),
+        at + 1,
+        LIVE_SEGMENTS,
+        Duration::from_secs(300),
+    );
+    let cpu = cpu_share(before, cpu_ticks());
+    let wall = started.elapsed().as_secs_f64();
+    let stats: Vec<serde_json::Value> = stream
+        .viewers
+        .iter()
+        .map(|v| shoal_tests::lab_live::stats(v, &stream.channel))
+        .collect();
+    let num = |v: &serde_json::Value, k: &str| v[k].as_f64().unwrap_or(0.0);
+    let mut p50: Vec<f64> = stats.iter().map(|s| num(s, "latency_p50_ms")).collect();
+    let mut p95: Vec<f64> = stats.iter().map(|s| num(s, "latency_p95_ms")).collect();
+    let mut startup: Vec<f64> = stats.iter().map(|s| num(s, "startup_ms")).collect();
+    let sum = |k: &str| stats.iter().map(|s| num(s, k)).sum::<f64>();
+    let (peers, source, http) = (
+        sum("bytes_from_peers"),
+        sum("bytes_from_source"),
+        sum("bytes_from_http"),
+    );
+    let missed = sum("missed");
+    // One copy of the stream: the segments the viewers held, once.
+    let segments = stats.iter().map(|s| num(s, "segments")).fold(0.0, f64::max);
+    let one_copy = segments * shoal_tests::lab_live::SEGMENT_BYTES as f64;
+    println!(
+        "  {viewers} viewers: latency p50 {:.0} ms (median of viewers), p95 {:.0} ms (worst viewer); \
+         startup median {:.0} ms; offload {:.1}%; the broadcaster sent {:.1} MB, {:.2} copies \
+         of the stream; missed {missed}; machine CPU {:.0}% over {:.0} s{}",
+        quantile(&mut p50, 0.5),
+        quantile(&mut p95, 1.0),
+        quantile(&mut startup, 0.5),
+        100.0 * peers / (peers + source + http).max(1.0),
+        source / 1e6,
+        source / one_copy.max(1.0),
+        100.0 * cpu,
+        wall,
+        if cpu > 0.7 {
+            " (limited by the machine)"
+        } else {
+            ""
+        }
+    );
+}
+
+fn lives() {
+    println!(
+        "live: a broadcaster and N viewers at 20-100 ms, 10 Mb/s uplinks, a 1.5 Mb/s stream, {LIVE_SEGMENTS} segments"
+    );
+    for n in env_list("SHOAL_BENCH_VIEWERS", &[10, 20]) {
+        live(n);
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
+    let all = args.is_empty();
+    if all || args.iter().any(|a| a == "transfer") {
+        transfers();
+    }
+    if all || args.iter().any(|a| a == "live") {
+        lives();
+    }
+}
