@@ -96,6 +96,37 @@ fn tcp_goodput(from: &Host, to: &Host, bytes: usize) -> f64 {
     reader.join().expect("the reader")
 }
 
+/// Bytes `host` has received on its link (`/proc/net/dev` inside its
+/// namespace).
+fn rx_bytes(host: &Host) -> u64 {
+    let out = host
+        .command("cat")
+        .arg("/proc/net/dev")
+        .output()
+        .expect("read /proc/net/dev");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.trim_start().strip_prefix("eth0:"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Bytes `host` has sent on its link.
+fn tx_bytes(host: &Host) -> u64 {
+    let out = host
+        .command("cat")
+        .arg("/proc/net/dev")
+        .output()
+        .expect("read /proc/net/dev");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.trim_start().strip_prefix("eth0:"))
+        .and_then(|rest| rest.split_whitespace().nth(8))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
 fn transfer(mib: usize, seeders: usize, file: &Path, goodput: f64) {
     let Some(mut lab) = Lab::new("xfer") else {
         return;
@@ -115,22 +146,60 @@ fn transfer(mib: usize, seeders: usize, file: &Path, goodput: f64) {
     let bootstrap: Vec<&str> = addrs.iter().map(String::as_str).collect();
     let fetcher = LabNode::start(&fetcher_host, &bootstrap, &[]);
     let out = fetcher.sandbox.path("copy");
+    let rx_before = rx_bytes(&fetcher_host);
+    let cpu_before = cpu_ticks();
     let start = Instant::now();
-    fetcher
-        .shoal(&["get", &root, "-o", out.to_str().expect("a UTF-8 path")])
-        .ok();
-    let secs = start.elapsed().as_secs_f64();
+    // SHOAL_BENCH_TRACE=1: what arrived in each half second.
+    let trace = std::env::var_os("SHOAL_BENCH_TRACE").is_some();
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let secs = std::thread::scope(|s| {
+        if trace {
+            s.spawn(|| {
+                let mut last = rx_before;
+                let mut sent: Vec<u64> = hosts.iter().map(tx_bytes).collect();
+                let mut line = String::new();
+                let mut each = vec![String::new(); hosts.len()];
+                while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(500));
+                    let now = rx_bytes(&fetcher_host);
+                    line.push_str(&format!(" {:.1}", (now - last) as f64 * 2.0 / 1e6));
+                    last = now;
+                    for (i, h) in hosts.iter().enumerate() {
+                        let t = tx_bytes(h);
+                        each[i].push_str(&format!(" {:.1}", (t - sent[i]) as f64 * 2.0 / 1e6));
+                        sent[i] = t;
+                    }
+                }
+                println!("    MB/s per half second:{line}");
+                for (i, e) in each.iter().enumerate() {
+                    println!("      seeder {i} sent:{e}");
+                }
+            });
+        }
+        fetcher
+            .shoal(&["get", &root, "-o", out.to_str().expect("a UTF-8 path")])
+            .ok();
+        let secs = start.elapsed().as_secs_f64();
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        secs
+    });
+    let wire = rx_bytes(&fetcher_host) - rx_before;
+    let cpu = cpu_share(cpu_before, cpu_ticks());
     let bytes = std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
     assert_eq!(bytes, (mib << 20) as u64, "the copy is whole");
     let rate = bytes as f64 / secs;
     let capacity = goodput * seeders as f64;
     println!(
-        "  {seeders} seeder{}: {:.1} s, {:.2} MB/s of {:.2} MB/s ({seeders} x one link's TCP goodput): {:.0}%",
+        "  {seeders} seeder{}: {:.1} s, {:.2} MB/s of {:.2} MB/s ({seeders} x one link's TCP goodput): {:.0}%; \
+         {:.1} MB on the fetcher's wire ({:.2}x the stream); machine CPU {:.0}%",
         if seeders == 1 { "" } else { "s" },
         secs,
         rate / 1e6,
         capacity / 1e6,
-        100.0 * rate / capacity
+        100.0 * rate / capacity,
+        wire as f64 / 1e6,
+        wire as f64 / bytes as f64,
+        100.0 * cpu,
     );
 }
 

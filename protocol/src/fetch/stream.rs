@@ -298,21 +298,18 @@ impl<P: Clone + Ord> StreamFetch<P> {
         if self.finished || !self.candidates.insert(peer.clone()) {
             return;
         }
-        for group in self.groups.values_mut() {
-            let actions = group.fetch.add_peer(peer.clone(), now);
-            self.actions
-                .extend(actions.into_iter().map(StreamFetchAction::Fetch));
+        let mut totals = self.loads();
+        let ids: Vec<u64> = self.groups.keys().copied().collect();
+        for id in ids {
+            self.with_group(id, &mut totals, |g| g.add_peer(peer.clone(), now));
         }
         self.review(Ok(()), now);
     }
 
     pub fn handle_presence(&mut self, peer: &P, cid: &Cid, have: bool, now: Instant) {
+        let mut totals = self.loads();
         for id in self.by_cid.get(cid).cloned().unwrap_or_default() {
-            if let Some(group) = self.groups.get_mut(&id) {
-                let actions = group.fetch.on_presence(peer, cid, have, now);
-                self.actions
-                    .extend(actions.into_iter().map(StreamFetchAction::Fetch));
-            }
+            self.with_group(id, &mut totals, |g| g.on_presence(peer, cid, have, now));
         }
         self.review(Ok(()), now);
     }
@@ -331,6 +328,7 @@ impl<P: Clone + Ord> StreamFetch<P> {
         if ids.is_empty() || self.finished {
             return;
         }
+        let mut totals = self.loads();
         if let Some(peer) = from {
             *self.from_peers.entry(peer.clone()).or_default() += bytes as u64;
             self.blocks_fetched += 1;
@@ -346,15 +344,9 @@ impl<P: Clone + Ord> StreamFetch<P> {
         self.last_progress = now;
         let mut result = Ok(());
         for id in ids {
-            let complete = match self.groups.get_mut(&id) {
-                Some(group) => {
-                    let actions = group.fetch.on_block(cid, now);
-                    self.actions
-                        .extend(actions.into_iter().map(StreamFetchAction::Fetch));
-                    group.fetch.is_complete()
-                }
-                None => false,
-            };
+            let complete = self
+                .with_group(id, &mut totals, |g| g.on_block(cid, now))
+                .is_some_and(|g| g.is_complete());
             if !complete {
                 continue;
             }
@@ -380,15 +372,72 @@ impl<P: Clone + Ord> StreamFetch<P> {
         }
         let result = result.and_then(|()| self.fill(store, now));
         self.review(result, now);
+        self.refill(now);
+    }
+
+    /// Calls `f` on group `id`, told first what the other groups have
+    /// asked of each peer (`totals` counts every group's requests, and is
+    /// kept so as the group asks for more), and queues what it asks.
+    /// Returns the group, if it is still there.
+    fn with_group(
+        &mut self,
+        id: u64,
+        totals: &mut BTreeMap<P, usize>,
+        f: impl FnOnce(&mut GroupFetch<P>) -> Vec<FetchAction<P>>,
+    ) -> Option<&GroupFetch<P>> {
+        let group = self.groups.get_mut(&id)?;
+        let mut own: BTreeMap<P, usize> = BTreeMap::new();
+        for p in group.fetch.outstanding() {
+            *own.entry(p.clone()).or_default() += 1;
+        }
+        let others: BTreeMap<P, usize> = totals
+            .iter()
+            .map(|(p, n)| (p.clone(), n - own.get(p).copied().unwrap_or(0).min(*n)))
+            .collect();
+        group.fetch.set_others(others);
+        let actions = f(&mut group.fetch);
+        for (p, n) in own {
+            if let Some(t) = totals.get_mut(&p) {
+                *t = t.saturating_sub(n);
+            }
+        }
+        for p in group.fetch.outstanding() {
+            *totals.entry(p.clone()).or_default() += 1;
+        }
+        self.actions
+            .extend(actions.into_iter().map(StreamFetchAction::Fetch));
+        Some(&group.fetch)
+    }
+
+    /// A peer's request was answered, so it has room: the oldest groups
+    /// ask again (each told what the others have asked in the meantime).
+    fn refill(&mut self, now: Instant) {
+        if self.finished {
+            return;
+        }
+        let max = self.config.fetch.max_in_flight_per_peer_total;
+        let mut totals = self.loads();
+        let ids: Vec<u64> = self.groups.keys().copied().collect();
+        for id in ids {
+            // Nobody has room: nothing more to ask of anyone.
+            let room = self
+                .candidates
+                .iter()
+                .any(|p| totals.get(p).copied().unwrap_or(0) < max);
+            if !room {
+                break;
+            }
+            self.with_group(id, &mut totals, |g| g.reschedule(now));
+        }
     }
 
     /// A peer left or was banned: its requests go to others.
     pub fn handle_peer_gone(&mut self, peer: &P, now: Instant) {
         self.candidates.remove(peer);
-        for group in self.groups.values_mut() {
-            let actions = group.fetch.on_peer_gone(peer, now);
-            self.actions
-                .extend(actions.into_iter().map(StreamFetchAction::Fetch));
+        let mut totals = self.loads();
+        let ids: Vec<u64> = self.groups.keys().copied().collect();
+        for id in ids {
+            self.with_group(id, &mut totals, |g| g.on_peer_gone(peer, now));
         }
         self.review(Ok(()), now);
     }
@@ -402,10 +451,10 @@ impl<P: Clone + Ord> StreamFetch<P> {
 
     /// Moves timed-out requests; fails a stalled or hopeless fetch.
     pub fn handle_timeout(&mut self, now: Instant) {
-        for group in self.groups.values_mut() {
-            let actions = group.fetch.tick(now);
-            self.actions
-                .extend(actions.into_iter().map(StreamFetchAction::Fetch));
+        let mut totals = self.loads();
+        let ids: Vec<u64> = self.groups.keys().copied().collect();
+        for id in ids {
+            self.with_group(id, &mut totals, |g| g.tick(now));
         }
         self.review(Ok(()), now);
     }
@@ -434,10 +483,20 @@ impl<P: Clone + Ord> StreamFetch<P> {
             })
     }
 
+    /// Requests outstanding per peer, over every group.
+    fn loads(&self) -> BTreeMap<P, usize> {
+        let mut totals: BTreeMap<P, usize> = BTreeMap::new();
+        for p in self.groups.values().flat_map(|g| g.fetch.outstanding()) {
+            *totals.entry(p.clone()).or_default() += 1;
+        }
+        totals
+    }
+
     fn add_group(&mut self, kind: GroupKind, cids: Vec<Cid>, need: usize, now: Instant) -> u64 {
         let id = self.next_group;
         self.next_group += 1;
         let mut fetch = GroupFetch::new(self.config.fetch.clone(), cids.clone(), need);
+        fetch.set_others(self.loads());
         for peer in &self.candidates {
             let actions = fetch.add_peer(peer.clone(), now);
             self.actions
