@@ -118,6 +118,16 @@ impl ChannelId {
         key.extend_from_slice(&self.0);
         key
     }
+
+    /// The DHT key of one of the channel's provider buckets
+    /// ([`crate::live::PROVIDER_BUCKETS`]): the record key, `/b/` and the
+    /// bucket's number.
+    pub fn bucket_key(&self, bucket: u16) -> Vec<u8> {
+        let mut key = self.record_key();
+        key.extend_from_slice(b"/b/");
+        key.extend_from_slice(&bucket.to_be_bytes());
+        key
+    }
 }
 
 impl fmt::Display for ChannelId {

@@ -141,8 +141,11 @@ fn next_epoch_start(clock: &WallClock, now: Instant) -> Instant {
 /// A DHT key providers are looked up under.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum ProviderKey {
-    /// A channel's record key: its viewers.
+    /// A channel's record key: its broadcaster and viewers.
     Channel(ChannelId),
+    /// One of a channel's [`PROVIDER_BUCKETS`](crate::live::PROVIDER_BUCKETS)
+    /// keys: the viewers that drew it.
+    ChannelBucket(ChannelId, u16),
     /// A stream's root: its holders.
     Root(Cid),
 }
@@ -152,7 +155,24 @@ impl ProviderKey {
     pub fn to_bytes(&self) -> Vec<u8> {
         match self {
             ProviderKey::Channel(c) => c.record_key(),
+            ProviderKey::ChannelBucket(c, b) => c.bucket_key(*b),
             ProviderKey::Root(cid) => cid.to_bytes(),
+        }
+    }
+
+    /// A channel's own key, or one of its buckets.
+    pub fn of_channel(channel: ChannelId, bucket: Option<u16>) -> ProviderKey {
+        match bucket {
+            None => ProviderKey::Channel(channel),
+            Some(b) => ProviderKey::ChannelBucket(channel, b),
+        }
+    }
+
+    /// The channel whose viewers the key finds.
+    fn channel(&self) -> Option<ChannelId> {
+        match self {
+            ProviderKey::Channel(c) | ProviderKey::ChannelBucket(c, _) => Some(*c),
+            ProviderKey::Root(_) => None,
         }
     }
 }
@@ -780,15 +800,25 @@ impl<P: Clone + Ord + Hash, S: BlockSource + BlockLookup> NodeMachine<P, S> {
 
     /// Providers found under `key`: the one path for peers found in the
     /// DHT.
+    /// A channel's session dials only while it
+    /// [wants peers](LiveSession::wants_peers).
     pub fn handle_providers(&mut self, key: ProviderKey, providers: &[P], now: Instant) {
         let mut dialled = 0;
+        let budget = match key.channel() {
+            Some(channel) => self
+                .sessions
+                .get(&channel)
+                .map_or(0, |s| s.wants_peers())
+                .min(self.config.max_dials),
+            None => self.config.max_dials,
+        };
         for peer in providers {
             if *peer == self.local || self.banned.contains_key(peer) {
                 continue;
             }
             if self.connected.contains(peer) {
                 match key {
-                    ProviderKey::Channel(channel) => {
+                    ProviderKey::Channel(channel) | ProviderKey::ChannelBucket(channel, _) => {
                         if let Some(s) = self.sessions.get_mut(&channel) {
                             s.handle_peer(peer.clone(), now);
                         }
@@ -799,7 +829,7 @@ impl<P: Clone + Ord + Hash, S: BlockSource + BlockLookup> NodeMachine<P, S> {
                         }
                     }
                 }
-            } else if dialled < self.config.max_dials {
+            } else if dialled < budget {
                 dialled += 1;
                 self.actions.push_back(Action::Dial { peer: peer.clone() });
             }
@@ -1325,17 +1355,17 @@ impl<P: Clone + Ord + Hash, S: BlockSource + BlockLookup> NodeMachine<P, S> {
                 self.topics.insert(topic.clone(), (channel, rendition));
                 push(self, Action::Subscribe { topic });
             }
-            SessionAction::Provide => push(
+            SessionAction::Provide { bucket } => push(
                 self,
                 Action::Provide {
-                    key: channel.record_key(),
+                    key: ProviderKey::of_channel(channel, bucket).to_bytes(),
                 },
             ),
             SessionAction::FindRecord => push(self, Action::FindRecord { channel }),
-            SessionAction::FindProviders => push(
+            SessionAction::FindProviders { bucket } => push(
                 self,
                 Action::FindProviders {
-                    key: ProviderKey::Channel(channel),
+                    key: ProviderKey::of_channel(channel, bucket),
                 },
             ),
             SessionAction::StoreManifest { cid, bytes } => {

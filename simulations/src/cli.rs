@@ -9,7 +9,7 @@ use shoal_protocol::live::LiveConfig;
 
 use crate::Error;
 use crate::model::{MAX_MONTHS, Params};
-use crate::swarm::{self, OriginParams, SwarmParams};
+use crate::swarm::{self, Arrivals, OriginParams, SwarmParams};
 use crate::tokenomics;
 
 #[derive(Parser, Debug)]
@@ -33,12 +33,41 @@ pub enum Command {
 pub struct SwarmArgs {
     /// Audience sizes to run, comma-separated
     #[arg(long, value_name = "N,..", default_value = "10,50,100",
-          value_delimiter = ',', value_parser = clap::value_parser!(u64).range(1..=5000))]
+          value_delimiter = ',', value_parser = clap::value_parser!(u64).range(1..=20_000))]
     pub viewers: Vec<u64>,
-    /// Segments measured (after two warm-up segments)
-    #[arg(long, value_name = "N", default_value_t = 10,
-          value_parser = clap::value_parser!(u64).range(1..=1000))]
-    pub segments: u64,
+    /// Segments measured, after two warm-up segments [default: 10; 30
+    /// with --home]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1000))]
+    pub segments: Option<u64>,
+    /// Viewers arrive over time and find their peers through the DHT, on
+    /// home uplinks (some below the stream's rate), with the node's
+    /// connection limit and gossipsub's mesh upkeep (--uplink and --dials
+    /// do not apply)
+    #[arg(long)]
+    pub home: bool,
+    /// With --home: the span over which viewers arrive, in seconds
+    #[arg(long, value_name = "S", default_value_t = 30, requires = "home",
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub join_over: u64,
+    /// With --home: how long a viewer stays, on average, in seconds (0:
+    /// to the end)
+    #[arg(long, value_name = "S", default_value_t = 600, requires = "home",
+          value_parser = clap::value_parser!(u64).range(0..=86_400))]
+    pub mean_stay: u64,
+    /// Per cent of viewers behind NAT (no inbound connections) [default:
+    /// 30 with --home, else 0]
+    #[arg(long, value_name = "PCT", value_parser = clap::value_parser!(u32).range(0..=100))]
+    pub nat: Option<u32>,
+    /// Viewers' uplinks as PCT:MBPS pairs adding up to 100%, such as
+    /// 30:2,70:20 [default: --uplink for all; with --home, a home mix from
+    /// 0.5 to 100 Mb/s]
+    #[arg(long, value_name = "PCT:MBPS,..", value_delimiter = ',', value_parser = share_rate)]
+    pub uplink_mix: Vec<(u32, u64)>,
+    /// Run this many seeds, from --seed on; the table shows each run and
+    /// the spread
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u64).range(1..=100))]
+    pub seeds: u64,
     /// Each viewer's upload rate, in Mb/s
     #[arg(long, value_name = "MBPS", default_value = "10", value_parser = mbps)]
     pub uplink: u64,
@@ -93,6 +122,20 @@ fn mbps(s: &str) -> Result<u64, String> {
         return Err(format!("{s} Mb/s is not between 0.01 and 100000"));
     }
     Ok((x * 1_000_000.0 / 8.0).round() as u64)
+}
+
+/// `PCT:MBPS`: a share of viewers and their uplink.
+fn share_rate(s: &str) -> Result<(u32, u64), String> {
+    let (pct, rate) = s
+        .split_once(':')
+        .ok_or_else(|| format!("{s:?} is not PCT:MBPS"))?;
+    let pct: u32 = pct
+        .trim()
+        .parse()
+        .ok()
+        .filter(|p| *p <= 100)
+        .ok_or_else(|| format!("{pct:?} is not a share from 0 to 100"))?;
+    Ok((pct, mbps(rate)?))
 }
 
 /// `LO-HI` milliseconds (or one number for both).
@@ -171,8 +214,25 @@ pub fn run(cli: Cli) -> Result<String, Error> {
                 source_wait: Duration::from_millis(args.source_wait),
                 ..Default::default()
             };
+            let preset = if args.home {
+                SwarmParams {
+                    arrivals: Arrivals::Poisson {
+                        over: Duration::from_secs(args.join_over),
+                    },
+                    mean_stay: (args.mean_stay > 0).then(|| Duration::from_secs(args.mean_stay)),
+                    ..SwarmParams::home(1)
+                }
+            } else {
+                SwarmParams::default()
+            };
             let base = SwarmParams {
-                segments: args.segments,
+                segments: args.segments.unwrap_or(preset.segments),
+                nat_percent: args.nat.unwrap_or(preset.nat_percent),
+                uplink_mix: if args.uplink_mix.is_empty() {
+                    preset.uplink_mix.clone()
+                } else {
+                    args.uplink_mix.clone()
+                },
                 viewer_uplink: args.uplink,
                 source_uplink: args.source_uplink,
                 latency: args.latency,
@@ -193,15 +253,18 @@ pub fn run(cli: Cli) -> Result<String, Error> {
                     },
                     ..Default::default()
                 },
-                ..SwarmParams::default()
+                ..preset
             };
             let mut reports = Vec::new();
             for n in &args.viewers {
-                let params = SwarmParams {
-                    viewers: *n as usize,
-                    ..base.clone()
-                };
-                reports.push(swarm::run(&params)?);
+                for seed in args.seed..args.seed + args.seeds {
+                    let params = SwarmParams {
+                        viewers: *n as usize,
+                        seed,
+                        ..base.clone()
+                    };
+                    reports.push(swarm::run(&params)?);
+                }
             }
             Ok(swarm::table(&base, &reports))
         }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use clap::Parser;
 use shoal_protocol::bitswap::EngineConfig;
 use shoal_sim::cli::{self, Cli};
-use shoal_sim::swarm::{self, OriginParams, SwarmParams, SwarmReport};
+use shoal_sim::swarm::{self, Arrivals, OriginParams, SwarmParams, SwarmReport};
 
 /// A well-provisioned swarm: 100 Mb/s uplinks, LAN latencies.
 fn lan(viewers: usize) -> SwarmParams {
@@ -177,6 +177,36 @@ fn impossible_parameters_are_refused_with_the_reason() {
     );
 }
 
+/// Viewers arriving over time, with connection limits small enough that
+/// the DHT's twenty providers per key fill up many times over.
+fn arriving(viewers: usize) -> SwarmParams {
+    SwarmParams {
+        segments: 8,
+        arrivals: Arrivals::Poisson {
+            over: Duration::from_secs(8),
+        },
+        max_connections: 40,
+        nat_percent: 30,
+        ..SwarmParams::home(viewers)
+    }
+}
+
+#[test]
+fn viewers_arriving_over_time_all_start_through_the_dht_despite_full_providers() {
+    let n = 300;
+    let r = swarm::run(&arriving(n)).unwrap();
+    assert_eq!(r.joined, n, "{r:?}");
+    assert_eq!(r.never_started, 0, "{r:?}");
+    assert!(r.refused_dials > 0, "the limits were reached: {r:?}");
+    assert!(
+        r.unreachable_dials > 0,
+        "some viewers are behind NAT: {r:?}"
+    );
+    assert!(r.startup_p50 > Duration::ZERO, "{r:?}");
+    assert!(r.delivered * 10 >= r.expected * 9, "{r:?}");
+    assert!(r.mean_peers <= 40.0, "{r:?}");
+}
+
 #[test]
 fn the_command_prints_a_row_per_audience_and_refuses_bad_arguments() {
     let cli = Cli::try_parse_from([
@@ -191,7 +221,7 @@ fn the_command_prints_a_row_per_audience_and_refuses_bad_arguments() {
     ])
     .unwrap();
     let out = cli::run(cli).unwrap();
-    let rows: Vec<&str> = out.lines().skip(2).collect();
+    let rows: Vec<&str> = out.lines().skip(3).collect();
     assert_eq!(rows.len(), 2, "{out}");
     assert!(rows[0].trim_start().starts_with("3 "), "{out}");
     assert!(rows[1].trim_start().starts_with("6 "), "{out}");
@@ -206,6 +236,18 @@ fn the_command_prints_a_row_per_audience_and_refuses_bad_arguments() {
     assert!(refused(&["--uplink", "0"]).contains("between 0.01"));
     assert!(refused(&["--uplink", "fast"]).contains("not a number"));
     assert!(refused(&["--viewers", "0"]).contains("viewers"));
+    assert!(refused(&["--join-over", "10"]).contains("--home"));
+    assert!(refused(&["--uplink-mix", "fifty:10"]).contains("share"));
+    let cli = Cli::try_parse_from([
+        "shoal-sim",
+        "swarm",
+        "--viewers",
+        "4",
+        "--uplink-mix",
+        "50:10",
+    ])
+    .unwrap();
+    assert!(cli::run(cli).unwrap_err().to_string().contains("100%"));
     // The library checks what clap cannot: every viewer leaving.
     let cli =
         Cli::try_parse_from(["shoal-sim", "swarm", "--viewers", "4", "--leave", "4"]).unwrap();

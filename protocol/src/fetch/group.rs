@@ -8,8 +8,11 @@
 //! [`FetchConfig::max_in_flight_per_peer`] outstanding, preferring data
 //! shards (no decoding needed when they all arrive). A request not answered
 //! within [`FetchConfig::block_timeout`] is moved to another peer and the
-//! slow peer is not asked again by this group. Once `need` blocks have
-//! arrived the rest are cancelled.
+//! slow peer is asked again only for blocks no other peer has, and only
+//! once no block a faster peer has is left to ask for (any `need` of them
+//! will do, so a block held by slow peers alone is passed over while
+//! another will serve). Once `need` blocks have arrived the rest are
+//! cancelled.
 //!
 //! The caller feeds it presences, blocks, peer changes and the time, and
 //! carries out the [`FetchAction`]s it returns.
@@ -82,6 +85,7 @@ pub struct GroupFetch<P> {
     /// Requests other groups of the same fetch have outstanding, per
     /// peer ([`GroupFetch::set_others`]).
     others: BTreeMap<P, usize>,
+
     cancelled: bool,
 }
 
@@ -351,7 +355,24 @@ impl<P: Clone + Ord> GroupFetch<P> {
     /// least loaded first (counting what other groups asked of it), and
     /// one that never let a request time out before a slow one (a slow
     /// peer is still better than none).
-    fn holder(&self, i: usize, load: &BTreeMap<P, usize>, now: Instant) -> Option<P> {
+    /// A peer known to be slow elsewhere (another segment's requests
+    /// timed out on it): asked only for blocks no other peer can give.
+    pub fn mark_slow(&mut self, peer: P) {
+        self.slow.insert(peer);
+    }
+
+    /// The peers whose requests timed out here.
+    pub fn slow_peers(&self) -> impl Iterator<Item = &P> {
+        self.slow.iter()
+    }
+
+    fn holder(
+        &self,
+        i: usize,
+        load: &BTreeMap<P, usize>,
+        now: Instant,
+        allow_slow: bool,
+    ) -> Option<P> {
         let max = self.config.max_in_flight_per_peer;
         let max_total = self.config.max_in_flight_per_peer_total.max(max);
         let load_of = |p: &P| load.get(p).copied().unwrap_or(0);
@@ -376,7 +397,7 @@ impl<P: Clone + Ord> GroupFetch<P> {
         let overall = |p: &&P| load_of(p) + others_of(p);
         fast.into_iter()
             .min_by_key(overall)
-            .or_else(|| slow.into_iter().min_by_key(overall))
+            .or_else(|| slow.into_iter().filter(|_| allow_slow).min_by_key(overall))
             .cloned()
     }
 
@@ -394,8 +415,10 @@ impl<P: Clone + Ord> GroupFetch<P> {
             // The first block (data shards come first) that is neither
             // received nor requested and that a usable peer has, from the
             // least loaded such peer.
+            // A block only slow peers have waits while another block
+            // will do (any `need` of them rebuild the whole).
             let asked: HashSet<Cid> = self.requested.keys().map(|i| self.cids[*i]).collect();
-            let pick = self
+            let open: Vec<usize> = self
                 .order
                 .iter()
                 .copied()
@@ -404,7 +427,11 @@ impl<P: Clone + Ord> GroupFetch<P> {
                         && !self.requested.contains_key(i)
                         && !asked.contains(&self.cids[*i])
                 })
-                .find_map(|i| self.holder(i, &load, now).map(|p| (i, p)));
+                .collect();
+            let pick = [false, true].into_iter().find_map(|allow_slow| {
+                open.iter()
+                    .find_map(|i| self.holder(*i, &load, now, allow_slow).map(|p| (*i, p)))
+            });
             let Some((i, peer)) = pick else {
                 break;
             };
@@ -456,6 +483,46 @@ mod tests {
         assert_eq!(asked, cids[..2].to_vec());
         // Added twice, it is not asked twice.
         assert!(g.add_holder(1, t).is_empty());
+    }
+
+    #[test]
+    fn a_block_only_a_slow_peer_has_is_passed_over_while_another_will_do() {
+        let cids = shards(6); // any 4 of 6
+        let config = FetchConfig {
+            max_in_flight_per_peer: 4,
+            max_in_flight_per_peer_total: 4,
+            ..FetchConfig::default()
+        };
+        let t = Instant::now();
+        let mut g = GroupFetch::new(config.clone(), cids.clone(), 4);
+        let _ = g.add_peer(1u32, t);
+        let _ = g.add_peer(2, t);
+        // Peer 1 has every shard and is asked for the data shards...
+        let mut wb = Vec::new();
+        for c in &cids {
+            wb.extend(want_blocks(&g.on_presence(&1, c, true, t)));
+        }
+        assert_eq!(wb, cids[..4].iter().map(|c| (1, *c)).collect::<Vec<_>>());
+        // ...peer 2 has all but the first two...
+        for c in &cids[2..] {
+            assert!(want_blocks(&g.on_presence(&2, c, true, t)).is_empty());
+        }
+        // ...and peer 1 lets them time out: peer 2 is asked for four of
+        // its own, although the first two data shards come first in the
+        // order and peer 1 still has them.
+        let late = t + config.block_timeout;
+        let again = want_blocks(&g.tick(late));
+        assert_eq!(again, cids[2..].iter().map(|c| (2, *c)).collect::<Vec<_>>());
+        assert_eq!(g.slow_peers().collect::<Vec<_>>(), vec![&1]);
+        // A fetch told beforehand that peer 1 is slow asks peer 2 first.
+        let mut h = GroupFetch::new(config, cids.clone(), 4);
+        h.mark_slow(1);
+        let _ = h.add_peer(1, t);
+        let _ = h.add_peer(2, t);
+        for c in &cids[2..] {
+            let _ = h.on_presence(&2, c, true, t);
+        }
+        assert!(want_blocks(&h.on_presence(&1, &cids[0], true, t)).is_empty());
     }
 
     #[test]

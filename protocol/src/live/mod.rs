@@ -27,7 +27,7 @@ mod session;
 pub use broadcast::{Broadcast, BroadcastAction, KEEP_SEGMENTS};
 pub use planner::*;
 pub use session::{
-    FIRST_DISCOVERY_RETRY, LIVE_DISCOVERY_INTERVAL, LIVE_IDLE_TIMEOUT, LiveEvent, LiveSession,
-    LiveView, OriginMedia, OriginPlaylists, PlaylistSources, ProxySegment, RECORD_RETRY,
-    RenditionView, SessionAction, join_relative,
+    FIRST_DISCOVERY_RETRY, LIVE_DISCOVERY_INTERVAL, LIVE_IDLE_TIMEOUT, LIVE_TARGET_PEERS,
+    LiveEvent, LiveSession, LiveView, OriginMedia, OriginPlaylists, PROVIDER_BUCKETS,
+    PlaylistSources, ProxySegment, RECORD_RETRY, RenditionView, SessionAction, join_relative,
 };

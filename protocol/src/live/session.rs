@@ -61,6 +61,23 @@ pub const LIVE_DISCOVERY_INTERVAL: Duration = Duration::from_secs(15);
 /// cannot reach the broadcaster, finds its peers within seconds.
 pub const FIRST_DISCOVERY_RETRY: Duration = Duration::from_secs(1);
 
+/// Keys a channel's viewers are spread over in the DHT, besides the
+/// channel's own. A DHT node keeps the 20 providers of a key closest to
+/// it, so under one key every newcomer would find, and dial, the same 20
+/// viewers, which fill up at their connection limit (`shoal-sim swarm
+/// --home`, 1000 viewers: 20,863 dials refused, 406 viewers never
+/// started). Each viewer also provides under one bucket, drawn from its
+/// rotation, and each lookup asks the channel's key and one bucket: small
+/// audiences are found whole under the channel's key, large ones at 20
+/// random viewers per bucket.
+pub const PROVIDER_BUCKETS: u16 = 64;
+
+/// A session dials providers it finds only while it knows fewer peers of
+/// the channel than this: enough for a gossip mesh (6 to 12) and a choice
+/// of Bitswap peers, without every lookup adding connections until the
+/// node's limit.
+pub const LIVE_TARGET_PEERS: usize = 32;
+
 /// How often a session without a channel record looks for one while
 /// announcements arrive (the record names the origins and renditions).
 pub const RECORD_RETRY: Duration = Duration::from_secs(2);
@@ -77,15 +94,17 @@ pub enum SessionAction<P> {
     Fetch(FetchAction<P>),
     /// Subscribe to a rendition's topic ([`ChannelId::topic`]).
     Subscribe { rendition: u16 },
-    /// Announce in the DHT that this node serves the channel (provider
-    /// record under [`ChannelId::record_key`]).
-    Provide,
+    /// Announce in the DHT that this node serves the channel: a provider
+    /// record under [`ChannelId::record_key`] (`bucket` `None`) or under
+    /// one of its [`PROVIDER_BUCKETS`] keys ([`ChannelId::bucket_key`]).
+    Provide { bucket: Option<u16> },
     /// Look the channel record up in the DHT; report it with
     /// [`LiveSession::handle_record`].
     FindRecord,
-    /// Look other viewers up in the DHT (providers of the record key); the
-    /// connected ones come back through [`LiveSession::handle_peer`].
-    FindProviders,
+    /// Look other viewers up in the DHT (providers of the record key, or
+    /// of one of its buckets); the connected ones come back through
+    /// [`LiveSession::handle_peer`].
+    FindProviders { bucket: Option<u16> },
     /// Store a segment manifest that came inline with an accepted
     /// announcement (so the segment can be checked and served).
     StoreManifest { cid: Cid, bytes: Vec<u8> },
@@ -250,6 +269,10 @@ pub struct LiveSession<P> {
     reported_missed: u64,
     /// Turns a publisher's peer id bytes into `P`.
     publisher_of: fn(&[u8]) -> Option<P>,
+    /// Differs between viewers: picks the bucket this node provides under.
+    rotation: usize,
+    /// Bucket lookups made so far.
+    lookups: usize,
     actions: VecDeque<SessionAction<P>>,
 }
 
@@ -285,12 +308,31 @@ impl<P: Clone + Ord + Hash> LiveSession<P> {
             proxying: false,
             reported_missed: 0,
             publisher_of,
+            rotation,
+            lookups: 0,
             actions: VecDeque::new(),
         };
         s.subscribe(0);
-        s.actions.push_back(SessionAction::Provide);
+        s.actions.push_back(SessionAction::Provide { bucket: None });
+        s.actions.push_back(SessionAction::Provide {
+            bucket: Some(s.own_bucket()),
+        });
         s.discover(now);
         s
+    }
+
+    /// The bucket this node provides the channel under, drawn from its
+    /// rotation (mixed, so that it says nothing of the planner's use of
+    /// the rotation).
+    fn own_bucket(&self) -> u16 {
+        let mixed = (self.rotation as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 48;
+        (mixed % u64::from(PROVIDER_BUCKETS)) as u16
+    }
+
+    /// Whether the session would take more peers: it knows fewer than
+    /// [`LIVE_TARGET_PEERS`] of the channel.
+    pub fn wants_peers(&self) -> usize {
+        LIVE_TARGET_PEERS.saturating_sub(self.candidates.len())
     }
 
     pub fn channel(&self) -> ChannelId {
@@ -661,7 +703,16 @@ impl<P: Clone + Ord + Hash> LiveSession<P> {
 
     fn discover(&mut self, now: Instant) {
         self.actions.push_back(SessionAction::FindRecord);
-        self.actions.push_back(SessionAction::FindProviders);
+        self.actions
+            .push_back(SessionAction::FindProviders { bucket: None });
+        // Each lookup a different bucket (37 is prime to their number, so
+        // every bucket comes round), starting past this node's own.
+        let bucket = (usize::from(self.own_bucket()) + 1 + self.lookups * 37)
+            % usize::from(PROVIDER_BUCKETS);
+        self.lookups += 1;
+        self.actions.push_back(SessionAction::FindProviders {
+            bucket: Some(bucket as u16),
+        });
         let wait = if self.candidates.is_empty() {
             let wait = self.discovery_backoff;
             self.discovery_backoff = (wait * 2).min(LIVE_DISCOVERY_INTERVAL);
@@ -907,7 +958,7 @@ mod tests {
         let lookups = |s: &mut LiveSession<u32>| {
             drain(s)
                 .into_iter()
-                .filter(|a| *a == SessionAction::FindProviders)
+                .filter(|a| *a == SessionAction::FindProviders { bucket: None })
                 .count()
         };
         // Nobody known: after 1, then 2, then 4 seconds...
@@ -932,15 +983,41 @@ mod tests {
     }
 
     #[test]
+    fn a_session_wants_peers_until_it_knows_its_target_and_looks_up_every_bucket_in_turn() {
+        let t = Instant::now();
+        let mut s = session(t);
+        assert_eq!(s.wants_peers(), LIVE_TARGET_PEERS);
+        for p in 0..LIVE_TARGET_PEERS as u32 {
+            s.handle_peer(1000 + p, t);
+        }
+        assert_eq!(s.wants_peers(), 0);
+        let mut buckets = BTreeSet::new();
+        let mut at = t;
+        for _ in 0..PROVIDER_BUCKETS {
+            drain(&mut s);
+            at += LIVE_DISCOVERY_INTERVAL;
+            s.handle_timeout(at);
+            for a in drain(&mut s) {
+                if let SessionAction::FindProviders { bucket: Some(b) } = a {
+                    buckets.insert(b);
+                }
+            }
+        }
+        assert_eq!(buckets.len(), usize::from(PROVIDER_BUCKETS));
+    }
+
+    #[test]
     fn a_watch_subscribes_provides_and_looks_up_the_record_and_the_viewers() {
         let mut s = session(Instant::now());
         assert_eq!(
             drain(&mut s),
             vec![
                 SessionAction::Subscribe { rendition: 0 },
-                SessionAction::Provide,
+                SessionAction::Provide { bucket: None },
+                SessionAction::Provide { bucket: Some(0) },
                 SessionAction::FindRecord,
-                SessionAction::FindProviders,
+                SessionAction::FindProviders { bucket: None },
+                SessionAction::FindProviders { bucket: Some(1) },
             ]
         );
     }

@@ -26,15 +26,29 @@
 //! - **Time is the machine's**: each machine is woken at its own
 //!   `poll_timeout`, as the node's loop sleeps until it.
 //!
+//! Two ways for an audience to form ([`Arrivals`]):
+//!
+//! - **At the start** (the idealised swarm): every viewer is connected and
+//!   in the mesh before the first segment, to the broadcaster and `dials`
+//!   viewers drawn at random, and the mesh is built once.
+//! - **Over time** (the realistic one, [`SwarmParams::home`]): viewers
+//!   arrive as a Poisson process and stay for an exponential time. Each
+//!   runs the node's discovery: its machine's DHT lookups are answered by
+//!   the model of [`dht`] (the 20 providers closest to the channel's key,
+//!   after a lookup's hops), its dials take two round trips and are
+//!   refused by a node at its connection limit (the node's 512, of which
+//!   at most 7/8 inbound) or behind NAT (no inbound connection at all),
+//!   and gossipsub keeps its mesh with heartbeats, GRAFT/PRUNE and
+//!   IHAVE/IWANT ([`gossip`]). Uplinks can differ from viewer to viewer
+//!   ([`SwarmParams::uplink_mix`]), some below the stream's rate.
+//!
 //! What it leaves out: CPU time (a message is handled the instant it
-//! arrives, so this measures the protocol, not a machine), connection
-//! set-up (every viewer is connected and in the mesh before the first
-//! segment), packet loss, gossipsub's re-grafting after churn, the DHT (a
-//! viewer dials `dials` viewers chosen at random, as it would dial
-//! providers found there), the time a store takes (a write is done the
-//! moment it is asked for), and the parity a viewer makes for a segment an
-//! origin filled in (so such a viewer serves only data shards here, which
-//! makes runs with an origin pessimistic).
+//! arrives, so this measures the protocol, not a machine), packet loss,
+//! relays and hole punching (two viewers behind NAT never connect, which
+//! is pessimistic), the time a store takes (a write is done the moment it
+//! is asked for), and the parity a viewer makes for a segment an origin
+//! filled in (so such a viewer serves only data shards here, which makes
+//! runs with an origin pessimistic).
 //!
 //! `Instant`s handed to the machines are a fixed base plus the simulated
 //! time.
@@ -52,7 +66,8 @@ use shoal_protocol::channel::{
 use shoal_protocol::fetch::BlockLookup;
 use shoal_protocol::live::{HttpRequest, LiveConfig, LiveEvent};
 use shoal_protocol::machine::{
-    Action, Identity, Input, Judgement, MachineConfig, NodeEvent, NodeMachine, WallClock,
+    Action, Identity, Input, Judgement, MachineConfig, NodeEvent, NodeMachine, ProviderKey,
+    WallClock,
 };
 use shoal_protocol::manifest::MANIFEST_VERSION;
 use shoal_protocol::receipt::Wallet;
@@ -60,12 +75,13 @@ use shoal_protocol::{Cid, SegmentManifest};
 
 use crate::Error;
 
+pub mod dht;
+pub mod gossip;
+
+use gossip::{Control, MsgId, Topic};
+
 /// Bytes an uplink sends before it turns to the next peer's queue.
 const CHUNK: usize = 16 * 1024;
-/// Gossipsub's mesh degree (rust-libp2p's default `mesh_n`).
-const MESH: usize = 6;
-/// Gossipsub's upper bound on a node's mesh (`mesh_n_high`).
-const MESH_HIGH: usize = 12;
 /// A gossipsub frame's own bytes around an announcement: sender, sequence
 /// number, topic, the sender's signature and key.
 const GOSSIP_OVERHEAD: usize = 160;
@@ -74,6 +90,10 @@ const GOSSIP_OVERHEAD: usize = 160;
 const CHECK: Duration = Duration::from_millis(2);
 /// The broadcaster.
 const SOURCE: usize = 0;
+/// A viewer arriving over time that has no segment this long after it
+/// joined has failed to start; the segments published after that count
+/// as missed.
+const STARTUP_ALLOWANCE: Duration = Duration::from_secs(10);
 /// The wall clock at the start, in Unix milliseconds.
 const BASE_MS: u64 = 1_700_000_000_000;
 /// The origin the channel record names when the run has one (the model
@@ -88,6 +108,31 @@ pub struct OriginParams {
     /// Bytes per second one request receives.
     pub rate: u64,
 }
+
+/// How the audience forms.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Arrivals {
+    /// Everyone connected and in the mesh before the first segment, to
+    /// the broadcaster and `dials` viewers drawn at random.
+    AtStart,
+    /// One viewer at a time, as a Poisson process spread over this span;
+    /// each finds its peers through the DHT.
+    Poisson { over: Duration },
+}
+
+/// Home uplinks, per cent of viewers and bytes per second: a tenth on
+/// ADSL or a weak mobile link below a 1 Mb/s stream, most between 2 and
+/// 20 Mb/s, a tenth on fibre.
+pub const HOME_UPLINKS: [(u32, u64); 5] = [
+    (10, 500_000 / 8),
+    (25, 2_000_000 / 8),
+    (35, 10_000_000 / 8),
+    (20, 20_000_000 / 8),
+    (10, 100_000_000 / 8),
+];
+
+/// The node's connection limit (`[node] max_peers`).
+pub const NODE_MAX_CONNECTIONS: usize = 512;
 
 /// One simulated broadcast.
 #[derive(Clone, Debug)]
@@ -124,6 +169,19 @@ pub struct SwarmParams {
     /// Record everything fed to this node's machine and everything it
     /// asked ([`SwarmReport::trace`]).
     pub trace: Option<usize>,
+    pub arrivals: Arrivals,
+    /// With [`Arrivals::Poisson`]: how long a viewer stays, on average
+    /// (exponentially distributed); `None`, to the end.
+    pub mean_stay: Option<Duration>,
+    /// Per cent of viewers at each uplink rate (bytes per second); empty:
+    /// every viewer at `viewer_uplink`.
+    pub uplink_mix: Vec<(u32, u64)>,
+    /// Per cent of viewers behind NAT: no inbound connection reaches them.
+    pub nat_percent: u32,
+    /// Connections a node holds at most, of which at most 7/8 inbound.
+    pub max_connections: usize,
+    /// Gossipsub's heartbeat: mesh upkeep and IHAVE/IWANT ([`gossip`]).
+    pub heartbeats: bool,
 }
 
 impl Default for SwarmParams {
@@ -150,6 +208,34 @@ impl Default for SwarmParams {
             engine: EngineConfig::default(),
             flood_publish: false,
             trace: None,
+            arrivals: Arrivals::AtStart,
+            mean_stay: None,
+            uplink_mix: Vec::new(),
+            nat_percent: 0,
+            max_connections: usize::MAX,
+            heartbeats: false,
+        }
+    }
+}
+
+impl SwarmParams {
+    /// An audience at home: viewers join over 30 s and stay 10 minutes on
+    /// average, on [`HOME_UPLINKS`], 30% behind NAT, with the node's
+    /// connection limit and gossipsub's mesh upkeep; 30 segments
+    /// measured.
+    pub fn home(viewers: usize) -> SwarmParams {
+        SwarmParams {
+            viewers,
+            segments: 30,
+            arrivals: Arrivals::Poisson {
+                over: Duration::from_secs(30),
+            },
+            mean_stay: Some(Duration::from_secs(600)),
+            uplink_mix: HOME_UPLINKS.to_vec(),
+            nat_percent: 30,
+            max_connections: NODE_MAX_CONNECTIONS,
+            heartbeats: true,
+            ..SwarmParams::default()
         }
     }
 }
@@ -184,6 +270,25 @@ impl SwarmParams {
         if self.origin.as_ref().is_some_and(|o| o.rate == 0) {
             return bad("the origin's rate must be above zero");
         }
+        if self.uplink_mix.iter().any(|(_, rate)| *rate == 0) {
+            return bad("uplink rates must be above zero");
+        }
+        if !self.uplink_mix.is_empty() && self.uplink_mix.iter().map(|(p, _)| p).sum::<u32>() != 100
+        {
+            return bad("the uplink mix's shares must add up to 100%");
+        }
+        if self.nat_percent > 100 {
+            return bad("at most 100% of viewers can be behind NAT");
+        }
+        if self.max_connections < 2 {
+            return bad("a node needs at least two connections");
+        }
+        if self.leave > 0 && self.arrivals != Arrivals::AtStart {
+            return bad("viewers arriving over time leave over time (mean stay), not at once");
+        }
+        if self.arrivals != Arrivals::AtStart && !self.heartbeats {
+            return bad("viewers arriving over time need gossipsub's heartbeats to join the mesh");
+        }
         Ok(())
     }
 }
@@ -192,6 +297,7 @@ impl SwarmParams {
 #[derive(Clone, Debug)]
 pub struct SwarmReport {
     pub viewers: usize,
+    pub seed: u64,
     /// Viewer-segments that should have been complete (measured segments
     /// times the viewers that stayed).
     pub expected: u64,
@@ -224,6 +330,25 @@ pub struct SwarmReport {
     /// has none).
     pub disconnects: u64,
     pub events: u64,
+    /// Viewers arriving over time: from joining to the first segment
+    /// ready, over those that got one.
+    pub startup_p50: Duration,
+    pub startup_p95: Duration,
+    /// Viewers that stayed 10 s or more and never got a segment.
+    pub never_started: u64,
+    /// Viewers that joined, that left, and the most watching at once.
+    pub joined: usize,
+    pub left: usize,
+    pub peak_audience: usize,
+    /// Dials refused by a node at its connection limit, and dials to a
+    /// node behind NAT.
+    pub refused_dials: u64,
+    pub unreachable_dials: u64,
+    /// Connections a viewer still watching held at the end, on average.
+    pub mean_peers: f64,
+    /// Bytes of one copy of every segment published, for
+    /// [`SwarmReport::copies`].
+    pub published_bytes: u64,
     /// What [`SwarmParams::trace`] asked for.
     pub trace: Option<Trace>,
 }
@@ -270,6 +395,12 @@ impl SwarmReport {
         }
         self.from_peers as f64 / all as f64
     }
+
+    /// Copies of the stream the broadcaster uploaded in shards (parity
+    /// included: every shard sent once is (k + m) / k copies).
+    pub fn copies(&self) -> f64 {
+        self.source_shards_sent as f64 / self.published_bytes.max(1) as f64
+    }
 }
 
 /// Runs one broadcast to the end; bounded by the simulated time.
@@ -298,6 +429,7 @@ enum Payload {
         queued_presences: usize,
     },
     Announce(Arc<Vec<u8>>),
+    Control(Control),
 }
 
 struct Queued {
@@ -309,7 +441,7 @@ impl Payload {
     fn block_bytes(&self) -> usize {
         match self {
             Payload::Bitswap { block_bytes, .. } => *block_bytes,
-            Payload::Announce(_) => 0,
+            Payload::Announce(_) | Payload::Control(_) => 0,
         }
     }
 }
@@ -363,6 +495,41 @@ enum Event {
         shards: Vec<Cid>,
     },
     Leave,
+    /// A viewer arrives and starts watching.
+    Join(usize),
+    /// A viewer leaves: its connections close.
+    Depart(usize),
+    /// Gossipsub's heartbeat at a node.
+    Heartbeat(usize),
+    /// A node's ADD_PROVIDER reached the key's record holders.
+    Provided {
+        node: usize,
+        key: Vec<u8>,
+    },
+    /// A node's lookup of providers ends.
+    Found {
+        node: usize,
+        key: ProviderKey,
+    },
+    /// A node's lookup of the channel's record ends.
+    RecordFound(usize),
+    /// A dial's handshakes are done (or refused).
+    Dialled {
+        from: usize,
+        to: usize,
+        latency: Duration,
+    },
+    /// `peer`'s subscription to the topic reaches `to`.
+    Subscription {
+        to: usize,
+        peer: usize,
+    },
+    /// A gossipsub control message arrives.
+    Control {
+        to: usize,
+        from: usize,
+        control: Control,
+    },
 }
 
 struct Scheduled {
@@ -436,23 +603,37 @@ impl BlockLookup for ModelStore {
 
 struct SimNode {
     machine: NodeMachine<usize, ModelStore>,
+    /// Connections, with their one-way latency.
     links: BTreeMap<usize, Duration>,
-    mesh: Vec<usize>,
+    /// Of those, the ones the peer dialled.
+    inbound: HashSet<usize>,
+    /// The channel's topic: the mesh (the broadcaster's fanout), and
+    /// gossipsub's upkeep of it.
+    topic: Topic,
     /// Announcements seen, by their bytes (gossipsub's content-addressed
     /// message ids).
-    seen: HashSet<[u8; 32]>,
+    seen: HashSet<MsgId>,
     uplink: Uplink,
     rate: u64,
+    /// Not in the network: not yet arrived, or left.
     gone: bool,
+    /// Behind NAT: no inbound connection reaches it.
+    nat: bool,
+    /// The node's id in the DHT.
+    dht_id: u64,
+    joined: Duration,
+    left: Option<Duration>,
+    /// The first segment ready: its sequence number, and when.
+    first_ready: Option<(u64, Duration)>,
     /// The wake-up asked for last, if it is still to come.
     wake: Option<Duration>,
 }
 
 /// SplitMix64: small, seedable and good enough for drawing a topology.
-struct Rng(u64);
+pub struct Rng(pub u64);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -460,18 +641,40 @@ impl Rng {
         z ^ (z >> 31)
     }
 
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n.max(1) as u64) as usize
     }
 
-    fn between(&mut self, lo: Duration, hi: Duration) -> Duration {
+    /// Uniform in [0, 1).
+    fn unit(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// Exponentially distributed with this mean.
+    fn exponential(&mut self, mean: Duration) -> Duration {
+        mean.mul_f64(-(1.0 - self.unit()).ln())
+    }
+
+    pub fn between(&mut self, lo: Duration, hi: Duration) -> Duration {
         let span = (hi - lo).as_micros() as u64;
         lo + Duration::from_micros(if span == 0 {
             0
         } else {
-            self.next() % (span + 1)
+            self.next_u64() % (span + 1)
         })
     }
+}
+
+/// A viewer's uplink, drawn from the mix.
+fn uplink_of(p: &SwarmParams, rng: &mut Rng) -> u64 {
+    let mut pick = rng.below(100) as u32;
+    for (share, rate) in &p.uplink_mix {
+        if pick < *share {
+            return *rate;
+        }
+        pick -= share;
+    }
+    p.viewer_uplink
 }
 
 /// The model's peer ids are node indices; a publisher's "peer id" in an
@@ -522,14 +725,26 @@ struct Sim {
     blocks: Arc<HashMap<Cid, Vec<u8>>>,
     segments: Vec<Segment>,
     channel: ChannelId,
+    /// The channel's signed record, when it names an origin.
+    record: Option<Vec<u8>>,
     queue: BinaryHeap<Scheduled>,
     order: u64,
     now: Duration,
     end: Duration,
     base: Instant,
+    /// Draws made as the run goes (latencies of new links, heartbeats,
+    /// lookups), apart from those that drew the idealised topology.
+    rng: Rng,
+    dht: dht::Dht,
+    /// Every announcement by its gossip id, for IWANT answers.
+    messages: HashMap<MsgId, Arc<Vec<u8>>>,
     /// (viewer, sequence) → latency, measured segments only.
     latencies: HashMap<(usize, u64), Duration>,
     disconnects: u64,
+    refused_dials: u64,
+    unreachable_dials: u64,
+    audience: usize,
+    peak_audience: usize,
     events: u64,
     trace: Option<Trace>,
 }
@@ -595,9 +810,12 @@ impl Sim {
         let blocks = Arc::new(blocks);
         let base = Instant::now();
         let mut trace = None;
+        // The realistic run's draws come from their own generator, so the
+        // idealised topology of a seed stays what it was.
+        let mut draw = Rng(p.seed ^ 0x0005_eed0_fa11_da7a);
         let nodes: Vec<SimNode> = (0..n)
             .map(|i| {
-                let rotation = rng.next() as usize;
+                let rotation = rng.next_u64() as usize;
                 if p.trace == Some(i) {
                     trace = Some(Trace {
                         node: i,
@@ -609,58 +827,43 @@ impl Sim {
                 }
                 (i, machine(&p, i, rotation, base, blocks.clone()))
             })
-            .map(|(i, machine)| SimNode {
-                machine,
-                links: BTreeMap::new(),
-                mesh: Vec::new(),
-                seen: HashSet::new(),
-                uplink: Uplink::default(),
-                rate: if i == SOURCE {
+            .map(|(i, machine)| {
+                let rate = if i == SOURCE {
                     p.source_uplink
                 } else {
-                    p.viewer_uplink
-                },
-                gone: false,
-                wake: None,
+                    uplink_of(&p, &mut draw)
+                };
+                let nat = i != SOURCE && draw.below(100) < p.nat_percent as usize;
+                SimNode {
+                    machine,
+                    links: BTreeMap::new(),
+                    inbound: HashSet::new(),
+                    topic: Topic::new(i != SOURCE),
+                    seen: HashSet::new(),
+                    uplink: Uplink::default(),
+                    rate,
+                    gone: i != SOURCE && p.arrivals != Arrivals::AtStart,
+                    nat,
+                    dht_id: draw.next_u64(),
+                    joined: Duration::ZERO,
+                    left: None,
+                    first_ready: None,
+                    wake: None,
+                }
             })
             .collect();
         let end = start
             + p.segment_duration * (total as u32)
             + p.live.deadline(p.segment_duration.as_micros() as u64)
             + Duration::from_secs(2);
-        let mut sim = Sim {
-            p,
-            nodes,
-            blocks,
-            segments,
-            channel,
-            queue: BinaryHeap::new(),
-            order: 0,
-            now: Duration::ZERO,
-            end,
-            base,
-            latencies: HashMap::new(),
-            disconnects: 0,
-            events: 0,
-            trace,
-        };
-        sim.connect(&mut rng);
-        for seq in 0..total {
-            sim.at(sim.segments[seq as usize].published, Event::Publish(seq));
-        }
-        // Viewers join: every one watches the channel, every connection is
-        // up, and every viewer it is connected to is subscribed to the
-        // channel's topic. With an origin, the channel's record names it,
-        // and every viewer has found the record.
-        let topic = channel.topic(0);
-        let record = sim.p.origin.as_ref().map(|_| {
+        let record = p.origin.as_ref().map(|_| {
             key.sign_record(&ChannelRecord {
                 version: CHANNEL_VERSION,
                 channel: channel.as_bytes().to_vec(),
                 name: "model".into(),
                 sequence: 1,
                 expires_ms: u64::MAX,
-                target_duration_us: sim.p.segment_duration.as_micros() as u64,
+                target_duration_us: p.segment_duration.as_micros() as u64,
                 renditions: vec![LiveRendition {
                     playlist: "index.m3u8".into(),
                     segment_extension: "ts".into(),
@@ -669,54 +872,138 @@ impl Sim {
                 origins: vec![Origin(ORIGIN_URL.into())],
             })
         });
-        let now = sim.instant();
-        for v in 0..n {
-            let peers: Vec<usize> = sim.nodes[v].links.keys().copied().collect();
-            for &peer in &peers {
-                sim.feed(v, Input::Connected(peer));
-            }
-            if v != SOURCE {
-                sim.record(v, || TraceStep::Watch {
-                    at: Duration::ZERO,
-                    channel,
-                });
-                if let Err(e) = sim.nodes[v].machine.watch(channel, Vec::new(), now) {
-                    unreachable!("one channel: {e}");
-                }
-                for &peer in peers.iter().filter(|p| **p != SOURCE) {
-                    let topic = topic.clone();
-                    sim.feed(v, Input::Subscribed { peer, topic });
-                }
-                if let Some(bytes) = &record {
-                    let bytes = bytes.clone();
-                    sim.feed(v, Input::Record { channel, bytes });
-                }
-            }
-            sim.perform(v);
+        let mut sim = Sim {
+            p,
+            nodes,
+            blocks,
+            segments,
+            channel,
+            record,
+            queue: BinaryHeap::new(),
+            order: 0,
+            now: Duration::ZERO,
+            end,
+            base,
+            rng: draw,
+            dht: dht::Dht::default(),
+            messages: HashMap::new(),
+            latencies: HashMap::new(),
+            disconnects: 0,
+            refused_dials: 0,
+            unreachable_dials: 0,
+            audience: 0,
+            peak_audience: 0,
+            events: 0,
+            trace,
+        };
+        for seq in 0..total {
+            sim.at(sim.segments[seq as usize].published, Event::Publish(seq));
         }
-        if sim.p.leave > 0 {
-            let half = start
-                + sim.p.segment_duration * ((sim.p.warmup + sim.p.segments / 2) as u32)
-                + sim.p.segment_duration / 2;
-            sim.at(half, Event::Leave);
+        match sim.p.arrivals {
+            Arrivals::AtStart => sim.start_together(&mut rng, start),
+            Arrivals::Poisson { over } => sim.schedule_arrivals(over),
+        }
+        if sim.p.heartbeats {
+            let phase = sim.rng.between(Duration::ZERO, gossip::HEARTBEAT);
+            sim.at(
+                gossip::HEARTBEAT_INITIAL_DELAY + phase,
+                Event::Heartbeat(SOURCE),
+            );
         }
         sim
     }
 
-    /// Every viewer dials the broadcaster and `dials` other viewers; each
-    /// node grafts connected peers into its gossip mesh up to the mesh
-    /// degree, and a peer accepts while it is under the upper bound.
+    /// The idealised swarm: every viewer joins at once, every connection
+    /// is up, and every viewer it is connected to is subscribed to the
+    /// channel's topic. With an origin, the channel's record names it, and
+    /// every viewer has found the record.
+    fn start_together(&mut self, rng: &mut Rng, start: Duration) {
+        let n = self.p.viewers + 1;
+        let channel = self.channel;
+        self.connect(rng);
+        self.audience = self.p.viewers;
+        self.peak_audience = self.p.viewers;
+        let topic = channel.topic(0);
+        let now = self.instant();
+        for v in 0..n {
+            let peers: Vec<usize> = self.nodes[v].links.keys().copied().collect();
+            for &peer in &peers {
+                self.feed(v, Input::Connected(peer));
+            }
+            if v != SOURCE {
+                self.record(v, || TraceStep::Watch {
+                    at: Duration::ZERO,
+                    channel,
+                });
+                if let Err(e) = self.nodes[v].machine.watch(channel, Vec::new(), now) {
+                    unreachable!("one channel: {e}");
+                }
+                for &peer in peers.iter().filter(|p| **p != SOURCE) {
+                    let topic = topic.clone();
+                    self.feed(v, Input::Subscribed { peer, topic });
+                }
+                if let Some(bytes) = self.record.clone() {
+                    self.feed(v, Input::Record { channel, bytes });
+                }
+                if self.p.heartbeats {
+                    let phase = self.rng.between(Duration::ZERO, gossip::HEARTBEAT);
+                    self.at(gossip::HEARTBEAT_INITIAL_DELAY + phase, Event::Heartbeat(v));
+                }
+            }
+            self.perform(v);
+        }
+        if self.p.leave > 0 {
+            let half = start
+                + self.p.segment_duration * ((self.p.warmup + self.p.segments / 2) as u32)
+                + self.p.segment_duration / 2;
+            self.at(half, Event::Leave);
+        }
+    }
+
+    /// Viewers arrive as a Poisson process over `over` and stay for an
+    /// exponential time; the broadcaster provides the channel from the
+    /// start.
+    fn schedule_arrivals(&mut self, over: Duration) {
+        let key = ProviderKey::Channel(self.channel).to_bytes();
+        let id = self.nodes[SOURCE].dht_id;
+        self.dht.provide(&key, SOURCE, id);
+        let mean_gap = over / self.p.viewers as u32;
+        let mut t = Duration::ZERO;
+        for v in 1..=self.p.viewers {
+            t += self.rng.exponential(mean_gap);
+            let arrival = t.min(over);
+            self.at(arrival, Event::Join(v));
+            if let Some(mean) = self.p.mean_stay {
+                let leave = arrival + self.rng.exponential(mean);
+                if leave < self.end {
+                    self.at(leave, Event::Depart(v));
+                }
+            }
+        }
+    }
+
+    /// Every viewer dials the broadcaster and `dials` other viewers (as
+    /// far as connection limits allow); each node grafts connected peers
+    /// into its gossip mesh up to the mesh degree, and a peer accepts
+    /// while it is under the upper bound.
     fn connect(&mut self, rng: &mut Rng) {
         let p = &self.p;
         let n = p.viewers + 1;
         let nodes = &mut self.nodes;
+        let max = p.max_connections;
         let link = |nodes: &mut Vec<SimNode>, a: usize, b: usize, rng: &mut Rng| {
-            if a == b || nodes[a].links.contains_key(&b) {
+            if a == b
+                || nodes[a].links.contains_key(&b)
+                || nodes[a].links.len() >= max
+                || nodes[b].links.len() >= max
+                || nodes[b].inbound.len() >= max - max / 8
+            {
                 return;
             }
             let latency = rng.between(p.latency.0, p.latency.1);
             nodes[a].links.insert(b, latency);
             nodes[b].links.insert(a, latency);
+            nodes[b].inbound.insert(a);
         };
         for v in 1..n {
             link(nodes, v, SOURCE, rng);
@@ -728,18 +1015,29 @@ impl Sim {
                 link(nodes, v, other, rng);
             }
         }
+        let mut meshes: Vec<Vec<usize>> = vec![Vec::new(); n];
         for v in 0..n {
             let peers: Vec<usize> = nodes[v].links.keys().copied().collect();
             let mut tries = 0;
-            while nodes[v].mesh.len() < MESH.min(peers.len()) && tries < peers.len() * 4 {
+            while meshes[v].len() < gossip::MESH_N.min(peers.len()) && tries < peers.len() * 4 {
                 tries += 1;
                 let other = peers[rng.below(peers.len())];
-                if nodes[v].mesh.contains(&other) || nodes[other].mesh.len() >= MESH_HIGH {
+                if meshes[v].contains(&other) || meshes[other].len() >= gossip::MESH_N_HIGH {
                     continue;
                 }
-                nodes[v].mesh.push(other);
-                nodes[other].mesh.push(v);
+                meshes[v].push(other);
+                meshes[other].push(v);
             }
+        }
+        for (v, mesh) in meshes.into_iter().enumerate() {
+            let peers: Vec<usize> = nodes[v].links.keys().copied().collect();
+            let topic = &mut nodes[v].topic;
+            for peer in peers.into_iter().filter(|p| *p != SOURCE) {
+                topic.know_subscribed(peer);
+            }
+            // Nobody grafts the broadcaster: it publishes without
+            // subscribing.
+            topic.mesh = mesh.into_iter().filter(|p| *p != SOURCE).collect();
         }
     }
 
@@ -892,11 +1190,196 @@ impl Sim {
                 node
             }
             Event::Leave => {
-                self.leave();
+                for i in 0..self.p.leave {
+                    self.depart(1 + (i * self.p.viewers) / self.p.leave);
+                }
+                return;
+            }
+            Event::Join(v) => {
+                self.join(v);
+                v
+            }
+            Event::Depart(v) => {
+                self.depart(v);
+                return;
+            }
+            Event::Heartbeat(v) => {
+                self.heartbeat(v);
+                return;
+            }
+            Event::Provided { node, key } => {
+                let id = self.nodes[node].dht_id;
+                self.dht.provide(&key, node, id);
+                return;
+            }
+            Event::Found { node, key } => {
+                if self.nodes[node].gone {
+                    return;
+                }
+                let providers = self.dht.providers(&key.to_bytes());
+                self.feed(node, Input::Providers { key, providers });
+                self.feed(node, Input::ProvidersDone(key));
+                node
+            }
+            Event::RecordFound(node) => {
+                let Some(bytes) = self.record.clone().filter(|_| !self.nodes[node].gone) else {
+                    return;
+                };
+                let channel = self.channel;
+                self.feed(node, Input::Record { channel, bytes });
+                node
+            }
+            Event::Dialled { from, to, latency } => {
+                self.dialled(from, to, latency);
+                return;
+            }
+            Event::Subscription { to, peer } => {
+                if !self.linked(to, peer) {
+                    return;
+                }
+                let now = self.now;
+                if let Some(graft) = self.nodes[to].topic.peer_subscribed(peer, now) {
+                    self.enqueue(to, peer, Payload::Control(graft));
+                }
+                let topic = self.channel.topic(0);
+                self.feed(to, Input::Subscribed { peer, topic });
+                to
+            }
+            Event::Control { to, from, control } => {
+                self.control(to, from, control);
                 return;
             }
         };
         self.perform(node);
+    }
+
+    /// Whether `a` and `b` are both in the network and connected.
+    fn linked(&self, a: usize, b: usize) -> bool {
+        !self.nodes[a].gone && !self.nodes[b].gone && self.nodes[a].links.contains_key(&b)
+    }
+
+    /// A viewer arrives and watches the channel; its machine starts its
+    /// discovery (the DHT) from there.
+    fn join(&mut self, v: usize) {
+        let channel = self.channel;
+        let now = self.instant();
+        let at = self.now;
+        let node = &mut self.nodes[v];
+        node.gone = false;
+        node.joined = at;
+        self.audience += 1;
+        self.peak_audience = self.peak_audience.max(self.audience);
+        self.record(v, || TraceStep::Watch { at, channel });
+        if let Err(e) = self.nodes[v].machine.watch(channel, Vec::new(), now) {
+            unreachable!("one channel: {e}");
+        }
+        let phase = self.rng.between(Duration::ZERO, gossip::HEARTBEAT);
+        self.at(
+            at + gossip::HEARTBEAT_INITIAL_DELAY + phase,
+            Event::Heartbeat(v),
+        );
+    }
+
+    /// A viewer leaves: its connections close, and its peers notice at
+    /// once.
+    fn depart(&mut self, gone: usize) {
+        if self.nodes[gone].gone {
+            return;
+        }
+        self.nodes[gone].gone = true;
+        self.nodes[gone].left = Some(self.now);
+        self.audience -= 1;
+        let peers: Vec<usize> = self.nodes[gone].links.keys().copied().collect();
+        for peer in peers {
+            if self.nodes[peer].gone {
+                continue;
+            }
+            let n = &mut self.nodes[peer];
+            n.uplink.queues.remove(&gone);
+            n.uplink.order.retain(|p| *p != gone);
+            n.links.remove(&gone);
+            n.inbound.remove(&gone);
+            n.topic.peer_gone(gone);
+            self.feed(peer, Input::Disconnected(gone));
+            self.perform(peer);
+        }
+    }
+
+    /// A dial's handshakes are over: the connection is up unless either
+    /// side is gone or at its limit, or the one dialled is behind NAT.
+    fn dialled(&mut self, from: usize, to: usize, latency: Duration) {
+        if self.nodes[from].gone || self.nodes[to].gone || self.nodes[from].links.contains_key(&to)
+        {
+            return;
+        }
+        if self.nodes[to].nat {
+            self.unreachable_dials += 1;
+            return;
+        }
+        let max = self.p.max_connections;
+        if self.nodes[from].links.len() >= max
+            || self.nodes[to].links.len() >= max
+            || self.nodes[to].inbound.len() >= max - max / 8
+        {
+            self.refused_dials += 1;
+            return;
+        }
+        self.nodes[from].links.insert(to, latency);
+        self.nodes[to].links.insert(from, latency);
+        self.nodes[to].inbound.insert(from);
+        for (a, b) in [(from, to), (to, from)] {
+            self.feed(a, Input::Connected(b));
+            // Each side sends its subscriptions as the connection opens;
+            // only viewers subscribe.
+            if b != SOURCE {
+                self.at(self.now + latency, Event::Subscription { to: a, peer: b });
+            }
+            self.perform(a);
+        }
+    }
+
+    /// Gossipsub's heartbeat at `node`, and the next one.
+    fn heartbeat(&mut self, node: usize) {
+        if self.nodes[node].gone {
+            return;
+        }
+        let now = self.now;
+        let out = self.nodes[node].topic.heartbeat(now, &mut self.rng);
+        for (peer, control) in out {
+            self.enqueue(node, peer, Payload::Control(control));
+        }
+        self.at(now + gossip::HEARTBEAT, Event::Heartbeat(node));
+    }
+
+    /// A gossipsub control message from `from` reaches `to`.
+    fn control(&mut self, to: usize, from: usize, control: Control) {
+        if !self.linked(to, from) {
+            return;
+        }
+        let now = self.now;
+        let node = &mut self.nodes[to];
+        let answer = match control {
+            Control::Graft => node.topic.handle_graft(from, now),
+            Control::Prune => {
+                node.topic.handle_prune(from, now);
+                None
+            }
+            Control::IHave(ids) => {
+                let seen = &node.seen;
+                node.topic.handle_ihave(&ids, |id| seen.contains(id))
+            }
+            Control::IWant(ids) => {
+                for id in node.topic.kept(&ids) {
+                    if let Some(data) = self.messages.get(&id).cloned() {
+                        self.enqueue(to, from, Payload::Announce(data));
+                    }
+                }
+                None
+            }
+        };
+        if let Some(answer) = answer {
+            self.enqueue(to, from, Payload::Control(answer));
+        }
     }
 
     /// The broadcaster imports a segment (its shards enter the store) and
@@ -926,7 +1409,8 @@ impl Sim {
         if self.nodes[to].gone || self.nodes[from].gone {
             return false;
         }
-        if !self.nodes[to].seen.insert(sha256(&data)) {
+        let id = sha256(&data);
+        if !self.nodes[to].seen.insert(id) {
             return false;
         }
         let topic = self.channel.topic(0);
@@ -938,7 +1422,9 @@ impl Sim {
         };
         let judged = self.feed(to, input);
         if judged == Judgement::Accept {
+            self.nodes[to].topic.seen_message(id);
             let mesh: Vec<usize> = self.nodes[to]
+                .topic
                 .mesh
                 .iter()
                 .copied()
@@ -1020,13 +1506,19 @@ impl Sim {
                     self.feed(node, Input::Playlists { channel, result });
                 }
                 Action::Gossip { data, .. } => {
+                    self.nodes[node].topic.fill_fanout(&mut self.rng);
                     let to: Vec<usize> = if self.p.flood_publish {
                         self.nodes[node].links.keys().copied().collect()
                     } else {
-                        self.nodes[node].mesh.clone()
+                        self.nodes[node].topic.mesh.clone()
                     };
                     let data = Arc::new(data);
-                    self.nodes[node].seen.insert(sha256(&data));
+                    let id = sha256(&data);
+                    self.nodes[node].seen.insert(id);
+                    if self.p.heartbeats {
+                        self.nodes[node].topic.seen_message(id);
+                        self.messages.insert(id, data.clone());
+                    }
                     for peer in to {
                         self.enqueue(node, peer, Payload::Announce(data.clone()));
                     }
@@ -1035,6 +1527,10 @@ impl Sim {
                     event: LiveEvent::SegmentReady { sequence, .. },
                     ..
                 }) => {
+                    let n = &mut self.nodes[node];
+                    if n.first_ready.is_none() {
+                        n.first_ready = Some((sequence, self.now));
+                    }
                     if sequence >= self.p.warmup {
                         let published = self.segments[sequence as usize].published;
                         self.latencies
@@ -1042,8 +1538,35 @@ impl Sim {
                     }
                 }
                 Action::Ban { .. } => self.disconnects += 1,
-                // The topology is modelled: no DHT, no dials, no topics
-                // to join, no chain.
+                // Viewers arriving over time find peers through the DHT;
+                // the idealised swarm's topology is drawn beforehand.
+                Action::Provide { key } if self.discovers() => {
+                    let at = self.now + self.lookup();
+                    self.at(at, Event::Provided { node, key });
+                }
+                Action::FindProviders { key } if self.discovers() => {
+                    let at = self.now + self.lookup();
+                    self.at(at, Event::Found { node, key });
+                }
+                Action::FindRecord { .. } if self.discovers() && self.record.is_some() => {
+                    let at = self.now + self.lookup();
+                    self.at(at, Event::RecordFound(node));
+                }
+                Action::Dial { peer } if self.discovers() => {
+                    // TCP's handshake, then Noise's and yamux's: two
+                    // round trips.
+                    let latency = self.rng.between(self.p.latency.0, self.p.latency.1);
+                    let at = self.now + latency * 4;
+                    self.at(
+                        at,
+                        Event::Dialled {
+                            from: node,
+                            to: peer,
+                            latency,
+                        },
+                    );
+                }
+                // Viewers subscribe as they join; no chain.
                 Action::Unban { .. }
                 | Action::Subscribe { .. }
                 | Action::Unsubscribe { .. }
@@ -1060,6 +1583,17 @@ impl Sim {
             }
         }
         self.wake(node);
+    }
+
+    /// Whether viewers find their peers themselves (through the DHT).
+    fn discovers(&self) -> bool {
+        self.p.arrivals != Arrivals::AtStart
+    }
+
+    /// How long a DHT lookup takes now.
+    fn lookup(&mut self) -> Duration {
+        let nodes = self.audience + 1;
+        dht::lookup_time(nodes, self.p.latency, &mut self.rng)
     }
 
     /// Schedules `node`'s machine to be woken at its `poll_timeout`.
@@ -1107,6 +1641,7 @@ impl Sim {
         let size = match &payload {
             Payload::Bitswap { message, .. } => message.encode_framed().len(),
             Payload::Announce(data) => data.len() + GOSSIP_OVERHEAD,
+            Payload::Control(c) => c.wire_bytes(),
         };
         let up = &mut self.nodes[from].uplink;
         let queue = up.queues.entry(to).or_default();
@@ -1198,64 +1733,99 @@ impl Sim {
                         data,
                     },
                 ),
-            }
-        }
-    }
-
-    /// `leave` viewers go at once; their peers notice at once (their
-    /// connections close).
-    fn leave(&mut self) {
-        for i in 0..self.p.leave {
-            let gone = 1 + (i * self.p.viewers) / self.p.leave;
-            self.nodes[gone].gone = true;
-            let peers: Vec<usize> = self.nodes[gone].links.keys().copied().collect();
-            for peer in peers {
-                if self.nodes[peer].gone {
-                    continue;
-                }
-                let n = &mut self.nodes[peer];
-                n.uplink.queues.remove(&gone);
-                n.uplink.order.retain(|p| *p != gone);
-                // Gone from the mesh too; gossipsub's re-grafting is not
-                // modelled (the mesh is dense enough to carry on).
-                n.links.remove(&gone);
-                n.mesh.retain(|p| *p != gone);
-                self.feed(peer, Input::Disconnected(gone));
-                self.perform(peer);
+                Payload::Control(control) => self.at(
+                    done + latency,
+                    Event::Control {
+                        to: peer,
+                        from: node,
+                        control,
+                    },
+                ),
             }
         }
     }
 
     fn report(&self) -> SwarmReport {
-        let staying: Vec<&SimNode> = self.nodes[1..].iter().filter(|n| !n.gone).collect();
-        let mut latencies: Vec<Duration> = self
-            .latencies
-            .iter()
-            .filter(|((v, _), _)| !self.nodes[*v].gone)
-            .map(|(_, l)| *l)
-            .collect();
-        latencies.sort();
-        let quantile = |q: f64| -> Duration {
-            if latencies.is_empty() {
-                return Duration::ZERO;
-            }
-            let i = ((latencies.len() as f64 - 1.0) * q).round() as usize;
-            latencies[i.min(latencies.len() - 1)]
-        };
         let deadline = self
             .p
             .live
             .deadline(self.p.segment_duration.as_micros() as u64);
-        let expected = self.p.segments * staying.len() as u64;
+        let total = self.p.warmup + self.p.segments;
+        let published = |s: u64| self.segments[s as usize].published;
+        // The viewer-segments that should have been complete, and the
+        // viewers counted.
+        let mut expected: Vec<(usize, u64)> = Vec::new();
+        let mut counted: Vec<&SimNode> = Vec::new();
+        let mut startups: Vec<Duration> = Vec::new();
+        let mut never_started = 0;
+        for (v, n) in self.nodes.iter().enumerate().skip(1) {
+            match self.p.arrivals {
+                // The idealised swarm counts the viewers that stayed, for
+                // every measured segment.
+                Arrivals::AtStart => {
+                    if n.gone {
+                        continue;
+                    }
+                    expected.extend((self.p.warmup..total).map(|s| (v, s)));
+                }
+                // Viewers arriving over time: every segment after their
+                // first, whose deadline came before they left.
+                Arrivals::Poisson { .. } => {
+                    if n.gone && n.left.is_none() {
+                        continue;
+                    }
+                    let until = n.left.unwrap_or(self.end);
+                    let first = match n.first_ready {
+                        Some((first, at)) => {
+                            startups.push(at - n.joined);
+                            Some(first)
+                        }
+                        None => {
+                            if until.saturating_sub(n.joined) >= STARTUP_ALLOWANCE {
+                                never_started += 1;
+                            }
+                            None
+                        }
+                    };
+                    expected.extend(
+                        (self.p.warmup..total)
+                            .filter(|s| match first {
+                                Some(f) => *s > f,
+                                None => published(*s) >= n.joined + STARTUP_ALLOWANCE,
+                            })
+                            .filter(|s| published(*s) + deadline <= until)
+                            .map(|s| (v, s)),
+                    );
+                }
+            }
+            counted.push(n);
+        }
+        let mut latencies: Vec<Duration> = expected
+            .iter()
+            .filter_map(|key| self.latencies.get(key).copied())
+            .collect();
+        latencies.sort();
+        startups.sort();
+        let quantile = |v: &[Duration], q: f64| -> Duration {
+            if v.is_empty() {
+                return Duration::ZERO;
+            }
+            let i = ((v.len() as f64 - 1.0) * q).round() as usize;
+            v[i.min(v.len() - 1)]
+        };
+        let staying: Vec<&SimNode> = self.nodes[1..].iter().filter(|n| !n.gone).collect();
+        let mean_peers = staying.iter().map(|n| n.links.len()).sum::<usize>() as f64
+            / staying.len().max(1) as f64;
         let mut r = SwarmReport {
             viewers: self.p.viewers,
-            expected,
+            seed: self.p.seed,
+            expected: expected.len() as u64,
             delivered: latencies.len() as u64,
-            latency_p50: quantile(0.5),
-            latency_p95: quantile(0.95),
+            latency_p50: quantile(&latencies, 0.5),
+            latency_p95: quantile(&latencies, 0.95),
             latency_max: latencies.last().copied().unwrap_or_default(),
             late: latencies.iter().filter(|l| **l > deadline).count() as u64,
-            missed: expected.saturating_sub(latencies.len() as u64),
+            missed: (expected.len() - latencies.len()) as u64,
             from_peers: 0,
             from_source: 0,
             from_http: 0,
@@ -1264,9 +1834,19 @@ impl Sim {
             stream_bytes: self.p.segments * self.p.segment_bytes as u64,
             disconnects: self.disconnects,
             events: self.events,
+            startup_p50: quantile(&startups, 0.5),
+            startup_p95: quantile(&startups, 0.95),
+            never_started,
+            joined: counted.len().max(staying.len()),
+            left: self.nodes[1..].iter().filter(|n| n.left.is_some()).count(),
+            peak_audience: self.peak_audience,
+            refused_dials: self.refused_dials,
+            unreachable_dials: self.unreachable_dials,
+            mean_peers,
+            published_bytes: total * self.p.segment_bytes as u64,
             trace: self.trace.clone(),
         };
-        for n in staying {
+        for n in counted {
             if let Some(s) = n.machine.live_stats(&self.channel) {
                 r.from_peers += s.bytes_from_peers;
                 r.from_source += s.bytes_from_source;
@@ -1277,26 +1857,36 @@ impl Sim {
     }
 }
 
-/// The reports as a table, with the model's parameters above it.
+/// The reports as a table, with the model's parameters above it and,
+/// where an audience size ran with several seeds, the spread.
 pub fn table(params: &SwarmParams, reports: &[SwarmReport]) -> String {
     use std::fmt::Write;
     let mbps = |bytes: u64| bytes as f64 * 8.0 / 1e6;
     let ms = |d: Duration| d.as_millis();
+    let realistic = params.arrivals != Arrivals::AtStart;
     let mut t = String::new();
+    let uplinks = if params.uplink_mix.is_empty() {
+        format!("viewer uplink {:.1} Mb/s", mbps(params.viewer_uplink))
+    } else {
+        let mix: Vec<String> = params
+            .uplink_mix
+            .iter()
+            .map(|(share, rate)| format!("{share}% {:.1}", mbps(*rate)))
+            .collect();
+        format!("viewer uplinks {} Mb/s", mix.join(", "))
+    };
     let _ = writeln!(
         t,
-        "live swarm: {} kB segments every {:.1} s (k = {}, m = {}), viewer uplink {:.1} Mb/s, \
-         broadcaster {:.1} Mb/s, one-way latency {}-{} ms, {} dials, ration {} ms, source wait {} ms, \
+        "live swarm: {} kB segments every {:.1} s (k = {}, m = {}), {uplinks}, \
+         broadcaster {:.1} Mb/s, one-way latency {}-{} ms, ration {} ms, source wait {} ms, \
          pacing {}{}{}{}",
         params.segment_bytes / 1000,
         params.segment_duration.as_secs_f64(),
         params.k,
         params.m,
-        mbps(params.viewer_uplink),
         mbps(params.source_uplink),
         ms(params.latency.0),
         ms(params.latency.1),
-        params.dials,
         ms(params.live.ration_window),
         ms(params.live.source_wait),
         if params.engine.max_paced_bytes == usize::MAX {
@@ -1319,24 +1909,105 @@ pub fn table(params: &SwarmParams, reports: &[SwarmReport]) -> String {
             ""
         },
     );
-    let _ = writeln!(
+    match params.arrivals {
+        Arrivals::AtStart => {
+            let _ = writeln!(
+                t,
+                "everyone connected before the first segment, {} dials each{}",
+                params.dials,
+                if params.heartbeats {
+                    ", gossipsub heartbeats"
+                } else {
+                    ""
+                }
+            );
+        }
+        Arrivals::Poisson { over } => {
+            let _ = writeln!(
+                t,
+                "viewers arrive over {} s{}, find peers through the DHT; {}% behind NAT; \
+                 at most {} connections a node; gossipsub heartbeats",
+                over.as_secs(),
+                match params.mean_stay {
+                    Some(m) => format!(" and stay {} s on average", m.as_secs()),
+                    None => String::new(),
+                },
+                params.nat_percent,
+                params.max_connections,
+            );
+        }
+    }
+    let _ = write!(
         t,
-        "viewers  p50 ms  p95 ms  max ms  late  missed  offload  broadcaster sent (shards)  from HTTP"
+        "viewers  seed  p50 ms  p95 ms  max ms  late  missed  offload  copies  broadcaster sent  from HTTP"
     );
-    for r in reports {
-        let _ = writeln!(
+    if realistic {
+        let _ = write!(
             t,
-            "{:>7}  {:>6}  {:>6}  {:>6}  {:>4}  {:>6}  {:>6.1}%  {:>6.2} MB ({:>5.2} MB)  {:>6.2} MB",
+            "  peak  left  startup p50/p95 ms  never  peers  refused  NAT"
+        );
+    }
+    let _ = writeln!(t);
+    for r in reports {
+        let _ = write!(
+            t,
+            "{:>7}  {:>4}  {:>6}  {:>6}  {:>6}  {:>4}  {:>6}  {:>6.1}%  {:>6.2}  {:>13.2} MB  {:>6.2} MB",
             r.viewers,
+            r.seed,
             ms(r.latency_p50),
             ms(r.latency_p95),
             ms(r.latency_max),
             r.late,
             r.missed,
             r.offload() * 100.0,
+            r.copies(),
             r.source_sent as f64 / 1e6,
-            r.source_shards_sent as f64 / 1e6,
             r.from_http as f64 / 1e6,
+        );
+        if realistic {
+            let _ = write!(
+                t,
+                "  {:>4}  {:>4}  {:>8}/{:<9}  {:>5}  {:>5.1}  {:>7}  {:>3}",
+                r.peak_audience,
+                r.left,
+                ms(r.startup_p50),
+                ms(r.startup_p95),
+                r.never_started,
+                r.mean_peers,
+                r.refused_dials,
+                r.unreachable_dials,
+            );
+        }
+        let _ = writeln!(t);
+    }
+    let mut sizes: Vec<usize> = reports.iter().map(|r| r.viewers).collect();
+    sizes.dedup();
+    for n in sizes {
+        let runs: Vec<&SwarmReport> = reports.iter().filter(|r| r.viewers == n).collect();
+        if runs.len() < 2 {
+            continue;
+        }
+        let range = |f: &dyn Fn(&SwarmReport) -> f64| {
+            let lo = runs.iter().map(|r| f(r)).fold(f64::INFINITY, f64::min);
+            let hi = runs.iter().map(|r| f(r)).fold(f64::NEG_INFINITY, f64::max);
+            (lo, hi)
+        };
+        let p95 = range(&|r| r.latency_p95.as_millis() as f64);
+        let off = range(&|r| r.offload() * 100.0);
+        let copies = range(&|r| r.copies());
+        let missed = range(&|r| r.missed as f64);
+        let _ = writeln!(
+            t,
+            "{n} viewers over {} seeds: p95 {:.0}-{:.0} ms, offload {:.1}-{:.1}%, copies {:.2}-{:.2}, missed {:.0}-{:.0}",
+            runs.len(),
+            p95.0,
+            p95.1,
+            off.0,
+            off.1,
+            copies.0,
+            copies.1,
+            missed.0,
+            missed.1,
         );
     }
     t
