@@ -121,12 +121,7 @@ impl Topic {
         if self.subscribed {
             return;
         }
-        let mut candidates: Vec<usize> = self
-            .peers
-            .iter()
-            .filter(|p| !self.mesh.contains(p))
-            .copied()
-            .collect();
+        let mut candidates = self.outside_mesh();
         while self.mesh.len() < MESH_N && !candidates.is_empty() {
             self.mesh
                 .push(candidates.swap_remove(rng.below(candidates.len())));
@@ -196,16 +191,13 @@ impl Topic {
     pub fn heartbeat(&mut self, now: Duration, rng: &mut Rng) -> Vec<(usize, Control)> {
         let mut out = Vec::new();
         self.backoff.retain(|_, until| *until > now);
-        let outside = |t: &Topic| -> Vec<usize> {
-            t.peers
-                .iter()
-                .filter(|p| !t.mesh.contains(p) && !t.backoff.contains_key(p))
-                .copied()
-                .collect()
-        };
         let low = if self.subscribed { MESH_N_LOW } else { MESH_N };
         if self.mesh.len() < low {
-            let mut candidates = outside(self);
+            let mut candidates: Vec<usize> = self
+                .outside_mesh()
+                .into_iter()
+                .filter(|p| !self.backoff.contains_key(p))
+                .collect();
             while self.mesh.len() < MESH_N && !candidates.is_empty() {
                 let peer = candidates.swap_remove(rng.below(candidates.len()));
                 self.mesh.push(peer);
@@ -229,12 +221,7 @@ impl Topic {
             .copied()
             .collect();
         if !ids.is_empty() {
-            let mut others: Vec<usize> = self
-                .peers
-                .iter()
-                .filter(|p| !self.mesh.contains(p))
-                .copied()
-                .collect();
+            let mut others = self.outside_mesh();
             let n = GOSSIP_LAZY.max((others.len() as f64 * GOSSIP_FACTOR) as usize);
             for _ in 0..n.min(others.len()) {
                 let peer = others.swap_remove(rng.below(others.len()));
@@ -244,6 +231,15 @@ impl Topic {
         self.history.push_front(Vec::new());
         self.history.truncate(HISTORY_LENGTH);
         out
+    }
+
+    /// Subscribed peers not in the mesh.
+    fn outside_mesh(&self) -> Vec<usize> {
+        self.peers
+            .iter()
+            .filter(|p| !self.mesh.contains(p))
+            .copied()
+            .collect()
     }
 
     fn backed_off(&self, peer: usize, now: Duration) -> bool {
