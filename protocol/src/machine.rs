@@ -911,9 +911,11 @@ impl<P: Clone + Ord + Hash, S: BlockSource + BlockLookup> NodeMachine<P, S> {
             self.topics.remove(&topic);
             self.actions.push_back(Action::Unsubscribe { topic });
         }
-        self.actions.push_back(Action::StopProviding {
-            key: channel.record_key(),
-        });
+        for bucket in [None, Some(session.own_bucket())] {
+            self.actions.push_back(Action::StopProviding {
+                key: ProviderKey::of_channel(*channel, bucket).to_bytes(),
+            });
+        }
         self.settle(now);
     }
 
@@ -1618,6 +1620,55 @@ mod tests {
         assert_eq!(dialled, vec![1, 4, 5, 6]);
         // The connected one became a candidate instead.
         assert_eq!(m.live_view(&channel, t).unwrap().peers, 1);
+    }
+
+    #[test]
+    fn a_watch_provides_its_channel_and_one_bucket_and_an_unwatch_withdraws_both() {
+        let t = Instant::now();
+        let mut m = machine(MachineConfig::default(), None, t);
+        let channel = ChannelKey::from_seed(&[2; 32]).id();
+        m.watch(channel, Vec::new(), t).unwrap();
+        let provided: Vec<Vec<u8>> = drain(&mut m)
+            .into_iter()
+            .filter_map(|a| match a {
+                Action::Provide { key } => Some(key),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(provided.len(), 2, "{provided:?}");
+        assert_eq!(provided[0], channel.record_key());
+        assert!(provided[1].starts_with(&channel.record_key()));
+        m.unwatch(&channel, t);
+        let withdrawn: Vec<Vec<u8>> = drain(&mut m)
+            .into_iter()
+            .filter_map(|a| match a {
+                Action::StopProviding { key } => Some(key),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(withdrawn, provided);
+        // With its target of peers known, a session dials no provider.
+        let mut m = machine(MachineConfig::default(), None, t);
+        m.watch(channel, Vec::new(), t).unwrap();
+        for p in 100..100 + crate::live::LIVE_TARGET_PEERS as u32 {
+            m.handle(Input::Connected(p), t);
+            let topic = channel.topic(0);
+            m.handle(Input::Subscribed { peer: p, topic }, t);
+        }
+        drain(&mut m);
+        let key = ProviderKey::ChannelBucket(channel, 3);
+        m.handle(
+            Input::Providers {
+                key,
+                providers: (1..20).collect(),
+            },
+            t,
+        );
+        assert!(
+            drain(&mut m)
+                .iter()
+                .all(|a| !matches!(a, Action::Dial { .. }))
+        );
     }
 
     #[test]

@@ -324,7 +324,7 @@ impl<P: Clone + Ord + Hash> LiveSession<P> {
     /// The bucket this node provides the channel under, drawn from its
     /// rotation (mixed, so that it says nothing of the planner's use of
     /// the rotation).
-    fn own_bucket(&self) -> u16 {
+    pub fn own_bucket(&self) -> u16 {
         let mixed = (self.rotation as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 48;
         (mixed % u64::from(PROVIDER_BUCKETS)) as u16
     }
