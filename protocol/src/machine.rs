@@ -1647,9 +1647,24 @@ mod tests {
             })
             .collect();
         assert_eq!(withdrawn, provided);
-        // With its target of peers known, a session dials no provider.
+        // Providers found under a bucket are dialled, until the session
+        // knows its target of peers; then none is.
         let mut m = machine(MachineConfig::default(), None, t);
         m.watch(channel, Vec::new(), t).unwrap();
+        drain(&mut m);
+        let key = ProviderKey::ChannelBucket(channel, 3);
+        m.handle(
+            Input::Providers {
+                key,
+                providers: vec![7, 8],
+            },
+            t,
+        );
+        let dials = drain(&mut m)
+            .iter()
+            .filter(|a| matches!(a, Action::Dial { .. }))
+            .count();
+        assert_eq!(dials, 2);
         for p in 100..100 + crate::live::LIVE_TARGET_PEERS as u32 {
             m.handle(Input::Connected(p), t);
             let topic = channel.topic(0);

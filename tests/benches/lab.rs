@@ -96,35 +96,31 @@ fn tcp_goodput(from: &Host, to: &Host, bytes: usize) -> f64 {
     reader.join().expect("the reader")
 }
 
-/// Bytes `host` has received on its link (`/proc/net/dev` inside its
-/// namespace).
-fn rx_bytes(host: &Host) -> u64 {
+/// Bytes `host` has received (`Rx`) or sent (`Tx`) on its link, from
+/// `/proc/net/dev` inside its namespace.
+fn link_bytes(host: &Host, direction: Direction) -> u64 {
     let out = host
         .command("cat")
         .arg("/proc/net/dev")
         .output()
         .expect("read /proc/net/dev");
+    // Received bytes are the first counter, sent bytes the ninth.
+    let field = match direction {
+        Direction::Rx => 0,
+        Direction::Tx => 8,
+    };
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .find_map(|l| l.trim_start().strip_prefix("eth0:"))
-        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|rest| rest.split_whitespace().nth(field))
         .and_then(|n| n.parse().ok())
         .unwrap_or(0)
 }
 
-/// Bytes `host` has sent on its link.
-fn tx_bytes(host: &Host) -> u64 {
-    let out = host
-        .command("cat")
-        .arg("/proc/net/dev")
-        .output()
-        .expect("read /proc/net/dev");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .find_map(|l| l.trim_start().strip_prefix("eth0:"))
-        .and_then(|rest| rest.split_whitespace().nth(8))
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
+#[derive(Clone, Copy)]
+enum Direction {
+    Rx,
+    Tx,
 }
 
 fn transfer(mib: usize, seeders: usize, file: &Path, goodput: f64) {
@@ -146,7 +142,7 @@ fn transfer(mib: usize, seeders: usize, file: &Path, goodput: f64) {
     let bootstrap: Vec<&str> = addrs.iter().map(String::as_str).collect();
     let fetcher = LabNode::start(&fetcher_host, &bootstrap, &[]);
     let out = fetcher.sandbox.path("copy");
-    let rx_before = rx_bytes(&fetcher_host);
+    let rx_before = link_bytes(&fetcher_host, Direction::Rx);
     let cpu_before = cpu_ticks();
     let start = Instant::now();
     // SHOAL_BENCH_TRACE=1: what arrived in each half second.
@@ -156,16 +152,17 @@ fn transfer(mib: usize, seeders: usize, file: &Path, goodput: f64) {
         if trace {
             s.spawn(|| {
                 let mut last = rx_before;
-                let mut sent: Vec<u64> = hosts.iter().map(tx_bytes).collect();
+                let mut sent: Vec<u64> =
+                    hosts.iter().map(|h| link_bytes(h, Direction::Tx)).collect();
                 let mut line = String::new();
                 let mut each = vec![String::new(); hosts.len()];
                 while !done.load(std::sync::atomic::Ordering::Relaxed) {
                     std::thread::sleep(Duration::from_millis(500));
-                    let now = rx_bytes(&fetcher_host);
+                    let now = link_bytes(&fetcher_host, Direction::Rx);
                     line.push_str(&format!(" {:.1}", (now - last) as f64 * 2.0 / 1e6));
                     last = now;
                     for (i, h) in hosts.iter().enumerate() {
-                        let t = tx_bytes(h);
+                        let t = link_bytes(h, Direction::Tx);
                         each[i].push_str(&format!(" {:.1}", (t - sent[i]) as f64 * 2.0 / 1e6));
                         sent[i] = t;
                     }
@@ -183,7 +180,7 @@ fn transfer(mib: usize, seeders: usize, file: &Path, goodput: f64) {
         done.store(true, std::sync::atomic::Ordering::Relaxed);
         secs
     });
-    let wire = rx_bytes(&fetcher_host) - rx_before;
+    let wire = link_bytes(&fetcher_host, Direction::Rx) - rx_before;
     let cpu = cpu_share(cpu_before, cpu_ticks());
     let bytes = std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
     assert_eq!(bytes, (mib << 20) as u64, "the copy is whole");

@@ -85,7 +85,6 @@ pub struct GroupFetch<P> {
     /// Requests other groups of the same fetch have outstanding, per
     /// peer ([`GroupFetch::set_others`]).
     others: BTreeMap<P, usize>,
-
     cancelled: bool,
 }
 
@@ -351,10 +350,6 @@ impl<P: Clone + Ord> GroupFetch<P> {
             .collect()
     }
 
-    /// The peer to ask for block `i`: one that has it and has room, the
-    /// least loaded first (counting what other groups asked of it), and
-    /// one that never let a request time out before a slow one (a slow
-    /// peer is still better than none).
     /// A peer known to be slow elsewhere (another segment's requests
     /// timed out on it): asked only for blocks no other peer can give.
     pub fn mark_slow(&mut self, peer: P) {
@@ -366,6 +361,10 @@ impl<P: Clone + Ord> GroupFetch<P> {
         self.slow.iter()
     }
 
+    /// The peer to ask for block `i`: one that has it and has room, the
+    /// least loaded first (counting what other groups asked of it), and
+    /// one that never let a request time out before a slow one; a slow
+    /// peer only if `allow_slow`.
     fn holder(
         &self,
         i: usize,
@@ -414,9 +413,9 @@ impl<P: Clone + Ord> GroupFetch<P> {
         while self.done.len() + self.requested.len() < self.need {
             // The first block (data shards come first) that is neither
             // received nor requested and that a usable peer has, from the
-            // least loaded such peer.
-            // A block only slow peers have waits while another block
-            // will do (any `need` of them rebuild the whole).
+            // least loaded such peer; a block only slow peers have waits
+            // while another block will do (any `need` of them rebuild the
+            // whole).
             let asked: HashSet<Cid> = self.requested.keys().map(|i| self.cids[*i]).collect();
             let open: Vec<usize> = self
                 .order
