@@ -22,5 +22,5 @@ pub(crate) struct Behaviour {
     pub(crate) relay_server: Toggle<relay::Behaviour>,
     pub(crate) dcutr: dcutr::Behaviour,
     pub(crate) mdns: Toggle<mdns::tokio::Behaviour>,
-    pub(crate) streams: libp2p_stream::Behaviour,
+    pub(crate) streams: crate::streams::Behaviour,
 }

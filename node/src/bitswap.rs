@@ -13,13 +13,14 @@
 
 use std::sync::Arc;
 
-use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
+use futures::{AsyncReadExt, AsyncWriteExt};
 use libp2p::{PeerId, Stream, StreamProtocol};
 use shoal_protocol::bitswap::wire::{self, MAX_MESSAGE_SIZE, split_blocks};
 use shoal_protocol::bitswap::{Message, Outgoing, PROTOCOLS, WireBlock, WireError};
 use shoal_storage::Blockstore;
 
 use crate::limits::UploadLimiter;
+use crate::streams::{Control, Incoming, OpenError};
 use tokio::sync::mpsc;
 
 /// How long a write may make no progress before the peer is dropped. A
@@ -52,22 +53,20 @@ pub(crate) fn protocols() -> Vec<StreamProtocol> {
     PROTOCOLS.iter().map(|p| StreamProtocol::new(p)).collect()
 }
 
-/// Accepts inbound Bitswap streams of every version.
+/// Accepts inbound Bitswap streams (one queue per protocol version).
 pub(crate) fn spawn_acceptors(
-    control: &mut libp2p_stream::Control,
+    incoming: Vec<Incoming>,
     events: mpsc::Sender<StreamEvent>,
     tasks: &mut tokio::task::JoinSet<()>,
-) -> Result<(), libp2p_stream::AlreadyRegistered> {
-    for protocol in protocols() {
-        let mut incoming = control.accept(protocol)?;
+) {
+    for mut incoming in incoming {
         let events = events.clone();
         tasks.spawn(async move {
-            while let Some((peer, stream)) = incoming.next().await {
+            while let Some((peer, stream)) = incoming.recv().await {
                 tokio::spawn(read_stream(peer, stream, events.clone()));
             }
         });
     }
-    Ok(())
 }
 
 /// Reads one unsigned varint, a byte at a time (at most 10 bytes).
@@ -127,11 +126,11 @@ async fn read_stream(peer: PeerId, mut stream: Stream, events: mpsc::Sender<Stre
 }
 
 /// Opens a Bitswap stream to `peer`, newest protocol version first.
-async fn open(control: &mut libp2p_stream::Control, peer: PeerId) -> Option<Stream> {
+async fn open(control: &Control, peer: PeerId) -> Option<Stream> {
     for protocol in protocols() {
         match control.open_stream(peer, protocol.clone()).await {
             Ok(stream) => return Some(stream),
-            Err(libp2p_stream::OpenStreamError::UnsupportedProtocol(_)) => continue,
+            Err(OpenError::Unsupported(_)) => continue,
             Err(e) => {
                 tracing::debug!(%peer, error = %e, "cannot open a bitswap stream");
                 return None;
@@ -185,7 +184,7 @@ async fn write_frame(stream: &mut Stream, frame: &[u8]) -> std::io::Result<()> {
 /// reported written, and our own wants).
 pub(crate) fn spawn_writer(
     peer: PeerId,
-    mut control: libp2p_stream::Control,
+    control: Control,
     store: Arc<Blockstore>,
     upload: Arc<UploadLimiter>,
     events: mpsc::Sender<StreamEvent>,
@@ -219,7 +218,7 @@ pub(crate) fn spawn_writer(
                 // closed by the peer since the last message.
                 for _attempt in 0..2 {
                     if stream.is_none() {
-                        stream = open(&mut control, peer).await;
+                        stream = open(&control, peer).await;
                     }
                     let Some(s) = stream.as_mut() else { break };
                     match write_frame(s, &frame).await {

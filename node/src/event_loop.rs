@@ -146,7 +146,7 @@ struct EventLoop {
     stream_events_tx: mpsc::Sender<StreamEvent>,
     /// Writes for the writer task; `None` once stopping.
     writes: Option<mpsc::UnboundedSender<Write<PeerId>>>,
-    control: libp2p_stream::Control,
+    control: crate::streams::Control,
     writers: HashMap<PeerId, mpsc::UnboundedSender<Outgoing>>,
     /// The address each connected peer reached us from (its last
     /// connection's): what the addresses it gives for itself are judged by.
@@ -205,7 +205,7 @@ pub(crate) struct Handles {
 /// receipt acceptors, the store's writer, the machine. Returns where the
 /// handles send commands and where events go out.
 pub(crate) fn spawn(
-    swarm: Swarm<Behaviour>,
+    mut swarm: Swarm<Behaviour>,
     config: NodeConfig,
     peer_id: PeerId,
     store: Arc<Blockstore>,
@@ -213,13 +213,25 @@ pub(crate) fn spawn(
     let upload = Arc::new(UploadLimiter::default());
     upload.set_rate(config.upload_bytes_per_sec);
     let mut tasks = tokio::task::JoinSet::new();
-    let mut control = swarm.behaviour().streams.new_control();
+    let control = swarm.behaviour().streams.control();
+    let mut accept = |protocol: &libp2p::StreamProtocol| {
+        swarm
+            .behaviour_mut()
+            .streams
+            .accept(protocol)
+            .ok_or_else(|| {
+                NodeError::transport("a stream protocol", format!("{protocol} is not offered"))
+            })
+    };
+    let bitswap_incoming = bitswap::protocols()
+        .iter()
+        .map(&mut accept)
+        .collect::<Result<Vec<_>, _>>()?;
+    let receipts_incoming = accept(&crate::rewards::RECEIPT_PROTOCOL)?;
     let (stream_events_tx, stream_events) = mpsc::channel(STREAM_EVENTS_QUEUED);
-    bitswap::spawn_acceptors(&mut control, stream_events_tx.clone(), &mut tasks)
-        .map_err(|e| NodeError::transport("a stream protocol", e))?;
+    bitswap::spawn_acceptors(bitswap_incoming, stream_events_tx.clone(), &mut tasks);
     let (receipts_tx, receipt_requests) = mpsc::channel(RECEIPT_REQUESTS_QUEUED);
-    crate::rewards::spawn_acceptor(&mut control, receipts_tx, &mut tasks)
-        .map_err(|e| NodeError::transport("a stream protocol", e))?;
+    crate::rewards::spawn_acceptor(receipts_incoming, receipts_tx, &mut tasks);
 
     let (commands_tx, commands) = mpsc::channel(COMMANDS_QUEUED);
     let (stop_tx, stop) = mpsc::channel(1);

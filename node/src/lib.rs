@@ -42,6 +42,7 @@ pub mod rewards;
 pub mod settle;
 pub mod stats;
 mod store_io;
+mod streams;
 pub mod testsrc;
 pub mod wallet;
 
@@ -629,7 +630,12 @@ fn build_swarm(
                 ),
                 dcutr: dcutr::Behaviour::new(peer_id),
                 mdns: Toggle::from(mdns),
-                streams: libp2p_stream::Behaviour::new(),
+                streams: streams::Behaviour::new(
+                    bitswap::protocols()
+                        .into_iter()
+                        .chain([rewards::RECEIPT_PROTOCOL])
+                        .collect(),
+                ),
             })
         })
         .map_err(|e| NodeError::transport("the behaviour", e.to_string()))?

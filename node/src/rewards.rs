@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
+use futures::{AsyncReadExt, AsyncWriteExt};
 use libp2p::{PeerId, Stream, StreamProtocol};
 use shoal_protocol::ledger::{Account, LedgerConfig};
 use shoal_protocol::receipt::{
@@ -50,13 +50,12 @@ pub(crate) struct ReceiptAsked {
 /// Accepts inbound receipt requests: each is read, answered by the event
 /// loop, and the answer written back.
 pub(crate) fn spawn_acceptor(
-    control: &mut libp2p_stream::Control,
+    mut incoming: crate::streams::Incoming,
     events: mpsc::Sender<ReceiptAsked>,
     tasks: &mut tokio::task::JoinSet<()>,
-) -> Result<(), libp2p_stream::AlreadyRegistered> {
-    let mut incoming = control.accept(RECEIPT_PROTOCOL)?;
+) {
     tasks.spawn(async move {
-        while let Some((peer, stream)) = incoming.next().await {
+        while let Some((peer, stream)) = incoming.recv().await {
             let events = events.clone();
             tokio::spawn(async move {
                 let served = tokio::time::timeout(EXCHANGE_TIMEOUT, serve(peer, stream, events));
@@ -66,7 +65,6 @@ pub(crate) fn spawn_acceptor(
             });
         }
     });
-    Ok(())
 }
 
 async fn serve(
@@ -92,7 +90,7 @@ async fn serve(
 
 /// Asks `peer` for receipts (relayer side), within [`EXCHANGE_TIMEOUT`].
 pub(crate) async fn ask(
-    control: libp2p_stream::Control,
+    control: crate::streams::Control,
     peer: PeerId,
     request: ReceiptRequest,
 ) -> Result<ReceiptResponse, String> {
@@ -102,7 +100,7 @@ pub(crate) async fn ask(
 }
 
 async fn exchange(
-    mut control: libp2p_stream::Control,
+    control: crate::streams::Control,
     peer: PeerId,
     request: ReceiptRequest,
 ) -> Result<ReceiptResponse, String> {

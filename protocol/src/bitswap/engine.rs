@@ -302,7 +302,11 @@ impl<P: Clone + Eq + Hash> Engine<P> {
         self.peers.get(peer).map_or(0, |s| s.queued_bytes)
     }
 
-    /// Asks `peer` for `cid`. A want-block upgrades an earlier want-have.
+    /// Asks `peer` for `cid`. A want-block upgrades an earlier want-have;
+    /// a want-have after a want-block is not sent. Asked again, the same
+    /// want is sent again: the caller asks again when the first went
+    /// unanswered (a message lost with a failed stream), and a peer takes
+    /// a repeated want as the same want.
     pub fn want(&mut self, peer: &P, cid: Cid, want_type: WantType, out: &mut Vec<Output<P>>) {
         let Some(state) = self.peers.get_mut(peer) else {
             return;
@@ -311,7 +315,7 @@ impl<P: Clone + Eq + Hash> Engine<P> {
         if want_type == WantType::Block {
             *entry = WantType::Block;
         }
-        if state.asked.get(&cid) == Some(&WantType::Block) {
+        if want_type == WantType::Have && state.asked.get(&cid) == Some(&WantType::Block) {
             return;
         }
         state.asked.insert(cid, want_type);
@@ -449,7 +453,7 @@ impl<P: Clone + Eq + Hash> Engine<P> {
                 state.dropped_wants += 1;
                 continue;
             }
-            state.wants.insert(
+            let before = state.wants.insert(
                 e.cid,
                 PeerWant {
                     want_type: e.want_type,
@@ -457,12 +461,19 @@ impl<P: Clone + Eq + Hash> Engine<P> {
                     send_dont_have: e.send_dont_have,
                 },
             );
+            let open_block = before.is_some_and(|w| w.want_type == WantType::Block);
             match (e.want_type, store.block_size(&e.cid)) {
                 (WantType::Have, Some(_)) => {
                     state.answer(e.cid, Presence::Have);
                     // A want-have is answered; the want stays open so that
                     // a later want-block or cancel finds it.
                 }
+                // Asked again while the first want-block is still open
+                // (the block waits for queue room, a ration's end or its
+                // return to the store): it is queued once. A want-block
+                // repeated after its block was queued is served again, so
+                // a block lost with a failed stream comes the second time.
+                (WantType::Block, Some(_)) if open_block => {}
                 (WantType::Block, Some(_)) => state.deferred.push_back(e.cid),
                 (_, None) if e.send_dont_have => state.answer(e.cid, Presence::DontHave),
                 (_, None) => {}
@@ -1194,5 +1205,67 @@ mod tests {
         out.clear();
         e.sent(&1, 0, 1, &store, &mut out);
         assert_eq!(answers(&out), vec![(c, Presence::DontHave)]);
+    }
+
+    #[test]
+    fn a_want_asked_again_is_sent_again_but_a_want_have_never_follows_a_want_block() {
+        let mut e = Engine::new(EngineConfig::default());
+        let cid = cid_of(Codec::Raw, b"lost on the way");
+        e.peer_connected(2u32);
+        let mut out = Vec::new();
+        e.want(&2, cid, WantType::Have, &mut out);
+        e.want(&2, cid, WantType::Have, &mut out);
+        e.want(&2, cid, WantType::Block, &mut out);
+        e.want(&2, cid, WantType::Block, &mut out);
+        e.want(&2, cid, WantType::Have, &mut out);
+        let sent: Vec<WantType> = sends(&out)
+            .into_iter()
+            .flat_map(|(_, m)| m.wantlist)
+            .map(|w| w.want_type)
+            .collect();
+        use WantType::{Block, Have};
+        assert_eq!(sent, vec![Have, Have, Block, Block]);
+    }
+
+    #[test]
+    fn a_want_block_repeated_while_its_block_waits_for_queue_room_is_served_once() {
+        let config = EngineConfig {
+            max_queued_bytes: 40,
+            ..EngineConfig::default()
+        };
+        let mut e = Engine::new(config);
+        let mut store = Store::default();
+        let (a, b) = (cid_of(Codec::Raw, b"a"), cid_of(Codec::Raw, b"b"));
+        store.0.insert(a, 40);
+        store.0.insert(b, 40);
+        let mut out = Vec::new();
+        let ask = |c| wants_msg(vec![want(c, WantType::Block, true)]);
+        e.on_message(
+            &1u32,
+            wants_msg(vec![
+                want(a, WantType::Block, true),
+                want(b, WantType::Block, true),
+            ]),
+            &store,
+            &mut out,
+        );
+        // The queue holds one: b waits, and is asked for again.
+        e.on_message(&1, ask(b), &store, &mut out);
+        e.sent(&1, 40, 0, &store, &mut out);
+        e.sent(&1, 40, 0, &store, &mut out);
+        let blocks: Vec<Cid> = sends(&out)
+            .into_iter()
+            .flat_map(|(_, m)| m.blocks)
+            .collect();
+        assert_eq!(blocks, vec![a, b]);
+        // Asked once more after b was queued (the first copy may have been
+        // lost with its stream): b goes again.
+        out.clear();
+        e.on_message(&1, ask(b), &store, &mut out);
+        let blocks: Vec<Cid> = sends(&out)
+            .into_iter()
+            .flat_map(|(_, m)| m.blocks)
+            .collect();
+        assert_eq!(blocks, vec![b]);
     }
 }

@@ -11,8 +11,10 @@
 //! slow peer is asked again only for blocks no other peer has, and only
 //! once no block a faster peer has is left to ask for (any `need` of them
 //! will do, so a block held by slow peers alone is passed over while
-//! another will serve). Once `need` blocks have arrived the rest are
-//! cancelled.
+//! another will serve). Want-haves left unanswered for as long are asked
+//! again, so a message lost on its way (a stream that failed under it)
+//! costs one timeout, not the fetch. Once `need` blocks have arrived the
+//! rest are cancelled.
 //!
 //! The caller feeds it presences, blocks, peer changes and the time, and
 //! carries out the [`FetchAction`]s it returns.
@@ -78,6 +80,9 @@ pub struct GroupFetch<P> {
     /// Peers that let a request time out: asked again by this group only
     /// when no other peer has the block.
     slow: BTreeSet<P>,
+    /// When each peer with want-haves still unanswered was last asked
+    /// them.
+    probed: BTreeMap<P, Instant>,
     /// Positions in the order blocks are requested.
     order: Vec<usize>,
     /// A peer to spare (see [`GroupFetch::spare`]).
@@ -117,6 +122,7 @@ impl<P: Clone + Ord> GroupFetch<P> {
             requested: BTreeMap::new(),
             done: BTreeSet::new(),
             slow: BTreeSet::new(),
+            probed: BTreeMap::new(),
             order: (0..cids.len()).collect(),
             spared: None,
             others: BTreeMap::new(),
@@ -194,19 +200,41 @@ impl<P: Clone + Ord> GroupFetch<P> {
         if self.is_complete() || !self.peers.insert(peer.clone()) {
             return out;
         }
-        // In request order: peers answer in the order they are asked.
-        let mut seen = HashSet::new();
-        for &i in &self.order {
-            let cid = self.cids[i];
-            if !self.done.contains(&i) && seen.insert(cid) {
-                out.push(FetchAction::WantHave {
-                    peer: peer.clone(),
-                    cid,
-                });
-            }
-        }
+        out.extend(self.probe(&peer, now));
         out.extend(self.schedule(now));
         out
+    }
+
+    /// Asks `peer` which of the blocks it has not answered for it holds,
+    /// in request order (peers answer in the order they are asked).
+    fn probe(&mut self, peer: &P, now: Instant) -> Vec<FetchAction<P>> {
+        let mut seen = HashSet::new();
+        let asks: Vec<FetchAction<P>> = self
+            .unanswered(peer)
+            .map(|i| self.cids[i])
+            .filter(|cid| seen.insert(*cid))
+            .map(|cid| FetchAction::WantHave {
+                peer: peer.clone(),
+                cid,
+            })
+            .collect();
+        if asks.is_empty() {
+            self.probed.remove(peer);
+        } else {
+            self.probed.insert(peer.clone(), now);
+        }
+        asks
+    }
+
+    /// Positions, in request order, neither received nor answered for by
+    /// `peer`.
+    fn unanswered<'a>(&'a self, peer: &'a P) -> impl Iterator<Item = usize> + 'a {
+        let known = |m: &BTreeMap<P, BTreeSet<usize>>, i: usize| {
+            m.get(peer).is_some_and(|s| s.contains(&i))
+        };
+        self.order.iter().copied().filter(move |&i| {
+            !self.done.contains(&i) && !known(&self.has, i) && !known(&self.lacks, i)
+        })
     }
 
     /// A candidate peer known to hold every block of the group (a live
@@ -249,6 +277,9 @@ impl<P: Clone + Ord> GroupFetch<P> {
                 }
             }
         }
+        if self.probed.contains_key(peer) && self.unanswered(peer).next().is_none() {
+            self.probed.remove(peer);
+        }
         self.schedule(now)
     }
 
@@ -272,11 +303,13 @@ impl<P: Clone + Ord> GroupFetch<P> {
         self.peers.remove(peer);
         self.has.remove(peer);
         self.lacks.remove(peer);
+        self.probed.remove(peer);
         self.requested.retain(|_, (p, _)| p != peer);
         self.schedule(now)
     }
 
-    /// Moves requests that timed out to other peers.
+    /// Moves requests that timed out to other peers, and asks peers
+    /// that left want-haves unanswered as long again.
     pub fn tick(&mut self, now: Instant) -> Vec<FetchAction<P>> {
         let timeout = self.config.block_timeout;
         let late: Vec<(usize, P)> = self
@@ -292,7 +325,18 @@ impl<P: Clone + Ord> GroupFetch<P> {
         if let Some(s) = self.spared.as_mut().filter(|s| now >= s.until) {
             s.lapsed = true;
         }
-        self.schedule(now)
+        let silent: Vec<P> = self
+            .probed
+            .iter()
+            .filter(|(_, at)| now.duration_since(**at) >= timeout)
+            .map(|(p, _)| p.clone())
+            .collect();
+        let mut out = Vec::new();
+        for peer in silent {
+            out.extend(self.probe(&peer, now));
+        }
+        out.extend(self.schedule(now));
+        out
     }
 
     /// When [`GroupFetch::tick`] has something to do next: a request times
@@ -308,7 +352,9 @@ impl<P: Clone + Ord> GroupFetch<P> {
             .map(|s| s.until);
         self.requested
             .values()
-            .map(|(_, at)| *at + self.config.block_timeout)
+            .map(|(_, at)| *at)
+            .chain(self.probed.values().copied())
+            .map(|at| at + self.config.block_timeout)
             .chain(spare_ends)
             .min()
     }
@@ -343,6 +389,7 @@ impl<P: Clone + Ord> GroupFetch<P> {
         }
         self.cancelled = true;
         self.requested.clear();
+        self.probed.clear();
         let mut seen = HashSet::new();
         (0..self.cids.len())
             .filter(|i| !self.done.contains(i) && seen.insert(self.cids[*i]))
@@ -618,6 +665,40 @@ mod tests {
         assert!(want_blocks(&g.tick(t + Duration::from_millis(500))).is_empty());
         let moved = want_blocks(&g.tick(t + Duration::from_secs(1)));
         assert_eq!(moved, vec![(2, cids[0])]);
+    }
+
+    #[test]
+    fn want_haves_left_unanswered_are_asked_again_after_the_timeout() {
+        let cids = shards(3);
+        let config = FetchConfig {
+            block_timeout: Duration::from_secs(1),
+            ..FetchConfig::default()
+        };
+        let mut g = GroupFetch::new(config, cids.clone(), 1);
+        let t = Instant::now();
+        assert_eq!(g.add_peer(1u32, t).len(), 3);
+        // One answer came; the other two questions were lost on the way.
+        let _ = g.on_presence(&1, &cids[0], false, t);
+        assert_eq!(g.next_deadline(), Some(t + Duration::from_secs(1)));
+        assert!(g.tick(t + Duration::from_millis(500)).is_empty());
+        let later = t + Duration::from_secs(1);
+        let again = g.tick(later);
+        let asked: Vec<Cid> = again
+            .iter()
+            .filter_map(|a| match a {
+                FetchAction::WantHave { peer: 1, cid } => Some(*cid),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(asked, cids[1..].to_vec(), "only the unanswered, once");
+        // Answered this time: the block is asked for, and nothing is
+        // asked again.
+        let _ = g.on_presence(&1, &cids[1], false, later);
+        let got = want_blocks(&g.on_presence(&1, &cids[2], true, later));
+        assert_eq!(got, vec![(1, cids[2])]);
+        assert_eq!(g.next_deadline(), Some(later + Duration::from_secs(1)));
+        let _ = g.on_block(&cids[2], later);
+        assert!(g.is_complete() && g.next_deadline().is_none());
     }
 
     #[test]

@@ -451,6 +451,11 @@ impl<P: Clone + Ord> StreamFetch<P> {
 
     /// Moves timed-out requests; fails a stalled or hopeless fetch.
     pub fn handle_timeout(&mut self, now: Instant) {
+        // A stalled fetch ends before its groups ask anything again.
+        self.review(Ok(()), now);
+        if self.finished {
+            return;
+        }
         let mut totals = self.loads();
         let ids: Vec<u64> = self.groups.keys().copied().collect();
         for id in ids {
@@ -875,12 +880,30 @@ mod tests {
         let t = Instant::now();
         let config = StreamFetchConfig::default();
         let stall = config.stall_timeout;
+        let again = config.fetch.block_timeout;
         let mut f = StreamFetch::new(root, FetchTarget::Stream, config, &store, t);
         f.add_candidate(PEER, t);
         drain(&mut f);
-        assert_eq!(f.poll_timeout(), Some(t + stall));
-        f.handle_timeout(t + stall);
-        let actions = drain(&mut f);
+        // The peer never answers: the question is asked again after each
+        // block timeout, until the stall timeout ends the fetch.
+        let mut asked_at = Vec::new();
+        let mut actions = Vec::new();
+        for _ in 0..100 {
+            let Some(at) = f.poll_timeout() else { break };
+            f.handle_timeout(at);
+            actions = drain(&mut f);
+            if actions.contains(&StreamFetchAction::Fetch(FetchAction::WantHave {
+                peer: PEER,
+                cid: root,
+            })) {
+                asked_at.push(at.duration_since(t));
+            }
+        }
+        let expected: Vec<_> = (1..)
+            .map(|n| again * n)
+            .take_while(|d| *d < stall)
+            .collect();
+        assert_eq!(asked_at, expected);
         assert!(actions.contains(&StreamFetchAction::Fetch(FetchAction::Cancel { cid: root })));
         let Some(StreamFetchAction::Done(Err(e))) = actions.last() else {
             panic!("{actions:?}");
