@@ -1,7 +1,7 @@
 //! The network lab as a benchmark (as root; `tests/src/lab.rs`): real
 //! daemons (the release `shoal` binary) on capped links.
 //!
-//! `cargo build --release -p shoal-cli && cargo bench -p shoal-tests --bench lab -- [transfer] [live]`
+//! `cargo build --release -p shoal-cli && cargo bench -p shoal-tests --bench lab -- [transfer] [live] [crosscheck]`
 //!
 //! - **transfer**: a 64 MiB stream (`SHOAL_BENCH_MIB`) fetched with `shoal
 //!   get` by one host from 1, 2 and 4 seeders (`SHOAL_BENCH_SEEDERS`), each
@@ -18,14 +18,21 @@
 //!   what the broadcaster sent against what viewers got, missed segments,
 //!   and the machine's CPU share during the run (above 70% the machine,
 //!   not the network, may be what limits).
+//! - **crosscheck**: the live scenario with 5, 10 and 20 viewers on the
+//!   lab, then in the model (`shoal_sim::swarm::scenario`), side by side
+//!   with what lies beyond the targets (latency within the larger of 15%
+//!   and the mean round trip, offload within 3 points, the broadcaster's
+//!   bytes within 10%, the same misses).
 
 use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use shoal_sim::swarm::SessionSummary;
+use shoal_sim::swarm::scenario::{Figures, LiveScenario};
 use shoal_tests::lab::{Host, Lab, LabNode, LinkSpec};
-use shoal_tests::lab_live::{Stream, spread};
+use shoal_tests::lab_live::Stream;
 
 fn env_list(name: &str, default: &[usize]) -> Vec<usize> {
     std::env::var(name)
@@ -253,15 +260,21 @@ fn quantile(v: &mut [f64], q: f64) -> f64 {
     v[((v.len() - 1) as f64 * q).round() as usize]
 }
 
-fn live(viewers: usize) {
-    let Some(stream) = Stream::start(
-        "bench",
-        &spread(viewers as u64),
-        LIVE_SEGMENTS as u64 + 12,
-        false,
-    ) else {
-        return;
-    };
+/// What one lab run of a live scenario measured.
+struct LabRun {
+    figures: Figures,
+    startup_ms: f64,
+    /// The machine's CPU share over the measured segments, and how long
+    /// they took.
+    cpu: f64,
+    wall: f64,
+}
+
+/// Runs `scenario` on the lab: four segments to warm up, then
+/// [`LIVE_SEGMENTS`] measured; the figures are every viewer's session
+/// statistics at the end.
+fn run_lab(scenario: &LiveScenario) -> Option<LabRun> {
+    let stream = Stream::start_scenario("bench", scenario)?;
     stream.play(&stream.all(), 0, 4, Duration::from_secs(120));
     let before = cpu_ticks();
     let at = shoal_tests::lab_live::encoder_at(&stream.hls);
@@ -279,37 +292,60 @@ fn live(viewers: usize) {
         .iter()
         .map(|v| shoal_tests::lab_live::stats(v, &stream.channel))
         .collect();
-    let num = |v: &serde_json::Value, k: &str| v[k].as_f64().unwrap_or(0.0);
-    let mut p50: Vec<f64> = stats.iter().map(|s| num(s, "latency_p50_ms")).collect();
-    let mut p95: Vec<f64> = stats.iter().map(|s| num(s, "latency_p95_ms")).collect();
-    let mut startup: Vec<f64> = stats.iter().map(|s| num(s, "startup_ms")).collect();
-    let sum = |k: &str| stats.iter().map(|s| num(s, k)).sum::<f64>();
-    let (peers, source, http) = (
-        sum("bytes_from_peers"),
-        sum("bytes_from_source"),
-        sum("bytes_from_http"),
-    );
-    let missed = sum("missed");
-    // One copy of the stream: the segments the viewers held, once.
-    let segments = stats.iter().map(|s| num(s, "segments")).fold(0.0, f64::max);
-    let one_copy = segments * shoal_tests::lab_live::SEGMENT_BYTES as f64;
+    let num = |v: &serde_json::Value, k: &str| v[k].as_u64().unwrap_or(0);
+    let sessions: Vec<SessionSummary> = stats
+        .iter()
+        .map(|s| SessionSummary {
+            segments: num(s, "segments"),
+            missed: num(s, "missed"),
+            latency_p50_ms: s["latency_p50_ms"].as_u64(),
+            latency_p95_ms: s["latency_p95_ms"].as_u64(),
+        })
+        .collect();
+    let sum = |k: &str| stats.iter().map(|s| num(s, k)).sum::<u64>();
+    let mut startup: Vec<f64> = stats.iter().map(|s| num(s, "startup_ms") as f64).collect();
+    Some(LabRun {
+        figures: Figures::new(
+            &sessions,
+            sum("bytes_from_peers"),
+            sum("bytes_from_source"),
+            sum("bytes_from_http"),
+            scenario.segment_bytes,
+        ),
+        startup_ms: quantile(&mut startup, 0.5),
+        cpu,
+        wall,
+    })
+}
+
+fn limited(cpu: f64) -> &'static str {
+    if cpu > 0.7 {
+        " (limited by the machine)"
+    } else {
+        ""
+    }
+}
+
+fn live(viewers: usize) {
+    let scenario = LiveScenario::spread(viewers, LIVE_SEGMENTS as u64 + 12);
+    let Some(run) = run_lab(&scenario) else {
+        return;
+    };
+    let f = &run.figures;
     println!(
         "  {viewers} viewers: latency p50 {:.0} ms (median of viewers), p95 {:.0} ms (worst viewer); \
          startup median {:.0} ms; offload {:.1}%; the broadcaster sent {:.1} MB, {:.2} copies \
-         of the stream; missed {missed}; machine CPU {:.0}% over {:.0} s{}",
-        quantile(&mut p50, 0.5),
-        quantile(&mut p95, 1.0),
-        quantile(&mut startup, 0.5),
-        100.0 * peers / (peers + source + http).max(1.0),
-        source / 1e6,
-        source / one_copy.max(1.0),
-        100.0 * cpu,
-        wall,
-        if cpu > 0.7 {
-            " (limited by the machine)"
-        } else {
-            ""
-        }
+         of the stream; missed {}; machine CPU {:.0}% over {:.0} s{}",
+        f.p50_ms,
+        f.p95_ms,
+        run.startup_ms,
+        f.offload,
+        f.source_bytes as f64 / 1e6,
+        f.copies,
+        f.missed,
+        100.0 * run.cpu,
+        run.wall,
+        limited(run.cpu),
     );
 }
 
@@ -319,6 +355,55 @@ fn lives() {
     );
     for n in env_list("SHOAL_BENCH_VIEWERS", &[10, 20]) {
         live(n);
+    }
+}
+
+/// The same scenario on the lab and in the model, side by side, with
+/// what lies beyond the cross-check's targets.
+fn crosscheck() {
+    println!(
+        "crosscheck: one scenario (a broadcaster and N viewers at 20-100 ms, 10 Mb/s uplinks, \
+         a 1.5 Mb/s stream) on the lab and in the model (seed 1), every viewer's session statistics"
+    );
+    println!(
+        "  N  | p50 lab / model | p95 lab / model | offload lab / model | broadcaster MB lab / model | missed | beyond target"
+    );
+    for n in env_list("SHOAL_BENCH_VIEWERS", &[5, 10, 20]) {
+        let scenario = LiveScenario::spread(n, LIVE_SEGMENTS as u64 + 12);
+        let Some(lab) = run_lab(&scenario) else {
+            return;
+        };
+        // The model publishes what the lab's viewers held by the end.
+        let modelled = LiveScenario {
+            segments: lab.figures.segments.max(1),
+            ..scenario.clone()
+        };
+        let report = match shoal_sim::swarm::run(&modelled.swarm_params(1)) {
+            Ok(r) => r,
+            Err(e) => panic!("the model refused the scenario: {e}"),
+        };
+        let model = Figures::of_model(&report, scenario.segment_bytes);
+        let l = &lab.figures;
+        let beyond = Figures::differences(l, &model, scenario.mean_rtt());
+        println!(
+            "  {n:<2} | {:>5.0} / {:<5.0} ms | {:>5.0} / {:<5.0} ms | {:>5.1} / {:<5.1}% | {:>5.1} / {:<5.1} | {} / {} | {}{}",
+            l.p50_ms,
+            model.p50_ms,
+            l.p95_ms,
+            model.p95_ms,
+            l.offload,
+            model.offload,
+            l.source_bytes as f64 / 1e6,
+            model.source_bytes as f64 / 1e6,
+            l.missed,
+            model.missed,
+            if beyond.is_empty() {
+                "none".to_string()
+            } else {
+                beyond.join("; ")
+            },
+            limited(lab.cpu),
+        );
     }
 }
 
@@ -333,5 +418,8 @@ fn main() {
     }
     if all || args.iter().any(|a| a == "live") {
         lives();
+    }
+    if all || args.iter().any(|a| a == "crosscheck") {
+        crosscheck();
     }
 }

@@ -9,10 +9,11 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::lab::{Host, Lab, LabNode, LinkSpec};
+pub use shoal_sim::swarm::scenario::LiveScenario;
 
 /// The synthetic encoder's stream: 1 s segments of 1.5 Mb/s.
-pub const SEGMENT: Duration = Duration::from_secs(1);
-pub const SEGMENT_BYTES: usize = 187_500;
+pub const SEGMENT: Duration = shoal_sim::swarm::scenario::LAB_SEGMENT;
+pub const SEGMENT_BYTES: usize = shoal_sim::swarm::scenario::LAB_SEGMENT_BYTES;
 
 /// Runs the synthetic encoder into `dir` for `count` segments, on a thread.
 pub fn encoder(dir: PathBuf, count: u64) -> std::thread::JoinHandle<()> {
@@ -119,19 +120,27 @@ pub fn stats(viewer: &LabNode, channel: &str) -> serde_json::Value {
 /// A home connection with `delay_ms` one way to the core: 10 Mb/s up,
 /// 50 Mb/s down, a tenth of the delay as jitter.
 pub fn home(delay_ms: u64) -> LinkSpec {
+    link(Duration::from_millis(delay_ms), 10_000_000 / 8)
+}
+
+/// A link with `delay` one way to the core and `uplink` bytes per second
+/// up (five times that down), a tenth of the delay as jitter.
+pub fn link(delay: Duration, uplink: u64) -> LinkSpec {
+    let up_kbit = u32::try_from(uplink * 8 / 1000).unwrap_or(u32::MAX);
     LinkSpec {
-        delay: Duration::from_millis(delay_ms),
-        jitter: Duration::from_millis(delay_ms / 10),
-        up_kbit: Some(10_000),
-        down_kbit: Some(50_000),
+        delay,
+        jitter: delay / 10,
+        up_kbit: Some(up_kbit),
+        down_kbit: Some(up_kbit.saturating_mul(5)),
         ..LinkSpec::default()
     }
 }
 
 /// One-way 5–45 ms to the core for `n` viewers: 20–100 ms round trips to
-/// a broadcaster 5 ms away.
+/// a broadcaster 5 ms away ([`LiveScenario::spread`]).
 pub fn spread(n: u64) -> Vec<LinkSpec> {
-    (0..n).map(|i| home(5 + i * 40 / (n - 1).max(1))).collect()
+    let s = LiveScenario::spread(n as usize, 0);
+    s.viewer_delays.iter().map(|d| link(*d, s.uplink)).collect()
 }
 
 /// A broadcaster and its viewers as daemons on lab hosts, streaming what
@@ -151,11 +160,37 @@ pub struct Stream {
 
 impl Stream {
     pub fn start(name: &str, viewers: &[LinkSpec], segments: u64, origin: bool) -> Option<Stream> {
+        Stream::start_with(name, home(5), viewers, segments, origin)
+    }
+
+    /// `scenario` on the lab (its stream must be the lab's encoder's).
+    pub fn start_scenario(name: &str, scenario: &LiveScenario) -> Option<Stream> {
+        assert_eq!(
+            (scenario.segment_bytes, scenario.segment_duration),
+            (SEGMENT_BYTES, SEGMENT),
+            "the lab's encoder makes one stream"
+        );
+        let viewers: Vec<LinkSpec> = scenario
+            .viewer_delays
+            .iter()
+            .map(|d| link(*d, scenario.uplink))
+            .collect();
+        let source = link(scenario.source_delay, scenario.uplink);
+        Stream::start_with(name, source, &viewers, scenario.segments, false)
+    }
+
+    fn start_with(
+        name: &str,
+        source: LinkSpec,
+        viewers: &[LinkSpec],
+        segments: u64,
+        origin: bool,
+    ) -> Option<Stream> {
         let mut lab = Lab::new(name)?;
         let tmp = tempfile::tempdir().unwrap();
         let hls = tmp.path().join("hls");
         std::fs::create_dir_all(&hls).unwrap();
-        let source_host = lab.host(home(5));
+        let source_host = lab.host(source);
         let viewer_hosts: Vec<Host> = viewers.iter().map(|spec| lab.host(*spec)).collect();
         let (origin_url, origin_rt) = if origin {
             let host = lab.host(home(5));

@@ -77,6 +77,7 @@ use crate::Error;
 
 pub mod dht;
 pub mod gossip;
+pub mod scenario;
 
 use gossip::{Control, MsgId, Topic};
 
@@ -155,6 +156,11 @@ pub struct SwarmParams {
     pub source_uplink: u64,
     /// One-way latency of a link, drawn uniformly from this range.
     pub latency: (Duration, Duration),
+    /// One-way delay from each node to the core of a star network, the
+    /// broadcaster first (the network lab's shape). When set, a link's
+    /// latency is the sum of its ends' and `latency` only bounds DHT
+    /// lookups.
+    pub host_delays: Vec<Duration>,
     pub origin: Option<OriginParams>,
     /// Viewers that leave, all at once, halfway through the measured
     /// segments.
@@ -201,6 +207,7 @@ impl Default for SwarmParams {
             viewer_uplink: 10_000_000 / 8,
             source_uplink: 20_000_000 / 8,
             latency: (Duration::from_millis(10), Duration::from_millis(50)),
+            host_delays: Vec::new(),
             origin: None,
             leave: 0,
             seed: 1,
@@ -241,6 +248,14 @@ impl SwarmParams {
 }
 
 impl SwarmParams {
+    /// The one-way latency of a new link between nodes `a` and `b`.
+    fn link_latency(&self, a: usize, b: usize, rng: &mut Rng) -> Duration {
+        match (self.host_delays.get(a), self.host_delays.get(b)) {
+            (Some(x), Some(y)) => *x + *y,
+            _ => rng.between(self.latency.0, self.latency.1),
+        }
+    }
+
     fn check(&self) -> Result<(), Error> {
         let bad = |m: &str| Err(Error::Params(m.to_owned()));
         if self.viewers == 0 {
@@ -263,6 +278,9 @@ impl SwarmParams {
         }
         if self.latency.0 > self.latency.1 {
             return bad("the latency range is reversed");
+        }
+        if !self.host_delays.is_empty() && self.host_delays.len() != self.viewers + 1 {
+            return bad("host delays need one entry per node, the broadcaster first");
         }
         if self.leave >= self.viewers {
             return bad("at least one viewer must stay");
@@ -351,6 +369,18 @@ pub struct SwarmReport {
     pub published_bytes: u64,
     /// What [`SwarmParams::trace`] asked for.
     pub trace: Option<Trace>,
+    /// Each viewer's session statistics as its machine kept them (what a
+    /// node's gateway reports in `stats.json`), warm-up included.
+    pub sessions: Vec<SessionSummary>,
+}
+
+/// One viewer's session statistics, as the node reports them.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SessionSummary {
+    pub segments: u64,
+    pub missed: u64,
+    pub latency_p50_ms: Option<u64>,
+    pub latency_p95_ms: Option<u64>,
 }
 
 /// One node's machine as the model drove it: enough to drive a fresh
@@ -1000,7 +1030,7 @@ impl Sim {
             {
                 return;
             }
-            let latency = rng.between(p.latency.0, p.latency.1);
+            let latency = p.link_latency(a, b, rng);
             nodes[a].links.insert(b, latency);
             nodes[b].links.insert(a, latency);
             nodes[b].inbound.insert(a);
@@ -1555,7 +1585,7 @@ impl Sim {
                 Action::Dial { peer } if self.discovers() => {
                     // TCP's handshake, then Noise's and yamux's: two
                     // round trips.
-                    let latency = self.rng.between(self.p.latency.0, self.p.latency.1);
+                    let latency = self.p.link_latency(node, peer, &mut self.rng);
                     let at = self.now + latency * 4;
                     self.at(
                         at,
@@ -1845,12 +1875,19 @@ impl Sim {
             mean_peers,
             published_bytes: total * self.p.segment_bytes as u64,
             trace: self.trace.clone(),
+            sessions: Vec::new(),
         };
         for n in counted {
             if let Some(s) = n.machine.live_stats(&self.channel) {
                 r.from_peers += s.bytes_from_peers;
                 r.from_source += s.bytes_from_source;
                 r.from_http += s.bytes_from_http;
+                r.sessions.push(SessionSummary {
+                    segments: s.segments,
+                    missed: s.missed,
+                    latency_p50_ms: s.latency_quantile_ms(0.5),
+                    latency_p95_ms: s.latency_quantile_ms(0.95),
+                });
             }
         }
         r
