@@ -5,7 +5,9 @@
 //! it and hands the message to the event loop. Outbound, one task per peer
 //! owns a stream, reads the blocks a message names from the store, splits
 //! large replies under the message limit and reports each message that
-//! carried queue space once written. A peer that takes nothing of a frame
+//! carried queue space once written; it opens streams only on connections
+//! the peer has and stops when the peer goes (what it still held was for a
+//! peer that no longer waits for it). A peer that takes nothing of a frame
 //! for [`WRITE_STALL`] is reported [`StreamEvent::Stalled`] (the event loop
 //! disconnects it) and its writer stops. All protocol decisions are the
 //! engine's (`shoal_protocol::bitswap`), which also bounds what waits in a
@@ -125,10 +127,11 @@ async fn read_stream(peer: PeerId, mut stream: Stream, events: mpsc::Sender<Stre
     }
 }
 
-/// Opens a Bitswap stream to `peer`, newest protocol version first.
+/// Opens a Bitswap stream to `peer` on a connection it has, newest
+/// protocol version first.
 async fn open(control: &Control, peer: PeerId) -> Option<Stream> {
     for protocol in protocols() {
-        match control.open_stream(peer, protocol.clone()).await {
+        match control.open_connected(peer, protocol.clone()).await {
             Ok(stream) => return Some(stream),
             Err(OpenError::Unsupported(_)) => continue,
             Err(e) => {
@@ -195,6 +198,12 @@ pub(crate) fn spawn_writer(
     tasks.spawn(async move {
         let mut stream: Option<Stream> = None;
         while let Some(out) = rx.recv().await {
+            // The peer went away (the event loop dropped this writer's
+            // queue): what is left was for a peer that no longer waits
+            // for it, and a new connection starts afresh.
+            if rx.is_closed() {
+                return;
+            }
             let (bytes, presences) = (out.block_bytes, out.queued_presences);
             let report = out.needs_report();
             // Reading blocks touches the disk: off the async threads. Most
@@ -217,6 +226,9 @@ pub(crate) fn spawn_writer(
                 // One retry on a fresh stream: the old one may have been
                 // closed by the peer since the last message.
                 for _attempt in 0..2 {
+                    if rx.is_closed() {
+                        return;
+                    }
                     if stream.is_none() {
                         stream = open(&control, peer).await;
                     }

@@ -14,9 +14,11 @@
 //! - Beyond [`INBOUND_QUEUED`] a stream is dropped (the peer sees it
 //!   reset), with a warning.
 //! - A stream to a peer goes over its newest connection (a direct one
-//!   made by hole punching comes after the relayed one it replaces); a
-//!   peer with no connection is dialled first, and the request fails if
-//!   the dial does.
+//!   made by hole punching comes after the relayed one it replaces). With
+//!   [`Control::open_stream`] a peer with no connection is dialled first,
+//!   and the request fails if the dial does; [`Control::open_connected`]
+//!   fails at once instead (a Bitswap writer whose peer went away must not
+//!   bring it back to deliver what it no longer wants).
 //! - Only the protocols named at construction are offered to peers, and
 //!   the requests waiting for a connection are bounded
 //!   ([`MAX_WAITING_PER_PEER`]).
@@ -66,6 +68,8 @@ pub(crate) enum OpenError {
     Unsupported(StreamProtocol),
     #[error("cannot reach the peer: {0}")]
     Unreachable(String),
+    #[error("the peer is not connected")]
+    NotConnected,
     #[error("the connection went away while the stream was being opened")]
     ConnectionClosed,
     #[error("too many streams waiting for the peer's connection")]
@@ -83,6 +87,8 @@ type Reply = oneshot::Sender<Result<Stream, OpenError>>;
 pub(crate) struct Open {
     peer: PeerId,
     protocol: StreamProtocol,
+    /// Dial the peer if it has no connection.
+    dial: bool,
     reply: Reply,
 }
 
@@ -103,10 +109,30 @@ impl Control {
         peer: PeerId,
         protocol: StreamProtocol,
     ) -> Result<Stream, OpenError> {
+        self.open(peer, protocol, true).await
+    }
+
+    /// Opens a stream of `protocol` on one of `peer`'s connections; fails
+    /// with [`OpenError::NotConnected`] if it has none.
+    pub(crate) async fn open_connected(
+        &self,
+        peer: PeerId,
+        protocol: StreamProtocol,
+    ) -> Result<Stream, OpenError> {
+        self.open(peer, protocol, false).await
+    }
+
+    async fn open(
+        &self,
+        peer: PeerId,
+        protocol: StreamProtocol,
+        dial: bool,
+    ) -> Result<Stream, OpenError> {
         let (reply, answer) = oneshot::channel();
         let open = Open {
             peer,
             protocol,
+            dial,
             reply,
         };
         self.requests
@@ -197,6 +223,10 @@ impl Behaviour {
                 handler: NotifyHandler::One(connection),
                 event: open,
             });
+            return;
+        }
+        if !open.dial {
+            let _ = open.reply.send(Err(OpenError::NotConnected));
             return;
         }
         let waiting = self.waiting.entry(open.peer).or_default();
@@ -514,6 +544,18 @@ mod tests {
         let stranger = PeerId::random();
         let e = b_control.open_stream(stranger, PROTOCOL).await.unwrap_err();
         assert!(matches!(e, OpenError::Unreachable(_)), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_stream_that_must_not_dial_fails_at_once_for_a_peer_without_connection() {
+        let (a, _incoming, _, b_control) = pair().await;
+        let stranger = PeerId::random();
+        let e = b_control
+            .open_connected(stranger, PROTOCOL)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, OpenError::NotConnected), "{e}");
+        assert!(b_control.open_connected(a, PROTOCOL).await.is_ok());
     }
 
     #[tokio::test]
