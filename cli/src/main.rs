@@ -252,18 +252,31 @@ fn main() -> ExitCode {
     }
 }
 
-/// Log lines go to stderr; `SHOAL_LOG` (error, warn, info, debug, trace)
-/// sets how many, warnings by default.
+/// Log lines go to stderr; `SHOAL_LOG` sets how many: a level (error,
+/// warn, info, debug, trace) or per-module directives such as
+/// `warn,shoal_protocol=debug`. Warnings by default.
 fn init_logging() {
-    let level = std::env::var("SHOAL_LOG")
-        .ok()
-        .and_then(|l| l.parse::<tracing::Level>().ok())
-        .unwrap_or(tracing::Level::WARN);
-    tracing_subscriber::fmt()
-        .with_max_level(level)
+    use tracing_subscriber::filter::Targets;
+    use tracing_subscriber::layer::SubscriberExt;
+    let asked = std::env::var("SHOAL_LOG").ok();
+    let parsed = asked.as_deref().map(str::parse::<Targets>);
+    let filter = match &parsed {
+        Some(Ok(t)) => t.clone(),
+        _ => Targets::new().with_default(tracing::Level::WARN),
+    };
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
         .with_writer(io::stderr)
         .with_target(false)
-        .init();
+        .finish()
+        .with(filter);
+    let _ = tracing::subscriber::set_global_default(subscriber);
+    if let Some(Err(e)) = parsed {
+        tracing::warn!(
+            error = %e,
+            "SHOAL_LOG is neither a level nor directives like warn,shoal_protocol=debug; logging warnings"
+        );
+    }
 }
 
 /// The error and its causes on one line.

@@ -9,7 +9,9 @@
 //! the peer has and stops when the peer goes (what it still held was for a
 //! peer that no longer waits for it). A peer that takes nothing of a frame
 //! for [`WRITE_STALL`] is reported [`StreamEvent::Stalled`] (the event loop
-//! disconnects it) and its writer stops. All protocol decisions are the
+//! disconnects it) and its writer stops; one whose message takes longer
+//! than [`SLOW_WRITE`] is reported [`StreamEvent::Slow`] first, so that
+//! the engine stops counting what it holds against the other peers. All protocol decisions are the
 //! engine's (`shoal_protocol::bitswap`), which also bounds what waits in a
 //! writer's queue.
 
@@ -31,6 +33,14 @@ use tokio::sync::mpsc;
 /// peer that reads nothing is gone within 10 s of its window filling.
 pub(crate) const WRITE_STALL: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// How long one message may take to write before the engine hears that
+/// its peer is slow ([`StreamEvent::Slow`]). A broadcaster's paced bytes
+/// (128 KiB for all viewers) drain in 100 ms at 10 Mb/s: a single message
+/// five times longer is a path backed up (a viewer cut off, or one that
+/// stopped reading), not a busy uplink, and the other viewers should not
+/// wait for it.
+pub(crate) const SLOW_WRITE: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// The piece of a frame that must go out within [`WRITE_STALL`].
 const WRITE_CHUNK: usize = 64 << 10;
 
@@ -45,6 +55,8 @@ pub(crate) enum StreamEvent {
         bytes: usize,
         presences: usize,
     },
+    /// A message to the peer has been writing for [`SLOW_WRITE`].
+    Slow(PeerId),
     /// The peer took nothing for [`WRITE_STALL`]; its writer stopped.
     Stalled(PeerId),
     /// The peer sent something that is not a valid Bitswap message.
@@ -181,6 +193,27 @@ async fn write_frame(stream: &mut Stream, frame: &[u8]) -> std::io::Result<()> {
     }
 }
 
+/// [`write_frame`], telling the event loop once the write has taken
+/// [`SLOW_WRITE`] and setting `slow` if it did.
+async fn write_watched(
+    stream: &mut Stream,
+    frame: &[u8],
+    peer: PeerId,
+    events: &mpsc::Sender<StreamEvent>,
+    slow: &mut bool,
+) -> std::io::Result<()> {
+    let write = write_frame(stream, frame);
+    tokio::pin!(write);
+    match tokio::time::timeout(SLOW_WRITE, &mut write).await {
+        Ok(written) => written,
+        Err(_) => {
+            *slow = true;
+            let _ = events.send(StreamEvent::Slow(peer)).await;
+            write.await
+        }
+    }
+}
+
 /// Starts the writer of one peer; returns its queue. The queue needs no
 /// bound of its own: it holds CIDs, not bytes, and the engine bounds what
 /// goes in (its per-peer byte budget for blocks and answers until they are
@@ -206,6 +239,9 @@ pub(crate) fn spawn_writer(
             }
             let (bytes, presences) = (out.block_bytes, out.queued_presences);
             let report = out.needs_report();
+            // A slow message is reported written even without queue
+            // space to give back: the engine waits for that report.
+            let mut slow = false;
             // Reading blocks touches the disk: off the async threads. Most
             // messages (wants, presences) carry none and are built here.
             let msgs = if out.blocks.is_empty() {
@@ -233,7 +269,7 @@ pub(crate) fn spawn_writer(
                         stream = open(&control, peer).await;
                     }
                     let Some(s) = stream.as_mut() else { break };
-                    match write_frame(s, &frame).await {
+                    match write_watched(s, &frame, peer, &events, &mut slow).await {
                         Ok(()) => break,
                         Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
                             tracing::debug!(%peer, "bitswap peer takes nothing; dropping it");
@@ -249,7 +285,7 @@ pub(crate) fn spawn_writer(
                     }
                 }
             }
-            if report
+            if (report || slow)
                 && events
                     .send(StreamEvent::Sent {
                         peer,

@@ -25,7 +25,9 @@ use shoal_protocol::bitswap::Outgoing;
 use shoal_protocol::block::Cid;
 use shoal_protocol::channel::{ChannelId, ChannelRecord, open_dht_record};
 use shoal_protocol::fetch::FetchTarget;
-use shoal_protocol::live::{HttpRequest, LiveView, OriginPlaylists, ProxiedSegment, ProxySegment};
+use shoal_protocol::live::{
+    HttpRequest, LiveEvent, LiveView, OriginPlaylists, ProxiedSegment, ProxySegment,
+};
 use shoal_protocol::machine::{
     Action, FetchId, Identity, Input, Judgement, NodeMachine, ProviderKey, Traffic, WallClock,
 };
@@ -722,6 +724,21 @@ impl EventLoop {
                 }
                 Action::FetchDone { id, target, result } => self.fetch_done(id, target, result),
                 Action::Event(event) => {
+                    if let NodeEvent::Live {
+                        channel,
+                        event: LiveEvent::SegmentMissed(m),
+                    } = &event
+                    {
+                        tracing::info!(
+                            %channel,
+                            rendition = m.rendition,
+                            sequence = m.sequence,
+                            age_ms = m.age.as_millis() as u64,
+                            progress = %m.progress,
+                            "segment missed: {}",
+                            m.reason
+                        );
+                    }
                     // Nobody listening is fine.
                     let _ = self.events.send(event);
                 }
@@ -1005,6 +1022,7 @@ impl EventLoop {
                 bytes,
                 presences,
             },
+            StreamEvent::Slow(peer) => Input::WriteSlow { to: peer },
             StreamEvent::Stalled(peer) => {
                 // A peer that takes nothing holds its queue and our
                 // stream; the machine hears it leave with its connections.

@@ -351,6 +351,9 @@ pub enum Input<P> {
         bytes: usize,
         presences: usize,
     },
+    /// A message to `to` has been writing for a while: the peer is slow
+    /// to take what it asked for ([`Engine::write_slow`]).
+    WriteSlow { to: P },
     /// Blocks entered the store, by any path.
     Stored(Vec<Cid>),
     /// The blocks of an [`Action::Store`] are stored.
@@ -582,6 +585,7 @@ impl<P: Clone + Ord + Hash, S: BlockSource + BlockLookup> NodeMachine<P, S> {
                 bytes,
                 presences,
             } => self.handle_sent(to, bytes, presences, now),
+            Input::WriteSlow { to } => self.handle_write_slow(to, now),
             Input::Stored(cids) => self.handle_stored(&cids, now),
             Input::Received { from, blocks } => self.handle_received(from, &blocks, now),
             Input::Gossip {
@@ -714,6 +718,18 @@ impl<P: Clone + Ord + Hash, S: BlockSource + BlockLookup> NodeMachine<P, S> {
             .sent(&peer, bytes, presences, &serving, &mut out);
         self.route(out, now);
         self.settle(now);
+    }
+
+    /// A message to `peer` is slow to write: the paced blocks it holds
+    /// stop holding up the other peers.
+    pub fn handle_write_slow(&mut self, peer: P, now: Instant) {
+        let mut out = Vec::new();
+        let serving = Serving {
+            store: &self.store,
+            serve: !self.config.no_upload,
+        };
+        self.engine.write_slow(&peer, &serving, &mut out);
+        self.route(out, now);
     }
 
     /// Blocks entered the store, by any path (an import, a peer, an

@@ -716,7 +716,17 @@ impl LabNode {
         for b in bootstrap {
             args.extend(["--bootstrap", b]);
         }
-        let daemon = sandbox.start_daemon_with(&args);
+        // SHOAL_LAB_LOGS=DIR keeps each daemon's log as DIR/<host>.log
+        // (SHOAL_LOG chooses what goes in) for reading after a run.
+        let log = std::env::var_os("SHOAL_LAB_LOGS").and_then(|dir| {
+            let dir = std::path::PathBuf::from(dir);
+            std::fs::create_dir_all(&dir).ok()?;
+            std::fs::File::create(dir.join(format!("{}.log", host.ns))).ok()
+        });
+        let daemon = match log {
+            Some(file) => sandbox.start_daemon_logged(&args, file.into()),
+            None => sandbox.start_daemon_with(&args),
+        };
         LabNode {
             host: host.clone(),
             sandbox,

@@ -288,11 +288,16 @@ impl Sandbox {
     /// Starts `shoal` with `args` (a `daemon` command) and waits (at most
     /// 30 s) until it is ready.
     pub fn start_daemon_with(&self, args: &[&str]) -> DaemonProcess {
+        self.start_daemon_logged(args, Stdio::inherit())
+    }
+
+    /// [`Sandbox::start_daemon_with`], the daemon's log going to `stderr`.
+    pub fn start_daemon_logged(&self, args: &[&str], stderr: Stdio) -> DaemonProcess {
         use std::io::BufRead;
         let mut child = self
             .command(args)
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .expect("spawn shoal daemon");
         let stdout = child.stdout.take().expect("stdout");

@@ -506,3 +506,128 @@ async fn a_channel_of_identical_segments_plays() {
     }
     broadcaster.node.stop().await;
 }
+
+/// A viewer that asks the broadcaster for everything and reads nothing
+/// (a viewer cut off by its network looks the same from the broadcaster)
+/// keeps what it was given, but not the broadcaster's shared budget for
+/// live shards: an honest viewer gets every new segment while that one
+/// is still connected, not only once the broadcaster gives up on it (10 s
+/// without progress). In the network lab, half the viewers cut off for
+/// 10 s once stalled every viewer's segments so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_viewer_that_reads_nothing_does_not_hold_up_the_broadcaster() {
+    use futures::AsyncWriteExt;
+    use shoal_protocol::bitswap::wire::{Message, WantEntry, WantType};
+    use shoal_protocol::block::{Codec, cid_of};
+    use shoal_protocol::manifest::SegmentManifest;
+    use shoal_tests::hostile::RawPeer;
+    const BITSWAP: &str = "/ipfs/bitswap/1.2.0";
+
+    let _serial = one_at_a_time().await;
+    let (_work, hls_dir) = hls_folder();
+    let broadcaster = start(None, LiveConfig::default()).await;
+    let key = channel_key();
+    let channel = key.id();
+    let honest = viewers(1, &broadcaster.addr, channel).await;
+    let honest = &honest[0].node;
+
+    // Blocks that fill the hostile viewer's stream window and more: its
+    // writer at the broadcaster is stuck on them from the start.
+    let store = broadcaster.node.store();
+    let bulk: Vec<_> = (0..8u8)
+        .map(|i| {
+            let data = vec![i; 256 << 10];
+            let cid = cid_of(Codec::Raw, &data);
+            store.put(&cid, &data).unwrap();
+            cid
+        })
+        .collect();
+    let want_blocks = |cids: &[shoal_protocol::Cid]| {
+        Message {
+            wantlist: cids
+                .iter()
+                .map(|cid| WantEntry {
+                    cid: *cid,
+                    priority: 1,
+                    cancel: false,
+                    want_type: WantType::Block,
+                    send_dont_have: false,
+                })
+                .collect(),
+            ..Message::default()
+        }
+        .encode_framed()
+    };
+    let mut hostile = RawPeer::connect(&broadcaster.addr, &[BITSWAP]).await;
+    let mut asking = hostile.open(broadcaster.node.peer_id(), BITSWAP).await;
+    asking.write_all(&want_blocks(&bulk)).await.unwrap();
+
+    let (tx, mut rx) = tokio::sync::mpsc::channel(64);
+    let options = shoal_node::broadcast::BroadcastOptions {
+        dir: hls_dir.clone(),
+        playlist: None,
+        origins: Vec::new(),
+        import: shoal_storage::ImportOptions::default(),
+        name: "test".into(),
+    };
+    let run = tokio::spawn(shoal_node::broadcast::broadcast(
+        broadcaster.node.clone(),
+        key,
+        options,
+        tx,
+    ));
+    let encoder = Encoder::start(&hls_dir, 12);
+    // The hostile viewer asks for every shard of every segment as soon as
+    // it is published, as a greedy viewer would.
+    let mut published = 0u64;
+    let mut first_watched = None;
+    let mut reached = None;
+    while let Ok(Some(p)) = tokio::time::timeout(Duration::from_secs(20), rx.recv()).await {
+        published += 1;
+        let manifest: shoal_protocol::Cid = p.manifest.parse().unwrap();
+        let bytes = store.get(&manifest).unwrap().unwrap();
+        let shards = SegmentManifest::from_block(&bytes).unwrap().shards;
+        asking.write_all(&want_blocks(&shards)).await.unwrap();
+        // From the third segment on, the hostile viewer's writer has long
+        // been stuck: the honest one must get the next four anyway.
+        let first = *first_watched.get_or_insert(p.sequence + 2);
+        if reached.is_none() && p.sequence >= first + 4 {
+            reached = Some(p.sequence);
+        }
+        if reached.is_some() {
+            break;
+        }
+    }
+    let first = first_watched.expect("the broadcaster published segments");
+    let mut held = false;
+    for _ in 0..100 {
+        let view = honest.live_view(channel).await.unwrap().unwrap();
+        let got = view.renditions[0]
+            .window
+            .iter()
+            .filter(|w| (first..first + 4).contains(&w.sequence))
+            .count();
+        if got == 4 {
+            held = true;
+            break;
+        }
+        if !hostile.connected() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let view = honest.live_view(channel).await.unwrap().unwrap();
+    eprintln!(
+        "{published} segments published; the honest viewer: {:?}; hostile still connected: {}",
+        view.stats,
+        hostile.connected()
+    );
+    assert!(
+        held,
+        "the honest viewer had segments {first}..{} while the hostile one was connected",
+        first + 4
+    );
+    drop(encoder);
+    run.abort();
+    broadcaster.node.stop().await;
+}

@@ -37,6 +37,13 @@
 //!   stops them. A broadcaster's uplink is the scarcest link of a live
 //!   channel; a copy handed to the transport goes out even when its viewer
 //!   got the shard elsewhere meanwhile, and announcements wait behind it.
+//!   A peer whose messages are slow to write ([`Engine::write_slow`]: a
+//!   viewer cut off, or one that stopped reading) keeps what it holds, but
+//!   its bytes no longer count against the others and it gets no more
+//!   paced blocks until they are written: one stuck viewer cannot hold a
+//!   broadcaster's whole upload (in the network lab, half the viewers cut
+//!   off for 10 s stalled every viewer's segments until the writers gave
+//!   up on the cut ones).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::Hash;
@@ -189,6 +196,10 @@ struct PeerState {
     queued_bytes: usize,
     /// Of `queued_bytes`, paced blocks.
     paced_queued: usize,
+    /// Its writer reported a slow message ([`Engine::write_slow`]) and has
+    /// reported nothing written since: its paced bytes are not counted in
+    /// the shared budget, and no paced block goes to it.
+    slow: bool,
     /// Our wants sent to this peer.
     asked: HashMap<Cid, WantType>,
     /// Our recently cancelled asks, oldest first.
@@ -290,7 +301,9 @@ impl<P: Clone + Eq + Hash> Engine<P> {
         self.peers
             .remove(peer)
             .map(|s| {
-                self.paced_queued = self.paced_queued.saturating_sub(s.paced_queued);
+                if !s.slow {
+                    self.paced_queued = self.paced_queued.saturating_sub(s.paced_queued);
+                }
                 s.asked
                     .into_keys()
                     .filter(|c| self.wants.contains_key(c))
@@ -545,6 +558,10 @@ impl<P: Clone + Eq + Hash> Engine<P> {
                 break;
             }
             let paced = self.paced.contains(&cid);
+            if paced && state.slow {
+                // Served again once what it holds is written (`sent`).
+                break;
+            }
             if paced
                 && self.paced_queued > 0
                 && self.paced_queued + size > self.config.max_paced_bytes
@@ -592,7 +609,13 @@ impl<P: Clone + Eq + Hash> Engine<P> {
         // first frees the room no later than it really is.
         let paced = freed.min(state.paced_queued);
         state.paced_queued -= paced;
-        self.paced_queued = self.paced_queued.saturating_sub(paced);
+        if state.slow {
+            // Its writer moves again: what it still holds counts again.
+            state.slow = false;
+            self.paced_queued += state.paced_queued;
+        } else {
+            self.paced_queued = self.paced_queued.saturating_sub(paced);
+        }
         // Peers that waited for room among the paced bytes go before this
         // one, which takes its turn behind them if it must wait too.
         self.pump(store, out);
@@ -604,6 +627,25 @@ impl<P: Clone + Eq + Hash> Engine<P> {
                 message: reply,
             });
         }
+    }
+
+    /// The node has been writing a message to `peer` for a while
+    /// (`SLOW_WRITE` in the node): the paced bytes the peer holds stop
+    /// counting against [`EngineConfig::max_paced_bytes`], so the other
+    /// peers are served, and the peer gets no more paced blocks until
+    /// the node reports that message (or a later one)
+    /// [sent](Engine::sent), with zero bytes if it carried none.
+    pub fn write_slow(&mut self, peer: &P, store: &impl BlockSource, out: &mut Vec<Output<P>>) {
+        let Some(state) = self.peers.get_mut(peer) else {
+            return;
+        };
+        if state.slow {
+            return;
+        }
+        state.slow = true;
+        self.paced_queued = self.paced_queued.saturating_sub(state.paced_queued);
+        self.starved.retain(|p| p != peer);
+        self.pump(store, out);
     }
 
     /// Serves the peers waiting for room among the paced bytes, in turn,
@@ -963,6 +1005,92 @@ mod tests {
             &mut out,
         );
         assert_eq!(served(&out), vec![5]);
+    }
+
+    #[test]
+    fn a_peer_slow_to_take_its_paced_blocks_does_not_hold_up_the_others() {
+        let config = EngineConfig {
+            max_paced_bytes: 150,
+            ..EngineConfig::default()
+        };
+        let mut e = Engine::new(config);
+        let mut store = Store::default();
+        let first = cid_of(Codec::Raw, b"shard one");
+        let second = cid_of(Codec::Raw, b"shard two");
+        for c in [first, second] {
+            store.0.insert(c, 100);
+            e.pace(c);
+        }
+        let served = |out: &[Output<u32>], cid: Cid| -> Vec<u32> {
+            sends(out)
+                .iter()
+                .filter(|(_, m)| m.blocks.contains(&cid))
+                .map(|(p, _)| *p)
+                .collect()
+        };
+        let mut out = Vec::new();
+        // Peer 1 (cut off, say) takes the room; peer 2 waits for it.
+        for p in [1u32, 2] {
+            e.on_message(
+                &p,
+                wants_msg(vec![
+                    want(first, WantType::Block, true),
+                    want(second, WantType::Block, true),
+                ]),
+                &store,
+                &mut out,
+            );
+        }
+        assert_eq!(served(&out, first), vec![1]);
+        // Peer 1's message is slow to write: peer 2 is served at once.
+        out.clear();
+        e.write_slow(&1, &store, &mut out);
+        assert_eq!(served(&out, first), vec![2]);
+        // Reported again, nothing changes.
+        out.clear();
+        e.write_slow(&1, &store, &mut out);
+        assert!(out.is_empty());
+        // Peer 2 takes its copy; its next shard goes out, but peer 1,
+        // still holding its first, gets no more while it is slow.
+        e.sent(&2, 100, 0, &store, &mut out);
+        assert_eq!(served(&out, second), vec![2]);
+        // Peer 1's write ends: it is served again, within the budget.
+        out.clear();
+        e.sent(&2, 100, 0, &store, &mut out);
+        e.sent(&1, 100, 0, &store, &mut out);
+        assert_eq!(served(&out, second), vec![1]);
+        // And its bytes count again: a third peer waits behind them.
+        let third = cid_of(Codec::Raw, b"shard three");
+        store.0.insert(third, 100);
+        e.pace(third);
+        out.clear();
+        e.on_message(
+            &3,
+            wants_msg(vec![want(third, WantType::Block, true)]),
+            &store,
+            &mut out,
+        );
+        assert!(served(&out, third).is_empty());
+        // A slow peer that leaves gives nothing back twice.
+        e.write_slow(&1, &store, &mut out);
+        assert_eq!(served(&out, third), vec![3]);
+        e.peer_disconnected(&1);
+        e.sent(&3, 100, 0, &store, &mut out);
+        assert_eq!(e.paced_queued, 0);
+        // A peer whose writer is stuck on a message without blocks gets
+        // no paced block until the node reports that message written.
+        e.peer_connected(4);
+        e.write_slow(&4, &store, &mut out);
+        out.clear();
+        e.on_message(
+            &4,
+            wants_msg(vec![want(third, WantType::Block, true)]),
+            &store,
+            &mut out,
+        );
+        assert!(served(&out, third).is_empty());
+        e.sent(&4, 0, 0, &store, &mut out);
+        assert_eq!(served(&out, third), vec![4]);
     }
 
     #[test]

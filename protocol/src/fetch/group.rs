@@ -171,6 +171,24 @@ impl<P: Clone + Ord> GroupFetch<P> {
         self.done.len() >= self.need
     }
 
+    /// How far the fetch has come, for a log line: blocks received of
+    /// those needed, requests outstanding and to how many peers, the
+    /// candidates, how many of them were slow, and how many left
+    /// want-haves unanswered.
+    pub fn progress(&self) -> String {
+        let asked: BTreeSet<&P> = self.requested.values().map(|(p, _)| p).collect();
+        format!(
+            "{} of {} blocks, {} requested from {} peers, {} candidates ({} slow, {} silent)",
+            self.done.len(),
+            self.need,
+            self.requested.len(),
+            asked.len(),
+            self.peers.len(),
+            self.slow.len(),
+            self.probed.len(),
+        )
+    }
+
     /// True when every candidate peer has answered for every block it was
     /// asked about and the blocks they have cannot complete the group: more
     /// peers are needed.

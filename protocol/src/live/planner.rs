@@ -74,6 +74,11 @@ pub const SLOW_MEMORY: Duration = Duration::from_secs(10);
 /// lists six).
 const MAX_UNANNOUNCED_AGE: u64 = 16;
 
+/// Missed segments kept for [`LivePlanner::take_missed`] between two
+/// calls; beyond it they are only counted. The session takes them after
+/// every input, so this bounds only a caller that never does.
+const MAX_MISSED_KEPT: usize = 64;
+
 /// How often a proxying planner reads playlists before it knows the
 /// segment duration.
 const PLAYLIST_INTERVAL_UNKNOWN: Duration = Duration::from_secs(1);
@@ -288,6 +293,42 @@ pub struct ProxiedSegment {
     pub shards: Vec<Cid>,
 }
 
+/// Why a segment was given up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MissReason {
+    /// More than [`LiveConfig::max_pending`] segments were being fetched:
+    /// the oldest made way for a newer one.
+    Overtaken,
+    /// Its manifest, listed by a signed channel record, was not a manifest
+    /// of that segment.
+    BadManifest,
+    /// Rebuilt from its shards, it did not match its hash.
+    CheckFailed,
+}
+
+impl std::fmt::Display for MissReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            MissReason::Overtaken => "overtaken by newer segments",
+            MissReason::BadManifest => "its manifest was not this segment's",
+            MissReason::CheckFailed => "it did not match its hash",
+        })
+    }
+}
+
+/// A segment given up, and how far its fetch had come: what a log needs
+/// to tell a slow peer from a lost request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MissedSegment {
+    pub rendition: u16,
+    pub sequence: u64,
+    pub reason: MissReason,
+    /// Since it was announced (or taken from a channel record).
+    pub age: Duration,
+    /// Its fetch when given up ([`GroupFetch::progress`]).
+    pub progress: String,
+}
+
 /// Counters of one watch session.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct LiveStats {
@@ -362,6 +403,22 @@ struct Pending<P> {
     from_http: bool,
     /// When the next HTTP attempt may start.
     http_after: Instant,
+}
+
+impl<P: Clone + Ord> Pending<P> {
+    /// How far its fetch has come, for a log line.
+    fn progress(&self) -> String {
+        let http = if self.http_attempts > 0 {
+            format!("; {} HTTP attempts", self.http_attempts)
+        } else {
+            String::new()
+        };
+        match &self.stage {
+            Stage::Manifest(g) => format!("manifest: {}{http}", g.progress()),
+            Stage::Shards { fetch, .. } => format!("shards: {}{http}", fetch.progress()),
+            Stage::Checking { .. } => format!("complete, being checked{http}"),
+        }
+    }
 }
 
 struct Rendition<P> {
@@ -444,6 +501,9 @@ pub struct LivePlanner<P> {
     http: bool,
     renditions: Vec<Rendition<P>>,
     stats: LiveStats,
+    /// Segments given up since [`LivePlanner::take_missed`] was last
+    /// called (at most [`MAX_MISSED_KEPT`]).
+    missed: Vec<MissedSegment>,
     /// The last announcement (or channel record, or the start): proxying
     /// begins a deadline after it.
     last_heard: Instant,
@@ -470,6 +530,7 @@ impl<P: Clone + Ord + Hash> LivePlanner<P> {
             http,
             renditions: Vec::new(),
             stats: LiveStats::default(),
+            missed: Vec::new(),
             last_heard: now,
             last_duration_us: 0,
             playlists_in_flight: false,
@@ -508,6 +569,34 @@ impl<P: Clone + Ord + Hash> LivePlanner<P> {
 
     pub fn stats(&self) -> &LiveStats {
         &self.stats
+    }
+
+    /// The segments given up since the last call, oldest first.
+    pub fn take_missed(&mut self) -> Vec<MissedSegment> {
+        std::mem::take(&mut self.missed)
+    }
+
+    /// Gives up `p` (segment `sequence` of `rendition`): counts it,
+    /// keeps why for [`LivePlanner::take_missed`], and cancels its fetch.
+    fn miss(
+        &mut self,
+        rendition: u16,
+        sequence: u64,
+        mut p: Pending<P>,
+        reason: MissReason,
+        now: Instant,
+    ) -> Vec<LiveAction<P>> {
+        self.stats.missed += 1;
+        if self.missed.len() < MAX_MISSED_KEPT {
+            self.missed.push(MissedSegment {
+                rendition,
+                sequence,
+                reason,
+                age: now.saturating_duration_since(p.announced),
+                progress: p.progress(),
+            });
+        }
+        give_up(&mut p)
     }
 
     /// Changes how many complete segments each rendition keeps; the
@@ -777,7 +866,7 @@ impl<P: Clone + Ord + Hash> LivePlanner<P> {
             from_http: false,
             http_after: now + self.p2p_time(a.manifest.duration_us.unwrap_or(0)),
         };
-        let mut out = self.insert(a.rendition, a.sequence, pending);
+        let mut out = self.insert(a.rendition, a.sequence, pending, now);
         out.extend(self.start(a.rendition, a.sequence, now));
         (Verdict::Accept, out)
     }
@@ -872,7 +961,13 @@ impl<P: Clone + Ord + Hash> LivePlanner<P> {
     }
 
     /// Adds a pending segment, giving up the oldest beyond `max_pending`.
-    fn insert(&mut self, rendition: u16, sequence: u64, pending: Pending<P>) -> Vec<LiveAction<P>> {
+    fn insert(
+        &mut self,
+        rendition: u16,
+        sequence: u64,
+        pending: Pending<P>,
+        now: Instant,
+    ) -> Vec<LiveAction<P>> {
         let max = self.config.max_pending.max(1);
         let mut out = Vec::new();
         let Some(r) = self.rendition_mut(rendition) else {
@@ -881,13 +976,12 @@ impl<P: Clone + Ord + Hash> LivePlanner<P> {
         r.pending.insert(sequence, pending);
         let mut given_up = Vec::new();
         while r.pending.len() > max {
-            if let Some((_, p)) = r.pending.pop_first() {
-                given_up.push(p);
+            if let Some(oldest) = r.pending.pop_first() {
+                given_up.push(oldest);
             }
         }
-        for mut p in given_up {
-            self.stats.missed += 1;
-            out.extend(give_up(&mut p));
+        for (seq, p) in given_up {
+            out.extend(self.miss(rendition, seq, p, MissReason::Overtaken, now));
         }
         out
     }
@@ -1003,9 +1097,8 @@ impl<P: Clone + Ord + Hash> LivePlanner<P> {
             }
         }
         for (ri, seq) in bad {
-            if let Some(mut p) = self.renditions[ri].pending.remove(&seq) {
-                self.stats.missed += 1;
-                out.extend(give_up(&mut p));
+            if let Some(p) = self.renditions[ri].pending.remove(&seq) {
+                out.extend(self.miss(ri as u16, seq, p, MissReason::BadManifest, now));
             }
         }
         for (r, seq) in advanced {
@@ -1031,7 +1124,7 @@ impl<P: Clone + Ord + Hash> LivePlanner<P> {
         let Some(r) = self.renditions.get_mut(usize::from(rendition)) else {
             return out;
         };
-        let Some(mut p) = r.pending.remove(&sequence) else {
+        let Some(p) = r.pending.remove(&sequence) else {
             return out;
         };
         let Stage::Checking { manifest } = &p.stage else {
@@ -1039,9 +1132,7 @@ impl<P: Clone + Ord + Hash> LivePlanner<P> {
             return out;
         };
         if !ok {
-            self.stats.missed += 1;
-            out.extend(give_up(&mut p));
-            return out;
+            return self.miss(rendition, sequence, p, MissReason::CheckFailed, now);
         }
         let duration_us = manifest.duration_us.unwrap_or(0);
         let seg = WindowSegment {

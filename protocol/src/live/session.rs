@@ -45,8 +45,8 @@ use crate::channel::{
 use crate::fetch::FetchAction;
 
 use super::planner::{
-    HttpRequest, LiveAction, LiveConfig, LivePlanner, LiveStats, ProxiedSegment, Verdict,
-    WindowSegment,
+    HttpRequest, LiveAction, LiveConfig, LivePlanner, LiveStats, MissedSegment, ProxiedSegment,
+    Verdict, WindowSegment,
 };
 
 /// How often a watching node looks for more viewers of the channel and for
@@ -165,7 +165,7 @@ pub enum LiveEvent {
         late: bool,
     },
     /// A segment was given up: the player will skip or stall.
-    SegmentMissed,
+    SegmentMissed(MissedSegment),
     /// Nothing is announced: segments come from an origin's playlist
     /// (`true`), or peers announce the channel again (`false`).
     Proxying(bool),
@@ -265,8 +265,6 @@ pub struct LiveSession<P> {
     next_record_query: Instant,
     /// The proxying state last reported.
     proxying: bool,
-    /// Segments given up, as last reported.
-    reported_missed: u64,
     /// Turns a publisher's peer id bytes into `P`.
     publisher_of: fn(&[u8]) -> Option<P>,
     /// Differs between viewers: picks the bucket this node provides under.
@@ -306,7 +304,6 @@ impl<P: Clone + Ord + Hash> LiveSession<P> {
             discovery_backoff: FIRST_DISCOVERY_RETRY,
             next_record_query: now,
             proxying: false,
-            reported_missed: 0,
             publisher_of,
             rotation,
             lookups: 0,
@@ -850,11 +847,9 @@ impl<P: Clone + Ord + Hash> LiveSession<P> {
                 }
             }
         }
-        let missed = self.planner.stats().missed;
-        if missed > self.reported_missed {
-            self.reported_missed = missed;
+        for missed in self.planner.take_missed() {
             self.actions
-                .push_back(SessionAction::Event(LiveEvent::SegmentMissed));
+                .push_back(SessionAction::Event(LiveEvent::SegmentMissed(missed)));
         }
         let proxying = self.planner.proxying(now);
         if proxying != self.proxying {
