@@ -153,6 +153,12 @@ pub fn claim(dir: &Path, rpc: Option<&str>) -> Result<()> {
             outcome.gas_used,
             outcome.not_counted
         );
+        if outcome.capped_bytes > 0 {
+            println!(
+                "{} bytes were beyond their viewers' limit for the epoch and do not count",
+                outcome.capped_bytes
+            );
+        }
     }
     Ok(())
 }

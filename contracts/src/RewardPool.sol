@@ -18,7 +18,11 @@ import {Vault} from "./Vault.sol";
 /// @dev Only viewers with at least `minDeposit` in the Vault count, which puts a price on
 ///      inventing viewers to inflate a relay's share. Receipts are cumulative per
 ///      (viewer, relayer, content, epoch), so a relay submits only the latest one it holds and
-///      each byte is counted once however often receipts are resubmitted.
+///      each byte is counted once however often receipts are resubmitted. A viewer cannot be
+///      its own relayer, and counts at most `maxViewerBytesPerEpoch` in an epoch over every
+///      relayer and content together (what one viewer can watch in an epoch): a key that
+///      signs for itself, or a viewer key signing 2^64 - 1 bytes, takes no more than one
+///      honest viewer's worth of any pool.
 contract RewardPool is EIP712 {
     using SafeERC20 for IERC20;
 
@@ -47,6 +51,7 @@ contract RewardPool is EIP712 {
     uint8 private constant NOT_YOURS = 1;
     uint8 private constant BAD_SIGNATURE = 2;
     uint8 private constant NOT_NEWER = 3;
+    uint8 private constant SELF_DEALING = 4;
 
     IERC20 public immutable token;
     /// @notice Where viewers hold the deposit that makes their receipts count.
@@ -64,6 +69,9 @@ contract RewardPool is EIP712 {
     uint64 public immutable claimEpochs;
     /// @notice Vault deposit a viewer needs for its receipts to count.
     uint256 public immutable minDeposit;
+    /// @notice Bytes one viewer's receipts may count in one epoch, over all relayers and
+    ///         content: the most a viewer can watch in an epoch.
+    uint64 public immutable maxViewerBytesPerEpoch;
 
     mapping(bytes32 contentId => mapping(uint64 epoch => uint256)) public viewerPool;
     mapping(bytes32 contentId => mapping(uint64 epoch => uint256)) public totalBytes;
@@ -72,6 +80,8 @@ contract RewardPool is EIP712 {
     mapping(address viewer => mapping(address relayer => mapping(bytes32 contentId => mapping(uint64 epoch => uint64))))
         public counted;
     mapping(bytes32 contentId => mapping(uint64 epoch => mapping(address relayer => bool))) private _paid;
+    /// @notice Bytes counted for a viewer in an epoch, over all relayers and content.
+    mapping(address viewer => mapping(uint64 epoch => uint64)) public viewerBytes;
 
     event Funded(
         bytes32 indexed contentId,
@@ -88,6 +98,9 @@ contract RewardPool is EIP712 {
     /// @notice Receipt `index` of a claim was skipped because `viewer` has less than
     ///         `minDeposit` in the Vault; the relay may submit it again once the viewer has.
     event ReceiptNotCounted(uint256 index, address indexed viewer);
+    /// @notice Receipt `index` counted `uncounted` bytes fewer than it claimed: its viewer
+    ///         reached `maxViewerBytesPerEpoch`. Those bytes never count.
+    event ReceiptCapped(uint256 index, address indexed viewer, uint64 uncounted);
     event PaidOut(bytes32 indexed contentId, uint64 indexed epoch, address indexed relayer, uint256 amount);
     event Swept(bytes32 indexed contentId, uint64 indexed epoch, uint256 amount);
 
@@ -96,7 +109,8 @@ contract RewardPool is EIP712 {
     error ZeroAddress();
     error EpochOver();
     /// @param reason 1: the receipt names another relayer; 2: the signature is not the
-    ///        viewer's for this chain and contract; 3: not newer than what was counted
+    ///        viewer's for this chain and contract; 3: not newer than what was counted;
+    ///        4: the viewer is the relayer
     error BadReceipt(uint256 index, uint8 reason);
     error ClaimWindowClosed(uint256 index);
     error ClaimsStillOpen();
@@ -112,10 +126,11 @@ contract RewardPool is EIP712 {
         uint16 treasuryBps_,
         uint64 epochLength_,
         uint64 claimEpochs_,
-        uint256 minDeposit_
+        uint256 minDeposit_,
+        uint64 maxViewerBytesPerEpoch_
     ) EIP712("Shoal RewardPool", "1") {
         if (uint256(creatorBps_) + viewerBps_ + treasuryBps_ != TOTAL_BPS) revert BadSplit();
-        if (epochLength_ == 0 || claimEpochs_ == 0) revert BadEpochs();
+        if (epochLength_ == 0 || claimEpochs_ == 0 || maxViewerBytesPerEpoch_ == 0) revert BadEpochs();
         if (address(token_) == address(0) || address(vault_) == address(0) || treasury_ == address(0)) {
             revert ZeroAddress();
         }
@@ -128,6 +143,7 @@ contract RewardPool is EIP712 {
         epochLength = epochLength_;
         claimEpochs = claimEpochs_;
         minDeposit = minDeposit_;
+        maxViewerBytesPerEpoch = maxViewerBytesPerEpoch_;
     }
 
     function currentEpoch() public view returns (uint64) {
@@ -183,6 +199,7 @@ contract RewardPool is EIP712 {
         for (uint256 i; i < receipts.length; ++i) {
             Receipt calldata r = receipts[i].receipt;
             if (r.relayer != msg.sender) revert BadReceipt(i, NOT_YOURS);
+            if (r.viewer == r.relayer) revert BadReceipt(i, SELF_DEALING);
             if (r.epoch >= now_ || now_ - r.epoch > claimEpochs) revert ClaimWindowClosed(i);
 
             (address signer, ECDSA.RecoverError err,) = ECDSA.tryRecover(receiptDigest(r), receipts[i].signature);
@@ -196,8 +213,14 @@ contract RewardPool is EIP712 {
                 continue;
             }
 
-            uint64 delta = r.cumulativeBytes - before;
+            // The receipt is spent whole; what lies beyond the viewer's cap never counts.
             counted[r.viewer][r.relayer][r.contentId][r.epoch] = r.cumulativeBytes;
+            uint64 claimed = r.cumulativeBytes - before;
+            uint64 used = viewerBytes[r.viewer][r.epoch];
+            uint64 room = maxViewerBytesPerEpoch > used ? maxViewerBytesPerEpoch - used : 0;
+            uint64 delta = claimed < room ? claimed : room;
+            if (delta < claimed) emit ReceiptCapped(i, r.viewer, claimed - delta);
+            viewerBytes[r.viewer][r.epoch] = used + delta;
             relayerBytes[r.contentId][r.epoch][r.relayer] += delta;
             totalBytes[r.contentId][r.epoch] += delta;
             emit ReceiptCounted(r.viewer, r.relayer, r.contentId, r.epoch, delta);

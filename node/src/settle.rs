@@ -79,6 +79,10 @@ pub struct DeployParams {
     pub epoch_length_secs: u64,
     pub claim_epochs: u64,
     pub min_deposit: U256,
+    /// What one viewer's receipts count in an epoch at most
+    /// (`shoal_protocol::receipt::MAX_VIEWER_BYTES_PER_EPOCH` for hour-long
+    /// epochs).
+    pub max_viewer_bytes_per_epoch: u64,
 }
 
 /// What a `claim` did.
@@ -89,6 +93,9 @@ pub struct ClaimOutcome {
     pub bytes: u64,
     /// Receipts skipped: their viewers hold no deposit.
     pub not_counted: usize,
+    /// Bytes receipts claimed beyond their viewers' cap for the epoch:
+    /// counted as spent, never paid.
+    pub capped_bytes: u64,
     pub transactions: usize,
     pub gas_used: u64,
     /// The receipts the pool counted: (viewer, content, epoch).
@@ -166,6 +173,7 @@ fn describe_pool_error(e: &RewardPool::RewardPoolErrors) -> String {
                 1 => "it names another relayer",
                 2 => "the signature is not the viewer's for this chain and contract",
                 3 => "it is not newer than the receipt already counted (replayed)",
+                4 => "its viewer is its relayer",
                 _ => "unknown reason",
             };
             format!("receipt {}: {why}", b.index)
@@ -179,7 +187,9 @@ fn describe_pool_error(e: &RewardPool::RewardPoolErrors) -> String {
         E::NothingToSweep(_) => "nothing to sweep".into(),
         E::EpochOver(_) => "that epoch is over; fund the current one or a later one".into(),
         E::BadSplit(_) => "the split must add up to 10000 basis points".into(),
-        E::BadEpochs(_) => "epoch length and claim epochs must be positive".into(),
+        E::BadEpochs(_) => {
+            "epoch length, claim epochs and the viewer's byte cap must be positive".into()
+        }
         E::ZeroAddress(_) => "an address is zero".into(),
         other => format!("{other:?}"),
     }
@@ -301,6 +311,7 @@ impl Settlement {
             p.epoch_length_secs,
             p.claim_epochs,
             p.min_deposit,
+            p.max_viewer_bytes_per_epoch,
         )
         .await
         .map_err(revert)?;
@@ -407,6 +418,8 @@ impl Settlement {
                     out.counted_receipts.push((e.viewer, e.contentId, e.epoch));
                 } else if log.log_decode::<RewardPool::ReceiptNotCounted>().is_ok() {
                     out.not_counted += 1;
+                } else if let Ok(c) = log.log_decode::<RewardPool::ReceiptCapped>() {
+                    out.capped_bytes += c.inner.data.uncounted;
                 }
             }
         }
@@ -538,6 +551,7 @@ pub async fn claim(
         total.counted += outcome.counted;
         total.bytes += outcome.bytes;
         total.not_counted += outcome.not_counted;
+        total.capped_bytes += outcome.capped_bytes;
         total.transactions += outcome.transactions;
         total.gas_used += outcome.gas_used;
         total.counted_receipts.extend(outcome.counted_receipts);

@@ -131,6 +131,16 @@ fn tagged_id(tag: &[u8], bytes: &[u8]) -> B256 {
 /// on it; an hour leaves clocks minutes apart mattering little.
 pub const EPOCH_SECS: u64 = 3600;
 
+/// The fastest a viewer is taken to receive a stream: 20 Mb/s, above the
+/// top rendition of a 4K HLS ladder (about 16 Mb/s). It bounds what one
+/// viewer's receipts count in an epoch ([`MAX_VIEWER_BYTES_PER_EPOCH`]).
+pub const MAX_VIEWER_BYTES_PER_SEC: u64 = 2_500_000;
+
+/// What one viewer's receipts may count in an epoch, over every relayer
+/// and content (`RewardPool.maxViewerBytesPerEpoch`): watching without a
+/// break at [`MAX_VIEWER_BYTES_PER_SEC`], 9 GB an hour.
+pub const MAX_VIEWER_BYTES_PER_EPOCH: u64 = MAX_VIEWER_BYTES_PER_SEC * EPOCH_SECS;
+
 /// The epoch of a Unix time, as the contract computes it
 /// (`block.timestamp / epochLength`).
 pub fn epoch_of(unix_secs: u64, epoch_length_secs: u64) -> u64 {

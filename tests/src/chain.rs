@@ -149,6 +149,7 @@ pub async fn deploy(anvil: &Anvil, deployer: &Wallet, treasury: Address) -> Depl
             epoch_length_secs: EPOCH,
             claim_epochs: 1,
             min_deposit: tokens(1),
+            max_viewer_bytes_per_epoch: shoal_protocol::receipt::MAX_VIEWER_BYTES_PER_EPOCH,
         },
     )
     .await

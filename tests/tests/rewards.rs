@@ -177,6 +177,68 @@ async fn a_replayed_receipt_is_refused_and_a_newer_one_counts_only_its_increase(
 }
 
 #[tokio::test]
+async fn a_relayer_cannot_count_receipts_it_signed_for_itself() {
+    let (w, _viewer, relayer, c, epoch, content) = viewer_and_relayer().await;
+    let bank = connect(&w.anvil, &w.deployer, w.d).await;
+    bank.transfer(relayer.address(), tokens(5)).await.unwrap();
+    c.deposit(tokens(5)).await.unwrap();
+    let own = receipt(&relayer, &relayer, &w.d, content, epoch, 1_000_000);
+    w.anvil.advance(EPOCH).await;
+    refused(
+        c.claim(&[own]).await,
+        "receipt 0: its viewer is its relayer",
+    );
+}
+
+/// One key (the attacker's relayer) holding a second key with a deposit
+/// (its viewer) signs the most a receipt can carry, for two contents: the
+/// viewer's receipts count what one viewer can watch in an epoch, over
+/// both, and the honest relayer of the same pool is still paid its share
+/// (before the cap its share rounded to nothing and its payout reverted).
+#[tokio::test]
+async fn a_viewer_counts_at_most_its_cap_in_an_epoch_however_much_it_signs() {
+    use shoal_protocol::receipt::MAX_VIEWER_BYTES_PER_EPOCH as CAP;
+    let w = world().await;
+    let creator = Wallet::from_bytes(&[3; 32]).unwrap().address();
+    let bank = connect(&w.anvil, &w.deployer, w.d).await;
+    let (content, other) = (B256::repeat_byte(0x42), B256::repeat_byte(0x43));
+    let epoch = bank.current_epoch().await.unwrap();
+    bank.fund(content, epoch, creator, tokens(1000))
+        .await
+        .unwrap();
+    let sybil = w.member(10, 1).await;
+    let honest_viewer = w.member(11, 5).await;
+    let (attacker, honest) = (w.member(20, 0).await, w.member(21, 0).await);
+    let inflated = vec![
+        receipt(&sybil, &attacker, &w.d, content, epoch, u64::MAX),
+        receipt(&sybil, &attacker, &w.d, other, epoch, 1_000_000),
+    ];
+    // An hour of a 1.1 Mb/s stream.
+    let served = 500_000_000;
+    let honest_receipt = receipt(&honest_viewer, &honest, &w.d, content, epoch, served);
+    let (ca, ch) = (
+        connect(&w.anvil, &attacker, w.d).await,
+        connect(&w.anvil, &honest, w.d).await,
+    );
+    w.anvil.advance(EPOCH).await;
+    let oa = ca.claim(&inflated).await.unwrap();
+    assert_eq!((oa.counted, oa.bytes), (2, CAP));
+    assert_eq!(oa.capped_bytes, (u64::MAX - CAP) + 1_000_000);
+    // Spent: the same receipts cannot be sent again for their excess.
+    refused(ca.claim(&inflated[1..]).await, "replayed");
+    let oh = ch.claim(&[honest_receipt]).await.unwrap();
+    assert_eq!((oh.bytes, oh.capped_bytes), (served, 0));
+    w.anvil.advance(EPOCH).await;
+    let pool = tokens(1000) * U256::from(2000) / U256::from(10_000);
+    let total = U256::from(CAP) + U256::from(served);
+    let pa = ca.payout(content, epoch).await.unwrap();
+    let ph = ch.payout(content, epoch).await.unwrap();
+    assert_eq!(pa, pool * U256::from(CAP) / total);
+    assert_eq!(ph, pool * U256::from(served) / total);
+    assert!(ph > U256::ZERO);
+}
+
+#[tokio::test]
 async fn a_receipt_for_another_chain_or_contract_is_refused() {
     let (w, viewer, relayer, c, epoch, content) = viewer_and_relayer().await;
     let mainnet = Deployment { chain_id: 1, ..w.d };
