@@ -127,8 +127,9 @@ enum Command {
 enum RewardsCommand {
     /// Claim on the reward pool with the receipts held, in batches
     Claim,
-    /// Deposit tokens in the vault (receipts of viewers count only with a
-    /// deposit; cheques draw on it)
+    /// Deposit tokens in the vault and lock the deposit for a day (receipts
+    /// of viewers count only for epochs a locked deposit covers; cheques
+    /// draw only on what is not locked)
     Deposit {
         /// Tokens, e.g. 10 or 0.5
         amount: String,

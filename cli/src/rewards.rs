@@ -112,6 +112,13 @@ pub fn status(dir: &Path, rpc: Option<&str>) -> Result<()> {
             print!(" (withdrawal requested; unlocks at Unix time {unlock})");
         }
         println!();
+        let (locked, since, until) = chain.lock_of(me).await?;
+        if locked > U256::ZERO {
+            println!(
+                "locked: {} from Unix time {since} to {until}",
+                format_amount(locked)
+            );
+        }
         let mut pools: Vec<(String, u64)> = receipts
             .iter()
             .map(|r| (r.content.clone(), r.epoch))
@@ -170,15 +177,24 @@ fn claim_local(repo: &Repo, dir: &Path, rpc: Option<&str>) -> Result<settle::Cla
     })
 }
 
-/// `shoal rewards deposit AMOUNT`.
+/// Epochs a deposit is locked for (a day of hour-long epochs): a lock
+/// covering an epoch from its start through its claim window is what
+/// makes a viewer's receipts count, and a locked deposit cannot pay
+/// cheques or be withdrawn.
+const LOCK_EPOCHS: u64 = 24;
+
+/// `shoal rewards deposit AMOUNT`: deposits and locks the whole deposit
+/// for [`LOCK_EPOCHS`] more epochs.
 pub fn deposit(dir: &Path, amount: &str, rpc: Option<&str>) -> Result<()> {
     let wei = parse_amount(amount)?;
     runtime()?.block_on(async {
         let chain = chain(dir, rpc).await?;
         chain.deposit(wei).await?;
         let (deposit, _) = chain.deposit_of(chain.address()).await?;
+        let (first, until) = chain.lock_for_epochs(LOCK_EPOCHS).await?;
         println!(
-            "deposited {amount}; the vault holds {}",
+            "deposited {amount}; the vault holds {}, locked until Unix time {until}: \
+             receipts you sign count from epoch {first} on",
             format_amount(deposit)
         );
         Ok(())

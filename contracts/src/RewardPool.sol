@@ -15,8 +15,9 @@ import {Vault} from "./Vault.sol";
 ///         for the bytes a relay served them; after the epoch each relay submits its receipts,
 ///         and once the claim window closes the viewer pool is shared among the relays in
 ///         proportion to the bytes counted for each.
-/// @dev Only viewers with at least `minDeposit` in the Vault count, which puts a price on
-///      inventing viewers to inflate a relay's share. Receipts are cumulative per
+/// @dev Only viewers with at least `minDeposit` locked in the Vault from the epoch's start
+///      to the end of its claim window count, which puts a price on inventing viewers to
+///      inflate a relay's share: one deposit per viewer key and epoch. Receipts are cumulative per
 ///      (viewer, relayer, content, epoch), so a relay submits only the latest one it holds and
 ///      each byte is counted once however often receipts are resubmitted. A viewer cannot be
 ///      its own relayer, and counts at most `maxViewerBytesPerEpoch` in an epoch over every
@@ -95,8 +96,9 @@ contract RewardPool is EIP712 {
     event ReceiptCounted(
         address indexed viewer, address indexed relayer, bytes32 indexed contentId, uint64 epoch, uint64 delta
     );
-    /// @notice Receipt `index` of a claim was skipped because `viewer` has less than
-    ///         `minDeposit` in the Vault; the relay may submit it again once the viewer has.
+    /// @notice Receipt `index` of a claim was skipped because `viewer` did not have
+    ///         `minDeposit` locked in the Vault from the epoch's start to the end of its claim
+    ///         window.
     event ReceiptNotCounted(uint256 index, address indexed viewer);
     /// @notice Receipt `index` counted `uncounted` bytes fewer than it claimed: its viewer
     ///         reached `maxViewerBytesPerEpoch`. Those bytes never count.
@@ -208,7 +210,11 @@ contract RewardPool is EIP712 {
             uint64 before = counted[r.viewer][r.relayer][r.contentId][r.epoch];
             if (r.cumulativeBytes <= before) revert BadReceipt(i, NOT_NEWER);
 
-            if (vault.balanceOf(r.viewer) < minDeposit) {
+            // The deposit behind a viewer is locked from the epoch's start to the end of
+            // its claim window: it backs this viewer alone for the whole epoch.
+            if (!vault.lockedThrough(
+                    r.viewer, minDeposit, r.epoch * epochLength, (r.epoch + 1 + claimEpochs) * epochLength
+                )) {
                 emit ReceiptNotCounted(i, r.viewer);
                 continue;
             }

@@ -17,6 +17,12 @@ import {ECDSA} from "@openzeppelin/contracts/utils/cryptography/ECDSA.sol";
 ///      it holds; a payee limits that risk by cashing often and by watching `balanceOf` and
 ///      `unlockAt`. Withdrawal is delayed by `unlockPeriod` so that payees have time to cash
 ///      what they hold before a deposit leaves.
+///
+///      Part of a deposit can be *locked* until a time (`lock`): neither a withdrawal nor a
+///      cheque can draw it before then. A viewer's receipts count in the `RewardPool` only
+///      for epochs its lock covered from their start through their claim window, so one
+///      deposit stands behind one viewer per epoch: it cannot be moved to another key by a
+///      cheque to itself, nor taken back once the viewer has watched.
 contract Vault is EIP712 {
     using SafeERC20 for IERC20;
 
@@ -37,6 +43,16 @@ contract Vault is EIP712 {
     /// @notice Cumulative amount already paid on cheques from `payer` to `payee`.
     mapping(address payer => mapping(address payee => uint256)) public paidOut;
 
+    /// @notice Part of a deposit that cannot leave before `until`, locked as it is since `since`.
+    struct Lock {
+        uint128 amount;
+        uint64 since;
+        uint64 until;
+    }
+
+    /// @notice Each account's lock (expired once `until` has passed).
+    mapping(address account => Lock) public locks;
+
     event Deposited(address indexed account, uint256 amount, uint256 balance);
     event WithdrawalRequested(address indexed account, uint64 unlockAt);
     event WithdrawalCancelled(address indexed account);
@@ -45,11 +61,14 @@ contract Vault is EIP712 {
     /// @notice The payer's deposit did not cover the cheque; `unpaid` stays claimable with the
     ///         same cheque once the payer deposits again.
     event ChequeBounced(address indexed payer, address indexed payee, uint256 unpaid);
+    event Locked(address indexed account, uint256 amount, uint64 since, uint64 until);
 
     error WithdrawalLocked(uint64 unlockAt);
     error InsufficientDeposit(uint256 available);
     error BadSignature();
     error NothingDue();
+    /// @notice A lock may grow and last longer while it runs, never shrink or end sooner.
+    error LockShrinks(uint256 amount, uint64 until);
 
     constructor(IERC20 token_, uint64 unlockPeriod_) EIP712("Shoal Vault", "1") {
         token = token_;
@@ -70,6 +89,37 @@ contract Vault is EIP712 {
         token.safeTransferFrom(msg.sender, address(this), amount);
     }
 
+    /// @notice Locks `amount` of the caller's deposit until `until` (a Unix time).
+    /// @dev While a lock runs it may only grow and last longer; a larger amount is locked from
+    ///      now on (`since` moves), a longer time alone keeps `since`. Locking never moves
+    ///      tokens: it only keeps them from withdrawals and cheques.
+    function lock(uint256 amount, uint64 until) external {
+        Lock memory current = locks[msg.sender];
+        bool running = current.until > block.timestamp;
+        if (until <= block.timestamp) revert LockShrinks(amount, until);
+        if (running && (amount < current.amount || until < current.until)) {
+            revert LockShrinks(current.amount, current.until);
+        }
+        uint256 balance = balanceOf[msg.sender];
+        if (amount > balance) revert InsufficientDeposit(balance);
+        uint64 since = running && amount == current.amount ? current.since : uint64(block.timestamp);
+        locks[msg.sender] = Lock(uint128(amount), since, until);
+        emit Locked(msg.sender, amount, since, until);
+    }
+
+    /// @notice What of `account`'s deposit is locked now.
+    function lockedOf(address account) public view returns (uint256) {
+        Lock memory l = locks[account];
+        return l.until > block.timestamp ? l.amount : 0;
+    }
+
+    /// @notice Whether `account` has had at least `amount` locked since `from` or earlier, and
+    ///         keeps it locked until `to` or later.
+    function lockedThrough(address account, uint256 amount, uint64 from, uint64 to) external view returns (bool) {
+        Lock memory l = locks[account];
+        return l.amount >= amount && l.since <= from && l.until >= to;
+    }
+
     /// @notice Starts the clock on withdrawing: `withdraw` works from `unlockAt` on.
     /// @dev Asking again restarts the clock; it only ever delays the caller's own money.
     function requestWithdrawal() external {
@@ -85,7 +135,8 @@ contract Vault is EIP712 {
         uint64 at = unlockAt[msg.sender];
         if (at == 0 || block.timestamp < at) revert WithdrawalLocked(at);
         uint256 balance = balanceOf[msg.sender];
-        if (amount > balance) revert InsufficientDeposit(balance);
+        uint256 free = balance - lockedOf(msg.sender);
+        if (amount > free) revert InsufficientDeposit(free);
         balanceOf[msg.sender] = balance - amount;
         emit Withdrawn(msg.sender, amount);
         token.safeTransfer(msg.sender, amount);
@@ -115,8 +166,10 @@ contract Vault is EIP712 {
         if (cumulativeAmount <= already) revert NothingDue();
         uint256 due = cumulativeAmount - already;
 
+        // A locked deposit backs the payer's receipts, not its cheques.
         uint256 balance = balanceOf[payer];
-        paid = due < balance ? due : balance;
+        uint256 free = balance - lockedOf(payer);
+        paid = due < free ? due : free;
         balanceOf[payer] = balance - paid;
         paidOut[payer][payee] = already + paid;
 

@@ -273,7 +273,7 @@ pub(crate) fn spawn(
         crate::store_io::NodeStore(store.clone()),
         WallClock {
             at: std::time::Instant::now(),
-            unix_ms: crate::live::unix_ms(),
+            unix_ms: config.start_unix_ms.unwrap_or_else(crate::live::unix_ms),
         },
     );
     #[cfg(feature = "http-origin")]

@@ -205,7 +205,14 @@ fn describe_vault_error(e: &Vault::VaultErrors) -> String {
             "the deposit is locked until {} (Unix time); a payee may still cash cheques until then",
             w.unlockAt
         ),
-        E::InsufficientDeposit(d) => format!("the deposit holds only {} wei", d.available),
+        E::InsufficientDeposit(d) => format!(
+            "only {} wei of the deposit are free (the rest is locked, or not there)",
+            d.available
+        ),
+        E::LockShrinks(l) => format!(
+            "a lock may only grow and last longer: {} wei until Unix time {} at least",
+            l.amount, l.until
+        ),
         E::BadSignature(_) => {
             "the cheque is not signed by its payer for this chain and vault".into()
         }
@@ -365,6 +372,36 @@ impl Settlement {
     pub async fn deposit(&self, amount: U256) -> Result<(), SettleError> {
         send(self.token().approve(self.deployment.vault, amount)).await?;
         send(self.vault().deposit(amount)).await.map(drop)
+    }
+
+    /// Locks `amount` of this node's vault deposit until `until` (Unix
+    /// seconds): a viewer's receipts count for the epochs its lock covers
+    /// from their start to the end of their claim window.
+    pub async fn lock(&self, amount: U256, until: u64) -> Result<(), SettleError> {
+        send(self.vault().lock(amount, until)).await.map(drop)
+    }
+
+    /// `who`'s lock: the amount, since when and until when (Unix seconds;
+    /// expired once `until` has passed).
+    pub async fn lock_of(&self, who: Address) -> Result<(U256, u64, u64), SettleError> {
+        let l = self.vault().locks(who).call().await.map_err(revert)?;
+        Ok((U256::from(l.amount), l.since, l.until))
+    }
+
+    /// Locks this node's whole deposit until the claim window of the
+    /// epoch `epochs` from the current one has closed; returns the first
+    /// epoch its receipts count in (the next one) and the lock's end.
+    pub async fn lock_for_epochs(&self, epochs: u64) -> Result<(u64, u64), SettleError> {
+        let pool = self.pool();
+        let length = pool.epochLength().call().await.map_err(revert)?;
+        let claim = pool.claimEpochs().call().await.map_err(revert)?;
+        let now = pool.currentEpoch().call().await.map_err(revert)?;
+        let (deposit, _) = self.deposit_of(self.address).await?;
+        let (_, _, until) = self.lock_of(self.address).await?;
+        let wanted = (now + epochs + 1 + claim) * length;
+        let until = until.max(wanted);
+        self.lock(deposit, until).await?;
+        Ok((now + 1, until))
     }
 
     /// Starts the unlock period; returns when withdrawing becomes possible.

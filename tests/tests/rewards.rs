@@ -70,16 +70,35 @@ impl World {
         }
         w
     }
+
+    /// A viewer whose receipts count: a member whose `deposit` is locked
+    /// from now on, for the epochs after this one (`shoal rewards
+    /// deposit` does the same).
+    async fn viewer(&self, n: u8, deposit: u64) -> Wallet {
+        let w = self.member(n, deposit).await;
+        let me = connect(&self.anvil, &w, self.d).await;
+        me.lock_for_epochs(24).await.unwrap();
+        w
+    }
+
+    /// Moves the chain into the next epoch, the first one that locks made
+    /// before count in; returns it.
+    async fn next_epoch(&self) -> u64 {
+        self.anvil.advance(EPOCH).await;
+        let bank = connect(&self.anvil, &self.deployer, self.d).await;
+        bank.current_epoch().await.unwrap()
+    }
 }
 
-/// A world with a viewer holding a deposit, a relayer connected to the
-/// chain, the current epoch and a content id.
+/// A world with a viewer holding a locked deposit, a relayer connected to
+/// the chain, the first epoch the viewer's receipts count in (the current
+/// one) and a content id.
 async fn viewer_and_relayer() -> (World, Wallet, Wallet, Settlement, u64, B256) {
     let w = world().await;
-    let viewer = w.member(10, 5).await;
+    let viewer = w.viewer(10, 5).await;
     let relayer = w.member(20, 0).await;
     let c = connect(&w.anvil, &relayer, w.d).await;
-    let epoch = c.current_epoch().await.unwrap();
+    let epoch = w.next_epoch().await;
     (w, viewer, relayer, c, epoch, B256::repeat_byte(1))
 }
 
@@ -87,12 +106,12 @@ async fn viewer_and_relayer() -> (World, Wallet, Wallet, Settlement, u64, B256) 
 async fn relayers_are_paid_the_split_to_the_wei() {
     let w = world().await;
     let creator = Wallet::from_bytes(&[3; 32]).unwrap().address();
-    let (v1, v2) = (w.member(10, 5).await, w.member(11, 5).await);
+    let (v1, v2) = (w.viewer(10, 5).await, w.viewer(11, 5).await);
     let stranger = w.member(12, 0).await;
     let (r1, r2) = (w.member(20, 0).await, w.member(21, 0).await);
     let bank = connect(&w.anvil, &w.deployer, w.d).await;
     let content = B256::repeat_byte(0x42);
-    let epoch = bank.current_epoch().await.unwrap();
+    let epoch = w.next_epoch().await;
     // An advertiser funds the content: 1000 tokens and 7 wei, an amount
     // that does not split evenly.
     let amount = tokens(1000) + U256::from(7);
@@ -202,13 +221,13 @@ async fn a_viewer_counts_at_most_its_cap_in_an_epoch_however_much_it_signs() {
     let creator = Wallet::from_bytes(&[3; 32]).unwrap().address();
     let bank = connect(&w.anvil, &w.deployer, w.d).await;
     let (content, other) = (B256::repeat_byte(0x42), B256::repeat_byte(0x43));
-    let epoch = bank.current_epoch().await.unwrap();
+    let sybil = w.viewer(10, 1).await;
+    let honest_viewer = w.viewer(11, 5).await;
+    let (attacker, honest) = (w.member(20, 0).await, w.member(21, 0).await);
+    let epoch = w.next_epoch().await;
     bank.fund(content, epoch, creator, tokens(1000))
         .await
         .unwrap();
-    let sybil = w.member(10, 1).await;
-    let honest_viewer = w.member(11, 5).await;
-    let (attacker, honest) = (w.member(20, 0).await, w.member(21, 0).await);
     let inflated = vec![
         receipt(&sybil, &attacker, &w.d, content, epoch, u64::MAX),
         receipt(&sybil, &attacker, &w.d, other, epoch, 1_000_000),
@@ -236,6 +255,54 @@ async fn a_viewer_counts_at_most_its_cap_in_an_epoch_however_much_it_signs() {
     assert_eq!(pa, pool * U256::from(CAP) / total);
     assert_eq!(ph, pool * U256::from(served) / total);
     assert!(ph > U256::ZERO);
+}
+
+/// A deposit stands behind one viewer for a whole epoch: locked in the
+/// epoch it counts for, it counts only from the next; locked, it can
+/// neither be taken back after watching (the relay's receipts would not
+/// count) nor be moved to a second viewer key by a cheque to it.
+#[tokio::test]
+async fn a_locked_deposit_backs_one_viewer_for_the_whole_epoch() {
+    let w = world().await;
+    let content = B256::repeat_byte(5);
+    let relayer = w.member(20, 0).await;
+    let c = connect(&w.anvil, &relayer, w.d).await;
+    let viewer = w.viewer(10, 5).await;
+    let locked_this_epoch = c.current_epoch().await.unwrap();
+    let epoch = w.next_epoch().await;
+    let me = connect(&w.anvil, &viewer, w.d).await;
+    // A cheque to a second key of its own cannot carry the deposit over.
+    let second = w.member(11, 0).await;
+    let cheque = viewer.sign_cheque(
+        Cheque {
+            payer: viewer.address(),
+            payee: second.address(),
+            token: w.d.token,
+            cumulativeAmount: tokens(5),
+        },
+        &w.d.cheque_domain(),
+    );
+    let cashed = c.cash_cheque(&cheque).await.unwrap();
+    assert_eq!((cashed.paid, cashed.bounced), (U256::ZERO, tokens(5)));
+    me.request_withdrawal().await.unwrap();
+    // The epoch in which the deposit was locked does not count; the next
+    // does; the second key, with nothing locked, never.
+    let early = receipt(&viewer, &relayer, &w.d, content, locked_this_epoch, 1_000);
+    let good = receipt(&viewer, &relayer, &w.d, content, epoch, 1_000_000);
+    let sybil = receipt(&second, &relayer, &w.d, content, epoch, 1_000_000);
+    w.anvil.advance(EPOCH).await;
+    refused(c.claim(std::slice::from_ref(&early)).await, "claim window");
+    let o = c.claim(&[good, sybil]).await.unwrap();
+    assert_eq!((o.counted, o.bytes, o.not_counted), (1, 1_000_000, 1));
+    // Watching done, the viewer asked for its deposit back: the unlock
+    // period has passed, but the lock still holds it.
+    w.anvil.advance(86_400 - EPOCH).await;
+    refused(
+        me.withdraw(tokens(1)).await,
+        "only 0 wei of the deposit are free",
+    );
+    // A lock only grows and lasts longer.
+    refused(me.lock(tokens(1), 1).await, "only grow");
 }
 
 #[tokio::test]
@@ -371,12 +438,12 @@ async fn three_nodes_stream_collect_receipts_and_relayers_are_paid_the_split() {
     // An advertiser funds the channel for the chain's epoch, the epoch the
     // nodes' clocks are set in.
     let bank = connect(&w.anvil, &w.deployer, w.d).await;
-    let epoch = bank.current_epoch().await.unwrap();
     let creator = Wallet::from_bytes(&[3; 32]).unwrap().address();
-    // Viewers hold a deposit (their receipts count); the broadcaster
-    // needs none to be paid.
-    let viewer_wallets = [w.member(10, 5).await, w.member(11, 5).await];
+    // Viewers hold a locked deposit (their receipts count); the
+    // broadcaster needs none to be paid.
+    let viewer_wallets = [w.viewer(10, 5).await, w.viewer(11, 5).await];
     let broadcaster_wallet = w.member(20, 0).await;
+    let epoch = w.next_epoch().await;
     let config = |wallet: &Wallet| NodeConfig {
         live: viewer_config(),
         rewards: RewardsConfig {
@@ -511,11 +578,11 @@ async fn claiming_in_batches_costs_less_gas_per_receipt() {
     let w = world().await;
     let relayer = w.member(200, 0).await;
     let c = connect(&w.anvil, &relayer, w.d).await;
-    let epoch = c.current_epoch().await.unwrap();
     let mut viewers = Vec::new();
     for n in 0..61u8 {
-        viewers.push(w.member(100 + n, 2).await);
+        viewers.push(w.viewer(100 + n, 2).await);
     }
+    let epoch = w.next_epoch().await;
     let content = B256::repeat_byte(9);
     w.anvil.advance(EPOCH).await;
     let mut rows = Vec::new();
@@ -543,8 +610,8 @@ async fn claiming_in_batches_costs_less_gas_per_receipt() {
     assert!(rows[2].1 < rows[0].1 && rows[2].2 < rows[0].2, "{rows:?}");
 
     // Cheques: the first to a payee writes its running total, later ones
-    // update it.
-    let payer = &viewers[0];
+    // update it. (A payer's locked deposit pays no cheque.)
+    let payer = &w.member(99, 2).await;
     let cheque = |amount: U256| {
         payer.sign_cheque(
             Cheque {
