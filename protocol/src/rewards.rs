@@ -291,8 +291,13 @@ impl<P: Clone + Ord> Rewards<P> {
             return Ok(0);
         };
         let domain = deployment.receipt_domain();
-        // No receipt may say more than this node ever served the peer.
-        let served = self.ledger.account(peer).map_or(0, |a| a.served_bytes);
+        // No receipt may say more than this node ever served the peer, and
+        // all of them together credit no more than was served and not yet
+        // acknowledged: 64 receipts for made-up content ids, each within
+        // what was served, once credited 64 times what it was.
+        let account = self.ledger.account(peer);
+        let served = account.map_or(0, |a| a.served_bytes);
+        let mut room = served.saturating_sub(account.map_or(0, |a| a.acknowledged_bytes));
         let mut acknowledged: u64 = 0;
         let mut keep = Vec::new();
         for r in response.receipts {
@@ -323,7 +328,9 @@ impl<P: Clone + Ord> Rewards<P> {
                 continue;
             }
             let before = before.map_or(0, |h| h.receipt.cumulativeBytes);
-            acknowledged = acknowledged.saturating_add(r.receipt.cumulativeBytes - before);
+            let credit = (r.receipt.cumulativeBytes - before).min(room);
+            room -= credit;
+            acknowledged = acknowledged.saturating_add(credit);
             self.unwritten.insert(key, r.clone());
             keep.push(r);
         }
@@ -594,6 +601,55 @@ mod tests {
             )
             .unwrap();
         assert_eq!(credited, 1_000);
+    }
+
+    #[test]
+    fn receipts_for_many_contents_credit_no_more_than_was_served() {
+        let t = Instant::now();
+        let epoch = 500;
+        let me = wallet(2);
+        let viewer = wallet(1);
+        let served = 10_000;
+        let mut r = relayer_after(served, t, epoch);
+        // 64 receipts, each within what was served, each for a content id
+        // of the viewer's own making.
+        let receipts: Vec<SignedReceipt> = (0..64u8)
+            .map(|c| {
+                let mut x = signed(&viewer, &me, served, epoch).receipt;
+                x.contentId = B256::repeat_byte(c);
+                viewer.sign_receipt(x, &deployment().receipt_domain())
+            })
+            .collect();
+        let credited = r
+            .accept(
+                &VIEWER,
+                epoch,
+                ReceiptResponse { receipts },
+                &Held::default(),
+                t,
+            )
+            .unwrap();
+        assert_eq!(credited, served);
+        let account = r.accounts()[0].1.clone();
+        assert_eq!(account.acknowledged_bytes, served);
+        // And what was acknowledged is not credited again by more of them.
+        let more = (64..80u8)
+            .map(|c| {
+                let mut x = signed(&viewer, &me, served, epoch).receipt;
+                x.contentId = B256::repeat_byte(c);
+                viewer.sign_receipt(x, &deployment().receipt_domain())
+            })
+            .collect();
+        let credited = r
+            .accept(
+                &VIEWER,
+                epoch,
+                ReceiptResponse { receipts: more },
+                &Held::default(),
+                t,
+            )
+            .unwrap();
+        assert_eq!(credited, 0);
     }
 
     #[test]
