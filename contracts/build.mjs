@@ -15,7 +15,7 @@ import { fileURLToPath } from "node:url";
 
 const here = dirname(fileURLToPath(import.meta.url));
 const require = createRequire(import.meta.url);
-const CONTRACTS = ["ShoalToken", "Vault", "RewardPool"];
+const CONTRACTS = ["ShoalToken", "Vault", "RewardPool", "FeeOnTransferToken"];
 const STALE = "contracts/artifacts are stale: run node contracts/build.mjs";
 
 const check = process.argv.includes("--check");

@@ -84,6 +84,7 @@ contract RewardPool is EIP712 {
     /// @notice Bytes counted for a viewer in an epoch, over all relayers and content.
     mapping(address viewer => mapping(uint64 epoch => uint64)) public viewerBytes;
 
+    /// @notice `amount` is what arrived from the funder, which the three shares add up to.
     event Funded(
         bytes32 indexed contentId,
         uint64 indexed epoch,
@@ -152,7 +153,8 @@ contract RewardPool is EIP712 {
         return uint64(block.timestamp / epochLength);
     }
 
-    /// @notice Puts `amount` (pulled with transferFrom) behind `contentId` for `epoch`.
+    /// @notice Puts `amount` (pulled with transferFrom) behind `contentId` for `epoch`; what
+    ///         is split is what arrived (a token that takes a fee on transfer delivers less).
     /// @dev The creator and treasury shares are paid at once, so only the viewer share waits for
     ///      the epoch's receipts. An epoch can be funded until it ends, never after, so the pool
     ///      is final before the first claim for it is accepted. Each funder names the creator
@@ -163,13 +165,18 @@ contract RewardPool is EIP712 {
         if (epoch < currentEpoch()) revert EpochOver();
         if (creator == address(0)) revert ZeroAddress();
 
-        uint256 creatorAmount = amount * creatorBps / TOTAL_BPS;
-        uint256 treasuryAmount = amount * treasuryBps / TOTAL_BPS;
-        uint256 viewerAmount = amount - creatorAmount - treasuryAmount;
-        viewerPool[contentId][epoch] += viewerAmount;
-        emit Funded(contentId, epoch, msg.sender, amount, creatorAmount, viewerAmount, treasuryAmount);
-
+        // The token is the one fixed at deployment, so pulling before the bookkeeping lets
+        // no stranger's code run in between.
+        uint256 before = token.balanceOf(address(this));
         token.safeTransferFrom(msg.sender, address(this), amount);
+        uint256 arrived = token.balanceOf(address(this)) - before;
+
+        uint256 creatorAmount = arrived * creatorBps / TOTAL_BPS;
+        uint256 treasuryAmount = arrived * treasuryBps / TOTAL_BPS;
+        uint256 viewerAmount = arrived - creatorAmount - treasuryAmount;
+        viewerPool[contentId][epoch] += viewerAmount;
+        emit Funded(contentId, epoch, msg.sender, arrived, creatorAmount, viewerAmount, treasuryAmount);
+
         if (creatorAmount != 0) token.safeTransfer(creator, creatorAmount);
         if (treasuryAmount != 0) token.safeTransfer(treasury, treasuryAmount);
     }

@@ -75,18 +75,23 @@ contract Vault is EIP712 {
         unlockPeriod = unlockPeriod_;
     }
 
-    /// @notice Adds `amount` (pulled with transferFrom) to the caller's deposit.
+    /// @notice Adds `amount` (pulled with transferFrom) to the caller's deposit: what arrived
+    ///         of it, should the token take a fee on transfer.
     /// @dev Depositing also cancels a pending withdrawal: a payer topping up is staying, and
     ///      payees should be able to trust the deposit again without the clock still running.
+    ///      The token is the one fixed at deployment, so pulling first lets no stranger's code
+    ///      run before the bookkeeping.
     function deposit(uint256 amount) external {
-        uint256 balance = balanceOf[msg.sender] + amount;
+        uint256 before = token.balanceOf(address(this));
+        token.safeTransferFrom(msg.sender, address(this), amount);
+        uint256 arrived = token.balanceOf(address(this)) - before;
+        uint256 balance = balanceOf[msg.sender] + arrived;
         balanceOf[msg.sender] = balance;
-        emit Deposited(msg.sender, amount, balance);
+        emit Deposited(msg.sender, arrived, balance);
         if (unlockAt[msg.sender] != 0) {
             unlockAt[msg.sender] = 0;
             emit WithdrawalCancelled(msg.sender);
         }
-        token.safeTransferFrom(msg.sender, address(this), amount);
     }
 
     /// @notice Locks `amount` of the caller's deposit until `until` (a Unix time).

@@ -611,45 +611,24 @@ mod tests {
         let viewer = wallet(1);
         let served = 10_000;
         let mut r = relayer_after(served, t, epoch);
-        // 64 receipts, each within what was served, each for a content id
-        // of the viewer's own making.
-        let receipts: Vec<SignedReceipt> = (0..64u8)
-            .map(|c| {
-                let mut x = signed(&viewer, &me, served, epoch).receipt;
-                x.contentId = B256::repeat_byte(c);
-                viewer.sign_receipt(x, &deployment().receipt_domain())
-            })
-            .collect();
-        let credited = r
-            .accept(
-                &VIEWER,
-                epoch,
-                ReceiptResponse { receipts },
-                &Held::default(),
-                t,
-            )
-            .unwrap();
-        assert_eq!(credited, served);
-        let account = r.accounts()[0].1.clone();
-        assert_eq!(account.acknowledged_bytes, served);
-        // And what was acknowledged is not credited again by more of them.
-        let more = (64..80u8)
-            .map(|c| {
-                let mut x = signed(&viewer, &me, served, epoch).receipt;
-                x.contentId = B256::repeat_byte(c);
-                viewer.sign_receipt(x, &deployment().receipt_domain())
-            })
-            .collect();
-        let credited = r
-            .accept(
-                &VIEWER,
-                epoch,
-                ReceiptResponse { receipts: more },
-                &Held::default(),
-                t,
-            )
-            .unwrap();
-        assert_eq!(credited, 0);
+        // Receipts each within what was served, each for a content id of
+        // the viewer's own making; what they credit.
+        let mut send = |contents: std::ops::Range<u8>| {
+            let receipts = contents
+                .map(|c| {
+                    let mut x = signed(&viewer, &me, served, epoch).receipt;
+                    x.contentId = B256::repeat_byte(c);
+                    viewer.sign_receipt(x, &deployment().receipt_domain())
+                })
+                .collect();
+            let response = ReceiptResponse { receipts };
+            r.accept(&VIEWER, epoch, response, &Held::default(), t)
+                .unwrap()
+        };
+        assert_eq!(send(0..64), served);
+        // What was acknowledged is not credited again by more of them.
+        assert_eq!(send(64..80), 0);
+        assert_eq!(r.accounts()[0].1.acknowledged_bytes, served);
     }
 
     #[test]

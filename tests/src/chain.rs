@@ -138,11 +138,23 @@ pub const EPOCH: u64 = shoal_protocol::receipt::EPOCH_SECS;
 /// with the 70/20/10 split, a one-day unlock period and a minimum deposit
 /// of one token.
 pub async fn deploy(anvil: &Anvil, deployer: &Wallet, treasury: Address) -> Deployment {
+    deploy_on(anvil, deployer, treasury, None).await
+}
+
+/// [`deploy`] on an ERC-20 already deployed (`Some`), or a new
+/// `ShoalToken`.
+pub async fn deploy_on(
+    anvil: &Anvil,
+    deployer: &Wallet,
+    treasury: Address,
+    token: Option<Address>,
+) -> Deployment {
     Settlement::deploy(
         &anvil.rpc,
         deployer,
         &DeployParams {
             supply: tokens(1_000_000),
+            token,
             unlock_period_secs: 86_400,
             treasury,
             split_bps: (7000, 2000, 1000),
@@ -154,6 +166,22 @@ pub async fn deploy(anvil: &Anvil, deployer: &Wallet, treasury: Address) -> Depl
     )
     .await
     .unwrap()
+}
+
+alloy::sol!(
+    #[sol(rpc)]
+    FeeOnTransferToken,
+    "../contracts/artifacts/FeeOnTransferToken.json"
+);
+
+/// Deploys the test fixture `FeeOnTransferToken` (1% of every transfer
+/// burnt), its `supply` minted to `holder`; returns its address.
+pub async fn deploy_fee_token(anvil: &Anvil, holder: &Wallet, supply: U256) -> Address {
+    let provider = shoal_node::settle::provider(&anvil.rpc, holder).unwrap();
+    *FeeOnTransferToken::deploy(&provider, holder.address(), supply)
+        .await
+        .unwrap()
+        .address()
 }
 
 /// `wallet` connected to the deployment.

@@ -5,7 +5,9 @@
 use alloy_primitives::{Address, B256, U256};
 use shoal_node::settle::{SettleError, Settlement};
 use shoal_protocol::receipt::{Cheque, Deployment, Receipt, SignedReceipt, Wallet};
-use shoal_tests::chain::{Anvil, EPOCH, connect, deploy, tokens, wallet};
+use shoal_tests::chain::{
+    Anvil, EPOCH, connect, deploy, deploy_fee_token, deploy_on, tokens, wallet,
+};
 
 /// A receipt `viewer` signs for `relayer`.
 fn receipt(
@@ -157,6 +159,58 @@ async fn relayers_are_paid_the_split_to_the_wei() {
     // Nothing is paid twice, and nothing but rounding stays behind.
     refused(c1.payout(content, epoch).await, "nothing to pay");
     assert!(viewer_pool - p1 - p2 <= U256::from(2));
+}
+
+/// A token that takes a fee on transfer delivers less than the funder
+/// sends: the pool splits what arrived, so its viewer pool is backed to
+/// the wei and the relayer's payout goes through (splitting the amount
+/// asked for promised more than the pool held).
+#[tokio::test]
+async fn a_funding_counts_what_arrived() {
+    let anvil = Anvil::start().await;
+    let deployer = wallet(&anvil, 1).await;
+    let treasury = Wallet::from_bytes(&[2; 32]).unwrap().address();
+    let fee_token = deploy_fee_token(&anvil, &deployer, tokens(1_000_000)).await;
+    let d = deploy_on(&anvil, &deployer, treasury, Some(fee_token)).await;
+    let w = World {
+        anvil,
+        d,
+        deployer,
+        treasury,
+    };
+    let creator = Wallet::from_bytes(&[3; 32]).unwrap().address();
+    let bank = connect(&w.anvil, &w.deployer, w.d).await;
+    // The vault too counts what arrived: 4.95 of a deposit of 5.
+    let viewer = w.member(10, 0).await;
+    bank.transfer(viewer.address(), tokens(10)).await.unwrap();
+    let me = connect(&w.anvil, &viewer, w.d).await;
+    me.deposit(tokens(5)).await.unwrap();
+    let deposited = tokens(495) / U256::from(100);
+    assert_eq!(me.deposit_of(viewer.address()).await.unwrap().0, deposited);
+    assert_eq!(bank.token_balance(w.d.vault).await.unwrap(), deposited);
+    me.lock_for_epochs(24).await.unwrap();
+    let relayer = w.member(20, 0).await;
+    let content = B256::repeat_byte(0x42);
+    let epoch = w.next_epoch().await;
+    bank.fund(content, epoch, creator, tokens(1000))
+        .await
+        .unwrap();
+    // 990 arrived: 693 to the creator, 99 to the treasury (each less the
+    // token's own 1% on the way), 198 in the pool.
+    assert_eq!(
+        bank.token_balance(w.d.reward_pool).await.unwrap(),
+        tokens(198)
+    );
+    let c = connect(&w.anvil, &relayer, w.d).await;
+    w.anvil.advance(EPOCH).await;
+    let r = receipt(&viewer, &relayer, &w.d, content, epoch, 1_000_000);
+    c.claim(&[r]).await.unwrap();
+    w.anvil.advance(EPOCH).await;
+    assert_eq!(c.payout(content, epoch).await.unwrap(), tokens(198));
+    assert_eq!(
+        bank.token_balance(w.d.reward_pool).await.unwrap(),
+        U256::ZERO
+    );
 }
 
 #[tokio::test]
