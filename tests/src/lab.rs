@@ -463,6 +463,14 @@ impl Lab {
         assert!(i <= MAX_HOSTS, "at most {MAX_HOSTS} hosts in a lab");
         let ns = format!("{}-h{i}", self.prefix);
         self.namespace(&ns).expect("a host namespace");
+        // SHOAL_LAB_SLOW_START_AFTER_IDLE=0 keeps a TCP connection's window
+        // across idle spells (Linux shrinks it after an RTO of silence by
+        // default): the model sends at the uplink's rate from the first
+        // byte, so the cross-check can tell how much of a gap this is.
+        if let Ok(v) = std::env::var("SHOAL_LAB_SLOW_START_AFTER_IDLE") {
+            let setting = format!("net.ipv4.tcp_slow_start_after_idle={v}");
+            in_ns(&ns, "sysctl", &["-qw", &setting]).expect("tcp_slow_start_after_idle");
+        }
         let public = Ipv4Addr::new(10, 77, i as u8, 2);
         let core_side = Ipv4Addr::new(10, 77, i as u8, 1);
         let core_dev = format!("h{i}");
