@@ -149,6 +149,12 @@ pub fn claim(dir: &Path, rpc: Option<&str>) -> Result<()> {
         }
         Backend::Local(repo) => claim_local(&repo, dir, rpc)?,
     };
+    if outcome.unfunded + outcome.no_deposit + outcome.expired > 0 {
+        println!(
+            "not sent: {} receipts for content nobody funded, {} from viewers without a deposit locked through the epoch; {} past their claim window forgotten",
+            outcome.unfunded, outcome.no_deposit, outcome.expired
+        );
+    }
     if outcome.transactions == 0 {
         println!("nothing to claim now (receipts count after their epoch, for a limited time)");
     } else {

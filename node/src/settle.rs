@@ -8,6 +8,8 @@
 //! (`BadReceipt(2, 2)` reads "receipt 2: the signature is not the
 //! viewer's for this chain and contract").
 
+use std::collections::HashMap;
+
 use alloy::network::EthereumWallet;
 use alloy::primitives::{Address, B256, Bytes, U256};
 use alloy::providers::{DynProvider, Provider, ProviderBuilder};
@@ -99,6 +101,14 @@ pub struct ClaimOutcome {
     /// Bytes receipts claimed beyond their viewers' cap for the epoch:
     /// counted as spent, never paid.
     pub capped_bytes: u64,
+    /// Receipts not sent: nobody funded their content for their epoch
+    /// (which can no longer change once the epoch is over).
+    pub unfunded: usize,
+    /// Receipts not sent: their viewer's deposit was not locked through
+    /// their epoch and its claim window.
+    pub no_deposit: usize,
+    /// Receipts forgotten: their claim window has closed.
+    pub expired: usize,
     pub transactions: usize,
     pub gas_used: u64,
     /// The receipts the pool counted: (viewer, content, epoch).
@@ -472,6 +482,29 @@ impl Settlement {
         Ok(out)
     }
 
+    /// What the viewer pool of `content` holds for `epoch`.
+    pub async fn viewer_pool(&self, content: B256, epoch: u64) -> Result<U256, SettleError> {
+        self.pool()
+            .viewerPool(content, epoch)
+            .call()
+            .await
+            .map_err(revert)
+    }
+
+    /// Whether `viewer`'s receipts for `epoch` can count: its deposit
+    /// locked from the epoch's start to the end of its claim window.
+    pub async fn viewer_counts(&self, viewer: Address, epoch: u64) -> Result<bool, SettleError> {
+        let pool = self.pool();
+        let length = pool.epochLength().call().await.map_err(revert)?;
+        let window = pool.claimEpochs().call().await.map_err(revert)?;
+        let min = pool.minDeposit().call().await.map_err(revert)?;
+        self.vault()
+            .lockedThrough(viewer, min, epoch * length, (epoch + 1 + window) * length)
+            .call()
+            .await
+            .map_err(revert)
+    }
+
     /// The cumulative bytes the pool has counted for a viewer, this node
     /// as relayer, a content and an epoch.
     pub async fn counted(
@@ -547,8 +580,11 @@ pub async fn from_repo(dir: &std::path::Path, rpc: Option<&str>) -> Result<Settl
 }
 
 /// Claims what can be claimed now: receipts whose epoch is over and
-/// whose claim window is open, beyond what was claimed of them before.
-/// What the pool counted is recorded, so nothing is sent twice.
+/// whose claim window is open, beyond what was claimed of them before,
+/// for content someone funded and from viewers whose deposit was locked
+/// through the epoch (the others would cost gas and count nothing).
+/// What the pool counted is recorded, so nothing is sent twice; receipts
+/// whose window has closed are forgotten.
 pub async fn claim(
     store: &shoal_storage::Blockstore,
     chain: &Settlement,
@@ -556,7 +592,17 @@ pub async fn claim(
     let now = chain.current_epoch().await?;
     let window = chain.claim_epochs().await?;
     let me = chain.address();
-    let ready: Vec<SignedReceipt> = crate::rewards::held_receipts(store)?
+    let mut total = ClaimOutcome::default();
+    let held = crate::rewards::held_receipts(store)?;
+    // Receipts whose claim window has closed can never be paid: forgotten.
+    let expired: Vec<Vec<u8>> = held
+        .iter()
+        .filter(|(r, _)| r.receipt.epoch < now && now - r.receipt.epoch > window)
+        .map(|(r, _)| r.key())
+        .collect();
+    store.delete_receipts(&expired)?;
+    total.expired = expired.len();
+    let ready: Vec<SignedReceipt> = held
         .into_iter()
         .filter(|(r, claimed)| {
             let r = &r.receipt;
@@ -567,11 +613,45 @@ pub async fn claim(
         })
         .map(|(r, _)| r)
         .collect();
+    // Receipts that cannot count are not sent (they would cost gas for
+    // nothing): one question per content and epoch, and per viewer and
+    // epoch, not per receipt.
+    let mut funded: HashMap<(B256, u64), bool> = HashMap::new();
+    let mut counts: HashMap<(Address, u64), bool> = HashMap::new();
+    let mut worth = Vec::new();
+    for r in ready {
+        let x = &r.receipt;
+        let pool = match funded.get(&(x.contentId, x.epoch)) {
+            Some(f) => *f,
+            None => {
+                let f = chain.viewer_pool(x.contentId, x.epoch).await? > U256::ZERO;
+                funded.insert((x.contentId, x.epoch), f);
+                f
+            }
+        };
+        if !pool {
+            total.unfunded += 1;
+            continue;
+        }
+        let viewer = match counts.get(&(x.viewer, x.epoch)) {
+            Some(c) => *c,
+            None => {
+                let c = chain.viewer_counts(x.viewer, x.epoch).await?;
+                counts.insert((x.viewer, x.epoch), c);
+                c
+            }
+        };
+        if !viewer {
+            total.no_deposit += 1;
+            continue;
+        }
+        worth.push(r);
+    }
     // What the pool already counted (a claim whose answer was lost, or
     // one from another process) is recorded, not sent again: the pool
     // would refuse the whole batch for it.
     let mut fresh = Vec::new();
-    for r in ready {
+    for r in worth {
         let x = &r.receipt;
         let counted = chain.counted(x.viewer, x.contentId, x.epoch).await?;
         if counted >= x.cumulativeBytes {
@@ -580,7 +660,6 @@ pub async fn claim(
             fresh.push(r);
         }
     }
-    let mut total = ClaimOutcome::default();
     // Each batch's counted receipts are recorded as soon as it is mined;
     // receipts skipped for want of a viewer deposit stay for later.
     for batch in fresh.chunks(CLAIM_BATCH) {

@@ -739,6 +739,25 @@ impl Blockstore {
         })())
     }
 
+    /// Forgets the receipts under `keys` (their claim window has closed),
+    /// in one transaction.
+    pub fn delete_receipts(&self, keys: &[Vec<u8>]) -> Result<(), StoreError> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        self.contextualize((|| {
+            let txn = self.db.begin_write()?;
+            {
+                let mut t = txn.open_table(RECEIPTS)?;
+                for key in keys {
+                    t.remove(key.as_slice())?;
+                }
+            }
+            txn.commit()?;
+            Ok(())
+        })())
+    }
+
     /// Records that the receipt under `key` was claimed up to `claimed`.
     pub fn mark_claimed(&self, key: &[u8], claimed: u64) -> Result<(), StoreError> {
         self.contextualize((|| {

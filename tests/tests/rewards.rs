@@ -213,6 +213,59 @@ async fn a_funding_counts_what_arrived() {
     );
 }
 
+/// A node sends only receipts that can pay: for content someone funded,
+/// from viewers whose deposit was locked through the epoch, and forgets
+/// those whose claim window has closed.
+#[tokio::test]
+async fn a_node_claims_only_receipts_that_can_pay_and_forgets_expired_ones() {
+    let w = world().await;
+    let creator = Wallet::from_bytes(&[3; 32]).unwrap().address();
+    let viewer = w.viewer(10, 5).await;
+    let stranger = w.member(11, 5).await;
+    let relayer = w.member(20, 0).await;
+    let (funded, unfunded) = (B256::repeat_byte(1), B256::repeat_byte(2));
+    let earlier = w.next_epoch().await;
+    let epoch = w.next_epoch().await;
+    let bank = connect(&w.anvil, &w.deployer, w.d).await;
+    bank.fund(funded, epoch, creator, tokens(10)).await.unwrap();
+    let held = [
+        receipt(&viewer, &relayer, &w.d, funded, epoch, 1_000_000),
+        receipt(&viewer, &relayer, &w.d, unfunded, epoch, 1_000_000),
+        receipt(&stranger, &relayer, &w.d, funded, epoch, 1_000_000),
+        receipt(&viewer, &relayer, &w.d, funded, earlier, 1_000_000),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let store = shoal_storage::Blockstore::create(
+        &dir.path().join("store.redb"),
+        &shoal_storage::StoreOptions::default(),
+    )
+    .unwrap();
+    for r in &held {
+        store.put_receipt(&r.key(), &r.to_bytes()).unwrap();
+    }
+    let c = connect(&w.anvil, &relayer, w.d).await;
+    w.anvil.advance(EPOCH).await;
+    let o = shoal_node::settle::claim(&store, &c).await.unwrap();
+    assert_eq!(
+        (
+            o.transactions,
+            o.counted,
+            o.unfunded,
+            o.no_deposit,
+            o.expired
+        ),
+        (1, 1, 1, 1, 1),
+        "{o:?}"
+    );
+    assert_eq!(store.receipts().unwrap().len(), 3);
+    // Nothing left worth sending.
+    let again = shoal_node::settle::claim(&store, &c).await.unwrap();
+    assert_eq!(
+        (again.transactions, again.unfunded, again.no_deposit),
+        (0, 1, 1)
+    );
+}
+
 #[tokio::test]
 async fn a_forged_receipt_is_refused() {
     let (w, viewer, relayer, c, epoch, content) = viewer_and_relayer().await;
