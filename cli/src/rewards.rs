@@ -189,8 +189,8 @@ fn claim_local(repo: &Repo, dir: &Path, rpc: Option<&str>) -> Result<settle::Cla
 /// cheques or be withdrawn.
 const LOCK_EPOCHS: u64 = 24;
 
-/// `shoal rewards deposit AMOUNT`: deposits and locks the whole deposit
-/// for [`LOCK_EPOCHS`] more epochs.
+/// `shoal rewards deposit AMOUNT`: deposits, and locks what the pool asks
+/// of a viewer for [`LOCK_EPOCHS`] more epochs.
 pub fn deposit(dir: &Path, amount: &str, rpc: Option<&str>) -> Result<()> {
     let wei = parse_amount(amount)?;
     runtime()?.block_on(async {
@@ -198,10 +198,12 @@ pub fn deposit(dir: &Path, amount: &str, rpc: Option<&str>) -> Result<()> {
         chain.deposit(wei).await?;
         let (deposit, _) = chain.deposit_of(chain.address()).await?;
         let (first, until) = chain.lock_for_epochs(LOCK_EPOCHS).await?;
+        let (locked, _, _) = chain.lock_of(chain.address()).await?;
         println!(
-            "deposited {amount}; the vault holds {}, locked until Unix time {until}: \
-             receipts you sign count from epoch {first} on",
-            format_amount(deposit)
+            "deposited {amount}; the vault holds {}, of which {} is locked until Unix time \
+             {until}: receipts you sign count from epoch {first} on; the rest pays cheques",
+            format_amount(deposit),
+            format_amount(locked)
         );
         Ok(())
     })

@@ -5,6 +5,7 @@ import {IERC20} from "@openzeppelin/contracts/token/ERC20/IERC20.sol";
 import {SafeERC20} from "@openzeppelin/contracts/token/ERC20/utils/SafeERC20.sol";
 import {EIP712} from "@openzeppelin/contracts/utils/cryptography/EIP712.sol";
 import {ECDSA} from "@openzeppelin/contracts/utils/cryptography/ECDSA.sol";
+import {SafeCast} from "@openzeppelin/contracts/utils/math/SafeCast.sol";
 
 /// @title Vault
 /// @notice One shared chequebook for every node. A node deposits tokens once and then pays
@@ -101,14 +102,14 @@ contract Vault is EIP712 {
     function lock(uint256 amount, uint64 until) external {
         Lock memory current = locks[msg.sender];
         bool running = current.until > block.timestamp;
-        if (until <= block.timestamp) revert LockShrinks(amount, until);
+        if (until <= block.timestamp) revert LockShrinks(amount, uint64(block.timestamp) + 1);
         if (running && (amount < current.amount || until < current.until)) {
             revert LockShrinks(current.amount, current.until);
         }
         uint256 balance = balanceOf[msg.sender];
         if (amount > balance) revert InsufficientDeposit(balance);
         uint64 since = running && amount == current.amount ? current.since : uint64(block.timestamp);
-        locks[msg.sender] = Lock(uint128(amount), since, until);
+        locks[msg.sender] = Lock(SafeCast.toUint128(amount), since, until);
         emit Locked(msg.sender, amount, since, until);
     }
 

@@ -11,9 +11,9 @@
 //! for [`WRITE_STALL`] is reported [`StreamEvent::Stalled`] (the event loop
 //! disconnects it) and its writer stops; one whose message takes longer
 //! than [`SLOW_WRITE`] is reported [`StreamEvent::Slow`] first, so that
-//! the engine stops counting what it holds against the other peers. All protocol decisions are the
-//! engine's (`shoal_protocol::bitswap`), which also bounds what waits in a
-//! writer's queue.
+//! the engine stops counting what it holds against the other peers. All
+//! protocol decisions are the engine's (`shoal_protocol::bitswap`), which
+//! also bounds what waits in a writer's queue.
 
 use std::sync::Arc;
 

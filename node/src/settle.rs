@@ -407,20 +407,32 @@ impl Settlement {
         Ok((U256::from(l.amount), l.since, l.until))
     }
 
-    /// Locks this node's whole deposit until the claim window of the
-    /// epoch `epochs` from the current one has closed; returns the first
-    /// epoch its receipts count in (the next one) and the lock's end.
+    /// Locks what the pool asks of a viewer (`minDeposit`, or the lock
+    /// already running if it is larger) until the claim window of the
+    /// epoch `epochs` from the current one has closed; the rest of the
+    /// deposit stays free to pay cheques. A running lock that is large
+    /// enough is only extended, so the epochs it already covers keep
+    /// counting. Returns the first epoch its receipts count in and the
+    /// lock's end.
     pub async fn lock_for_epochs(&self, epochs: u64) -> Result<(u64, u64), SettleError> {
         let pool = self.pool();
         let length = pool.epochLength().call().await.map_err(revert)?;
         let claim = pool.claimEpochs().call().await.map_err(revert)?;
+        let min = pool.minDeposit().call().await.map_err(revert)?;
         let now = pool.currentEpoch().call().await.map_err(revert)?;
-        let (deposit, _) = self.deposit_of(self.address).await?;
+        let running = self
+            .vault()
+            .lockedOf(self.address)
+            .call()
+            .await
+            .map_err(revert)?;
         let (_, _, until) = self.lock_of(self.address).await?;
-        let wanted = (now + epochs + 1 + claim) * length;
-        let until = until.max(wanted);
-        self.lock(deposit, until).await?;
-        Ok((now + 1, until))
+        let amount = running.max(min);
+        let until = until.max((now + epochs + 1 + claim) * length);
+        self.lock(amount, until).await?;
+        let (_, since, _) = self.lock_of(self.address).await?;
+        // The first epoch that starts at or after the lock's start.
+        Ok((since.div_ceil(length.max(1)), until))
     }
 
     /// Starts the unlock period; returns when withdrawing becomes possible.

@@ -374,7 +374,8 @@ async fn a_locked_deposit_backs_one_viewer_for_the_whole_epoch() {
     let content = B256::repeat_byte(5);
     let relayer = w.member(20, 0).await;
     let c = connect(&w.anvil, &relayer, w.d).await;
-    let viewer = w.viewer(10, 5).await;
+    // The pool's minimum, all of it locked.
+    let viewer = w.viewer(10, 1).await;
     let locked_this_epoch = c.current_epoch().await.unwrap();
     let epoch = w.next_epoch().await;
     let me = connect(&w.anvil, &viewer, w.d).await;
@@ -410,6 +411,17 @@ async fn a_locked_deposit_backs_one_viewer_for_the_whole_epoch() {
     );
     // A lock only grows and lasts longer.
     refused(me.lock(tokens(1), 1).await, "only grow");
+    // Topping up keeps the lock as it was (extended): the epochs it covers
+    // still count, and the rest of the deposit pays cheques.
+    let (_, since, _) = me.lock_of(viewer.address()).await.unwrap();
+    let bank = connect(&w.anvil, &w.deployer, w.d).await;
+    bank.transfer(viewer.address(), tokens(3)).await.unwrap();
+    me.deposit(tokens(3)).await.unwrap();
+    me.lock_for_epochs(24).await.unwrap();
+    let (locked, since_after, _) = me.lock_of(viewer.address()).await.unwrap();
+    assert_eq!((locked, since_after), (tokens(1), since));
+    let cashed = c.cash_cheque(&cheque).await.unwrap();
+    assert_eq!((cashed.paid, cashed.bounced), (tokens(3), tokens(2)));
 }
 
 #[tokio::test]

@@ -3,7 +3,7 @@
 
 use shoal_protocol::receipt::Wallet;
 use shoal_tests::Sandbox;
-use shoal_tests::chain::{Anvil, EPOCH, connect, deploy, tokens, wallet};
+use shoal_tests::chain::{Anvil, connect, deploy, tokens, wallet};
 
 #[tokio::test]
 async fn a_wallet_deposits_withdraws_and_claims_through_the_cli() {
@@ -55,7 +55,7 @@ async fn a_wallet_deposits_withdraws_and_claims_through_the_cli() {
         .fails_with("the wallet holds 5000000000000000000 wei of the token");
     let out = s.shoal(&["rewards", "deposit", "2.5"]).ok().to_owned();
     assert!(
-        out.contains("the vault holds 2.5, locked until Unix time")
+        out.contains("the vault holds 2.5, of which 1 is locked until Unix time")
             && out.contains("receipts you sign count from epoch"),
         "{out}"
     );
@@ -63,7 +63,7 @@ async fn a_wallet_deposits_withdraws_and_claims_through_the_cli() {
     assert!(
         status.contains("tokens: 2.5")
             && status.contains("vault deposit: 2.5")
-            && status.contains("locked: 2.5 from Unix time"),
+            && status.contains("locked: 1 from Unix time"),
         "{status}"
     );
 
@@ -71,12 +71,11 @@ async fn a_wallet_deposits_withdraws_and_claims_through_the_cli() {
     assert!(out.contains("withdrawal requested"), "{out}");
     s.shoal(&["rewards", "withdraw", "1"])
         .fails_with("locked until");
-    // The unlock period has passed, the lock (24 epochs and a claim
-    // window beyond this one) has not.
+    // The unlock period has passed, the lock (the pool's minimum of one
+    // token, for 24 epochs and a claim window beyond this one) has not.
     anvil.advance(86_400).await;
-    s.shoal(&["rewards", "withdraw", "1"])
-        .fails_with("only 0 wei of the deposit are free");
-    anvil.advance(3 * EPOCH).await;
+    s.shoal(&["rewards", "withdraw", "2"])
+        .fails_with("only 1500000000000000000 wei of the deposit are free");
     s.shoal(&["rewards", "withdraw", "1"]).ok();
     assert_eq!(
         bank.token_balance(addr).await.unwrap(),
