@@ -90,6 +90,29 @@ pub struct DeployParams {
     pub max_viewer_bytes_per_epoch: u64,
 }
 
+/// A reward pool's fixed terms.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PoolTerms {
+    pub epoch_length: u64,
+    pub claim_epochs: u64,
+    pub min_deposit: U256,
+}
+
+impl PoolTerms {
+    /// The Unix seconds a viewer's lock must cover for its receipts of
+    /// `epoch` to count: from the epoch's start to the end of its claim
+    /// window (`RewardPool.claim`).
+    pub fn lock_span(&self, epoch: u64) -> (u64, u64) {
+        let l = self.epoch_length;
+        (
+            epoch.saturating_mul(l),
+            epoch
+                .saturating_add(1 + self.claim_epochs)
+                .saturating_mul(l),
+        )
+    }
+}
+
 /// What a `claim` did.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ClaimOutcome {
@@ -415,11 +438,8 @@ impl Settlement {
     /// counting. Returns the first epoch its receipts count in and the
     /// lock's end.
     pub async fn lock_for_epochs(&self, epochs: u64) -> Result<(u64, u64), SettleError> {
-        let pool = self.pool();
-        let length = pool.epochLength().call().await.map_err(revert)?;
-        let claim = pool.claimEpochs().call().await.map_err(revert)?;
-        let min = pool.minDeposit().call().await.map_err(revert)?;
-        let now = pool.currentEpoch().call().await.map_err(revert)?;
+        let terms = self.terms().await?;
+        let now = self.current_epoch().await?;
         let running = self
             .vault()
             .lockedOf(self.address)
@@ -427,12 +447,12 @@ impl Settlement {
             .await
             .map_err(revert)?;
         let (_, _, until) = self.lock_of(self.address).await?;
-        let amount = running.max(min);
-        let until = until.max((now + epochs + 1 + claim) * length);
+        let amount = running.max(terms.min_deposit);
+        let until = until.max(terms.lock_span(now + epochs).1);
         self.lock(amount, until).await?;
         let (_, since, _) = self.lock_of(self.address).await?;
         // The first epoch that starts at or after the lock's start.
-        Ok((since.div_ceil(length.max(1)), until))
+        Ok((since.div_ceil(terms.epoch_length.max(1)), until))
     }
 
     /// Starts the unlock period; returns when withdrawing becomes possible.
@@ -462,11 +482,6 @@ impl Settlement {
     /// The pool's current epoch (from the chain's clock).
     pub async fn current_epoch(&self) -> Result<u64, SettleError> {
         self.pool().currentEpoch().call().await.map_err(revert)
-    }
-
-    /// For how many epochs after its end an epoch's receipts are claimed.
-    pub async fn claim_epochs(&self) -> Result<u64, SettleError> {
-        self.pool().claimEpochs().call().await.map_err(revert)
     }
 
     /// Claims with `receipts` (this node must be their relayer), in
@@ -503,15 +518,28 @@ impl Settlement {
             .map_err(revert)
     }
 
+    /// The pool's fixed terms (immutable in the contract: read once per
+    /// task, not per receipt).
+    pub async fn terms(&self) -> Result<PoolTerms, SettleError> {
+        let pool = self.pool();
+        Ok(PoolTerms {
+            epoch_length: pool.epochLength().call().await.map_err(revert)?,
+            claim_epochs: pool.claimEpochs().call().await.map_err(revert)?,
+            min_deposit: pool.minDeposit().call().await.map_err(revert)?,
+        })
+    }
+
     /// Whether `viewer`'s receipts for `epoch` can count: its deposit
     /// locked from the epoch's start to the end of its claim window.
-    pub async fn viewer_counts(&self, viewer: Address, epoch: u64) -> Result<bool, SettleError> {
-        let pool = self.pool();
-        let length = pool.epochLength().call().await.map_err(revert)?;
-        let window = pool.claimEpochs().call().await.map_err(revert)?;
-        let min = pool.minDeposit().call().await.map_err(revert)?;
+    pub async fn viewer_counts(
+        &self,
+        viewer: Address,
+        epoch: u64,
+        terms: &PoolTerms,
+    ) -> Result<bool, SettleError> {
+        let (start, end) = terms.lock_span(epoch);
         self.vault()
-            .lockedThrough(viewer, min, epoch * length, (epoch + 1 + window) * length)
+            .lockedThrough(viewer, terms.min_deposit, start, end)
             .call()
             .await
             .map_err(revert)
@@ -602,7 +630,8 @@ pub async fn claim(
     chain: &Settlement,
 ) -> Result<ClaimOutcome, crate::NodeError> {
     let now = chain.current_epoch().await?;
-    let window = chain.claim_epochs().await?;
+    let terms = chain.terms().await?;
+    let window = terms.claim_epochs;
     let me = chain.address();
     let mut total = ClaimOutcome::default();
     let held = crate::rewards::held_receipts(store)?;
@@ -648,7 +677,7 @@ pub async fn claim(
         let viewer = match counts.get(&(x.viewer, x.epoch)) {
             Some(c) => *c,
             None => {
-                let c = chain.viewer_counts(x.viewer, x.epoch).await?;
+                let c = chain.viewer_counts(x.viewer, x.epoch, &terms).await?;
                 counts.insert((x.viewer, x.epoch), c);
                 c
             }
