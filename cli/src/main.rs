@@ -615,7 +615,7 @@ fn id(dir: &Path, json: bool) -> Result<()> {
 fn add(backend: &Backend, args: AddArgs) -> Result<()> {
     let result: AddResult = match backend {
         Backend::Local(repo) => {
-            let mut options = repo.paths.config.import.options();
+            let mut options = repo.paths.import_options()?;
             options.k = args.k.unwrap_or(options.k);
             options.m = args.m.unwrap_or(options.m);
             options.segment_size = args.segment_size.unwrap_or(options.segment_size);

@@ -149,10 +149,16 @@ pub fn claim(dir: &Path, rpc: Option<&str>) -> Result<()> {
         }
         Backend::Local(repo) => claim_local(&repo, dir, rpc)?,
     };
-    if outcome.unfunded + outcome.no_deposit + outcome.expired > 0 {
+    if outcome.unfunded + outcome.not_picked + outcome.no_deposit + outcome.expired > 0 {
         println!(
-            "not sent: {} receipts for content nobody funded, {} from viewers without a deposit locked through the epoch; {} past their claim window forgotten",
-            outcome.unfunded, outcome.no_deposit, outcome.expired
+            "not sent: {} receipts for content nobody funded, {} from viewers their epoch's draw did not pick, {} from viewers without a deposit locked through the epoch; {} past their claim window forgotten",
+            outcome.unfunded, outcome.not_picked, outcome.no_deposit, outcome.expired
+        );
+    }
+    if outcome.rolled > 0 {
+        println!(
+            "{} pools that counted nothing rolled on into their content's current epoch",
+            outcome.rolled
         );
     }
     if outcome.transactions == 0 {

@@ -185,7 +185,9 @@ impl ShoalNode {
         node_config.live.window = limits.cache_segments as usize;
         node_config.upload_bytes_per_sec = limits.upload_bytes_per_sec;
         node_config.no_upload = !may_upload(&limits, &network, false);
-        let import = paths.config.import.options();
+        let import = paths
+            .import_options()
+            .map_err(shoal_node::NodeError::from)?;
 
         let handle = runtime.handle().clone();
         let node = runtime.block_on(Node::start_repo(&paths, node_config))?;

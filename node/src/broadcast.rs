@@ -189,6 +189,13 @@ pub async fn broadcast(
                     })
                     .collect(),
                 origins: options.origins.iter().cloned().map(Origin).collect(),
+                // The creator the channel's funding pays (see
+                // `shoal_protocol::receipt::content_id`).
+                creator: options
+                    .import
+                    .creator
+                    .map(|c| c.to_vec())
+                    .unwrap_or_default(),
                 ..ChannelRecord::default()
             };
             node.put_channel_record(channel, key.sign_record(&record))

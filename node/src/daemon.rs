@@ -174,7 +174,7 @@ impl Daemon {
         let state = Arc::new(ApiState {
             node: self.node.clone(),
             dir: self.paths.dir.clone(),
-            import: self.paths.config.import.options(),
+            import: self.paths.import_options().map_err(NodeError::from)?,
             token: self.token.clone(),
             access: access.clone(),
             broadcasting: Default::default(),

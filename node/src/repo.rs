@@ -66,6 +66,7 @@ impl Config {
             .map_err(|e| e.to_string())?;
         config.limits().validate().map_err(|e| e.to_string())?;
         config.rewards.deployment()?;
+        config.rewards.creator()?;
         config.api.validate()?;
         if let Some(rpc) = &config.rewards.rpc
             && !(rpc.starts_with("http://") || rpc.starts_with("https://"))
@@ -124,9 +125,25 @@ pub struct RewardsSettings {
     pub reward_pool: Option<String>,
     pub vault: Option<String>,
     pub token: Option<String>,
+    /// The address paid as the creator of what this node adds and
+    /// broadcasts (written into root manifests and channel records).
+    /// Absent: this node's own wallet.
+    pub creator: Option<String>,
 }
 
 impl RewardsSettings {
+    /// The creator address configured, if any.
+    pub fn creator(&self) -> Result<Option<alloy_primitives::Address>, String> {
+        self.creator
+            .as_deref()
+            .map(|s| {
+                s.parse().map_err(|_| {
+                    format!("rewards.creator {s:?} is not an address (0x and 40 hex digits)")
+                })
+            })
+            .transpose()
+    }
+
     /// The deployment named, if any.
     pub fn deployment(&self) -> Result<Option<shoal_protocol::receipt::Deployment>, String> {
         let address =
@@ -191,6 +208,7 @@ impl ImportConfig {
             k: self.k,
             m: self.m,
             segment_size: self.segment_size,
+            creator: None,
         }
     }
 }
@@ -420,6 +438,21 @@ impl RepoPaths {
 
     pub fn wallet(&self) -> PathBuf {
         self.dir.join(WALLET)
+    }
+
+    /// How this repo imports content: the configured coding, and the
+    /// creator paid for it (`rewards.creator`, or the repo's wallet, made
+    /// if there is none yet).
+    pub fn import_options(&self) -> Result<ImportOptions, crate::wallet::WalletError> {
+        let creator = match self.config.rewards.creator() {
+            Ok(Some(c)) => c,
+            // Checked when the config was read.
+            Ok(None) | Err(_) => crate::wallet::load_or_create(&self.wallet())?.address(),
+        };
+        Ok(ImportOptions {
+            creator: Some(creator.into_array()),
+            ..self.config.import.options()
+        })
     }
 
     pub fn api_file(&self) -> PathBuf {

@@ -15,7 +15,9 @@ use alloy::primitives::{Address, B256, Bytes, U256};
 use alloy::providers::{DynProvider, Provider, ProviderBuilder};
 use alloy::signers::local::PrivateKeySigner;
 use alloy::sol;
-use shoal_protocol::receipt::{Deployment, EPOCH_SECS, SignedCheque, SignedReceipt, Wallet};
+use shoal_protocol::receipt::{
+    Deployment, EPOCH_SECS, SignedCheque, SignedReceipt, Wallet, picked,
+};
 
 sol!(
     #[sol(rpc)]
@@ -88,6 +90,9 @@ pub struct DeployParams {
     /// (`shoal_protocol::receipt::MAX_VIEWER_BYTES_PER_EPOCH` for hour-long
     /// epochs).
     pub max_viewer_bytes_per_epoch: u64,
+    /// One viewer in 2^`draw_bits` is picked for claims in each epoch
+    /// (0: all; `docs/BENCHMARKS.md` has the gas behind the choice).
+    pub draw_bits: u8,
 }
 
 /// A reward pool's fixed terms.
@@ -96,6 +101,8 @@ pub struct PoolTerms {
     pub epoch_length: u64,
     pub claim_epochs: u64,
     pub min_deposit: U256,
+    /// One viewer in 2^`draw_bits` is picked for claims in each epoch.
+    pub draw_bits: u8,
 }
 
 impl PoolTerms {
@@ -132,6 +139,11 @@ pub struct ClaimOutcome {
     pub no_deposit: usize,
     /// Receipts forgotten: their claim window has closed.
     pub expired: usize,
+    /// Receipts not sent: their epoch's draw did not pick their viewer.
+    pub not_picked: usize,
+    /// Pools of closed epochs that counted no bytes, rolled on into their
+    /// content's current epoch (or, after `MAX_ROLLS`, to the treasury).
+    pub rolled: usize,
     pub transactions: usize,
     pub gas_used: u64,
     /// The receipts the pool counted: (viewer, content, epoch).
@@ -212,6 +224,7 @@ fn describe_pool_error(e: &RewardPool::RewardPoolErrors) -> String {
                 2 => "the signature is not the viewer's for this chain and contract",
                 3 => "it is not newer than the receipt already counted (replayed)",
                 4 => "its viewer is its relayer",
+                5 => "its epoch's draw did not pick its viewer",
                 _ => "unknown reason",
             };
             format!("receipt {}: {why}", b.index)
@@ -223,10 +236,15 @@ fn describe_pool_error(e: &RewardPool::RewardPoolErrors) -> String {
         E::ClaimsStillOpen(_) => "claims for that epoch are still open".into(),
         E::NothingToPay(_) => "nothing to pay for that content and epoch".into(),
         E::NothingToSweep(_) => "nothing to sweep".into(),
+        E::NotDrawn(d) => format!(
+            "the seed of epoch {} is not drawn yet (RewardPool.draw)",
+            d.epoch
+        ),
+        E::EpochNotOver(_) => "that epoch is not over yet".into(),
         E::EpochOver(_) => "that epoch is over; fund the current one or a later one".into(),
         E::BadSplit(_) => "the split must add up to 10000 basis points".into(),
         E::BadEpochs(_) => {
-            "epoch length, claim epochs and the viewer's byte cap must be positive".into()
+            "epoch length, claim epochs and the viewer's byte cap must be positive, and draw bits at most 16".into()
         }
         E::ZeroAddress(_) => "an address is zero".into(),
         other => format!("{other:?}"),
@@ -361,6 +379,7 @@ impl Settlement {
             p.claim_epochs,
             p.min_deposit,
             p.max_viewer_bytes_per_epoch,
+            p.draw_bits,
         )
         .await
         .map_err(revert)?;
@@ -465,18 +484,61 @@ impl Settlement {
         send(self.vault().withdraw(amount)).await.map(drop)
     }
 
-    /// Funds `content` for `epoch`, paying `creator` its share at once.
+    /// Funds the content `subject` made by `creator` (content id
+    /// [`shoal_protocol::receipt::content_id`]) for `epoch`, paying
+    /// `creator` its share at once.
     pub async fn fund(
         &self,
-        content: B256,
-        epoch: u64,
+        subject: B256,
         creator: Address,
+        epoch: u64,
         amount: U256,
     ) -> Result<(), SettleError> {
         send(self.token().approve(self.deployment.reward_pool, amount)).await?;
-        send(self.pool().fund(content, epoch, creator, amount))
+        send(self.pool().fund(subject, creator, epoch, amount))
             .await
             .map(drop)
+    }
+
+    /// The seed that picks `epoch`'s viewers, drawing it if nobody has
+    /// (`RewardPool.draw`: two transactions in two blocks, each waited
+    /// for). Only for an epoch that is over.
+    pub async fn draw(&self, epoch: u64) -> Result<B256, SettleError> {
+        for _ in 0..3 {
+            let seed = self.seed(epoch).await?;
+            if !seed.is_zero() {
+                return Ok(seed);
+            }
+            send(self.pool().draw(epoch)).await?;
+        }
+        let seed = self.seed(epoch).await?;
+        if seed.is_zero() {
+            return Err(SettleError::Rpc(format!(
+                "the draw of epoch {epoch} did not complete in three transactions"
+            )));
+        }
+        Ok(seed)
+    }
+
+    /// The seed of `epoch` (zero: not drawn yet).
+    pub async fn seed(&self, epoch: u64) -> Result<B256, SettleError> {
+        self.pool().seed(epoch).call().await.map_err(revert)
+    }
+
+    /// Rolls on the pool of a closed epoch that counted no bytes of
+    /// `content` (`RewardPool.sweep`).
+    pub async fn sweep(&self, content: B256, epoch: u64) -> Result<(), SettleError> {
+        send(self.pool().sweep(content, epoch)).await.map(drop)
+    }
+
+    /// The bytes the pool counted for `content` in `epoch`, over all
+    /// relayers.
+    pub async fn total_bytes(&self, content: B256, epoch: u64) -> Result<U256, SettleError> {
+        self.pool()
+            .totalBytes(content, epoch)
+            .call()
+            .await
+            .map_err(revert)
     }
 
     /// The pool's current epoch (from the chain's clock).
@@ -526,6 +588,7 @@ impl Settlement {
             epoch_length: pool.epochLength().call().await.map_err(revert)?,
             claim_epochs: pool.claimEpochs().call().await.map_err(revert)?,
             min_deposit: pool.minDeposit().call().await.map_err(revert)?,
+            draw_bits: pool.drawBits().call().await.map_err(revert)?,
         })
     }
 
@@ -621,10 +684,12 @@ pub async fn from_repo(dir: &std::path::Path, rpc: Option<&str>) -> Result<Settl
 
 /// Claims what can be claimed now: receipts whose epoch is over and
 /// whose claim window is open, beyond what was claimed of them before,
-/// for content someone funded and from viewers whose deposit was locked
-/// through the epoch (the others would cost gas and count nothing).
+/// for content someone funded, from viewers the epoch's draw picked and
+/// whose deposit was locked through the epoch (the others would cost gas
+/// and count nothing). The epoch's seed is drawn if nobody has yet.
 /// What the pool counted is recorded, so nothing is sent twice; receipts
-/// whose window has closed are forgotten.
+/// whose window has closed are forgotten, and their pools rolled on if
+/// nothing of them was counted.
 pub async fn claim(
     store: &shoal_storage::Blockstore,
     chain: &Settlement,
@@ -636,11 +701,34 @@ pub async fn claim(
     let mut total = ClaimOutcome::default();
     let held = crate::rewards::held_receipts(store)?;
     // Receipts whose claim window has closed can never be paid: forgotten.
-    let expired: Vec<Vec<u8>> = held
+    // A pool of theirs that counted nothing (nobody claimed, or the draw
+    // picked none of its viewers) rolls on into its content's current
+    // epoch, for the relayers serving it now: the first relayer to see it
+    // does so, the others find it empty.
+    let closed = |epoch: u64| epoch < now && now - epoch > window;
+    let expired: Vec<&SignedReceipt> = held
         .iter()
-        .filter(|(r, _)| r.receipt.epoch < now && now - r.receipt.epoch > window)
-        .map(|(r, _)| r.key())
+        .map(|(r, _)| r)
+        .filter(|r| closed(r.receipt.epoch))
         .collect();
+    let pools: std::collections::BTreeSet<(B256, u64)> = expired
+        .iter()
+        .map(|r| (r.receipt.contentId, r.receipt.epoch))
+        .collect();
+    for (content, epoch) in pools {
+        if chain.total_bytes(content, epoch).await? == U256::ZERO
+            && chain.viewer_pool(content, epoch).await? > U256::ZERO
+        {
+            match chain.sweep(content, epoch).await {
+                Ok(()) => total.rolled += 1,
+                Err(SettleError::Reverted(why)) => {
+                    tracing::debug!(%content, epoch, %why, "pool not rolled on");
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    let expired: Vec<Vec<u8>> = expired.iter().map(|r| r.key()).collect();
     store.delete_receipts(&expired)?;
     total.expired = expired.len();
     let ready: Vec<SignedReceipt> = held
@@ -655,9 +743,10 @@ pub async fn claim(
         .map(|(r, _)| r)
         .collect();
     // Receipts that cannot count are not sent (they would cost gas for
-    // nothing): one question per content and epoch, and per viewer and
-    // epoch, not per receipt.
+    // nothing): one question per content and epoch, per epoch (its seed)
+    // and per viewer and epoch, not per receipt.
     let mut funded: HashMap<(B256, u64), bool> = HashMap::new();
+    let mut seeds: HashMap<u64, B256> = HashMap::new();
     let mut counts: HashMap<(Address, u64), bool> = HashMap::new();
     let mut worth = Vec::new();
     for r in ready {
@@ -673,6 +762,20 @@ pub async fn claim(
         if !pool {
             total.unfunded += 1;
             continue;
+        }
+        if terms.draw_bits > 0 {
+            let seed = match seeds.get(&x.epoch) {
+                Some(s) => *s,
+                None => {
+                    let s = chain.draw(x.epoch).await?;
+                    seeds.insert(x.epoch, s);
+                    s
+                }
+            };
+            if !picked(seed, x.viewer, terms.draw_bits) {
+                total.not_picked += 1;
+                continue;
+            }
         }
         let viewer = match counts.get(&(x.viewer, x.epoch)) {
             Some(c) => *c,

@@ -397,6 +397,16 @@ pub struct ChannelRecord {
     /// HTTP origins serving the same segments by their encoder file names.
     #[serde(deserialize_with = "bounded::vec::<_, _, MAX_ORIGINS>")]
     pub origins: Vec<Origin>,
+    /// The address the channel's creator is paid at (20 bytes), or none:
+    /// bound into the content id viewers sign receipts for
+    /// ([`crate::receipt::content_id`]), so that funding the channel pays
+    /// this address and no other. A channel without one earns nothing.
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        with = "serde_bytes_strict"
+    )]
+    pub creator: Vec<u8>,
 }
 
 /// An HTTP origin (CDN) URL: the directory the encoder's playlists are
@@ -406,6 +416,11 @@ pub struct ChannelRecord {
 pub struct Origin(#[serde(deserialize_with = "bounded::string::<_, MAX_URL>")] pub String);
 
 impl ChannelRecord {
+    /// The creator's address, if the record names one.
+    pub fn creator(&self) -> Option<alloy_primitives::Address> {
+        alloy_primitives::Address::try_from(self.creator.as_slice()).ok()
+    }
+
     /// Opens a record that claims to describe `channel`.
     pub fn open(channel: &ChannelId, bytes: &[u8]) -> Result<ChannelRecord, ChannelError> {
         let body = open_envelope(channel, RECORD_TAG, bytes, MAX_RECORD_BYTES)?;
@@ -416,6 +431,12 @@ impl ChannelRecord {
         }
         if r.renditions.is_empty() {
             return Err(ChannelError::Invalid("a channel has no renditions".into()));
+        }
+        if !matches!(r.creator.len(), 0 | 20) {
+            return Err(ChannelError::Invalid(format!(
+                "the creator's address is {} bytes, not 20",
+                r.creator.len()
+            )));
         }
         for o in &r.origins {
             check_origin(&o.0).map_err(ChannelError::Invalid)?;
@@ -699,6 +720,17 @@ mod tests {
         assert_eq!(r.name, "news");
         assert_eq!(r.channel, k.id().as_bytes().to_vec());
         assert_eq!(r.renditions[0].recent.len(), 2);
+        assert_eq!(r.creator(), None);
+        // A creator's address is kept; one of another length is refused.
+        let mut paid = record();
+        paid.creator = vec![7; 20];
+        let r = ChannelRecord::open(&k.id(), &k.sign_record(&paid)).unwrap();
+        assert_eq!(r.creator(), Some(alloy_primitives::Address::repeat_byte(7)));
+        paid.creator = vec![7; 19];
+        assert!(matches!(
+            ChannelRecord::open(&k.id(), &k.sign_record(&paid)),
+            Err(ChannelError::Invalid(_))
+        ));
         // Another channel's record under this channel's key.
         let other = key(2).sign_record(&record());
         assert_eq!(

@@ -57,7 +57,7 @@ use crate::live::{
 };
 use crate::receipt::{
     Deployment, EPOCH_SECS, ReceiptRequest, ReceiptResponse, SignedReceipt, Wallet,
-    channel_content_id, epoch_of, stream_content_id,
+    channel_subject, content_id, epoch_of, stream_subject,
 };
 use crate::rewards::{HeldReceipts, Rewards, RewardsAction};
 
@@ -1289,8 +1289,14 @@ impl<P: Clone + Ord + Hash, S: BlockSource + BlockLookup> NodeMachine<P, S> {
                 match a {
                     StreamFetchAction::Fetch(f) => self.fetch_action(f, &mut out),
                     StreamFetchAction::Delivered { peer, group, bytes } => {
-                        if let Some(f) = self.fetches.get(&id) {
-                            let content = stream_content_id(&f.root());
+                        // As for channels: under the creator the root
+                        // manifest names, once it is read.
+                        if let Some((root, creator)) = self
+                            .fetches
+                            .get(&id)
+                            .and_then(|f| Some((f.root(), f.creator()?)))
+                        {
+                            let content = content_id(stream_subject(&root), creator);
                             self.rewards
                                 .delivered(peer, content, (0, group), bytes, epoch);
                         }
@@ -1432,8 +1438,15 @@ impl<P: Clone + Ord + Hash, S: BlockSource + BlockLookup> NodeMachine<P, S> {
                 segment,
                 bytes,
             } => {
-                let content = channel_content_id(&channel);
-                self.rewards.delivered(peer, content, segment, bytes, epoch);
+                // A channel earns under its creator's address, which its
+                // record names; what is delivered before the record is
+                // found, or for a channel that names no creator, earns
+                // nothing.
+                let creator = self.sessions.get(&channel).and_then(|s| s.creator());
+                if let Some(creator) = creator {
+                    let content = content_id(channel_subject(&channel), creator);
+                    self.rewards.delivered(peer, content, segment, bytes, epoch);
+                }
             }
             SessionAction::Event(event) => {
                 push(self, Action::Event(NodeEvent::Live { channel, event }))

@@ -278,9 +278,29 @@ pub struct StreamManifest {
     pub size: u64,
     #[serde(deserialize_with = "bounded::vec::<_, _, MAX_RENDITIONS>")]
     pub renditions: Vec<Rendition>,
+    /// The address the stream's creator is paid at (20 bytes), or none:
+    /// bound into the content id viewers sign receipts for
+    /// ([`crate::receipt::content_id`]), and into the root CID itself. A
+    /// stream without one earns nothing.
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "bounded::bytes::<_, 20>",
+        serialize_with = "serialize_bytes"
+    )]
+    pub creator: Vec<u8>,
+}
+
+fn serialize_bytes<S: serde::Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_bytes(v)
 }
 
 impl StreamManifest {
+    /// The creator's address, if the manifest names one.
+    pub fn creator(&self) -> Option<alloy_primitives::Address> {
+        alloy_primitives::Address::try_from(self.creator.as_slice()).ok()
+    }
+
     /// Encodes as dag-cbor, returning the block's CID and bytes.
     pub fn to_block(&self) -> (Cid, Vec<u8>) {
         encode(self)
@@ -301,6 +321,12 @@ impl StreamManifest {
         }
         if self.renditions.is_empty() {
             return invalid("stream has no rendition".into());
+        }
+        if !matches!(self.creator.len(), 0 | 20) {
+            return invalid(format!(
+                "the creator's address is {} bytes, not 20",
+                self.creator.len()
+            ));
         }
         if self.kind == StreamKind::File && self.renditions.len() != 1 {
             return invalid("a file stream has exactly one rendition".into());
@@ -463,6 +489,7 @@ mod tests {
     fn stream(seg: Cid) -> StreamManifest {
         StreamManifest {
             version: 1,
+            creator: Vec::new(),
             kind: StreamKind::HlsVod,
             name: "show".into(),
             media_type: "application/vnd.apple.mpegurl".into(),

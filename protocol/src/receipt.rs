@@ -109,14 +109,46 @@ pub enum ReceiptError {
     TooLarge(usize),
 }
 
-/// The content id receipts and reward pools name for a live channel.
-pub fn channel_content_id(channel: &ChannelId) -> B256 {
+/// What receipts and reward pools name a live channel by, before its
+/// creator is bound in ([`content_id`]).
+pub fn channel_subject(channel: &ChannelId) -> B256 {
     tagged_id(b"shoal/channel/1\0", channel.as_bytes())
 }
 
-/// The content id of an on-demand stream (its root CID).
-pub fn stream_content_id(root: &Cid) -> B256 {
+/// What receipts and reward pools name an on-demand stream (its root CID)
+/// by, before its creator is bound in ([`content_id`]).
+pub fn stream_subject(root: &Cid) -> B256 {
     tagged_id(b"shoal/stream/1\0", &root.to_bytes())
+}
+
+/// The content id receipts name and pools are funded under:
+/// `keccak256(abi.encode(subject, creator))`, as `RewardPool.contentOf`
+/// computes it. The creator is part of it, so funding pays only the
+/// creator the content itself names (a channel's signed record, a
+/// stream's root manifest).
+pub fn content_id(subject: B256, creator: Address) -> B256 {
+    let mut input = [0u8; 64];
+    input[..32].copy_from_slice(subject.as_slice());
+    input[44..].copy_from_slice(creator.as_slice());
+    keccak256(input)
+}
+
+/// Whether an epoch's `seed` picks `viewer` when one viewer in
+/// 2^`draw_bits` is picked (`RewardPool.picked`): only picked viewers'
+/// receipts are claimed.
+pub fn picked(seed: B256, viewer: Address, draw_bits: u8) -> bool {
+    if draw_bits == 0 {
+        return true;
+    }
+    if seed.is_zero() || draw_bits > 16 {
+        return false;
+    }
+    let mut input = [0u8; 64];
+    input[..32].copy_from_slice(seed.as_slice());
+    input[44..].copy_from_slice(viewer.as_slice());
+    let h = keccak256(input);
+    let top = u16::from_be_bytes([h[0], h[1]]);
+    top >> (16 - draw_bits) == 0
 }
 
 fn tagged_id(tag: &[u8], bytes: &[u8]) -> B256 {
@@ -680,13 +712,40 @@ mod tests {
     }
 
     #[test]
-    fn content_ids_differ_by_kind() {
+    fn content_ids_differ_by_kind_and_by_creator() {
         let key = crate::channel::ChannelKey::from_seed(&[3; 32]);
-        let channel = channel_content_id(&key.id());
-        assert_eq!(channel, channel_content_id(&key.id()));
+        let channel = channel_subject(&key.id());
+        assert_eq!(channel, channel_subject(&key.id()));
         let root = crate::block::cid_of(crate::block::Codec::DagCbor, key.id().as_bytes());
-        assert_ne!(channel, stream_content_id(&root));
+        assert_ne!(channel, stream_subject(&root));
+        let (a, b) = (Address::repeat_byte(1), Address::repeat_byte(2));
+        assert_ne!(content_id(channel, a), content_id(channel, b));
+        assert_ne!(content_id(channel, a), content_id(stream_subject(&root), a));
         assert_eq!(epoch_of(7_199, 3_600), 1);
         assert_eq!(epoch_of(7_200, 3_600), 2);
+    }
+
+    #[test]
+    fn a_draw_picks_about_one_viewer_in_two_to_the_bits() {
+        let seed = B256::repeat_byte(7);
+        let viewers: Vec<Address> = (0..4096u32).map(|n| wallet_address(n)).collect();
+        assert!(viewers.iter().all(|v| picked(seed, *v, 0)));
+        assert!(!viewers.iter().any(|v| picked(B256::ZERO, *v, 5)));
+        let n = viewers.iter().filter(|v| picked(seed, **v, 5)).count();
+        // 4096 / 32 = 128 expected; 5 standard deviations either side.
+        assert!((73..=183).contains(&n), "{n}");
+        // A viewer picked at 6 bits is picked at 5: the bits are nested.
+        assert!(
+            viewers
+                .iter()
+                .filter(|v| picked(seed, **v, 6))
+                .all(|v| picked(seed, *v, 5))
+        );
+    }
+
+    fn wallet_address(n: u32) -> Address {
+        let mut b = [0u8; 20];
+        b[16..].copy_from_slice(&n.to_be_bytes());
+        Address::from(keccak256(b).0[12..].try_into().unwrap_or([0; 20]))
     }
 }

@@ -47,6 +47,10 @@ pub struct ImportOptions {
     /// Bytes per segment when cutting a file (HLS keeps the encoder's
     /// segments).
     pub segment_size: usize,
+    /// The address the content's creator is paid at, written into the
+    /// root manifest (and so into its CID): receipts for the stream name
+    /// it, and only its funding pays it. None: the stream earns nothing.
+    pub creator: Option<[u8; 20]>,
 }
 
 impl Default for ImportOptions {
@@ -58,6 +62,7 @@ impl Default for ImportOptions {
             k: 10,
             m: 4,
             segment_size: 4 << 20,
+            creator: None,
         }
     }
 }
@@ -409,6 +414,7 @@ pub fn import_file(
         media_type: media_type_for(&name).to_owned(),
         name: truncate(name),
         size,
+        creator: creator_bytes(opts),
         renditions: vec![Rendition {
             playlist: "index.m3u8".into(),
             bandwidth: None,
@@ -608,9 +614,14 @@ pub fn import_hls(
         media_type: "application/vnd.apple.mpegurl".into(),
         size,
         renditions,
+        creator: creator_bytes(opts),
     };
     let segments = files.len() as u64;
     finish(staging, manifest, segments, blocks)
+}
+
+fn creator_bytes(options: &ImportOptions) -> Vec<u8> {
+    options.creator.map(|c| c.to_vec()).unwrap_or_default()
 }
 
 /// Reads the master playlist (if any) and every media playlist.

@@ -138,16 +138,17 @@ pub const EPOCH: u64 = shoal_protocol::receipt::EPOCH_SECS;
 /// with the 70/20/10 split, a one-day unlock period and a minimum deposit
 /// of one token.
 pub async fn deploy(anvil: &Anvil, deployer: &Wallet, treasury: Address) -> Deployment {
-    deploy_on(anvil, deployer, treasury, None).await
+    deploy_on(anvil, deployer, treasury, None, 0).await
 }
 
 /// [`deploy`] on an ERC-20 already deployed (`Some`), or a new
-/// `ShoalToken`.
+/// `ShoalToken`, picking one viewer in 2^`draw_bits` for claims.
 pub async fn deploy_on(
     anvil: &Anvil,
     deployer: &Wallet,
     treasury: Address,
     token: Option<Address>,
+    draw_bits: u8,
 ) -> Deployment {
     Settlement::deploy(
         &anvil.rpc,
@@ -162,6 +163,7 @@ pub async fn deploy_on(
             claim_epochs: 1,
             min_deposit: tokens(1),
             max_viewer_bytes_per_epoch: shoal_protocol::receipt::MAX_VIEWER_BYTES_PER_EPOCH,
+            draw_bits,
         },
     )
     .await

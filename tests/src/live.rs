@@ -168,8 +168,11 @@ pub fn channel_key() -> ChannelKey {
     ChannelKey::from_seed(&seed)
 }
 
-/// Runs a broadcast of `dir` on `node` until the encoder ends; returns
-/// what was published.
+/// The creator address test broadcasts name in their channel records.
+pub const CREATOR: [u8; 20] = [0xC7; 20];
+
+/// Runs a broadcast of `dir` on `node` until the encoder ends, naming
+/// [`CREATOR`] as the channel's creator; returns what was published.
 pub fn spawn_broadcast(
     node: &Node,
     key: ChannelKey,
@@ -183,7 +186,10 @@ pub fn spawn_broadcast(
             dir,
             playlist: None,
             origins,
-            import: ImportOptions::default(),
+            import: ImportOptions {
+                creator: Some(CREATOR),
+                ..ImportOptions::default()
+            },
             name: "test".into(),
         };
         let run = tokio::spawn(broadcast(node, key, options, tx));

@@ -4,7 +4,7 @@
 
 use alloy_primitives::{Address, B256, U256};
 use shoal_node::settle::{SettleError, Settlement};
-use shoal_protocol::receipt::{Cheque, Deployment, Receipt, SignedReceipt, Wallet};
+use shoal_protocol::receipt::{Cheque, Deployment, Receipt, SignedReceipt, Wallet, content_id};
 use shoal_tests::chain::{
     Anvil, EPOCH, connect, deploy, deploy_fee_token, deploy_on, tokens, wallet,
 };
@@ -112,12 +112,13 @@ async fn relayers_are_paid_the_split_to_the_wei() {
     let stranger = w.member(12, 0).await;
     let (r1, r2) = (w.member(20, 0).await, w.member(21, 0).await);
     let bank = connect(&w.anvil, &w.deployer, w.d).await;
-    let content = B256::repeat_byte(0x42);
+    let subject = B256::repeat_byte(0x42);
+    let content = content_id(subject, creator);
     let epoch = w.next_epoch().await;
     // An advertiser funds the content: 1000 tokens and 7 wei, an amount
     // that does not split evenly.
     let amount = tokens(1000) + U256::from(7);
-    bank.fund(content, epoch, creator, amount).await.unwrap();
+    bank.fund(subject, creator, epoch, amount).await.unwrap();
     let creator_share = amount * U256::from(7000) / U256::from(10_000);
     let treasury_share = amount * U256::from(1000) / U256::from(10_000);
     let viewer_pool = amount - creator_share - treasury_share;
@@ -171,7 +172,7 @@ async fn a_funding_counts_what_arrived() {
     let deployer = wallet(&anvil, 1).await;
     let treasury = Wallet::from_bytes(&[2; 32]).unwrap().address();
     let fee_token = deploy_fee_token(&anvil, &deployer, tokens(1_000_000)).await;
-    let d = deploy_on(&anvil, &deployer, treasury, Some(fee_token)).await;
+    let d = deploy_on(&anvil, &deployer, treasury, Some(fee_token), 0).await;
     let w = World {
         anvil,
         d,
@@ -190,9 +191,10 @@ async fn a_funding_counts_what_arrived() {
     assert_eq!(bank.token_balance(w.d.vault).await.unwrap(), deposited);
     me.lock_for_epochs(24).await.unwrap();
     let relayer = w.member(20, 0).await;
-    let content = B256::repeat_byte(0x42);
+    let subject = B256::repeat_byte(0x42);
+    let content = content_id(subject, creator);
     let epoch = w.next_epoch().await;
-    bank.fund(content, epoch, creator, tokens(1000))
+    bank.fund(subject, creator, epoch, tokens(1000))
         .await
         .unwrap();
     // 990 arrived: 693 to the creator, 99 to the treasury (each less the
@@ -223,11 +225,14 @@ async fn a_node_claims_only_receipts_that_can_pay_and_forgets_expired_ones() {
     let viewer = w.viewer(10, 5).await;
     let stranger = w.member(11, 5).await;
     let relayer = w.member(20, 0).await;
-    let (funded, unfunded) = (B256::repeat_byte(1), B256::repeat_byte(2));
+    let subject = B256::repeat_byte(1);
+    let (funded, unfunded) = (content_id(subject, creator), B256::repeat_byte(2));
     let earlier = w.next_epoch().await;
     let epoch = w.next_epoch().await;
     let bank = connect(&w.anvil, &w.deployer, w.d).await;
-    bank.fund(funded, epoch, creator, tokens(10)).await.unwrap();
+    bank.fund(subject, creator, epoch, tokens(10))
+        .await
+        .unwrap();
     let held = [
         receipt(&viewer, &relayer, &w.d, funded, epoch, 1_000_000),
         receipt(&viewer, &relayer, &w.d, unfunded, epoch, 1_000_000),
@@ -327,12 +332,13 @@ async fn a_viewer_counts_at_most_its_cap_in_an_epoch_however_much_it_signs() {
     let w = world().await;
     let creator = Wallet::from_bytes(&[3; 32]).unwrap().address();
     let bank = connect(&w.anvil, &w.deployer, w.d).await;
-    let (content, other) = (B256::repeat_byte(0x42), B256::repeat_byte(0x43));
+    let subject = B256::repeat_byte(0x42);
+    let (content, other) = (content_id(subject, creator), B256::repeat_byte(0x43));
     let sybil = w.viewer(10, 1).await;
     let honest_viewer = w.viewer(11, 5).await;
     let (attacker, honest) = (w.member(20, 0).await, w.member(21, 0).await);
     let epoch = w.next_epoch().await;
-    bank.fund(content, epoch, creator, tokens(1000))
+    bank.fund(subject, creator, epoch, tokens(1000))
         .await
         .unwrap();
     let inflated = vec![
@@ -546,9 +552,9 @@ async fn three_nodes_stream_collect_receipts_and_relayers_are_paid_the_split() {
     use shoal_node::NodeConfig;
     use shoal_node::rewards::RewardsConfig;
     use shoal_protocol::ledger::LedgerConfig;
-    use shoal_protocol::receipt::channel_content_id;
+    use shoal_protocol::receipt::channel_subject;
     use shoal_tests::live::{
-        Encoder, channel_key, hls_folder, one_at_a_time, spawn_broadcast, start_with,
+        CREATOR, Encoder, channel_key, hls_folder, one_at_a_time, spawn_broadcast, start_with,
         viewer_config, wait_for_segments,
     };
 
@@ -557,7 +563,8 @@ async fn three_nodes_stream_collect_receipts_and_relayers_are_paid_the_split() {
     // An advertiser funds the channel for the chain's epoch, the epoch the
     // nodes' clocks are set in.
     let bank = connect(&w.anvil, &w.deployer, w.d).await;
-    let creator = Wallet::from_bytes(&[3; 32]).unwrap().address();
+    // The creator the broadcast's channel record names.
+    let creator = Address::from(CREATOR);
     // Viewers hold a locked deposit (their receipts count); the
     // broadcaster needs none to be paid.
     let viewer_wallets = [w.viewer(10, 5).await, w.viewer(11, 5).await];
@@ -590,9 +597,11 @@ async fn three_nodes_stream_collect_receipts_and_relayers_are_paid_the_split() {
         viewers.push(v);
     }
 
-    let content = channel_content_id(&channel);
+    let content = content_id(channel_subject(&channel), creator);
     let amount = tokens(300) + U256::from(1);
-    bank.fund(content, epoch, creator, amount).await.unwrap();
+    bank.fund(channel_subject(&channel), creator, epoch, amount)
+        .await
+        .unwrap();
 
     let (_work, hls_dir) = hls_folder();
     let published = spawn_broadcast(&broadcaster.node, key, hls_dir.clone(), Vec::new());
@@ -759,7 +768,7 @@ async fn a_node_fetching_a_stream_signs_receipts_for_it_too() {
     use shoal_node::NodeConfig;
     use shoal_node::rewards::RewardsConfig;
     use shoal_protocol::ledger::LedgerConfig;
-    use shoal_protocol::receipt::stream_content_id;
+    use shoal_protocol::receipt::stream_subject;
     use shoal_storage::{ImportOptions, import_file};
     use shoal_tests::live::start_with;
 
@@ -803,8 +812,10 @@ async fn a_node_fetching_a_stream_signs_receipts_for_it_too() {
     .await;
     let sb = shoal_tests::Sandbox::new();
     let (path, _) = sb.write_random_file("movie.bin", 3_000_000, 5);
+    let creator = Address::repeat_byte(0xC5);
     let options = ImportOptions {
         segment_size: 1 << 20,
+        creator: Some(creator.into_array()),
         ..ImportOptions::default()
     };
     let root = import_file(seeder.node.store(), &path, &options, &mut |_| {})
@@ -823,7 +834,11 @@ async fn a_node_fetching_a_stream_signs_receipts_for_it_too() {
     }
     assert_eq!(held.len(), 1, "{held:?}");
     let r = &held[0].0;
-    assert_eq!(r.receipt.contentId, stream_content_id(&root));
+    // The content id binds the creator the root manifest names.
+    assert_eq!(
+        r.receipt.contentId,
+        content_id(stream_subject(&root), creator)
+    );
     assert_eq!(r.receipt.relayer, seeder_wallet.address());
     assert_eq!(
         r.receipt.viewer,

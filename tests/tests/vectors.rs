@@ -64,7 +64,12 @@ struct Case {
 }
 
 fn cases() -> Vec<Case> {
-    let opts = |k, m, segment_size| ImportOptions { k, m, segment_size };
+    let opts = |k, m, segment_size| ImportOptions {
+        k,
+        m,
+        segment_size,
+        creator: None,
+    };
     vec![
         Case {
             name: "hello",

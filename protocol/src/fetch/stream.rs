@@ -184,6 +184,8 @@ pub struct StreamFetch<P> {
     /// (position, segment manifest) whose shards are still to fetch.
     segments: VecDeque<(usize, SegmentManifest)>,
     total_segments: Option<usize>,
+    /// The creator the root manifest names.
+    creator: Option<alloy_primitives::Address>,
     done_segments: usize,
     last_progress: Instant,
     from_peers: BTreeMap<P, u64>,
@@ -218,6 +220,7 @@ impl<P: Clone + Ord> StreamFetch<P> {
             manifests: VecDeque::new(),
             segments: VecDeque::new(),
             total_segments: None,
+            creator: None,
             done_segments: 0,
             last_progress: now,
             from_peers: BTreeMap::new(),
@@ -256,6 +259,13 @@ impl<P: Clone + Ord> StreamFetch<P> {
 
     pub fn root(&self) -> Cid {
         self.root
+    }
+
+    /// The address the root manifest names for the stream's creator (none
+    /// before the root is read): bound into the content id of the
+    /// receipts for this stream.
+    pub fn creator(&self) -> Option<alloy_primitives::Address> {
+        self.creator
     }
 
     pub fn target(&self) -> &FetchTarget {
@@ -538,6 +548,7 @@ impl<P: Clone + Ord> StreamFetch<P> {
             detail: e.to_string(),
         })?;
         let links: Vec<Cid> = stream.segment_links().collect();
+        self.creator = stream.creator();
         self.total_segments = Some(links.len());
         self.manifests.extend(links.into_iter().enumerate());
         Ok(())
@@ -773,6 +784,7 @@ mod tests {
         }
         let root = StreamManifest {
             version: 1,
+            creator: Vec::new(),
             kind: StreamKind::HlsVod,
             name: "show".into(),
             media_type: "application/vnd.apple.mpegurl".into(),

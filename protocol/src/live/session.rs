@@ -332,6 +332,13 @@ impl<P: Clone + Ord + Hash> LiveSession<P> {
         LIVE_TARGET_PEERS.saturating_sub(self.candidates.len())
     }
 
+    /// The address the channel's record names for its creator (none
+    /// before the record is found): bound into the content id of the
+    /// receipts for this channel.
+    pub fn creator(&self) -> Option<alloy_primitives::Address> {
+        self.record.as_ref().and_then(ChannelRecord::creator)
+    }
+
     pub fn channel(&self) -> ChannelId {
         self.channel
     }
@@ -936,6 +943,7 @@ mod tests {
             sequence: 1,
             expires_ms: u64::MAX,
             target_duration_us: 2_000_000,
+            creator: Vec::new(),
             renditions: vec![LiveRendition {
                 playlist: "hd/index.m3u8".into(),
                 segment_extension: "ts".into(),

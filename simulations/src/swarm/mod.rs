@@ -900,6 +900,7 @@ impl Sim {
                     ..LiveRendition::default()
                 }],
                 origins: vec![Origin(ORIGIN_URL.into())],
+                creator: Vec::new(),
             })
         });
         let mut sim = Sim {
