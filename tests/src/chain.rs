@@ -131,6 +131,15 @@ pub async fn wallet(anvil: &Anvil, n: u8) -> Wallet {
     w
 }
 
+/// A new wallet from a number (for audiences beyond 256) with gas.
+pub async fn numbered_wallet(anvil: &Anvil, n: u32) -> Wallet {
+    let mut seed = [0x5A; 32];
+    seed[..4].copy_from_slice(&n.to_be_bytes());
+    let w = Wallet::from_bytes(&seed).unwrap();
+    anvil.fund_gas(w.address()).await;
+    w
+}
+
 /// Epochs of an hour; claims open for one epoch after each.
 pub const EPOCH: u64 = shoal_protocol::receipt::EPOCH_SECS;
 

@@ -5,9 +5,7 @@
 use alloy_primitives::{Address, B256, U256};
 use shoal_node::settle::{SettleError, Settlement};
 use shoal_protocol::receipt::{Cheque, Deployment, Receipt, SignedReceipt, Wallet, content_id};
-use shoal_tests::chain::{
-    Anvil, EPOCH, connect, deploy, deploy_fee_token, deploy_on, tokens, wallet,
-};
+use shoal_tests::chain::{Anvil, EPOCH, connect, deploy_fee_token, deploy_on, tokens, wallet};
 
 /// A receipt `viewer` signs for `relayer`.
 fn receipt(
@@ -48,10 +46,15 @@ struct World {
 }
 
 async fn world() -> World {
+    drawing_world(0).await
+}
+
+/// A world whose pool picks one viewer in 2^`draw_bits` for claims.
+async fn drawing_world(draw_bits: u8) -> World {
     let anvil = Anvil::start().await;
     let deployer = wallet(&anvil, 1).await;
     let treasury = Wallet::from_bytes(&[2; 32]).unwrap().address();
-    let d = deploy(&anvil, &deployer, treasury).await;
+    let d = deploy_on(&anvil, &deployer, treasury, None, draw_bits).await;
     World {
         anvil,
         d,
@@ -269,6 +272,117 @@ async fn a_node_claims_only_receipts_that_can_pay_and_forgets_expired_ones() {
         (again.transactions, again.unfunded, again.no_deposit),
         (0, 1, 1)
     );
+}
+
+/// The creator is part of the content id viewers sign for: whoever funds
+/// a channel naming another creator funds a content nobody watches, and
+/// the channel's relayers and creator are paid only from funding that
+/// names the creator its record does.
+#[tokio::test]
+async fn funding_a_channel_pays_only_its_recorded_creator() {
+    let (w, viewer, relayer, c, epoch, subject) = viewer_and_relayer().await;
+    let creator = Wallet::from_bytes(&[3; 32]).unwrap().address();
+    let squatter = w.member(30, 0).await;
+    let bank = connect(&w.anvil, &w.deployer, w.d).await;
+    bank.transfer(squatter.address(), tokens(1000)).await.unwrap();
+    // The squatter funds the channel naming itself: it pays itself 70% of
+    // its own money, and the pool lands under a content id no viewer of
+    // the channel signs for.
+    let s = connect(&w.anvil, &squatter, w.d).await;
+    s.fund(subject, squatter.address(), epoch, tokens(1000))
+        .await
+        .unwrap();
+    bank.fund(subject, creator, epoch, tokens(1000))
+        .await
+        .unwrap();
+    assert_eq!(bank.token_balance(creator).await.unwrap(), tokens(700));
+    let (real, squatted) = (
+        content_id(subject, creator),
+        content_id(subject, squatter.address()),
+    );
+    // The contract's contentOf and the node's content_id agree.
+    assert_eq!(c.viewer_pool(real, epoch).await.unwrap(), tokens(200));
+    assert_eq!(c.viewer_pool(squatted, epoch).await.unwrap(), tokens(200));
+    w.anvil.advance(EPOCH).await;
+    c.claim(&[receipt(&viewer, &relayer, &w.d, real, epoch, 1_000_000)])
+        .await
+        .unwrap();
+    w.anvil.advance(EPOCH).await;
+    assert_eq!(c.payout(real, epoch).await.unwrap(), tokens(200));
+    refused(c.payout(squatted, epoch).await, "nothing to pay");
+    assert_eq!(bank.token_balance(creator).await.unwrap(), tokens(700));
+}
+
+/// Claims are sampled: after an epoch a seed drawn from a block hash
+/// picks one viewer in 2^bits, and only picked viewers' receipts are
+/// claimed; a pool none of whose receipts could count rolls on into its
+/// content's current epoch once its claim window closes.
+#[tokio::test]
+async fn only_the_viewers_an_epochs_draw_picks_are_claimed_and_an_unpicked_pool_rolls_on() {
+    use shoal_protocol::receipt::picked;
+    // One viewer in two: with 16 viewers, none or all picked has odds of
+    // 3 in 100,000.
+    let w = drawing_world(1).await;
+    let creator = Wallet::from_bytes(&[3; 32]).unwrap().address();
+    let mut viewers = Vec::new();
+    for n in 0..16u8 {
+        viewers.push(w.viewer(40 + n, 2).await);
+    }
+    let relayer = w.member(20, 0).await;
+    let c = connect(&w.anvil, &relayer, w.d).await;
+    let epoch = w.next_epoch().await;
+    let bank = connect(&w.anvil, &w.deployer, w.d).await;
+    let (watched, lonely) = (B256::repeat_byte(1), B256::repeat_byte(2));
+    for subject in [watched, lonely] {
+        bank.fund(subject, creator, epoch, tokens(100))
+            .await
+            .unwrap();
+    }
+    let watched_id = content_id(watched, creator);
+    let lonely_id = content_id(lonely, creator);
+    w.anvil.advance(EPOCH).await;
+    let first = receipt(&viewers[0], &relayer, &w.d, watched_id, epoch, 1_000);
+    refused(c.claim(std::slice::from_ref(&first)).await, "not drawn");
+
+    let seed = c.draw(epoch).await.unwrap();
+    let (chosen, passed): (Vec<&Wallet>, Vec<&Wallet>) = viewers
+        .iter()
+        .partition(|v| picked(seed, v.address(), 1));
+    assert!(!chosen.is_empty() && !passed.is_empty(), "{seed}");
+    // The chain picks as the node computes.
+    let unpicked = receipt(passed[0], &relayer, &w.d, watched_id, epoch, 1_000);
+    refused(c.claim(&[unpicked]).await, "did not pick");
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = shoal_storage::Blockstore::create(
+        &dir.path().join("store.redb"),
+        &shoal_storage::StoreOptions::default(),
+    )
+    .unwrap();
+    let mut held: Vec<SignedReceipt> = viewers
+        .iter()
+        .map(|v| receipt(v, &relayer, &w.d, watched_id, epoch, 1_000_000))
+        .collect();
+    // The lonely content was watched only by a viewer the draw passed over.
+    held.push(receipt(passed[0], &relayer, &w.d, lonely_id, epoch, 1_000_000));
+    for r in &held {
+        store.put_receipt(&r.key(), &r.to_bytes()).unwrap();
+    }
+    let o = shoal_node::settle::claim(&store, &c).await.unwrap();
+    assert_eq!(
+        (o.counted, o.bytes, o.not_picked, o.rolled),
+        (chosen.len(), chosen.len() as u64 * 1_000_000, passed.len() + 1, 0),
+        "{o:?}"
+    );
+    // Once the window closes the receipts are forgotten, the watched pool
+    // stays for its relayers' payouts and the lonely one rolls on.
+    w.anvil.advance(2 * EPOCH).await;
+    let now = c.current_epoch().await.unwrap();
+    let o = shoal_node::settle::claim(&store, &c).await.unwrap();
+    assert_eq!((o.expired, o.rolled, o.transactions), (17, 1, 0), "{o:?}");
+    assert_eq!(c.viewer_pool(lonely_id, epoch).await.unwrap(), U256::ZERO);
+    assert_eq!(c.viewer_pool(lonely_id, now).await.unwrap(), tokens(20));
+    assert_eq!(c.payout(watched_id, epoch).await.unwrap(), tokens(20));
 }
 
 #[tokio::test]
