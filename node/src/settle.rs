@@ -144,7 +144,10 @@ pub struct ClaimOutcome {
     /// Pools of closed epochs that counted no bytes, rolled on into their
     /// content's current epoch (or, after `MAX_ROLLS`, to the treasury).
     pub rolled: usize,
+    /// `claim` transactions sent.
     pub transactions: usize,
+    /// Gas of the claims, and of drawing an epoch's seed if this node
+    /// drew it.
     pub gas_used: u64,
     /// The receipts the pool counted: (viewer, content, epoch).
     #[serde(skip)]
@@ -504,12 +507,19 @@ impl Settlement {
     /// (`RewardPool.draw`: two transactions in two blocks, each waited
     /// for). Only for an epoch that is over.
     pub async fn draw(&self, epoch: u64) -> Result<B256, SettleError> {
+        self.draw_metered(epoch).await.map(|(seed, _)| seed)
+    }
+
+    /// [`Settlement::draw`], with the gas this node spent on it (0 if the
+    /// seed was drawn already).
+    pub async fn draw_metered(&self, epoch: u64) -> Result<(B256, u64), SettleError> {
+        let mut gas = 0;
         for _ in 0..3 {
             let seed = self.seed(epoch).await?;
             if !seed.is_zero() {
-                return Ok(seed);
+                return Ok((seed, gas));
             }
-            send(self.pool().draw(epoch)).await?;
+            gas += send(self.pool().draw(epoch)).await?.gas_used;
         }
         let seed = self.seed(epoch).await?;
         if seed.is_zero() {
@@ -517,7 +527,7 @@ impl Settlement {
                 "the draw of epoch {epoch} did not complete in three transactions"
             )));
         }
-        Ok(seed)
+        Ok((seed, gas))
     }
 
     /// The seed of `epoch` (zero: not drawn yet).
@@ -767,7 +777,8 @@ pub async fn claim(
             let seed = match seeds.get(&x.epoch) {
                 Some(s) => *s,
                 None => {
-                    let s = chain.draw(x.epoch).await?;
+                    let (s, gas) = chain.draw_metered(x.epoch).await?;
+                    total.gas_used += gas;
                     seeds.insert(x.epoch, s);
                     s
                 }

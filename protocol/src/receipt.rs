@@ -728,7 +728,7 @@ mod tests {
     #[test]
     fn a_draw_picks_about_one_viewer_in_two_to_the_bits() {
         let seed = B256::repeat_byte(7);
-        let viewers: Vec<Address> = (0..4096u32).map(|n| wallet_address(n)).collect();
+        let viewers: Vec<Address> = (0..4096u32).map(wallet_address).collect();
         assert!(viewers.iter().all(|v| picked(seed, *v, 0)));
         assert!(!viewers.iter().any(|v| picked(B256::ZERO, *v, 5)));
         let n = viewers.iter().filter(|v| picked(seed, **v, 5)).count();

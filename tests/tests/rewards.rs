@@ -284,7 +284,9 @@ async fn funding_a_channel_pays_only_its_recorded_creator() {
     let creator = Wallet::from_bytes(&[3; 32]).unwrap().address();
     let squatter = w.member(30, 0).await;
     let bank = connect(&w.anvil, &w.deployer, w.d).await;
-    bank.transfer(squatter.address(), tokens(1000)).await.unwrap();
+    bank.transfer(squatter.address(), tokens(1000))
+        .await
+        .unwrap();
     // The squatter funds the channel naming itself: it pays itself 70% of
     // its own money, and the pool lands under a content id no viewer of
     // the channel signs for.
@@ -345,9 +347,8 @@ async fn only_the_viewers_an_epochs_draw_picks_are_claimed_and_an_unpicked_pool_
     refused(c.claim(std::slice::from_ref(&first)).await, "not drawn");
 
     let seed = c.draw(epoch).await.unwrap();
-    let (chosen, passed): (Vec<&Wallet>, Vec<&Wallet>) = viewers
-        .iter()
-        .partition(|v| picked(seed, v.address(), 1));
+    let (chosen, passed): (Vec<&Wallet>, Vec<&Wallet>) =
+        viewers.iter().partition(|v| picked(seed, v.address(), 1));
     assert!(!chosen.is_empty() && !passed.is_empty(), "{seed}");
     // The chain picks as the node computes.
     let unpicked = receipt(passed[0], &relayer, &w.d, watched_id, epoch, 1_000);
@@ -364,14 +365,21 @@ async fn only_the_viewers_an_epochs_draw_picks_are_claimed_and_an_unpicked_pool_
         .map(|v| receipt(v, &relayer, &w.d, watched_id, epoch, 1_000_000))
         .collect();
     // The lonely content was watched only by a viewer the draw passed over.
-    held.push(receipt(passed[0], &relayer, &w.d, lonely_id, epoch, 1_000_000));
+    held.push(receipt(
+        passed[0], &relayer, &w.d, lonely_id, epoch, 1_000_000,
+    ));
     for r in &held {
         store.put_receipt(&r.key(), &r.to_bytes()).unwrap();
     }
     let o = shoal_node::settle::claim(&store, &c).await.unwrap();
     assert_eq!(
         (o.counted, o.bytes, o.not_picked, o.rolled),
-        (chosen.len(), chosen.len() as u64 * 1_000_000, passed.len() + 1, 0),
+        (
+            chosen.len(),
+            chosen.len() as u64 * 1_000_000,
+            passed.len() + 1,
+            0
+        ),
         "{o:?}"
     );
     // Once the window closes the receipts are forgotten, the watched pool
