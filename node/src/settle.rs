@@ -569,12 +569,14 @@ impl Settlement {
                 if let Ok(c) = log.log_decode::<RewardPool::ReceiptCounted>() {
                     let e = &c.inner.data;
                     out.counted += 1;
-                    out.bytes += e.delta;
+                    // Chain events: a sum of them may exceed 64 bits
+                    // (each capped receipt may claim up to 2^64 - 1).
+                    out.bytes = out.bytes.saturating_add(e.delta);
                     out.counted_receipts.push((e.viewer, e.contentId, e.epoch));
                 } else if log.log_decode::<RewardPool::ReceiptNotCounted>().is_ok() {
                     out.not_counted += 1;
                 } else if let Ok(c) = log.log_decode::<RewardPool::ReceiptCapped>() {
-                    out.capped_bytes += c.inner.data.uncounted;
+                    out.capped_bytes = out.capped_bytes.saturating_add(c.inner.data.uncounted);
                 }
             }
         }
@@ -829,9 +831,9 @@ pub async fn claim(
             }
         }
         total.counted += outcome.counted;
-        total.bytes += outcome.bytes;
+        total.bytes = total.bytes.saturating_add(outcome.bytes);
         total.not_counted += outcome.not_counted;
-        total.capped_bytes += outcome.capped_bytes;
+        total.capped_bytes = total.capped_bytes.saturating_add(outcome.capped_bytes);
         total.transactions += outcome.transactions;
         total.gas_used += outcome.gas_used;
         total.counted_receipts.extend(outcome.counted_receipts);

@@ -492,6 +492,50 @@ async fn a_viewer_counts_at_most_its_cap_in_an_epoch_however_much_it_signs() {
     assert!(ph > U256::ZERO);
 }
 
+/// N sybil viewer keys, each with its own locked deposit and each
+/// signing 2^64 - 1 bytes for the attacker's relayer, count N caps and
+/// no more; a key without a locked deposit counts nothing.
+#[tokio::test]
+async fn n_sybil_viewers_count_at_most_n_caps() {
+    use shoal_protocol::receipt::MAX_VIEWER_BYTES_PER_EPOCH as CAP;
+    let w = world().await;
+    let creator = Wallet::from_bytes(&[3; 32]).unwrap().address();
+    let bank = connect(&w.anvil, &w.deployer, w.d).await;
+    let subject = B256::repeat_byte(0x42);
+    let content = content_id(subject, creator);
+    let mut sybils = Vec::new();
+    for n in 0..3u8 {
+        sybils.push(w.viewer(60 + n, 1).await);
+    }
+    // A fourth key holds a deposit it never locked.
+    let unlocked = w.member(63, 1).await;
+    let attacker = w.member(20, 0).await;
+    let epoch = w.next_epoch().await;
+    bank.fund(subject, creator, epoch, tokens(1000))
+        .await
+        .unwrap();
+    let mut inflated: Vec<SignedReceipt> = sybils
+        .iter()
+        .map(|v| receipt(v, &attacker, &w.d, content, epoch, u64::MAX))
+        .collect();
+    inflated.push(receipt(
+        &unlocked,
+        &attacker,
+        &w.d,
+        content,
+        epoch,
+        u64::MAX,
+    ));
+    let ca = connect(&w.anvil, &attacker, w.d).await;
+    w.anvil.advance(EPOCH).await;
+    let o = ca.claim(&inflated).await.unwrap();
+    assert_eq!(
+        (o.counted, o.bytes, o.not_counted),
+        (3, 3 * CAP, 1),
+        "{o:?}"
+    );
+}
+
 /// A deposit stands behind one viewer for a whole epoch: locked in the
 /// epoch it counts for, it counts only from the next; locked, it can
 /// neither be taken back after watching (the relay's receipts would not
