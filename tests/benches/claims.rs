@@ -18,7 +18,9 @@ use alloy_primitives::{Address, B256};
 use futures::future::join_all;
 use shoal_node::settle::{ClaimOutcome, Settlement, claim};
 use shoal_protocol::receipt::{Deployment, Receipt, SignedReceipt, Wallet, content_id};
-use shoal_tests::chain::{Anvil, EPOCH, connect, deploy_on, numbered_wallet, tokens, wallet};
+use shoal_tests::chain::{
+    Anvil, EPOCH, connect, deploy_on, numbered_wallet, receipt_store, tokens, wallet,
+};
 
 fn env_list(name: &str, default: &[usize]) -> Vec<usize> {
     std::env::var(name)
@@ -81,15 +83,7 @@ fn receipts(
 
 /// One relayer's claim with the node's code, from a fresh store.
 async fn node_claim(chain: &Settlement, held: &[SignedReceipt]) -> ClaimOutcome {
-    let dir = tempfile::tempdir().unwrap();
-    let store = shoal_storage::Blockstore::create(
-        &dir.path().join("store.redb"),
-        &shoal_storage::StoreOptions::default(),
-    )
-    .unwrap();
-    for r in held {
-        store.put_receipt(&r.key(), &r.to_bytes()).unwrap();
-    }
+    let (_dir, store) = receipt_store(held);
     claim(&store, chain).await.unwrap()
 }
 

@@ -199,3 +199,21 @@ pub async fn deploy_fee_token(anvil: &Anvil, holder: &Wallet, supply: U256) -> A
 pub async fn connect(anvil: &Anvil, wallet: &Wallet, d: Deployment) -> Settlement {
     Settlement::connect(&anvil.rpc, wallet, d).await.unwrap()
 }
+
+/// A fresh store holding `held` as a relayer's receipts (the node's
+/// `settle::claim` reads them from there); the folder lives as long as
+/// the returned guard.
+pub fn receipt_store(
+    held: &[shoal_protocol::receipt::SignedReceipt],
+) -> (tempfile::TempDir, shoal_storage::Blockstore) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = shoal_storage::Blockstore::create(
+        &dir.path().join("store.redb"),
+        &shoal_storage::StoreOptions::default(),
+    )
+    .unwrap();
+    for r in held {
+        store.put_receipt(&r.key(), &r.to_bytes()).unwrap();
+    }
+    (dir, store)
+}

@@ -5,7 +5,9 @@
 use alloy_primitives::{Address, B256, U256};
 use shoal_node::settle::{SettleError, Settlement};
 use shoal_protocol::receipt::{Cheque, Deployment, Receipt, SignedReceipt, Wallet, content_id};
-use shoal_tests::chain::{Anvil, EPOCH, connect, deploy_fee_token, deploy_on, tokens, wallet};
+use shoal_tests::chain::{
+    Anvil, EPOCH, connect, deploy_fee_token, deploy_on, receipt_store, tokens, wallet,
+};
 
 /// A receipt `viewer` signs for `relayer`.
 fn receipt(
@@ -242,15 +244,7 @@ async fn a_node_claims_only_receipts_that_can_pay_and_forgets_expired_ones() {
         receipt(&stranger, &relayer, &w.d, funded, epoch, 1_000_000),
         receipt(&viewer, &relayer, &w.d, funded, earlier, 1_000_000),
     ];
-    let dir = tempfile::tempdir().unwrap();
-    let store = shoal_storage::Blockstore::create(
-        &dir.path().join("store.redb"),
-        &shoal_storage::StoreOptions::default(),
-    )
-    .unwrap();
-    for r in &held {
-        store.put_receipt(&r.key(), &r.to_bytes()).unwrap();
-    }
+    let (_dir, store) = receipt_store(&held);
     let c = connect(&w.anvil, &relayer, w.d).await;
     w.anvil.advance(EPOCH).await;
     let o = shoal_node::settle::claim(&store, &c).await.unwrap();
@@ -354,12 +348,6 @@ async fn only_the_viewers_an_epochs_draw_picks_are_claimed_and_an_unpicked_pool_
     let unpicked = receipt(passed[0], &relayer, &w.d, watched_id, epoch, 1_000);
     refused(c.claim(&[unpicked]).await, "did not pick");
 
-    let dir = tempfile::tempdir().unwrap();
-    let store = shoal_storage::Blockstore::create(
-        &dir.path().join("store.redb"),
-        &shoal_storage::StoreOptions::default(),
-    )
-    .unwrap();
     let mut held: Vec<SignedReceipt> = viewers
         .iter()
         .map(|v| receipt(v, &relayer, &w.d, watched_id, epoch, 1_000_000))
@@ -368,9 +356,7 @@ async fn only_the_viewers_an_epochs_draw_picks_are_claimed_and_an_unpicked_pool_
     held.push(receipt(
         passed[0], &relayer, &w.d, lonely_id, epoch, 1_000_000,
     ));
-    for r in &held {
-        store.put_receipt(&r.key(), &r.to_bytes()).unwrap();
-    }
+    let (_dir, store) = receipt_store(&held);
     let o = shoal_node::settle::claim(&store, &c).await.unwrap();
     assert_eq!(
         (o.counted, o.bytes, o.not_picked, o.rolled),
