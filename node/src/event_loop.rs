@@ -735,7 +735,8 @@ impl EventLoop {
                             sequence = m.sequence,
                             age_ms = m.age.as_millis() as u64,
                             progress = %m.progress,
-                            "segment missed: {}",
+                            "segment {}: {}",
+                            if m.joining { "skipped while joining" } else { "missed" },
                             m.reason
                         );
                     }

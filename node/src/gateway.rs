@@ -45,6 +45,7 @@ use axum::routing::get;
 use shoal_protocol::block::Cid;
 use shoal_protocol::channel::ChannelId;
 use shoal_protocol::http::{GatewayPath, PathError};
+use shoal_protocol::live::Listed;
 use shoal_protocol::manifest::{StreamKind, StreamManifest};
 use shoal_storage::assemble::load_stream;
 use shoal_storage::hls;
@@ -483,7 +484,7 @@ async fn view_with_segments(
         let view = g.node.live_view(channel).await?.ok_or_else(|| {
             GatewayError::new(StatusCode::NOT_FOUND, format!("not watching {channel}"))
         })?;
-        if view.renditions.iter().any(|r| !r.window.is_empty()) {
+        if view.renditions.iter().any(|r| !r.playlist.is_empty()) {
             return Ok(view);
         }
         if tokio::time::Instant::now() >= deadline {
@@ -527,15 +528,20 @@ fn master_playlist(
 /// The sliding media playlist of one rendition.
 fn media_playlist(view: &LiveView, rendition: usize) -> Option<String> {
     let r = view.renditions.get(rendition)?;
-    let first = r.window.first().map_or(0, |w| w.sequence);
-    let segments: Vec<(String, u64)> = r
-        .window
+    let first = r.playlist.first().map_or(0, Listed::sequence);
+    let segments: Vec<hls::LiveSegment> = r
+        .playlist
         .iter()
-        .map(|w| {
-            (
-                format!("{}.{}", w.sequence, r.info.segment_extension),
-                w.duration_us,
-            )
+        .map(|l| {
+            let (duration_us, gap) = match l {
+                Listed::Segment(w) => (w.duration_us, false),
+                Listed::Gap { duration_us, .. } => (*duration_us, true),
+            };
+            hls::LiveSegment {
+                uri: format!("{}.{}", l.sequence(), r.info.segment_extension),
+                duration_us,
+                gap,
+            }
         })
         .collect();
     Some(hls::write_live_media(

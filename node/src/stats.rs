@@ -11,8 +11,13 @@ pub struct LiveStatsReport {
     pub name: Option<String>,
     pub url: String,
     pub segments: u64,
-    /// Segments given up before they were complete.
+    /// Segments given up before they were complete, once the playlist
+    /// listed one: a player skips them.
     pub missed: u64,
+    /// Segments given up while joining, before the playlist listed any:
+    /// no player waited for them.
+    #[serde(default)]
+    pub skipped: u64,
     /// Segments complete after their deadline (two segment durations
     /// after their announcement by default): a player at the live edge
     /// would have stalled.
@@ -29,7 +34,7 @@ pub struct LiveStatsReport {
     /// Share of bytes from other viewers (0..1), once anything arrived.
     pub offload: Option<f64>,
     pub startup_ms: Option<u64>,
-    /// Publication to completion.
+    /// Publication to the playlist listing the segment.
     pub latency_p50_ms: Option<u64>,
     pub latency_p95_ms: Option<u64>,
     pub peers: usize,
@@ -51,6 +56,7 @@ impl LiveStatsReport {
             url: format!("/live/{}/index.m3u8", view.channel),
             segments: st.segments,
             missed: st.missed,
+            skipped: st.skipped,
             late: st.late,
             bytes_from_peers: st.bytes_from_peers,
             bytes_from_source: st.bytes_from_source,
@@ -85,7 +91,7 @@ pub fn prometheus(peers: usize, sessions: &[LiveStatsReport]) -> String {
         out,
         "# HELP shoal_peers Connected peers.\n# TYPE shoal_peers gauge\nshoal_peers {peers}"
     );
-    let series: [Series; 10] = [
+    let series: [Series; 11] = [
         (
             "shoal_live_segments_total",
             "counter",
@@ -95,13 +101,19 @@ pub fn prometheus(peers: usize, sessions: &[LiveStatsReport]) -> String {
         (
             "shoal_live_missed_total",
             "counter",
-            "Segments given up.",
+            "Segments given up after the playlist listed one.",
             |r| r.missed as f64,
+        ),
+        (
+            "shoal_live_skipped_total",
+            "counter",
+            "Segments given up while joining.",
+            |r| r.skipped as f64,
         ),
         (
             "shoal_live_stalls_total",
             "counter",
-            "Segments complete after their deadline.",
+            "Segments listed after their deadline.",
             |r| r.late as f64,
         ),
         (

@@ -288,14 +288,29 @@ pub fn format_duration(us: u64) -> String {
 
 /// Writes a VOD media playlist. `segments` are (URI, duration) pairs.
 pub fn write_media(media_sequence: u64, init: Option<&str>, segments: &[(String, u64)]) -> String {
-    write_media_playlist(media_sequence, init, segments, None)
+    write_media_playlist(media_sequence, init, segments, None, &[])
+}
+
+/// One segment of a live playlist.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LiveSegment {
+    pub uri: String,
+    pub duration_us: u64,
+    /// Not there (given up): listed with `EXT-X-GAP` so that the segments
+    /// after it keep their media sequence numbers, and players skip it.
+    pub gap: bool,
 }
 
 /// Writes the sliding playlist of a live stream: no playlist type and no
 /// end, so a player reloads it every target duration. `target_us` is the
 /// channel's target duration (0: the longest segment listed).
-pub fn write_live_media(media_sequence: u64, target_us: u64, segments: &[(String, u64)]) -> String {
-    write_media_playlist(media_sequence, None, segments, Some(target_us))
+pub fn write_live_media(media_sequence: u64, target_us: u64, segments: &[LiveSegment]) -> String {
+    let listed: Vec<(String, u64)> = segments
+        .iter()
+        .map(|s| (s.uri.clone(), s.duration_us))
+        .collect();
+    let gaps: Vec<bool> = segments.iter().map(|s| s.gap).collect();
+    write_media_playlist(media_sequence, None, &listed, Some(target_us), &gaps)
 }
 
 fn write_media_playlist(
@@ -303,6 +318,7 @@ fn write_media_playlist(
     init: Option<&str>,
     segments: &[(String, u64)],
     live_target_us: Option<u64>,
+    gaps: &[bool],
 ) -> String {
     let target = segments
         .iter()
@@ -324,7 +340,10 @@ fn write_media_playlist(
     if let Some(init) = init {
         let _ = writeln!(out, "#EXT-X-MAP:URI=\"{init}\"");
     }
-    for (uri, us) in segments {
+    for (i, (uri, us)) in segments.iter().enumerate() {
+        if gaps.get(i).copied().unwrap_or(false) {
+            out.push_str("#EXT-X-GAP\n");
+        }
         let _ = writeln!(out, "#EXTINF:{},\n{uri}", format_duration(*us));
     }
     if live_target_us.is_none() {
@@ -358,10 +377,18 @@ mod tests {
 
     #[test]
     fn a_live_playlist_slides_and_never_ends() {
+        let seg = |uri: &str, duration_us, gap| LiveSegment {
+            uri: uri.into(),
+            duration_us,
+            gap,
+        };
         let text = write_live_media(
             40,
             2_000_000,
-            &[("40.ts".into(), 2_000_000), ("41.ts".into(), 1_500_000)],
+            &[
+                seg("40.ts", 2_000_000, false),
+                seg("41.ts", 1_500_000, false),
+            ],
         );
         assert!(!text.contains("ENDLIST") && !text.contains("PLAYLIST-TYPE"));
         assert!(text.contains("#EXT-X-TARGETDURATION:2\n"));
@@ -373,6 +400,27 @@ mod tests {
             (40, false, 2)
         );
         assert_eq!(m.segments[1].duration_us, 1_500_000);
+    }
+
+    #[test]
+    fn a_given_up_live_segment_is_a_gap_that_keeps_the_numbering() {
+        let seg = |uri: &str, gap| LiveSegment {
+            uri: uri.into(),
+            duration_us: 2_000_000,
+            gap,
+        };
+        let text = write_live_media(
+            7,
+            2_000_000,
+            &[seg("7.ts", false), seg("8.ts", true), seg("9.ts", false)],
+        );
+        assert!(text.contains("#EXT-X-GAP\n#EXTINF:2.000000,\n8.ts\n"));
+        assert_eq!(text.matches("#EXT-X-GAP").count(), 1);
+        let Playlist::Media(m) = parse(&text).unwrap() else {
+            panic!("not a media playlist")
+        };
+        // Segment 9 is still the third from 7.
+        assert_eq!(m.segments[2].uri, "9.ts");
     }
 
     #[test]

@@ -74,11 +74,20 @@ pub fn play(
                 continue;
             }
         };
-        for uri in reply
-            .text()
-            .lines()
-            .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        {
+        let text = reply.text();
+        let mut gap = false;
+        for line in text.lines() {
+            // A segment given up is listed as a gap, not to be loaded.
+            if line == "#EXT-X-GAP" {
+                gap = true;
+            }
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let uri = line;
+            if std::mem::take(&mut gap) {
+                continue;
+            }
             let seq = uri
                 .rsplit('/')
                 .next()
@@ -278,7 +287,7 @@ impl Stream {
                 let v = &self.viewers[*i];
                 let st = stats(v, &self.channel);
                 eprintln!(
-                    "  host {} (one-way {:?}, loss {}%): segments {}, late {}, missed {}, \
+                    "  host {} (one-way {:?}, loss {}%): segments {}, late {}, missed {}, skipped while joining {}, \
                      p50 {} ms, p95 {} ms, startup {} ms, offload {}, from HTTP {} B, proxying {}",
                     v.host.index,
                     v.host.spec.delay,
@@ -286,6 +295,7 @@ impl Stream {
                     st["segments"],
                     st["late"],
                     st["missed"],
+                    st["skipped"],
                     st["latency_p50_ms"],
                     st["latency_p95_ms"],
                     st["startup_ms"],

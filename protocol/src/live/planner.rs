@@ -279,8 +279,38 @@ pub struct WindowSegment {
     /// listed it), in Unix milliseconds: `completed_ms` minus this is the
     /// time its fetch took.
     pub heard_ms: u64,
+    /// When its publisher says it was published, in Unix milliseconds
+    /// (none for a segment taken from an origin's playlist).
+    pub published_ms: Option<u64>,
     /// Its shards (data then parity), released with it.
     pub shards: Vec<Cid>,
+}
+
+/// One entry of a rendition's playlist ([`LivePlanner::playlist`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Listed {
+    /// A complete segment of the window.
+    Segment(WindowSegment),
+    /// A segment given up: listed so that the media sequence numbers of
+    /// the segments after it stay right, marked so that players skip it
+    /// (`EXT-X-GAP`).
+    Gap { sequence: u64, duration_us: u64 },
+}
+
+impl Listed {
+    pub fn sequence(&self) -> u64 {
+        match self {
+            Listed::Segment(w) => w.sequence,
+            Listed::Gap { sequence, .. } => *sequence,
+        }
+    }
+}
+
+/// What a rendition's playlist lists: sequences `first..=through`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct ListedRange {
+    first: u64,
+    through: u64,
 }
 
 /// A segment fetched whole from an origin and stored
@@ -327,17 +357,24 @@ pub struct MissedSegment {
     pub age: Duration,
     /// Its fetch when given up ([`GroupFetch::progress`]).
     pub progress: String,
+    /// Given up before the playlist listed any segment: the viewer joined
+    /// past it, and no player waited for it ([`LiveStats::skipped`]).
+    pub joining: bool,
 }
 
 /// Counters of one watch session.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct LiveStats {
     pub segments: u64,
-    /// Segments given up before they were complete.
+    /// Segments given up before they were complete, once the playlist
+    /// listed a segment: a player skips them.
     pub missed: u64,
-    /// Segments complete after their deadline
-    /// ([`LiveConfig::deadline_durations`]): a player at the live edge
-    /// would have stalled.
+    /// Segments given up while joining, before the playlist listed any:
+    /// the viewer started after them, and no player waited for them.
+    pub skipped: u64,
+    /// Segments listed after their deadline
+    /// ([`LiveConfig::deadline_durations`] after they were heard of): a
+    /// player at the live edge would have stalled.
     pub late: u64,
     /// Bytes of segments from other viewers.
     pub bytes_from_peers: u64,
@@ -347,9 +384,11 @@ pub struct LiveStats {
     pub bytes_from_http: u64,
     /// Bytes of this channel's segments sent to other viewers.
     pub bytes_uploaded: u64,
-    /// From the start of the session to its first complete segment.
+    /// From the start of the session to the first segment its playlist
+    /// listed: when a player can start.
     pub startup: Option<Duration>,
-    /// Milliseconds from publication to completion, most recent last.
+    /// Milliseconds from publication to the playlist listing the segment,
+    /// most recent last.
     pub latencies_ms: VecDeque<u64>,
     pub rejected: u64,
     /// HTTP requests that failed or brought bytes that did not verify.
@@ -433,6 +472,9 @@ struct Rendition<P> {
     /// Sequences taken from a channel record whose announcement has not
     /// come yet: their announcement is no replay.
     unannounced: BTreeSet<u64>,
+    /// What the playlist lists ([`LivePlanner::list`]); none before the
+    /// first segment a player may have.
+    listed: Option<ListedRange>,
 }
 
 impl<P> Default for Rendition<P> {
@@ -444,6 +486,7 @@ impl<P> Default for Rendition<P> {
             proxy_from: None,
             proxying: BTreeSet::new(),
             unannounced: BTreeSet::new(),
+            listed: None,
         }
     }
 }
@@ -513,6 +556,9 @@ pub struct LivePlanner<P> {
     playlists_in_flight: bool,
     /// Proxying: when to read the playlists next.
     playlists_due: Instant,
+    /// The wall clock (Unix milliseconds) at an instant, from the last
+    /// call that passed it: the playlist dates what it lists by it.
+    wall: Option<(Instant, u64)>,
 }
 
 impl<P: Clone + Ord + Hash> LivePlanner<P> {
@@ -529,6 +575,7 @@ impl<P: Clone + Ord + Hash> LivePlanner<P> {
             slow: BTreeMap::new(),
             http,
             renditions: Vec::new(),
+            wall: None,
             stats: LiveStats::default(),
             missed: Vec::new(),
             last_heard: now,
@@ -586,7 +633,15 @@ impl<P: Clone + Ord + Hash> LivePlanner<P> {
         reason: MissReason,
         now: Instant,
     ) -> Vec<LiveAction<P>> {
-        self.stats.missed += 1;
+        let joining = self
+            .renditions
+            .get(usize::from(rendition))
+            .is_none_or(|r| r.listed.is_none());
+        if joining {
+            self.stats.skipped += 1;
+        } else {
+            self.stats.missed += 1;
+        }
         if self.missed.len() < MAX_MISSED_KEPT {
             self.missed.push(MissedSegment {
                 rendition,
@@ -594,9 +649,111 @@ impl<P: Clone + Ord + Hash> LivePlanner<P> {
                 reason,
                 age: now.saturating_duration_since(p.announced),
                 progress: p.progress(),
+                joining,
             });
         }
-        give_up(&mut p)
+        let out = give_up(&mut p);
+        self.list(rendition, now);
+        out
+    }
+
+    /// Remembers the wall clock at `now`.
+    fn note_wall(&mut self, now: Instant, now_ms: u64) {
+        self.wall = Some((now, now_ms));
+    }
+
+    /// Lists for players what they may now have: the complete segments up
+    /// to the first one still being fetched, the given-up ones between as
+    /// gaps. A segment complete while an older one is still coming waits
+    /// for it, so that a playlist never lists a segment and later one
+    /// before it (its media sequence would go back) and never numbers a
+    /// segment by another's place. Each segment counts for startup,
+    /// latency and lateness when it is listed: that is when a player can
+    /// have it.
+    fn list(&mut self, rendition: u16, now: Instant) {
+        let wall_ms = self.wall.map(|(at, ms)| {
+            ms.saturating_add(now.saturating_duration_since(at).as_millis() as u64)
+        });
+        let config = &self.config;
+        let Some(r) = self.renditions.get_mut(usize::from(rendition)) else {
+            return;
+        };
+        let unresolved = [r.pending.keys().next(), r.proxying.first()]
+            .into_iter()
+            .flatten()
+            .min()
+            .copied();
+        let through = match unresolved {
+            Some(u) => u.checked_sub(1),
+            None => r.window.back().map(|w| w.sequence),
+        };
+        let Some(through) = through else {
+            return;
+        };
+        let old = r.listed;
+        if old.is_some_and(|l| through <= l.through) {
+            return;
+        }
+        let first = match (old, r.window.front()) {
+            (Some(l), _) => l.first,
+            (None, Some(w)) if w.sequence <= through => w.sequence,
+            _ => return,
+        };
+        r.listed = Some(ListedRange { first, through });
+        let newly = r
+            .window
+            .iter()
+            .filter(|w| w.sequence <= through && old.is_none_or(|l| w.sequence > l.through));
+        for w in newly {
+            let Some(wall_ms) = wall_ms else { break };
+            let deadline = config.deadline(w.duration_us).as_millis() as u64;
+            if wall_ms.saturating_sub(w.heard_ms) > deadline {
+                self.stats.late += 1;
+            }
+            if let Some(published) = w.published_ms {
+                self.stats
+                    .latencies_ms
+                    .push_back(wall_ms.saturating_sub(published));
+            }
+        }
+        while self.stats.latencies_ms.len() > config.latency_samples {
+            self.stats.latencies_ms.pop_front();
+        }
+        if self.stats.startup.is_none() {
+            self.stats.startup = Some(now.duration_since(self.started));
+        }
+    }
+
+    /// The playlist of a rendition, oldest first: complete segments and
+    /// gaps where one was given up, up to the first segment still being
+    /// fetched (see [`LivePlanner::list`]). Empty until a player may
+    /// start. At most twice the window long, however far sequences jump.
+    pub fn playlist(&self, rendition: u16) -> Vec<Listed> {
+        let Some(r) = self.renditions.get(usize::from(rendition)) else {
+            return Vec::new();
+        };
+        let Some(l) = r.listed else {
+            return Vec::new();
+        };
+        let span = (2 * self.config.window.max(1)) as u64;
+        let start = r
+            .window
+            .front()
+            .map_or(l.first, |w| w.sequence.max(l.first))
+            .max(l.through.saturating_sub(span - 1));
+        let duration_us = self.last_duration_us;
+        let mut held = r.window.iter().filter(|w| w.sequence >= start).peekable();
+        let mut out = Vec::new();
+        for sequence in start..=l.through {
+            match held.next_if(|w| w.sequence == sequence) {
+                Some(w) => out.push(Listed::Segment(w.clone())),
+                None => out.push(Listed::Gap {
+                    sequence,
+                    duration_us,
+                }),
+            }
+        }
+        out
     }
 
     /// Changes how many complete segments each rendition keeps; the
@@ -789,6 +946,7 @@ impl<P: Clone + Ord + Hash> LivePlanner<P> {
         now: Instant,
         now_ms: u64,
     ) -> (Verdict, Vec<LiveAction<P>>) {
+        self.note_wall(now, now_ms);
         let skew = self.config.max_clock_skew.as_millis() as u64;
         if a.published_ms > now_ms.saturating_add(skew) {
             self.stats.rejected += 1;
@@ -1118,8 +1276,6 @@ impl<P: Clone + Ord + Hash> LivePlanner<P> {
         now_ms: u64,
     ) -> Vec<LiveAction<P>> {
         let window = self.config.window;
-        let samples = self.config.latency_samples;
-        let config = self.config.clone();
         let mut out = Vec::new();
         let Some(r) = self.renditions.get_mut(usize::from(rendition)) else {
             return out;
@@ -1143,25 +1299,13 @@ impl<P: Clone + Ord + Hash> LivePlanner<P> {
             length: manifest.length,
             completed_ms: now_ms,
             heard_ms: now_ms.saturating_sub(now.duration_since(p.announced).as_millis() as u64),
+            published_ms: p.published_ms,
             shards: manifest.shards.clone(),
         };
         out.extend(r.enter_window(seg, window));
         self.stats.segments += 1;
-        if self.stats.startup.is_none() {
-            self.stats.startup = Some(now.duration_since(self.started));
-        }
-        let deadline = config.deadline(duration_us);
-        if now.duration_since(p.announced) > deadline {
-            self.stats.late += 1;
-        }
-        if let Some(published) = p.published_ms {
-            self.stats
-                .latencies_ms
-                .push_back(now_ms.saturating_sub(published));
-            while self.stats.latencies_ms.len() > samples {
-                self.stats.latencies_ms.pop_front();
-            }
-        }
+        self.note_wall(now, now_ms);
+        self.list(rendition, now);
         out
     }
 
@@ -1259,7 +1403,6 @@ impl<P: Clone + Ord + Hash> LivePlanner<P> {
         now_ms: u64,
     ) -> Vec<LiveAction<P>> {
         let window = self.config.window;
-        let started = self.started;
         let Some(r) = self.renditions.get_mut(usize::from(rendition)) else {
             return Vec::new();
         };
@@ -1301,15 +1444,15 @@ impl<P: Clone + Ord + Hash> LivePlanner<P> {
                 length,
                 completed_ms: now_ms,
                 heard_ms: now_ms,
+                published_ms: None,
                 shards,
             },
             window,
         );
         self.stats.segments += 1;
         self.stats.bytes_from_http += length;
-        if self.stats.startup.is_none() {
-            self.stats.startup = Some(now.duration_since(started));
-        }
+        self.note_wall(now, now_ms);
+        self.list(rendition, now);
         out
     }
 
@@ -1868,12 +2011,106 @@ mod tests {
             max_pending: 2,
             ..LiveConfig::default()
         };
+        let mut p = LivePlanner::<u32>::new(config.clone(), 0, false, t);
+        complete(&mut p, 0, t, 1_000);
+        for seq in 1..4 {
+            let (_, _, a) = segment(seq, 32);
+            p.offer(&a, None, t, 1_000);
+        }
+        assert_eq!((p.stats().missed, p.stats().skipped), (1, 0));
+        let missed = p.take_missed();
+        assert_eq!((missed[0].sequence, missed[0].joining), (1, false));
+
+        // Given up before the playlist listed anything: the viewer joined
+        // past it, and no player waited for it.
         let mut p = LivePlanner::<u32>::new(config, 0, false, t);
         for seq in 0..3 {
             let (_, _, a) = segment(seq, 32);
             p.offer(&a, None, t, 1_000);
         }
+        assert_eq!((p.stats().missed, p.stats().skipped), (0, 1));
+        assert!(p.take_missed()[0].joining);
+    }
+
+    /// Offers segment `seq` and completes it with its data shards.
+    fn complete(p: &mut LivePlanner<u32>, seq: u64, t: Instant, now_ms: u64) {
+        let (_, shards, a) = segment(seq, 32);
+        p.offer(&a, None, t, now_ms);
+        finish(p, seq, &shards, t, now_ms);
+    }
+
+    /// Delivers a pending segment's data shards and passes its check.
+    fn finish(p: &mut LivePlanner<u32>, seq: u64, shards: &[Vec<u8>], t: Instant, now_ms: u64) {
+        for s in &shards[..usize::from(K)] {
+            p.on_block(&block::cid_of(Codec::Raw, s), s, Some(&1), t);
+        }
+        p.segment_checked(0, seq, true, t, now_ms);
+    }
+
+    fn listed(p: &LivePlanner<u32>) -> Vec<(u64, bool)> {
+        p.playlist(0)
+            .iter()
+            .map(|l| (l.sequence(), matches!(l, Listed::Gap { .. })))
+            .collect()
+    }
+
+    #[test]
+    fn a_segment_complete_before_an_older_one_waits_for_it_in_the_playlist() {
+        let t = Instant::now();
+        let mut p = LivePlanner::<u32>::new(LiveConfig::default(), 0, false, t);
+        let (_, shards0, a0) = segment(0, 32);
+        let (_, shards1, a1) = segment(1, 32);
+        p.offer(&a0, None, t, 1_000);
+        p.offer(&a1, None, t, 1_000);
+        let later = t + Duration::from_millis(500);
+        finish(&mut p, 1, &shards1, later, 1_500);
+        // Complete and served to peers, but not shown before segment 0.
+        assert_eq!(p.window(0).count(), 1);
+        assert!(listed(&p).is_empty());
+        assert_eq!(p.stats().startup, None);
+        let done = t + Duration::from_millis(900);
+        finish(&mut p, 0, &shards0, done, 1_900);
+        assert_eq!(listed(&p), vec![(0, false), (1, false)]);
+        // Both reach the player when listed: 900 ms after publication.
+        assert_eq!(p.stats().latencies_ms, vec![900, 900]);
+        assert_eq!(p.stats().startup, Some(Duration::from_millis(900)));
+    }
+
+    #[test]
+    fn a_segment_given_up_is_listed_as_a_gap_and_the_playlist_moves_on() {
+        let t = Instant::now();
+        let config = LiveConfig {
+            max_pending: 2,
+            ..LiveConfig::default()
+        };
+        let mut p = LivePlanner::<u32>::new(config, 0, false, t);
+        complete(&mut p, 0, t, 1_000);
+        let (_, _, a1) = segment(1, 32);
+        p.offer(&a1, None, t, 1_000);
+        let (_, shards2, a2) = segment(2, 32);
+        p.offer(&a2, None, t, 1_000);
+        // Segment 2 waits for 1...
+        finish(&mut p, 2, &shards2, t, 1_000);
+        assert_eq!(listed(&p), vec![(0, false)]);
+        // ...until 1 is given up for 3 and 4: then 2 follows a gap,
+        // keeping its place in the media sequence.
+        for seq in [3, 4] {
+            let (_, _, a) = segment(seq, 32);
+            p.offer(&a, None, t, 1_000);
+        }
         assert_eq!(p.stats().missed, 1);
+        assert_eq!(listed(&p), vec![(0, false), (1, true), (2, false)]);
+    }
+
+    #[test]
+    fn the_playlist_stays_short_when_sequences_jump() {
+        let t = Instant::now();
+        let mut p = LivePlanner::<u32>::new(LiveConfig::default(), 0, false, t);
+        complete(&mut p, 0, t, 1_000);
+        complete(&mut p, 1_000_000_000, t, 1_000);
+        let entries = listed(&p);
+        assert_eq!(entries.len(), 2 * LiveConfig::default().window);
+        assert_eq!(entries.last(), Some(&(1_000_000_000, false)));
     }
 
     fn proxies(actions: &[LiveAction<u32>]) -> Vec<u64> {

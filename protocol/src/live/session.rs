@@ -45,8 +45,8 @@ use crate::channel::{
 use crate::fetch::FetchAction;
 
 use super::planner::{
-    HttpRequest, LiveAction, LiveConfig, LivePlanner, LiveStats, MissedSegment, ProxiedSegment,
-    Verdict, WindowSegment,
+    HttpRequest, Listed, LiveAction, LiveConfig, LivePlanner, LiveStats, MissedSegment,
+    ProxiedSegment, Verdict, WindowSegment,
 };
 
 /// How often a watching node looks for more viewers of the channel and for
@@ -205,7 +205,10 @@ pub struct OriginPlaylists {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RenditionView {
     pub info: LiveRendition,
+    /// Complete segments held (served to peers and to players by URI).
     pub window: Vec<WindowSegment>,
+    /// What a player is shown ([`LivePlanner::playlist`]).
+    pub playlist: Vec<Listed>,
 }
 
 /// What a watching node holds of a channel now.
@@ -674,7 +677,12 @@ impl<P: Clone + Ord + Hash> LiveSession<P> {
                         .unwrap_or_else(|| "ts".into()),
                     ..LiveRendition::default()
                 });
-                RenditionView { info, window }
+                let playlist = self.planner.playlist(r as u16);
+                RenditionView {
+                    info,
+                    window,
+                    playlist,
+                }
             })
             .collect();
         LiveView {
