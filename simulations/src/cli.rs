@@ -173,9 +173,49 @@ pub struct TokenomicsArgs {
     /// Monthly growth of views and revenue, in percent
     #[arg(long, value_name = "PCT", default_value = "5", value_parser = percent)]
     pub growth: u64,
-    /// Share of the circulating tokens spent and burned each month, in percent
-    #[arg(long, value_name = "PCT", default_value = "2", value_parser = percent)]
-    pub sink: u64,
+    /// The creator floor, in dollars per 1,000 views, paid from the
+    /// treasury while it lasts (0: none)
+    #[arg(long, value_name = "USD", default_value = "2", value_parser = cents)]
+    pub floor: u64,
+    /// Gas price of relayers' claims, in gwei
+    #[arg(long, value_name = "GWEI", default_value = "0.1", value_parser = milli_gwei)]
+    pub gas_price: u64,
+    /// Share of counted receipt bytes signed by sybil viewer keys in the
+    /// monthly runs, in percent (the sweep runs 0-100 anyway)
+    #[arg(long, value_name = "PCT", default_value = "0", value_parser = whole_percent)]
+    pub sybil: u64,
+}
+
+/// Dollars such as `2` or `2.50`, as cents.
+fn cents(s: &str) -> Result<u64, String> {
+    let x: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of dollars"))?;
+    if !x.is_finite() || !(0.0..=1_000_000.0).contains(&x) {
+        return Err(format!("{s} is not between 0 and 1,000,000 dollars"));
+    }
+    Ok((x * 100.0).round() as u64)
+}
+
+/// Gwei such as `0.1`, as milli-gwei.
+fn milli_gwei(s: &str) -> Result<u64, String> {
+    let x: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of gwei"))?;
+    if !x.is_finite() || !(0.0..=100_000.0).contains(&x) {
+        return Err(format!("{s} is not between 0 and 100,000 gwei"));
+    }
+    Ok((x * 1000.0).round() as u64)
+}
+
+/// A whole percentage, 0 to 100.
+fn whole_percent(s: &str) -> Result<u64, String> {
+    match s.trim().parse::<u64>() {
+        Ok(x) if x <= 100 => Ok(x),
+        _ => Err(format!("{s:?} is not a whole percentage from 0 to 100")),
+    }
 }
 
 /// A percentage such as `5` or `2.5`, as basis points.
@@ -202,7 +242,9 @@ pub fn run(cli: Cli) -> Result<String, Error> {
             let params = Params {
                 months: args.months,
                 growth_bp: args.growth,
-                sink_bp: args.sink,
+                creator_floor_cents_per_1k: args.floor,
+                gas_price_mgwei: args.gas_price,
+                sybil_share_pct: args.sybil,
                 ..Params::default()
             };
             let out = args.out.unwrap_or_else(default_out);

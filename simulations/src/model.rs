@@ -1,29 +1,30 @@
-//! The monthly tokenomics model.
+//! The monthly tokenomics model, as the `RewardPool` contract pays.
 //!
-//! Each month ad revenue `R` arrives and is split to the cent: 70% to
-//! creators, 20% to the viewer/relayer reward pool, 10% to the treasury,
-//! as the `RewardPool` contract splits a funding: creator and treasury
-//! shares rounded down, the pool gets the rest (at most two cents more).
+//! Nothing is minted: the contract pays out what funders deposit, in the
+//! pool's token, and the token's price is a path the market sets, given
+//! per scenario. Each month, deterministically (no randomness):
 //!
-//! The token's price is its reserve divided by the circulating supply:
-//! the reserve is the USD that has flowed into tokens (the launch reserve
-//! plus every viewer pool that bought tokens), so `price = reserve /
-//! circulating`. Deterministic, no randomness. In order, each month:
+//! 1. audience (views) and ad revenue `R`, from the scenario;
+//! 2. funders buy `R` worth of pool tokens at the month's price and fund
+//!    the content pools;
+//! 3. the contract splits the tokens: the creator `floor(70%)`, the
+//!    treasury `floor(10%)`, the relayer pool the rest (20% plus rounding);
+//! 4. creators and relayers claim after the epoch's claim window and sell
+//!    at the price [`Params::claim_lag_months`] later: that is what they
+//!    earn in USD. A falling token costs them what it fell in between;
+//! 5. the relayer pool is shared by counted receipt bytes: honest relayers
+//!    get `1 - sybil share` of it, and pay the gas of their claims;
+//! 6. the creator floor (an option): where a creator's 70% is worth less
+//!    than the floor per 1,000 views, the treasury sells tokens at the
+//!    month's price to make up the difference, as long as it has them.
+//!    The run reports the month the treasury could no longer pay.
 //!
-//! 1. audience (views) and revenue for the month, from the scenario;
-//! 2. the split;
-//! 3. rewards. Revenue-backed scenarios pay creators their 70% in USD and
-//!    mint `floor(pool / price)` tokens for viewers, the pool's USD going
-//!    into the reserve, so minting leaves the price where it was and the
-//!    tokens are worth at most the pool. The `token-inflation` scenario
-//!    instead mints a fixed schedule (Table 1's: a viewer pool of 500,000
-//!    TKN a month and 40 TKN per 1,000 views for creators) with no USD
-//!    behind it; the creator and viewer shares of revenue are not paid out
-//!    and stay with the treasury;
-//! 4. rewards are valued at the price just after minting;
-//! 5. the sink: a share of the circulating tokens is spent (ads paid in
-//!    tokens, premium features) and burned; the reserve stays, so the price
-//!    rises by `1 / (1 - sink)`.
+//! Beside the monthly runs, [`sybil_sweep`] prices the one attack the
+//! contract's rules leave (locked sybil viewers signing up to the cap for
+//! a colluding relayer) and [`gas_table`] the claim cost against an honest
+//! relayer's income per receipt. Money is integer cents, tokens integer
+//! micro-TKN, the price integer micro-USD per TKN; only ratios shown to
+//! people are floating point.
 
 use crate::Error;
 
@@ -34,20 +35,21 @@ pub const fn dollars(d: u64) -> u64 {
     d * 100
 }
 
-/// How revenue is split; the viewer pool gets the rest.
+/// How a funding is split; the relayer pool gets the rest.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SplitRule {
     pub creator_pct: u64,
     pub viewer_pct: u64,
 }
 
-/// The study's split (section 5): 70% creators, 20% viewers, 10% platform.
+/// The study's split (section 5): 70% creators, 20% viewers (the relayers
+/// who serve them), 10% platform treasury.
 pub const SPLIT: SplitRule = SplitRule {
     creator_pct: 70,
     viewer_pct: 20,
 };
 
-/// One month's revenue, split in cents.
+/// One funding, split (in whatever unit it was given: cents or micro-TKN).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Split {
     pub creator: u64,
@@ -61,14 +63,14 @@ impl SplitRule {
     }
 
     /// Creators and the treasury get their percentage rounded down; the
-    /// viewer pool gets what is left, so the three always add up to
-    /// `revenue_cents` (the contract's rule).
-    pub fn split(&self, revenue_cents: u64) -> Split {
-        let creator = share(revenue_cents, self.creator_pct, 100);
-        let treasury = share(revenue_cents, self.treasury_pct(), 100);
+    /// relayer pool gets what is left, so the three always add up to
+    /// `amount` (the contract's rule).
+    pub fn split(&self, amount: u64) -> Split {
+        let creator = share(amount, self.creator_pct, 100);
+        let treasury = share(amount, self.treasury_pct(), 100);
         Split {
             creator,
-            viewer: revenue_cents - creator - treasury,
+            viewer: amount - creator - treasury,
             treasury,
         }
     }
@@ -88,33 +90,37 @@ fn mul_div(a: u64, b: u64, c: u64) -> Option<u64> {
     u64::try_from(a as u128 * b as u128 / c as u128).ok()
 }
 
-/// The token price as the exact ratio it is: reserve over circulating supply.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Micro-USD in a cent.
+const MICRO_USD_PER_CENT: u64 = 10_000;
+
+/// The pool token's market price, in micro-USD per TKN.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Price {
-    pub reserve_cents: u64,
-    pub supply_units: u64,
+    pub micro_usd: u64,
 }
 
 impl Price {
     /// Dollars per TKN.
     pub fn usd(&self) -> f64 {
-        (self.reserve_cents as f64 / 100.0) / (self.supply_units as f64 / TOKEN_UNIT as f64)
+        self.micro_usd as f64 / 1e6
     }
 
-    /// Cents `units` micro-TKN are worth, rounded down.
+    /// Cents `units` micro-TKN fetch, rounded down.
     pub fn value_cents(&self, units: u64) -> u64 {
-        mul_div(units, self.reserve_cents, self.supply_units).unwrap_or(u64::MAX)
+        mul_div(units, self.micro_usd, TOKEN_UNIT * MICRO_USD_PER_CENT).unwrap_or(u64::MAX)
     }
-}
 
-/// How a scenario pays rewards.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Issuance {
-    /// Creators get their share in USD; viewer tokens are minted against the
-    /// viewer share at the current price.
-    RevenueBacked,
-    /// A fixed schedule of tokens whatever the revenue.
-    FixedEmission,
+    /// Micro-TKN `cents` buy, rounded down (none at a price of zero).
+    pub fn tokens_for(&self, cents: u64) -> u64 {
+        mul_div(cents, TOKEN_UNIT * MICRO_USD_PER_CENT, self.micro_usd).unwrap_or(0)
+    }
+
+    /// Micro-TKN to sell for at least `cents`, rounded up.
+    fn tokens_to_raise(&self, cents: u64) -> u64 {
+        let need = cents as u128 * (TOKEN_UNIT * MICRO_USD_PER_CENT) as u128;
+        let p = self.micro_usd.max(1) as u128;
+        u64::try_from(need.div_ceil(p)).unwrap_or(u64::MAX)
+    }
 }
 
 /// A named stress scenario, starting from Table 1's moderate row.
@@ -123,15 +129,17 @@ pub enum Scenario {
     Baseline,
     RevenueCollapse,
     GrowthStall,
-    TokenInflation,
+    TokenCrash,
+    ZeroRevenue,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 4] = [
+    pub const ALL: [Scenario; 5] = [
         Scenario::Baseline,
         Scenario::RevenueCollapse,
         Scenario::GrowthStall,
-        Scenario::TokenInflation,
+        Scenario::TokenCrash,
+        Scenario::ZeroRevenue,
     ];
 
     pub fn name(self) -> &'static str {
@@ -139,37 +147,33 @@ impl Scenario {
             Scenario::Baseline => "baseline",
             Scenario::RevenueCollapse => "revenue-collapse",
             Scenario::GrowthStall => "growth-stall",
-            Scenario::TokenInflation => "token-inflation",
+            Scenario::TokenCrash => "token-crash",
+            Scenario::ZeroRevenue => "zero-revenue",
         }
     }
 
     pub fn describe(self, p: &Params) -> String {
         let g = p.growth_bp as f64 / 100.0;
         match self {
-            Scenario::Baseline => format!("views and revenue grow {g}% a month"),
+            Scenario::Baseline => {
+                format!("views and revenue grow {g}% a month; the token holds its price")
+            }
             Scenario::RevenueCollapse => format!(
                 "from month {} revenue is {}% of month {}'s and stays; views stop growing",
                 p.shock_month,
                 p.collapse_keep_pct,
                 p.shock_month.saturating_sub(1)
             ),
-            Scenario::GrowthStall => {
-                format!("growth stops at month {}", p.shock_month)
-            }
-            Scenario::TokenInflation => format!(
-                "baseline views and revenue, but rewards are a fixed emission of {} TKN a month \
-                 to viewers and {} TKN per 1,000 views to creators, minted with no USD behind \
-                 them; the revenue stays with the treasury",
-                crate::money::group(p.emission_viewer_tkn),
-                p.emission_creator_tkn_per_1k
+            Scenario::GrowthStall => format!("growth stops at month {}", p.shock_month),
+            Scenario::TokenCrash => format!(
+                "baseline views and revenue; from month {} the token loses {}% a month, down to {}% of its launch price",
+                p.shock_month,
+                p.crash_bp as f64 / 100.0,
+                p.crash_bottom_pct
             ),
-        }
-    }
-
-    pub fn issuance(self) -> Issuance {
-        match self {
-            Scenario::TokenInflation => Issuance::FixedEmission,
-            _ => Issuance::RevenueBacked,
+            Scenario::ZeroRevenue => {
+                "baseline views, no ad revenue at all: nothing is funded".into()
+            }
         }
     }
 
@@ -177,10 +181,29 @@ impl Scenario {
     fn stalls(self) -> bool {
         matches!(self, Scenario::RevenueCollapse | Scenario::GrowthStall)
     }
+
+    /// The token's price in `month` (1-based; months past the run follow
+    /// the same path, for claims that land after it).
+    pub fn price(self, p: &Params, month: u32) -> Price {
+        let launch = p.launch_price_micro_usd;
+        if self != Scenario::TokenCrash || month < p.shock_month {
+            return Price { micro_usd: launch };
+        }
+        let bottom = share(launch, p.crash_bottom_pct.min(100), 100);
+        let mut price = launch;
+        for _ in p.shock_month..=month {
+            price = share(price, 10_000 - p.crash_bp.min(10_000), 10_000);
+            if price <= bottom {
+                return Price { micro_usd: bottom };
+            }
+        }
+        Price { micro_usd: price }
+    }
 }
 
 /// The model's assumptions. [`Params::default`] starts from Table 1's
-/// moderate row.
+/// moderate row; the gas figures are `cargo bench -p shoal-tests --bench
+/// claims` (`docs/BENCHMARKS.md`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Params {
     /// Months to run.
@@ -192,24 +215,49 @@ pub struct Params {
     pub revenue_per_1k_views_cents: u64,
     /// Monthly growth of views (and so of revenue), in basis points.
     pub growth_bp: u64,
-    /// Share of the circulating tokens spent and burned each month, in basis
-    /// points.
-    pub sink_bp: u64,
-    /// Tokens circulating at launch.
-    pub launch_supply_tkn: u64,
-    /// Token price at launch (Table 1's moderate $0.10); the launch reserve
-    /// is `launch_supply_tkn × launch_price_cents`.
-    pub launch_price_cents: u64,
-    /// The month the shock of `revenue-collapse` and `growth-stall` starts.
+    /// The pool token's price at launch, in micro-USD (Table 1's moderate
+    /// $0.10).
+    pub launch_price_micro_usd: u64,
+    /// The month the shock of `revenue-collapse`, `growth-stall` and
+    /// `token-crash` starts.
     pub shock_month: u32,
     /// Percent of the pre-shock revenue left after the collapse.
     pub collapse_keep_pct: u64,
-    /// `token-inflation`: viewer tokens minted a month (Table 1's moderate
-    /// pool).
-    pub emission_viewer_tkn: u64,
-    /// `token-inflation`: creator tokens minted per 1,000 views (Table 1's
-    /// fixed grant).
-    pub emission_creator_tkn_per_1k: u64,
+    /// `token-crash`: what the token loses each month from the shock, in
+    /// basis points.
+    pub crash_bp: u64,
+    /// `token-crash`: where the fall stops, in percent of the launch price.
+    pub crash_bottom_pct: u64,
+    /// Months between funding and the sale of what was claimed: the epoch,
+    /// its claim window, the claim.
+    pub claim_lag_months: u32,
+    /// The treasury's tokens at launch.
+    pub treasury_launch_tkn: u64,
+    /// The creator floor, in cents per 1,000 views (0: none).
+    pub creator_floor_cents_per_1k: u64,
+    /// Share of counted receipt bytes that sybil viewers signed, in
+    /// percent: honest relayers share the rest of the relayer pool.
+    pub sybil_share_pct: u64,
+    /// Receipts an honest relayer claims per view (one viewer, one
+    /// content, one epoch).
+    pub receipts_per_view: u64,
+    /// Gas per receipt held, claim and draw amortised (sampled claims, one
+    /// viewer in 64, 1,000 receipts a claim: about 1,250).
+    pub gas_per_receipt: u64,
+    /// Gas price in milli-gwei (100: 0.1 gwei).
+    pub gas_price_mgwei: u64,
+    /// Ether's price in cents.
+    pub eth_cents: u64,
+    /// Bytes an honest view takes: 20 minutes at 3 Mb/s.
+    pub view_bytes: u64,
+    /// What one locked viewer key may count a month: the contract's cap
+    /// per hour epoch (`MAX_VIEWER_BYTES_PER_EPOCH`) for 720 epochs.
+    pub cap_bytes_per_key_month: u64,
+    /// The locked deposit a viewer key needs, in cents.
+    pub deposit_cents: u64,
+    /// What locking a deposit costs a month (interest forgone), in basis
+    /// points of the deposit.
+    pub carry_bp: u64,
 }
 
 /// The longest run: twenty years is already far past what a model with
@@ -217,8 +265,16 @@ pub struct Params {
 pub const MAX_MONTHS: u32 = 240;
 /// Most monthly growth accepted (50% a month).
 pub const MAX_GROWTH_BP: u64 = 5_000;
-/// Most monthly sink accepted (50% of the circulating tokens a month).
-pub const MAX_SINK_BP: u64 = 5_000;
+
+/// Gas per receipt measured by `cargo bench -p shoal-tests --bench claims`
+/// (`docs/BENCHMARKS.md`): every receipt claimed; one viewer in 64 picked,
+/// 1,000 receipts held, expected; and 100 receipts held, measured; each
+/// with the epoch's draw.
+pub const GAS_MEASURED: [(&str, u64); 3] = [
+    ("every receipt claimed", 69_499),
+    ("one viewer in 64, 1,000 receipts a claim", 1_250),
+    ("one viewer in 64, 100 receipts a claim", 3_057),
+];
 
 impl Default for Params {
     fn default() -> Self {
@@ -227,13 +283,23 @@ impl Default for Params {
             start_revenue_cents: dollars(100_000),
             revenue_per_1k_views_cents: 500,
             growth_bp: 500,
-            sink_bp: 200,
-            launch_supply_tkn: 10_000_000,
-            launch_price_cents: 10,
+            launch_price_micro_usd: 100_000,
             shock_month: 6,
             collapse_keep_pct: 10,
-            emission_viewer_tkn: 500_000,
-            emission_creator_tkn_per_1k: 40,
+            crash_bp: 2_000,
+            crash_bottom_pct: 5,
+            claim_lag_months: 1,
+            treasury_launch_tkn: 5_000_000,
+            creator_floor_cents_per_1k: 200,
+            sybil_share_pct: 0,
+            receipts_per_view: 1,
+            gas_per_receipt: GAS_MEASURED[1].1,
+            gas_price_mgwei: 100,
+            eth_cents: dollars(3_000),
+            view_bytes: 20 * 60 * 3_000_000 / 8,
+            cap_bytes_per_key_month: shoal_protocol::receipt::MAX_VIEWER_BYTES_PER_EPOCH * 720,
+            deposit_cents: dollars(10),
+            carry_bp: 100,
         }
     }
 }
@@ -253,34 +319,32 @@ impl Params {
                 MAX_GROWTH_BP / 100
             ));
         }
-        if self.sink_bp > MAX_SINK_BP {
-            return bad(format!(
-                "sink must be at most {}% a month",
-                MAX_SINK_BP / 100
-            ));
-        }
         if self.revenue_per_1k_views_cents == 0 {
             return bad("revenue per 1,000 views must be above zero".into());
         }
         if self.start_views() == 0 {
             return bad("the starting revenue buys no views at all".into());
         }
-        if self.launch_supply_tkn == 0 || self.launch_price_cents == 0 {
-            return bad("the launch supply and price must be above zero".into());
+        if self.launch_price_micro_usd == 0 {
+            return bad("the launch price must be above zero".into());
         }
-        if self
-            .launch_supply_tkn
-            .checked_mul(TOKEN_UNIT)
-            .and_then(|_| self.launch_supply_tkn.checked_mul(self.launch_price_cents))
-            .is_none()
-        {
-            return bad("the launch supply is too large".into());
+        if self.treasury_launch_tkn.checked_mul(TOKEN_UNIT).is_none() {
+            return bad("the launch treasury is too large".into());
         }
         if self.shock_month < 2 {
             return bad("the shock month must be 2 or later".into());
         }
-        if self.collapse_keep_pct > 100 {
-            return bad("the revenue left after a collapse is at most 100%".into());
+        if self.collapse_keep_pct > 100 || self.crash_bottom_pct > 100 {
+            return bad("percentages of a price or revenue must be at most 100".into());
+        }
+        if self.crash_bp > 10_000 {
+            return bad("the token cannot lose more than 100% a month".into());
+        }
+        if self.sybil_share_pct > 100 {
+            return bad("the sybil share is at most 100%".into());
+        }
+        if self.cap_bytes_per_key_month == 0 || self.view_bytes == 0 {
+            return bad("the cap per key and the bytes per view must be above zero".into());
         }
         Ok(())
     }
@@ -296,11 +360,16 @@ impl Params {
         .unwrap_or(0)
     }
 
-    fn launch_price(&self) -> Price {
-        Price {
-            reserve_cents: self.launch_supply_tkn * self.launch_price_cents,
-            supply_units: self.launch_supply_tkn * TOKEN_UNIT,
-        }
+    /// Cents of gas `receipts` claims cost.
+    pub fn gas_cents(&self, receipts: u64, gas_per_receipt: u64) -> u64 {
+        // gas × milli-gwei is 1e-12 ETH; × cents per ETH.
+        let wei_scale = 1_000_000_000_000u128;
+        let cents = receipts as u128
+            * gas_per_receipt as u128
+            * self.gas_price_mgwei as u128
+            * self.eth_cents as u128
+            / wei_scale;
+        u64::try_from(cents).unwrap_or(u64::MAX)
     }
 }
 
@@ -311,59 +380,57 @@ pub struct Month {
     pub month: u32,
     pub views: u64,
     pub revenue: u64,
-    /// The 70/20/10 split of `revenue`.
+    /// The price funders bought at.
+    pub price: Price,
+    /// The price claims were sold at ([`Params::claim_lag_months`] later).
+    pub sale_price: Price,
+    /// Tokens funded, and the contract's split of them.
+    pub funded: u64,
     pub split: Split,
-    /// USD value creators received (cash, or tokens at `issue_price`).
-    pub creator_paid: u64,
-    /// USD value of the tokens minted for viewers, at `issue_price`.
-    pub viewer_paid: u64,
-    pub viewer_tokens: u64,
-    pub creator_tokens: u64,
-    pub burned_tokens: u64,
-    /// The price just after this month's minting, at which rewards are
-    /// valued.
-    pub issue_price: Price,
-    /// Reserve and circulating supply at the end of the month.
-    pub end_price: Price,
-    /// Treasury balance at the end of the month.
-    pub treasury: u64,
-    /// Cents that went into the reserve this month.
-    pub to_reserve: u64,
-    /// Cents that went into the treasury this month.
-    pub to_treasury: u64,
+    /// What the creators' 70% fetched.
+    pub creator_share_paid: u64,
+    /// What the treasury paid creators to hold the floor.
+    pub floor_paid: u64,
+    /// What the floor asked and the treasury could not pay.
+    pub floor_short: u64,
+    /// What honest relayers' part of the pool fetched, and the gas of
+    /// their claims.
+    pub relayer_paid: u64,
+    pub relayer_gas: u64,
+    /// Honest relayers' tokens left unclaimed because the gas would have
+    /// cost more (they go to the treasury).
+    pub relayer_unclaimed: u64,
+    /// What the sybil part of the pool fetched.
+    pub sybil_paid: u64,
+    /// The treasury's tokens at the end of the month, and their worth then.
+    pub treasury_tokens: u64,
+    pub treasury_value: u64,
 }
 
 impl Month {
-    /// Dollars creators received per 1,000 views.
+    /// Dollars creators received per 1,000 views: their share, and the
+    /// floor's top-up.
     pub fn creator_paid_per_1k_views(&self) -> f64 {
-        self.creator_paid as f64 / 100.0 / (self.views as f64 / 1_000.0)
+        per_1k(self.creator_share_paid + self.floor_paid, self.views)
     }
 
-    /// Whether the viewer tokens were worth no more than `cents`, compared
-    /// exactly (`tokens × reserve <= cents × supply`).
-    fn viewer_tokens_worth_at_most(&self, cents: u64) -> bool {
-        self.viewer_tokens as u128 * self.issue_price.reserve_cents as u128
-            <= cents as u128 * self.issue_price.supply_units as u128
+    /// Dollars honest relayers kept per 1,000 views, after gas.
+    pub fn relayer_net_per_1k_views(&self) -> f64 {
+        per_1k(self.relayer_paid, self.views) - per_1k(self.relayer_gas, self.views)
     }
+}
 
-    /// Whether the viewer tokens were worth no more than the viewer share of
-    /// revenue (20%).
-    pub fn viewer_rewards_within_share(&self) -> bool {
-        self.viewer_tokens_worth_at_most(self.split.viewer)
+fn per_1k(cents: u64, views: u64) -> f64 {
+    if views == 0 {
+        return 0.0;
     }
-
-    /// Whether the viewer tokens were revenue-backed: worth no more than the
-    /// USD paid into the reserve for them, which is at most the viewer share.
-    pub fn viewer_rewards_backed(&self) -> bool {
-        self.viewer_tokens_worth_at_most(self.to_reserve.min(self.split.viewer))
-    }
+    cents as f64 / 100.0 / (views as f64 / 1_000.0)
 }
 
 /// A scenario's months.
 #[derive(Clone, Debug)]
 pub struct Run {
     pub scenario: Scenario,
-    pub launch_price: Price,
     pub months: Vec<Month>,
 }
 
@@ -375,18 +442,13 @@ pub struct Summary {
     pub creator_per_1k_end: f64,
     pub creator_per_1k_min: f64,
     pub creator_per_1k_min_month: u32,
-    /// Months in which viewer rewards were not revenue-backed.
-    pub months_viewer_rewards_unbacked: u32,
-    /// Months in which viewer rewards were worth more than the viewer share.
-    pub months_viewer_rewards_over_share: u32,
-    pub first_over_share_month: Option<u32>,
-    pub last_over_share_month: Option<u32>,
-    pub price_launch: f64,
+    pub relayer_net_per_1k_end: f64,
     pub price_end: f64,
-    pub price_min: f64,
-    pub price_min_month: u32,
-    pub viewer_paid_end_cents: u64,
-    pub viewer_share_end_cents: u64,
+    /// Months in which the treasury topped creators up.
+    pub floor_months: u32,
+    /// The first month the treasury could not pay the whole floor.
+    pub floor_broke_month: Option<u32>,
+    pub floor_paid_total: u64,
     pub treasury_end_cents: u64,
 }
 
@@ -398,16 +460,11 @@ impl Run {
             creator_per_1k_end: f64::NAN,
             creator_per_1k_min: f64::INFINITY,
             creator_per_1k_min_month: 0,
-            months_viewer_rewards_unbacked: 0,
-            months_viewer_rewards_over_share: 0,
-            first_over_share_month: None,
-            last_over_share_month: None,
-            price_launch: self.launch_price.usd(),
-            price_end: self.launch_price.usd(),
-            price_min: self.launch_price.usd(),
-            price_min_month: 0,
-            viewer_paid_end_cents: 0,
-            viewer_share_end_cents: 0,
+            relayer_net_per_1k_end: f64::NAN,
+            price_end: f64::NAN,
+            floor_months: 0,
+            floor_broke_month: None,
+            floor_paid_total: 0,
             treasury_end_cents: 0,
         };
         for m in &self.months {
@@ -423,26 +480,16 @@ impl Run {
                 s.creator_per_1k_min = per_1k;
                 s.creator_per_1k_min_month = m.month;
             }
-            if !m.viewer_rewards_backed() {
-                s.months_viewer_rewards_unbacked += 1;
+            if m.floor_paid > 0 {
+                s.floor_months += 1;
             }
-            if !m.viewer_rewards_within_share() {
-                s.months_viewer_rewards_over_share += 1;
-                s.first_over_share_month.get_or_insert(m.month);
-                s.last_over_share_month = Some(m.month);
+            if m.floor_short > 0 && s.floor_broke_month.is_none() {
+                s.floor_broke_month = Some(m.month);
             }
-            // The lowest price a holder could see: after minting or at the
-            // end of a month.
-            for p in [m.issue_price.usd(), m.end_price.usd()] {
-                if p < s.price_min {
-                    s.price_min = p;
-                    s.price_min_month = m.month;
-                }
-            }
-            s.price_end = m.end_price.usd();
-            s.viewer_paid_end_cents = m.viewer_paid;
-            s.viewer_share_end_cents = m.split.viewer;
-            s.treasury_end_cents = m.treasury;
+            s.floor_paid_total = s.floor_paid_total.saturating_add(m.floor_paid);
+            s.relayer_net_per_1k_end = m.relayer_net_per_1k_views();
+            s.price_end = m.sale_price.usd();
+            s.treasury_end_cents = m.treasury_value;
         }
         s
     }
@@ -455,9 +502,7 @@ pub fn simulate(scenario: Scenario, p: &Params) -> Result<Run, Error> {
         scenario: scenario.name(),
         month,
     };
-    let launch_price = p.launch_price();
-    let mut price = launch_price;
-    let mut treasury: u64 = 0;
+    let mut treasury = p.treasury_launch_tkn * TOKEN_UNIT;
     let mut views = p.start_views();
     let mut revenue_before_shock = 0;
     let mut months = Vec::with_capacity(p.months as usize);
@@ -469,76 +514,215 @@ pub fn simulate(scenario: Scenario, p: &Params) -> Result<Run, Error> {
         }
         let mut revenue =
             mul_div(views, p.revenue_per_1k_views_cents, 1_000).ok_or_else(|| overflow(month))?;
-        if scenario == Scenario::RevenueCollapse && shocked {
-            revenue = share(revenue_before_shock, p.collapse_keep_pct, 100);
-        } else {
-            revenue_before_shock = revenue;
+        match scenario {
+            Scenario::ZeroRevenue => revenue = 0,
+            Scenario::RevenueCollapse if shocked => {
+                revenue = share(revenue_before_shock, p.collapse_keep_pct, 100)
+            }
+            _ => revenue_before_shock = revenue,
         }
 
-        let split = SPLIT.split(revenue);
-        let (viewer_tokens, creator_tokens, to_reserve, to_treasury, creator_cash) =
-            match scenario.issuance() {
-                Issuance::RevenueBacked => {
-                    let tokens = mul_div(split.viewer, price.supply_units, price.reserve_cents)
-                        .ok_or_else(|| overflow(month))?;
-                    (tokens, 0, split.viewer, split.treasury, split.creator)
-                }
-                Issuance::FixedEmission => {
-                    let viewer = p
-                        .emission_viewer_tkn
-                        .checked_mul(TOKEN_UNIT)
-                        .ok_or_else(|| overflow(month))?;
-                    let creator = mul_div(
-                        views,
-                        p.emission_creator_tkn_per_1k
-                            .checked_mul(TOKEN_UNIT)
-                            .ok_or_else(|| overflow(month))?,
-                        1_000,
-                    )
-                    .ok_or_else(|| overflow(month))?;
-                    (viewer, creator, 0, revenue, 0)
-                }
-            };
-
-        price.reserve_cents = price
-            .reserve_cents
-            .checked_add(to_reserve)
-            .ok_or_else(|| overflow(month))?;
-        price.supply_units = price
-            .supply_units
-            .checked_add(viewer_tokens)
-            .and_then(|s| s.checked_add(creator_tokens))
-            .ok_or_else(|| overflow(month))?;
+        let price = scenario.price(p, month);
+        let sale_price = scenario.price(p, month.saturating_add(p.claim_lag_months));
+        let funded = price.tokens_for(revenue);
+        let split = SPLIT.split(funded);
         treasury = treasury
-            .checked_add(to_treasury)
+            .checked_add(split.treasury)
             .ok_or_else(|| overflow(month))?;
-        let issue_price = price;
+        let creator_share_paid = sale_price.value_cents(split.creator);
 
-        let burned_tokens = share(price.supply_units, p.sink_bp, 10_000);
-        price.supply_units -= burned_tokens;
+        // The floor: the treasury sells at this month's price what it
+        // takes to lift the creators' share to it, while it can.
+        let floor =
+            mul_div(views, p.creator_floor_cents_per_1k, 1_000).ok_or_else(|| overflow(month))?;
+        let wanted = floor.saturating_sub(creator_share_paid);
+        let sell = price.tokens_to_raise(wanted).min(treasury);
+        treasury -= sell;
+        let floor_paid = price.value_cents(sell).min(wanted);
+        let floor_short = wanted - floor_paid;
+
+        let honest = share(split.viewer, 100 - p.sybil_share_pct.min(100), 100);
+        let sybil_paid = sale_price.value_cents(split.viewer - honest);
+        // Honest relayers claim only when it pays for its gas; a pool
+        // nobody claims rolls on and, after its rolls, goes to the
+        // treasury.
+        let (relayer_paid, relayer_gas, relayer_unclaimed) = claim(
+            sale_price.value_cents(honest),
+            p.gas_cents(views.saturating_mul(p.receipts_per_view), p.gas_per_receipt),
+            honest,
+        );
+        treasury = treasury
+            .checked_add(relayer_unclaimed)
+            .ok_or_else(|| overflow(month))?;
 
         months.push(Month {
             month,
             views,
             revenue,
+            price,
+            sale_price,
+            funded,
             split,
-            creator_paid: creator_cash + issue_price.value_cents(creator_tokens),
-            viewer_paid: issue_price.value_cents(viewer_tokens),
-            viewer_tokens,
-            creator_tokens,
-            burned_tokens,
-            issue_price,
-            end_price: price,
-            treasury,
-            to_reserve,
-            to_treasury,
+            creator_share_paid,
+            floor_paid,
+            floor_short,
+            relayer_paid,
+            relayer_gas,
+            relayer_unclaimed,
+            sybil_paid,
+            treasury_tokens: treasury,
+            treasury_value: price.value_cents(treasury),
         });
     }
-    Ok(Run {
-        scenario,
-        launch_price,
-        months,
-    })
+    Ok(Run { scenario, months })
+}
+
+/// An honest relayer's claim: `(paid, gas, tokens left unclaimed)`. It
+/// claims only when what the claim fetches is worth more than its gas.
+fn claim(worth: u64, gas: u64, tokens: u64) -> (u64, u64, u64) {
+    if worth > gas {
+        (worth, gas, 0)
+    } else {
+        (0, 0, tokens)
+    }
+}
+
+/// One share of the sybil sweep: month 1 of the baseline, with `share_pct`
+/// of the counted receipt bytes signed by sybil viewer keys.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SybilRow {
+    pub share_pct: u64,
+    /// What honest relayers keep (their part of the pool, less gas).
+    pub honest_net: u64,
+    /// Honest relayers' net per GB they served.
+    pub honest_per_gb: f64,
+    /// The attacker's part of the pool.
+    pub sybil_income: u64,
+    /// Locked viewer keys that many bytes need at the cap (none at 100%:
+    /// no number of keys outcounts every honest receipt).
+    pub keys: Option<u64>,
+    /// What the keys' deposits cost to keep locked for the month, and the
+    /// gas of their receipts.
+    pub sybil_cost: Option<u64>,
+    /// Income less cost.
+    pub sybil_net: Option<i128>,
+}
+
+/// Honest relayer income and the attacker's profit as the sybil share of
+/// counted receipt bytes goes from 0 to 100%, at month 1 of the baseline.
+/// The contract bounds each locked viewer key to its cap; what it cannot
+/// tell is whether the viewer behind a key is a person.
+pub fn sybil_sweep(p: &Params) -> Result<Vec<SybilRow>, Error> {
+    let run = simulate(
+        Scenario::Baseline,
+        &Params {
+            months: 1,
+            sybil_share_pct: 0,
+            ..p.clone()
+        },
+    )?;
+    let m = &run.months[0];
+    let pool = m.split.viewer;
+    let honest_bytes = m.views.saturating_mul(p.view_bytes);
+    let honest_gas = p.gas_cents(
+        m.views.saturating_mul(p.receipts_per_view),
+        p.gas_per_receipt,
+    );
+    let mut rows = Vec::new();
+    for share_pct in (0..=100).step_by(10) {
+        let honest = share(pool, 100 - share_pct, 100);
+        let (paid, gas, _) = claim(m.sale_price.value_cents(honest), honest_gas, honest);
+        let honest_net = paid - gas;
+        let sybil_income = m.sale_price.value_cents(pool - honest);
+        let (keys, sybil_cost, sybil_net) = if share_pct < 100 {
+            // Sybil bytes s / (1 - s) of the honest ones.
+            let sybil_bytes = honest_bytes as u128 * share_pct as u128 / (100 - share_pct) as u128;
+            let keys = u64::try_from(sybil_bytes.div_ceil(p.cap_bytes_per_key_month as u128))
+                .unwrap_or(u64::MAX);
+            let carry = mul_div(keys, p.deposit_cents * p.carry_bp, 10_000).unwrap_or(u64::MAX);
+            // One receipt per key and epoch, each claimed like an honest one.
+            let gas = p.gas_cents(keys.saturating_mul(720), p.gas_per_receipt);
+            let cost = carry.saturating_add(gas);
+            (
+                Some(keys),
+                Some(cost),
+                Some(sybil_income as i128 - cost as i128),
+            )
+        } else {
+            (None, None, None)
+        };
+        rows.push(SybilRow {
+            share_pct,
+            honest_net,
+            honest_per_gb: if share_pct < 100 && honest_bytes > 0 {
+                honest_net as f64 / 100.0 / (honest_bytes as f64 / 1e9)
+            } else {
+                0.0
+            },
+            sybil_income,
+            keys,
+            sybil_cost,
+            sybil_net,
+        });
+    }
+    Ok(rows)
+}
+
+/// The deposit (cents) at which one sybil key's month of counted bytes at
+/// the cap earns no more than it costs to keep locked, at month 1 of the
+/// baseline: what it would take for the deposit alone to stop the attack.
+pub fn deposit_to_deter(p: &Params) -> Result<u64, Error> {
+    let run = simulate(
+        Scenario::Baseline,
+        &Params {
+            months: 1,
+            ..p.clone()
+        },
+    )?;
+    let m = &run.months[0];
+    let honest_bytes = m.views.saturating_mul(p.view_bytes).max(1);
+    // A key at the cap, a small part of the counted bytes, earns the pool's
+    // worth per byte times its cap.
+    let pool_cents = m.sale_price.value_cents(m.split.viewer);
+    let per_key = mul_div(pool_cents, p.cap_bytes_per_key_month, honest_bytes).unwrap_or(u64::MAX);
+    Ok(mul_div(per_key, 10_000, p.carry_bp.max(1)).unwrap_or(u64::MAX))
+}
+
+/// A claim strategy's gas against an honest relayer's income per receipt.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GasRow {
+    pub strategy: &'static str,
+    pub gas_per_receipt: u64,
+    /// An honest relayer's income per receipt (one view's part of the
+    /// relayer pool), in micro-USD.
+    pub income_micro_usd: u64,
+    /// The gas at the params' gas price, in micro-USD.
+    pub cost_micro_usd: u64,
+    /// The gas price at which the claim costs all it earns, in gwei.
+    pub break_even_gwei: f64,
+}
+
+/// [`GAS_MEASURED`] against the income of one receipt at month 1's price.
+pub fn gas_table(p: &Params) -> Vec<GasRow> {
+    // One view's part of the 20%, in micro-USD: CPM / 1,000 × 20%.
+    let income = p.revenue_per_1k_views_cents * MICRO_USD_PER_CENT / 1_000 * SPLIT.viewer_pct
+        / 100
+        / p.receipts_per_view.max(1);
+    GAS_MEASURED
+        .iter()
+        .map(|(strategy, gas)| {
+            // gas × milli-gwei × cents/ETH / 1e12 cents, × 1e4 micro-USD.
+            let cost = *gas as u128 * p.gas_price_mgwei as u128 * p.eth_cents as u128 / 100_000_000;
+            let eth_usd = p.eth_cents as f64 / 100.0;
+            GasRow {
+                strategy,
+                gas_per_receipt: *gas,
+                income_micro_usd: income,
+                cost_micro_usd: u64::try_from(cost).unwrap_or(u64::MAX),
+                break_even_gwei: income as f64 / 1e6 / (*gas as f64 * 1e-9 * eth_usd),
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -546,7 +730,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn split_gives_the_remainder_to_the_viewer_pool() {
+    fn split_gives_the_remainder_to_the_relayer_pool() {
         let s = SPLIT.split(1_001);
         assert_eq!((s.creator, s.viewer, s.treasury), (700, 201, 100));
         let s = SPLIT.split(9);
@@ -554,23 +738,12 @@ mod tests {
     }
 
     #[test]
-    fn minting_at_the_current_price_leaves_it_unchanged() {
-        let p = Params {
-            sink_bp: 0,
-            ..Params::default()
-        };
-        let run = simulate(Scenario::Baseline, &p).expect("default params run");
-        for m in &run.months {
-            assert!((m.end_price.usd() - 0.10).abs() < 1e-9, "month {}", m.month);
-        }
-    }
-
-    #[test]
-    fn the_sink_raises_the_price_by_one_over_one_minus_the_sink() {
-        let run = simulate(Scenario::GrowthStall, &Params::default()).expect("run");
-        let last = run.months.last().expect("24 months");
-        let expected = 0.10 / 0.98f64.powi(24);
-        assert!((last.end_price.usd() / expected - 1.0).abs() < 1e-6);
+    fn prices_convert_both_ways_exactly() {
+        let p = Price { micro_usd: 100_000 };
+        assert_eq!(p.tokens_for(dollars(1)), 10 * TOKEN_UNIT);
+        assert_eq!(p.value_cents(10 * TOKEN_UNIT), dollars(1));
+        assert_eq!(p.tokens_to_raise(1), TOKEN_UNIT / 10);
+        assert_eq!(Price { micro_usd: 0 }.tokens_for(dollars(1)), 0);
     }
 
     #[test]
@@ -579,7 +752,25 @@ mod tests {
         let m = &run.months[0];
         assert_eq!(m.revenue, dollars(100_000));
         assert_eq!(m.views, 20_000_000);
-        assert_eq!(m.viewer_tokens, 200_000 * TOKEN_UNIT);
+        assert_eq!(m.funded, 1_000_000 * TOKEN_UNIT);
+        assert_eq!(m.split.viewer, 200_000 * TOKEN_UNIT);
+    }
+
+    #[test]
+    fn the_crash_falls_to_its_bottom_and_stays() {
+        let p = Params::default();
+        let s = Scenario::TokenCrash;
+        assert_eq!(s.price(&p, 5).micro_usd, 100_000);
+        assert_eq!(s.price(&p, 6).micro_usd, 80_000);
+        assert_eq!(s.price(&p, 7).micro_usd, 64_000);
+        assert_eq!(s.price(&p, 200).micro_usd, 5_000);
+    }
+
+    #[test]
+    fn gas_costs_what_gas_times_price_says() {
+        let p = Params::default();
+        // 1,000 receipts × 1,000 gas × 0.1 gwei × $3,000 = $0.30.
+        assert_eq!(p.gas_cents(1_000, 1_000), 30);
     }
 
     #[test]

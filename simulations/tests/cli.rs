@@ -48,8 +48,12 @@ fn bad_numbers_are_refused_by_the_parser() {
     assert!(e.contains("--months"), "{e}");
     let e = parse_error(&["--months", "lots"]);
     assert!(e.contains("--months"), "{e}");
-    let e = parse_error(&["--sink", "abc"]);
-    assert!(e.contains("--sink") && e.contains("not a number"), "{e}");
+    let e = parse_error(&["--floor", "abc"]);
+    assert!(e.contains("--floor") && e.contains("not a number"), "{e}");
+    let e = parse_error(&["--gas-price=-1"]);
+    assert!(e.contains("--gas-price"), "{e}");
+    let e = parse_error(&["--sybil", "101"]);
+    assert!(e.contains("--sybil") && e.contains("0 to 100"), "{e}");
     let e = parse_error(&["--growth=-5"]);
     assert!(e.contains("--growth"), "{e}");
     assert!(Cli::try_parse_from(["shoal-sim", "tokenomics", "--months", "12"]).is_ok());
@@ -119,8 +123,10 @@ fn a_run_writes_every_csv_and_svg_and_says_where() {
         "baseline.csv",
         "revenue-collapse.csv",
         "growth-stall.csv",
-        "token-inflation.csv",
+        "token-crash.csv",
+        "zero-revenue.csv",
         "stress.csv",
+        "sybil.csv",
     ] {
         let path = out.join(name);
         let text = fs::read_to_string(&path).expect("the CSV exists");
@@ -141,12 +147,18 @@ fn a_run_writes_every_csv_and_svg_and_says_where() {
             .count(),
         13
     );
+    // The claim names hold commas, quoted.
+    let gas = fs::read_to_string(out.join("gas.csv")).expect("gas.csv");
+    assert_eq!(gas.lines().count(), 4);
+    assert!(gas.contains("\"one viewer in 64, 1,000 receipts a claim\",1250,"));
     for name in [
         "baseline.svg",
         "revenue-collapse.svg",
         "growth-stall.svg",
-        "token-inflation.svg",
+        "token-crash.svg",
+        "zero-revenue.svg",
         "creator-payout-per-1k-views.svg",
+        "sybil.svg",
     ] {
         let svg = fs::read_to_string(out.join(name)).expect("the SVG exists");
         assert!(svg.starts_with("<?xml") && svg.contains("xmlns=\"http://www.w3.org/2000/svg\""));
