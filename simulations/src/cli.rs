@@ -188,26 +188,24 @@ pub struct TokenomicsArgs {
 
 /// Dollars such as `2` or `2.50`, as cents.
 fn cents(s: &str) -> Result<u64, String> {
-    let x: f64 = s
-        .trim()
-        .parse()
-        .map_err(|_| format!("{s:?} is not a number of dollars"))?;
-    if !x.is_finite() || !(0.0..=1_000_000.0).contains(&x) {
-        return Err(format!("{s} is not between 0 and 1,000,000 dollars"));
-    }
-    Ok((x * 100.0).round() as u64)
+    scaled(s, "dollars", 1_000_000.0, 100.0)
 }
 
 /// Gwei such as `0.1`, as milli-gwei.
 fn milli_gwei(s: &str) -> Result<u64, String> {
+    scaled(s, "gwei", 100_000.0, 1_000.0)
+}
+
+/// A decimal number of `unit` from 0 to `max`, times `scale`, rounded.
+fn scaled(s: &str, unit: &str, max: f64, scale: f64) -> Result<u64, String> {
     let x: f64 = s
         .trim()
         .parse()
-        .map_err(|_| format!("{s:?} is not a number of gwei"))?;
-    if !x.is_finite() || !(0.0..=100_000.0).contains(&x) {
-        return Err(format!("{s} is not between 0 and 100,000 gwei"));
+        .map_err(|_| format!("{s:?} is not a number of {unit}"))?;
+    if !x.is_finite() || !(0.0..=max).contains(&x) {
+        return Err(format!("{s} is not between 0 and {max} {unit}"));
     }
-    Ok((x * 1000.0).round() as u64)
+    Ok((x * scale).round() as u64)
 }
 
 /// A whole percentage, 0 to 100.
@@ -220,14 +218,7 @@ fn whole_percent(s: &str) -> Result<u64, String> {
 
 /// A percentage such as `5` or `2.5`, as basis points.
 fn percent(s: &str) -> Result<u64, String> {
-    let x: f64 = s
-        .trim()
-        .parse()
-        .map_err(|_| format!("{s:?} is not a number of percent"))?;
-    if !x.is_finite() || !(0.0..=100.0).contains(&x) {
-        return Err(format!("{s} is not between 0 and 100"));
-    }
-    Ok((x * 100.0).round() as u64)
+    scaled(s, "percent", 100.0, 100.0)
 }
 
 /// The default output folder: `simulations/out` wherever the command is run.
