@@ -372,9 +372,10 @@ pub struct LiveStats {
     /// Segments given up while joining, before the playlist listed any:
     /// the viewer started after them, and no player waited for them.
     pub skipped: u64,
-    /// Segments listed after their deadline
-    /// ([`LiveConfig::deadline_durations`] after they were heard of): a
-    /// player at the live edge would have stalled.
+    /// Segments not there by their deadline
+    /// ([`LiveConfig::deadline_durations`] after they were heard of):
+    /// listed after it (a player at the live edge would have stalled), or
+    /// passed over as a gap at it and complete later.
     pub late: u64,
     /// Bytes of segments from other viewers.
     pub bytes_from_peers: u64,
@@ -445,6 +446,18 @@ struct Pending<P> {
 }
 
 impl<P: Clone + Ord> Pending<P> {
+    /// When a player at the live edge needs it: the deadline after it was
+    /// heard of (`last_duration_us` while its manifest is unknown).
+    fn due(&self, config: &LiveConfig, last_duration_us: u64) -> Instant {
+        let duration_us = match &self.stage {
+            Stage::Shards { manifest, .. } | Stage::Checking { manifest } => {
+                manifest.duration_us.unwrap_or(last_duration_us)
+            }
+            Stage::Manifest(_) => last_duration_us,
+        };
+        self.announced + config.deadline(duration_us)
+    }
+
     /// How far its fetch has come, for a log line.
     fn progress(&self) -> String {
         let http = if self.http_attempts > 0 {
@@ -667,9 +680,12 @@ impl<P: Clone + Ord + Hash> LivePlanner<P> {
     /// gaps. A segment complete while an older one is still coming waits
     /// for it, so that a playlist never lists a segment and later one
     /// before it (its media sequence would go back) and never numbers a
-    /// segment by another's place. Each segment counts for startup,
-    /// latency and lateness when it is listed: that is when a player can
-    /// have it.
+    /// segment by another's place. It waits until the older one's
+    /// deadline at most: then the older one is passed over as a gap (still
+    /// fetched, and listed if it comes, counted late), for a player at the
+    /// live edge would rather skip it than stall. Each segment
+    /// counts for startup, latency and lateness when it is listed: that is
+    /// when a player can have it.
     fn list(&mut self, rendition: u16, now: Instant) {
         let wall_ms = self.wall.map(|(at, ms)| {
             ms.saturating_add(now.saturating_duration_since(at).as_millis() as u64)
@@ -678,7 +694,16 @@ impl<P: Clone + Ord + Hash> LivePlanner<P> {
         let Some(r) = self.renditions.get_mut(usize::from(rendition)) else {
             return;
         };
-        let unresolved = [r.pending.keys().next(), r.proxying.first()]
+        let newest = r.window.back().map(|w| w.sequence);
+        let last_duration_us = self.last_duration_us;
+        let holding = r
+            .pending
+            .iter()
+            .find(|(seq, p)| {
+                newest.is_none_or(|n| n < **seq) || now < p.due(config, last_duration_us)
+            })
+            .map(|(seq, _)| seq);
+        let unresolved = [holding, r.proxying.first()]
             .into_iter()
             .flatten()
             .min()
@@ -1302,8 +1327,15 @@ impl<P: Clone + Ord + Hash> LivePlanner<P> {
             published_ms: p.published_ms,
             shards: manifest.shards.clone(),
         };
+        // Passed over in the playlist as a gap when its deadline came.
+        let passed_over = r
+            .listed
+            .is_some_and(|l| (l.first..=l.through).contains(&sequence));
         out.extend(r.enter_window(seg, window));
         self.stats.segments += 1;
+        if passed_over {
+            self.stats.late += 1;
+        }
         self.note_wall(now, now_ms);
         self.list(rendition, now);
         out
@@ -1461,6 +1493,11 @@ impl<P: Clone + Ord + Hash> LivePlanner<P> {
     /// [`LivePlanner::next_timeout`] has come.
     pub fn handle_timeout(&mut self, now: Instant) -> Vec<LiveAction<P>> {
         let mut out = self.each_fetch(|f| f.tick(now));
+        // A segment holding the playlist back may have reached its
+        // deadline.
+        for r in 0..self.renditions.len() {
+            self.list(r as u16, now);
+        }
         // Peers whose requests timed out are slow for the next segments
         // too.
         self.slow.retain(|_, until| *until > now);
@@ -1530,6 +1567,17 @@ impl<P: Clone + Ord + Hash> LivePlanner<P> {
             }
         };
         for r in &self.renditions {
+            // The oldest segment still coming, while a newer one waits for
+            // it: when the playlist passes it over.
+            // (Those already passed over are not waited for.)
+            let newest = r.window.back().map(|w| w.sequence);
+            let from = r.listed.map_or(0, |l| l.through.saturating_add(1));
+            if let Some((seq, p)) = r.pending.range(from..).next()
+                && newest.is_some_and(|n| n > *seq)
+                && r.proxying.first().is_none_or(|x| x > seq)
+            {
+                at(Some(p.due(&self.config, self.last_duration_us)));
+            }
             for p in r.pending.values() {
                 match &p.stage {
                     Stage::Manifest(g) => at(g.next_deadline()),
@@ -2100,6 +2148,32 @@ mod tests {
         }
         assert_eq!(p.stats().missed, 1);
         assert_eq!(listed(&p), vec![(0, false), (1, true), (2, false)]);
+    }
+
+    #[test]
+    fn a_stuck_segment_holds_the_playlist_back_only_until_its_deadline() {
+        let t = Instant::now();
+        let mut p = LivePlanner::<u32>::new(LiveConfig::default(), 0, false, t);
+        complete(&mut p, 0, t, 1_000);
+        let (_, shards1, a1) = segment(1, 32);
+        p.offer(&a1, None, t, 1_000);
+        complete(&mut p, 2, t, 1_000);
+        assert_eq!(listed(&p), vec![(0, false)]);
+        // 2 s segments: due 4 s after it was heard of; the planner wakes
+        // for it.
+        let due = t + Duration::from_secs(4);
+        assert_eq!(p.next_timeout(), Some(due));
+        p.handle_timeout(due - Duration::from_millis(1));
+        assert_eq!(listed(&p), vec![(0, false)]);
+        p.handle_timeout(due);
+        assert_eq!(listed(&p), vec![(0, false), (1, true), (2, false)]);
+        assert_eq!(p.stats().missed, 0, "passed over, not given up");
+        // Nothing left to wait for: no timer for it any more.
+        assert!(p.next_timeout().is_none_or(|n| n > due));
+        // Still fetched; when it comes, it fills its gap, counted late.
+        finish(&mut p, 1, &shards1, due, 5_000);
+        assert_eq!(listed(&p), vec![(0, false), (1, false), (2, false)]);
+        assert_eq!(p.stats().late, 1);
     }
 
     #[test]
