@@ -443,6 +443,9 @@ struct Pending<P> {
     from_http: bool,
     /// When the next HTTP attempt may start.
     http_after: Instant,
+    /// Its deadline came while a newer segment was complete: the playlist
+    /// no longer waits for it ([`LivePlanner::list`]).
+    passed: bool,
 }
 
 impl<P: Clone + Ord> Pending<P> {
@@ -694,14 +697,10 @@ impl<P: Clone + Ord + Hash> LivePlanner<P> {
         let Some(r) = self.renditions.get_mut(usize::from(rendition)) else {
             return;
         };
-        let newest = r.window.back().map(|w| w.sequence);
-        let last_duration_us = self.last_duration_us;
         let holding = r
             .pending
             .iter()
-            .find(|(seq, p)| {
-                newest.is_none_or(|n| n < **seq) || now < p.due(config, last_duration_us)
-            })
+            .find(|(_, p)| !p.passed)
             .map(|(seq, _)| seq);
         let unresolved = [holding, r.proxying.first()]
             .into_iter()
@@ -1048,6 +1047,7 @@ impl<P: Clone + Ord + Hash> LivePlanner<P> {
             http_in_flight: false,
             from_http: false,
             http_after: now + self.p2p_time(a.manifest.duration_us.unwrap_or(0)),
+            passed: false,
         };
         let mut out = self.insert(a.rendition, a.sequence, pending, now);
         out.extend(self.start(a.rendition, a.sequence, now));
@@ -1100,6 +1100,7 @@ impl<P: Clone + Ord + Hash> LivePlanner<P> {
                     http_in_flight: false,
                     from_http: false,
                     http_after: now + budget,
+                    passed: false,
                 },
             );
             started.push(s.sequence);
@@ -1494,21 +1495,19 @@ impl<P: Clone + Ord + Hash> LivePlanner<P> {
     pub fn handle_timeout(&mut self, now: Instant) -> Vec<LiveAction<P>> {
         let mut out = self.each_fetch(|f| f.tick(now));
         // A segment holding the playlist back may have reached its
-        // deadline.
-        for r in 0..self.renditions.len() {
-            self.list(r as u16, now);
-        }
-        // Peers whose requests timed out are slow for the next segments
-        // too.
-        self.slow.retain(|_, until| *until > now);
-        for r in &self.renditions {
-            for p in r.pending.values() {
-                if let Stage::Manifest(g) | Stage::Shards { fetch: g, .. } = &p.stage {
-                    for peer in g.slow_peers() {
-                        self.slow.entry(peer.clone()).or_insert(now + SLOW_MEMORY);
-                    }
+        // deadline: it is passed over.
+        let last_duration_us = self.last_duration_us;
+        for r in &mut self.renditions {
+            let newest = r.window.back().map(|w| w.sequence);
+            for (seq, p) in r.pending.iter_mut() {
+                if newest.is_some_and(|n| n > *seq) && now >= p.due(&self.config, last_duration_us)
+                {
+                    p.passed = true;
                 }
             }
+        }
+        for r in 0..self.renditions.len() {
+            self.list(r as u16, now);
         }
         if !self.http {
             return out;
@@ -1567,16 +1566,13 @@ impl<P: Clone + Ord + Hash> LivePlanner<P> {
             }
         };
         for r in &self.renditions {
-            // The oldest segment still coming, while a newer one waits for
-            // it: when the playlist passes it over.
-            // (Those already passed over are not waited for.)
+            // A segment still coming while a newer one is complete: when
+            // the playlist passes it over.
             let newest = r.window.back().map(|w| w.sequence);
-            let from = r.listed.map_or(0, |l| l.through.saturating_add(1));
-            if let Some((seq, p)) = r.pending.range(from..).next()
-                && newest.is_some_and(|n| n > *seq)
-                && r.proxying.first().is_none_or(|x| x > seq)
-            {
-                at(Some(p.due(&self.config, self.last_duration_us)));
+            for (seq, p) in &r.pending {
+                if !p.passed && newest.is_some_and(|n| n > *seq) {
+                    at(Some(p.due(&self.config, self.last_duration_us)));
+                }
             }
             for p in r.pending.values() {
                 match &p.stage {
@@ -2174,6 +2170,32 @@ mod tests {
         finish(&mut p, 1, &shards1, due, 5_000);
         assert_eq!(listed(&p), vec![(0, false), (1, false), (2, false)]);
         assert_eq!(p.stats().late, 1);
+    }
+
+    #[test]
+    fn a_passed_over_segment_sets_no_timer_in_the_past() {
+        // Joining: 0 and 1 still coming, 2-4 complete. 0's deadline passes
+        // while the playlist still waits for 1: the planner must not ask
+        // to be woken for 0 again and again.
+        let t = Instant::now();
+        let mut p = LivePlanner::<u32>::new(LiveConfig::default(), 0, false, t);
+        let (_, _, a0) = segment(0, 32);
+        p.offer(&a0, None, t, 1_000);
+        let later = t + Duration::from_secs(3);
+        let (_, _, a1) = segment(1, 32);
+        p.offer(&a1, None, later, 4_000);
+        for seq in 2..5 {
+            complete(&mut p, seq, later, 4_000);
+        }
+        let due0 = t + Duration::from_secs(4);
+        let due1 = later + Duration::from_secs(4);
+        assert_eq!(p.next_timeout().map(|n| n <= due0), Some(true));
+        p.handle_timeout(due0);
+        assert!(listed(&p).is_empty(), "1 still holds it back");
+        let next = p.next_timeout().expect("1's deadline");
+        assert!(next > due0 && next <= due1, "{next:?}");
+        p.handle_timeout(due1);
+        assert_eq!(listed(&p), vec![(2, false), (3, false), (4, false)]);
     }
 
     #[test]
