@@ -1509,6 +1509,18 @@ impl<P: Clone + Ord + Hash> LivePlanner<P> {
         for r in 0..self.renditions.len() {
             self.list(r as u16, now);
         }
+        // Peers whose requests timed out are slow for the next segments
+        // too.
+        self.slow.retain(|_, until| *until > now);
+        for r in &self.renditions {
+            for p in r.pending.values() {
+                if let Stage::Manifest(g) | Stage::Shards { fetch: g, .. } = &p.stage {
+                    for peer in g.slow_peers() {
+                        self.slow.entry(peer.clone()).or_insert(now + SLOW_MEMORY);
+                    }
+                }
+            }
+        }
         if !self.http {
             return out;
         }
