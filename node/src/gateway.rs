@@ -45,7 +45,6 @@ use axum::routing::get;
 use shoal_protocol::block::Cid;
 use shoal_protocol::channel::ChannelId;
 use shoal_protocol::http::{GatewayPath, PathError};
-use shoal_protocol::live::Listed;
 use shoal_protocol::manifest::{StreamKind, StreamManifest};
 use shoal_storage::assemble::load_stream;
 use shoal_storage::hls;
@@ -528,20 +527,14 @@ fn master_playlist(
 /// The sliding media playlist of one rendition.
 fn media_playlist(view: &LiveView, rendition: usize) -> Option<String> {
     let r = view.renditions.get(rendition)?;
-    let first = r.playlist.first().map_or(0, Listed::sequence);
+    let first = r.playlist.first().map_or(0, |l| l.sequence);
     let segments: Vec<hls::LiveSegment> = r
         .playlist
         .iter()
-        .map(|l| {
-            let (duration_us, gap) = match l {
-                Listed::Segment(w) => (w.duration_us, false),
-                Listed::Gap { duration_us, .. } => (*duration_us, true),
-            };
-            hls::LiveSegment {
-                uri: format!("{}.{}", l.sequence(), r.info.segment_extension),
-                duration_us,
-                gap,
-            }
+        .map(|l| hls::LiveSegment {
+            uri: format!("{}.{}", l.sequence, r.info.segment_extension),
+            duration_us: l.duration_us,
+            gap: l.gap,
         })
         .collect();
     Some(hls::write_live_media(

@@ -287,23 +287,14 @@ pub struct WindowSegment {
 }
 
 /// One entry of a rendition's playlist ([`LivePlanner::playlist`]).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Listed {
-    /// A complete segment of the window.
-    Segment(WindowSegment),
-    /// A segment given up: listed so that the media sequence numbers of
-    /// the segments after it stay right, marked so that players skip it
-    /// (`EXT-X-GAP`).
-    Gap { sequence: u64, duration_us: u64 },
-}
-
-impl Listed {
-    pub fn sequence(&self) -> u64 {
-        match self {
-            Listed::Segment(w) => w.sequence,
-            Listed::Gap { sequence, .. } => *sequence,
-        }
-    }
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Listed {
+    pub sequence: u64,
+    pub duration_us: u64,
+    /// Not held (given up, or passed over at its deadline): listed so
+    /// that the media sequence numbers of the segments after it stay
+    /// right, marked so that players skip it (`EXT-X-GAP`).
+    pub gap: bool,
 }
 
 /// What a rendition's playlist lists: sequences `first..=through`.
@@ -769,13 +760,18 @@ impl<P: Clone + Ord + Hash> LivePlanner<P> {
         let mut held = r.window.iter().filter(|w| w.sequence >= start).peekable();
         let mut out = Vec::new();
         for sequence in start..=l.through {
-            match held.next_if(|w| w.sequence == sequence) {
-                Some(w) => out.push(Listed::Segment(w.clone())),
-                None => out.push(Listed::Gap {
+            out.push(match held.next_if(|w| w.sequence == sequence) {
+                Some(w) => Listed {
+                    sequence,
+                    duration_us: w.duration_us,
+                    gap: false,
+                },
+                None => Listed {
                     sequence,
                     duration_us,
-                }),
-            }
+                    gap: true,
+                },
+            });
         }
         out
     }
@@ -2104,10 +2100,7 @@ mod tests {
     }
 
     fn listed(p: &LivePlanner<u32>) -> Vec<(u64, bool)> {
-        p.playlist(0)
-            .iter()
-            .map(|l| (l.sequence(), matches!(l, Listed::Gap { .. })))
-            .collect()
+        p.playlist(0).iter().map(|l| (l.sequence, l.gap)).collect()
     }
 
     #[test]
