@@ -28,6 +28,15 @@ use crate::block::{self, BLAKE3, SHA2_256};
 /// replies are split ([`split_blocks`]).
 pub const MAX_MESSAGE_SIZE: usize = 4 << 20;
 
+/// Blocks written in one message, at most, unless a single block is larger
+/// ([`split_blocks`]). A receiver acts on a block only once its whole
+/// message has arrived: eight 410 KiB shards answered in one 3.3 MB message
+/// reached a fetcher together after 1.4 s at 20 Mb/s, and its next asks
+/// left only then, so every peer's link paused a round trip per message
+/// (four seeders reached 87–90% of their links; message by message, 9x%).
+/// 64 KiB is 50 ms at 10 Mb/s; Kubo's engine aims at 16 KiB.
+pub const TARGET_MESSAGE_SIZE: usize = 64 << 10;
+
 /// Most wantlist entries in one message. Kubo sends at most a few hundred;
 /// a full wantlist of a large fetch stays well under this.
 pub const MAX_ENTRIES_PER_MESSAGE: usize = 8192;
@@ -397,9 +406,9 @@ fn read_cid(bytes: &[u8]) -> Result<Cid, WireError> {
     Cid::try_from(bytes).map_err(|_| WireError::Malformed("CID"))
 }
 
-/// Groups blocks into messages that each stay under [`MAX_MESSAGE_SIZE`]
-/// and [`MAX_BLOCKS_PER_MESSAGE`]; the first message also carries
-/// `presences`.
+/// Groups blocks into messages of about [`TARGET_MESSAGE_SIZE`] (a larger
+/// block goes alone), each under [`MAX_MESSAGE_SIZE`] and
+/// [`MAX_BLOCKS_PER_MESSAGE`]; the first message also carries `presences`.
 pub fn split_blocks(blocks: Vec<WireBlock>, presences: Vec<(Cid, Presence)>) -> Vec<Message> {
     // Room for the framing and per-block prefix/tags.
     const OVERHEAD: usize = 64;
@@ -412,7 +421,7 @@ pub fn split_blocks(blocks: Vec<WireBlock>, presences: Vec<(Cid, Presence)>) -> 
         let cost = b.data.len() + OVERHEAD;
         let full = out.last().is_some_and(|m| {
             !m.blocks.is_empty()
-                && (size + cost > MAX_MESSAGE_SIZE || m.blocks.len() == MAX_BLOCKS_PER_MESSAGE)
+                && (size + cost > TARGET_MESSAGE_SIZE || m.blocks.len() == MAX_BLOCKS_PER_MESSAGE)
         });
         if full {
             out.push(Message::default());
@@ -733,7 +742,7 @@ mod tests {
     }
 
     #[test]
-    fn large_replies_are_split_under_the_limit() {
+    fn large_blocks_travel_one_a_message() {
         let blocks: Vec<WireBlock> = (0..10u8)
             .map(|i| {
                 let data = vec![i; 1 << 20];
@@ -744,8 +753,10 @@ mod tests {
             })
             .collect();
         let msgs = split_blocks(blocks, vec![(cid_of(Codec::Raw, b"p"), Presence::DontHave)]);
-        assert!(msgs.len() >= 3);
-        assert_eq!(msgs.iter().map(|m| m.blocks.len()).sum::<usize>(), 10);
+        // Each block over the target travels alone, so that the receiver
+        // has it (and asks for the next) as soon as it arrives.
+        assert_eq!(msgs.len(), 10);
+        assert!(msgs.iter().all(|m| m.blocks.len() == 1));
         assert_eq!(msgs[0].presences.len(), 1);
         for m in &msgs {
             let framed = m.encode_framed();
@@ -753,6 +764,26 @@ mod tests {
             let mut d = FrameDecoder::default();
             d.extend(&framed);
             Message::decode(&d.next_frame().unwrap().unwrap()).unwrap();
+        }
+    }
+
+    #[test]
+    fn small_blocks_share_messages_up_to_the_target_size() {
+        let blocks: Vec<WireBlock> = (0..100u8)
+            .map(|i| {
+                let data = vec![i; 20 << 10];
+                WireBlock {
+                    cid: cid_of(Codec::Raw, &data),
+                    data,
+                }
+            })
+            .collect();
+        let msgs = split_blocks(blocks, Vec::new());
+        assert_eq!(msgs.iter().map(|m| m.blocks.len()).sum::<usize>(), 100);
+        // Three 20 KiB blocks fit the target, a fourth would not.
+        assert_eq!(msgs.len(), 34);
+        for m in &msgs {
+            assert!(m.encode().len() <= TARGET_MESSAGE_SIZE);
         }
     }
 }
