@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use futures::{AsyncReadExt, AsyncWriteExt};
 use libp2p::{PeerId, Stream, StreamProtocol};
-use shoal_protocol::bitswap::wire::{self, MAX_MESSAGE_SIZE, split_blocks};
+use shoal_protocol::bitswap::wire::{self, MAX_MESSAGE_SIZE};
 use shoal_protocol::bitswap::{Message, Outgoing, PROTOCOLS, WireBlock, WireError};
 use shoal_storage::Blockstore;
 
@@ -155,8 +155,8 @@ async fn open(control: &Control, peer: PeerId) -> Option<Stream> {
     None
 }
 
-/// Builds the wire messages for one engine message: blocks read from the
-/// store, split under the size limit.
+/// Builds the wire messages for one engine message, its blocks read from
+/// the store.
 fn build(out: Outgoing, store: &Blockstore) -> Vec<Message> {
     let mut blocks = Vec::with_capacity(out.blocks.len());
     for cid in &out.blocks {
@@ -166,17 +166,7 @@ fn build(out: Outgoing, store: &Blockstore) -> Vec<Message> {
             Err(e) => tracing::warn!(%cid, error = %e, "cannot read a block to send"),
         }
     }
-    let mut msgs = split_blocks(blocks, out.presences);
-    if !out.wantlist.is_empty() {
-        match msgs.first_mut() {
-            Some(first) => first.wantlist = out.wantlist,
-            None => msgs.push(Message {
-                wantlist: out.wantlist,
-                ..Message::default()
-            }),
-        }
-    }
-    msgs
+    out.into_messages(blocks)
 }
 
 /// Writes `frame` in pieces, each within [`WRITE_STALL`].

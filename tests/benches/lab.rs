@@ -272,9 +272,46 @@ fn quantile(v: &mut [f64], q: f64) -> f64 {
     v[((v.len() - 1) as f64 * q).round() as usize]
 }
 
+/// TCP's loss recovery in `host`'s namespace so far: segments sent
+/// again, and retransmission timeouts (each a pause of at least 200 ms on
+/// Linux), from `/proc/net/snmp` and `/proc/net/netstat`.
+fn tcp_recovery(host: &Host) -> (u64, u64) {
+    let out = host
+        .command("cat")
+        .args(["/proc/net/snmp", "/proc/net/netstat"])
+        .output()
+        .expect("read the TCP counters");
+    let text = String::from_utf8_lossy(&out.stdout);
+    // Each table is a line of names and a line of values, both prefixed.
+    let lines: Vec<&str> = text.lines().collect();
+    let field = |prefix: &str, name: &str| -> u64 {
+        lines
+            .windows(2)
+            .filter(|w| w[0].starts_with(prefix) && w[1].starts_with(prefix))
+            .find_map(|w| {
+                let i = w[0].split_whitespace().position(|n| n == name)?;
+                w[1].split_whitespace().nth(i)?.parse().ok()
+            })
+            .unwrap_or(0)
+    };
+    (field("Tcp:", "RetransSegs"), field("TcpExt:", "TCPTimeouts"))
+}
+
+/// [`tcp_recovery`] summed over the broadcaster and the viewers.
+fn stream_recovery(stream: &Stream) -> (u64, u64) {
+    std::iter::once(&stream.source)
+        .chain(&stream.viewers)
+        .map(|n| tcp_recovery(&n.host))
+        .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
+}
+
 /// What one lab run of a live scenario measured.
 struct LabRun {
     figures: Figures,
+    /// TCP segments sent again and retransmission timeouts over the
+    /// measured segments, in every host.
+    retransmits: u64,
+    timeouts: u64,
     startup_ms: f64,
     /// The machine's CPU share over the measured segments, and how long
     /// they took.
@@ -289,6 +326,7 @@ fn run_lab(scenario: &LiveScenario) -> Option<LabRun> {
     let stream = Stream::start_scenario("bench", scenario)?;
     stream.play(&stream.all(), 0, 4, Duration::from_secs(120));
     let before = cpu_ticks();
+    let recovery = stream_recovery(&stream);
     let at = shoal_tests::lab_live::encoder_at(&stream.hls);
     let started = Instant::now();
     stream.play(
@@ -299,6 +337,7 @@ fn run_lab(scenario: &LiveScenario) -> Option<LabRun> {
     );
     let cpu = cpu_share(before, cpu_ticks());
     let wall = started.elapsed().as_secs_f64();
+    let after = stream_recovery(&stream);
     let stats: Vec<serde_json::Value> = stream
         .viewers
         .iter()
@@ -324,6 +363,8 @@ fn run_lab(scenario: &LiveScenario) -> Option<LabRun> {
             sum("bytes_from_http"),
             scenario.segment_bytes,
         ),
+        retransmits: after.0 - recovery.0,
+        timeouts: after.1 - recovery.1,
         startup_ms: quantile(&mut startup, 0.5),
         cpu,
         wall,
@@ -347,7 +388,7 @@ fn live(viewers: usize) {
     println!(
         "  {viewers} viewers: latency p50 {:.0} ms (median of viewers), p95 {:.0} ms (worst viewer); \
          startup median {:.0} ms; offload {:.1}%; the broadcaster sent {:.1} MB, {:.2} copies \
-         of the stream; missed {}; machine CPU {:.0}% over {:.0} s{}",
+         of the stream; missed {}; TCP resent {} segments, {} timeouts; machine CPU {:.0}% over {:.0} s{}",
         f.p50_ms,
         f.p95_ms,
         run.startup_ms,
@@ -355,6 +396,8 @@ fn live(viewers: usize) {
         f.source_bytes as f64 / 1e6,
         f.copies,
         f.missed,
+        run.retransmits,
+        run.timeouts,
         100.0 * run.cpu,
         run.wall,
         limited(run.cpu),
@@ -378,7 +421,7 @@ fn crosscheck() {
          a 1.5 Mb/s stream) on the lab and in the model (seed 1), every viewer's session statistics"
     );
     println!(
-        "  N  | p50 lab / model | p95 lab / model | offload lab / model | broadcaster MB lab / model | missed | beyond target"
+        "  N  | p50 lab / model | p95 lab / model | offload lab / model | broadcaster MB lab / model | missed | lab TCP resent / timeouts | beyond target"
     );
     for n in env_list("SHOAL_BENCH_VIEWERS", &[5, 10, 20]) {
         let scenario = LiveScenario::spread(n, LIVE_SEGMENTS as u64 + 12);
@@ -398,7 +441,7 @@ fn crosscheck() {
         let l = &lab.figures;
         let beyond = Figures::differences(l, &model, scenario.mean_rtt());
         println!(
-            "  {n:<2} | {:>5.0} / {:<5.0} ms | {:>5.0} / {:<5.0} ms | {:>5.1} / {:<5.1}% | {:>5.1} / {:<5.1} | {} / {} | {}{}",
+            "  {n:<2} | {:>5.0} / {:<5.0} ms | {:>5.0} / {:<5.0} ms | {:>5.1} / {:<5.1}% | {:>5.1} / {:<5.1} | {} / {} | {} / {} | {}{}",
             l.p50_ms,
             model.p50_ms,
             l.p95_ms,
@@ -409,6 +452,8 @@ fn crosscheck() {
             model.source_bytes as f64 / 1e6,
             l.missed,
             model.missed,
+            lab.retransmits,
+            lab.timeouts,
             if beyond.is_empty() {
                 "none".to_string()
             } else {

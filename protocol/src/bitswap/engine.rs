@@ -50,7 +50,7 @@ use std::hash::Hash;
 
 use cid::Cid;
 
-use super::wire::{Message, Presence, WantEntry, WantType};
+use super::wire::{Message, Presence, WantEntry, WantType, WireBlock, split_blocks};
 
 /// Limits, each with the reason for its default.
 #[derive(Clone, Debug)]
@@ -132,6 +132,25 @@ impl Outgoing {
     /// [`Engine::sent`] (it carries queue space).
     pub fn needs_report(&self) -> bool {
         self.block_bytes > 0 || self.queued_presences > 0
+    }
+
+    /// The wire messages that carry this one, given its blocks as read
+    /// from the store (a block that left the store meanwhile is simply
+    /// missing): blocks in messages of about
+    /// [`super::wire::TARGET_MESSAGE_SIZE`], the presences and the
+    /// wantlist in the first.
+    pub fn into_messages(self, blocks: Vec<WireBlock>) -> Vec<Message> {
+        let mut msgs = split_blocks(blocks, self.presences);
+        if !self.wantlist.is_empty() {
+            match msgs.first_mut() {
+                Some(first) => first.wantlist = self.wantlist,
+                None => msgs.push(Message {
+                    wantlist: self.wantlist,
+                    ..Message::default()
+                }),
+            }
+        }
+        msgs
     }
 
     /// Appends `other`, so that one message carries everything a batch of

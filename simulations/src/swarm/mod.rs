@@ -1485,23 +1485,32 @@ impl Sim {
                             })
                         })
                         .collect();
-                    let wire = Message {
-                        wantlist: message.wantlist,
-                        full: false,
-                        blocks,
-                        unreadable_blocks: 0,
-                        presences: message.presences,
-                        pending_bytes: 0,
-                    };
-                    self.enqueue(
-                        node,
-                        peer,
-                        Payload::Bitswap {
-                            message: wire,
-                            block_bytes: message.block_bytes,
-                            queued_presences: message.queued_presences,
-                        },
-                    );
+                    let (block_bytes, queued_presences) =
+                        (message.block_bytes, message.queued_presences);
+                    // As the node's writer: the frames in turn, the queue
+                    // space reported once the last is written.
+                    let mut wire = message.into_messages(blocks);
+                    if wire.is_empty() {
+                        // Its blocks left meanwhile: the report still goes.
+                        wire.push(Message::default());
+                    }
+                    let last = wire.len().saturating_sub(1);
+                    for (i, message) in wire.into_iter().enumerate() {
+                        let (block_bytes, queued_presences) = if i == last {
+                            (block_bytes, queued_presences)
+                        } else {
+                            (0, 0)
+                        };
+                        self.enqueue(
+                            node,
+                            peer,
+                            Payload::Bitswap {
+                                message,
+                                block_bytes,
+                                queued_presences,
+                            },
+                        );
+                    }
                 }
                 Action::Store { from, blocks } => {
                     // A store that writes at once: the listener's notice,
