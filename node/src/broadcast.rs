@@ -93,6 +93,9 @@ struct RenditionState {
     info: LiveRendition,
     /// Path of the media playlist inside the folder.
     playlist: PathBuf,
+    /// The fMP4 initialisation section stored for `info.init`, by the URI
+    /// the playlist gave it.
+    init_uri: Option<String>,
     /// Highest sequence published.
     last: Option<u64>,
     recent: VecDeque<RecentSegment>,
@@ -144,6 +147,12 @@ pub async fn broadcast(
             };
             if media.ended {
                 ended += 1;
+            }
+            if let Err(e) = import_init(&node, &options, &mut encoder, state, &media).await {
+                // Without it no player can decode the segments: try again
+                // next time rather than announce them.
+                tracing::warn!(%channel, error = %e, "cannot store the initialisation section");
+                continue;
             }
             let first_new = match state.last {
                 Some(last) => last + 1,
@@ -227,6 +236,70 @@ pub async fn broadcast(
     }
 }
 
+/// Stores the rendition's fMP4 initialisation section (`EXT-X-MAP`) when
+/// the playlist names one it has not stored yet: coded like a segment
+/// (numbered 0), its manifest named in the channel record, where viewers
+/// find it. An encoder that restarts may write a new one; the record then
+/// names the new one. MPEG-TS playlists name none.
+async fn import_init(
+    node: &Node,
+    options: &BroadcastOptions,
+    encoder: &mut Encoder,
+    state: &mut RenditionState,
+    media: &hls::MediaPlaylist,
+) -> Result<(), BroadcastError> {
+    let Some(uri) = &media.init else {
+        return Ok(());
+    };
+    if state.init_uri.as_ref() == Some(uri) {
+        return Ok(());
+    }
+    let path = options.dir.join(&state.playlist);
+    if !is_safe_relative_path(uri) {
+        return Err(input_err(
+            &path,
+            format!("initialisation section {uri:?} is not a plain relative path"),
+        ));
+    }
+    let base = state
+        .playlist
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let path = options.dir.join(base).join(uri);
+    let bytes = read_segment(&path)?;
+    let stored = store_segment(node, options, encoder, &path, bytes, 0, None).await?;
+    state.info.init = Some(stored.manifest_cid);
+    state.info.segment_extension = shoal_storage::import::segment_extension(media, true);
+    state.init_uri = Some(uri.clone());
+    tracing::info!(path = %path.display(), manifest = %stored.manifest_cid, "stored the initialisation section");
+    Ok(())
+}
+
+/// Codes and stores one file of the encoder's (a segment, or an
+/// initialisation section as number 0) off the async threads.
+async fn store_segment(
+    node: &Node,
+    options: &BroadcastOptions,
+    encoder: &mut Encoder,
+    path: &Path,
+    bytes: Vec<u8>,
+    sequence: u64,
+    duration: Option<u64>,
+) -> Result<shoal_storage::StoredSegment, BroadcastError> {
+    let store = node.store().clone();
+    let import = options.import;
+    let mut enc = std::mem::take(encoder);
+    let (stored, enc) = tokio::task::spawn_blocking(move || {
+        let r = import_segment(&store, &mut enc, bytes, sequence, duration, &import);
+        (r, enc)
+    })
+    .await
+    .map_err(|e| input_err(path, e))?;
+    *encoder = enc;
+    Ok(stored?)
+}
+
 /// Imports one segment the encoder finished and signs its announcement;
 /// the caller publishes it.
 #[allow(clippy::too_many_arguments)]
@@ -254,21 +327,8 @@ async fn import_new_segment(
     let path = options.dir.join(&base).join(&seg.uri);
     let bytes = read_segment(&path)?;
     let len = bytes.len() as u64;
-    let store = node.store().clone();
-    let import = options.import;
     let duration = Some(seg.duration_us);
-    let mut enc = std::mem::take(encoder);
-    let (stored, enc) = tokio::task::spawn_blocking(move || {
-        let r = import_segment(&store, &mut enc, bytes, sequence, duration, &import);
-        (r, enc)
-    })
-    .await
-    .map_err(|e| BroadcastError::Input {
-        path: path.clone(),
-        detail: e.to_string(),
-    })?;
-    *encoder = enc;
-    let stored = stored?;
+    let stored = store_segment(node, options, encoder, &path, bytes, sequence, duration).await?;
     let announcement = key.announce(
         rendition,
         sequence,
@@ -332,15 +392,7 @@ fn read_playlist(path: &Path) -> Result<Playlist, BroadcastError> {
 fn read_media(dir: &Path, playlist: &Path) -> Result<hls::MediaPlaylist, BroadcastError> {
     let path = dir.join(playlist);
     match read_playlist(&path)? {
-        Playlist::Media(m) => {
-            if m.init.is_some() {
-                return Err(input_err(
-                    &path,
-                    "fMP4 segments (EXT-X-MAP) are not broadcast yet; have the encoder write MPEG-TS",
-                ));
-            }
-            Ok(m)
-        }
+        Playlist::Media(m) => Ok(m),
         Playlist::Master(_) => Err(input_err(&path, "expected a media playlist")),
     }
 }
@@ -387,7 +439,8 @@ fn find_playlist(dir: &Path, named: Option<&str>) -> Result<Option<String>, Broa
 
 fn read_renditions(dir: &Path, top: &str) -> Result<Vec<RenditionState>, BroadcastError> {
     let state = |playlist: &str, bandwidth, resolution, codecs| {
-        // MPEG-TS only: fMP4 playlists are refused by `read_media`.
+        // MPEG-TS until the playlist names an initialisation section
+        // (`import_init`).
         let ext = "ts".to_string();
         RenditionState {
             info: LiveRendition {
@@ -399,6 +452,7 @@ fn read_renditions(dir: &Path, top: &str) -> Result<Vec<RenditionState>, Broadca
                 ..LiveRendition::default()
             },
             playlist: PathBuf::from(playlist),
+            init_uri: None,
             last: None,
             recent: VecDeque::new(),
         }

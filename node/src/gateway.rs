@@ -450,6 +450,9 @@ async fn player(
         GatewayPath::LiveMedia { channel, rendition } => {
             live_media(&g, &site, channel, rendition.into()).await
         }
+        GatewayPath::LiveInit { channel, rendition } => {
+            live_init(&g, &site, channel, rendition.into()).await
+        }
         GatewayPath::LiveSegment {
             channel,
             rendition,
@@ -540,6 +543,7 @@ fn media_playlist(view: &LiveView, rendition: usize) -> Option<String> {
     Some(hls::write_live_media(
         first,
         view.target_duration_us,
+        r.info.init.map(|_| "init.mp4"),
         &segments,
     ))
 }
@@ -617,14 +621,58 @@ async fn live_segment(
         )
     };
     let view = g.node.live_view(channel).await?.ok_or_else(not_found)?;
-    let w = view
-        .renditions
-        .get(rendition)
-        .and_then(|r| r.window.iter().find(|w| w.sequence == sequence))
+    let r = view.renditions.get(rendition).ok_or_else(not_found)?;
+    let w = r
+        .window
+        .iter()
+        .find(|w| w.sequence == sequence)
         .cloned()
         .ok_or_else(not_found)?;
     let bytes = read_segment(&g.node, w.manifest, w.sequence).await?;
-    Ok(([(header::CONTENT_TYPE, "video/mp2t")], Body::from(bytes)).into_response())
+    Ok((
+        [(header::CONTENT_TYPE, media_type(&r.info.segment_extension))],
+        Body::from(bytes),
+    )
+        .into_response())
+}
+
+/// An fMP4 rendition's initialisation section, as its channel record
+/// names it: from the store, else fetched from the peers watching (for
+/// `site`, within its fetches).
+async fn live_init(
+    g: &Arc<Gateway>,
+    site: &Site,
+    channel: ChannelId,
+    rendition: usize,
+) -> GatewayResult<Response> {
+    let view = view_with_segments(g, site, channel).await?;
+    let manifest = view
+        .renditions
+        .get(rendition)
+        .and_then(|r| r.info.init)
+        .ok_or_else(|| {
+            GatewayError::new(
+                StatusCode::NOT_FOUND,
+                format!("rendition {rendition} of channel {channel} has no init.mp4"),
+            )
+        })?;
+    let bytes = match read_segment(&g.node, manifest, 0).await {
+        Ok(bytes) => bytes,
+        Err(_) => {
+            let _slot = g.fetch_slot(site, FETCHES_PER_SITE)?;
+            g.node.fetch_segments(manifest, vec![manifest]).await?;
+            read_segment(&g.node, manifest, 0).await?
+        }
+    };
+    Ok(([(header::CONTENT_TYPE, "video/mp4")], Body::from(bytes)).into_response())
+}
+
+/// The media type of a segment named `<n>.<extension>`.
+fn media_type(extension: &str) -> &'static str {
+    match extension {
+        "ts" => "video/mp2t",
+        _ => "video/mp4",
+    }
 }
 
 /// The stream's root manifest, fetched (not pinned) for `site` if this
@@ -745,11 +793,11 @@ async fn vod_segment(
             read_segment(&g.node, manifest, position).await?
         }
     };
-    let content_type = match r.segment_extension.as_str() {
-        "ts" => "video/mp2t",
-        _ => "video/mp4",
-    };
-    Ok(([(header::CONTENT_TYPE, content_type)], Body::from(bytes)).into_response())
+    Ok((
+        [(header::CONTENT_TYPE, media_type(&r.segment_extension))],
+        Body::from(bytes),
+    )
+        .into_response())
 }
 
 /// Rebuilds a segment from the store and checks it.

@@ -44,6 +44,9 @@ pub enum GatewayPath {
     LiveStats { channel: ChannelId },
     /// `/live/<channel>/<rendition>/index.m3u8`
     LiveMedia { channel: ChannelId, rendition: u16 },
+    /// `/live/<channel>/<rendition>/init.mp4`: an fMP4 rendition's
+    /// initialisation section.
+    LiveInit { channel: ChannelId, rendition: u16 },
     /// `/live/<channel>/<rendition>/<sequence>.<ext>`
     LiveSegment {
         channel: ChannelId,
@@ -96,14 +99,15 @@ impl GatewayPath {
             ["live", channel, rendition, last] => {
                 let rendition = rendition_of(rendition)?;
                 let channel = channel_of(channel)?;
-                if *last == "index.m3u8" {
-                    return Ok(GatewayPath::LiveMedia { channel, rendition });
+                match *last {
+                    "index.m3u8" => Ok(GatewayPath::LiveMedia { channel, rendition }),
+                    "init.mp4" => Ok(GatewayPath::LiveInit { channel, rendition }),
+                    _ => Ok(GatewayPath::LiveSegment {
+                        channel,
+                        rendition,
+                        sequence: segment_number(last).ok_or(PathError::NotFound)?,
+                    }),
                 }
-                Ok(GatewayPath::LiveSegment {
-                    channel,
-                    rendition,
-                    sequence: segment_number(last).ok_or(PathError::NotFound)?,
-                })
             }
             ["vod", root, "index.m3u8"] => Ok(GatewayPath::VodTop {
                 root: root_of(root)?,
@@ -268,6 +272,13 @@ mod tests {
                 GatewayPath::LiveMedia {
                     channel: c,
                     rendition: 2,
+                },
+            ),
+            (
+                format!("/live/{c}/1/init.mp4"),
+                GatewayPath::LiveInit {
+                    channel: c,
+                    rendition: 1,
                 },
             ),
             (

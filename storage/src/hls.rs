@@ -304,13 +304,18 @@ pub struct LiveSegment {
 /// Writes the sliding playlist of a live stream: no playlist type and no
 /// end, so a player reloads it every target duration. `target_us` is the
 /// channel's target duration (0: the longest segment listed).
-pub fn write_live_media(media_sequence: u64, target_us: u64, segments: &[LiveSegment]) -> String {
+pub fn write_live_media(
+    media_sequence: u64,
+    target_us: u64,
+    init: Option<&str>,
+    segments: &[LiveSegment],
+) -> String {
     let listed: Vec<(String, u64)> = segments
         .iter()
         .map(|s| (s.uri.clone(), s.duration_us))
         .collect();
     let gaps: Vec<bool> = segments.iter().map(|s| s.gap).collect();
-    write_media_playlist(media_sequence, None, &listed, Some(target_us), &gaps)
+    write_media_playlist(media_sequence, init, &listed, Some(target_us), &gaps)
 }
 
 fn write_media_playlist(
@@ -385,6 +390,7 @@ mod tests {
         let text = write_live_media(
             40,
             2_000_000,
+            None,
             &[
                 seg("40.ts", 2_000_000, false),
                 seg("41.ts", 1_500_000, false),
@@ -412,6 +418,7 @@ mod tests {
         let text = write_live_media(
             7,
             2_000_000,
+            None,
             &[seg("7.ts", false), seg("8.ts", true), seg("9.ts", false)],
         );
         assert!(text.contains("#EXT-X-GAP\n#EXTINF:2.000000,\n8.ts\n"));
@@ -421,6 +428,27 @@ mod tests {
         };
         // Segment 9 is still the third from 7.
         assert_eq!(m.segments[2].uri, "9.ts");
+    }
+
+    #[test]
+    fn an_fmp4_live_playlist_names_its_initialisation_section() {
+        let seg = LiveSegment {
+            uri: "3.m4s".into(),
+            duration_us: 1_000_000,
+            gap: false,
+        };
+        let text = write_live_media(3, 1_000_000, Some("init.mp4"), &[seg]);
+        // EXT-X-MAP needs version 6 and comes before the first segment.
+        assert!(text.contains(
+            "#EXT-X-VERSION:6
+"
+        ));
+        assert!(text.find("#EXT-X-MAP:URI=\"init.mp4\"").unwrap() < text.find("3.m4s").unwrap());
+        let Playlist::Media(m) = parse(&text).unwrap() else {
+            panic!("not a media playlist")
+        };
+        assert_eq!(m.init.as_deref(), Some("init.mp4"));
+        assert_eq!(m.segments[0].uri, "3.m4s");
     }
 
     #[test]

@@ -687,7 +687,10 @@ fn plan_hls(playlist: &Path) -> Result<Vec<PlannedRendition>, ImportError> {
 
 /// The extension exported segments get: the source's own when it is a plain
 /// one, else what the container implies.
-fn segment_extension(media: &hls::MediaPlaylist, fmp4: bool) -> String {
+/// The extension a rendition's segments are named with (`<n>.<ext>`): its
+/// first segment's, when that is short and plain; else `m4s` for fMP4
+/// and `ts`.
+pub fn segment_extension(media: &hls::MediaPlaylist, fmp4: bool) -> String {
     let ext = media
         .segments
         .first()

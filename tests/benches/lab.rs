@@ -294,7 +294,10 @@ fn tcp_recovery(host: &Host) -> (u64, u64) {
             })
             .unwrap_or(0)
     };
-    (field("Tcp:", "RetransSegs"), field("TcpExt:", "TCPTimeouts"))
+    (
+        field("Tcp:", "RetransSegs"),
+        field("TcpExt:", "TCPTimeouts"),
+    )
 }
 
 /// [`tcp_recovery`] summed over the broadcaster and the viewers.

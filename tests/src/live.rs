@@ -105,12 +105,34 @@ pub async fn viewers_with(
     out
 }
 
-/// ffmpeg encoding a test picture in real time into `dir` as 1 s MPEG-TS
+/// ffmpeg encoding a test picture in real time into `dir` as 1 s HLS
 /// segments, for `seconds`. Killed when dropped.
 pub struct Encoder(Child);
 
 impl Encoder {
+    /// MPEG-TS segments `seg000.ts`, ...
     pub fn start(dir: &Path, seconds: u32) -> Encoder {
+        Encoder::spawn(dir, seconds, &["-hls_segment_filename", "seg%03d.ts"])
+    }
+
+    /// Fragmented MP4 (CMAF) segments `seg000.m4s`, ... after the
+    /// initialisation section `init.mp4` (`EXT-X-MAP`).
+    pub fn start_fmp4(dir: &Path, seconds: u32) -> Encoder {
+        Encoder::spawn(
+            dir,
+            seconds,
+            &[
+                "-hls_segment_type",
+                "fmp4",
+                "-hls_fmp4_init_filename",
+                "init.mp4",
+                "-hls_segment_filename",
+                "seg%03d.m4s",
+            ],
+        )
+    }
+
+    fn spawn(dir: &Path, seconds: u32, naming: &[&str]) -> Encoder {
         require_tool("ffmpeg");
         let child = Command::new("ffmpeg")
             .current_dir(dir)
@@ -127,7 +149,8 @@ impl Encoder {
             ])
             .args(["-g", "25", "-keyint_min", "25", "-sc_threshold", "0"])
             .args(["-f", "hls", "-hls_time", "1", "-hls_list_size", "0"])
-            .args(["-hls_segment_filename", "seg%03d.ts", "index.m3u8"])
+            .args(naming)
+            .arg("index.m3u8")
             .stdin(Stdio::null())
             .spawn()
             .expect("ffmpeg starts");

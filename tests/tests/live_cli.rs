@@ -1,14 +1,15 @@
 //! Live channels through the command line and two daemons as processes:
 //! `channel create`, `broadcast` on one, `watch` and `stats` on the other,
-//! and the mistakes a user makes on the way.
+//! and the mistakes a user makes on the way; an fMP4 channel played from
+//! the watching daemon's gateway.
 
 use std::io::BufRead;
 use std::process::{Child, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use shoal_tests::Sandbox;
 use shoal_tests::live::Encoder;
+use shoal_tests::{Sandbox, http_request, require_tool};
 
 /// A child whose stdout lines arrive on a channel; killed when dropped.
 struct Lines {
@@ -130,4 +131,99 @@ fn a_channel_is_broadcast_and_watched_through_the_cli() {
     }
     let text = two.shoal(&["stats"]).ok().to_owned();
     assert!(text.contains(&id), "{text}");
+}
+
+/// A GET on a daemon's gateway.
+fn get(api: &str, path: &str) -> shoal_tests::HttpReply {
+    let api = api.trim_start_matches("http://");
+    http_request(api, "GET", path, &[("Host", api)], Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("GET {path}: {e}"))
+}
+
+#[test]
+fn an_fmp4_channel_plays_from_a_viewers_gateway() {
+    require_tool("ffprobe");
+    let one = Sandbox::with_repo();
+    let two = Sandbox::with_repo();
+    let d1 = one.start_daemon(None);
+    let d2 = two.start_daemon(Some(&d1.addr));
+    let id = one.shoal(&["channel", "create", "cmaf"]).ok().to_owned();
+    let hls = one.path("hls");
+    std::fs::create_dir_all(&hls).unwrap();
+    let broadcast =
+        Lines::spawn(one.command(&["broadcast", "cmaf", "--hls-dir", hls.to_str().unwrap()]));
+    broadcast.expect(&format!("broadcasting channel {id}"), 10);
+    let encoder = Encoder::start_fmp4(&hls, 6);
+    broadcast.expect("published rendition 0 segment 1", 20);
+    let _watch = Lines::spawn(two.command(&["watch", &id]));
+
+    // The viewer's playlist names the initialisation section, in the
+    // rendition's folder, before its segments.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let playlist = loop {
+        let reply = get(&d2.api, &format!("/live/{id}/index.m3u8"));
+        let text = reply.text();
+        if reply.status == 200 && text.matches(".m4s").count() >= 2 {
+            break text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no playlist: {} {text}",
+            reply.status
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(
+        playlist.contains("#EXT-X-MAP:URI=\"0/init.mp4\""),
+        "{playlist}"
+    );
+    let init = get(&d2.api, &format!("/live/{id}/0/init.mp4"));
+    assert_eq!(init.status, 200);
+    assert_eq!(init.header("content-type"), Some("video/mp4"));
+    assert!(
+        init.body == std::fs::read(hls.join("init.mp4")).unwrap(),
+        "init.mp4 differs from the encoder's"
+    );
+    // Each listed segment is the encoder's file, byte for byte, and with
+    // the initialisation section in front it is a file ffprobe reads.
+    let uris: Vec<&str> = playlist.lines().filter(|l| l.ends_with(".m4s")).collect();
+    for uri in &uris {
+        let seg = get(&d2.api, &format!("/live/{id}/{uri}"));
+        assert_eq!(seg.status, 200, "{uri}");
+        let sequence: usize = uri
+            .trim_start_matches("0/")
+            .trim_end_matches(".m4s")
+            .parse()
+            .unwrap();
+        let file = hls.join(format!("seg{sequence:03}.m4s"));
+        assert!(
+            seg.body == std::fs::read(&file).unwrap(),
+            "{uri} differs from {}",
+            file.display()
+        );
+        let whole = two.path(&format!("whole{sequence}.mp4"));
+        std::fs::write(&whole, [init.body.as_slice(), &seg.body].concat()).unwrap();
+        let probe = std::process::Command::new("ffprobe")
+            .args([
+                "-v",
+                "error",
+                "-show_entries",
+                "stream=codec_name",
+                "-of",
+                "csv=p=0",
+            ])
+            .arg(&whole)
+            .output()
+            .unwrap();
+        assert!(
+            probe.status.success(),
+            "ffprobe: {}",
+            String::from_utf8_lossy(&probe.stderr)
+        );
+        assert_eq!(String::from_utf8_lossy(&probe.stdout).trim(), "h264");
+    }
+    // A rendition without one says so.
+    assert_eq!(get(&d2.api, &format!("/live/{id}/1/init.mp4")).status, 404);
+    broadcast.expect("the encoder ended the stream", 30);
+    drop(encoder);
 }
