@@ -161,8 +161,23 @@ struct BroadcastArgs {
     /// The channel's name (see `shoal channel create`)
     name: String,
     /// The folder the encoder writes (e.g. `ffmpeg ... -f hls DIR/index.m3u8`)
-    #[arg(long, value_name = "DIR")]
-    hls_dir: PathBuf,
+    #[arg(
+        long,
+        value_name = "DIR",
+        required_unless_present = "fmp4",
+        conflicts_with = "fmp4"
+    )]
+    hls_dir: Option<PathBuf>,
+    /// Or a fragmented MP4 stream, from a FIFO the encoder writes into
+    /// (`mkfifo F; ffmpeg ... -f mp4 -movflags
+    /// +frag_keyframe+empty_moov+default_base_moof F`); the broadcast cuts
+    /// it into segments at keyframes
+    #[arg(long, value_name = "PATH")]
+    fmp4: Option<PathBuf>,
+    /// With --fmp4: close a segment at the first keyframe past this many
+    /// seconds
+    #[arg(long, value_name = "S", default_value_t = 2.0, requires = "fmp4")]
+    segment_seconds: f64,
     /// The top playlist in that folder [default: the master playlist, or the only one]
     #[arg(long, value_name = "FILE")]
     playlist: Option<String>,
@@ -455,9 +470,17 @@ fn broadcast(dir: &Path, args: BroadcastArgs) -> Result<()> {
     let client = daemon_only(dir, "broadcast")?;
     // Checked here too, so a typo is reported before anything starts.
     shoal_node::channel_keys::load(dir, &args.name)?;
+    if !(0.1..=10.0).contains(&args.segment_seconds) {
+        bail!(
+            "--segment-seconds {}: choose 0.1 to 10",
+            args.segment_seconds
+        );
+    }
     let request = api::BroadcastRequest {
         name: args.name,
-        dir: absolute(&args.hls_dir)?,
+        dir: args.hls_dir.as_deref().map(absolute).transpose()?,
+        fmp4: args.fmp4.as_deref().map(absolute).transpose()?,
+        segment_ms: Some((args.segment_seconds * 1000.0).round() as u64),
         playlist: args.playlist,
         origins: args.origin,
         k: args.k,

@@ -453,7 +453,16 @@ async fn limits(State(s): State<Arc<ApiState>>, body: Bytes) -> ApiResult<Json<L
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct BroadcastRequest {
     pub name: String,
-    pub dir: PathBuf,
+    /// The folder an HLS encoder writes; or else:
+    #[serde(default)]
+    pub dir: Option<PathBuf>,
+    /// A fragmented MP4 stream to read (a FIFO an encoder writes into).
+    #[serde(default)]
+    pub fmp4: Option<PathBuf>,
+    /// With `fmp4`: segments close at the first keyframe past this
+    /// [default: 2000].
+    #[serde(default)]
+    pub segment_ms: Option<u64>,
     #[serde(default)]
     pub playlist: Option<String>,
     #[serde(default)]
@@ -471,10 +480,10 @@ async fn broadcast(
     State(s): State<Arc<ApiState>>,
     Json(req): Json<BroadcastRequest>,
 ) -> ApiResult<Response> {
-    if !req.dir.is_absolute() {
+    if let Some(p) = req.dir.iter().chain(&req.fmp4).find(|p| !p.is_absolute()) {
         return Err(bad_request(format!(
             "{} is not an absolute path",
-            req.dir.display()
+            p.display()
         )));
     }
     let key =
@@ -483,19 +492,53 @@ async fn broadcast(
     import.k = req.k.unwrap_or(import.k);
     import.m = req.m.unwrap_or(import.m);
     import.validate_coding()?;
-    let options = crate::broadcast::BroadcastOptions {
-        dir: req.dir,
-        playlist: req.playlist,
-        origins: req.origins,
-        import,
-        name: req.name,
+    let input = match (req.dir, req.fmp4) {
+        (Some(dir), None) => {
+            let options = crate::broadcast::BroadcastOptions {
+                dir,
+                playlist: req.playlist,
+                origins: req.origins,
+                import,
+                name: req.name.clone(),
+            };
+            options.validate().map_err(|e| bad_request(e.to_string()))?;
+            Input::Folder(options)
+        }
+        (None, Some(source)) => {
+            if !req.origins.is_empty() || req.playlist.is_some() {
+                return Err(bad_request(
+                    "origins and a playlist go with a folder, not an fMP4 stream",
+                ));
+            }
+            let ms = req.segment_ms.unwrap_or(2000);
+            if !(100..=MAX_SEGMENT_MS).contains(&ms) {
+                return Err(bad_request(format!(
+                    "a segment of {ms} ms: choose 100 to {MAX_SEGMENT_MS}"
+                )));
+            }
+            // A FIFO opens only once its writer does: opened in the task,
+            // but it must be there.
+            if let Err(e) = std::fs::metadata(&source) {
+                return Err(bad_request(format!("{}: {e}", source.display())));
+            }
+            Input::Fmp4(crate::broadcast::Fmp4Options {
+                source,
+                segment_duration: std::time::Duration::from_millis(ms),
+                import,
+                name: req.name.clone(),
+            })
+        }
+        _ => {
+            return Err(bad_request(
+                "name either the encoder's folder (dir) or its fMP4 stream (fmp4)",
+            ));
+        }
     };
-    options.validate().map_err(|e| bad_request(e.to_string()))?;
     let channel = key.id();
     let guard = BroadcastGuard::claim(&s, channel).ok_or_else(|| {
         ApiError(
             StatusCode::CONFLICT,
-            format!("channel {:?} is already being broadcast", options.name),
+            format!("channel {:?} is already being broadcast", req.name),
         )
     })?;
     let (tx, mut rx) = tokio::sync::mpsc::channel(16);
@@ -514,7 +557,16 @@ async fn broadcast(
     });
     tokio::spawn(async move {
         let _guard = guard;
-        let result = crate::broadcast::broadcast(node, key, options, tx).await;
+        let result = match input {
+            Input::Folder(options) => crate::broadcast::broadcast(node, key, options, tx).await,
+            Input::Fmp4(options) => match tokio::fs::File::open(&options.source).await {
+                Ok(file) => crate::broadcast::broadcast_fmp4(node, key, options, file, tx).await,
+                Err(e) => Err(crate::broadcast::BroadcastError::Input {
+                    path: options.source,
+                    detail: e.to_string(),
+                }),
+            },
+        };
         if let Err(e) = result {
             tracing::warn!(%channel, error = %e, "broadcast stopped");
             let line = serde_json::json!({ "error": e.to_string() }).to_string() + "\n";
@@ -523,6 +575,16 @@ async fn broadcast(
     });
     let body = Body::from_stream(receiver_stream(line_rx));
     Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response())
+}
+
+/// The longest segment a broadcast of an fMP4 stream may ask for: HLS
+/// players hold three target durations back.
+const MAX_SEGMENT_MS: u64 = 10_000;
+
+/// Where a broadcast reads its segments.
+enum Input {
+    Folder(crate::broadcast::BroadcastOptions),
+    Fmp4(crate::broadcast::Fmp4Options),
 }
 
 /// A channel marked as being broadcast, until dropped.

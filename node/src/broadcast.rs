@@ -18,6 +18,7 @@ use shoal_protocol::channel::{
     ChannelKey, ChannelRecord, LiveRendition, Origin, RECORD_WINDOW, RecentSegment,
     is_safe_relative_path,
 };
+use shoal_storage::cmaf::{FragmentReader, Item, SegmentCutter};
 use shoal_storage::hls::{self, Playlist};
 use shoal_storage::import::MAX_HLS_SEGMENT_BYTES;
 use shoal_storage::{ImportOptions, codec::Encoder, import_segment};
@@ -180,46 +181,16 @@ pub async fn broadcast(
                 imported.push((r as u16, announcement, published));
             }
         }
-        // The record first, then the announcements: a viewer that hears an
-        // announcement and looks for the channel's origins finds the
-        // record here already.
         if !imported.is_empty() {
             record_sequence += 1;
-            let record = ChannelRecord {
-                name: options.name.clone(),
+            let record = Record {
+                name: &options.name,
+                origins: &options.origins,
+                import: &options.import,
                 sequence: record_sequence,
-                expires_ms: unix_ms() + RECORD_LIFETIME.as_millis() as u64,
                 target_duration_us,
-                renditions: renditions
-                    .iter()
-                    .map(|s| LiveRendition {
-                        recent: s.recent.iter().copied().collect(),
-                        ..s.info.clone()
-                    })
-                    .collect(),
-                origins: options.origins.iter().cloned().map(Origin).collect(),
-                // The creator the channel's funding pays (see
-                // `shoal_protocol::receipt::content_id`).
-                creator: options
-                    .import
-                    .creator
-                    .map(|c| c.to_vec())
-                    .unwrap_or_default(),
-                ..ChannelRecord::default()
             };
-            node.put_channel_record(channel, key.sign_record(&record))
-                .await?;
-        }
-        for (rendition, announcement, published) in imported {
-            node.publish(channel, rendition, announcement).await?;
-            tracing::info!(
-                %channel,
-                rendition,
-                sequence = published.sequence,
-                bytes = published.bytes,
-                "published"
-            );
-            if events.send(published).await.is_err() {
+            if !publish(&node, &key, &record, &renditions, imported, &events).await? {
                 return Ok(());
             }
         }
@@ -234,6 +205,203 @@ pub async fn broadcast(
             renditions = read_renditions(&options.dir, &top)?;
         }
     }
+}
+
+/// What to broadcast from a fragmented MP4 stream.
+#[derive(Clone, Debug)]
+pub struct Fmp4Options {
+    /// Where the stream comes from (a FIFO's path, `-` for standard
+    /// input): named in errors.
+    pub source: PathBuf,
+    /// Segments close at the first keyframe past this.
+    pub segment_duration: Duration,
+    pub import: ImportOptions,
+    pub name: String,
+}
+
+/// Bytes read from the stream at once: a pipe's buffer.
+const STREAM_READ: usize = 64 << 10;
+
+/// Broadcasts a fragmented MP4 stream as one rendition (`ffmpeg ... -f mp4
+/// -movflags +frag_keyframe+empty_moov+default_base_moof` into a pipe)
+/// until it ends or `events` is closed: its initialisation section is
+/// stored and named in the channel record, and its fragments are cut into
+/// segments of about `segment_duration` (`shoal_storage::cmaf`), each
+/// published as it closes, named `<sequence>.m4s`. Invalid input stops
+/// the broadcast with an error naming the box; what was published stays.
+pub async fn broadcast_fmp4<R: tokio::io::AsyncRead + Unpin>(
+    node: Node,
+    key: ChannelKey,
+    options: Fmp4Options,
+    mut input: R,
+    events: mpsc::Sender<Published>,
+) -> Result<(), BroadcastError> {
+    use tokio::io::AsyncReadExt;
+    let channel = key.id();
+    let source = options.source.as_path();
+    tracing::info!(%channel, source = %source.display(), "broadcasting a fragmented MP4 stream");
+    let mut reader = FragmentReader::new();
+    let target_us = u64::try_from(options.segment_duration.as_micros()).unwrap_or(u64::MAX);
+    let mut cutter = SegmentCutter::new(target_us);
+    let mut encoder = Encoder::default();
+    let mut renditions = vec![RenditionState {
+        info: LiveRendition {
+            playlist: "index.m3u8".into(),
+            segment_extension: "m4s".into(),
+            ..LiveRendition::default()
+        },
+        playlist: PathBuf::from("index.m3u8"),
+        init_uri: None,
+        last: None,
+        recent: VecDeque::new(),
+    }];
+    let mut buf = vec![0u8; STREAM_READ];
+    let mut record_sequence = 0u64;
+    let mut target_duration_us = 0u64;
+    loop {
+        if events.is_closed() {
+            return Ok(());
+        }
+        let n = input
+            .read(&mut buf)
+            .await
+            .map_err(|e| input_err(source, e))?;
+        let mut segments = Vec::new();
+        if n == 0 {
+            segments.extend(cutter.finish());
+        } else {
+            reader.push(&buf[..n]);
+            while let Some(item) = reader.poll_item().map_err(|e| input_err(source, e))? {
+                match item {
+                    Item::Init(bytes) => {
+                        let stored = store_segment(
+                            &node,
+                            &options.import,
+                            &mut encoder,
+                            source,
+                            bytes,
+                            0,
+                            None,
+                        )
+                        .await?;
+                        tracing::info!(%channel, manifest = %stored.manifest_cid, "stored the initialisation section");
+                        renditions[0].info.init = Some(stored.manifest_cid);
+                    }
+                    Item::Fragment(f) => {
+                        segments.extend(cutter.push(f).map_err(|e| input_err(source, e))?);
+                    }
+                }
+            }
+        }
+        let mut imported = Vec::new();
+        for seg in segments {
+            let state = &mut renditions[0];
+            let sequence = state.last.map_or(0, |l| l + 1);
+            let uri = format!("{sequence}.m4s");
+            target_duration_us = target_duration_us.max(seg.duration_us);
+            let new = NewSegment {
+                rendition: 0,
+                sequence,
+                uri: &uri,
+                duration_us: seg.duration_us,
+            };
+            let (announcement, published) = announce_segment(
+                &node,
+                &key,
+                &options.import,
+                &mut encoder,
+                state,
+                new,
+                source,
+                seg.bytes,
+            )
+            .await?;
+            imported.push((0, announcement, published));
+        }
+        if !imported.is_empty() {
+            record_sequence += 1;
+            let record = Record {
+                name: &options.name,
+                origins: &[],
+                import: &options.import,
+                sequence: record_sequence,
+                target_duration_us,
+            };
+            if !publish(&node, &key, &record, &renditions, imported, &events).await? {
+                return Ok(());
+            }
+        }
+        if n == 0 {
+            if cutter.dropped > 0 {
+                tracing::warn!(%channel, fragments = cutter.dropped, "dropped fragments before the first keyframe");
+            }
+            tracing::info!(%channel, "the encoder ended the stream");
+            return Ok(());
+        }
+    }
+}
+
+/// What a channel record says beside its renditions.
+struct Record<'a> {
+    name: &'a str,
+    origins: &'a [String],
+    import: &'a ImportOptions,
+    sequence: u64,
+    target_duration_us: u64,
+}
+
+/// Signs and stores a new channel record, then publishes the round's
+/// announcements and reports each segment on `events`; `false` once
+/// `events` is closed (the caller went away). The record goes first: a
+/// viewer that hears an announcement and looks for the channel's origins
+/// or initialisation section finds the record already.
+async fn publish(
+    node: &Node,
+    key: &ChannelKey,
+    record: &Record<'_>,
+    renditions: &[RenditionState],
+    imported: Vec<(u16, Vec<u8>, Published)>,
+    events: &mpsc::Sender<Published>,
+) -> Result<bool, BroadcastError> {
+    let channel = key.id();
+    let signed = ChannelRecord {
+        name: record.name.to_owned(),
+        sequence: record.sequence,
+        expires_ms: unix_ms() + RECORD_LIFETIME.as_millis() as u64,
+        target_duration_us: record.target_duration_us,
+        renditions: renditions
+            .iter()
+            .map(|s| LiveRendition {
+                recent: s.recent.iter().copied().collect(),
+                ..s.info.clone()
+            })
+            .collect(),
+        origins: record.origins.iter().cloned().map(Origin).collect(),
+        // The creator the channel's funding pays (see
+        // `shoal_protocol::receipt::content_id`).
+        creator: record
+            .import
+            .creator
+            .map(|c| c.to_vec())
+            .unwrap_or_default(),
+        ..ChannelRecord::default()
+    };
+    node.put_channel_record(channel, key.sign_record(&signed))
+        .await?;
+    for (rendition, announcement, published) in imported {
+        node.publish(channel, rendition, announcement).await?;
+        tracing::info!(
+            %channel,
+            rendition,
+            sequence = published.sequence,
+            bytes = published.bytes,
+            "published"
+        );
+        if events.send(published).await.is_err() {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 /// Stores the rendition's fMP4 initialisation section (`EXT-X-MAP`) when
@@ -268,7 +436,7 @@ async fn import_init(
         .unwrap_or_default();
     let path = options.dir.join(base).join(uri);
     let bytes = read_segment(&path)?;
-    let stored = store_segment(node, options, encoder, &path, bytes, 0, None).await?;
+    let stored = store_segment(node, &options.import, encoder, &path, bytes, 0, None).await?;
     state.info.init = Some(stored.manifest_cid);
     state.info.segment_extension = shoal_storage::import::segment_extension(media, true);
     state.init_uri = Some(uri.clone());
@@ -280,7 +448,7 @@ async fn import_init(
 /// initialisation section as number 0) off the async threads.
 async fn store_segment(
     node: &Node,
-    options: &BroadcastOptions,
+    import: &ImportOptions,
     encoder: &mut Encoder,
     path: &Path,
     bytes: Vec<u8>,
@@ -288,7 +456,7 @@ async fn store_segment(
     duration: Option<u64>,
 ) -> Result<shoal_storage::StoredSegment, BroadcastError> {
     let store = node.store().clone();
-    let import = options.import;
+    let import = *import;
     let mut enc = std::mem::take(encoder);
     let (stored, enc) = tokio::task::spawn_blocking(move || {
         let r = import_segment(&store, &mut enc, bytes, sequence, duration, &import);
@@ -326,14 +494,70 @@ async fn import_new_segment(
     }
     let path = options.dir.join(&base).join(&seg.uri);
     let bytes = read_segment(&path)?;
+    let segment = NewSegment {
+        rendition,
+        sequence,
+        uri: &seg.uri,
+        duration_us: seg.duration_us,
+    };
+    announce_segment(
+        node,
+        key,
+        &options.import,
+        encoder,
+        state,
+        segment,
+        &path,
+        bytes,
+    )
+    .await
+}
+
+/// A segment to store and announce.
+struct NewSegment<'a> {
+    rendition: u16,
+    sequence: u64,
+    /// Its name in announcements (the encoder's file, under an origin).
+    uri: &'a str,
+    duration_us: u64,
+}
+
+/// Stores a segment's shards, signs its announcement and adds it to the
+/// rendition's latest; the caller publishes it. `path` names where the
+/// bytes came from, for errors.
+#[allow(clippy::too_many_arguments)]
+async fn announce_segment(
+    node: &Node,
+    key: &ChannelKey,
+    import: &ImportOptions,
+    encoder: &mut Encoder,
+    state: &mut RenditionState,
+    seg: NewSegment<'_>,
+    path: &Path,
+    bytes: Vec<u8>,
+) -> Result<(Vec<u8>, Published), BroadcastError> {
+    let NewSegment {
+        rendition,
+        sequence,
+        uri,
+        duration_us,
+    } = seg;
     let len = bytes.len() as u64;
-    let duration = Some(seg.duration_us);
-    let stored = store_segment(node, options, encoder, &path, bytes, sequence, duration).await?;
+    let stored = store_segment(
+        node,
+        import,
+        encoder,
+        path,
+        bytes,
+        sequence,
+        Some(duration_us),
+    )
+    .await?;
     let announcement = key.announce(
         rendition,
         sequence,
         unix_ms(),
-        &seg.uri,
+        uri,
         &node.peer_id().to_bytes(),
         stored.manifest_bytes.clone(),
     );
@@ -341,7 +565,7 @@ async fn import_new_segment(
     state.recent.push_back(RecentSegment {
         sequence,
         manifest: stored.manifest_cid,
-        duration_us: seg.duration_us,
+        duration_us,
     });
     while state.recent.len() > RECORD_WINDOW {
         state.recent.pop_front();
@@ -349,7 +573,7 @@ async fn import_new_segment(
     let published = Published {
         rendition,
         sequence,
-        uri: seg.uri.clone(),
+        uri: uri.to_owned(),
         bytes: len,
         manifest: stored.manifest_cid.to_string(),
     };

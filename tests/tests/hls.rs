@@ -184,3 +184,100 @@ fn a_media_playlist_alone_round_trips() {
     sb.shoal(&["get", &root, "-o", "x"])
         .fails_with("export-hls");
 }
+
+/// What a live encoder pipes (fragmented MP4 with video and audio, a
+/// fragment every 200 ms, a keyframe every second) is cut into an init
+/// section and 2 s segments that each play after the init section, and
+/// nothing of the stream is lost or changed on the way.
+#[test]
+fn a_piped_fmp4_stream_is_cut_into_segments_that_play() {
+    use shoal_storage::cmaf::{FragmentReader, Item, SegmentCutter};
+    require_tool("ffmpeg");
+    require_tool("ffprobe");
+    let sb = Sandbox::new();
+    let out = Command::new("ffmpeg")
+        .args([
+            "-v",
+            "error",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc=size=320x180:rate=25",
+        ])
+        .args(["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000"])
+        .args(["-t", "7", "-c:v", "libx264", "-preset", "ultrafast"])
+        .args(["-pix_fmt", "yuv420p", "-g", "25", "-keyint_min", "25"])
+        .args(["-sc_threshold", "0", "-c:a", "aac", "-f", "mp4"])
+        .args(["-movflags", "+frag_keyframe+empty_moov+default_base_moof"])
+        .args(["-frag_duration", "200000", "pipe:1"])
+        .output()
+        .expect("ffmpeg runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stream = out.stdout;
+    let mut reader = FragmentReader::new();
+    let mut cutter = SegmentCutter::new(2_000_000);
+    let mut init = None;
+    let mut segments = Vec::new();
+    let mut fragments = 0;
+    // In pipe-sized pieces, as they come.
+    for chunk in stream.chunks(65536) {
+        reader.push(chunk);
+        while let Some(item) = reader.poll_item().unwrap() {
+            match item {
+                Item::Init(bytes) => init = Some(bytes),
+                Item::Fragment(f) => {
+                    fragments += 1;
+                    segments.extend(cutter.push(f).unwrap());
+                }
+            }
+        }
+    }
+    segments.extend(cutter.finish());
+    let init = init.expect("an init section");
+    assert_eq!(cutter.dropped, 0, "the stream starts at a keyframe");
+    assert!(fragments > segments.len(), "{fragments} fragments");
+    let mut whole = init.clone();
+    for s in &segments {
+        whole.extend_from_slice(&s.bytes);
+    }
+    // Byte for byte, up to the index ffmpeg appends when the pipe ends
+    // (`mfra`), which follows the last fragment and no segment needs.
+    assert!(
+        stream.starts_with(&whole),
+        "init and segments are the stream"
+    );
+    let rest = &stream[whole.len()..];
+    assert_eq!(&rest[4..8], b"mfra");
+    assert_eq!(
+        u32::from_be_bytes(rest[..4].try_into().unwrap()) as usize,
+        rest.len()
+    );
+    // 7 s at a keyframe a second, closed at the first keyframe past 2 s.
+    let durations: Vec<u64> = segments.iter().map(|s| s.duration_us).collect();
+    let mut end = 0;
+    assert_eq!(segments.len(), 4, "{durations:?}");
+    for (i, s) in segments.iter().enumerate() {
+        assert!(s.parts[0].independent);
+        if i < 3 {
+            assert!(
+                (1_900_000..=2_100_000).contains(&s.duration_us),
+                "{durations:?}"
+            );
+        }
+        let file = sb.path(&format!("seg{i}.mp4"));
+        std::fs::write(&file, [init.as_slice(), &s.bytes].concat()).unwrap();
+        let (seconds, videos) = probe(&file);
+        assert_eq!(videos, 1, "the video in segment {i}");
+        // Its samples keep their decode times (tfdt), so ffprobe reads
+        // the file as ending where the segment ends in the stream.
+        end += s.duration_us;
+        assert!(
+            (seconds - end as f64 / 1e6).abs() < 0.1,
+            "segment {i}: {seconds} s"
+        );
+    }
+}

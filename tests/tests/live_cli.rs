@@ -140,6 +140,87 @@ fn get(api: &str, path: &str) -> shoal_tests::HttpReply {
         .unwrap_or_else(|e| panic!("GET {path}: {e}"))
 }
 
+/// What a viewer's gateway serves of an fMP4 channel, checked: the
+/// playlist names the initialisation section (in the rendition's folder,
+/// before the segments) and at least `count` segments; the section is
+/// `init`; each listed segment is `segment(sequence)` byte for byte, and
+/// with the section in front ffprobe reads it as H.264. Returns how many
+/// segments were listed.
+fn check_fmp4_gateway(
+    viewer: &Sandbox,
+    api: &str,
+    id: &str,
+    count: usize,
+    init: &[u8],
+    segment: impl Fn(usize) -> Vec<u8>,
+) -> usize {
+    // The segments listed, skipping any given up (EXT-X-GAP).
+    let listed = |text: &str| -> Vec<String> {
+        let lines: Vec<&str> = text.lines().collect();
+        lines
+            .iter()
+            .enumerate()
+            .filter(|(i, l)| {
+                l.ends_with(".m4s") && !lines[..*i].iter().rev().take(2).any(|t| *t == "#EXT-X-GAP")
+            })
+            .map(|(_, l)| l.to_string())
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let playlist = loop {
+        let reply = get(api, &format!("/live/{id}/index.m3u8"));
+        let text = reply.text();
+        if reply.status == 200 && listed(&text).len() >= count {
+            break text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no playlist of {count} segments: {} {text}",
+            reply.status
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(
+        playlist.contains("#EXT-X-MAP:URI=\"0/init.mp4\""),
+        "{playlist}"
+    );
+    let reply = get(api, &format!("/live/{id}/0/init.mp4"));
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.header("content-type"), Some("video/mp4"));
+    assert!(reply.body == init, "init.mp4 differs from the encoder's");
+    let uris = listed(&playlist);
+    for uri in &uris {
+        let seg = get(api, &format!("/live/{id}/{uri}"));
+        assert_eq!(seg.status, 200, "{uri}");
+        let sequence: usize = uri
+            .trim_start_matches("0/")
+            .trim_end_matches(".m4s")
+            .parse()
+            .unwrap();
+        assert!(
+            seg.body == segment(sequence),
+            "{uri} differs from the encoder's"
+        );
+        let whole = viewer.path(&format!("whole{sequence}.mp4"));
+        std::fs::write(&whole, [init, &seg.body].concat()).unwrap();
+        let probe = std::process::Command::new("ffprobe")
+            .args(["-v", "error", "-show_entries", "stream=codec_name"])
+            .args(["-of", "csv=p=0"])
+            .arg(&whole)
+            .output()
+            .unwrap();
+        assert!(
+            probe.status.success(),
+            "ffprobe: {}",
+            String::from_utf8_lossy(&probe.stderr)
+        );
+        assert_eq!(String::from_utf8_lossy(&probe.stdout).trim(), "h264");
+    }
+    // A rendition without one says so.
+    assert_eq!(get(api, &format!("/live/{id}/1/init.mp4")).status, 404);
+    uris.len()
+}
+
 #[test]
 fn an_fmp4_channel_plays_from_a_viewers_gateway() {
     require_tool("ffprobe");
@@ -156,74 +237,107 @@ fn an_fmp4_channel_plays_from_a_viewers_gateway() {
     let encoder = Encoder::start_fmp4(&hls, 6);
     broadcast.expect("published rendition 0 segment 1", 20);
     let _watch = Lines::spawn(two.command(&["watch", &id]));
-
-    // The viewer's playlist names the initialisation section, in the
-    // rendition's folder, before its segments.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let playlist = loop {
-        let reply = get(&d2.api, &format!("/live/{id}/index.m3u8"));
-        let text = reply.text();
-        if reply.status == 200 && text.matches(".m4s").count() >= 2 {
-            break text;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no playlist: {} {text}",
-            reply.status
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    };
-    assert!(
-        playlist.contains("#EXT-X-MAP:URI=\"0/init.mp4\""),
-        "{playlist}"
-    );
-    let init = get(&d2.api, &format!("/live/{id}/0/init.mp4"));
-    assert_eq!(init.status, 200);
-    assert_eq!(init.header("content-type"), Some("video/mp4"));
-    assert!(
-        init.body == std::fs::read(hls.join("init.mp4")).unwrap(),
-        "init.mp4 differs from the encoder's"
-    );
-    // Each listed segment is the encoder's file, byte for byte, and with
-    // the initialisation section in front it is a file ffprobe reads.
-    let uris: Vec<&str> = playlist.lines().filter(|l| l.ends_with(".m4s")).collect();
-    for uri in &uris {
-        let seg = get(&d2.api, &format!("/live/{id}/{uri}"));
-        assert_eq!(seg.status, 200, "{uri}");
-        let sequence: usize = uri
-            .trim_start_matches("0/")
-            .trim_end_matches(".m4s")
-            .parse()
-            .unwrap();
-        let file = hls.join(format!("seg{sequence:03}.m4s"));
-        assert!(
-            seg.body == std::fs::read(&file).unwrap(),
-            "{uri} differs from {}",
-            file.display()
-        );
-        let whole = two.path(&format!("whole{sequence}.mp4"));
-        std::fs::write(&whole, [init.body.as_slice(), &seg.body].concat()).unwrap();
-        let probe = std::process::Command::new("ffprobe")
-            .args([
-                "-v",
-                "error",
-                "-show_entries",
-                "stream=codec_name",
-                "-of",
-                "csv=p=0",
-            ])
-            .arg(&whole)
-            .output()
-            .unwrap();
-        assert!(
-            probe.status.success(),
-            "ffprobe: {}",
-            String::from_utf8_lossy(&probe.stderr)
-        );
-        assert_eq!(String::from_utf8_lossy(&probe.stdout).trim(), "h264");
-    }
-    // A rendition without one says so.
-    assert_eq!(get(&d2.api, &format!("/live/{id}/1/init.mp4")).status, 404);
+    let init = std::fs::read(hls.join("init.mp4")).unwrap();
+    check_fmp4_gateway(&two, &d2.api, &id, 2, &init, |sequence| {
+        std::fs::read(hls.join(format!("seg{sequence:03}.m4s"))).unwrap()
+    });
     broadcast.expect("the encoder ended the stream", 30);
     drop(encoder);
+}
+
+/// An encoder writing fragmented MP4 into a FIFO (`broadcast --fmp4`):
+/// the stream is cut into 1 s segments at keyframes and played from a
+/// viewer's gateway, each segment the stream's own bytes.
+#[test]
+fn a_piped_fmp4_stream_is_broadcast_and_plays_from_a_viewers_gateway() {
+    use shoal_storage::cmaf::{FragmentReader, Item, SegmentCutter};
+    require_tool("ffmpeg");
+    require_tool("ffprobe");
+    require_tool("mkfifo");
+    // The encoder's output, made first so that the test knows every byte;
+    // written into the FIFO below at about its real-time pace.
+    let out = std::process::Command::new("ffmpeg")
+        .args([
+            "-v",
+            "error",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc=size=320x180:rate=25",
+        ])
+        .args(["-t", "5", "-c:v", "libx264", "-preset", "ultrafast"])
+        .args(["-pix_fmt", "yuv420p", "-g", "25", "-keyint_min", "25"])
+        .args(["-sc_threshold", "0", "-f", "mp4"])
+        .args(["-movflags", "+frag_keyframe+empty_moov+default_base_moof"])
+        .args(["-frag_duration", "200000", "pipe:1"])
+        .output()
+        .expect("ffmpeg runs");
+    assert!(out.status.success());
+    let stream = out.stdout;
+    let mut reader = FragmentReader::new();
+    reader.push(&stream);
+    let mut cutter = SegmentCutter::new(1_000_000);
+    let mut init = Vec::new();
+    let mut expected = Vec::new();
+    while let Some(item) = reader.poll_item().unwrap() {
+        match item {
+            Item::Init(bytes) => init = bytes,
+            Item::Fragment(f) => expected.extend(cutter.push(f).unwrap()),
+        }
+    }
+    expected.extend(cutter.finish());
+    assert_eq!(expected.len(), 5);
+
+    let one = Sandbox::with_repo();
+    let two = Sandbox::with_repo();
+    let d1 = one.start_daemon(None);
+    let d2 = two.start_daemon(Some(&d1.addr));
+    let id = one.shoal(&["channel", "create", "pipe"]).ok().to_owned();
+    let fifo = one.path("live.fifo");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    // Mistakes first: one line each, nothing started.
+    one.shoal(&["broadcast", "pipe", "--fmp4", "/no/such/fifo"])
+        .fails_with("/no/such/fifo");
+    one.shoal(&[
+        "broadcast",
+        "pipe",
+        "--fmp4",
+        fifo.to_str().unwrap(),
+        "--segment-seconds",
+        "60",
+    ])
+    .fails_with("choose 0.1 to 10");
+    let broadcast = Lines::spawn(one.command(&[
+        "broadcast",
+        "pipe",
+        "--fmp4",
+        fifo.to_str().unwrap(),
+        "--segment-seconds",
+        "1",
+    ]));
+    broadcast.expect(&format!("broadcasting channel {id}"), 10);
+    let _watch = Lines::spawn(two.command(&["watch", &id]));
+    let writer = {
+        let (fifo, stream) = (fifo.clone(), stream.clone());
+        std::thread::spawn(move || {
+            use std::io::Write;
+            let mut f = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+            // Five seconds of stream in about five seconds.
+            for chunk in stream.chunks(stream.len() / 25 + 1) {
+                f.write_all(chunk).unwrap();
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        })
+    };
+    broadcast.expect("published rendition 0 segment 0", 20);
+    writer.join().unwrap();
+    broadcast.expect("the encoder ended the stream", 30);
+    let listed = check_fmp4_gateway(&two, &d2.api, &id, 5, &init, |sequence| {
+        expected[sequence].bytes.clone()
+    });
+    assert_eq!(listed, 5);
 }
