@@ -12,8 +12,9 @@ const params = new URLSearchParams(location.search);
 const source = params.get("channel") || params.get("root") || "";
 document.getElementById("source").value = source;
 
-// What the test (and curious users) can read: playback state and errors.
-window.shoal = { fatal: null, errors: [], playing: false };
+// What the test (and curious users) can read: playback state, errors,
+// and how far behind the live picture the player is.
+window.shoal = { fatal: null, errors: [], playing: false, behindMs: null };
 
 function playlistUrl(id) {
   return id.startsWith("z") ? `/live/${id}/index.m3u8` : `/vod/${id}/index.m3u8`;
@@ -34,6 +35,15 @@ function play(id) {
     hls.on(Hls.Events.MANIFEST_PARSED, () => video.play().catch(() => {}));
     hls.loadSource(url);
     hls.attachMedia(video);
+    // The frame on screen against the wall clock: hls.js dates it from
+    // the playlist's EXT-X-PROGRAM-DATE-TIME (when the broadcaster's
+    // segment began), so this is the latency the viewer sees, less what
+    // the encoder took.
+    setInterval(() => {
+      if (hls.playingDate && !video.paused) {
+        window.shoal.behindMs = Date.now() - hls.playingDate.getTime();
+      }
+    }, 500);
   } else if (video.canPlayType("application/vnd.apple.mpegurl")) {
     video.src = url; // Safari plays HLS itself.
     video.play().catch(() => {});
@@ -58,7 +68,11 @@ function human(bytes) {
 
 function show(stats) {
   const s = stats.session;
-  const rows = [["peers", stats.peers]];
+  const behind = window.shoal.behindMs;
+  const rows = [
+    ["behind live", behind == null ? "–" : `${(behind / 1000).toFixed(1)} s`],
+    ["peers", stats.peers],
+  ];
   if (s) {
     rows.push(
       ["segments", s.segments],

@@ -538,6 +538,11 @@ fn media_playlist(view: &LiveView, rendition: usize) -> Option<String> {
             uri: format!("{}.{}", l.sequence, r.info.segment_extension),
             duration_us: l.duration_us,
             gap: l.gap,
+            // A segment is published once it is complete: its first frame
+            // was shown its duration before (plus what the encoder took).
+            program_date_ms: l
+                .published_ms
+                .map(|ms| ms.saturating_sub(l.duration_us / 1000)),
         })
         .collect();
     Some(hls::write_live_media(

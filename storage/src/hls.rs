@@ -299,6 +299,10 @@ pub struct LiveSegment {
     /// Not there (given up): listed with `EXT-X-GAP` so that the segments
     /// after it keep their media sequence numbers, and players skip it.
     pub gap: bool,
+    /// When its first frame was shown, in Unix milliseconds, if known:
+    /// written as `EXT-X-PROGRAM-DATE-TIME`, from which a player tells how
+    /// far behind the live picture it plays.
+    pub program_date_ms: Option<u64>,
 }
 
 /// Writes the sliding playlist of a live stream: no playlist type and no
@@ -314,8 +318,11 @@ pub fn write_live_media(
         .iter()
         .map(|s| (s.uri.clone(), s.duration_us))
         .collect();
-    let gaps: Vec<bool> = segments.iter().map(|s| s.gap).collect();
-    write_media_playlist(media_sequence, init, &listed, Some(target_us), &gaps)
+    let marks: Vec<(bool, Option<u64>)> = segments
+        .iter()
+        .map(|s| (s.gap, s.program_date_ms))
+        .collect();
+    write_media_playlist(media_sequence, init, &listed, Some(target_us), &marks)
 }
 
 fn write_media_playlist(
@@ -323,7 +330,8 @@ fn write_media_playlist(
     init: Option<&str>,
     segments: &[(String, u64)],
     live_target_us: Option<u64>,
-    gaps: &[bool],
+    // Per segment: a gap, and its program date.
+    marks: &[(bool, Option<u64>)],
 ) -> String {
     let target = segments
         .iter()
@@ -346,7 +354,11 @@ fn write_media_playlist(
         let _ = writeln!(out, "#EXT-X-MAP:URI=\"{init}\"");
     }
     for (i, (uri, us)) in segments.iter().enumerate() {
-        if gaps.get(i).copied().unwrap_or(false) {
+        let (gap, date) = marks.get(i).copied().unwrap_or_default();
+        if let Some(ms) = date {
+            let _ = writeln!(out, "#EXT-X-PROGRAM-DATE-TIME:{}", iso8601_ms(ms));
+        }
+        if gap {
             out.push_str("#EXT-X-GAP\n");
         }
         let _ = writeln!(out, "#EXTINF:{},\n{uri}", format_duration(*us));
@@ -355,6 +367,30 @@ fn write_media_playlist(
         out.push_str("#EXT-X-ENDLIST\n");
     }
     out
+}
+
+/// `ms` after the Unix epoch as ISO 8601 in UTC with milliseconds
+/// (`2026-12-07T08:43:30.123Z`), the date form HLS asks for. The civil
+/// date from the day count is Howard Hinnant's `civil_from_days`.
+fn iso8601_ms(ms: u64) -> String {
+    let days = (ms / 86_400_000) as i64;
+    let in_day = ms % 86_400_000;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        in_day / 3_600_000,
+        in_day / 60_000 % 60,
+        in_day / 1000 % 60,
+        in_day % 1000
+    )
 }
 
 /// Writes a master playlist.
@@ -386,6 +422,7 @@ mod tests {
             uri: uri.into(),
             duration_us,
             gap,
+            program_date_ms: None,
         };
         let text = write_live_media(
             40,
@@ -414,6 +451,7 @@ mod tests {
             uri: uri.into(),
             duration_us: 2_000_000,
             gap,
+            program_date_ms: None,
         };
         let text = write_live_media(
             7,
@@ -431,11 +469,44 @@ mod tests {
     }
 
     #[test]
+    fn live_segments_carry_their_program_date() {
+        let seg = |uri: &str, date: Option<u64>| LiveSegment {
+            uri: uri.into(),
+            duration_us: 2_000_000,
+            gap: date.is_none(),
+            program_date_ms: date,
+        };
+        // 2026-12-07T08:43:30.123Z, and one across a leap day.
+        let text = write_live_media(
+            1,
+            2_000_000,
+            None,
+            &[
+                seg("1.ts", Some(1_796_633_010_123)),
+                seg("2.ts", None),
+                seg("3.ts", Some(951_782_400_007)),
+            ],
+        );
+        assert!(text.contains(
+            "#EXT-X-PROGRAM-DATE-TIME:2026-12-07T08:43:30.123Z\n#EXTINF:2.000000,\n1.ts\n"
+        ));
+        assert!(text.contains("#EXT-X-PROGRAM-DATE-TIME:2000-02-29T00:00:00.007Z\n"));
+        assert_eq!(text.matches("PROGRAM-DATE-TIME").count(), 2);
+        // Readers that know nothing of it still read the playlist.
+        let Playlist::Media(m) = parse(&text).unwrap() else {
+            panic!("not a media playlist")
+        };
+        assert_eq!(m.segments.len(), 3);
+        assert_eq!(iso8601_ms(0), "1970-01-01T00:00:00.000Z");
+    }
+
+    #[test]
     fn an_fmp4_live_playlist_names_its_initialisation_section() {
         let seg = LiveSegment {
             uri: "3.m4s".into(),
             duration_us: 1_000_000,
             gap: false,
+            program_date_ms: None,
         };
         let text = write_live_media(3, 1_000_000, Some("init.mp4"), &[seg]);
         // EXT-X-MAP needs version 6 and comes before the first segment.

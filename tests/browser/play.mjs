@@ -36,6 +36,7 @@ try {
       fatal: window.shoal ? window.shoal.fatal : "page did not load",
       errors: window.shoal ? window.shoal.errors : [],
       playing: window.shoal ? window.shoal.playing : false,
+      behindMs: window.shoal ? window.shoal.behindMs : null,
     }));
     if (firstTime === null && state.playing) firstTime = state.currentTime;
     const played = firstTime === null ? 0 : state.currentTime - firstTime;

@@ -118,6 +118,12 @@ async fn chromium_plays_a_live_channel_through_the_gateway() {
     assert!(result["played"].as_f64().unwrap() > 6.0, "{result}");
     eprintln!("player: {result}");
     assert!(result["fatal"].is_null(), "{result}");
+    // The page dated the frame on screen from the playlist's program
+    // dates: it plays behind the live picture, by some amount.
+    assert!(
+        result["behindMs"].as_f64().is_some_and(|ms| ms > 0.0),
+        "{result}"
+    );
 
     drop(encoder);
     published.abort();

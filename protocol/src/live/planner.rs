@@ -295,6 +295,9 @@ pub struct Listed {
     /// that the media sequence numbers of the segments after it stay
     /// right, marked so that players skip it (`EXT-X-GAP`).
     pub gap: bool,
+    /// When the broadcaster published it (Unix ms, signed in its
+    /// announcement), if held.
+    pub published_ms: Option<u64>,
 }
 
 /// What a rendition's playlist lists: sequences `first..=through`.
@@ -765,11 +768,13 @@ impl<P: Clone + Ord + Hash> LivePlanner<P> {
                     sequence,
                     duration_us: w.duration_us,
                     gap: false,
+                    published_ms: w.published_ms,
                 },
                 None => Listed {
                     sequence,
                     duration_us,
                     gap: true,
+                    published_ms: None,
                 },
             });
         }
