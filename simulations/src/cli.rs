@@ -110,6 +110,20 @@ pub struct SwarmArgs {
     /// Seed for the topology and latencies
     #[arg(long, value_name = "N", default_value_t = 1)]
     pub seed: u64,
+    /// Each segment's duration, in ms; the stream's rate stays the same
+    /// (1 Mb/s), so shorter segments are smaller: what low-latency parts
+    /// would be if the swarm moved them as segments
+    #[arg(long, value_name = "MS", default_value_t = 2000,
+          value_parser = clap::value_parser!(u64).range(100..=10_000))]
+    pub segment_ms: u64,
+    /// Data shards per segment
+    #[arg(long, value_name = "K", default_value_t = 10,
+          value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub k: u16,
+    /// Parity shards per segment
+    #[arg(long, value_name = "M", default_value_t = 4,
+          value_parser = clap::value_parser!(u16).range(0..=64))]
+    pub m: u16,
 }
 
 /// A rate such as `10` or `2.5` Mb/s, as bytes per second.
@@ -258,7 +272,14 @@ pub fn run(cli: Cli) -> Result<String, Error> {
             } else {
                 SwarmParams::default()
             };
+            // The stream's rate, as the default segments have it.
+            let rate = preset.segment_bytes as u64 * 1000
+                / u64::try_from(preset.segment_duration.as_millis()).unwrap_or(1);
             let base = SwarmParams {
+                segment_duration: Duration::from_millis(args.segment_ms),
+                segment_bytes: (rate * args.segment_ms / 1000) as usize,
+                k: args.k,
+                m: args.m,
                 segments: args.segments.unwrap_or(preset.segments),
                 nat_percent: args.nat.unwrap_or(preset.nat_percent),
                 uplink_mix: if args.uplink_mix.is_empty() {

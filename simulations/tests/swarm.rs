@@ -248,6 +248,29 @@ fn the_command_prints_a_row_per_audience_and_refuses_bad_arguments() {
     ])
     .unwrap();
     assert!(cli::run(cli).unwrap_err().to_string().contains("100%"));
+    // Short segments keep the stream's rate: 300 ms of 1 Mb/s.
+    let cli = Cli::try_parse_from([
+        "shoal-sim",
+        "swarm",
+        "--viewers",
+        "3",
+        "--segments",
+        "4",
+        "--segment-ms",
+        "300",
+        "--k",
+        "4",
+        "--m",
+        "2",
+    ])
+    .unwrap();
+    let out = cli::run(cli).unwrap();
+    assert!(
+        out.contains("37 kB segments every 0.3 s (k = 4, m = 2)"),
+        "{out}"
+    );
+    assert!(refused(&["--segment-ms", "50"]).contains("100"));
+    assert!(refused(&["--k", "0"]).contains("--k"));
     // The library checks what clap cannot: every viewer leaving.
     let cli =
         Cli::try_parse_from(["shoal-sim", "swarm", "--viewers", "4", "--leave", "4"]).unwrap();
