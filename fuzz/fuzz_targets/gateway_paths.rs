@@ -1,14 +1,26 @@
-//! The gateway's request paths (`/live/...`, `/vod/...`), as any HTTP
-//! client, a web page included, can send them.
+//! The gateway's request paths (`/live/...`, `/vod/...`) and blocking
+//! reload queries (`?_HLS_msn=...`), as any HTTP client, a web page
+//! included, can send them.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use shoal_protocol::http::GatewayPath;
+use shoal_protocol::http::{BlockingReload, GatewayPath, PlaylistEdge};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(path) = std::str::from_utf8(data) else {
         return;
     };
+    if let Some((_, query)) = path.split_once('?')
+        && let Ok(Some(reload)) = BlockingReload::parse(query)
+    {
+        // Whatever is asked, against any playlist edge, gets an answer.
+        let edge = PlaylistEdge {
+            open_msn: reload.msn ^ 0x5a,
+            open_parts: reload.part.unwrap_or(0) / 2,
+            part_target_us: reload.msn % 2_000_000,
+        };
+        let _ = reload.answer(&edge);
+    }
     let Ok(parsed) = GatewayPath::parse(path) else {
         return;
     };

@@ -177,6 +177,129 @@ fn decimal(text: &str) -> Option<u64> {
     text.parse().ok()
 }
 
+/// The longest query string read for a blocking reload: two short
+/// parameters and room for others a player adds.
+pub const MAX_QUERY: usize = 256;
+
+/// A low-latency playlist request that waits (`?_HLS_msn=<M>` and maybe
+/// `&_HLS_part=<N>`, draft-pantos-hls-rfc8216bis §6.2.5.2): answer once
+/// the playlist holds segment `M` (or part `N` of it), or later ones.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BlockingReload {
+    pub msn: u64,
+    pub part: Option<u64>,
+}
+
+/// How far a low-latency playlist has come: its last complete segment,
+/// and the parts of the one under way (numbered `last + 1`, or
+/// `first` before any is complete).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PlaylistEdge {
+    pub open_msn: u64,
+    pub open_parts: u64,
+    /// The part target, for the advance part limit.
+    pub part_target_us: u64,
+}
+
+/// What to do with a [`BlockingReload`] now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReloadAnswer {
+    /// The playlist holds what was asked: answer with it.
+    Ready,
+    /// Wait for the playlist to grow (at most [`reload_wait`], then 503).
+    Wait,
+    /// 400: asked for more than two segments, or more than the advance
+    /// part limit, beyond the playlist.
+    TooFar,
+}
+
+impl BlockingReload {
+    /// From a request's query string: `Ok(None)` when it asks for no
+    /// blocking; `Err` (400) for `_HLS_part` without `_HLS_msn` or a
+    /// number spelled wrong. Other parameters are left alone; a query
+    /// longer than [`MAX_QUERY`] asks for nothing.
+    pub fn parse(query: &str) -> Result<Option<BlockingReload>, &'static str> {
+        if query.len() > MAX_QUERY {
+            return Ok(None);
+        }
+        let (mut msn, mut part) = (None, None);
+        for pair in query.split('&') {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let slot = match key {
+                "_HLS_msn" => &mut msn,
+                "_HLS_part" => &mut part,
+                _ => continue,
+            };
+            if slot.is_some() {
+                return Err("a blocking reload parameter is repeated");
+            }
+            *slot = Some(path_number(value).ok_or("_HLS_msn and _HLS_part are decimal numbers")?);
+        }
+        match (msn, part) {
+            (None, None) => Ok(None),
+            (None, Some(_)) => Err("_HLS_part needs _HLS_msn"),
+            (Some(msn), part) => Ok(Some(BlockingReload { msn, part })),
+        }
+    }
+
+    /// What to do now that the playlist is at `edge`.
+    pub fn answer(&self, edge: &PlaylistEdge) -> ReloadAnswer {
+        // Segments before the open one are complete, with all parts.
+        if self.msn < edge.open_msn {
+            return ReloadAnswer::Ready;
+        }
+        let last_complete = edge.open_msn.checked_sub(1);
+        if self.msn > last_complete.map_or(2, |l| l.saturating_add(2)) {
+            return ReloadAnswer::TooFar;
+        }
+        // Parts ahead of the open segment's last one: a later segment's
+        // parts are counted from the open one's, a segment being about
+        // `3 s / part target` parts long at most for this purpose.
+        let limit = advance_part_limit(edge.part_target_us);
+        let wanted = match self.part {
+            // The whole segment: it is complete when the next one opens.
+            None => {
+                return if self.msn <= edge.open_msn.saturating_add(1) {
+                    ReloadAnswer::Wait
+                } else {
+                    ReloadAnswer::TooFar
+                };
+            }
+            Some(n) if self.msn == edge.open_msn => n,
+            Some(n) => {
+                return if n < limit {
+                    ReloadAnswer::Wait
+                } else {
+                    ReloadAnswer::TooFar
+                };
+            }
+        };
+        if wanted < edge.open_parts {
+            ReloadAnswer::Ready
+        } else if wanted - edge.open_parts < limit {
+            ReloadAnswer::Wait
+        } else {
+            ReloadAnswer::TooFar
+        }
+    }
+}
+
+/// The advance part limit: three parts, or three seconds of parts when
+/// they are shorter than a second.
+pub fn advance_part_limit(part_target_us: u64) -> u64 {
+    if part_target_us > 0 && part_target_us < 1_000_000 {
+        3_000_000u64.div_ceil(part_target_us)
+    } else {
+        3
+    }
+}
+
+/// How long a blocking reload may wait before the server answers 503:
+/// three target durations.
+pub fn reload_wait(target_us: u64) -> std::time::Duration {
+    std::time::Duration::from_micros(target_us.saturating_mul(3))
+}
+
 /// How to answer a request for a file of some length, given its `Range`
 /// header.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -403,5 +526,62 @@ mod tests {
         assert_eq!(RangeAnswer::of(Some(&[b'b', 0xff]), 10), RangeAnswer::Whole);
         let long = format!("bytes={}1-2", "0".repeat(MAX_RANGE_HEADER));
         assert_eq!(of(&long, 10), RangeAnswer::Whole);
+    }
+
+    #[test]
+    fn blocking_reload_queries_parse_to_what_they_ask() {
+        assert_eq!(BlockingReload::parse(""), Ok(None));
+        assert_eq!(BlockingReload::parse("x=1"), Ok(None));
+        assert_eq!(
+            BlockingReload::parse("_HLS_msn=12"),
+            Ok(Some(BlockingReload {
+                msn: 12,
+                part: None
+            }))
+        );
+        assert_eq!(
+            BlockingReload::parse("_HLS_msn=12&_HLS_part=0&_HLS_skip=YES"),
+            Ok(Some(BlockingReload {
+                msn: 12,
+                part: Some(0)
+            }))
+        );
+        for bad in [
+            "_HLS_part=1",
+            "_HLS_msn=+1",
+            "_HLS_msn=01",
+            "_HLS_msn=",
+            "_HLS_msn=1&_HLS_msn=2",
+        ] {
+            assert!(BlockingReload::parse(bad).is_err(), "{bad}");
+        }
+        assert_eq!(BlockingReload::parse(&"a".repeat(MAX_QUERY + 1)), Ok(None));
+    }
+
+    #[test]
+    fn blocking_reloads_wait_for_what_is_coming_and_refuse_what_is_far() {
+        // Segment 11 is complete, segment 12 has 2 parts of 333 ms.
+        let edge = PlaylistEdge {
+            open_msn: 12,
+            open_parts: 2,
+            part_target_us: 333_000,
+        };
+        let ask = |msn, part| BlockingReload { msn, part }.answer(&edge);
+        assert_eq!(ask(11, None), ReloadAnswer::Ready);
+        assert_eq!(ask(11, Some(5)), ReloadAnswer::Ready);
+        assert_eq!(ask(12, Some(1)), ReloadAnswer::Ready);
+        assert_eq!(ask(12, Some(2)), ReloadAnswer::Wait);
+        assert_eq!(ask(12, None), ReloadAnswer::Wait);
+        assert_eq!(ask(13, None), ReloadAnswer::Wait);
+        assert_eq!(ask(13, Some(0)), ReloadAnswer::Wait);
+        // Three seconds of 333 ms parts: 10 parts ahead at most.
+        assert_eq!(advance_part_limit(333_000), 10);
+        assert_eq!(ask(12, Some(11)), ReloadAnswer::Wait);
+        assert_eq!(ask(12, Some(12)), ReloadAnswer::TooFar);
+        // More than two segments past the last complete one.
+        assert_eq!(ask(14, None), ReloadAnswer::TooFar);
+        assert_eq!(ask(14, Some(0)), ReloadAnswer::TooFar);
+        assert_eq!(advance_part_limit(2_000_000), 3);
+        assert_eq!(reload_wait(1_000_000), std::time::Duration::from_secs(3));
     }
 }

@@ -369,6 +369,129 @@ fn write_media_playlist(
     out
 }
 
+/// A part of a low-latency segment (`EXT-X-PART`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LlPart {
+    pub uri: String,
+    pub duration_us: u64,
+    /// Starts with a frame that decodes alone (`INDEPENDENT=YES`).
+    pub independent: bool,
+}
+
+/// A complete segment of a low-latency playlist, with its parts if they
+/// are still listed (the last few segments only).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LlSegment {
+    pub segment: LiveSegment,
+    pub parts: Vec<LlPart>,
+}
+
+/// What a low-latency (LL-HLS) media playlist lists.
+#[derive(Clone, Debug)]
+pub struct LlPlaylist<'a> {
+    pub media_sequence: u64,
+    /// The channel's target duration (0: the longest segment listed).
+    pub target_us: u64,
+    /// The parts' target duration; raised to the longest part listed, so
+    /// that no part is ever longer than it (the spec's rule).
+    pub part_target_us: u64,
+    pub init: Option<&'a str>,
+    pub segments: &'a [LlSegment],
+    /// The parts of the segment under way, after the last complete one.
+    pub open_parts: &'a [LlPart],
+    /// The part that comes next (`EXT-X-PRELOAD-HINT`): a player asks for
+    /// it at once and the server answers when it exists.
+    pub preload_hint: &'a str,
+}
+
+/// Of a part target, the hold back a player keeps from the live edge:
+/// three parts, the spec's recommendation (it requires at least two).
+pub fn part_hold_back_us(part_target_us: u64) -> u64 {
+    3 * part_target_us
+}
+
+/// Writes a low-latency live media playlist (draft-pantos-hls-rfc8216bis:
+/// `EXT-X-SERVER-CONTROL` with blocking reload and `PART-HOLD-BACK`,
+/// `EXT-X-PART-INF`, the parts of the last segments and of the one under
+/// way, and always a preload hint). Players without low-latency support
+/// read it as a plain live playlist of whole segments.
+pub fn write_ll_media(p: &LlPlaylist<'_>) -> String {
+    let all_parts = p
+        .segments
+        .iter()
+        .flat_map(|s| s.parts.iter())
+        .chain(p.open_parts);
+    let part_target = all_parts
+        .map(|x| x.duration_us)
+        .max()
+        .unwrap_or(0)
+        .max(p.part_target_us)
+        .max(1);
+    let target = p
+        .segments
+        .iter()
+        .map(|s| s.segment.duration_us.div_ceil(1_000_000))
+        .chain([p.target_us.div_ceil(1_000_000)])
+        .max()
+        .unwrap_or(1)
+        .max(1);
+    let mut out = String::from("#EXTM3U\n#EXT-X-VERSION:9\n");
+    let _ = writeln!(out, "#EXT-X-TARGETDURATION:{target}");
+    let _ = writeln!(
+        out,
+        "#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,PART-HOLD-BACK={}",
+        format_duration(part_hold_back_us(part_target))
+    );
+    let _ = writeln!(
+        out,
+        "#EXT-X-PART-INF:PART-TARGET={}",
+        format_duration(part_target)
+    );
+    let _ = writeln!(out, "#EXT-X-MEDIA-SEQUENCE:{}", p.media_sequence);
+    if let Some(init) = p.init {
+        let _ = writeln!(out, "#EXT-X-MAP:URI=\"{init}\"");
+    }
+    let write_part = |out: &mut String, part: &LlPart| {
+        let _ = write!(
+            out,
+            "#EXT-X-PART:DURATION={},URI=\"{}\"",
+            format_duration(part.duration_us),
+            part.uri
+        );
+        out.push_str(if part.independent {
+            ",INDEPENDENT=YES\n"
+        } else {
+            "\n"
+        });
+    };
+    for s in p.segments {
+        if let Some(ms) = s.segment.program_date_ms {
+            let _ = writeln!(out, "#EXT-X-PROGRAM-DATE-TIME:{}", iso8601_ms(ms));
+        }
+        for part in &s.parts {
+            write_part(&mut out, part);
+        }
+        if s.segment.gap {
+            out.push_str("#EXT-X-GAP\n");
+        }
+        let _ = writeln!(
+            out,
+            "#EXTINF:{},\n{}",
+            format_duration(s.segment.duration_us),
+            s.segment.uri
+        );
+    }
+    for part in p.open_parts {
+        write_part(&mut out, part);
+    }
+    let _ = writeln!(
+        out,
+        "#EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"{}\"",
+        p.preload_hint
+    );
+    out
+}
+
 /// `ms` after the Unix epoch as ISO 8601 in UTC with milliseconds
 /// (`2026-12-07T08:43:30.123Z`), the date form HLS asks for. The civil
 /// date from the day count is Howard Hinnant's `civil_from_days`.
@@ -498,6 +621,81 @@ mod tests {
         };
         assert_eq!(m.segments.len(), 3);
         assert_eq!(iso8601_ms(0), "1970-01-01T00:00:00.000Z");
+    }
+
+    fn part(uri: &str, ms: u64, independent: bool) -> LlPart {
+        LlPart {
+            uri: uri.into(),
+            duration_us: ms * 1000,
+            independent,
+        }
+    }
+
+    #[test]
+    fn a_low_latency_playlist_follows_the_spec_rules() {
+        let seg = |n: u64, parts: Vec<LlPart>| LlSegment {
+            segment: LiveSegment {
+                uri: format!("{n}.m4s"),
+                duration_us: 1_000_000,
+                gap: false,
+                program_date_ms: Some(1_796_633_010_000 + n * 1000),
+            },
+            parts,
+        };
+        let segments = [
+            seg(10, Vec::new()),
+            seg(
+                11,
+                vec![
+                    part("11.0.m4s", 333, true),
+                    part("11.1.m4s", 333, false),
+                    // ffmpeg cuts a little long: the target follows.
+                    part("11.2.m4s", 340, false),
+                ],
+            ),
+        ];
+        let open = [part("12.0.m4s", 333, true)];
+        let text = write_ll_media(&LlPlaylist {
+            media_sequence: 10,
+            target_us: 1_000_000,
+            part_target_us: 333_000,
+            init: Some("init.mp4"),
+            segments: &segments,
+            open_parts: &open,
+            preload_hint: "12.1.m4s",
+        });
+        let lines: Vec<&str> = text.lines().collect();
+        // No part is longer than the part target, and players hold three
+        // parts back.
+        assert!(
+            lines.contains(&"#EXT-X-PART-INF:PART-TARGET=0.340000"),
+            "{text}"
+        );
+        assert!(
+            lines.contains(&"#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,PART-HOLD-BACK=1.020000"),
+            "{text}"
+        );
+        assert!(lines.contains(&"#EXT-X-TARGETDURATION:1"));
+        // Parts come before the segment they make up, in order, the
+        // first independent; the open segment's parts follow the last
+        // complete one, and the hint is last.
+        let at = |needle: &str| lines.iter().position(|l| l.contains(needle)).unwrap();
+        let segment_11 = lines.iter().position(|l| *l == "11.m4s").unwrap();
+        assert!(at("URI=\"11.0.m4s\",INDEPENDENT=YES") < at("11.1.m4s"));
+        assert!(at("11.1.m4s") < at("11.2.m4s") && at("11.2.m4s") < segment_11);
+        assert!(segment_11 < at("URI=\"12.0.m4s\",INDEPENDENT=YES"));
+        assert_eq!(
+            lines.last(),
+            Some(&"#EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"12.1.m4s\"")
+        );
+        assert_eq!(text.matches("INDEPENDENT=YES").count(), 2);
+        // A player without parts reads two whole segments after the map.
+        let Playlist::Media(m) = parse(&text).unwrap() else {
+            panic!("not a media playlist")
+        };
+        assert_eq!(m.init.as_deref(), Some("init.mp4"));
+        let uris: Vec<&str> = m.segments.iter().map(|s| s.uri.as_str()).collect();
+        assert_eq!(uris, ["10.m4s", "11.m4s"]);
     }
 
     #[test]
