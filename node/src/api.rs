@@ -548,7 +548,14 @@ async fn broadcast(
     let _ = line_tx.send(Ok(Bytes::from(first))).await;
     let lines = line_tx.clone();
     tokio::spawn(async move {
-        while let Some(p) = rx.recv().await {
+        loop {
+            // A client that goes away ends the broadcast, also while
+            // nothing is being published.
+            let p = tokio::select! {
+                p = rx.recv() => p,
+                () = lines.closed() => return,
+            };
+            let Some(p) = p else { return };
             let line = serde_json::to_string(&p).unwrap_or_default() + "\n";
             if lines.send(Ok(Bytes::from(line))).await.is_err() {
                 return;
@@ -559,13 +566,25 @@ async fn broadcast(
         let _guard = guard;
         let result = match input {
             Input::Folder(options) => crate::broadcast::broadcast(node, key, options, tx).await,
-            Input::Fmp4(options) => match tokio::fs::File::open(&options.source).await {
-                Ok(file) => crate::broadcast::broadcast_fmp4(node, key, options, file, tx).await,
-                Err(e) => Err(crate::broadcast::BroadcastError::Input {
-                    path: options.source,
-                    detail: e.to_string(),
-                }),
-            },
+            Input::Fmp4(options) => {
+                // A FIFO opens when its writer does; a client that goes
+                // before that frees the channel (the blocked open ends
+                // with the writer, or with the daemon).
+                let opened = tokio::select! {
+                    file = tokio::fs::File::open(&options.source) => Some(file),
+                    () = tx.closed() => None,
+                };
+                match opened {
+                    None => Ok(()),
+                    Some(Ok(file)) => {
+                        crate::broadcast::broadcast_fmp4(node, key, options, file, tx).await
+                    }
+                    Some(Err(e)) => Err(crate::broadcast::BroadcastError::Input {
+                        path: options.source,
+                        detail: e.to_string(),
+                    }),
+                }
+            }
         };
         if let Err(e) = result {
             tracing::warn!(%channel, error = %e, "broadcast stopped");

@@ -210,8 +210,8 @@ pub async fn broadcast(
 /// What to broadcast from a fragmented MP4 stream.
 #[derive(Clone, Debug)]
 pub struct Fmp4Options {
-    /// Where the stream comes from (a FIFO's path, `-` for standard
-    /// input): named in errors.
+    /// Where the stream comes from (a FIFO's path, or what an app calls
+    /// its stream): named in errors.
     pub source: PathBuf,
     /// Segments close at the first keyframe past this.
     pub segment_duration: Duration,
@@ -262,10 +262,11 @@ pub async fn broadcast_fmp4<R: tokio::io::AsyncRead + Unpin>(
         if events.is_closed() {
             return Ok(());
         }
-        let n = input
-            .read(&mut buf)
-            .await
-            .map_err(|e| input_err(source, e))?;
+        // A silent pipe does not keep a broadcast nobody follows.
+        let n = tokio::select! {
+            read = input.read(&mut buf) => read.map_err(|e| input_err(source, e))?,
+            () = events.closed() => return Ok(()),
+        };
         let mut segments = Vec::new();
         if n == 0 {
             segments.extend(cutter.finish());

@@ -176,6 +176,48 @@ impl Encoder {
     }
 }
 
+/// What a live encoder pipes as fragmented MP4 (`-movflags
+/// +frag_keyframe+empty_moov+default_base_moof`): `seconds` of a test
+/// picture (and a tone if `audio`), a keyframe every second and a fragment
+/// every 200 ms, made at once rather than in real time.
+pub fn fragmented_mp4(seconds: u32, audio: bool) -> Vec<u8> {
+    require_tool("ffmpeg");
+    let mut command = Command::new("ffmpeg");
+    command.args([
+        "-v",
+        "error",
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc=size=320x180:rate=25",
+    ]);
+    if audio {
+        command.args(["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000"]);
+        command.args(["-c:a", "aac"]);
+    }
+    let out = command
+        .args([
+            "-t",
+            &seconds.to_string(),
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+        ])
+        .args(["-pix_fmt", "yuv420p", "-g", "25", "-keyint_min", "25"])
+        .args(["-sc_threshold", "0", "-f", "mp4"])
+        .args(["-movflags", "+frag_keyframe+empty_moov+default_base_moof"])
+        .args(["-frag_duration", "200000", "pipe:1"])
+        .output()
+        .expect("ffmpeg runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
 impl Drop for Encoder {
     fn drop(&mut self) {
         let _ = self.0.kill();

@@ -195,29 +195,7 @@ fn a_piped_fmp4_stream_is_cut_into_segments_that_play() {
     require_tool("ffmpeg");
     require_tool("ffprobe");
     let sb = Sandbox::new();
-    let out = Command::new("ffmpeg")
-        .args([
-            "-v",
-            "error",
-            "-f",
-            "lavfi",
-            "-i",
-            "testsrc=size=320x180:rate=25",
-        ])
-        .args(["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000"])
-        .args(["-t", "7", "-c:v", "libx264", "-preset", "ultrafast"])
-        .args(["-pix_fmt", "yuv420p", "-g", "25", "-keyint_min", "25"])
-        .args(["-sc_threshold", "0", "-c:a", "aac", "-f", "mp4"])
-        .args(["-movflags", "+frag_keyframe+empty_moov+default_base_moof"])
-        .args(["-frag_duration", "200000", "pipe:1"])
-        .output()
-        .expect("ffmpeg runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stream = out.stdout;
+    let stream = shoal_tests::live::fragmented_mp4(7, true);
     let mut reader = FragmentReader::new();
     let mut cutter = SegmentCutter::new(2_000_000);
     let mut init = None;

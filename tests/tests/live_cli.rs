@@ -251,29 +251,11 @@ fn an_fmp4_channel_plays_from_a_viewers_gateway() {
 #[test]
 fn a_piped_fmp4_stream_is_broadcast_and_plays_from_a_viewers_gateway() {
     use shoal_storage::cmaf::{FragmentReader, Item, SegmentCutter};
-    require_tool("ffmpeg");
     require_tool("ffprobe");
     require_tool("mkfifo");
     // The encoder's output, made first so that the test knows every byte;
     // written into the FIFO below at about its real-time pace.
-    let out = std::process::Command::new("ffmpeg")
-        .args([
-            "-v",
-            "error",
-            "-f",
-            "lavfi",
-            "-i",
-            "testsrc=size=320x180:rate=25",
-        ])
-        .args(["-t", "5", "-c:v", "libx264", "-preset", "ultrafast"])
-        .args(["-pix_fmt", "yuv420p", "-g", "25", "-keyint_min", "25"])
-        .args(["-sc_threshold", "0", "-f", "mp4"])
-        .args(["-movflags", "+frag_keyframe+empty_moov+default_base_moof"])
-        .args(["-frag_duration", "200000", "pipe:1"])
-        .output()
-        .expect("ffmpeg runs");
-    assert!(out.status.success());
-    let stream = out.stdout;
+    let stream = shoal_tests::live::fragmented_mp4(5, false);
     let mut reader = FragmentReader::new();
     reader.push(&stream);
     let mut cutter = SegmentCutter::new(1_000_000);
