@@ -516,8 +516,7 @@ async fn broadcast(
                     "a segment of {ms} ms: choose 100 to {MAX_SEGMENT_MS}"
                 )));
             }
-            // A FIFO opens only once its writer does: opened in the task,
-            // but it must be there.
+            // Opened in the task; but it must be there.
             if let Err(e) = std::fs::metadata(&source) {
                 return Err(bad_request(format!("{}: {e}", source.display())));
             }
@@ -567,19 +566,11 @@ async fn broadcast(
         let result = match input {
             Input::Folder(options) => crate::broadcast::broadcast(node, key, options, tx).await,
             Input::Fmp4(options) => {
-                // A FIFO opens when its writer does; a client that goes
-                // before that frees the channel (the blocked open ends
-                // with the writer, or with the daemon).
-                let opened = tokio::select! {
-                    file = tokio::fs::File::open(&options.source) => Some(file),
-                    () = tx.closed() => None,
-                };
-                match opened {
-                    None => Ok(()),
-                    Some(Ok(file)) => {
-                        crate::broadcast::broadcast_fmp4(node, key, options, file, tx).await
+                match crate::broadcast::open_fmp4_source(&options.source).await {
+                    Ok(input) => {
+                        crate::broadcast::broadcast_fmp4(node, key, options, input, tx).await
                     }
-                    Some(Err(e)) => Err(crate::broadcast::BroadcastError::Input {
+                    Err(e) => Err(crate::broadcast::BroadcastError::Input {
                         path: options.source,
                         detail: e.to_string(),
                     }),

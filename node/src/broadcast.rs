@@ -222,13 +222,32 @@ pub struct Fmp4Options {
 /// Bytes read from the stream at once: a pipe's buffer.
 const STREAM_READ: usize = 64 << 10;
 
+/// How often a pipe no encoder has opened yet is looked at again.
+const WRITER_POLL: Duration = Duration::from_millis(100);
+
+/// Opens what `broadcast --fmp4` names: a FIFO without blocking (no
+/// thread waits in `open` for the encoder, so the node can always stop;
+/// [`broadcast_fmp4`] waits for the first bytes), or a regular file.
+pub async fn open_fmp4_source(
+    path: &Path,
+) -> std::io::Result<Box<dyn tokio::io::AsyncRead + Unpin + Send>> {
+    use std::os::unix::fs::FileTypeExt;
+    if std::fs::metadata(path)?.file_type().is_fifo() {
+        let pipe = tokio::net::unix::pipe::OpenOptions::new().open_receiver(path)?;
+        return Ok(Box::new(pipe));
+    }
+    Ok(Box::new(tokio::fs::File::open(path).await?))
+}
+
 /// Broadcasts a fragmented MP4 stream as one rendition (`ffmpeg ... -f mp4
 /// -movflags +frag_keyframe+empty_moov+default_base_moof` into a pipe)
 /// until it ends or `events` is closed: its initialisation section is
 /// stored and named in the channel record, and its fragments are cut into
 /// segments of about `segment_duration` (`shoal_storage::cmaf`), each
-/// published as it closes, named `<sequence>.m4s`. Invalid input stops
-/// the broadcast with an error naming the box; what was published stays.
+/// published as it closes, named `<sequence>.m4s`. Until its first byte
+/// the stream is waited for (an encoder not started yet); after it, the
+/// end of the stream ends the broadcast. Invalid input stops the broadcast
+/// with an error naming the box; what was published stays.
 pub async fn broadcast_fmp4<R: tokio::io::AsyncRead + Unpin>(
     node: Node,
     key: ChannelKey,
@@ -258,6 +277,7 @@ pub async fn broadcast_fmp4<R: tokio::io::AsyncRead + Unpin>(
     let mut buf = vec![0u8; STREAM_READ];
     let mut record_sequence = 0u64;
     let mut target_duration_us = 0u64;
+    let mut started = false;
     loop {
         if events.is_closed() {
             return Ok(());
@@ -267,6 +287,15 @@ pub async fn broadcast_fmp4<R: tokio::io::AsyncRead + Unpin>(
             read = input.read(&mut buf) => read.map_err(|e| input_err(source, e))?,
             () = events.closed() => return Ok(()),
         };
+        // Nothing before the first byte: a FIFO whose encoder has not
+        // opened it yet reads as ended. Look again shortly.
+        if n == 0 && !started {
+            tokio::select! {
+                () = tokio::time::sleep(WRITER_POLL) => continue,
+                () = events.closed() => return Ok(()),
+            }
+        }
+        started = true;
         let mut segments = Vec::new();
         if n == 0 {
             segments.extend(cutter.finish());

@@ -293,15 +293,32 @@ fn a_piped_fmp4_stream_is_broadcast_and_plays_from_a_viewers_gateway() {
         "60",
     ])
     .fails_with("choose 0.1 to 10");
-    let broadcast = Lines::spawn(one.command(&[
-        "broadcast",
-        "pipe",
-        "--fmp4",
-        fifo.to_str().unwrap(),
-        "--segment-seconds",
-        "1",
-    ]));
-    broadcast.expect(&format!("broadcasting channel {id}"), 10);
+    let start = || {
+        Lines::spawn(one.command(&[
+            "broadcast",
+            "pipe",
+            "--fmp4",
+            fifo.to_str().unwrap(),
+            "--segment-seconds",
+            "1",
+        ]))
+    };
+    // A broadcast given up before its encoder opened the FIFO frees the
+    // channel: the next one starts (once the daemon has seen the first
+    // go, within moments) instead of being told it is already running.
+    start().expect(&format!("broadcasting channel {id}"), 10);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let broadcast = loop {
+        let attempt = start();
+        match attempt.lines.recv_timeout(Duration::from_secs(5)) {
+            Ok(line) if line.contains(&format!("broadcasting channel {id}")) => break attempt,
+            // Refused (it exits): the daemon has not let the first go yet.
+            Ok(_) | Err(_) => {
+                assert!(Instant::now() < deadline, "the channel stayed taken");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    };
     let _watch = Lines::spawn(two.command(&["watch", &id]));
     let writer = {
         let (fifo, stream) = (fifo.clone(), stream.clone());
