@@ -57,6 +57,20 @@ impl ViewerDaemon {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chromium_plays_a_live_channel_through_the_gateway() {
+    plays_live(Encoder::start).await;
+}
+
+/// The same with fragmented MP4 segments: hls.js loads the init section
+/// the playlist maps (`/live/<channel>/0/init.mp4`) before them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_plays_an_fmp4_live_channel_through_the_gateway() {
+    plays_live(Encoder::start_fmp4).await;
+}
+
+/// A channel from `encoder`: ffprobe reads the viewer's playlist, and
+/// Chromium plays the player page past 6 s.
+async fn plays_live(encoder: fn(&std::path::Path, u32) -> Encoder) {
+    let _serial = shoal_tests::live::one_at_a_time().await;
     require_tool("ffprobe");
     let work = tempfile::tempdir().unwrap();
     let hls_dir = work.path().join("hls");
@@ -69,7 +83,7 @@ async fn chromium_plays_a_live_channel_through_the_gateway() {
     let base = viewer.base.clone();
 
     let published = spawn_broadcast(&broadcaster.node, key, hls_dir.clone(), Vec::new());
-    let encoder = Encoder::start(&hls_dir, 30);
+    let encoder = encoder(&hls_dir, 30);
 
     // ffprobe reads the gateway's live playlist (the first request starts
     // watching and waits for the first segment).
