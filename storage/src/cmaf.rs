@@ -422,13 +422,13 @@ impl FragmentReader {
         loop {
             let initialised = self.tracks.is_some();
             let gathered = self.init.len() + self.fragment.len();
-            let Some(h) = header(&self.buf[self.start..], |kind| {
-                if !initialised {
-                    MAX_INIT_BYTES.saturating_sub(gathered)
-                } else if kind == b"moof" {
-                    MAX_FRAGMENT_BYTES
-                } else {
+            // The section or fragment being gathered, this box included,
+            // stays within its limit.
+            let Some(h) = header(&self.buf[self.start..], |_| {
+                if initialised {
                     MAX_FRAGMENT_BYTES.saturating_sub(gathered)
+                } else {
+                    MAX_INIT_BYTES.saturating_sub(gathered)
                 }
             })?
             else {
@@ -748,6 +748,18 @@ mod tests {
         let mut r = FragmentReader::new();
         r.push(&fragment(1, true));
         assert_eq!(r.poll_item(), Err(CmafError::Early("moof".into())));
+
+        // A fragment's boxes together stay within the limit: a moof after
+        // a prefix box of nearly all of it is refused by its header.
+        let mut r = FragmentReader::new();
+        r.push(&init());
+        r.poll_item().unwrap();
+        let prefix = mp4_box(b"styp", &vec![0; MAX_FRAGMENT_BYTES - 100]);
+        r.push(&prefix);
+        assert_eq!(r.poll_item(), Ok(None));
+        r.push(&mp4_box(b"moof", &[0; 200])[..8]);
+        assert!(matches!(r.poll_item(), Err(CmafError::TooLarge { kind, .. }) if kind == "moof"));
+        assert!(r.buffered() <= MAX_FRAGMENT_BYTES);
 
         // A run whose sample count runs past its box.
         let mut r = FragmentReader::new();
