@@ -169,9 +169,9 @@ struct BroadcastArgs {
     )]
     hls_dir: Option<PathBuf>,
     /// Or a fragmented MP4 stream, from a FIFO the encoder writes into
-    /// (`mkfifo F; ffmpeg ... -f mp4 -movflags
-    /// +frag_keyframe+empty_moov+default_base_moof F`); the broadcast cuts
-    /// it into segments at keyframes
+    /// (`mkfifo F; ffmpeg ... -f mp4 -y -movflags
+    /// +frag_keyframe+empty_moov+default_base_moof F`, `-y` because the
+    /// FIFO exists); the broadcast cuts it into segments at keyframes
     #[arg(long, value_name = "PATH")]
     fmp4: Option<PathBuf>,
     /// With --fmp4: close a segment at the first keyframe past this many
