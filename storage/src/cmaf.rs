@@ -346,15 +346,21 @@ fn read_moof(moof: &[u8], track: &Track) -> Result<Option<(bool, u64)>, CmafErro
                             "its sample count runs past the box",
                         ));
                     }
-                    let mut duration = 0u64;
+                    // Without per-sample durations the run's time is a
+                    // product: a count of 2^32 with no entries costs
+                    // nothing to read.
+                    let mut duration = if flags & 0x100 == 0 {
+                        (count as u64).saturating_mul(u64::from(default_duration))
+                    } else {
+                        0
+                    };
                     let mut first_sample_flags = None;
-                    for i in 0..count {
-                        let d = if flags & 0x100 != 0 {
-                            f.u32()?
-                        } else {
-                            default_duration
-                        };
-                        duration += u64::from(d);
+                    // Entries to read: bounded by the box (checked above).
+                    let entries = if each == 0 { 0 } else { count };
+                    for i in 0..entries {
+                        if flags & 0x100 != 0 {
+                            duration = duration.saturating_add(u64::from(f.u32()?));
+                        }
                         if flags & 0x200 != 0 {
                             f.skip(4)?;
                         }
@@ -375,7 +381,7 @@ fn read_moof(moof: &[u8], track: &Track) -> Result<Option<(bool, u64)>, CmafErro
                     found = Some(match found {
                         // Later runs add their time; the first sample is
                         // the first run's.
-                        Some((independent, d)) => (independent, d + duration),
+                        Some((independent, d)) => (independent, d.saturating_add(duration)),
                         None if count == 0 => continue,
                         None => (sync, duration),
                     });
@@ -760,6 +766,30 @@ mod tests {
         r.push(&mp4_box(b"moof", &[0; 200])[..8]);
         assert!(matches!(r.poll_item(), Err(CmafError::TooLarge { kind, .. }) if kind == "moof"));
         assert!(r.buffered() <= MAX_FRAGMENT_BYTES);
+
+        // A run of 2^32 - 1 samples with no entries: its time is the
+        // default duration times the count, found without a loop over it.
+        let mut r = FragmentReader::new();
+        r.push(&init());
+        r.poll_item().unwrap();
+        let traf = mp4_box(
+            b"traf",
+            &[
+                mp4_box(b"tfhd", &full(0, &[2])),
+                mp4_box(b"trun", &full(0, &[u32::MAX])),
+            ]
+            .concat(),
+        );
+        r.push(&[mp4_box(b"moof", &traf), mp4_box(b"mdat", b"x")].concat());
+        let Ok(Some(Item::Fragment(f))) = r.poll_item() else {
+            panic!("a fragment")
+        };
+        // trex: 3000 ticks of 90 kHz a sample; non-sync by default.
+        assert_eq!(
+            f.duration_us,
+            u64::from(u32::MAX) * 3000 * 1_000_000 / 90_000
+        );
+        assert!(!f.independent);
 
         // A run whose sample count runs past its box.
         let mut r = FragmentReader::new();
