@@ -513,7 +513,9 @@ async fn broadcast(
             let ms = req.segment_ms.unwrap_or(2000);
             if !(100..=MAX_SEGMENT_MS).contains(&ms) {
                 return Err(bad_request(format!(
-                    "a segment of {ms} ms: choose 100 to {MAX_SEGMENT_MS}"
+                    "a segment of {} s: choose 0.1 to {} s",
+                    ms as f64 / 1000.0,
+                    MAX_SEGMENT_MS / 1000
                 )));
             }
             // Opened in the task; but it must be there.

@@ -661,14 +661,8 @@ async fn live_init(
                 format!("rendition {rendition} of channel {channel} has no init.mp4"),
             )
         })?;
-    let bytes = match read_segment(&g.node, manifest, 0).await {
-        Ok(bytes) => bytes,
-        Err(_) => {
-            let _slot = g.fetch_slot(site, FETCHES_PER_SITE)?;
-            g.node.fetch_segments(manifest, vec![manifest]).await?;
-            read_segment(&g.node, manifest, 0).await?
-        }
-    };
+    // No stream root: the fetch looks for the section itself.
+    let bytes = read_or_fetch(g, site, manifest, manifest, 0).await?;
     Ok(([(header::CONTENT_TYPE, "video/mp4")], Body::from(bytes)).into_response())
 }
 
@@ -790,19 +784,29 @@ async fn vod_segment(
             }
         });
     }
-    let bytes = match read_segment(&g.node, manifest, position).await {
-        Ok(bytes) => bytes,
-        Err(_) => {
-            let _slot = g.fetch_slot(site, FETCHES_PER_SITE)?;
-            g.node.fetch_segments(root, vec![manifest]).await?;
-            read_segment(&g.node, manifest, position).await?
-        }
-    };
+    let bytes = read_or_fetch(g, site, root, manifest, position).await?;
     Ok((
         [(header::CONTENT_TYPE, media_type(&r.segment_extension))],
         Body::from(bytes),
     )
         .into_response())
+}
+
+/// Segment `manifest` (number `position`) from the store, else fetched
+/// (under `root`, for `site`, within its fetches) and then read.
+async fn read_or_fetch(
+    g: &Arc<Gateway>,
+    site: &Site,
+    root: Cid,
+    manifest: Cid,
+    position: u64,
+) -> GatewayResult<Vec<u8>> {
+    if let Ok(bytes) = read_segment(&g.node, manifest, position).await {
+        return Ok(bytes);
+    }
+    let _slot = g.fetch_slot(site, FETCHES_PER_SITE)?;
+    g.node.fetch_segments(root, vec![manifest]).await?;
+    read_segment(&g.node, manifest, position).await
 }
 
 /// Rebuilds a segment from the store and checks it.
