@@ -178,6 +178,11 @@ struct BroadcastArgs {
     /// seconds
     #[arg(long, value_name = "S", default_value_t = 2.0, requires = "fmp4")]
     segment_seconds: f64,
+    /// With --fmp4: low-latency live, each fragment the encoder writes
+    /// (`-frag_duration`) goes to the viewers as a part the moment it is
+    /// in, and gateways serve LL-HLS
+    #[arg(long, requires = "fmp4")]
+    low_latency: bool,
     /// The top playlist in that folder [default: the master playlist, or the only one]
     #[arg(long, value_name = "FILE")]
     playlist: Option<String>,
@@ -476,6 +481,7 @@ fn broadcast(dir: &Path, args: BroadcastArgs) -> Result<()> {
         fmp4: args.fmp4.as_deref().map(absolute).transpose()?,
         // The daemon checks the range (a NaN or a negative is 0 here).
         segment_ms: Some((args.segment_seconds * 1000.0).round() as u64),
+        low_latency: args.low_latency,
         playlist: args.playlist,
         origins: args.origin,
         k: args.k,
@@ -487,6 +493,11 @@ fn broadcast(dir: &Path, args: BroadcastArgs) -> Result<()> {
             println!("broadcasting channel {channel}");
         } else if let Some(e) = line["error"].as_str() {
             failure = Some(e.to_owned());
+        } else if let Some(part) = line.get("part") {
+            println!(
+                "published rendition {} segment {} part {} ({} bytes)",
+                line["rendition"], part["segment"], part["index"], line["bytes"]
+            );
         } else {
             println!(
                 "published rendition {} segment {} ({} bytes)",

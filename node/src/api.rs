@@ -463,6 +463,10 @@ pub struct BroadcastRequest {
     /// [default: 2000].
     #[serde(default)]
     pub segment_ms: Option<u64>,
+    /// With `fmp4`: low-latency live, every fragment published as a part
+    /// the moment it is in.
+    #[serde(default)]
+    pub low_latency: bool,
     #[serde(default)]
     pub playlist: Option<String>,
     #[serde(default)]
@@ -502,6 +506,11 @@ async fn broadcast(
                 name: req.name.clone(),
             };
             options.validate().map_err(|e| bad_request(e.to_string()))?;
+            if req.low_latency {
+                return Err(bad_request(
+                    "low latency needs an fMP4 stream (fmp4): an HLS folder lists whole segments",
+                ));
+            }
             Input::Folder(options)
         }
         (None, Some(source)) => {
@@ -525,6 +534,7 @@ async fn broadcast(
             Input::Fmp4(crate::broadcast::Fmp4Options {
                 source,
                 segment_duration: std::time::Duration::from_millis(ms),
+                parts: req.low_latency,
                 import,
                 name: req.name.clone(),
             })

@@ -15,10 +15,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use shoal_protocol::channel::{
-    ChannelKey, ChannelRecord, LiveRendition, Origin, RECORD_WINDOW, RecentSegment,
-    is_safe_relative_path,
+    Announcement, ChannelKey, ChannelRecord, LiveRendition, Origin, PartOf, RECORD_WINDOW,
+    RecentSegment, is_safe_relative_path,
 };
-use shoal_storage::cmaf::{FragmentReader, Item, SegmentCutter};
+use shoal_storage::cmaf::{FragmentReader, Item, PartCutter, SegmentCutter};
 use shoal_storage::hls::{self, Playlist};
 use shoal_storage::import::MAX_HLS_SEGMENT_BYTES;
 use shoal_storage::{ImportOptions, codec::Encoder, import_segment};
@@ -67,7 +67,7 @@ impl BroadcastOptions {
     }
 }
 
-/// One published segment.
+/// One published segment, or part of one.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Published {
     pub rendition: u16,
@@ -75,6 +75,9 @@ pub struct Published {
     pub uri: String,
     pub bytes: u64,
     pub manifest: String,
+    /// Where it sits in its segment, when it is a part.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub part: Option<PartOf>,
 }
 
 /// Why a broadcast stopped.
@@ -190,7 +193,7 @@ pub async fn broadcast(
                 sequence: record_sequence,
                 target_duration_us,
             };
-            if !publish(&node, &key, &record, &renditions, imported, &events).await? {
+            if !publish(&node, &key, Some(&record), &renditions, imported, &events).await? {
                 return Ok(());
             }
         }
@@ -215,6 +218,10 @@ pub struct Fmp4Options {
     pub source: PathBuf,
     /// Segments close at the first keyframe past this.
     pub segment_duration: Duration,
+    /// Low-latency live: every fragment is announced as a part of its
+    /// segment the moment it is in, rather than whole segments as they
+    /// close.
+    pub parts: bool,
     pub import: ImportOptions,
     pub name: String,
 }
@@ -244,7 +251,10 @@ pub async fn open_fmp4_source(
 /// until it ends or `events` is closed: its initialisation section is
 /// stored and named in the channel record, and its fragments are cut into
 /// segments of about `segment_duration` (`shoal_storage::cmaf`), each
-/// published as it closes, named `<sequence>.m4s`. Until its first byte
+/// published as it closes, named `<sequence>.m4s`; or, with
+/// [`Fmp4Options::parts`], each fragment is published as a part as soon as
+/// it is in, named `<segment>.<part>.m4s`, and the channel record is
+/// stored again as each segment closes. Until its first byte
 /// the stream is waited for (an encoder not started yet); after it, the
 /// end of the stream ends the broadcast. Invalid input stops the broadcast
 /// with an error naming the box; what was published stays.
@@ -262,6 +272,10 @@ pub async fn broadcast_fmp4<R: tokio::io::AsyncRead + Unpin>(
     let mut reader = FragmentReader::new();
     let target_us = u64::try_from(options.segment_duration.as_micros()).unwrap_or(u64::MAX);
     let mut cutter = SegmentCutter::new(target_us);
+    let mut part_cutter = options.parts.then(|| PartCutter::new(target_us));
+    // The segment under way's duration, in parts mode.
+    let mut open_us = 0u64;
+    let mut next_unit = 0u64;
     let mut encoder = Encoder::default();
     let mut renditions = vec![RenditionState {
         info: LiveRendition {
@@ -276,7 +290,9 @@ pub async fn broadcast_fmp4<R: tokio::io::AsyncRead + Unpin>(
     }];
     let mut buf = vec![0u8; STREAM_READ];
     let mut record_sequence = 0u64;
-    let mut target_duration_us = 0u64;
+    // Parts are listed before their segment closes; the playlist's
+    // target duration must cover it from the start.
+    let mut target_duration_us = if options.parts { target_us } else { 0 };
     let mut started = false;
     loop {
         if events.is_closed() {
@@ -296,9 +312,11 @@ pub async fn broadcast_fmp4<R: tokio::io::AsyncRead + Unpin>(
             }
         }
         started = true;
-        let mut segments = Vec::new();
+        // What to publish: (bytes, duration, part).
+        let mut units: Vec<(Vec<u8>, u64, Option<PartOf>)> = Vec::new();
+        let mut record_due = record_sequence == 0;
         if n == 0 {
-            segments.extend(cutter.finish());
+            units.extend(cutter.finish().map(|s| (s.bytes, s.duration_us, None)));
         } else {
             reader.push(&buf[..n]);
             while let Some(item) = reader.poll_item().map_err(|e| input_err(source, e))? {
@@ -318,22 +336,49 @@ pub async fn broadcast_fmp4<R: tokio::io::AsyncRead + Unpin>(
                         renditions[0].info.init = Some(stored.manifest_cid);
                     }
                     Item::Fragment(f) => {
-                        segments.extend(cutter.push(f).map_err(|e| input_err(source, e))?);
+                        let Some(parts) = &mut part_cutter else {
+                            let closed = cutter.push(f).map_err(|e| input_err(source, e))?;
+                            units.extend(closed.map(|s| (s.bytes, s.duration_us, None)));
+                            continue;
+                        };
+                        let Some(p) = parts.push(f).map_err(|e| input_err(source, e))? else {
+                            continue;
+                        };
+                        if p.index == 0 && p.segment > 0 {
+                            // The segment before closed: the record says so.
+                            target_duration_us = target_duration_us.max(open_us);
+                            open_us = 0;
+                            record_due = true;
+                        }
+                        open_us = open_us.saturating_add(p.fragment.duration_us);
+                        let part = PartOf {
+                            segment: p.segment,
+                            index: p.index,
+                            independent: p.fragment.independent,
+                        };
+                        units.push((p.fragment.bytes, p.fragment.duration_us, Some(part)));
                     }
                 }
             }
         }
         let mut imported = Vec::new();
-        for seg in segments {
+        for (bytes, duration_us, part) in units {
             let state = &mut renditions[0];
-            let sequence = state.last.map_or(0, |l| l + 1);
-            let uri = format!("{sequence}.m4s");
-            target_duration_us = target_duration_us.max(seg.duration_us);
+            let sequence = next_unit;
+            next_unit += 1;
+            let uri = match part {
+                Some(p) => format!("{}.{}.m4s", p.segment, p.index),
+                None => {
+                    target_duration_us = target_duration_us.max(duration_us);
+                    format!("{sequence}.m4s")
+                }
+            };
             let new = NewSegment {
                 rendition: 0,
                 sequence,
                 uri: &uri,
-                duration_us: seg.duration_us,
+                duration_us,
+                part,
             };
             let (announcement, published) = announce_segment(
                 &node,
@@ -343,21 +388,26 @@ pub async fn broadcast_fmp4<R: tokio::io::AsyncRead + Unpin>(
                 state,
                 new,
                 source,
-                seg.bytes,
+                bytes,
             )
             .await?;
             imported.push((0, announcement, published));
         }
         if !imported.is_empty() {
-            record_sequence += 1;
-            let record = Record {
-                name: &options.name,
-                origins: &[],
-                import: &options.import,
-                sequence: record_sequence,
-                target_duration_us,
+            let record = if record_due || !options.parts {
+                record_sequence += 1;
+                Some(Record {
+                    name: &options.name,
+                    origins: &[],
+                    import: &options.import,
+                    sequence: record_sequence,
+                    target_duration_us,
+                })
+            } else {
+                None
             };
-            if !publish(&node, &key, &record, &renditions, imported, &events).await? {
+            let record = record.as_ref();
+            if !publish(&node, &key, record, &renditions, imported, &events).await? {
                 return Ok(());
             }
         }
@@ -380,20 +430,47 @@ struct Record<'a> {
     target_duration_us: u64,
 }
 
-/// Signs and stores a new channel record, then publishes the round's
-/// announcements and reports each segment on `events`; `false` once
-/// `events` is closed (the caller went away). The record goes first: a
-/// viewer that hears an announcement and looks for the channel's origins
-/// or initialisation section finds the record already.
+/// Signs and stores a new channel record (if there is one to store), then
+/// publishes the round's announcements and reports each segment on
+/// `events`; `false` once `events` is closed (the caller went away). The
+/// record goes first: a viewer that hears an announcement and looks for
+/// the channel's origins or initialisation section finds the record
+/// already.
 async fn publish(
     node: &Node,
     key: &ChannelKey,
-    record: &Record<'_>,
+    record: Option<&Record<'_>>,
     renditions: &[RenditionState],
     imported: Vec<(u16, Vec<u8>, Published)>,
     events: &mpsc::Sender<Published>,
 ) -> Result<bool, BroadcastError> {
     let channel = key.id();
+    if let Some(record) = record {
+        put_record(node, key, record, renditions).await?;
+    }
+    for (rendition, announcement, published) in imported {
+        node.publish(channel, rendition, announcement).await?;
+        tracing::info!(
+            %channel,
+            rendition,
+            sequence = published.sequence,
+            bytes = published.bytes,
+            "published"
+        );
+        if events.send(published).await.is_err() {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// Signs a new channel record and stores it (in the DHT, and here).
+async fn put_record(
+    node: &Node,
+    key: &ChannelKey,
+    record: &Record<'_>,
+    renditions: &[RenditionState],
+) -> Result<(), BroadcastError> {
     let signed = ChannelRecord {
         name: record.name.to_owned(),
         sequence: record.sequence,
@@ -416,22 +493,9 @@ async fn publish(
             .unwrap_or_default(),
         ..ChannelRecord::default()
     };
-    node.put_channel_record(channel, key.sign_record(&signed))
+    node.put_channel_record(key.id(), key.sign_record(&signed))
         .await?;
-    for (rendition, announcement, published) in imported {
-        node.publish(channel, rendition, announcement).await?;
-        tracing::info!(
-            %channel,
-            rendition,
-            sequence = published.sequence,
-            bytes = published.bytes,
-            "published"
-        );
-        if events.send(published).await.is_err() {
-            return Ok(false);
-        }
-    }
-    Ok(true)
+    Ok(())
 }
 
 /// Stores the rendition's fMP4 initialisation section (`EXT-X-MAP`) when
@@ -529,6 +593,7 @@ async fn import_new_segment(
         sequence,
         uri: &seg.uri,
         duration_us: seg.duration_us,
+        part: None,
     };
     announce_segment(
         node,
@@ -550,6 +615,8 @@ struct NewSegment<'a> {
     /// Its name in announcements (the encoder's file, under an origin).
     uri: &'a str,
     duration_us: u64,
+    /// Where it sits in its segment, when it is a part.
+    part: Option<PartOf>,
 }
 
 /// Stores a segment's shards, signs its announcement and adds it to the
@@ -571,6 +638,7 @@ async fn announce_segment(
         sequence,
         uri,
         duration_us,
+        part,
     } = seg;
     let len = bytes.len() as u64;
     let stored = store_segment(
@@ -583,22 +651,29 @@ async fn announce_segment(
         Some(duration_us),
     )
     .await?;
-    let announcement = key.announce(
+    let announcement = key.sign_announcement(Announcement {
+        version: 0,
+        channel: Vec::new(),
         rendition,
         sequence,
-        unix_ms(),
-        uri,
-        &node.peer_id().to_bytes(),
-        stored.manifest_bytes.clone(),
-    );
-    state.last = Some(sequence);
-    state.recent.push_back(RecentSegment {
-        sequence,
-        manifest: stored.manifest_cid,
-        duration_us,
+        published_ms: unix_ms(),
+        uri: uri.to_owned(),
+        publisher: node.peer_id().to_bytes(),
+        manifest: stored.manifest_bytes.clone(),
+        part,
     });
-    while state.recent.len() > RECORD_WINDOW {
-        state.recent.pop_front();
+    state.last = Some(sequence);
+    // A late joiner seeds from the record's whole segments; parts come
+    // too fast for that to pay, and it waits for the next segment's first.
+    if part.is_none() {
+        state.recent.push_back(RecentSegment {
+            sequence,
+            manifest: stored.manifest_cid,
+            duration_us,
+        });
+        while state.recent.len() > RECORD_WINDOW {
+            state.recent.pop_front();
+        }
     }
     let published = Published {
         rendition,
@@ -606,6 +681,7 @@ async fn announce_segment(
         uri: uri.to_owned(),
         bytes: len,
         manifest: stored.manifest_cid.to_string(),
+        part,
     };
     Ok((announcement, published))
 }

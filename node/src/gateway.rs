@@ -11,6 +11,14 @@
 //!   playlist, the segments this node holds complete, oldest first.
 //! - `/live/<channel>/<rendition>/<sequence>.<ext>`: a segment, rebuilt
 //!   from its shards and checked against its hash.
+//! - Low-latency channels (their units are parts, [`crate::ll_hls`]): the
+//!   media playlist is LL-HLS, and a request for it with `_HLS_msn` (and
+//!   `_HLS_part`) waits until the playlist holds that segment or part
+//!   (400 when it is too far ahead, 503 after three target durations);
+//!   `/live/<channel>/<rendition>/<segment>.<part>.<ext>` is a part, and a
+//!   request for one not in yet (the preload hint) waits for it as long;
+//!   `<segment>.<ext>` is the segment's parts back to back. A site may
+//!   have [`WAITS_PER_SITE`] such requests waiting at once.
 //! - `/live/<channel>/stats.json`: the session's numbers and the node's
 //!   peer count, read-only (the player page charts them).
 //! - `/vod/<root>/index.m3u8` (and `<rendition>/index.m3u8`,
@@ -44,15 +52,17 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use shoal_protocol::block::Cid;
 use shoal_protocol::channel::ChannelId;
-use shoal_protocol::http::{GatewayPath, PathError};
+use shoal_protocol::http::{BlockingReload, GatewayPath, PathError, ReloadAnswer, reload_wait};
 use shoal_protocol::manifest::{StreamKind, StreamManifest};
 use shoal_storage::assemble::load_stream;
 use shoal_storage::hls;
 
-use crate::live::LiveView;
+use crate::live::{LiveView, RenditionView};
+use crate::ll_hls::{PartState, has_parts, ll_media, part_state, segment_parts};
 use crate::local_http::{Access, Refused, Site};
 use crate::stats::LiveStatsReport;
 use crate::{Node, NodeError};
+use shoal_protocol::live::group_parts;
 
 /// How long a first playlist request waits for the first segment of a
 /// channel just joined: a late joiner's first segments arrive within a
@@ -78,6 +88,14 @@ pub const FETCHES_PER_SITE: usize = 4;
 /// Of those, how many may be prefetches: a player's own request always
 /// finds a slot.
 const PREFETCHES_PER_SITE: usize = 2;
+
+/// Blocking requests (a playlist reload or a part not in yet) one site may
+/// have waiting at once: hls.js keeps one of each per rendition it loads.
+pub const WAITS_PER_SITE: usize = 8;
+
+/// How often a waiting request looks again when no event of its channel
+/// woke it (a part passed over at its deadline sends none).
+const WAIT_RECHECK: Duration = Duration::from_millis(100);
 
 const PLAYLIST_TYPE: &str = "application/vnd.apple.mpegurl";
 
@@ -155,8 +173,8 @@ pub struct Gateway {
     access: Access,
     /// Channels each site had the gateway start watching.
     watches: tokio::sync::Mutex<HashMap<Site, HashSet<ChannelId>>>,
-    /// On-demand fetches running per site.
-    fetches: Mutex<HashMap<Site, usize>>,
+    /// On-demand fetches and blocking requests running per site.
+    slots: Mutex<HashMap<(Site, SlotKind), usize>>,
     /// The first path segment every request must carry ([`serve_private`]).
     secret: Option<String>,
 }
@@ -167,7 +185,7 @@ impl Gateway {
             node,
             access,
             watches: Default::default(),
-            fetches: Mutex::default(),
+            slots: Mutex::default(),
             secret: None,
         })
     }
@@ -230,37 +248,59 @@ impl Gateway {
 
     /// A slot for one on-demand fetch of `site` while it runs fewer than
     /// `limit`, freed when dropped.
-    fn fetch_slot(self: &Arc<Self>, site: &Site, limit: usize) -> GatewayResult<FetchSlot> {
-        let mut fetches = self.fetches.lock().unwrap_or_else(|e| e.into_inner());
-        let running = fetches.entry(site.clone()).or_default();
-        if *running >= limit {
-            return Err(GatewayError::new(
+    fn fetch_slot(self: &Arc<Self>, site: &Site, limit: usize) -> GatewayResult<Slot> {
+        self.slot(site, SlotKind::Fetch, limit).ok_or_else(|| {
+            GatewayError::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 format!("{FETCHES_PER_SITE} fetches are running for this player already"),
-            ));
+            )
+        })
+    }
+
+    /// A slot for one blocking request of `site`, freed when dropped.
+    fn wait_slot(self: &Arc<Self>, site: &Site) -> GatewayResult<Slot> {
+        self.slot(site, SlotKind::Wait, WAITS_PER_SITE)
+            .ok_or_else(|| {
+                GatewayError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    format!("{WAITS_PER_SITE} requests of this player are waiting already"),
+                )
+            })
+    }
+
+    fn slot(self: &Arc<Self>, site: &Site, kind: SlotKind, limit: usize) -> Option<Slot> {
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        let running = slots.entry((site.clone(), kind)).or_default();
+        if *running >= limit {
+            return None;
         }
         *running += 1;
-        Ok(FetchSlot {
+        Some(Slot {
             gateway: self.clone(),
-            site: site.clone(),
+            key: (site.clone(), kind),
         })
     }
 }
 
-/// One running on-demand fetch of a site.
-struct FetchSlot {
-    gateway: Arc<Gateway>,
-    site: Site,
+/// What a site's slots are counted for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum SlotKind {
+    /// An on-demand fetch.
+    Fetch,
+    /// A blocking playlist reload or part request.
+    Wait,
 }
 
-impl Drop for FetchSlot {
+/// One running fetch or waiting request of a site.
+struct Slot {
+    gateway: Arc<Gateway>,
+    key: (Site, SlotKind),
+}
+
+impl Drop for Slot {
     fn drop(&mut self) {
-        let mut fetches = self
-            .gateway
-            .fetches
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = fetches.get_mut(&self.site) {
+        let mut slots = self.gateway.slots.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = slots.get_mut(&self.key) {
             *n = n.saturating_sub(1);
         }
     }
@@ -404,7 +444,7 @@ pub async fn serve_private(
         node,
         access: Access::default(),
         watches: Default::default(),
-        fetches: Mutex::default(),
+        slots: Mutex::default(),
         secret: Some(secret.to_owned()),
     };
     let app = private_router(Arc::new(gateway));
@@ -440,15 +480,16 @@ async fn player(
     axum::Extension(Asker(site)): axum::Extension<Asker>,
     uri: Uri,
 ) -> GatewayResult<Response> {
+    let query = uri.query().unwrap_or("");
     match GatewayPath::parse(g.unprefixed(uri.path())?)? {
-        GatewayPath::LiveTop { channel } => live_top(&g, &site, channel).await,
+        GatewayPath::LiveTop { channel } => live_top(&g, &site, channel, query).await,
         // An app's private gateway serves playlists and segments only.
         GatewayPath::LiveStats { .. } if g.secret.is_some() => {
             Err(GatewayError::new(StatusCode::NOT_FOUND, "not found"))
         }
         GatewayPath::LiveStats { channel } => live_stats(&g, channel).await,
         GatewayPath::LiveMedia { channel, rendition } => {
-            live_media(&g, &site, channel, rendition.into()).await
+            live_media(&g, &site, channel, rendition.into(), query).await
         }
         GatewayPath::LiveInit { channel, rendition } => {
             live_init(&g, &site, channel, rendition.into()).await
@@ -458,6 +499,12 @@ async fn player(
             rendition,
             sequence,
         } => live_segment(&g, channel, rendition.into(), sequence).await,
+        GatewayPath::LivePart {
+            channel,
+            rendition,
+            segment,
+            part,
+        } => live_part(&g, &site, channel, rendition.into(), segment, part).await,
         GatewayPath::VodTop { root } => vod_top(&g, &site, root).await,
         GatewayPath::VodMedia { root, rendition } => {
             vod_media(&g, &site, root, rendition.into()).await
@@ -486,7 +533,7 @@ async fn view_with_segments(
         let view = g.node.live_view(channel).await?.ok_or_else(|| {
             GatewayError::new(StatusCode::NOT_FOUND, format!("not watching {channel}"))
         })?;
-        if view.renditions.iter().any(|r| !r.playlist.is_empty()) {
+        if view.renditions.iter().any(playable) {
             return Ok(view);
         }
         if tokio::time::Instant::now() >= deadline {
@@ -496,6 +543,16 @@ async fn view_with_segments(
             ));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Whether a player may start on a rendition: it lists a segment (or,
+/// in low-latency live, a segment's first part).
+fn playable(r: &RenditionView) -> bool {
+    if has_parts(r) {
+        group_parts(&r.playlist).open.is_some()
+    } else {
+        !r.playlist.is_empty()
     }
 }
 
@@ -553,12 +610,16 @@ fn media_playlist(view: &LiveView, rendition: usize) -> Option<String> {
     ))
 }
 
-async fn live_top(g: &Arc<Gateway>, site: &Site, channel: ChannelId) -> GatewayResult<Response> {
+async fn live_top(
+    g: &Arc<Gateway>,
+    site: &Site,
+    channel: ChannelId,
+    query: &str,
+) -> GatewayResult<Response> {
     let view = view_with_segments(g, site, channel).await?;
     if view.renditions.len() <= 1 {
-        let text = media_playlist(&view, 0).unwrap_or_default();
         // Segment URIs are relative to the rendition's folder.
-        return Ok(playlist(prefix_uris(&text, "0/")));
+        return serve_media(g, site, view, 0, query, "0/").await;
     }
     Ok(master_playlist(view.renditions.iter().map(|r| {
         (
@@ -574,15 +635,103 @@ async fn live_media(
     site: &Site,
     channel: ChannelId,
     rendition: usize,
+    query: &str,
 ) -> GatewayResult<Response> {
     let view = view_with_segments(g, site, channel).await?;
-    let text = media_playlist(&view, rendition).ok_or_else(|| {
-        GatewayError::new(
-            StatusCode::NOT_FOUND,
-            format!("channel {channel} has no rendition {rendition}"),
-        )
-    })?;
-    Ok(playlist(text))
+    serve_media(g, site, view, rendition, query, "").await
+}
+
+/// Rendition `rendition`'s media playlist (its URIs under `prefix`) from
+/// `view` on: at once, or for a blocking reload (`query`) once it holds
+/// what was asked.
+async fn serve_media(
+    g: &Arc<Gateway>,
+    site: &Site,
+    mut view: LiveView,
+    rendition: usize,
+    query: &str,
+    prefix: &str,
+) -> GatewayResult<Response> {
+    let channel = view.channel;
+    let reload =
+        BlockingReload::parse(query).map_err(|e| GatewayError::new(StatusCode::BAD_REQUEST, e))?;
+    let mut events = g.node.events();
+    let mut waiting: Option<(Slot, tokio::time::Instant)> = None;
+    loop {
+        let r = view.renditions.get(rendition).ok_or_else(|| {
+            GatewayError::new(
+                StatusCode::NOT_FOUND,
+                format!("channel {channel} has no rendition {rendition}"),
+            )
+        })?;
+        if !has_parts(r) {
+            // Whole segments: nothing to block for.
+            let text = media_playlist(&view, rendition).unwrap_or_default();
+            return Ok(playlist(prefix_uris(&text, prefix)));
+        }
+        let media = ll_media(r, view.target_duration_us).ok_or_else(|| {
+            GatewayError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "no segment of rendition {rendition} has begun here yet; try again shortly"
+                ),
+            )
+        })?;
+        match reload.map_or(ReloadAnswer::Ready, |b| b.answer(&media.edge)) {
+            ReloadAnswer::Ready => return Ok(playlist(prefix_uris(&media.text, prefix))),
+            ReloadAnswer::TooFar => {
+                return Err(GatewayError::new(
+                    StatusCode::BAD_REQUEST,
+                    "_HLS_msn or _HLS_part is too far beyond the playlist's end",
+                ));
+            }
+            ReloadAnswer::Wait => {}
+        }
+        let until = match &waiting {
+            Some((_, until)) => *until,
+            None => {
+                let until = tokio::time::Instant::now() + reload_wait(view.target_duration_us);
+                waiting = Some((g.wait_slot(site)?, until));
+                until
+            }
+        };
+        if tokio::time::Instant::now() >= until {
+            return Err(GatewayError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the playlist did not reach the asked segment or part in three target durations",
+            ));
+        }
+        wait_for_channel(&mut events, channel, until).await;
+        view = g.node.live_view(channel).await?.ok_or_else(|| {
+            GatewayError::new(StatusCode::NOT_FOUND, format!("not watching {channel}"))
+        })?;
+    }
+}
+
+/// Waits until `channel`'s session reports something, [`WAIT_RECHECK`]
+/// passes, or `until`, whichever comes first.
+async fn wait_for_channel(
+    events: &mut tokio::sync::broadcast::Receiver<crate::NodeEvent>,
+    channel: ChannelId,
+    until: tokio::time::Instant,
+) {
+    use tokio::sync::broadcast::error::RecvError;
+    let recheck = (tokio::time::Instant::now() + WAIT_RECHECK).min(until);
+    let heard = async {
+        loop {
+            match events.recv().await {
+                Ok(crate::NodeEvent::Live { channel: c, .. }) if c == channel => return,
+                Ok(_) => {}
+                // Missed some: look now.
+                Err(RecvError::Lagged(_)) => return,
+                Err(RecvError::Closed) => std::future::pending::<()>().await,
+            }
+        }
+    };
+    tokio::select! {
+        () = heard => {}
+        () = tokio::time::sleep_until(recheck) => {}
+    }
 }
 
 /// The session's numbers, without starting one: `session` is `null` while
@@ -627,6 +776,19 @@ async fn live_segment(
     };
     let view = g.node.live_view(channel).await?.ok_or_else(not_found)?;
     let r = view.renditions.get(rendition).ok_or_else(not_found)?;
+    if has_parts(r) {
+        // A segment is its parts back to back.
+        let parts = segment_parts(r, sequence).ok_or_else(not_found)?;
+        let mut bytes = Vec::new();
+        for (manifest, unit) in parts {
+            bytes.extend(read_segment(&g.node, manifest, unit).await?);
+        }
+        return Ok((
+            [(header::CONTENT_TYPE, media_type(&r.info.segment_extension))],
+            Body::from(bytes),
+        )
+            .into_response());
+    }
     let w = r
         .window
         .iter()
@@ -639,6 +801,57 @@ async fn live_segment(
         Body::from(bytes),
     )
         .into_response())
+}
+
+/// Part `part` of segment `segment`: at once if held, else (the preload
+/// hint a player asks for ahead) when it comes, within three target
+/// durations; 404 for one that will not come.
+async fn live_part(
+    g: &Arc<Gateway>,
+    site: &Site,
+    channel: ChannelId,
+    rendition: usize,
+    segment: u64,
+    part: u32,
+) -> GatewayResult<Response> {
+    let not_found = || {
+        GatewayError::new(
+            StatusCode::NOT_FOUND,
+            format!(
+                "part {part} of segment {segment} of rendition {rendition} of channel {channel} is not held here (any more)"
+            ),
+        )
+    };
+    let mut events = g.node.events();
+    let mut waiting: Option<(Slot, tokio::time::Instant)> = None;
+    loop {
+        let view = g.node.live_view(channel).await?.ok_or_else(not_found)?;
+        let r = view.renditions.get(rendition).ok_or_else(not_found)?;
+        match part_state(r, segment, part) {
+            PartState::Held { manifest, sequence } => {
+                let bytes = read_segment(&g.node, manifest, sequence).await?;
+                return Ok((
+                    [(header::CONTENT_TYPE, media_type(&r.info.segment_extension))],
+                    Body::from(bytes),
+                )
+                    .into_response());
+            }
+            PartState::Never => return Err(not_found()),
+            PartState::Coming => {}
+        }
+        let until = match &waiting {
+            Some((_, until)) => *until,
+            None => {
+                let until = tokio::time::Instant::now() + reload_wait(view.target_duration_us);
+                waiting = Some((g.wait_slot(site)?, until));
+                until
+            }
+        };
+        if tokio::time::Instant::now() >= until {
+            return Err(not_found());
+        }
+        wait_for_channel(&mut events, channel, until).await;
+    }
 }
 
 /// An fMP4 rendition's initialisation section, as its channel record
@@ -827,10 +1040,12 @@ fn prefix_uris(text: &str, prefix: &str) -> String {
     for line in text.lines() {
         if !line.starts_with('#') && !line.is_empty() {
             out.push_str(prefix);
-        } else if let Some(rest) = line.strip_prefix("#EXT-X-MAP:URI=\"") {
-            out.push_str("#EXT-X-MAP:URI=\"");
+        } else if let Some(at) = line.find("URI=\"") {
+            // A tag naming a file: EXT-X-MAP, EXT-X-PART, the preload hint.
+            let (tag, uri) = line.split_at(at + 5);
+            out.push_str(tag);
             out.push_str(prefix);
-            out.push_str(rest);
+            out.push_str(uri);
             out.push('\n');
             continue;
         }

@@ -30,6 +30,8 @@ pub mod ip_limit;
 pub mod limits;
 pub mod live;
 #[cfg(feature = "gateway")]
+pub mod ll_hls;
+#[cfg(feature = "gateway")]
 pub mod local_http;
 #[cfg(feature = "gateway")]
 pub mod origin;

@@ -56,6 +56,11 @@ pub const MAX_PUBLISHER_ID: usize = 64;
 /// Renditions of a live channel.
 pub const MAX_LIVE_RENDITIONS: usize = 16;
 
+/// Parts of one segment: 10 s segments (the longest a broadcast takes) of
+/// 100 ms parts, with room to spare. The gateway names parts by their
+/// place, so the bound keeps those names short.
+pub const MAX_PARTS_PER_SEGMENT: u32 = 256;
+
 const ANNOUNCEMENT_TAG: &[u8] = b"shoal/announcement/1\0";
 const RECORD_TAG: &[u8] = b"shoal/channel-record/1\0";
 
@@ -198,19 +203,25 @@ impl ChannelKey {
         publisher: &[u8],
         manifest: Vec<u8>,
     ) -> Vec<u8> {
-        self.seal(
-            ANNOUNCEMENT_TAG,
-            &Announcement {
-                version: CHANNEL_VERSION,
-                channel: self.id().0.to_vec(),
-                rendition,
-                sequence,
-                published_ms,
-                uri: uri.to_owned(),
-                publisher: publisher.to_vec(),
-                manifest,
-            },
-        )
+        self.sign_announcement(Announcement {
+            version: CHANNEL_VERSION,
+            channel: Vec::new(),
+            rendition,
+            sequence,
+            published_ms,
+            uri: uri.to_owned(),
+            publisher: publisher.to_vec(),
+            manifest,
+            part: None,
+        })
+    }
+
+    /// Signs an announcement (of a part, say) as this channel: its
+    /// `channel` and `version` are set here.
+    pub fn sign_announcement(&self, mut a: Announcement) -> Vec<u8> {
+        a.version = CHANNEL_VERSION;
+        a.channel = self.id().0.to_vec();
+        self.seal(ANNOUNCEMENT_TAG, &a)
     }
 
     /// Signs a channel record. The record's `channel` is set to this key.
@@ -260,6 +271,25 @@ pub struct Announcement {
     /// disagree.
     #[serde(with = "serde_bytes_strict")]
     pub manifest: Vec<u8>,
+    /// Set when what is announced is a part of a segment (low-latency
+    /// live): the unit the swarm moves is then the part, `sequence`
+    /// counts parts, and a segment is its parts back to back. Absent for
+    /// a whole segment, so those announcements read as before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub part: Option<PartOf>,
+}
+
+/// Where an announced part sits: its segment and its place in it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PartOf {
+    /// The segment's media sequence number.
+    pub segment: u64,
+    /// Its place in the segment, from 0.
+    pub index: u32,
+    /// Its first sample decodes alone (`INDEPENDENT=YES`): a player may
+    /// start here. A segment's first part always does.
+    pub independent: bool,
 }
 
 /// An announcement whose signature and contents have been checked.
@@ -274,6 +304,7 @@ pub struct VerifiedAnnouncement {
     pub manifest_cid: Cid,
     pub manifest_bytes: Vec<u8>,
     pub manifest: SegmentManifest,
+    pub part: Option<PartOf>,
 }
 
 impl Announcement {
@@ -297,6 +328,19 @@ impl Announcement {
                 a.publisher.len()
             )));
         }
+        if let Some(p) = &a.part {
+            if p.index >= MAX_PARTS_PER_SEGMENT {
+                return Err(ChannelError::Invalid(format!(
+                    "part {} of a segment; at most {MAX_PARTS_PER_SEGMENT}",
+                    p.index
+                )));
+            }
+            if p.index == 0 && !p.independent {
+                return Err(ChannelError::Invalid(
+                    "a segment's first part does not decode alone".into(),
+                ));
+            }
+        }
         let manifest = SegmentManifest::from_block(&a.manifest)?;
         if manifest.index != a.sequence {
             return Err(ChannelError::Invalid(format!(
@@ -314,6 +358,7 @@ impl Announcement {
             manifest_cid: crate::block::cid_of(crate::block::Codec::DagCbor, &a.manifest),
             manifest_bytes: a.manifest,
             manifest,
+            part: a.part,
         })
     }
 }
@@ -646,6 +691,49 @@ mod tests {
             let mut bad = bytes.clone();
             bad[i] ^= 1;
             assert!(Announcement::open(&k.id(), &bad).is_err());
+        }
+    }
+
+    #[test]
+    fn a_part_announcement_says_where_the_part_sits_and_is_checked() {
+        let k = key(1);
+        let part = |segment, index, independent| Announcement {
+            version: 0,
+            channel: Vec::new(),
+            rendition: 0,
+            sequence: 7,
+            published_ms: 1000,
+            uri: "3.2.m4s".into(),
+            publisher: b"peer".to_vec(),
+            manifest: manifest(7),
+            part: Some(PartOf {
+                segment,
+                index,
+                independent,
+            }),
+        };
+        let a = Announcement::open(&k.id(), &k.sign_announcement(part(3, 2, false))).unwrap();
+        let expected = PartOf {
+            segment: 3,
+            index: 2,
+            independent: false,
+        };
+        assert_eq!(a.part, Some(expected));
+        // A whole segment's announcement carries no part, and its bytes
+        // are what they were before parts existed.
+        let whole = k.announce(0, 7, 1000, "seg7.ts", b"peer", manifest(7));
+        assert_eq!(Announcement::open(&k.id(), &whole).unwrap().part, None);
+        let mut plain = part(0, 0, true);
+        plain.uri = "seg7.ts".into();
+        plain.part = None;
+        assert_eq!(k.sign_announcement(plain), whole);
+        // A first part that cannot start playback, and a part past the
+        // limit, are refused although signed.
+        for bad in [part(3, 0, false), part(3, MAX_PARTS_PER_SEGMENT, true)] {
+            assert!(matches!(
+                Announcement::open(&k.id(), &k.sign_announcement(bad)),
+                Err(ChannelError::Invalid(_))
+            ));
         }
     }
 

@@ -53,6 +53,14 @@ pub enum GatewayPath {
         rendition: u16,
         sequence: u64,
     },
+    /// `/live/<channel>/<rendition>/<segment>.<part>.<ext>`: a part of a
+    /// low-latency segment.
+    LivePart {
+        channel: ChannelId,
+        rendition: u16,
+        segment: u64,
+        part: u32,
+    },
     /// `/vod/<root>/index.m3u8`
     VodTop { root: Cid },
     /// `/vod/<root>/<rendition>/index.m3u8`
@@ -102,11 +110,19 @@ impl GatewayPath {
                 match *last {
                     "index.m3u8" => Ok(GatewayPath::LiveMedia { channel, rendition }),
                     "init.mp4" => Ok(GatewayPath::LiveInit { channel, rendition }),
-                    _ => Ok(GatewayPath::LiveSegment {
-                        channel,
-                        rendition,
-                        sequence: segment_number(last).ok_or(PathError::NotFound)?,
-                    }),
+                    _ => match part_name(last) {
+                        Some((segment, part)) => Ok(GatewayPath::LivePart {
+                            channel,
+                            rendition,
+                            segment,
+                            part,
+                        }),
+                        None => Ok(GatewayPath::LiveSegment {
+                            channel,
+                            rendition,
+                            sequence: segment_number(last).ok_or(PathError::NotFound)?,
+                        }),
+                    },
                 }
             }
             ["vod", root, "index.m3u8"] => Ok(GatewayPath::VodTop {
@@ -158,6 +174,14 @@ fn segment_number(name: &str) -> Option<u64> {
         && extension.len() <= MAX_EXTENSION
         && extension.bytes().all(|b| b.is_ascii_alphanumeric());
     extension_ok.then(|| path_number(number)).flatten()
+}
+
+/// `<digits>.<digits>.<extension>`: a part's segment and place.
+fn part_name(name: &str) -> Option<(u64, u32)> {
+    let (segment, rest) = name.split_once('.')?;
+    let (part, _) = rest.split_once('.')?;
+    let part = u32::try_from(path_number(part)?).ok()?;
+    Some((path_number(segment)?, segment_number(rest).map(|_| part)?))
 }
 
 /// A number in a path: decimal, and `0` is the only one that starts with
@@ -413,6 +437,15 @@ mod tests {
                 },
             ),
             (
+                format!("/live/{c}/0/1234.0.m4s"),
+                GatewayPath::LivePart {
+                    channel: c,
+                    rendition: 0,
+                    segment: 1234,
+                    part: 0,
+                },
+            ),
+            (
                 format!("/vod/{r}/index.m3u8"),
                 GatewayPath::VodTop { root: r },
             ),
@@ -461,6 +494,11 @@ mod tests {
             format!("/live/{c}/65536/index.m3u8"),
             format!("/live/{c}/0/18446744073709551616.ts"),
             format!("/live/{c}/0/1.averylongext"),
+            format!("/live/{c}/0/1.01.m4s"),
+            format!("/live/{c}/0/1.+1.m4s"),
+            format!("/live/{c}/0/1.4294967296.m4s"),
+            format!("/live/{c}/0/1.2.m4s.m4s"),
+            format!("/live/{c}/0/1..m4s"),
             format!("/live/{c}//index.m3u8"),
             format!("/live/{c}/0/../index.m3u8"),
             format!("live/{c}/index.m3u8"),

@@ -5,7 +5,9 @@
 //!
 //! Sans-IO: [`FragmentReader::push`] takes bytes as they come, in any
 //! pieces, and [`FragmentReader::poll_item`] hands out what is complete;
-//! [`SegmentCutter`] joins fragments into segments. What they guarantee:
+//! [`SegmentCutter`] joins fragments into segments, and [`PartCutter`]
+//! makes the same cuts but hands each fragment on at once as a part of its
+//! segment (low-latency live). What they guarantee:
 //!
 //! - **Nothing is buffered beyond its limit**: a box's declared size is
 //!   checked against [`MAX_INIT_BYTES`] or [`MAX_FRAGMENT_BYTES`] as soon
@@ -62,6 +64,10 @@ pub enum CmafError {
     Early(String),
     #[error("no independent fragment for {0} bytes: give the encoder a shorter keyframe interval")]
     NoKeyframe(usize),
+    #[error(
+        "no independent fragment for {0} parts: give the encoder a shorter keyframe interval or longer fragments"
+    )]
+    TooManyParts(u32),
 }
 
 /// One fragment: every box from a `moof` up to the end of its `mdat`.
@@ -535,6 +541,95 @@ pub struct CutSegment {
     pub parts: Vec<Part>,
 }
 
+/// Whether `fragment` closes a segment of `current_us` so far: it is
+/// independent and the segment has reached its target.
+fn closes(fragment: &Fragment, current_us: Option<u64>, target_us: u64) -> bool {
+    fragment.independent && current_us.is_some_and(|d| d >= target_us)
+}
+
+/// A fragment placed in its segment ([`PartCutter::push`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PlacedPart {
+    /// The segment, counted from 0 at the first independent fragment.
+    pub segment: u64,
+    /// Its place in the segment, from 0 (always independent).
+    pub index: u32,
+    pub fragment: Fragment,
+}
+
+/// Where the segment under way stands ([`PartCutter`]).
+#[derive(Clone, Copy, Debug)]
+struct OpenSegment {
+    segment: u64,
+    parts: u32,
+    duration_us: u64,
+    bytes: usize,
+}
+
+/// Makes [`SegmentCutter`]'s cuts, but hands each fragment on at once as
+/// a part of its segment: low-latency live moves parts as they exist. A
+/// segment (its parts back to back) stays within [`MAX_SEGMENT_BYTES`]
+/// and [`shoal_protocol::channel::MAX_PARTS_PER_SEGMENT`] parts.
+pub struct PartCutter {
+    target_us: u64,
+    current: Option<OpenSegment>,
+    /// Fragments dropped before the first independent one.
+    pub dropped: u64,
+}
+
+impl PartCutter {
+    pub fn new(target_us: u64) -> PartCutter {
+        PartCutter {
+            target_us,
+            current: None,
+            dropped: 0,
+        }
+    }
+
+    /// Places the next fragment; `None` for one dropped before the first
+    /// independent fragment.
+    pub fn push(&mut self, fragment: Fragment) -> Result<Option<PlacedPart>, CmafError> {
+        let duration = self.current.map(|c| c.duration_us);
+        let next = match self.current {
+            None if !fragment.independent => {
+                self.dropped += 1;
+                return Ok(None);
+            }
+            None => OpenSegment {
+                segment: 0,
+                parts: 0,
+                duration_us: 0,
+                bytes: 0,
+            },
+            Some(c) if closes(&fragment, duration, self.target_us) => OpenSegment {
+                segment: c.segment + 1,
+                parts: 0,
+                duration_us: 0,
+                bytes: 0,
+            },
+            Some(c) => c,
+        };
+        let bytes = next.bytes + fragment.bytes.len();
+        if bytes > MAX_SEGMENT_BYTES {
+            return Err(CmafError::NoKeyframe(bytes));
+        }
+        if next.parts >= shoal_protocol::channel::MAX_PARTS_PER_SEGMENT {
+            return Err(CmafError::TooManyParts(next.parts + 1));
+        }
+        self.current = Some(OpenSegment {
+            parts: next.parts + 1,
+            duration_us: next.duration_us.saturating_add(fragment.duration_us),
+            bytes,
+            ..next
+        });
+        Ok(Some(PlacedPart {
+            segment: next.segment,
+            index: next.parts,
+            fragment,
+        }))
+    }
+}
+
 /// Joins fragments into segments of about a target duration. See the
 /// module documentation.
 pub struct SegmentCutter {
@@ -555,12 +650,12 @@ impl SegmentCutter {
 
     /// Adds the next fragment; returns the segment it closed, if any.
     pub fn push(&mut self, fragment: Fragment) -> Result<Option<CutSegment>, CmafError> {
-        let closes = fragment.independent
-            && self
-                .current
-                .as_ref()
-                .is_some_and(|c| c.duration_us >= self.target_us);
-        let closed = if closes { self.current.take() } else { None };
+        let current_us = self.current.as_ref().map(|c| c.duration_us);
+        let closed = if closes(&fragment, current_us, self.target_us) {
+            self.current.take()
+        } else {
+            None
+        };
         let Some(current) = &mut self.current else {
             if !fragment.independent {
                 self.dropped += 1;
@@ -731,6 +826,60 @@ mod tests {
             }
             assert_eq!(at, s.bytes.len());
         }
+    }
+
+    #[test]
+    fn parts_are_placed_where_the_segment_cutter_cuts() {
+        let frag = |sync| Fragment {
+            bytes: fragment(15, sync),
+            independent: sync,
+            duration_us: 500_000,
+        };
+        let pattern = [false, true, false, false, true, false, false, true, true];
+        let mut segments = SegmentCutter::new(2_000_000);
+        let mut cut: Vec<CutSegment> = Vec::new();
+        let mut parts = PartCutter::new(2_000_000);
+        let mut placed = Vec::new();
+        for sync in pattern {
+            cut.extend(segments.push(frag(sync)).unwrap());
+            placed.extend(parts.push(frag(sync)).unwrap());
+        }
+        cut.extend(segments.finish());
+        assert_eq!(parts.dropped, 1);
+        let places: Vec<(u64, u32)> = placed.iter().map(|p| (p.segment, p.index)).collect();
+        assert_eq!(
+            places,
+            vec![
+                (0, 0),
+                (0, 1),
+                (0, 2),
+                (0, 3),
+                (0, 4),
+                (0, 5),
+                (1, 0),
+                (1, 1)
+            ]
+        );
+        // A segment is its parts back to back.
+        for (n, s) in cut.iter().enumerate() {
+            let joined: Vec<u8> = placed
+                .iter()
+                .filter(|p| p.segment == n as u64)
+                .flat_map(|p| p.fragment.bytes.clone())
+                .collect();
+            assert_eq!(joined, s.bytes);
+        }
+        // A stream that never brings another keyframe runs out of parts.
+        let mut parts = PartCutter::new(2_000_000);
+        let limit = shoal_protocol::channel::MAX_PARTS_PER_SEGMENT;
+        parts.push(frag(true)).unwrap();
+        for _ in 1..limit {
+            parts.push(frag(false)).unwrap();
+        }
+        assert_eq!(
+            parts.push(frag(false)),
+            Err(CmafError::TooManyParts(limit + 1))
+        );
     }
 
     #[test]

@@ -245,6 +245,33 @@ fn an_fmp4_channel_plays_from_a_viewers_gateway() {
     drop(encoder);
 }
 
+/// A FIFO in the sandbox, for an encoder to write into.
+fn make_fifo(sandbox: &Sandbox) -> std::path::PathBuf {
+    require_tool("mkfifo");
+    let fifo = sandbox.path("live.fifo");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    fifo
+}
+
+/// Writes `stream` (`seconds` of video) into `fifo` at about its
+/// real-time pace, as a live encoder would, from a thread.
+fn feed_fifo(fifo: &std::path::Path, stream: &[u8], seconds: usize) -> std::thread::JoinHandle<()> {
+    let (fifo, stream) = (fifo.to_owned(), stream.to_owned());
+    std::thread::spawn(move || {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+        let pieces = seconds * 5;
+        for chunk in stream.chunks(stream.len() / pieces + 1) {
+            f.write_all(chunk).unwrap();
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    })
+}
+
 /// An encoder writing fragmented MP4 into a FIFO (`broadcast --fmp4`):
 /// the stream is cut into 1 s segments at keyframes and played from a
 /// viewer's gateway, each segment the stream's own bytes.
@@ -252,7 +279,6 @@ fn an_fmp4_channel_plays_from_a_viewers_gateway() {
 fn a_piped_fmp4_stream_is_broadcast_and_plays_from_a_viewers_gateway() {
     use shoal_storage::cmaf::{FragmentReader, Item, SegmentCutter};
     require_tool("ffprobe");
-    require_tool("mkfifo");
     // The encoder's output, made first so that the test knows every byte;
     // written into the FIFO below at about its real-time pace.
     let stream = shoal_tests::live::fragmented_mp4(5, false);
@@ -275,12 +301,7 @@ fn a_piped_fmp4_stream_is_broadcast_and_plays_from_a_viewers_gateway() {
     let d1 = one.start_daemon(None);
     let d2 = two.start_daemon(Some(&d1.addr));
     let id = one.shoal(&["channel", "create", "pipe"]).ok().to_owned();
-    let fifo = one.path("live.fifo");
-    let made = std::process::Command::new("mkfifo")
-        .arg(&fifo)
-        .status()
-        .unwrap();
-    assert!(made.success());
+    let fifo = make_fifo(&one);
     // Mistakes first: one line each, nothing started.
     one.shoal(&["broadcast", "pipe", "--fmp4", "/no/such/fifo"])
         .fails_with("/no/such/fifo");
@@ -320,18 +341,7 @@ fn a_piped_fmp4_stream_is_broadcast_and_plays_from_a_viewers_gateway() {
         }
     };
     let _watch = Lines::spawn(two.command(&["watch", &id]));
-    let writer = {
-        let (fifo, stream) = (fifo.clone(), stream.clone());
-        std::thread::spawn(move || {
-            use std::io::Write;
-            let mut f = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
-            // Five seconds of stream in about five seconds.
-            for chunk in stream.chunks(stream.len() / 25 + 1) {
-                f.write_all(chunk).unwrap();
-                std::thread::sleep(Duration::from_millis(200));
-            }
-        })
-    };
+    let writer = feed_fifo(&fifo, &stream, 5);
     broadcast.expect("published rendition 0 segment 0", 20);
     writer.join().unwrap();
     broadcast.expect("the encoder ended the stream", 30);
@@ -339,4 +349,216 @@ fn a_piped_fmp4_stream_is_broadcast_and_plays_from_a_viewers_gateway() {
         expected[sequence].bytes.clone()
     });
     assert_eq!(listed, 5);
+}
+
+/// The last `EXT-X-PART` of a playlist: (segment, part) from its URI
+/// `0/<segment>.<part>.m4s`.
+fn last_part(playlist: &str) -> Option<(u64, u32)> {
+    let line = playlist
+        .lines()
+        .rev()
+        .find(|l| l.starts_with("#EXT-X-PART:"))?;
+    let uri = line.split("URI=\"").nth(1)?.split('"').next()?;
+    let name = uri.trim_start_matches("0/").trim_end_matches(".m4s");
+    let (segment, part) = name.split_once('.')?;
+    Some((segment.parse().ok()?, part.parse().ok()?))
+}
+
+/// Low-latency live (`broadcast --fmp4 --low-latency`): each fragment
+/// goes to the viewer as a part the moment the encoder writes it; the
+/// viewer's gateway serves LL-HLS (parts, a preload hint, blocking
+/// reloads with the spec's answers), each part the encoder's fragment and
+/// each segment its parts back to back, which ffprobe reads whole.
+#[test]
+fn a_low_latency_stream_moves_as_parts_and_a_viewers_gateway_serves_ll_hls() {
+    use shoal_storage::cmaf::{FragmentReader, Item, PartCutter};
+    require_tool("ffprobe");
+    // Five seconds of 200 ms fragments, a keyframe a second: five
+    // segments of five parts.
+    let stream = shoal_tests::live::fragmented_mp4(5, false);
+    let mut reader = FragmentReader::new();
+    reader.push(&stream);
+    let mut cutter = PartCutter::new(1_000_000);
+    let mut init = Vec::new();
+    let mut parts = std::collections::BTreeMap::new();
+    while let Some(item) = reader.poll_item().unwrap() {
+        match item {
+            Item::Init(bytes) => init = bytes,
+            Item::Fragment(f) => {
+                let p = cutter.push(f).unwrap().unwrap();
+                parts.insert((p.segment, p.index), p.fragment.bytes);
+            }
+        }
+    }
+    assert_eq!(parts.keys().map(|(s, _)| *s).max(), Some(4));
+
+    let one = Sandbox::with_repo();
+    let two = Sandbox::with_repo();
+    let d1 = one.start_daemon(None);
+    let d2 = two.start_daemon(Some(&d1.addr));
+    let id = one.shoal(&["channel", "create", "ll"]).ok().to_owned();
+    let fifo = make_fifo(&one);
+    let fifo_arg = fifo.to_str().unwrap();
+    let ll = [
+        "broadcast",
+        "ll",
+        "--fmp4",
+        fifo_arg,
+        "--segment-seconds",
+        "1",
+        "--low-latency",
+    ];
+    // Parts need a stream to cut: a folder is refused.
+    one.shoal(&[
+        "broadcast",
+        "ll",
+        "--hls-dir",
+        one.path("").to_str().unwrap(),
+        "--low-latency",
+    ])
+    .fails_with("low latency needs an fMP4 stream");
+    let broadcast = Lines::spawn(one.command(&ll));
+    broadcast.expect(&format!("broadcasting channel {id}"), 10);
+    let _watch = Lines::spawn(two.command(&["watch", &id]));
+    let writer = feed_fifo(&fifo, &stream, 5);
+    broadcast.expect("published rendition 0 segment 0 part 0", 20);
+    let top = format!("/live/{id}/index.m3u8");
+
+    // While the stream runs: a blocking reload for the part after the
+    // last listed answers once it (or the next segment) is in, and the
+    // preload hint is answered with the part when it exists.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let first = loop {
+        let reply = get(&d2.api, &top);
+        if reply.status == 200 && last_part(&reply.text()).is_some() {
+            break reply.text();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no LL playlist: {} {}",
+            reply.status,
+            reply.text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    for tag in [
+        "#EXT-X-VERSION:9",
+        "#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,PART-HOLD-BACK=",
+        "#EXT-X-PART-INF:PART-TARGET=",
+        "#EXT-X-MAP:URI=\"0/init.mp4\"",
+        "#EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"0/",
+    ] {
+        assert!(first.contains(tag), "{tag} missing:\n{first}");
+    }
+    let (segment, part) = last_part(&first).unwrap();
+    let blocked = get(
+        &d2.api,
+        &format!("{top}?_HLS_msn={segment}&_HLS_part={}", part + 1),
+    );
+    assert_eq!(blocked.status, 200, "{}", blocked.text());
+    let next = [
+        format!("\"0/{segment}.{}.m4s\"", part + 1),
+        format!("\"0/{}.0.m4s\"", segment + 1),
+    ];
+    assert!(
+        next.iter().any(|n| blocked.text().contains(n.as_str())),
+        "the blocking reload came back without the next part:\n{}",
+        blocked.text()
+    );
+    let hint = blocked
+        .text()
+        .lines()
+        .find_map(|l| l.strip_prefix("#EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"0/"))
+        .and_then(|rest| rest.strip_suffix(".m4s\""))
+        .map(str::to_owned)
+        .unwrap();
+    let hinted = get(&d2.api, &format!("/live/{id}/0/{hint}.m4s"));
+    let (s, p) = hint.split_once('.').unwrap();
+    let key = (s.parse::<u64>().unwrap(), p.parse::<u32>().unwrap());
+    // The hint names the open segment's next part, which a new segment
+    // may pass over: then it never comes (404).
+    match hinted.status {
+        200 => assert!(
+            hinted.body == parts[&key],
+            "part {hint} differs from the encoder's"
+        ),
+        404 => assert!(
+            !parts.contains_key(&key),
+            "part {hint} exists but was refused"
+        ),
+        other => panic!("preload hint {hint}: {other} {}", hinted.text()),
+    }
+    // Too far ahead, or misspelled: 400 at once.
+    for query in [
+        format!("_HLS_msn={}", segment + 3),
+        format!("_HLS_msn={segment}&_HLS_part=100"),
+        "_HLS_part=1".to_owned(),
+        "_HLS_msn=01".to_owned(),
+    ] {
+        let reply = get(&d2.api, &format!("{top}?{query}"));
+        assert_eq!(reply.status, 400, "{query}: {}", reply.text());
+    }
+    writer.join().unwrap();
+    broadcast.expect("the encoder ended the stream", 30);
+
+    // Once it ended: segments 0 to 3 closed, segment 4 still open.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let playlist = loop {
+        let text = get(&d2.api, &top).text();
+        if last_part(&text) == Some((4, 4)) {
+            break text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the last part never listed:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(!playlist.contains("#EXT-X-GAP"), "{playlist}");
+    for ((segment, part), bytes) in &parts {
+        let listed = format!("URI=\"0/{segment}.{part}.m4s\"");
+        // Segments 0 and 1 end three target durations or more before the
+        // end: their parts are no longer listed.
+        if *segment > 1 {
+            assert!(
+                playlist.contains(&listed),
+                "{listed} not listed:\n{playlist}"
+            );
+        }
+        let reply = get(&d2.api, &format!("/live/{id}/0/{segment}.{part}.m4s"));
+        assert_eq!(reply.status, 200, "{segment}.{part}");
+        assert!(
+            reply.body == *bytes,
+            "part {segment}.{part} differs from the encoder's"
+        );
+    }
+    for segment in 0..4u64 {
+        assert!(
+            playlist.contains(&format!("\n0/{segment}.m4s\n")),
+            "{playlist}"
+        );
+        let reply = get(&d2.api, &format!("/live/{id}/0/{segment}.m4s"));
+        assert_eq!(reply.status, 200, "segment {segment}");
+        let whole: Vec<u8> = parts
+            .range((segment, 0)..(segment + 1, 0))
+            .flat_map(|(_, b)| b.clone())
+            .collect();
+        assert!(reply.body == whole, "segment {segment} is not its parts");
+        let file = two.path(&format!("ll{segment}.mp4"));
+        std::fs::write(&file, [init.as_slice(), &reply.body].concat()).unwrap();
+        let probe = std::process::Command::new("ffprobe")
+            .args(["-v", "error", "-show_entries", "stream=codec_name"])
+            .args(["-of", "csv=p=0"])
+            .arg(&file)
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&probe.stdout).trim(), "h264");
+    }
+    // The open segment is not served whole.
+    assert_eq!(get(&d2.api, &format!("/live/{id}/0/4.m4s")).status, 404);
+    // Nothing more comes: a reload for the next part gives up with 503,
+    // and the hinted part with 404, after three target durations.
+    let reload = get(&d2.api, &format!("{top}?_HLS_msn=4&_HLS_part=5"));
+    assert_eq!(reload.status, 503, "{}", reload.text());
+    assert_eq!(get(&d2.api, &format!("/live/{id}/0/4.5.m4s")).status, 404);
 }

@@ -14,7 +14,8 @@
 //!   rations nothing.
 //! - At most [`MAX_RATIONED_SEGMENTS`] segments are under a ration at
 //!   once; an older one's ration ends early rather than be forgotten.
-//! - The last [`KEEP_SEGMENTS`] segments of each rendition stay in the
+//! - The last [`KEEP_SEGMENTS`] segments of each rendition (a segment's
+//!   parts count as one) stay in the
 //!   store for viewers that come late or fall behind; older ones are let
 //!   go ([`BroadcastAction::Release`]), so a broadcast runs for days on a
 //!   bounded disk. The node deletes only what nothing else still holds.
@@ -25,7 +26,7 @@ use std::time::Instant;
 use crate::block::Cid;
 use crate::channel::{Announcement, ChannelError, ChannelId};
 
-use super::planner::LiveConfig;
+use super::planner::{LiveConfig, groups};
 
 /// Segments whose rations may run at once: a 1 s window over 2 s segments
 /// holds one or two; 64 covers very short parts without letting a caller
@@ -59,8 +60,9 @@ pub struct Broadcast {
     config: LiveConfig,
     /// Rationed shards and when their ration ends, oldest first.
     rations: VecDeque<(Instant, Vec<Cid>)>,
-    /// Per rendition, the blocks of the segments kept, oldest first.
-    kept: BTreeMap<u16, VecDeque<Vec<Cid>>>,
+    /// Per rendition, the blocks of the units kept, oldest first, each
+    /// with its segment (itself, or the one it is a part of).
+    kept: BTreeMap<u16, VecDeque<(u64, Vec<Cid>)>>,
     actions: VecDeque<BroadcastAction>,
 }
 
@@ -91,9 +93,12 @@ impl Broadcast {
         let kept = self.kept.entry(rendition).or_default();
         let mut blocks = shards.clone();
         blocks.push(announcement.manifest_cid);
-        kept.push_back(blocks);
-        while kept.len() > KEEP_SEGMENTS {
-            if let Some(old) = kept.pop_front() {
+        let group = announcement
+            .part
+            .map_or(announcement.sequence, |p| p.segment);
+        kept.push_back((group, blocks));
+        while groups(kept.iter().map(|(g, _)| *g)) > KEEP_SEGMENTS {
+            if let Some((_, old)) = kept.pop_front() {
                 self.actions.push_back(BroadcastAction::Release(old));
             }
         }
@@ -138,7 +143,7 @@ impl Broadcast {
     /// Adds to `held` the blocks of the segments this broadcast keeps.
     pub fn holds(&self, held: &mut std::collections::BTreeSet<Cid>) {
         for segments in self.kept.values() {
-            for blocks in segments {
+            for (_, blocks) in segments {
                 held.extend(blocks.iter().copied());
             }
         }

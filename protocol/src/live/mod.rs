@@ -12,7 +12,9 @@
 //!   ration ends.
 //! - [`LivePlanner`] (`planner.rs`) is the viewer's plan of one channel's
 //!   segments: accepting announcements, the shard fetches, the deadline,
-//!   the HTTP fill-in, the proxying of an origin and the window.
+//!   the HTTP fill-in, the proxying of an origin and the window. In
+//!   low-latency live its units are parts, and [`group_parts`]
+//!   (`parts.rs`) puts what it lists back into segments.
 //!
 //! Where a late segment is fetched over HTTP: [`LivePlanner`] decides when
 //! (its P2P time is up, `planner.rs`, `handle_timeout`) and which bytes
@@ -21,10 +23,12 @@
 //! and verifies every shard.
 
 mod broadcast;
+mod parts;
 mod planner;
 mod session;
 
 pub use broadcast::{Broadcast, BroadcastAction, KEEP_SEGMENTS};
+pub use parts::{ListedPart, PartSegment, PartsView, group_parts};
 pub use planner::*;
 pub use session::{
     FIRST_DISCOVERY_RETRY, LIVE_DISCOVERY_INTERVAL, LIVE_IDLE_TIMEOUT, LIVE_TARGET_PEERS,

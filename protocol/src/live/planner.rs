@@ -35,7 +35,7 @@ use std::hash::{Hash, Hasher};
 use std::time::{Duration, Instant};
 
 use crate::block::Cid;
-use crate::channel::{MAX_LIVE_RENDITIONS, RecentSegment, VerifiedAnnouncement};
+use crate::channel::{MAX_LIVE_RENDITIONS, PartOf, RecentSegment, VerifiedAnnouncement};
 use crate::fetch::{FetchAction, FetchConfig, GroupFetch};
 use crate::manifest::SegmentManifest;
 
@@ -284,6 +284,29 @@ pub struct WindowSegment {
     pub published_ms: Option<u64>,
     /// Its shards (data then parity), released with it.
     pub shards: Vec<Cid>,
+    /// Where it sits in its segment, when it is a part.
+    pub part: Option<PartOf>,
+}
+
+impl WindowSegment {
+    /// The segment it belongs to: itself, or the one it is a part of.
+    fn group(&self) -> u64 {
+        self.part.map_or(self.sequence, |p| p.segment)
+    }
+}
+
+/// How many segments `units` (sorted by sequence) make: each whole
+/// segment is one, and a segment's parts together are one.
+pub(crate) fn groups(units: impl Iterator<Item = u64>) -> usize {
+    let mut count = 0;
+    let mut last = None;
+    for g in units {
+        if last != Some(g) {
+            count += 1;
+            last = Some(g);
+        }
+    }
+    count
 }
 
 /// One entry of a rendition's playlist ([`LivePlanner::playlist`]).
@@ -298,6 +321,8 @@ pub struct Listed {
     /// When the broadcaster published it (Unix ms, signed in its
     /// announcement), if held.
     pub published_ms: Option<u64>,
+    /// Where it sits in its segment, when it is a held part.
+    pub part: Option<PartOf>,
 }
 
 /// What a rendition's playlist lists: sequences `first..=through`.
@@ -440,6 +465,14 @@ struct Pending<P> {
     /// Its deadline came while a newer segment was complete: the playlist
     /// no longer waits for it ([`LivePlanner::list`]).
     passed: bool,
+    /// Where it sits in its segment, when it is a part.
+    part: Option<PartOf>,
+}
+
+impl<P> Pending<P> {
+    fn group(&self, sequence: u64) -> u64 {
+        self.part.map_or(sequence, |p| p.segment)
+    }
 }
 
 impl<P: Clone + Ord> Pending<P> {
@@ -527,8 +560,14 @@ impl<P> Rendition<P> {
         // Segments complete out of order at times; the window stays sorted.
         let at = self.window.partition_point(|w| w.sequence < seg.sequence);
         self.window.insert(at, seg);
+        self.trim_window(window)
+    }
+
+    /// Lets the oldest units go until the window holds `window` segments
+    /// (a segment's parts count as one); returns their releases.
+    fn trim_window<A>(&mut self, window: usize) -> Vec<LiveAction<A>> {
         let mut out = Vec::new();
-        while self.window.len() > window.max(1) {
+        while groups(self.window.iter().map(WindowSegment::group)) > window.max(1) {
             if let Some(old) = self.window.pop_front() {
                 out.push(LiveAction::Release {
                     manifest: old.manifest,
@@ -753,7 +792,8 @@ impl<P: Clone + Ord + Hash> LivePlanner<P> {
         let Some(l) = r.listed else {
             return Vec::new();
         };
-        let span = (2 * self.config.window.max(1)) as u64;
+        // Twice the window's units (or its segments, for whole ones).
+        let span = (2 * self.config.window.max(r.window.len()).max(1)) as u64;
         let start = r
             .window
             .front()
@@ -769,12 +809,14 @@ impl<P: Clone + Ord + Hash> LivePlanner<P> {
                     duration_us: w.duration_us,
                     gap: false,
                     published_ms: w.published_ms,
+                    part: w.part,
                 },
                 None => Listed {
                     sequence,
                     duration_us,
                     gap: true,
                     published_ms: None,
+                    part: None,
                 },
             });
         }
@@ -787,14 +829,7 @@ impl<P: Clone + Ord + Hash> LivePlanner<P> {
         self.config.window = window.max(1);
         let mut out = Vec::new();
         for r in &mut self.renditions {
-            while r.window.len() > self.config.window {
-                if let Some(old) = r.window.pop_front() {
-                    out.push(LiveAction::Release {
-                        manifest: old.manifest,
-                        shards: old.shards,
-                    });
-                }
-            }
+            out.extend(r.trim_window(self.config.window));
         }
         out
     }
@@ -1049,6 +1084,7 @@ impl<P: Clone + Ord + Hash> LivePlanner<P> {
             from_http: false,
             http_after: now + self.p2p_time(a.manifest.duration_us.unwrap_or(0)),
             passed: false,
+            part: a.part,
         };
         let mut out = self.insert(a.rendition, a.sequence, pending, now);
         out.extend(self.start(a.rendition, a.sequence, now));
@@ -1102,6 +1138,7 @@ impl<P: Clone + Ord + Hash> LivePlanner<P> {
                     from_http: false,
                     http_after: now + budget,
                     passed: false,
+                    part: None,
                 },
             );
             started.push(s.sequence);
@@ -1160,7 +1197,8 @@ impl<P: Clone + Ord + Hash> LivePlanner<P> {
         };
         r.pending.insert(sequence, pending);
         let mut given_up = Vec::new();
-        while r.pending.len() > max {
+        // A segment's parts count as one.
+        while groups(r.pending.iter().map(|(seq, p)| p.group(*seq))) > max {
             if let Some(oldest) = r.pending.pop_first() {
                 given_up.push(oldest);
             }
@@ -1328,6 +1366,7 @@ impl<P: Clone + Ord + Hash> LivePlanner<P> {
             heard_ms: now_ms.saturating_sub(now.duration_since(p.announced).as_millis() as u64),
             published_ms: p.published_ms,
             shards: manifest.shards.clone(),
+            part: p.part,
         };
         // Passed over in the playlist as a gap when its deadline came.
         let passed_over = r
@@ -1480,6 +1519,7 @@ impl<P: Clone + Ord + Hash> LivePlanner<P> {
                 heard_ms: now_ms,
                 published_ms: None,
                 shards,
+                part: None,
             },
             window,
         );
@@ -1717,6 +1757,27 @@ mod tests {
 
     /// A segment of `len` bytes and its announcement.
     fn segment(seq: u64, len: usize) -> (Vec<u8>, Vec<Vec<u8>>, VerifiedAnnouncement) {
+        unit(seq, len, None)
+    }
+
+    /// Unit `seq`, part `index` of segment `of`, and its announcement.
+    fn part(seq: u64, of: u64, index: u32) -> (Vec<Vec<u8>>, VerifiedAnnouncement) {
+        let part = PartOf {
+            segment: of,
+            index,
+            independent: index == 0,
+        };
+        let (_, shards, a) = unit(seq, 32, Some(part));
+        (shards, a)
+    }
+
+    /// A unit of `len` bytes (a whole segment, or a part) and its
+    /// announcement.
+    fn unit(
+        seq: u64,
+        len: usize,
+        part: Option<PartOf>,
+    ) -> (Vec<u8>, Vec<Vec<u8>>, VerifiedAnnouncement) {
         let bytes: Vec<u8> = (0..len).map(|i| (i as u64 * 7 + seq) as u8).collect();
         let mut shards: Vec<Vec<u8>> = Vec::new();
         for i in 0..usize::from(K) {
@@ -1742,14 +1803,17 @@ mod tests {
                 .collect(),
         };
         let key = ChannelKey::from_seed(&[1; 32]);
-        let signed = key.announce(
-            0,
-            seq,
-            1_000,
-            &format!("s{seq}.ts"),
-            b"peer",
-            manifest.to_block().1,
-        );
+        let signed = key.sign_announcement(crate::channel::Announcement {
+            version: 0,
+            channel: Vec::new(),
+            rendition: 0,
+            sequence: seq,
+            published_ms: 1_000,
+            uri: format!("s{seq}.ts"),
+            publisher: b"peer".to_vec(),
+            manifest: manifest.to_block().1,
+            part,
+        });
         let a = crate::channel::Announcement::open(&key.id(), &signed).unwrap();
         (bytes, shards, a)
     }
@@ -2059,6 +2123,53 @@ mod tests {
         let seqs: Vec<u64> = p.window(0).map(|w| w.sequence).collect();
         assert_eq!(seqs, vec![2, 3]);
         assert_eq!(released.len(), 2);
+    }
+
+    #[test]
+    fn a_segments_parts_count_as_one_segment_in_the_window_and_in_flight() {
+        let t = Instant::now();
+        let config = LiveConfig {
+            window: 2,
+            max_pending: 2,
+            ..LiveConfig::default()
+        };
+        let mut p = LivePlanner::<u32>::new(config, 0, false, t);
+        // Segments 0, 1 and 2 of three parts each: units 0..9.
+        let mut released = 0;
+        for seq in 0..9u64 {
+            let (shards, a) = part(seq, seq / 3, (seq % 3) as u32);
+            assert_eq!(p.offer(&a, None, t, 1_000).0, Verdict::Accept);
+            for s in &shards[..usize::from(K)] {
+                p.on_block(&block::cid_of(Codec::Raw, s), s, Some(&1), t);
+            }
+            let out = p.segment_checked(0, seq, true, t, 1_000);
+            released += out
+                .iter()
+                .filter(|x| matches!(x, LiveAction::Release { .. }))
+                .count();
+        }
+        // Two segments' parts are kept: segment 0 left whole.
+        let kept: Vec<u64> = p.window(0).map(|w| w.sequence).collect();
+        assert_eq!(kept, (3..9).collect::<Vec<_>>());
+        assert_eq!(released, 3);
+        let listed = p.playlist(0);
+        assert_eq!(listed.len(), 6);
+        assert_eq!(
+            listed[4].part,
+            Some(PartOf {
+                segment: 2,
+                index: 1,
+                independent: false
+            })
+        );
+        // Six parts in flight are two segments: none given up.
+        for seq in 9..15u64 {
+            p.offer(&part(seq, seq / 3, (seq % 3) as u32).1, None, t, 1_000);
+        }
+        assert_eq!(p.stats().missed, 0);
+        // A part of a third segment gives up the oldest segment's parts.
+        p.offer(&part(15, 5, 0).1, None, t, 1_000);
+        assert_eq!(p.stats().missed, 3);
     }
 
     #[test]
