@@ -13,8 +13,11 @@ const source = params.get("channel") || params.get("root") || "";
 document.getElementById("source").value = source;
 
 // What the test (and curious users) can read: playback state, errors,
-// and how far behind the live picture the player is.
-window.shoal = { fatal: null, errors: [], playing: false, behindMs: null };
+// how far behind the live picture the player is, the low-latency parts
+// hls.js loaded, and the stalls since playback began.
+window.shoal = {
+  fatal: null, errors: [], playing: false, behindMs: null, partsLoaded: 0, stalls: 0,
+};
 
 function playlistUrl(id) {
   return id.startsWith("z") ? `/live/${id}/index.m3u8` : `/vod/${id}/index.m3u8`;
@@ -24,7 +27,14 @@ function play(id) {
   const url = playlistUrl(id);
   statusLine.textContent = `Loading ${url}`;
   if (window.Hls && Hls.isSupported()) {
-    const hls = new Hls({ liveSyncDurationCount: 3, manifestLoadingMaxRetry: 6 });
+    // Low-latency mode: on a low-latency channel (its playlist lists
+    // parts) hls.js loads parts and keeps the playlist's PART-HOLD-BACK
+    // from the live edge; on others, three target durations. Setting
+    // liveSyncDurationCount here would override the hold back.
+    const hls = new Hls({ lowLatencyMode: true, manifestLoadingMaxRetry: 6 });
+    hls.on(Hls.Events.FRAG_LOADED, (_, data) => {
+      if (data.part) window.shoal.partsLoaded++;
+    });
     hls.on(Hls.Events.ERROR, (_, data) => {
       window.shoal.errors.push(`${data.type}: ${data.details}`);
       if (data.fatal) {
@@ -54,6 +64,10 @@ function play(id) {
     window.shoal.playing = true;
     statusLine.textContent = `Playing ${url}`;
   });
+  // Waiting for data once playback has begun: a stall the viewer sees.
+  video.addEventListener("waiting", () => {
+    if (window.shoal.playing) window.shoal.stalls++;
+  });
 }
 
 const history = [];
@@ -71,6 +85,7 @@ function show(stats) {
   const behind = window.shoal.behindMs;
   const rows = [
     ["behind live", behind == null ? "–" : `${(behind / 1000).toFixed(1)} s`],
+    ["low-latency parts", window.shoal.partsLoaded],
     ["peers", stats.peers],
   ];
   if (s) {

@@ -546,11 +546,10 @@ async fn view_with_segments(
     }
 }
 
-/// Whether a player may start on a rendition: it lists a segment (or,
-/// in low-latency live, a segment's first part).
+/// Whether a player may start on a rendition: it lists a segment.
 fn playable(r: &RenditionView) -> bool {
     if has_parts(r) {
-        group_parts(&r.playlist).open.is_some()
+        !group_parts(&r.playlist).closed.is_empty()
     } else {
         !r.playlist.is_empty()
     }

@@ -41,10 +41,14 @@ fn first_frame_ms(s: &PartSegment) -> Option<u64> {
 }
 
 /// The playlist of rendition `r` of a channel whose segments aim at
-/// `target_us`; `None` until a segment's first part is listed.
+/// `target_us`; `None` until a whole segment is listed (hls.js takes a
+/// playlist of parts alone for an empty one, an error).
 pub fn ll_media(r: &RenditionView, target_us: u64) -> Option<LlMedia> {
     let view = group_parts(&r.playlist);
     let open = view.open.as_ref()?;
+    if view.closed.is_empty() {
+        return None;
+    }
     let ext = &r.info.segment_extension;
     let part = |segment: u64, p: &ListedPart| LlPart {
         uri: format!("{segment}.{}.{ext}", p.index),
@@ -301,7 +305,8 @@ mod tests {
         );
         // The open segment is not whole yet.
         assert!(segment_parts(&r, 4).is_none());
-        // Nothing before a segment's first part.
-        assert!(ll_media(&rendition(0, 5, &[]), 1_000_000).is_none());
+        // Nothing before a whole segment.
+        assert!(ll_media(&rendition(4, 5, &[]), 1_000_000).is_none());
+        assert!(ll_media(&rendition(6, 5, &[]), 1_000_000).is_some());
     }
 }

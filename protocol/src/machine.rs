@@ -1028,7 +1028,13 @@ impl<P: Clone + Ord + Hash, S: BlockSource + BlockLookup> NodeMachine<P, S> {
             .broadcasts
             .entry(channel)
             .or_insert_with(|| Broadcast::new(channel, live));
-        b.handle_publish(rendition, data, now)?;
+        b.handle_publish(rendition, data.clone(), now)?;
+        // Watching its own channel (its gateway serves it): the session
+        // lists what was just published, from the store.
+        let now_ms = self.clock.unix_ms(now);
+        if let Some(session) = self.sessions.get_mut(&channel) {
+            session.handle_local_announcement(&data, now, now_ms);
+        }
         self.settle(now);
         Ok(())
     }

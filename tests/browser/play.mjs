@@ -37,6 +37,8 @@ try {
       errors: window.shoal ? window.shoal.errors : [],
       playing: window.shoal ? window.shoal.playing : false,
       behindMs: window.shoal ? window.shoal.behindMs : null,
+      partsLoaded: window.shoal ? window.shoal.partsLoaded : 0,
+      stalls: window.shoal ? window.shoal.stalls : 0,
     }));
     if (firstTime === null && state.playing) firstTime = state.currentTime;
     const played = firstTime === null ? 0 : state.currentTime - firstTime;

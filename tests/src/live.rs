@@ -218,6 +218,39 @@ pub fn fragmented_mp4(seconds: u32, audio: bool) -> Vec<u8> {
     out.stdout
 }
 
+impl Encoder {
+    /// A live encoder piping fragmented MP4 at real-time pace (`-re`):
+    /// `seconds` of a test picture, a keyframe every second and a
+    /// fragment every 200 ms; its stdout is the stream.
+    pub fn piped_fmp4(seconds: u32) -> (Encoder, tokio::net::unix::pipe::Receiver) {
+        require_tool("ffmpeg");
+        let mut child = Command::new("ffmpeg")
+            .args(["-v", "error", "-re", "-f", "lavfi"])
+            .args(["-i", "testsrc=size=320x180:rate=25"])
+            .args(["-t", &seconds.to_string()])
+            .args([
+                "-c:v",
+                "libx264",
+                "-preset",
+                "ultrafast",
+                "-tune",
+                "zerolatency",
+            ])
+            .args(["-pix_fmt", "yuv420p", "-g", "25", "-keyint_min", "25"])
+            .args(["-sc_threshold", "0", "-f", "mp4"])
+            .args(["-movflags", "+frag_keyframe+empty_moov+default_base_moof"])
+            .args(["-frag_duration", "200000", "pipe:1"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("ffmpeg starts");
+        let stdout = child.stdout.take().expect("ffmpeg's stdout");
+        let stdout = tokio::net::unix::pipe::Receiver::from_owned_fd(stdout.into())
+            .expect("a pipe the runtime reads");
+        (Encoder(child), stdout)
+    }
+}
+
 impl Drop for Encoder {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -258,6 +291,43 @@ pub fn spawn_broadcast(
             name: "test".into(),
         };
         let run = tokio::spawn(broadcast(node, key, options, tx));
+        let mut published = Vec::new();
+        while let Some(p) = rx.recv().await {
+            published.push(p);
+        }
+        run.await.unwrap().expect("broadcast ends cleanly");
+        published
+    })
+}
+
+/// Runs a broadcast of a fragmented MP4 stream on `node` until it ends,
+/// in 1 s segments, as parts if `parts` (low-latency live); returns what
+/// was published.
+pub fn spawn_fmp4_broadcast<R>(
+    node: &Node,
+    key: ChannelKey,
+    input: R,
+    parts: bool,
+) -> tokio::task::JoinHandle<Vec<Published>>
+where
+    R: tokio::io::AsyncRead + Unpin + Send + 'static,
+{
+    let node = node.clone();
+    tokio::spawn(async move {
+        let (tx, mut rx) = mpsc::channel(64);
+        let options = shoal_node::broadcast::Fmp4Options {
+            source: PathBuf::from("ffmpeg"),
+            segment_duration: Duration::from_secs(1),
+            parts,
+            import: ImportOptions {
+                creator: Some(CREATOR),
+                ..ImportOptions::default()
+            },
+            name: "test".into(),
+        };
+        let run = tokio::spawn(shoal_node::broadcast::broadcast_fmp4(
+            node, key, options, input, tx,
+        ));
         let mut published = Vec::new();
         while let Some(p) = rx.recv().await {
             published.push(p);

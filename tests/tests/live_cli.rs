@@ -420,6 +420,8 @@ fn a_low_latency_stream_moves_as_parts_and_a_viewers_gateway_serves_ll_hls() {
     let broadcast = Lines::spawn(one.command(&ll));
     broadcast.expect(&format!("broadcasting channel {id}"), 10);
     let _watch = Lines::spawn(two.command(&["watch", &id]));
+    // The broadcaster's own gateway serves the channel too.
+    let _own = Lines::spawn(one.command(&["watch", &id]));
     let writer = feed_fifo(&fifo, &stream, 5);
     broadcast.expect("published rendition 0 segment 0 part 0", 20);
     let top = format!("/live/{id}/index.m3u8");
@@ -556,6 +558,14 @@ fn a_low_latency_stream_moves_as_parts_and_a_viewers_gateway_serves_ll_hls() {
     }
     // The open segment is not served whole.
     assert_eq!(get(&d2.api, &format!("/live/{id}/0/4.m4s")).status, 404);
+    // The broadcaster's gateway lists what it published, and serves it.
+    let own = get(&d1.api, &top).text();
+    assert_eq!(last_part(&own), Some((4, 4)), "{own}");
+    let reply = get(&d1.api, &format!("/live/{id}/0/4.4.m4s"));
+    assert!(
+        reply.body == parts[&(4, 4)],
+        "the broadcaster's part 4.4 differs"
+    );
     // Nothing more comes: a reload for the next part gives up with 503,
     // and the hinted part with 404, after three target durations.
     let reload = get(&d2.api, &format!("{top}?_HLS_msn=4&_HLS_part=5"));

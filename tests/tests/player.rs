@@ -9,7 +9,7 @@ use std::process::Command;
 use shoal_node::daemon::{Daemon, DaemonOptions};
 use shoal_node::repo::Repo;
 use shoal_tests::check_output;
-use shoal_tests::live::{Encoder, channel_key, spawn_broadcast, start};
+use shoal_tests::live::{Encoder, channel_key, spawn_broadcast, spawn_fmp4_broadcast, start};
 use shoal_tests::require_tool;
 
 /// A daemon (node, API, gateway) on a fresh repo in this process, joined
@@ -67,6 +67,63 @@ async fn chromium_plays_an_fmp4_live_channel_through_the_gateway() {
     plays_live(Encoder::start_fmp4).await;
 }
 
+/// Low-latency live: a piped fMP4 stream broadcast as parts; hls.js
+/// plays the viewer's LL-HLS playlist and loads parts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_plays_a_low_latency_channel_loading_parts() {
+    let _serial = shoal_tests::live::one_at_a_time().await;
+    let work = tempfile::tempdir().unwrap();
+    let broadcaster = start(None, Default::default()).await;
+    let key = channel_key();
+    let channel = key.id();
+    let viewer = ViewerDaemon::start(&work.path().join("viewer"), &broadcaster.addr).await;
+    // Watching before the stream starts: parts come from the first.
+    viewer.node.watch(channel).await.unwrap();
+    let (encoder, stdout) = Encoder::piped_fmp4(30);
+    let published = spawn_fmp4_broadcast(&broadcaster.node, key, stdout, true);
+    let result = play_page(&format!("{}/web/?channel={channel}", viewer.base)).await;
+    assert!(result["fatal"].is_null(), "{result}");
+    assert!(
+        result["partsLoaded"].as_u64().is_some_and(|n| n > 0),
+        "hls.js loaded no parts: {result}"
+    );
+    assert!(
+        result["behindMs"].as_f64().is_some_and(|ms| ms > 0.0),
+        "{result}"
+    );
+    drop(encoder);
+    published.abort();
+    viewer.stop().await;
+    broadcaster.node.stop().await;
+}
+
+/// Plays `page` in headless Chromium past 6 s (within 60 s); what the
+/// page reported (`tests/browser/play.mjs`).
+async fn play_page(page: &str) -> serde_json::Value {
+    let page = page.to_owned();
+    let browser_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("browser");
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new("node")
+            .current_dir(&browser_dir)
+            .args(["play.mjs", &page, "6", "60"])
+            .output()
+            .expect("node runs")
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "the player did not get past 6 s: {stdout} {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let result: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert!(result["currentTime"].as_f64().unwrap() > 6.0, "{result}");
+    assert!(result["played"].as_f64().unwrap() > 6.0, "{result}");
+    eprintln!("player: {result}");
+    result
+}
+
 /// A channel from `encoder`: ffprobe reads the viewer's playlist, and
 /// Chromium plays the player page past 6 s.
 async fn plays_live(encoder: fn(&std::path::Path, u32) -> Encoder) {
@@ -110,27 +167,7 @@ async fn plays_live(encoder: fn(&std::path::Path, u32) -> Encoder) {
     assert_eq!(streams[0]["width"], 320, "{probe}");
 
     // Chromium plays past 6 s with no fatal error.
-    let page = format!("{base}/web/?channel={channel}");
-    let browser_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("browser");
-    let output = tokio::task::spawn_blocking(move || {
-        Command::new("node")
-            .current_dir(&browser_dir)
-            .args(["play.mjs", &page, "6", "60"])
-            .output()
-            .expect("node runs")
-    })
-    .await
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "the player did not get past 6 s: {stdout} {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let result: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
-    assert!(result["currentTime"].as_f64().unwrap() > 6.0, "{result}");
-    assert!(result["played"].as_f64().unwrap() > 6.0, "{result}");
-    eprintln!("player: {result}");
+    let result = play_page(&format!("{base}/web/?channel={channel}")).await;
     assert!(result["fatal"].is_null(), "{result}");
     // The page dated the frame on screen from the playlist's program
     // dates: it plays behind the live picture, by some amount.

@@ -1069,26 +1069,68 @@ impl<P: Clone + Ord + Hash> LivePlanner<P> {
             return (Verdict::Accept, Vec::new());
         }
         let fetch = self.shard_fetch(&a.manifest, a.sequence, now);
-        let pending = Pending {
+        let stage = Stage::Shards {
+            manifest: a.manifest.clone(),
+            fetch,
+        };
+        let pending = self.pending_of(a, stage, now);
+        let mut out = self.insert(a.rendition, a.sequence, pending, now);
+        out.extend(self.start(a.rendition, a.sequence, now));
+        (Verdict::Accept, out)
+    }
+
+    /// The pending entry of announcement `a`, at `stage`.
+    fn pending_of(&self, a: &VerifiedAnnouncement, stage: Stage<P>, now: Instant) -> Pending<P> {
+        Pending {
             asked: BTreeSet::new(),
             manifest_cid: a.manifest_cid,
             uri: a.uri.clone(),
             published_ms: Some(a.published_ms),
             announced: now,
-            stage: Stage::Shards {
-                manifest: a.manifest.clone(),
-                fetch,
-            },
+            stage,
             http_attempts: 0,
             http_in_flight: false,
             from_http: false,
             http_after: now + self.p2p_time(a.manifest.duration_us.unwrap_or(0)),
             passed: false,
             part: a.part,
+        }
+    }
+
+    /// An announcement this node published itself (a broadcaster that
+    /// watches its own channel, for its own gateway): its blocks are in
+    /// the store, so the segment is handed out to be checked at once and
+    /// nothing is fetched. One not after the highest is ignored.
+    pub fn offer_local(
+        &mut self,
+        a: &VerifiedAnnouncement,
+        now: Instant,
+        now_ms: u64,
+    ) -> Vec<LiveAction<P>> {
+        self.note_wall(now, now_ms);
+        let Some(r) = self.rendition_mut(a.rendition) else {
+            return Vec::new();
         };
+        if r.highest.is_some_and(|h| a.sequence <= h) {
+            return Vec::new();
+        }
+        r.highest = Some(a.sequence);
+        self.last_heard = now;
+        if let Some(d) = a.manifest.duration_us.filter(|d| *d > 0) {
+            self.last_duration_us = d;
+        }
+        let stage = Stage::Checking {
+            manifest: a.manifest.clone(),
+        };
+        let pending = self.pending_of(a, stage, now);
         let mut out = self.insert(a.rendition, a.sequence, pending, now);
-        out.extend(self.start(a.rendition, a.sequence, now));
-        (Verdict::Accept, out)
+        out.push(LiveAction::Check {
+            rendition: a.rendition,
+            sequence: a.sequence,
+            manifest: a.manifest_cid,
+            from_http: false,
+        });
+        out
     }
 
     /// Segments listed by a channel record, for a viewer that joins late:
@@ -2170,6 +2212,25 @@ mod tests {
         // A part of a third segment gives up the oldest segment's parts.
         p.offer(&part(15, 5, 0).1, None, t, 1_000);
         assert_eq!(p.stats().missed, 3);
+    }
+
+    #[test]
+    fn a_segment_published_here_is_checked_at_once_and_fetches_nothing() {
+        let t = Instant::now();
+        let mut p = LivePlanner::<u32>::new(LiveConfig::default(), 0, false, t);
+        p.add_peer(1, t);
+        let (_, _, a) = segment(3, 32);
+        let out = p.offer_local(&a, t, 1_000);
+        assert!(wants(&out).is_empty());
+        assert!(matches!(
+            out.as_slice(),
+            [LiveAction::Check { sequence: 3, .. }]
+        ));
+        p.segment_checked(0, 3, true, t, 1_000);
+        assert_eq!(listed(&p), vec![(3, false)]);
+        // Published again (or older): nothing.
+        assert!(p.offer_local(&a, t, 1_000).is_empty());
+        assert_eq!(p.stats().bytes_from_source + p.stats().bytes_from_peers, 0);
     }
 
     #[test]

@@ -470,6 +470,17 @@ impl<P: Clone + Ord + Hash> LiveSession<P> {
         verdict
     }
 
+    /// An announcement this node published (it broadcasts the channel it
+    /// watches): its segment is in the store, so it is only checked and
+    /// listed. Refused quietly if it does not open under the channel.
+    pub fn handle_local_announcement(&mut self, data: &[u8], now: Instant, now_ms: u64) {
+        let Ok(a) = Announcement::open(&self.channel, data) else {
+            return;
+        };
+        let actions = self.planner.offer_local(&a, now, now_ms);
+        self.run(actions, now);
+    }
+
     /// A peer that can serve the channel's shards: subscribed to one of
     /// its topics, found in the DHT and connected, or its publisher.
     pub fn handle_peer(&mut self, peer: P, now: Instant) {
