@@ -4,7 +4,9 @@
 //! by several viewer nodes, one of which serves the HLS gateway and the
 //! player page; an HTTP origin serves the encoder's folder as the safety
 //! net. Every node runs in this process, each with its own store in a
-//! temporary folder that is removed at the end.
+//! temporary folder that is removed at the end. With `--low-latency`
+//! ffmpeg pipes fragmented MP4 instead, broadcast as 200 ms parts of 1 s
+//! segments (LL-HLS at the gateway; no origin, as there is no folder).
 
 use std::io::Write;
 use std::path::Path;
@@ -12,7 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use shoal_node::broadcast::{BroadcastOptions, broadcast};
+use shoal_node::broadcast::{BroadcastOptions, Fmp4Options, broadcast, broadcast_fmp4};
 use shoal_node::daemon::{Daemon, DaemonOptions};
 use shoal_node::libp2p::Multiaddr;
 use shoal_node::repo::Repo;
@@ -34,7 +36,14 @@ pub struct DemoOptions {
     pub viewers: usize,
     pub seconds: Option<u64>,
     pub api: String,
+    /// Low-latency live: parts over the swarm, LL-HLS at the gateway.
+    pub low_latency: bool,
 }
+
+/// Low-latency mode: fragments (parts) of 200 ms, segments of a second
+/// (a keyframe each), as LL-HLS servers commonly cut them.
+const LL_FRAGMENT_US: u32 = 200_000;
+const LL_SEGMENT: Duration = Duration::from_secs(1);
 
 /// The stream's source: ffmpeg, or synthetic segments written here.
 enum Source {
@@ -102,6 +111,50 @@ fn start_source(dir: &Path) -> Result<Source> {
     })))
 }
 
+/// Low-latency mode's encoder: ffmpeg's test picture and tone as
+/// fragmented MP4 on a pipe, at real-time pace; the pipe is returned to
+/// be read.
+fn start_ll_source() -> Result<(Source, tokio::net::unix::pipe::Receiver)> {
+    if !have_ffmpeg() {
+        anyhow::bail!("low-latency mode needs ffmpeg (it pipes fragmented MP4); install ffmpeg");
+    }
+    let mut child = Command::new("ffmpeg")
+        .args(["-v", "error", "-re"])
+        .args(["-f", "lavfi", "-i", "testsrc2=size=640x360:rate=25"])
+        .args(["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000"])
+        .args([
+            "-c:v",
+            "libx264",
+            "-preset",
+            "veryfast",
+            "-tune",
+            "zerolatency",
+            "-pix_fmt",
+            "yuv420p",
+        ])
+        .args([
+            "-b:v",
+            "800k",
+            "-g",
+            "25",
+            "-keyint_min",
+            "25",
+            "-sc_threshold",
+            "0",
+        ])
+        .args(["-c:a", "aac", "-b:a", "64k", "-f", "mp4"])
+        .args(["-movflags", "+frag_keyframe+empty_moov+default_base_moof"])
+        .args(["-frag_duration", &LL_FRAGMENT_US.to_string(), "pipe:1"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("starting ffmpeg")?;
+    let stdout = child.stdout.take().context("ffmpeg's output")?;
+    let pipe = tokio::net::unix::pipe::Receiver::from_owned_fd(stdout.into())
+        .context("reading ffmpeg's output")?;
+    Ok((Source::Ffmpeg(child), pipe))
+}
+
 fn loopback_config(bootstrap: Vec<Multiaddr>) -> NodeConfig {
     NodeConfig {
         listen: vec!["/ip4/127.0.0.1/tcp/0".parse().expect("valid multiaddr")],
@@ -140,7 +193,12 @@ pub fn run(options: DemoOptions) -> Result<()> {
 async fn demo(work: &Path, options: DemoOptions) -> Result<()> {
     let hls = work.join("encoder");
     std::fs::create_dir_all(&hls)?;
-    let source = start_source(&hls)?;
+    let (source, pipe) = if options.low_latency {
+        let (source, pipe) = start_ll_source()?;
+        (source, Some(pipe))
+    } else {
+        (start_source(&hls)?, None)
+    };
     let playable = matches!(source, Source::Ffmpeg(_));
 
     let origin_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -184,32 +242,55 @@ async fn demo(work: &Path, options: DemoOptions) -> Result<()> {
     }
 
     let (events, mut published) = tokio::sync::mpsc::channel(64);
-    let broadcast_task = tokio::spawn(broadcast(
-        broadcaster.clone(),
-        key,
-        BroadcastOptions {
-            dir: hls.clone(),
-            playlist: None,
-            origins: vec![origin_url.clone()],
-            import: ImportOptions::default(),
-            name: "shoal demo".into(),
-        },
-        events,
-    ));
+    let broadcast_task = match pipe {
+        Some(pipe) => tokio::spawn(broadcast_fmp4(
+            broadcaster.clone(),
+            key,
+            Fmp4Options {
+                source: "ffmpeg".into(),
+                segment_duration: LL_SEGMENT,
+                parts: true,
+                import: ImportOptions::default(),
+                name: "shoal demo".into(),
+            },
+            pipe,
+            events,
+        )),
+        None => tokio::spawn(broadcast(
+            broadcaster.clone(),
+            key,
+            BroadcastOptions {
+                dir: hls.clone(),
+                playlist: None,
+                origins: vec![origin_url.clone()],
+                import: ImportOptions::default(),
+                name: "shoal demo".into(),
+            },
+            events,
+        )),
+    };
 
     println!("shoal demo: channel {channel}");
     println!(
         "  source: {}",
-        if playable {
-            "ffmpeg test picture and tone, 2 s segments"
-        } else {
-            "synthetic segments (install ffmpeg for a picture a player can show)"
+        match (options.low_latency, playable) {
+            (true, _) => {
+                "ffmpeg test picture and tone, low latency: 1 s segments of 200 ms parts, LL-HLS"
+            }
+            (false, true) => "ffmpeg test picture and tone, 2 s segments",
+            (false, false) => {
+                "synthetic segments (install ffmpeg for a picture a player can show)"
+            }
         }
     );
-    println!(
-        "  1 broadcaster, {} viewers, HTTP origin {origin_url}",
-        viewers.len()
-    );
+    if options.low_latency {
+        println!("  1 broadcaster, {} viewers, no HTTP origin", viewers.len());
+    } else {
+        println!(
+            "  1 broadcaster, {} viewers, HTTP origin {origin_url}",
+            viewers.len()
+        );
+    }
     println!("  watch in a browser:  {base}/web/?channel={channel}");
     println!("  or in any player:    {base}/live/{channel}/index.m3u8");
     match options.seconds {

@@ -49,6 +49,10 @@ enum Command {
         /// Address of the gateway and player page (any free port if taken)
         #[arg(long, default_value = "127.0.0.1:5080", value_name = "HOST:PORT")]
         api: String,
+        /// Low-latency live: ffmpeg pipes fragmented MP4, the swarm moves
+        /// 200 ms parts, the gateway serves LL-HLS (needs ffmpeg)
+        #[arg(long)]
+        low_latency: bool,
     },
     /// Create a repo (does nothing to one that exists)
     Init,
@@ -356,10 +360,12 @@ fn run(cli: Cli) -> Result<()> {
             viewers,
             seconds,
             api,
+            low_latency,
         } => demo::run(demo::DemoOptions {
             viewers,
             seconds,
             api,
+            low_latency,
         }),
         Command::Init => {
             let dir = dir()?;
