@@ -53,7 +53,7 @@ function play(id) {
       if (hls.playingDate && !video.paused) {
         window.shoal.behindMs = Date.now() - hls.playingDate.getTime();
       }
-    }, 500);
+    }, 250);
   } else if (video.canPlayType("application/vnd.apple.mpegurl")) {
     video.src = url; // Safari plays HLS itself.
     video.play().catch(() => {});

@@ -253,7 +253,7 @@ async fn demo(work: &Path, options: DemoOptions) -> Result<()> {
                 import: ImportOptions::default(),
                 name: "shoal demo".into(),
             },
-            pipe,
+            vec![pipe],
             events,
         )),
         None => tokio::spawn(broadcast(

@@ -175,9 +175,10 @@ struct BroadcastArgs {
     /// Or a fragmented MP4 stream, from a FIFO the encoder writes into
     /// (`mkfifo F; ffmpeg ... -f mp4 -y -movflags
     /// +frag_keyframe+empty_moov+default_base_moof F`, `-y` because the
-    /// FIFO exists); the broadcast cuts it into segments at keyframes
+    /// FIFO exists); the broadcast cuts it into segments at keyframes.
+    /// Repeat it for more renditions, one stream each
     #[arg(long, value_name = "PATH")]
-    fmp4: Option<PathBuf>,
+    fmp4: Vec<PathBuf>,
     /// With --fmp4: close a segment at the first keyframe past this many
     /// seconds
     #[arg(long, value_name = "S", default_value_t = 2.0, requires = "fmp4")]
@@ -484,7 +485,11 @@ fn broadcast(dir: &Path, args: BroadcastArgs) -> Result<()> {
     let request = api::BroadcastRequest {
         name: args.name,
         dir: args.hls_dir.as_deref().map(absolute).transpose()?,
-        fmp4: args.fmp4.as_deref().map(absolute).transpose()?,
+        fmp4: args
+            .fmp4
+            .iter()
+            .map(|p| absolute(p))
+            .collect::<Result<_>>()?,
         // The daemon checks the range (a NaN or a negative is 0 here).
         segment_ms: Some((args.segment_seconds * 1000.0).round() as u64),
         low_latency: args.low_latency,

@@ -456,9 +456,10 @@ pub struct BroadcastRequest {
     /// The folder an HLS encoder writes; or else:
     #[serde(default)]
     pub dir: Option<PathBuf>,
-    /// A fragmented MP4 stream to read (a FIFO an encoder writes into).
+    /// Fragmented MP4 streams to read (FIFOs encoders write into), one
+    /// rendition each, in order.
     #[serde(default)]
-    pub fmp4: Option<PathBuf>,
+    pub fmp4: Vec<PathBuf>,
     /// With `fmp4`: segments close at the first keyframe past this
     /// [default: 2000].
     #[serde(default)]
@@ -496,8 +497,8 @@ async fn broadcast(
     import.k = req.k.unwrap_or(import.k);
     import.m = req.m.unwrap_or(import.m);
     import.validate_coding()?;
-    let input = match (req.dir, req.fmp4) {
-        (Some(dir), None) => {
+    let input = match (req.dir, req.fmp4.is_empty()) {
+        (Some(dir), true) => {
             let options = crate::broadcast::BroadcastOptions {
                 dir,
                 playlist: req.playlist,
@@ -513,7 +514,15 @@ async fn broadcast(
             }
             Input::Folder(options)
         }
-        (None, Some(source)) => {
+        (None, false) => {
+            let sources = req.fmp4;
+            if sources.len() > shoal_protocol::channel::MAX_LIVE_RENDITIONS {
+                return Err(bad_request(format!(
+                    "{} fMP4 streams; a channel has at most {} renditions",
+                    sources.len(),
+                    shoal_protocol::channel::MAX_LIVE_RENDITIONS
+                )));
+            }
             if !req.origins.is_empty() || req.playlist.is_some() {
                 return Err(bad_request(
                     "origins and a playlist go with a folder, not an fMP4 stream",
@@ -527,17 +536,20 @@ async fn broadcast(
                     MAX_SEGMENT_MS / 1000
                 )));
             }
-            // Opened in the task; but it must be there.
-            if let Err(e) = std::fs::metadata(&source) {
-                return Err(bad_request(format!("{}: {e}", source.display())));
+            // Opened in the task; but they must be there.
+            for source in &sources {
+                if let Err(e) = std::fs::metadata(source) {
+                    return Err(bad_request(format!("{}: {e}", source.display())));
+                }
             }
-            Input::Fmp4(crate::broadcast::Fmp4Options {
-                source,
+            let options = crate::broadcast::Fmp4Options {
+                source: sources[0].clone(),
                 segment_duration: std::time::Duration::from_millis(ms),
                 parts: req.low_latency,
                 import,
                 name: req.name.clone(),
-            })
+            };
+            Input::Fmp4(options, sources)
         }
         _ => {
             return Err(bad_request(
@@ -577,15 +589,24 @@ async fn broadcast(
         let _guard = guard;
         let result = match input {
             Input::Folder(options) => crate::broadcast::broadcast(node, key, options, tx).await,
-            Input::Fmp4(options) => {
-                match crate::broadcast::open_fmp4_source(&options.source).await {
-                    Ok(input) => {
-                        crate::broadcast::broadcast_fmp4(node, key, options, input, tx).await
+            Input::Fmp4(options, sources) => {
+                let mut inputs = Vec::with_capacity(sources.len());
+                let mut failed = None;
+                for source in sources {
+                    match crate::broadcast::open_fmp4_source(&source).await {
+                        Ok(input) => inputs.push(input),
+                        Err(e) => {
+                            failed = Some(crate::broadcast::BroadcastError::Input {
+                                path: source,
+                                detail: e.to_string(),
+                            });
+                            break;
+                        }
                     }
-                    Err(e) => Err(crate::broadcast::BroadcastError::Input {
-                        path: options.source,
-                        detail: e.to_string(),
-                    }),
+                }
+                match failed {
+                    Some(e) => Err(e),
+                    None => crate::broadcast::broadcast_fmp4(node, key, options, inputs, tx).await,
                 }
             }
         };
@@ -606,7 +627,8 @@ const MAX_SEGMENT_MS: u64 = 10_000;
 /// Where a broadcast reads its segments.
 enum Input {
     Folder(crate::broadcast::BroadcastOptions),
-    Fmp4(crate::broadcast::Fmp4Options),
+    /// The options, and the streams (one rendition each).
+    Fmp4(crate::broadcast::Fmp4Options, Vec<PathBuf>),
 }
 
 /// A channel marked as being broadcast, until dropped.

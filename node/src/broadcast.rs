@@ -246,135 +246,249 @@ pub async fn open_fmp4_source(
     Ok(Box::new(tokio::fs::File::open(path).await?))
 }
 
-/// Broadcasts a fragmented MP4 stream as one rendition (`ffmpeg ... -f mp4
-/// -movflags +frag_keyframe+empty_moov+default_base_moof` into a pipe)
-/// until it ends or `events` is closed: its initialisation section is
-/// stored and named in the channel record, and its fragments are cut into
-/// segments of about `segment_duration` (`shoal_storage::cmaf`), each
-/// published as it closes, named `<sequence>.m4s`; or, with
-/// [`Fmp4Options::parts`], each fragment is published as a part as soon as
-/// it is in, named `<segment>.<part>.m4s`, and the channel record is
-/// stored again as each segment closes. Until its first byte
-/// the stream is waited for (an encoder not started yet); after it, the
-/// end of the stream ends the broadcast. Invalid input stops the broadcast
-/// with an error naming the box; what was published stays.
-pub async fn broadcast_fmp4<R: tokio::io::AsyncRead + Unpin>(
+/// One rendition of a fragmented MP4 broadcast: its stream's reader and
+/// cutter, and what has been published of it.
+struct Fmp4Rendition {
+    reader: FragmentReader,
+    cutter: SegmentCutter,
+    /// Low-latency live: fragments go out as parts.
+    parts: Option<PartCutter>,
+    /// The segment under way (parts mode): its duration and bytes.
+    open_us: u64,
+    open_bytes: u64,
+    next_unit: u64,
+    ended: bool,
+}
+
+impl Fmp4Rendition {
+    /// Notes a closed segment: the rendition's peak rate (the master
+    /// playlist's `BANDWIDTH`) and the channel's target duration.
+    fn closed(state: &mut RenditionState, target_us: &mut u64, bytes: u64, duration_us: u64) {
+        *target_us = (*target_us).max(duration_us);
+        if let Some(rate) = bytes.saturating_mul(8_000_000).checked_div(duration_us) {
+            state.info.bandwidth = Some(state.info.bandwidth.unwrap_or(0).max(rate));
+        }
+    }
+}
+
+/// Reads `input` in chunks onto `tx` as rendition `rendition`'s, until it
+/// ends (an empty chunk) or fails. Nothing before the first byte means no
+/// encoder yet (a FIFO reads as ended until one opens it): it is looked
+/// at again every [`WRITER_POLL`].
+async fn read_stream<R: tokio::io::AsyncRead + Unpin>(
+    rendition: usize,
+    mut input: R,
+    tx: mpsc::Sender<(usize, std::io::Result<Vec<u8>>)>,
+) {
+    use tokio::io::AsyncReadExt;
+    let mut buf = vec![0u8; STREAM_READ];
+    let mut started = false;
+    loop {
+        let read = input.read(&mut buf).await;
+        let chunk = match read {
+            Ok(0) if !started => {
+                tokio::time::sleep(WRITER_POLL).await;
+                continue;
+            }
+            Ok(n) => Ok(buf[..n].to_vec()),
+            Err(e) => Err(e),
+        };
+        started = true;
+        let last = !matches!(&chunk, Ok(c) if !c.is_empty());
+        if tx.send((rendition, chunk)).await.is_err() || last {
+            return;
+        }
+    }
+}
+
+/// Broadcasts fragmented MP4 streams, one rendition each (`ffmpeg ... -f
+/// mp4 -movflags +frag_keyframe+empty_moov+default_base_moof` into a
+/// pipe), until every stream ends or `events` is closed: each
+/// rendition's initialisation section is stored and named in the channel
+/// record, and its fragments are cut into segments of about
+/// `segment_duration` (`shoal_storage::cmaf`), each published as it
+/// closes, named `<sequence>.m4s`; or, with [`Fmp4Options::parts`], each
+/// fragment is published as a part as soon as it is in, named
+/// `<segment>.<part>.m4s`, and the channel record is stored again as
+/// segments close. A rendition's `BANDWIDTH` is the peak rate of its
+/// closed segments. Until its first byte a stream is waited for (an
+/// encoder not started yet); after it, its end ends its rendition.
+/// Invalid input stops the broadcast with an error naming the stream and
+/// the box; what was published stays.
+pub async fn broadcast_fmp4<R>(
     node: Node,
     key: ChannelKey,
     options: Fmp4Options,
-    mut input: R,
+    inputs: Vec<R>,
     events: mpsc::Sender<Published>,
-) -> Result<(), BroadcastError> {
-    use tokio::io::AsyncReadExt;
+) -> Result<(), BroadcastError>
+where
+    R: tokio::io::AsyncRead + Unpin + Send + 'static,
+{
     let channel = key.id();
-    let source = options.source.as_path();
-    tracing::info!(%channel, source = %source.display(), "broadcasting a fragmented MP4 stream");
-    let mut reader = FragmentReader::new();
+    let count = inputs.len();
+    if count == 0 || count > shoal_protocol::channel::MAX_LIVE_RENDITIONS {
+        return Err(input_err(
+            &options.source,
+            format!(
+                "{count} streams: a broadcast takes 1 to {}",
+                shoal_protocol::channel::MAX_LIVE_RENDITIONS
+            ),
+        ));
+    }
+    tracing::info!(%channel, source = %options.source.display(), renditions = count, "broadcasting fragmented MP4");
     let target_us = u64::try_from(options.segment_duration.as_micros()).unwrap_or(u64::MAX);
-    let mut cutter = SegmentCutter::new(target_us);
-    let mut part_cutter = options.parts.then(|| PartCutter::new(target_us));
-    // The segment under way's duration, in parts mode.
-    let mut open_us = 0u64;
-    let mut next_unit = 0u64;
+    let mut streams: Vec<Fmp4Rendition> = (0..count)
+        .map(|_| Fmp4Rendition {
+            reader: FragmentReader::new(),
+            cutter: SegmentCutter::new(target_us),
+            parts: options.parts.then(|| PartCutter::new(target_us)),
+            open_us: 0,
+            open_bytes: 0,
+            next_unit: 0,
+            ended: false,
+        })
+        .collect();
+    let mut renditions: Vec<RenditionState> = (0..count)
+        .map(|i| {
+            let playlist = if count == 1 {
+                "index.m3u8".to_owned()
+            } else {
+                format!("{i}/index.m3u8")
+            };
+            RenditionState {
+                info: LiveRendition {
+                    playlist: playlist.clone(),
+                    segment_extension: "m4s".into(),
+                    ..LiveRendition::default()
+                },
+                playlist: PathBuf::from(playlist),
+                init_uri: None,
+                last: None,
+                recent: VecDeque::new(),
+            }
+        })
+        .collect();
+    // The readers stop with the broadcast (the set is dropped).
+    let (tx, mut chunks) = mpsc::channel(2 * count);
+    let mut readers = tokio::task::JoinSet::new();
+    for (i, input) in inputs.into_iter().enumerate() {
+        readers.spawn(read_stream(i, input, tx.clone()));
+    }
+    drop(tx);
     let mut encoder = Encoder::default();
-    let mut renditions = vec![RenditionState {
-        info: LiveRendition {
-            playlist: "index.m3u8".into(),
-            segment_extension: "m4s".into(),
-            ..LiveRendition::default()
-        },
-        playlist: PathBuf::from("index.m3u8"),
-        init_uri: None,
-        last: None,
-        recent: VecDeque::new(),
-    }];
-    let mut buf = vec![0u8; STREAM_READ];
     let mut record_sequence = 0u64;
     // Parts are listed before their segment closes; the playlist's
     // target duration must cover it from the start.
     let mut target_duration_us = if options.parts { target_us } else { 0 };
-    let mut started = false;
+    // In parts mode the record is stored again only when it has news: the
+    // first time, a rendition's initialisation section, a closed segment.
+    let mut record_due = true;
     loop {
-        if events.is_closed() {
-            return Ok(());
-        }
         // A silent pipe does not keep a broadcast nobody follows.
-        let n = tokio::select! {
-            read = input.read(&mut buf) => read.map_err(|e| input_err(source, e))?,
+        let (r, chunk) = tokio::select! {
+            c = chunks.recv() => match c {
+                Some(c) => c,
+                None => return Ok(()),
+            },
             () = events.closed() => return Ok(()),
         };
-        // Nothing before the first byte: a FIFO whose encoder has not
-        // opened it yet reads as ended. Look again shortly.
-        if n == 0 && !started {
-            tokio::select! {
-                () = tokio::time::sleep(WRITER_POLL) => continue,
-                () = events.closed() => return Ok(()),
-            }
-        }
-        started = true;
+        let source = if count == 1 {
+            options.source.clone()
+        } else {
+            options.source.join(format!("rendition {r}"))
+        };
+        let chunk = chunk.map_err(|e| input_err(&source, e))?;
+        let stream = &mut streams[r];
+        let state = &mut renditions[r];
         // What to publish: (bytes, duration, part).
         let mut units: Vec<(Vec<u8>, u64, Option<PartOf>)> = Vec::new();
-        let mut record_due = record_sequence == 0;
-        if n == 0 {
-            units.extend(cutter.finish().map(|s| (s.bytes, s.duration_us, None)));
+        if chunk.is_empty() {
+            stream.ended = true;
+            units.extend(
+                stream
+                    .cutter
+                    .finish()
+                    .map(|s| (s.bytes, s.duration_us, None)),
+            );
+            let dropped = stream.cutter.dropped + stream.parts.as_ref().map_or(0, |p| p.dropped);
+            if dropped > 0 {
+                tracing::warn!(%channel, rendition = r, fragments = dropped, "dropped fragments before the first keyframe");
+            }
         } else {
-            reader.push(&buf[..n]);
-            while let Some(item) = reader.poll_item().map_err(|e| input_err(source, e))? {
-                match item {
-                    Item::Init(bytes) => {
-                        let stored = store_segment(
-                            &node,
-                            &options.import,
-                            &mut encoder,
-                            source,
-                            bytes,
-                            0,
-                            None,
-                        )
-                        .await?;
-                        tracing::info!(%channel, manifest = %stored.manifest_cid, "stored the initialisation section");
-                        renditions[0].info.init = Some(stored.manifest_cid);
+            stream.reader.push(&chunk);
+        }
+        while let Some(item) = stream
+            .reader
+            .poll_item()
+            .map_err(|e| input_err(&source, e))?
+        {
+            match item {
+                Item::Init(bytes) => {
+                    let stored = store_segment(
+                        &node,
+                        &options.import,
+                        &mut encoder,
+                        &source,
+                        bytes,
+                        0,
+                        None,
+                    )
+                    .await?;
+                    tracing::info!(%channel, rendition = r, manifest = %stored.manifest_cid, "stored the initialisation section");
+                    state.info.init = Some(stored.manifest_cid);
+                    record_due = true;
+                }
+                Item::Fragment(f) => {
+                    let Some(parts) = &mut stream.parts else {
+                        let closed = stream.cutter.push(f).map_err(|e| input_err(&source, e))?;
+                        units.extend(closed.map(|s| (s.bytes, s.duration_us, None)));
+                        continue;
+                    };
+                    let Some(p) = parts.push(f).map_err(|e| input_err(&source, e))? else {
+                        continue;
+                    };
+                    if p.index == 0 && p.segment > 0 {
+                        // The segment before closed: the record says so.
+                        Fmp4Rendition::closed(
+                            state,
+                            &mut target_duration_us,
+                            stream.open_bytes,
+                            stream.open_us,
+                        );
+                        stream.open_us = 0;
+                        stream.open_bytes = 0;
+                        record_due = true;
                     }
-                    Item::Fragment(f) => {
-                        let Some(parts) = &mut part_cutter else {
-                            let closed = cutter.push(f).map_err(|e| input_err(source, e))?;
-                            units.extend(closed.map(|s| (s.bytes, s.duration_us, None)));
-                            continue;
-                        };
-                        let Some(p) = parts.push(f).map_err(|e| input_err(source, e))? else {
-                            continue;
-                        };
-                        if p.index == 0 && p.segment > 0 {
-                            // The segment before closed: the record says so.
-                            target_duration_us = target_duration_us.max(open_us);
-                            open_us = 0;
-                            record_due = true;
-                        }
-                        open_us = open_us.saturating_add(p.fragment.duration_us);
-                        let part = PartOf {
-                            segment: p.segment,
-                            index: p.index,
-                            independent: p.fragment.independent,
-                        };
-                        units.push((p.fragment.bytes, p.fragment.duration_us, Some(part)));
-                    }
+                    stream.open_us = stream.open_us.saturating_add(p.fragment.duration_us);
+                    stream.open_bytes += p.fragment.bytes.len() as u64;
+                    let part = PartOf {
+                        segment: p.segment,
+                        index: p.index,
+                        independent: p.fragment.independent,
+                    };
+                    units.push((p.fragment.bytes, p.fragment.duration_us, Some(part)));
                 }
             }
         }
         let mut imported = Vec::new();
         for (bytes, duration_us, part) in units {
-            let state = &mut renditions[0];
-            let sequence = next_unit;
-            next_unit += 1;
+            let sequence = stream.next_unit;
+            stream.next_unit += 1;
             let uri = match part {
                 Some(p) => format!("{}.{}.m4s", p.segment, p.index),
                 None => {
-                    target_duration_us = target_duration_us.max(duration_us);
+                    Fmp4Rendition::closed(
+                        state,
+                        &mut target_duration_us,
+                        bytes.len() as u64,
+                        duration_us,
+                    );
                     format!("{sequence}.m4s")
                 }
             };
             let new = NewSegment {
-                rendition: 0,
+                rendition: r as u16,
                 sequence,
                 uri: &uri,
                 duration_us,
@@ -387,34 +501,29 @@ pub async fn broadcast_fmp4<R: tokio::io::AsyncRead + Unpin>(
                 &mut encoder,
                 state,
                 new,
-                source,
+                &source,
                 bytes,
             )
             .await?;
-            imported.push((0, announcement, published));
+            imported.push((r as u16, announcement, published));
         }
         if !imported.is_empty() {
-            let record = if record_due || !options.parts {
+            let record = (record_due || !options.parts).then(|| {
+                record_due = false;
                 record_sequence += 1;
-                Some(Record {
+                Record {
                     name: &options.name,
                     origins: &[],
                     import: &options.import,
                     sequence: record_sequence,
                     target_duration_us,
-                })
-            } else {
-                None
-            };
-            let record = record.as_ref();
-            if !publish(&node, &key, record, &renditions, imported, &events).await? {
+                }
+            });
+            if !publish(&node, &key, record.as_ref(), &renditions, imported, &events).await? {
                 return Ok(());
             }
         }
-        if n == 0 {
-            if cutter.dropped > 0 {
-                tracing::warn!(%channel, fragments = cutter.dropped, "dropped fragments before the first keyframe");
-            }
+        if streams.iter().all(|s| s.ended) {
             tracing::info!(%channel, "the encoder ended the stream");
             return Ok(());
         }

@@ -58,7 +58,7 @@ use shoal_storage::assemble::load_stream;
 use shoal_storage::hls;
 
 use crate::live::{LiveView, RenditionView};
-use crate::ll_hls::{PartState, has_parts, ll_media, part_state, segment_parts};
+use crate::ll_hls::{PartState, has_parts, ll_media, part_state, report, segment_parts};
 use crate::local_http::{Access, Refused, Site};
 use crate::stats::LiveStatsReport;
 use crate::{Node, NodeError};
@@ -96,6 +96,17 @@ pub const WAITS_PER_SITE: usize = 8;
 /// How often a waiting request looks again when no event of its channel
 /// woke it (a part passed over at its deadline sends none).
 const WAIT_RECHECK: Duration = Duration::from_millis(100);
+
+/// The longest a blocking request waits, whatever target duration a
+/// channel's record claims: three of the longest segments a broadcast of
+/// this node takes (10 s).
+const MAX_WAIT: Duration = Duration::from_secs(30);
+
+/// How long a blocking request of a channel with target `target_us` waits:
+/// the spec's three target durations, at most [`MAX_WAIT`].
+fn wait_limit(target_us: u64) -> Duration {
+    reload_wait(target_us).min(MAX_WAIT)
+}
 
 const PLAYLIST_TYPE: &str = "application/vnd.apple.mpegurl";
 
@@ -668,7 +679,15 @@ async fn serve_media(
             let text = media_playlist(&view, rendition).unwrap_or_default();
             return Ok(playlist(prefix_uris(&text, prefix)));
         }
-        let media = ll_media(r, view.target_duration_us).ok_or_else(|| {
+        // Where the other low-latency renditions stand.
+        let reports: Vec<_> = view
+            .renditions
+            .iter()
+            .enumerate()
+            .filter(|(j, other)| *j != rendition && has_parts(other))
+            .filter_map(|(j, other)| report(other, format!("../{j}/index.m3u8")))
+            .collect();
+        let media = ll_media(r, view.target_duration_us, &reports).ok_or_else(|| {
             GatewayError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!(
@@ -689,7 +708,7 @@ async fn serve_media(
         let until = match &waiting {
             Some((_, until)) => *until,
             None => {
-                let until = tokio::time::Instant::now() + reload_wait(view.target_duration_us);
+                let until = tokio::time::Instant::now() + wait_limit(view.target_duration_us);
                 waiting = Some((g.wait_slot(site)?, until));
                 until
             }
@@ -841,7 +860,7 @@ async fn live_part(
         let until = match &waiting {
             Some((_, until)) => *until,
             None => {
-                let until = tokio::time::Instant::now() + reload_wait(view.target_duration_us);
+                let until = tokio::time::Instant::now() + wait_limit(view.target_duration_us);
                 waiting = Some((g.wait_slot(site)?, until));
                 until
             }

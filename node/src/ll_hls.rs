@@ -13,7 +13,7 @@
 
 use shoal_protocol::http::PlaylistEdge;
 use shoal_protocol::live::{ListedPart, PartSegment, RenditionView, group_parts};
-use shoal_storage::hls::{self, LiveSegment, LlPart, LlPlaylist, LlSegment};
+use shoal_storage::hls::{self, LiveSegment, LlPart, LlPlaylist, LlSegment, RenditionReport};
 
 /// Closed segments keep their parts listed while they end within this
 /// many target durations of the playlist's end.
@@ -40,10 +40,35 @@ fn first_frame_ms(s: &PartSegment) -> Option<u64> {
     Some(published.saturating_sub(first.duration_us / 1000))
 }
 
+/// Where rendition `r` stands, for the playlists of the channel's other
+/// renditions (`EXT-X-RENDITION-REPORT`, `uri` relative to them); `None`
+/// until it lists a whole segment.
+pub fn report(r: &RenditionView, uri: String) -> Option<RenditionReport> {
+    let view = group_parts(&r.playlist);
+    let open = view.open.as_ref()?;
+    let closed = view.closed.last()?;
+    Some(match open.parts.len() {
+        n if n > 0 && !open.gap => RenditionReport {
+            uri,
+            last_msn: open.segment,
+            last_part: Some(n as u64 - 1),
+        },
+        _ => RenditionReport {
+            uri,
+            last_msn: closed.segment,
+            last_part: (!closed.gap)
+                .then(|| closed.parts.len().checked_sub(1))
+                .flatten()
+                .map(|p| p as u64),
+        },
+    })
+}
+
 /// The playlist of rendition `r` of a channel whose segments aim at
-/// `target_us`; `None` until a whole segment is listed (hls.js takes a
-/// playlist of parts alone for an empty one, an error).
-pub fn ll_media(r: &RenditionView, target_us: u64) -> Option<LlMedia> {
+/// `target_us`, with `reports` of its other renditions; `None` until a
+/// whole segment is listed (hls.js takes a playlist of parts alone for an
+/// empty one, an error).
+pub fn ll_media(r: &RenditionView, target_us: u64, reports: &[RenditionReport]) -> Option<LlMedia> {
     let view = group_parts(&r.playlist);
     let open = view.open.as_ref()?;
     if view.closed.is_empty() {
@@ -100,6 +125,7 @@ pub fn ll_media(r: &RenditionView, target_us: u64) -> Option<LlMedia> {
         segments: &segments,
         open_parts: &open_parts,
         preload_hint: &hint,
+        rendition_reports: reports,
     });
     Some(LlMedia {
         text,
@@ -247,7 +273,7 @@ mod tests {
         // Segments 0..=3 of five 200 ms parts closed, segment 4 open with
         // two parts; the target is 1 s.
         let r = rendition(22, 5, &[]);
-        let m = ll_media(&r, 1_000_000).unwrap();
+        let m = ll_media(&r, 1_000_000, &[]).unwrap();
         let t = &m.text;
         assert!(t.contains("#EXT-X-MEDIA-SEQUENCE:0\n"), "{t}");
         assert!(t.contains("#EXT-X-PART-INF:PART-TARGET=0.2"), "{t}");
@@ -281,7 +307,7 @@ mod tests {
     #[test]
     fn a_segment_missing_a_part_is_a_gap_without_parts() {
         let r = rendition(22, 5, &[12]);
-        let t = ll_media(&r, 1_000_000).unwrap().text;
+        let t = ll_media(&r, 1_000_000, &[]).unwrap().text;
         assert!(t.contains("#EXT-X-GAP\n#EXTINF:1.000000,\n2.m4s"), "{t}");
         assert!(!t.contains("\"2.0.m4s\""), "{t}");
         assert!(segment_parts(&r, 2).is_none());
@@ -303,10 +329,19 @@ mod tests {
             seg.iter().map(|(_, s)| *s).collect::<Vec<_>>(),
             vec![15, 16, 17, 18, 19]
         );
+        // Where it stands, for the other renditions' playlists.
+        assert_eq!(
+            report(&r, "../0/index.m3u8".into()),
+            Some(RenditionReport {
+                uri: "../0/index.m3u8".into(),
+                last_msn: 4,
+                last_part: Some(1)
+            })
+        );
         // The open segment is not whole yet.
         assert!(segment_parts(&r, 4).is_none());
         // Nothing before a whole segment.
-        assert!(ll_media(&rendition(4, 5, &[]), 1_000_000).is_none());
-        assert!(ll_media(&rendition(6, 5, &[]), 1_000_000).is_some());
+        assert!(ll_media(&rendition(4, 5, &[]), 1_000_000, &[]).is_none());
+        assert!(ll_media(&rendition(6, 5, &[]), 1_000_000, &[]).is_some());
     }
 }

@@ -116,6 +116,12 @@ pub struct SwarmArgs {
     #[arg(long, value_name = "MS", default_value_t = 2000,
           value_parser = clap::value_parser!(u64).range(100..=10_000))]
     pub segment_ms: u64,
+    /// Low-latency live: announce each --segment-ms unit as a part of a
+    /// segment of this many parts (as `broadcast --low-latency` does),
+    /// so viewers keep and fetch parts by segment; 1: whole segments
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub parts: u32,
     /// Data shards per segment
     #[arg(long, value_name = "K", default_value_t = 10,
           value_parser = clap::value_parser!(u16).range(1..=64))]
@@ -278,6 +284,7 @@ pub fn run(cli: Cli) -> Result<String, Error> {
             let base = SwarmParams {
                 segment_duration: Duration::from_millis(args.segment_ms),
                 segment_bytes: (rate * args.segment_ms / 1000) as usize,
+                parts_per_segment: args.parts,
                 k: args.k,
                 m: args.m,
                 segments: args.segments.unwrap_or(preset.segments),

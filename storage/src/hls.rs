@@ -402,6 +402,22 @@ pub struct LlPlaylist<'a> {
     /// The part that comes next (`EXT-X-PRELOAD-HINT`): a player asks for
     /// it at once and the server answers when it exists.
     pub preload_hint: &'a str,
+    /// Where the channel's other renditions stand
+    /// (`EXT-X-RENDITION-REPORT`), so that a player switching to one
+    /// can ask for its next part at once.
+    pub rendition_reports: &'a [RenditionReport],
+}
+
+/// How far another rendition's playlist has come.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RenditionReport {
+    /// Its media playlist, relative to this one.
+    pub uri: String,
+    /// Its last segment with anything listed (the one under way if it
+    /// has parts).
+    pub last_msn: u64,
+    /// The last part listed of `last_msn`, if it has parts listed.
+    pub last_part: Option<u64>,
 }
 
 /// Of a part target, the hold back a player keeps from the live edge:
@@ -489,6 +505,19 @@ pub fn write_ll_media(p: &LlPlaylist<'_>) -> String {
         "#EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"{}\"",
         p.preload_hint
     );
+    for r in p.rendition_reports {
+        let _ = write!(
+            out,
+            "#EXT-X-RENDITION-REPORT:URI=\"{}\",LAST-MSN={}",
+            r.uri, r.last_msn
+        );
+        match r.last_part {
+            Some(part) => {
+                let _ = writeln!(out, ",LAST-PART={part}");
+            }
+            None => out.push('\n'),
+        }
+    }
     out
 }
 
@@ -663,6 +692,7 @@ mod tests {
             segments: &segments,
             open_parts: &open,
             preload_hint: "12.1.m4s",
+            rendition_reports: &[],
         });
         let lines: Vec<&str> = text.lines().collect();
         // No part is longer than the part target, and players hold three
@@ -696,6 +726,35 @@ mod tests {
         assert_eq!(m.init.as_deref(), Some("init.mp4"));
         let uris: Vec<&str> = m.segments.iter().map(|s| s.uri.as_str()).collect();
         assert_eq!(uris, ["10.m4s", "11.m4s"]);
+
+        // With other renditions, where each stands, after the hint.
+        let reports = [
+            RenditionReport {
+                uri: "../1/index.m3u8".into(),
+                last_msn: 12,
+                last_part: Some(0),
+            },
+            RenditionReport {
+                uri: "../2/index.m3u8".into(),
+                last_msn: 11,
+                last_part: None,
+            },
+        ];
+        let text = write_ll_media(&LlPlaylist {
+            media_sequence: 10,
+            target_us: 1_000_000,
+            part_target_us: 333_000,
+            init: Some("init.mp4"),
+            segments: &segments,
+            open_parts: &open,
+            preload_hint: "12.1.m4s",
+            rendition_reports: &reports,
+        });
+        assert!(text.ends_with(
+            "#EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"12.1.m4s\"\n\
+             #EXT-X-RENDITION-REPORT:URI=\"../1/index.m3u8\",LAST-MSN=12,LAST-PART=0\n\
+             #EXT-X-RENDITION-REPORT:URI=\"../2/index.m3u8\",LAST-MSN=11\n"
+        ));
     }
 
     #[test]

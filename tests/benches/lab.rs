@@ -33,35 +33,13 @@ use shoal_sim::swarm::SessionSummary;
 use shoal_sim::swarm::scenario::{Figures, LiveScenario};
 use shoal_tests::lab::{Host, Lab, LabNode, LinkSpec};
 use shoal_tests::lab_live::Stream;
+use shoal_tests::{cpu_share, cpu_ticks};
 
 fn env_list(name: &str, default: &[usize]) -> Vec<usize> {
     std::env::var(name)
         .ok()
         .map(|v| v.split(',').filter_map(|n| n.trim().parse().ok()).collect())
         .unwrap_or_else(|| default.to_vec())
-}
-
-/// Busy and total CPU time of the machine so far (`/proc/stat`), in ticks.
-fn cpu_ticks() -> (u64, u64) {
-    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let fields: Vec<u64> = stat
-        .lines()
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|f| f.parse().ok())
-        .collect();
-    let total: u64 = fields.iter().sum();
-    // idle and iowait
-    let idle = fields.get(3).copied().unwrap_or(0) + fields.get(4).copied().unwrap_or(0);
-    (total - idle, total)
-}
-
-fn cpu_share(from: (u64, u64), to: (u64, u64)) -> f64 {
-    let busy = to.0.saturating_sub(from.0) as f64;
-    let total = to.1.saturating_sub(from.1).max(1) as f64;
-    busy / total
 }
 
 /// A seeder's uplink: 20 Mb/s, 10 ms to the core.

@@ -477,3 +477,27 @@ fn dechunk(mut body: &[u8]) -> Vec<u8> {
     }
     out
 }
+
+/// Busy and total CPU time of the machine so far (`/proc/stat`), in ticks.
+pub fn cpu_ticks() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let fields: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    let total: u64 = fields.iter().sum();
+    // idle and iowait
+    let idle = fields.get(3).copied().unwrap_or(0) + fields.get(4).copied().unwrap_or(0);
+    (total - idle, total)
+}
+
+/// The machine's busy share between two [`cpu_ticks`] readings.
+pub fn cpu_share(from: (u64, u64), to: (u64, u64)) -> f64 {
+    let busy = to.0.saturating_sub(from.0) as f64;
+    let total = to.1.saturating_sub(from.1).max(1) as f64;
+    busy / total
+}

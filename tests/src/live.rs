@@ -221,13 +221,31 @@ pub fn fragmented_mp4(seconds: u32, audio: bool) -> Vec<u8> {
 impl Encoder {
     /// A live encoder piping fragmented MP4 at real-time pace (`-re`):
     /// `seconds` of a test picture, a keyframe every second and a
-    /// fragment every 200 ms; its stdout is the stream.
-    pub fn piped_fmp4(seconds: u32) -> (Encoder, tokio::net::unix::pipe::Receiver) {
+    /// fragment every 200 ms; its stdout is the stream. With `clock`, the
+    /// picture shows the wall clock at which each frame was made, in
+    /// milliseconds of the UTC day (the start read here plus the frame's
+    /// time), to check a player's latency against by eye.
+    pub fn piped_fmp4(seconds: u32, clock: bool) -> (Encoder, tokio::net::unix::pipe::Receiver) {
         require_tool("ffmpeg");
-        let mut child = Command::new("ffmpeg")
+        let mut command = Command::new("ffmpeg");
+        command
             .args(["-v", "error", "-re", "-f", "lavfi"])
             .args(["-i", "testsrc=size=320x180:rate=25"])
-            .args(["-t", &seconds.to_string()])
+            .args(["-t", &seconds.to_string()]);
+        if clock {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default();
+            let of_day = now.as_millis() % 86_400_000;
+            command.args([
+                "-vf",
+                &format!(
+                    "drawtext=text='%{{eif\\:{of_day}+t*1000\\:d}}':fontsize=28:\
+                     fontcolor=white:box=1:boxcolor=black:x=10:y=10"
+                ),
+            ]);
+        }
+        let mut child = command
             .args([
                 "-c:v",
                 "libx264",
@@ -255,6 +273,50 @@ impl Drop for Encoder {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+    }
+}
+
+/// A daemon (node, API, gateway) on a fresh repo in this process, joined
+/// through `bootstrap`.
+pub struct ViewerDaemon {
+    /// Its API and gateway, `http://127.0.0.1:<port>`.
+    pub base: String,
+    pub node: shoal_node::Node,
+    stop: tokio::sync::oneshot::Sender<()>,
+    served: tokio::task::JoinHandle<Result<(), shoal_node::daemon::DaemonError>>,
+}
+
+impl ViewerDaemon {
+    pub async fn start(repo: &std::path::Path, bootstrap: Option<&Multiaddr>) -> Self {
+        shoal_node::repo::Repo::init(repo).unwrap();
+        let daemon = shoal_node::daemon::Daemon::start(
+            repo,
+            shoal_node::daemon::DaemonOptions {
+                listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
+                bootstrap: bootstrap.into_iter().cloned().collect(),
+                api: Some("127.0.0.1:0".into()),
+                mdns: Some(false),
+            },
+        )
+        .await
+        .unwrap();
+        let base = format!("http://{}", daemon.api_addr);
+        let node = daemon.node.clone();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let served = tokio::spawn(daemon.serve_until(async {
+            let _ = stopped.await;
+        }));
+        ViewerDaemon {
+            base,
+            node,
+            stop,
+            served,
+        }
+    }
+
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        self.served.await.unwrap().unwrap();
     }
 }
 
@@ -301,12 +363,13 @@ pub fn spawn_broadcast(
 }
 
 /// Runs a broadcast of a fragmented MP4 stream on `node` until it ends,
-/// in 1 s segments, as parts if `parts` (low-latency live); returns what
-/// was published.
+/// in segments of `segment`, as parts if `parts` (low-latency live);
+/// returns what was published.
 pub fn spawn_fmp4_broadcast<R>(
     node: &Node,
     key: ChannelKey,
     input: R,
+    segment: Duration,
     parts: bool,
 ) -> tokio::task::JoinHandle<Vec<Published>>
 where
@@ -317,7 +380,7 @@ where
         let (tx, mut rx) = mpsc::channel(64);
         let options = shoal_node::broadcast::Fmp4Options {
             source: PathBuf::from("ffmpeg"),
-            segment_duration: Duration::from_secs(1),
+            segment_duration: segment,
             parts,
             import: ImportOptions {
                 creator: Some(CREATOR),
@@ -326,7 +389,11 @@ where
             name: "test".into(),
         };
         let run = tokio::spawn(shoal_node::broadcast::broadcast_fmp4(
-            node, key, options, input, tx,
+            node,
+            key,
+            options,
+            vec![input],
+            tx,
         ));
         let mut published = Vec::new();
         while let Some(p) = rx.recv().await {

@@ -246,9 +246,9 @@ fn an_fmp4_channel_plays_from_a_viewers_gateway() {
 }
 
 /// A FIFO in the sandbox, for an encoder to write into.
-fn make_fifo(sandbox: &Sandbox) -> std::path::PathBuf {
+fn make_fifo(sandbox: &Sandbox, name: &str) -> std::path::PathBuf {
     require_tool("mkfifo");
-    let fifo = sandbox.path("live.fifo");
+    let fifo = sandbox.path(name);
     let made = std::process::Command::new("mkfifo")
         .arg(&fifo)
         .status()
@@ -301,7 +301,7 @@ fn a_piped_fmp4_stream_is_broadcast_and_plays_from_a_viewers_gateway() {
     let d1 = one.start_daemon(None);
     let d2 = two.start_daemon(Some(&d1.addr));
     let id = one.shoal(&["channel", "create", "pipe"]).ok().to_owned();
-    let fifo = make_fifo(&one);
+    let fifo = make_fifo(&one, "live.fifo");
     // Mistakes first: one line each, nothing started.
     one.shoal(&["broadcast", "pipe", "--fmp4", "/no/such/fifo"])
         .fails_with("/no/such/fifo");
@@ -351,6 +351,30 @@ fn a_piped_fmp4_stream_is_broadcast_and_plays_from_a_viewers_gateway() {
     assert_eq!(listed, 5);
 }
 
+/// Parts by (segment, place).
+type Parts = std::collections::BTreeMap<(u64, u32), Vec<u8>>;
+
+/// The parts `PartCutter` makes of `stream` at 1 s segments, and its
+/// initialisation section.
+fn parts_of(stream: &[u8]) -> (Parts, Vec<u8>) {
+    use shoal_storage::cmaf::{FragmentReader, Item, PartCutter};
+    let mut reader = FragmentReader::new();
+    reader.push(stream);
+    let mut cutter = PartCutter::new(1_000_000);
+    let mut init = Vec::new();
+    let mut parts = std::collections::BTreeMap::new();
+    while let Some(item) = reader.poll_item().unwrap() {
+        match item {
+            Item::Init(bytes) => init = bytes,
+            Item::Fragment(f) => {
+                let p = cutter.push(f).unwrap().unwrap();
+                parts.insert((p.segment, p.index), p.fragment.bytes);
+            }
+        }
+    }
+    (parts, init)
+}
+
 /// The last `EXT-X-PART` of a playlist: (segment, part) from its URI
 /// `0/<segment>.<part>.m4s`.
 fn last_part(playlist: &str) -> Option<(u64, u32)> {
@@ -371,25 +395,11 @@ fn last_part(playlist: &str) -> Option<(u64, u32)> {
 /// each segment its parts back to back, which ffprobe reads whole.
 #[test]
 fn a_low_latency_stream_moves_as_parts_and_a_viewers_gateway_serves_ll_hls() {
-    use shoal_storage::cmaf::{FragmentReader, Item, PartCutter};
     require_tool("ffprobe");
     // Five seconds of 200 ms fragments, a keyframe a second: five
     // segments of five parts.
     let stream = shoal_tests::live::fragmented_mp4(5, false);
-    let mut reader = FragmentReader::new();
-    reader.push(&stream);
-    let mut cutter = PartCutter::new(1_000_000);
-    let mut init = Vec::new();
-    let mut parts = std::collections::BTreeMap::new();
-    while let Some(item) = reader.poll_item().unwrap() {
-        match item {
-            Item::Init(bytes) => init = bytes,
-            Item::Fragment(f) => {
-                let p = cutter.push(f).unwrap().unwrap();
-                parts.insert((p.segment, p.index), p.fragment.bytes);
-            }
-        }
-    }
+    let (parts, init) = parts_of(&stream);
     assert_eq!(parts.keys().map(|(s, _)| *s).max(), Some(4));
 
     let one = Sandbox::with_repo();
@@ -397,7 +407,7 @@ fn a_low_latency_stream_moves_as_parts_and_a_viewers_gateway_serves_ll_hls() {
     let d1 = one.start_daemon(None);
     let d2 = two.start_daemon(Some(&d1.addr));
     let id = one.shoal(&["channel", "create", "ll"]).ok().to_owned();
-    let fifo = make_fifo(&one);
+    let fifo = make_fifo(&one, "live.fifo");
     let fifo_arg = fifo.to_str().unwrap();
     let ll = [
         "broadcast",
@@ -571,4 +581,118 @@ fn a_low_latency_stream_moves_as_parts_and_a_viewers_gateway_serves_ll_hls() {
     let reload = get(&d2.api, &format!("{top}?_HLS_msn=4&_HLS_part=5"));
     assert_eq!(reload.status, 503, "{}", reload.text());
     assert_eq!(get(&d2.api, &format!("/live/{id}/0/4.5.m4s")).status, 404);
+}
+
+/// Two low-latency renditions (`--fmp4` twice): the master playlist names
+/// both, each media playlist reports where the other stands
+/// (`EXT-X-RENDITION-REPORT`), and the second rendition's parts are its
+/// encoder's fragments at the viewer.
+#[test]
+fn two_low_latency_renditions_report_on_each_other() {
+    let streams = [
+        shoal_tests::live::fragmented_mp4(4, false),
+        shoal_tests::live::fragmented_mp4(4, true),
+    ];
+    let (first, _) = parts_of(&streams[0]);
+    let (second, _) = parts_of(&streams[1]);
+    // Each rendition's last part, which the other's playlist reports.
+    let ends: Vec<(u64, u32)> = [&first, &second]
+        .iter()
+        .map(|p| *p.keys().next_back().unwrap())
+        .collect();
+    let one = Sandbox::with_repo();
+    let two = Sandbox::with_repo();
+    let d1 = one.start_daemon(None);
+    let d2 = two.start_daemon(Some(&d1.addr));
+    let id = one.shoal(&["channel", "create", "ladder"]).ok().to_owned();
+    let fifos = [make_fifo(&one, "hi.fifo"), make_fifo(&one, "lo.fifo")];
+    let broadcast = Lines::spawn(one.command(&[
+        "broadcast",
+        "ladder",
+        "--fmp4",
+        fifos[0].to_str().unwrap(),
+        "--fmp4",
+        fifos[1].to_str().unwrap(),
+        "--segment-seconds",
+        "1",
+        "--low-latency",
+    ]));
+    broadcast.expect(&format!("broadcasting channel {id}"), 10);
+    let _watch = Lines::spawn(two.command(&["watch", &id]));
+    let writers: Vec<_> = fifos
+        .iter()
+        .zip(&streams)
+        .map(|(f, s)| feed_fifo(f, s, 4))
+        .collect();
+    for w in writers {
+        w.join().unwrap();
+    }
+    broadcast.expect("the encoder ended the stream", 30);
+    let master = get(&d2.api, &format!("/live/{id}/index.m3u8")).text();
+    assert!(
+        master.contains("0/index.m3u8") && master.contains("1/index.m3u8"),
+        "{master}"
+    );
+    // Both renditions have listed their last part.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let playlists = loop {
+        let texts: Vec<String> = (0..2)
+            .map(|r| get(&d2.api, &format!("/live/{id}/{r}/index.m3u8")).text())
+            .collect();
+        let last = |t: &str| {
+            t.lines()
+                .rev()
+                .find(|l| l.starts_with("#EXT-X-PART:"))
+                .map(str::to_owned)
+        };
+        let done = texts
+            .iter()
+            .zip(&ends)
+            .all(|(t, (s, p))| last(t).is_some_and(|l| l.contains(&format!("\"{s}.{p}.m4s\""))));
+        if done {
+            break texts;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not every part listed: {texts:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    for (r, other) in [(0, 1), (1, 0)] {
+        let (s, p) = ends[other];
+        let report = format!(
+            "#EXT-X-RENDITION-REPORT:URI=\"../{other}/index.m3u8\",LAST-MSN={s},LAST-PART={p}\n"
+        );
+        assert!(
+            playlists[r].ends_with(&report),
+            "{report} not at the end of\n{}",
+            playlists[r]
+        );
+    }
+    assert!(
+        playlists[1].contains("#EXT-X-MAP:URI=\"init.mp4\""),
+        "{}",
+        playlists[1]
+    );
+    // Every part the second rendition lists (the viewer hears of a
+    // rendition's topic from the record, so it may join it a segment or
+    // two late) is its encoder's fragment.
+    let listed: Vec<(u64, u32)> = playlists[1]
+        .lines()
+        .filter_map(|l| l.strip_prefix("#EXT-X-PART:"))
+        .filter_map(|l| l.split("URI=\"").nth(1)?.split('"').next())
+        .filter_map(|uri| {
+            let (s, p) = uri.trim_end_matches(".m4s").split_once('.')?;
+            Some((s.parse().ok()?, p.parse().ok()?))
+        })
+        .collect();
+    assert!(listed.len() >= 5, "{}", playlists[1]);
+    for (segment, part) in listed {
+        let reply = get(&d2.api, &format!("/live/{id}/1/{segment}.{part}.m4s"));
+        assert_eq!(reply.status, 200, "1/{segment}.{part}");
+        assert!(
+            reply.body == second[&(segment, part)],
+            "part 1/{segment}.{part} differs from its encoder's"
+        );
+    }
 }

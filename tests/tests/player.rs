@@ -5,55 +5,13 @@
 
 use std::path::PathBuf;
 use std::process::Command;
+use std::time::Duration;
 
-use shoal_node::daemon::{Daemon, DaemonOptions};
-use shoal_node::repo::Repo;
 use shoal_tests::check_output;
-use shoal_tests::live::{Encoder, channel_key, spawn_broadcast, spawn_fmp4_broadcast, start};
+use shoal_tests::live::{
+    Encoder, ViewerDaemon, channel_key, spawn_broadcast, spawn_fmp4_broadcast, start,
+};
 use shoal_tests::require_tool;
-
-/// A daemon (node, API, gateway) on a fresh repo in this process, joined
-/// through `bootstrap`.
-struct ViewerDaemon {
-    base: String,
-    node: shoal_node::Node,
-    stop: tokio::sync::oneshot::Sender<()>,
-    served: tokio::task::JoinHandle<Result<(), shoal_node::daemon::DaemonError>>,
-}
-
-impl ViewerDaemon {
-    async fn start(repo: &std::path::Path, bootstrap: &shoal_node::libp2p::Multiaddr) -> Self {
-        Repo::init(repo).unwrap();
-        let daemon = Daemon::start(
-            repo,
-            DaemonOptions {
-                listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
-                bootstrap: vec![bootstrap.clone()],
-                api: Some("127.0.0.1:0".into()),
-                mdns: Some(false),
-            },
-        )
-        .await
-        .unwrap();
-        let base = format!("http://{}", daemon.api_addr);
-        let node = daemon.node.clone();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let served = tokio::spawn(daemon.serve_until(async {
-            let _ = stopped.await;
-        }));
-        ViewerDaemon {
-            base,
-            node,
-            stop,
-            served,
-        }
-    }
-
-    async fn stop(self) {
-        let _ = self.stop.send(());
-        self.served.await.unwrap().unwrap();
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chromium_plays_a_live_channel_through_the_gateway() {
@@ -76,11 +34,12 @@ async fn chromium_plays_a_low_latency_channel_loading_parts() {
     let broadcaster = start(None, Default::default()).await;
     let key = channel_key();
     let channel = key.id();
-    let viewer = ViewerDaemon::start(&work.path().join("viewer"), &broadcaster.addr).await;
+    let viewer = ViewerDaemon::start(&work.path().join("viewer"), Some(&broadcaster.addr)).await;
     // Watching before the stream starts: parts come from the first.
     viewer.node.watch(channel).await.unwrap();
-    let (encoder, stdout) = Encoder::piped_fmp4(30);
-    let published = spawn_fmp4_broadcast(&broadcaster.node, key, stdout, true);
+    let (encoder, stdout) = Encoder::piped_fmp4(30, false);
+    let published =
+        spawn_fmp4_broadcast(&broadcaster.node, key, stdout, Duration::from_secs(1), true);
     let result = play_page(&format!("{}/web/?channel={channel}", viewer.base)).await;
     assert!(result["fatal"].is_null(), "{result}");
     assert!(
@@ -136,7 +95,7 @@ async fn plays_live(encoder: fn(&std::path::Path, u32) -> Encoder) {
     let key = channel_key();
     let channel = key.id();
 
-    let viewer = ViewerDaemon::start(&work.path().join("viewer"), &broadcaster.addr).await;
+    let viewer = ViewerDaemon::start(&work.path().join("viewer"), Some(&broadcaster.addr)).await;
     let base = viewer.base.clone();
 
     let published = spawn_broadcast(&broadcaster.node, key, hls_dir.clone(), Vec::new());
@@ -223,7 +182,7 @@ async fn ffprobe_reads_an_on_demand_stream_that_the_gateway_fetches_from_peers()
     .unwrap();
     seeder.node.provide(imported.root).await.unwrap();
 
-    let daemon = ViewerDaemon::start(&work.path().join("viewer"), &seeder.addr).await;
+    let daemon = ViewerDaemon::start(&work.path().join("viewer"), Some(&seeder.addr)).await;
     let base = daemon.base.clone();
     let viewer = daemon.node.clone();
 

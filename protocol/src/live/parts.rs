@@ -17,7 +17,12 @@
 //!   a viewer that joined mid-segment does not list the half it has.
 //! - A part listed out of order (its segment before the one under way,
 //!   or its place not after the last one's) is left out; only a
-//!   misbehaving broadcaster signs such parts.
+//!   misbehaving broadcaster signs such parts. Every segment has a part,
+//!   so no more segments can be skipped whole than units are missing: a
+//!   jump in segment numbers further than that (signed by a misbehaving
+//!   broadcaster, up to 2^64) starts the playlist again at the new
+//!   segment rather than list the segments between. The work is linear
+//!   in what is listed, whatever the numbers say.
 
 use super::planner::Listed;
 
@@ -73,10 +78,12 @@ pub fn group_parts(listed: &[Listed]) -> PartsView {
     let mut view = PartsView::default();
     let mut open: Option<PartSegment> = None;
     // Gap units since the last part held.
-    let mut missing = false;
+    let mut missing: u64 = 0;
     for l in listed {
         let Some(p) = l.part.filter(|_| !l.gap) else {
-            missing |= open.is_some();
+            if open.is_some() {
+                missing += 1;
+            }
             continue;
         };
         let part = ListedPart {
@@ -101,9 +108,9 @@ pub fn group_parts(listed: &[Listed]) -> PartsView {
                 continue;
             }
             let next = current.parts.last().map_or(0, |q| q.index + 1);
-            current.gap |= missing || p.index != next;
+            current.gap |= missing > 0 || p.index != next;
             current.parts.push(part);
-            missing = false;
+            missing = 0;
             continue;
         }
         if p.segment < current.segment {
@@ -114,8 +121,20 @@ pub fn group_parts(listed: &[Listed]) -> PartsView {
         // one's head.
         let head_missing = p.index != 0;
         let mut closed = open.take().unwrap_or_else(|| PartSegment::new(p.segment));
-        closed.gap |= missing;
-        let from = closed.segment + 1;
+        let from = closed.segment.saturating_add(1);
+        if p.segment.saturating_sub(from) > missing {
+            // More segments skipped than units missing: numbers no honest
+            // broadcaster signs. Start again here.
+            view.closed.clear();
+            if p.index == 0 {
+                let mut s = PartSegment::new(p.segment);
+                s.parts.push(part);
+                open = Some(s);
+            }
+            missing = 0;
+            continue;
+        }
+        closed.gap |= missing > 0;
         view.closed.push(closed);
         for skipped in from..p.segment {
             let mut s = PartSegment::new(skipped);
@@ -126,7 +145,7 @@ pub fn group_parts(listed: &[Listed]) -> PartsView {
         s.gap = head_missing;
         s.parts.push(part);
         open = Some(s);
-        missing = false;
+        missing = 0;
     }
     // Gap units after the last part are the open segment's next parts or
     // the next segment's first; the next part listed will say which.
@@ -222,6 +241,15 @@ mod tests {
             unit(4, Some((3, 2))),
         ]);
         assert_eq!(shape(&view), vec![(3, vec![0, 1, 2], false)]);
+        // A segment number no gap explains starts the playlist again,
+        // at once, however far it jumps.
+        let view = group_parts(&[
+            unit(0, Some((3, 0))),
+            unit(1, None),
+            unit(2, Some((u64::MAX, 0))),
+            unit(3, Some((u64::MAX, 1))),
+        ]);
+        assert_eq!(shape(&view), vec![(u64::MAX, vec![0, 1], false)]);
         assert_eq!(group_parts(&[]), PartsView::default());
         assert_eq!(group_parts(&[unit(0, None)]), PartsView::default());
     }

@@ -28,7 +28,9 @@
 //!   at the start and every [`LIVE_DISCOVERY_INTERVAL`] (while no peer of
 //!   the channel is known, after [`FIRST_DISCOVERY_RETRY`] and twice as
 //!   long each time up to it); a channel that is live without a known
-//!   record is looked up again at most every [`RECORD_RETRY`].
+//!   record, or with one that does not describe an announced rendition
+//!   (an fMP4 rendition without its initialisation section), is looked
+//!   up again at most every [`RECORD_RETRY`].
 //!
 //! The session does not know the network or the store: `P` is the peer
 //! identifier, and the caller opens nothing, stores what it is asked to,
@@ -459,9 +461,17 @@ impl<P: Clone + Ord + Hash> LiveSession<P> {
             cid: a.manifest_cid,
             bytes: a.manifest_bytes,
         });
-        // Live, but its record (origins, renditions) is not known yet: look
+        // Live, but its record (origins, renditions) is not known yet, or
+        // the one known does not describe this rendition (its fMP4
+        // initialisation section stored after that record was): look
         // again, at most every RECORD_RETRY.
-        if self.record.is_none() && now >= self.next_record_query {
+        let described = self.record.as_ref().is_some_and(|record| {
+            record
+                .renditions
+                .get(usize::from(a.rendition))
+                .is_some_and(|r| r.init.is_some() || r.segment_extension != "m4s")
+        });
+        if !described && now >= self.next_record_query {
             self.next_record_query = now + RECORD_RETRY;
             self.actions.push_back(SessionAction::FindRecord);
         }

@@ -61,7 +61,8 @@ use std::time::{Duration, Instant};
 use shoal_protocol::bitswap::{BlockSource, EngineConfig, Message, WireBlock};
 use shoal_protocol::block::{Codec, cid_of, sha256, sha256_multihash};
 use shoal_protocol::channel::{
-    CHANNEL_VERSION, ChannelId, ChannelKey, ChannelRecord, LiveRendition, Origin,
+    Announcement, CHANNEL_VERSION, ChannelId, ChannelKey, ChannelRecord, LiveRendition, Origin,
+    PartOf,
 };
 use shoal_protocol::fetch::BlockLookup;
 use shoal_protocol::live::{HttpRequest, LiveConfig, LiveEvent};
@@ -145,6 +146,11 @@ pub struct SwarmParams {
     pub warmup: u64,
     pub segment_bytes: usize,
     pub segment_duration: Duration,
+    /// Low-latency live: each segment of the model is announced as a part
+    /// of a segment this many parts long (`Announcement::part`), as the
+    /// node's `--low-latency` broadcast does, so the viewers' windows and
+    /// fetches in flight count parts by segment. 1: whole segments.
+    pub parts_per_segment: u32,
     pub k: u16,
     pub m: u16,
     /// Viewers each viewer dials (it also dials the broadcaster); others
@@ -201,6 +207,7 @@ impl Default for SwarmParams {
             warmup: 2,
             segment_bytes: 250_000,
             segment_duration: Duration::from_secs(2),
+            parts_per_segment: 1,
             k: 10,
             m: 4,
             dials: 16,
@@ -272,6 +279,9 @@ impl SwarmParams {
         }
         if self.segment_duration.is_zero() {
             return bad("segments must have a duration");
+        }
+        if !(1..=shoal_protocol::channel::MAX_PARTS_PER_SEGMENT).contains(&self.parts_per_segment) {
+            return bad("a segment has 1 to 256 parts");
         }
         if self.viewer_uplink == 0 || self.source_uplink == 0 {
             return bad("uplink rates must be above zero");
@@ -823,14 +833,23 @@ impl Sim {
             blocks.insert(manifest_cid, manifest_bytes.clone());
             let at = start + p.segment_duration * (sequence as u32);
             let published_ms = BASE_MS + at.as_millis() as u64;
-            let announcement = key.announce(
-                0,
+            let per = u64::from(p.parts_per_segment);
+            let part = (per > 1).then(|| PartOf {
+                segment: sequence / per,
+                index: (sequence % per) as u32,
+                independent: sequence.is_multiple_of(per),
+            });
+            let announcement = key.sign_announcement(Announcement {
+                version: CHANNEL_VERSION,
+                channel: Vec::new(),
+                rendition: 0,
                 sequence,
                 published_ms,
-                &format!("segment{sequence}.ts"),
-                b"broadcaster",
-                manifest_bytes,
-            );
+                uri: format!("segment{sequence}.ts"),
+                publisher: b"broadcaster".to_vec(),
+                manifest: manifest_bytes,
+                part,
+            });
             segments.push(Segment {
                 manifest,
                 announcement,
