@@ -250,6 +250,7 @@ async fn demo(work: &Path, options: DemoOptions) -> Result<()> {
                 source: "ffmpeg".into(),
                 segment_duration: LL_SEGMENT,
                 parts: true,
+                origins: Vec::new(),
                 import: ImportOptions::default(),
                 name: "shoal demo".into(),
             },

@@ -176,7 +176,9 @@ struct BroadcastArgs {
     /// (`mkfifo F; ffmpeg ... -f mp4 -y -movflags
     /// +frag_keyframe+empty_moov+default_base_moof F`, `-y` because the
     /// FIFO exists); the broadcast cuts it into segments at keyframes.
-    /// Repeat it for more renditions, one stream each
+    /// `-` reads it from this command's stdin (`ffmpeg ... pipe:1 |
+    /// shoal broadcast NAME --fmp4 -`). Repeat it for more renditions, one
+    /// stream each
     #[arg(long, value_name = "PATH")]
     fmp4: Vec<PathBuf>,
     /// With --fmp4: close a segment at the first keyframe past this many
@@ -192,7 +194,8 @@ struct BroadcastArgs {
     #[arg(long, value_name = "FILE")]
     playlist: Option<String>,
     /// HTTP origin serving the same folder, used by viewers when peers are
-    /// too slow (repeatable)
+    /// too slow (repeatable); with --fmp4, one serving the channel as a
+    /// gateway does (a CDN in front of http://HOST:PORT/live/<CHANNEL>)
     #[arg(long, value_name = "URL")]
     origin: Vec<String>,
     /// Data shards per segment [default: from config.toml]
@@ -478,18 +481,61 @@ fn run(cli: Cli) -> Result<()> {
     }
 }
 
+/// `--fmp4 -`: the daemon reads files, not this command's stdin, so the
+/// stream goes through a FIFO made for it in a private temporary folder
+/// (removed when the folder is dropped), fed from stdin by a thread. The
+/// daemon's end of file is stdin's.
+fn stdin_fifo() -> Result<(tempfile::TempDir, PathBuf)> {
+    use std::os::unix::ffi::OsStrExt;
+    let folder = tempfile::Builder::new()
+        .prefix("shoal-stdin-")
+        .tempdir()
+        .context("making a folder for the stdin FIFO")?;
+    let path = folder.path().join("stream.fifo");
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .context("the temporary folder's path")?;
+    // SAFETY: `c_path` is a valid NUL-terminated string that outlives the
+    // call; mkfifo reads it and keeps nothing.
+    if unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) } != 0 {
+        let e = io::Error::last_os_error();
+        bail!("making a FIFO at {}: {e}", path.display());
+    }
+    let writer_path = path.clone();
+    std::thread::spawn(move || {
+        // Blocks until the daemon opens the FIFO; if it never does, the
+        // command exits with the daemon's answer and takes the thread.
+        let Ok(mut fifo) = std::fs::OpenOptions::new().write(true).open(&writer_path) else {
+            return;
+        };
+        let _ = io::copy(&mut io::stdin().lock(), &mut fifo);
+    });
+    Ok((folder, path))
+}
+
 fn broadcast(dir: &Path, args: BroadcastArgs) -> Result<()> {
     let client = daemon_only(dir, "broadcast")?;
     // Checked here too, so a typo is reported before anything starts.
     shoal_node::channel_keys::load(dir, &args.name)?;
+    let stdin_count = args.fmp4.iter().filter(|p| p.as_os_str() == "-").count();
+    if stdin_count > 1 {
+        bail!("--fmp4 - reads stdin, which holds one stream: give it once");
+    }
+    // Kept until the broadcast ends: the FIFO lives in it.
+    let mut _stdin_folder = None;
+    let mut fmp4 = Vec::with_capacity(args.fmp4.len());
+    for p in &args.fmp4 {
+        if p.as_os_str() == "-" {
+            let (folder, fifo) = stdin_fifo()?;
+            _stdin_folder = Some(folder);
+            fmp4.push(fifo);
+        } else {
+            fmp4.push(absolute(p)?);
+        }
+    }
     let request = api::BroadcastRequest {
         name: args.name,
         dir: args.hls_dir.as_deref().map(absolute).transpose()?,
-        fmp4: args
-            .fmp4
-            .iter()
-            .map(|p| absolute(p))
-            .collect::<Result<_>>()?,
+        fmp4,
         // The daemon checks the range (a NaN or a negative is 0 here).
         segment_ms: Some((args.segment_seconds * 1000.0).round() as u64),
         low_latency: args.low_latency,

@@ -1,10 +1,10 @@
 //! A fragmented MP4 stream from a live encoder's pipe, in pieces as they
-//! come: read and cut into segments, never panicking, holding no more
-//! than the limits.
+//! come: read and cut into segments (and placed as parts), never
+//! panicking, holding no more than the limits.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use shoal_storage::cmaf::{FragmentReader, Item, MAX_FRAGMENT_BYTES, SegmentCutter};
+use shoal_storage::cmaf::{FragmentReader, Item, MAX_FRAGMENT_BYTES, PartCutter, SegmentCutter};
 
 fuzz_target!(|data: &[u8]| {
     // The first byte chooses the piece size, the rest is the stream.
@@ -13,12 +13,13 @@ fuzz_target!(|data: &[u8]| {
     };
     let mut reader = FragmentReader::new();
     let mut cutter = SegmentCutter::new(1_000_000);
+    let mut parts = PartCutter::new(1_000_000);
     for chunk in stream.chunks(usize::from(piece).max(1)) {
         reader.push(chunk);
         loop {
             match reader.poll_item() {
                 Ok(Some(Item::Fragment(f))) => {
-                    if cutter.push(f).is_err() {
+                    if parts.push(f.clone()).is_err() || cutter.push(f).is_err() {
                         return;
                     }
                 }

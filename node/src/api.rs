@@ -523,10 +523,13 @@ async fn broadcast(
                     shoal_protocol::channel::MAX_LIVE_RENDITIONS
                 )));
             }
-            if !req.origins.is_empty() || req.playlist.is_some() {
+            if req.playlist.is_some() {
                 return Err(bad_request(
-                    "origins and a playlist go with a folder, not an fMP4 stream",
+                    "a playlist goes with a folder, not an fMP4 stream",
                 ));
+            }
+            for o in &req.origins {
+                shoal_protocol::channel::check_origin(o).map_err(bad_request)?;
             }
             let ms = req.segment_ms.unwrap_or(2000);
             if !(100..=MAX_SEGMENT_MS).contains(&ms) {
@@ -546,6 +549,7 @@ async fn broadcast(
                 source: sources[0].clone(),
                 segment_duration: std::time::Duration::from_millis(ms),
                 parts: req.low_latency,
+                origins: req.origins,
                 import,
                 name: req.name.clone(),
             };

@@ -222,6 +222,11 @@ pub struct Fmp4Options {
     /// segment the moment it is in, rather than whole segments as they
     /// close.
     pub parts: bool,
+    /// HTTP origins serving the channel as a gateway lays it out
+    /// (`<origin>/<rendition>/<name>`: a CDN in front of the
+    /// broadcaster's `http://host:port/live/<channel>`), for viewers whose
+    /// peers are too slow.
+    pub origins: Vec<String>,
     pub import: ImportOptions,
     pub name: String,
 }
@@ -351,11 +356,9 @@ where
         .collect();
     let mut renditions: Vec<RenditionState> = (0..count)
         .map(|i| {
-            let playlist = if count == 1 {
-                "index.m3u8".to_owned()
-            } else {
-                format!("{i}/index.m3u8")
-            };
+            // As a gateway lays a channel out, so that an origin in front
+            // of one serves every name the announcements give.
+            let playlist = format!("{i}/index.m3u8");
             RenditionState {
                 info: LiveRendition {
                     playlist: playlist.clone(),
@@ -513,7 +516,7 @@ where
                 record_sequence += 1;
                 Record {
                     name: &options.name,
-                    origins: &[],
+                    origins: &options.origins,
                     import: &options.import,
                     sequence: record_sequence,
                     target_duration_us,

@@ -382,6 +382,7 @@ where
             source: PathBuf::from("ffmpeg"),
             segment_duration: segment,
             parts,
+            origins: Vec::new(),
             import: ImportOptions {
                 creator: Some(CREATOR),
                 ..ImportOptions::default()

@@ -696,3 +696,114 @@ fn two_low_latency_renditions_report_on_each_other() {
         );
     }
 }
+
+/// `--fmp4 -`: the encoder's stream on the command's stdin (`ffmpeg ...
+/// pipe:1 | shoal broadcast NAME --fmp4 -`) reaches the daemon through a
+/// FIFO the command makes for it, and the end of stdin ends the broadcast.
+#[test]
+fn a_stream_on_stdin_is_broadcast_until_stdin_ends() {
+    let stream = shoal_tests::live::fragmented_mp4(3, false);
+    let one = Sandbox::with_repo();
+    let _d1 = one.start_daemon(None);
+    one.shoal(&["channel", "create", "piped"]).ok();
+    one.shoal(&["broadcast", "piped", "--fmp4", "-", "--fmp4", "-"])
+        .fails_with("give it once");
+    let mut command = one.command(&[
+        "broadcast",
+        "piped",
+        "--fmp4",
+        "-",
+        "--segment-seconds",
+        "1",
+    ]);
+    command.stdin(Stdio::piped());
+    let mut broadcast = Lines::spawn(command);
+    let mut stdin = broadcast.child.stdin.take().expect("stdin");
+    let writer = std::thread::spawn(move || {
+        use std::io::Write;
+        for chunk in stream.chunks(stream.len() / 15 + 1) {
+            stdin.write_all(chunk).unwrap();
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        // Dropped: the end of stdin.
+    });
+    broadcast.expect("published rendition 0 segment 0", 20);
+    writer.join().unwrap();
+    broadcast.expect("published rendition 0 segment 2", 20);
+    broadcast.expect("the encoder ended the stream", 20);
+}
+
+/// Low-latency parts from an HTTP origin when peers cannot deliver: the
+/// broadcaster uploads nothing to peers (`no_upload`) and names its own
+/// gateway as the channel's origin (as a CDN in front of it would be);
+/// the viewer fills every part it lists from there, each verified shard
+/// by shard, and gets them byte for byte.
+#[test]
+fn a_viewer_fills_parts_from_an_origin_when_peers_cannot() {
+    let stream = shoal_tests::live::fragmented_mp4(4, false);
+    let (parts, _) = parts_of(&stream);
+    let one = Sandbox::with_repo();
+    let two = Sandbox::with_repo();
+    let set = |sandbox: &Sandbox, key: &str| {
+        let config = sandbox.repo().join("config.toml");
+        let text = std::fs::read_to_string(&config).unwrap();
+        let (off, on) = (format!("{key} = false"), format!("{key} = true"));
+        assert!(text.contains(&off), "{text}");
+        std::fs::write(&config, text.replace(&off, &on)).unwrap();
+    };
+    set(&one, "no_upload");
+    // The origin is on 127.0.0.1, which a record alone may not name.
+    set(&two, "private_origins");
+    let d1 = one.start_daemon(None);
+    let d2 = two.start_daemon(Some(&d1.addr));
+    let id = one.shoal(&["channel", "create", "cdn"]).ok().to_owned();
+    let fifo = make_fifo(&one, "live.fifo");
+    let origin = format!("{}/live/{id}", d1.api);
+    let broadcast = Lines::spawn(one.command(&[
+        "broadcast",
+        "cdn",
+        "--fmp4",
+        fifo.to_str().unwrap(),
+        "--segment-seconds",
+        "1",
+        "--low-latency",
+        "--origin",
+        &origin,
+    ]));
+    broadcast.expect(&format!("broadcasting channel {id}"), 10);
+    // The broadcaster's gateway serves what it publishes: the origin.
+    let _own = Lines::spawn(one.command(&["watch", &id]));
+    let _watch = Lines::spawn(two.command(&["watch", &id]));
+    feed_fifo(&fifo, &stream, 4).join().unwrap();
+    broadcast.expect("the encoder ended the stream", 30);
+    let top = format!("/live/{id}/index.m3u8");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let playlist = loop {
+        let text = get(&d2.api, &top).text();
+        if last_part(&text) == parts.keys().next_back().copied() {
+            break text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the last part never listed:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(!playlist.contains("#EXT-X-GAP"), "{playlist}");
+    for ((segment, part), bytes) in &parts {
+        let reply = get(&d2.api, &format!("/live/{id}/0/{segment}.{part}.m4s"));
+        assert_eq!(reply.status, 200, "{segment}.{part}");
+        assert!(
+            reply.body == *bytes,
+            "part {segment}.{part} differs from the encoder's"
+        );
+    }
+    let stats: serde_json::Value =
+        serde_json::from_str(&get(&d2.api, &format!("/live/{id}/stats.json")).text()).unwrap();
+    let session = &stats["session"];
+    assert!(
+        session["bytes_from_http"].as_u64().is_some_and(|b| b > 0),
+        "{stats}"
+    );
+    assert_eq!(session["bytes_from_source"].as_u64(), Some(0), "{stats}");
+}

@@ -608,6 +608,10 @@ pub struct LivePlanner<P> {
     /// The wall clock (Unix milliseconds) at an instant, from the last
     /// call that passed it: the playlist dates what it lists by it.
     wall: Option<(Instant, u64)>,
+    /// Parts have been announced (low-latency live): the origin is not
+    /// proxied, for an origin's playlist numbers whole segments and this
+    /// plan's units are parts.
+    parts: bool,
 }
 
 impl<P: Clone + Ord + Hash> LivePlanner<P> {
@@ -631,13 +635,18 @@ impl<P: Clone + Ord + Hash> LivePlanner<P> {
             last_duration_us: 0,
             playlists_in_flight: false,
             playlists_due: now,
+            parts: false,
         }
     }
 
     /// Whether the planner is proxying an origin: the channel has origins
-    /// and nothing has been announced for a deadline.
+    /// and nothing has been announced for a deadline. Never once parts
+    /// were announced: a part's deadline is a fraction of a second, and
+    /// the origin's whole segments are numbered otherwise than parts.
     pub fn proxying(&self, now: Instant) -> bool {
-        self.http && now.duration_since(self.last_heard) >= self.deadline(self.last_duration_us)
+        self.http
+            && !self.parts
+            && now.duration_since(self.last_heard) >= self.deadline(self.last_duration_us)
     }
 
     /// How often a proxying planner reads the origin's playlists: twice a
@@ -1056,6 +1065,7 @@ impl<P: Clone + Ord + Hash> LivePlanner<P> {
         // again; one still coming from it is fetched from peers as well,
         // in case the origin fails.
         let proxied = r.window.iter().any(|w| w.sequence == a.sequence);
+        self.parts |= a.part.is_some();
         self.last_heard = now;
         if let Some(d) = a.manifest.duration_us.filter(|d| *d > 0) {
             self.last_duration_us = d;
