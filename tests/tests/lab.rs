@@ -275,3 +275,127 @@ fn viewers_behind_nat_reach_each_other_through_a_relay() {
     }
     lab.stop_processes();
 }
+
+/// Low-latency live across the lab: eight viewers at 20-100 ms RTT watch
+/// a channel broadcast as 200 ms parts (`--fmp4 --low-latency`); each
+/// lists every part from where it started, none given up, each part the
+/// encoder's fragment; part delivery is reported per viewer.
+#[test]
+fn eight_viewers_at_20_to_100_ms_get_every_low_latency_part() {
+    use shoal_storage::cmaf::{FragmentReader, Item, PartCutter};
+    let Some(mut lab) = Lab::new("llrtt") else {
+        return;
+    };
+    // Eight seconds of 200 ms fragments, a keyframe a second.
+    let stream = shoal_tests::live::fragmented_mp4(8, false);
+    let mut reader = FragmentReader::new();
+    reader.push(&stream);
+    let mut cutter = PartCutter::new(1_000_000);
+    let mut parts = std::collections::BTreeMap::new();
+    while let Some(item) = reader.poll_item().unwrap() {
+        if let Item::Fragment(f) = item {
+            let p = cutter.push(f).unwrap().unwrap();
+            parts.insert((p.segment, p.index), p.fragment.bytes);
+        }
+    }
+    let last = *parts.keys().next_back().unwrap();
+    let source_host = lab.host(home(5));
+    let hosts: Vec<Host> = spread(8).into_iter().map(|s| lab.host(s)).collect();
+    let source = LabNode::start(&source_host, &[], &[]);
+    let viewers: Vec<LabNode> = hosts
+        .iter()
+        .map(|h| LabNode::start(h, &[&source.addr()], &[]))
+        .collect();
+    let channel = source.shoal(&["channel", "create", "ll"]).ok().to_owned();
+    // Watching before the stream starts: parts come from the first.
+    for v in &viewers {
+        let mut watch = v.sandbox.command(&["watch", &channel]);
+        watch.stdout(std::process::Stdio::null());
+        lab.spawn(watch).unwrap();
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let fifo = tmp.path().join("live.fifo");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let fifo_arg = fifo.to_str().unwrap().to_owned();
+    let mut broadcast = source.sandbox.command(&[
+        "broadcast",
+        "ll",
+        "--fmp4",
+        &fifo_arg,
+        "--segment-seconds",
+        "1",
+        "--low-latency",
+    ]);
+    broadcast.stdout(std::process::Stdio::null());
+    lab.spawn(broadcast).unwrap();
+    // A few seconds for the viewers to find the channel, then the encoder
+    // at its real-time pace.
+    std::thread::sleep(Duration::from_secs(3));
+    {
+        let mut f = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+        for chunk in stream.chunks(stream.len() / 40 + 1) {
+            f.write_all(chunk).unwrap();
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    let path = format!("/live/{channel}/0/index.m3u8");
+    let wanted = format!("URI=\"{}.{}.m4s\"", last.0, last.1);
+    eprintln!("8 viewers, 20-100 ms, 200 ms parts of 1 s segments:");
+    for v in &viewers {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let playlist = loop {
+            let text = v.get(&path).map(|r| r.text()).unwrap_or_default();
+            if text.contains(&wanted) {
+                break text;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "host {} never listed the last part:\n{text}",
+                v.host.index
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        assert!(
+            !playlist.contains("#EXT-X-GAP"),
+            "host {}:\n{playlist}",
+            v.host.index
+        );
+        let listed: Vec<(u64, u32)> = playlist
+            .lines()
+            .filter_map(|l| l.strip_prefix("#EXT-X-PART:"))
+            .filter_map(|l| l.split("URI=\"").nth(1)?.split('"').next())
+            .filter_map(|uri| {
+                let (s, p) = uri.trim_end_matches(".m4s").split_once('.')?;
+                Some((s.parse().ok()?, p.parse().ok()?))
+            })
+            .collect();
+        for (segment, part) in &listed {
+            let reply = v
+                .get(&format!("/live/{channel}/0/{segment}.{part}.m4s"))
+                .unwrap();
+            assert_eq!(reply.status, 200, "host {}: {segment}.{part}", v.host.index);
+            assert!(
+                reply.body == parts[&(*segment, *part)],
+                "host {}: part {segment}.{part} differs from the encoder's",
+                v.host.index
+            );
+        }
+        let st = stats(v, &channel);
+        eprintln!(
+            "  host {} (one-way {:?}): parts {}, late {}, missed {}, part delivery p50 {} ms, p95 {} ms, offload {}",
+            v.host.index,
+            v.host.spec.delay,
+            st["segments"],
+            st["late"],
+            st["missed"],
+            st["latency_p50_ms"],
+            st["latency_p95_ms"],
+            st["offload"],
+        );
+        assert_eq!(st["missed"], 0, "host {}: {st}", v.host.index);
+    }
+}

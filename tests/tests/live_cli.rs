@@ -568,6 +568,22 @@ fn a_low_latency_stream_moves_as_parts_and_a_viewers_gateway_serves_ll_hls() {
     }
     // The open segment is not served whole.
     assert_eq!(get(&d2.api, &format!("/live/{id}/0/4.m4s")).status, 404);
+    // A player without low-latency support (ffmpeg's HLS reader) plays
+    // the whole segments of the same playlist.
+    let probe = std::process::Command::new("ffprobe")
+        .args(["-v", "error", "-show_entries", "stream=codec_name"])
+        .args(["-of", "csv=p=0"])
+        .arg(format!("{}{top}", d2.api))
+        .output()
+        .unwrap();
+    // (ffprobe names the stream once per program it finds.)
+    let codecs = String::from_utf8_lossy(&probe.stdout);
+    let codecs: Vec<&str> = codecs.lines().filter(|l| !l.is_empty()).collect();
+    assert!(
+        !codecs.is_empty() && codecs.iter().all(|c| *c == "h264"),
+        "{codecs:?} {}",
+        String::from_utf8_lossy(&probe.stderr)
+    );
     // The broadcaster's gateway lists what it published, and serves it.
     let own = get(&d1.api, &top).text();
     assert_eq!(last_part(&own), Some((4, 4)), "{own}");
