@@ -377,6 +377,10 @@ pub struct SwarmReport {
     /// Bytes of one copy of every segment published, for
     /// [`SwarmReport::copies`].
     pub published_bytes: u64,
+    /// Data and parity shards per segment, for
+    /// [`SwarmReport::copies_per_shard`].
+    pub k: u16,
+    pub m: u16,
     /// What [`SwarmParams::trace`] asked for.
     pub trace: Option<Trace>,
     /// Each viewer's session statistics as its machine kept them (what a
@@ -440,6 +444,13 @@ impl SwarmReport {
     /// included: every shard sent once is (k + m) / k copies).
     pub fn copies(&self) -> f64 {
         self.source_shards_sent as f64 / self.published_bytes.max(1) as f64
+    }
+
+    /// How many times the broadcaster sent each shard, on average: the
+    /// copies of the stream over (k + m) / k.
+    pub fn copies_per_shard(&self) -> f64 {
+        let n = f64::from(self.k) + f64::from(self.m);
+        self.copies() * f64::from(self.k) / n.max(1.0)
     }
 }
 
@@ -1903,6 +1914,8 @@ impl Sim {
             unreachable_dials: self.unreachable_dials,
             mean_peers,
             published_bytes: total * self.p.segment_bytes as u64,
+            k: self.p.k,
+            m: self.p.m,
             trace: self.trace.clone(),
             sessions: Vec::new(),
         };
@@ -2005,7 +2018,7 @@ pub fn table(params: &SwarmParams, reports: &[SwarmReport]) -> String {
     }
     let _ = write!(
         t,
-        "viewers  seed  p50 ms  p95 ms  max ms  late  missed  offload  copies  broadcaster sent  from HTTP"
+        "viewers  seed  p50 ms  p95 ms  max ms  late  missed  offload  copies  per shard  broadcaster sent  from HTTP"
     );
     if realistic {
         let _ = write!(
@@ -2017,7 +2030,7 @@ pub fn table(params: &SwarmParams, reports: &[SwarmReport]) -> String {
     for r in reports {
         let _ = write!(
             t,
-            "{:>7}  {:>4}  {:>6}  {:>6}  {:>6}  {:>4}  {:>6}  {:>6.1}%  {:>6.2}  {:>13.2} MB  {:>6.2} MB",
+            "{:>7}  {:>4}  {:>6}  {:>6}  {:>6}  {:>4}  {:>6}  {:>6.1}%  {:>6.2}  {:>9.2}  {:>13.2} MB  {:>6.2} MB",
             r.viewers,
             r.seed,
             ms(r.latency_p50),
@@ -2027,6 +2040,7 @@ pub fn table(params: &SwarmParams, reports: &[SwarmReport]) -> String {
             r.missed,
             r.offload() * 100.0,
             r.copies(),
+            r.copies_per_shard(),
             r.source_sent as f64 / 1e6,
             r.from_http as f64 / 1e6,
         );
@@ -2061,10 +2075,11 @@ pub fn table(params: &SwarmParams, reports: &[SwarmReport]) -> String {
         let p95 = range(&|r| r.latency_p95.as_millis() as f64);
         let off = range(&|r| r.offload() * 100.0);
         let copies = range(&|r| r.copies());
+        let per_shard = range(&|r| r.copies_per_shard());
         let missed = range(&|r| r.missed as f64);
         let _ = writeln!(
             t,
-            "{n} viewers over {} seeds: p95 {:.0}-{:.0} ms, offload {:.1}-{:.1}%, copies {:.2}-{:.2}, missed {:.0}-{:.0}",
+            "{n} viewers over {} seeds: p95 {:.0}-{:.0} ms, offload {:.1}-{:.1}%, copies {:.2}-{:.2} ({:.2}-{:.2} of each shard), missed {:.0}-{:.0}",
             runs.len(),
             p95.0,
             p95.1,
@@ -2072,6 +2087,8 @@ pub fn table(params: &SwarmParams, reports: &[SwarmReport]) -> String {
             off.1,
             copies.0,
             copies.1,
+            per_shard.0,
+            per_shard.1,
             missed.0,
             missed.1,
         );
