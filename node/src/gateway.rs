@@ -665,8 +665,7 @@ async fn serve_media(
     let channel = view.channel;
     let reload =
         BlockingReload::parse(query).map_err(|e| GatewayError::new(StatusCode::BAD_REQUEST, e))?;
-    let mut events = g.node.events();
-    let mut waiting: Option<(Slot, tokio::time::Instant)> = None;
+    let mut wait = Wait::new(g);
     loop {
         let r = view.renditions.get(rendition).ok_or_else(|| {
             GatewayError::new(
@@ -705,24 +704,57 @@ async fn serve_media(
             }
             ReloadAnswer::Wait => {}
         }
-        let until = match &waiting {
-            Some((_, until)) => *until,
-            None => {
-                let until = tokio::time::Instant::now() + wait_limit(view.target_duration_us);
-                waiting = Some((g.wait_slot(site)?, until));
-                until
-            }
-        };
-        if tokio::time::Instant::now() >= until {
+        if !wait.next(g, site, channel, view.target_duration_us).await? {
             return Err(GatewayError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "the playlist did not reach the asked segment or part in three target durations",
             ));
         }
-        wait_for_channel(&mut events, channel, until).await;
         view = g.node.live_view(channel).await?.ok_or_else(|| {
             GatewayError::new(StatusCode::NOT_FOUND, format!("not watching {channel}"))
         })?;
+    }
+}
+
+/// A blocking request's wait: the node's events that wake it (heard from
+/// before its first look), and once it first waits, its slot among its
+/// site's and its time limit.
+struct Wait {
+    events: tokio::sync::broadcast::Receiver<crate::NodeEvent>,
+    held: Option<(Slot, tokio::time::Instant)>,
+}
+
+impl Wait {
+    fn new(g: &Gateway) -> Wait {
+        Wait {
+            events: g.node.events(),
+            held: None,
+        }
+    }
+
+    /// Waits for `channel` to move on; `false` once the request has waited
+    /// its limit ([`wait_limit`] of `target_us`, from its first wait). The
+    /// first wait takes one of `site`'s slots, or answers 429.
+    async fn next(
+        &mut self,
+        g: &Arc<Gateway>,
+        site: &Site,
+        channel: ChannelId,
+        target_us: u64,
+    ) -> GatewayResult<bool> {
+        let until = match &self.held {
+            Some((_, until)) => *until,
+            None => {
+                let until = tokio::time::Instant::now() + wait_limit(target_us);
+                self.held = Some((g.wait_slot(site)?, until));
+                until
+            }
+        };
+        if tokio::time::Instant::now() >= until {
+            return Ok(false);
+        }
+        wait_for_channel(&mut self.events, channel, until).await;
+        Ok(true)
     }
 }
 
@@ -840,8 +872,7 @@ async fn live_part(
             ),
         )
     };
-    let mut events = g.node.events();
-    let mut waiting: Option<(Slot, tokio::time::Instant)> = None;
+    let mut wait = Wait::new(g);
     loop {
         let view = g.node.live_view(channel).await?.ok_or_else(not_found)?;
         let r = view.renditions.get(rendition).ok_or_else(not_found)?;
@@ -857,18 +888,9 @@ async fn live_part(
             PartState::Never => return Err(not_found()),
             PartState::Coming => {}
         }
-        let until = match &waiting {
-            Some((_, until)) => *until,
-            None => {
-                let until = tokio::time::Instant::now() + wait_limit(view.target_duration_us);
-                waiting = Some((g.wait_slot(site)?, until));
-                until
-            }
-        };
-        if tokio::time::Instant::now() >= until {
+        if !wait.next(g, site, channel, view.target_duration_us).await? {
             return Err(not_found());
         }
-        wait_for_channel(&mut events, channel, until).await;
     }
 }
 

@@ -10,21 +10,12 @@
 // Prints one JSON line.
 //
 //   node latency.mjs <seconds> <screenshot path or -> <page url>...
-import { chromium } from "playwright-core";
+import { launch } from "./launch.mjs";
 
 const [secondsText, shotPath, ...urls] = process.argv.slice(2);
 const seconds = Number(secondsText);
 
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-  args: [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--autoplay-policy=no-user-gesture-required",
-  ],
-});
+const browser = await launch();
 const state = () => ({
   playing: window.shoal ? window.shoal.playing : false,
   behindMs: window.shoal ? window.shoal.behindMs : null,

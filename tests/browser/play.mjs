@@ -6,22 +6,13 @@
 // exits 0 on success, 1 otherwise.
 //
 //   node play.mjs <page url> <seconds to play> <timeout seconds>
-import { chromium } from "playwright-core";
+import { launch } from "./launch.mjs";
 
 const [url, wantText = "6", timeoutText = "60"] = process.argv.slice(2);
 const want = Number(wantText);
 const timeoutMs = Number(timeoutText) * 1000;
 
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-  args: [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--autoplay-policy=no-user-gesture-required",
-  ],
-});
+const browser = await launch();
 let result = { ok: false };
 try {
   const page = await browser.newPage();

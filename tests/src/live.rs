@@ -531,3 +531,43 @@ impl Forger {
             .unwrap();
     }
 }
+
+/// Parts by (segment, place).
+pub type Parts = std::collections::BTreeMap<(u64, u32), Vec<u8>>;
+
+/// The parts `broadcast --low-latency` makes of `stream` at 1 s segments
+/// (`PartCutter`), and its initialisation section: what viewers must get.
+pub fn parts_of(stream: &[u8]) -> (Parts, Vec<u8>) {
+    use shoal_storage::cmaf::{FragmentReader, Item, PartCutter};
+    let mut reader = FragmentReader::new();
+    reader.push(stream);
+    let mut cutter = PartCutter::new(1_000_000);
+    let mut init = Vec::new();
+    let mut parts = Parts::new();
+    while let Some(item) = reader.poll_item().expect("ffmpeg's stream reads") {
+        match item {
+            Item::Init(bytes) => init = bytes,
+            Item::Fragment(f) => {
+                if let Some(p) = cutter.push(f).expect("ffmpeg's stream cuts") {
+                    parts.insert((p.segment, p.index), p.fragment.bytes);
+                }
+            }
+        }
+    }
+    (parts, init)
+}
+
+/// The parts an LL-HLS playlist lists, in order: (segment, place) from
+/// each `EXT-X-PART`'s URI (`[<dir>/]<segment>.<part>.m4s`).
+pub fn listed_parts(playlist: &str) -> Vec<(u64, u32)> {
+    playlist
+        .lines()
+        .filter_map(|l| l.strip_prefix("#EXT-X-PART:"))
+        .filter_map(|l| l.split("URI=\"").nth(1)?.split('"').next())
+        .filter_map(|uri| {
+            let name = uri.rsplit('/').next()?.trim_end_matches(".m4s");
+            let (s, p) = name.split_once('.')?;
+            Some((s.parse().ok()?, p.parse().ok()?))
+        })
+        .collect()
+}

@@ -282,22 +282,12 @@ fn viewers_behind_nat_reach_each_other_through_a_relay() {
 /// encoder's fragment; part delivery is reported per viewer.
 #[test]
 fn eight_viewers_at_20_to_100_ms_get_every_low_latency_part() {
-    use shoal_storage::cmaf::{FragmentReader, Item, PartCutter};
     let Some(mut lab) = Lab::new("llrtt") else {
         return;
     };
     // Eight seconds of 200 ms fragments, a keyframe a second.
     let stream = shoal_tests::live::fragmented_mp4(8, false);
-    let mut reader = FragmentReader::new();
-    reader.push(&stream);
-    let mut cutter = PartCutter::new(1_000_000);
-    let mut parts = std::collections::BTreeMap::new();
-    while let Some(item) = reader.poll_item().unwrap() {
-        if let Item::Fragment(f) = item {
-            let p = cutter.push(f).unwrap().unwrap();
-            parts.insert((p.segment, p.index), p.fragment.bytes);
-        }
-    }
+    let (parts, _) = shoal_tests::live::parts_of(&stream);
     let last = *parts.keys().next_back().unwrap();
     let source_host = lab.host(home(5));
     let hosts: Vec<Host> = spread(8).into_iter().map(|s| lab.host(s)).collect();
@@ -364,15 +354,7 @@ fn eight_viewers_at_20_to_100_ms_get_every_low_latency_part() {
             "host {}:\n{playlist}",
             v.host.index
         );
-        let listed: Vec<(u64, u32)> = playlist
-            .lines()
-            .filter_map(|l| l.strip_prefix("#EXT-X-PART:"))
-            .filter_map(|l| l.split("URI=\"").nth(1)?.split('"').next())
-            .filter_map(|uri| {
-                let (s, p) = uri.trim_end_matches(".m4s").split_once('.')?;
-                Some((s.parse().ok()?, p.parse().ok()?))
-            })
-            .collect();
+        let listed = shoal_tests::live::listed_parts(&playlist);
         for (segment, part) in &listed {
             let reply = v
                 .get(&format!("/live/{channel}/0/{segment}.{part}.m4s"))

@@ -8,7 +8,7 @@ use std::process::{Child, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use shoal_tests::live::Encoder;
+use shoal_tests::live::{Encoder, listed_parts, parts_of};
 use shoal_tests::{Sandbox, http_request, require_tool};
 
 /// A child whose stdout lines arrive on a channel; killed when dropped.
@@ -351,41 +351,9 @@ fn a_piped_fmp4_stream_is_broadcast_and_plays_from_a_viewers_gateway() {
     assert_eq!(listed, 5);
 }
 
-/// Parts by (segment, place).
-type Parts = std::collections::BTreeMap<(u64, u32), Vec<u8>>;
-
-/// The parts `PartCutter` makes of `stream` at 1 s segments, and its
-/// initialisation section.
-fn parts_of(stream: &[u8]) -> (Parts, Vec<u8>) {
-    use shoal_storage::cmaf::{FragmentReader, Item, PartCutter};
-    let mut reader = FragmentReader::new();
-    reader.push(stream);
-    let mut cutter = PartCutter::new(1_000_000);
-    let mut init = Vec::new();
-    let mut parts = std::collections::BTreeMap::new();
-    while let Some(item) = reader.poll_item().unwrap() {
-        match item {
-            Item::Init(bytes) => init = bytes,
-            Item::Fragment(f) => {
-                let p = cutter.push(f).unwrap().unwrap();
-                parts.insert((p.segment, p.index), p.fragment.bytes);
-            }
-        }
-    }
-    (parts, init)
-}
-
-/// The last `EXT-X-PART` of a playlist: (segment, part) from its URI
-/// `0/<segment>.<part>.m4s`.
+/// The last `EXT-X-PART` of a playlist: (segment, part).
 fn last_part(playlist: &str) -> Option<(u64, u32)> {
-    let line = playlist
-        .lines()
-        .rev()
-        .find(|l| l.starts_with("#EXT-X-PART:"))?;
-    let uri = line.split("URI=\"").nth(1)?.split('"').next()?;
-    let name = uri.trim_start_matches("0/").trim_end_matches(".m4s");
-    let (segment, part) = name.split_once('.')?;
-    Some((segment.parse().ok()?, part.parse().ok()?))
+    listed_parts(playlist).last().copied()
 }
 
 /// Low-latency live (`broadcast --fmp4 --low-latency`): each fragment
@@ -693,15 +661,7 @@ fn two_low_latency_renditions_report_on_each_other() {
     // Every part the second rendition lists (the viewer hears of a
     // rendition's topic from the record, so it may join it a segment or
     // two late) is its encoder's fragment.
-    let listed: Vec<(u64, u32)> = playlists[1]
-        .lines()
-        .filter_map(|l| l.strip_prefix("#EXT-X-PART:"))
-        .filter_map(|l| l.split("URI=\"").nth(1)?.split('"').next())
-        .filter_map(|uri| {
-            let (s, p) = uri.trim_end_matches(".m4s").split_once('.')?;
-            Some((s.parse().ok()?, p.parse().ok()?))
-        })
-        .collect();
+    let listed = listed_parts(&playlists[1]);
     assert!(listed.len() >= 5, "{}", playlists[1]);
     for (segment, part) in listed {
         let reply = get(&d2.api, &format!("/live/{id}/1/{segment}.{part}.m4s"));
