@@ -464,6 +464,11 @@ where
                         record_due = true;
                     }
                     stream.open_us = stream.open_us.saturating_add(p.fragment.duration_us);
+                    let longest = state.info.part_target_us.unwrap_or(0);
+                    if p.fragment.duration_us > longest {
+                        state.info.part_target_us = Some(p.fragment.duration_us);
+                        record_due = true;
+                    }
                     stream.open_bytes += p.fragment.bytes.len() as u64;
                     let part = PartOf {
                         segment: p.segment,

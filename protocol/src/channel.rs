@@ -416,6 +416,13 @@ pub struct LiveRendition {
     /// File extension of the media segments (`ts`, `m4s`).
     #[serde(deserialize_with = "bounded::string::<_, MAX_TEXT>")]
     pub segment_extension: String,
+    /// Set for a low-latency rendition, whose announcements are parts:
+    /// the longest part so far, in microseconds. A viewer knows from the
+    /// record, before any part comes, not to proxy an origin's playlist
+    /// of whole segments. Absent otherwise, so other records read as
+    /// before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub part_target_us: Option<u64>,
     /// The newest segments, oldest first.
     #[serde(deserialize_with = "bounded::vec::<_, _, RECORD_WINDOW>")]
     pub recent: Vec<RecentSegment>,

@@ -181,33 +181,16 @@ impl Encoder {
 /// picture (and a tone if `audio`), a keyframe every second and a fragment
 /// every 200 ms, made at once rather than in real time.
 pub fn fragmented_mp4(seconds: u32, audio: bool) -> Vec<u8> {
-    require_tool("ffmpeg");
-    let mut command = Command::new("ffmpeg");
-    command.args([
-        "-v",
-        "error",
-        "-f",
-        "lavfi",
-        "-i",
-        "testsrc=size=320x180:rate=25",
-    ]);
-    if audio {
-        command.args(["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000"]);
-        command.args(["-c:a", "aac"]);
-    }
-    let out = command
-        .args([
-            "-t",
-            &seconds.to_string(),
-            "-c:v",
-            "libx264",
-            "-preset",
-            "ultrafast",
-        ])
-        .args(["-pix_fmt", "yuv420p", "-g", "25", "-keyint_min", "25"])
-        .args(["-sc_threshold", "0", "-f", "mp4"])
-        .args(["-movflags", "+frag_keyframe+empty_moov+default_base_moof"])
-        .args(["-frag_duration", "200000", "pipe:1"])
+    let tone = ["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000"];
+    let extra: Vec<String> = if audio {
+        tone.iter()
+            .chain(&["-c:a", "aac"])
+            .map(|a| a.to_string())
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let out = fmp4_command(seconds, false, &extra)
         .output()
         .expect("ffmpeg runs");
     assert!(
@@ -218,47 +201,57 @@ pub fn fragmented_mp4(seconds: u32, audio: bool) -> Vec<u8> {
     out.stdout
 }
 
+/// ffmpeg writing `seconds` of its test picture to stdout as fragmented
+/// MP4, as a live encoder would (x264 `zerolatency`, a keyframe every
+/// second, a fragment every 200 ms); `realtime` paces it (`-re`), and
+/// `extra` comes after the picture's input (another input, a filter).
+fn fmp4_command(seconds: u32, realtime: bool, extra: &[String]) -> Command {
+    require_tool("ffmpeg");
+    let mut command = Command::new("ffmpeg");
+    command.args(["-v", "error"]);
+    if realtime {
+        command.arg("-re");
+    }
+    command
+        .args(["-f", "lavfi", "-i", "testsrc=size=320x180:rate=25"])
+        .args(extra)
+        .args(["-t", &seconds.to_string()])
+        .args([
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-tune",
+            "zerolatency",
+        ])
+        .args(["-pix_fmt", "yuv420p", "-g", "25", "-keyint_min", "25"])
+        .args(["-sc_threshold", "0", "-f", "mp4"])
+        .args(["-movflags", "+frag_keyframe+empty_moov+default_base_moof"])
+        .args(["-frag_duration", "200000", "pipe:1"])
+        .stdin(Stdio::null());
+    command
+}
+
 impl Encoder {
-    /// A live encoder piping fragmented MP4 at real-time pace (`-re`):
-    /// `seconds` of a test picture, a keyframe every second and a
-    /// fragment every 200 ms; its stdout is the stream. With `clock`, the
+    /// A live encoder piping fragmented MP4 at real-time pace
+    /// ([`fmp4_command`]); its stdout is the stream. With `clock`, the
     /// picture shows the wall clock at which each frame was made, in
     /// milliseconds of the UTC day (the start read here plus the frame's
     /// time), to check a player's latency against by eye.
     pub fn piped_fmp4(seconds: u32, clock: bool) -> (Encoder, tokio::net::unix::pipe::Receiver) {
-        require_tool("ffmpeg");
-        let mut command = Command::new("ffmpeg");
-        command
-            .args(["-v", "error", "-re", "-f", "lavfi"])
-            .args(["-i", "testsrc=size=320x180:rate=25"])
-            .args(["-t", &seconds.to_string()]);
+        let mut extra = Vec::new();
         if clock {
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .unwrap_or_default();
             let of_day = now.as_millis() % 86_400_000;
-            command.args([
-                "-vf",
-                &format!(
-                    "drawtext=text='%{{eif\\:{of_day}+t*1000\\:d}}':fontsize=28:\
-                     fontcolor=white:box=1:boxcolor=black:x=10:y=10"
-                ),
-            ]);
+            extra.push("-vf".to_owned());
+            extra.push(format!(
+                "drawtext=text='%{{eif\\:{of_day}+t*1000\\:d}}':fontsize=28:\
+                 fontcolor=white:box=1:boxcolor=black:x=10:y=10"
+            ));
         }
-        let mut child = command
-            .args([
-                "-c:v",
-                "libx264",
-                "-preset",
-                "ultrafast",
-                "-tune",
-                "zerolatency",
-            ])
-            .args(["-pix_fmt", "yuv420p", "-g", "25", "-keyint_min", "25"])
-            .args(["-sc_threshold", "0", "-f", "mp4"])
-            .args(["-movflags", "+frag_keyframe+empty_moov+default_base_moof"])
-            .args(["-frag_duration", "200000", "pipe:1"])
-            .stdin(Stdio::null())
+        let mut child = fmp4_command(seconds, true, &extra)
             .stdout(Stdio::piped())
             .spawn()
             .expect("ffmpeg starts");

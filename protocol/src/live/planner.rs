@@ -853,6 +853,11 @@ impl<P: Clone + Ord + Hash> LivePlanner<P> {
         self.http = http;
     }
 
+    /// The channel moves parts (its record says so): no proxying.
+    pub fn note_parts(&mut self) {
+        self.parts = true;
+    }
+
     /// Adds to `held` every block this planner still needs: the manifests
     /// and shards of the segments in its windows and of those it fetches
     /// or checks (a manifest still being fetched names no shards yet).
@@ -1125,6 +1130,7 @@ impl<P: Clone + Ord + Hash> LivePlanner<P> {
             return Vec::new();
         }
         r.highest = Some(a.sequence);
+        self.parts |= a.part.is_some();
         self.last_heard = now;
         if let Some(d) = a.manifest.duration_us.filter(|d| *d > 0) {
             self.last_duration_us = d;
@@ -2558,6 +2564,21 @@ mod tests {
         assert_eq!(w.len(), 3);
         assert_eq!(w[1], (3, held));
         assert_eq!((w[0].0, w[2].0), (2, 4));
+    }
+
+    #[test]
+    fn a_channel_of_parts_never_proxies_its_origin() {
+        let t = Instant::now();
+        let later = t + Duration::from_secs(10);
+        // Its record says so, before any part comes.
+        let mut p = LivePlanner::<u32>::new(LiveConfig::default(), 0, true, t);
+        assert!(p.proxying(later));
+        p.note_parts();
+        assert!(!p.proxying(later));
+        // Or its first part does.
+        let mut p = LivePlanner::<u32>::new(LiveConfig::default(), 0, true, t);
+        p.offer(&part(0, 0, 0).1, None, t, 1_000);
+        assert!(!p.proxying(later));
     }
 
     #[test]

@@ -548,6 +548,9 @@ impl<P: Clone + Ord + Hash> LiveSession<P> {
             ));
         }
         let renditions = record.renditions.len();
+        if record.renditions.iter().any(|r| r.part_target_us.is_some()) {
+            self.planner.note_parts();
+        }
         self.record = Some(record);
         let http = self.has_origins();
         self.planner.set_http(http);
