@@ -876,6 +876,10 @@ async fn live_part(
     loop {
         let view = g.node.live_view(channel).await?.ok_or_else(not_found)?;
         let r = view.renditions.get(rendition).ok_or_else(not_found)?;
+        // Whole segments have no parts to wait for.
+        if !has_parts(r) {
+            return Err(not_found());
+        }
         match part_state(r, segment, part) {
             PartState::Held { manifest, sequence } => {
                 let bytes = read_segment(&g.node, manifest, sequence).await?;

@@ -218,6 +218,8 @@ fn check_fmp4_gateway(
     }
     // A rendition without one says so.
     assert_eq!(get(api, &format!("/live/{id}/1/init.mp4")).status, 404);
+    // Whole segments have no parts: asking for one is answered at once.
+    assert_eq!(get(api, &format!("/live/{id}/0/0.0.m4s")).status, 404);
     uris.len()
 }
 
