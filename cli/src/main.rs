@@ -545,29 +545,34 @@ fn broadcast(dir: &Path, args: BroadcastArgs) -> Result<()> {
         m: args.m,
     };
     let mut failure = None;
+    // Written, not printed: a reader that goes away (`| head`) ends the
+    // command quietly, and the broadcast with it, rather than a panic.
+    let mut out = io::stdout();
     client.post_lines("broadcast", &request, &mut |line| {
         if let Some(channel) = line["channel"].as_str() {
-            println!("broadcasting channel {channel}");
+            writeln!(out, "broadcasting channel {channel}")?;
         } else if let Some(e) = line["error"].as_str() {
             failure = Some(e.to_owned());
         } else if let Some(part) = line.get("part") {
-            println!(
+            writeln!(
+                out,
                 "published rendition {} segment {} part {} ({} bytes)",
                 line["rendition"], part["segment"], part["index"], line["bytes"]
-            );
+            )?;
         } else {
-            println!(
+            writeln!(
+                out,
                 "published rendition {} segment {} ({} bytes)",
                 line["rendition"], line["sequence"], line["bytes"]
-            );
+            )?;
         }
-        io::stdout().flush()?;
+        out.flush()?;
         Ok(())
     })?;
     match failure {
         Some(e) => bail!("{e}"),
         None => {
-            println!("the encoder ended the stream");
+            writeln!(io::stdout(), "the encoder ended the stream")?;
             Ok(())
         }
     }
@@ -578,17 +583,24 @@ fn watch(dir: &Path, channel: &str, origins: &[String]) -> Result<()> {
     let mut query = vec![("arg", channel)];
     query.extend(origins.iter().map(|o| ("origin", o.as_str())));
     let v: serde_json::Value = client.call("watch", &query)?;
-    println!("{}{}", client.base(), v["url"].as_str().unwrap_or_default());
-    io::stdout().flush()?;
+    // Written, not printed: a reader that goes away ends the command.
+    let mut out = io::stdout();
+    writeln!(
+        out,
+        "{}{}",
+        client.base(),
+        v["url"].as_str().unwrap_or_default()
+    )?;
+    out.flush()?;
     loop {
         std::thread::sleep(std::time::Duration::from_secs(2));
         let v: serde_json::Value = client.call("stats", &[("arg", channel)])?;
         let sessions: Vec<shoal_node::stats::LiveStatsReport> =
             serde_json::from_value(v["sessions"].clone()).unwrap_or_default();
         for r in sessions {
-            println!("{}", stats_line(&r));
+            writeln!(out, "{}", stats_line(&r))?;
         }
-        io::stdout().flush()?;
+        out.flush()?;
     }
 }
 

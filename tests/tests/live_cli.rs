@@ -785,3 +785,68 @@ fn a_viewer_fills_parts_from_an_origin_when_peers_cannot() {
     );
     assert_eq!(session["bytes_from_source"].as_u64(), Some(0), "{stats}");
 }
+
+/// `shoal broadcast ... | head -1`: the reader of its output goes away;
+/// the command ends quietly instead of with a panic, and the broadcast
+/// with it, so the channel is free again.
+#[test]
+fn a_broadcast_whose_reader_goes_away_ends_without_a_panic() {
+    use std::io::{Read, Write};
+    let stream = shoal_tests::live::fragmented_mp4(3, false);
+    let one = Sandbox::with_repo();
+    let _d1 = one.start_daemon(None);
+    one.shoal(&["channel", "create", "headed"]).ok();
+    let args = [
+        "broadcast",
+        "headed",
+        "--fmp4",
+        "-",
+        "--segment-seconds",
+        "1",
+    ];
+    let mut child = one
+        .command(&args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn shoal");
+    let mut stdout = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+    let mut first = String::new();
+    stdout.read_line(&mut first).unwrap();
+    assert!(first.starts_with("broadcasting channel"), "{first}");
+    drop(stdout);
+    let mut stdin = child.stdin.take().expect("stdin");
+    let writer = std::thread::spawn(move || {
+        for chunk in stream.chunks(stream.len() / 15 + 1) {
+            if stdin.write_all(chunk).is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    });
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut stderr)
+        .unwrap();
+    let status = child.wait().unwrap();
+    writer.join().unwrap();
+    // Quietly, as `shoal cat | head` does.
+    assert!(stderr.is_empty(), "{stderr}");
+    assert!(status.success(), "{status}");
+    // The channel is free again: another broadcast starts.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let again = Lines::spawn(one.command(&args));
+        match again.lines.recv_timeout(Duration::from_secs(5)) {
+            Ok(line) if line.starts_with("broadcasting channel") => break,
+            _ => {
+                assert!(Instant::now() < deadline, "the channel stayed taken");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    }
+}
