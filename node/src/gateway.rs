@@ -58,7 +58,7 @@ use shoal_storage::assemble::load_stream;
 use shoal_storage::hls;
 
 use crate::live::{LiveView, RenditionView};
-use crate::ll_hls::{PartState, has_parts, ll_media, part_state, report, segment_parts};
+use crate::ll_hls::{NotWhole, PartState, has_parts, ll_media, part_state, report, whole_segment};
 use crate::local_http::{Access, Refused, Site};
 use crate::stats::LiveStatsReport;
 use crate::{Node, NodeError};
@@ -828,10 +828,22 @@ async fn live_segment(
     let r = view.renditions.get(rendition).ok_or_else(not_found)?;
     if has_parts(r) {
         // A segment is its parts back to back.
-        let parts = segment_parts(r, sequence).ok_or_else(not_found)?;
+        let parts = match whole_segment(r, sequence) {
+            Ok(parts) => parts,
+            Err(NotWhole::NotHere) => return Err(not_found()),
+            Err(NotWhole::TooLarge(total)) => {
+                return Err(GatewayError::new(
+                    StatusCode::BAD_GATEWAY,
+                    format!(
+                        "segment {sequence} is {total} bytes of parts, over the {} a segment may be; play its parts",
+                        shoal_storage::import::MAX_HLS_SEGMENT_BYTES
+                    ),
+                ));
+            }
+        };
         let mut bytes = Vec::new();
-        for (manifest, unit) in parts {
-            bytes.extend(read_segment(&g.node, manifest, unit).await?);
+        for w in parts {
+            bytes.extend(read_segment(&g.node, w.manifest, w.sequence).await?);
         }
         return Ok((
             [(header::CONTENT_TYPE, media_type(&r.info.segment_extension))],

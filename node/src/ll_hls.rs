@@ -12,7 +12,7 @@
 //! whole segments and ignore the rest.
 
 use shoal_protocol::http::PlaylistEdge;
-use shoal_protocol::live::{ListedPart, PartSegment, RenditionView, group_parts};
+use shoal_protocol::live::{ListedPart, PartSegment, RenditionView, WindowSegment, group_parts};
 use shoal_storage::hls::{self, LiveSegment, LlPart, LlPlaylist, LlSegment, RenditionReport};
 
 /// Closed segments keep their parts listed while they end within this
@@ -185,13 +185,32 @@ pub fn part_state(r: &RenditionView, segment: u64, index: u32) -> PartState {
     }
 }
 
+/// Why a closed segment cannot be served whole.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NotWhole {
+    /// A part is missing, or the segment is not closed.
+    NotHere,
+    /// Its parts add up to more than a segment may be (bytes).
+    TooLarge(u64),
+}
+
 /// The units making closed segment `segment` of `r`, in order: its parts
 /// from the first with none missing, and a later segment's part held (so
-/// that it is closed). `None` otherwise.
-pub fn segment_parts(
-    r: &RenditionView,
-    segment: u64,
-) -> Option<Vec<(shoal_protocol::block::Cid, u64)>> {
+/// that it is closed). The whole is served from memory, so its parts may
+/// add up to no more than a broadcaster's cutter lets a segment be
+/// ([`shoal_storage::import::MAX_HLS_SEGMENT_BYTES`]); each part is
+/// bounded by its manifest, their number by the announcements, which a
+/// misbehaving broadcaster could otherwise stretch to gigabytes.
+pub fn whole_segment(r: &RenditionView, segment: u64) -> Result<Vec<&WindowSegment>, NotWhole> {
+    let parts = segment_parts(r, segment).ok_or(NotWhole::NotHere)?;
+    let total: u64 = parts.iter().map(|w| w.length).sum();
+    if total > shoal_storage::import::MAX_HLS_SEGMENT_BYTES {
+        return Err(NotWhole::TooLarge(total));
+    }
+    Ok(parts)
+}
+
+fn segment_parts(r: &RenditionView, segment: u64) -> Option<Vec<&WindowSegment>> {
     let mut parts: Vec<_> = r
         .window
         .iter()
@@ -207,12 +226,7 @@ pub fn segment_parts(
         .window
         .iter()
         .any(|w| w.part.is_some_and(|p| p.segment > segment));
-    (contiguous && closed && !parts.is_empty()).then(|| {
-        parts
-            .iter()
-            .map(|(_, w)| (w.manifest, w.sequence))
-            .collect()
-    })
+    (contiguous && closed && !parts.is_empty()).then(|| parts.iter().map(|(_, w)| *w).collect())
 }
 
 #[cfg(test)]
@@ -310,7 +324,7 @@ mod tests {
         let t = ll_media(&r, 1_000_000, &[]).unwrap().text;
         assert!(t.contains("#EXT-X-GAP\n#EXTINF:1.000000,\n2.m4s"), "{t}");
         assert!(!t.contains("\"2.0.m4s\""), "{t}");
-        assert!(segment_parts(&r, 2).is_none());
+        assert_eq!(whole_segment(&r, 2), Err(NotWhole::NotHere));
         assert_eq!(part_state(&r, 2, 2), PartState::Never);
     }
 
@@ -324,9 +338,9 @@ mod tests {
         assert_eq!(part_state(&r, 4, 2), PartState::Coming);
         assert_eq!(part_state(&r, 5, 0), PartState::Coming);
         assert_eq!(part_state(&r, 6, 0), PartState::Never);
-        let seg = segment_parts(&r, 3).unwrap();
+        let seg = whole_segment(&r, 3).unwrap();
         assert_eq!(
-            seg.iter().map(|(_, s)| *s).collect::<Vec<_>>(),
+            seg.iter().map(|w| w.sequence).collect::<Vec<_>>(),
             vec![15, 16, 17, 18, 19]
         );
         // Where it stands, for the other renditions' playlists.
@@ -339,7 +353,13 @@ mod tests {
             })
         );
         // The open segment is not whole yet.
-        assert!(segment_parts(&r, 4).is_none());
+        assert_eq!(whole_segment(&r, 4), Err(NotWhole::NotHere));
+        // Parts that add up past a segment's limit are not joined.
+        let mut big = r.clone();
+        for w in &mut big.window {
+            w.length = shoal_storage::import::MAX_HLS_SEGMENT_BYTES / 4;
+        }
+        assert!(matches!(whole_segment(&big, 3), Err(NotWhole::TooLarge(_))));
         // Nothing before a whole segment.
         assert!(ll_media(&rendition(4, 5, &[]), 1_000_000, &[]).is_none());
         assert!(ll_media(&rendition(6, 5, &[]), 1_000_000, &[]).is_some());
