@@ -74,6 +74,11 @@ pub const SLOW_MEMORY: Duration = Duration::from_secs(10);
 /// lists six).
 const MAX_UNANNOUNCED_AGE: u64 = 16;
 
+/// At most this many sequences skipped by one announcement are held as
+/// holes ([`Hole`]): gossip reorders a few messages, while a larger jump
+/// is the broadcaster starting again, with nothing to wait for.
+const MAX_HOLES: u64 = 16;
+
 /// Missed segments kept for [`LivePlanner::take_missed`] between two
 /// calls; beyond it they are only counted. The session takes them after
 /// every input, so this bounds only a caller that never does.
@@ -353,6 +358,9 @@ pub enum MissReason {
     BadManifest,
     /// Rebuilt from its shards, it did not match its hash.
     CheckFailed,
+    /// Announcements moved [`MAX_UNANNOUNCED_AGE`] sequences past it and
+    /// its own never came (gossip lost it).
+    NeverAnnounced,
 }
 
 impl std::fmt::Display for MissReason {
@@ -361,6 +369,7 @@ impl std::fmt::Display for MissReason {
             MissReason::Overtaken => "overtaken by newer segments",
             MissReason::BadManifest => "its manifest was not this segment's",
             MissReason::CheckFailed => "it did not match its hash",
+            MissReason::NeverAnnounced => "its announcement never came",
         })
     }
 }
@@ -503,6 +512,20 @@ impl<P: Clone + Ord> Pending<P> {
     }
 }
 
+/// A sequence skipped when a later one was announced. Gossip keeps no
+/// order between the paths a message takes (with parts, five a second,
+/// a unit's announcement overtaken by the next is ordinary), so its
+/// announcement is taken when it comes, and the playlist waits for it
+/// until its deadline as for a unit still being fetched. Forgotten, and
+/// counted missed, once announcements move [`MAX_UNANNOUNCED_AGE`] past
+/// it.
+struct Hole {
+    /// When the later announcement came.
+    since: Instant,
+    /// Its deadline passed: the playlist lists it as a gap.
+    passed: bool,
+}
+
 struct Rendition<P> {
     /// Highest sequence announced.
     highest: Option<u64>,
@@ -515,6 +538,8 @@ struct Rendition<P> {
     /// Sequences taken from a channel record whose announcement has not
     /// come yet: their announcement is no replay.
     unannounced: BTreeSet<u64>,
+    /// Sequences skipped by a later announcement: theirs may still come.
+    holes: BTreeMap<u64, Hole>,
     /// What the playlist lists ([`LivePlanner::list`]); none before the
     /// first segment a player may have.
     listed: Option<ListedRange>,
@@ -529,6 +554,7 @@ impl<P> Default for Rendition<P> {
             proxy_from: None,
             proxying: BTreeSet::new(),
             unannounced: BTreeSet::new(),
+            holes: BTreeMap::new(),
             listed: None,
         }
     }
@@ -559,6 +585,7 @@ impl<P> Rendition<P> {
     fn enter_window<A>(&mut self, seg: WindowSegment, window: usize) -> Vec<LiveAction<A>> {
         // Segments complete out of order at times; the window stays sorted.
         let at = self.window.partition_point(|w| w.sequence < seg.sequence);
+        self.holes.remove(&seg.sequence);
         self.window.insert(at, seg);
         self.trim_window(window)
     }
@@ -691,6 +718,23 @@ impl<P: Clone + Ord + Hash> LivePlanner<P> {
         reason: MissReason,
         now: Instant,
     ) -> Vec<LiveAction<P>> {
+        let age = now.saturating_duration_since(p.announced);
+        self.count_missed(rendition, sequence, reason, age, p.progress());
+        let out = give_up(&mut p);
+        self.list(rendition, now);
+        out
+    }
+
+    /// Counts a unit given up (missed, or skipped while joining) and keeps
+    /// why for [`LivePlanner::take_missed`].
+    fn count_missed(
+        &mut self,
+        rendition: u16,
+        sequence: u64,
+        reason: MissReason,
+        age: Duration,
+        progress: String,
+    ) {
         let joining = self
             .renditions
             .get(usize::from(rendition))
@@ -705,14 +749,11 @@ impl<P: Clone + Ord + Hash> LivePlanner<P> {
                 rendition,
                 sequence,
                 reason,
-                age: now.saturating_duration_since(p.announced),
-                progress: p.progress(),
+                age,
+                progress,
                 joining,
             });
         }
-        let out = give_up(&mut p);
-        self.list(rendition, now);
-        out
     }
 
     /// Remembers the wall clock at `now`.
@@ -744,7 +785,8 @@ impl<P: Clone + Ord + Hash> LivePlanner<P> {
             .iter()
             .find(|(_, p)| !p.passed)
             .map(|(seq, _)| seq);
-        let unresolved = [holding, r.proxying.first()]
+        let hole = r.holes.iter().find(|(_, h)| !h.passed).map(|(seq, _)| seq);
+        let unresolved = [holding, hole, r.proxying.first()]
             .into_iter()
             .flatten()
             .min()
@@ -1039,6 +1081,7 @@ impl<P: Clone + Ord + Hash> LivePlanner<P> {
                 Vec::new(),
             );
         };
+        let mut forgotten = Vec::new();
         if let Some(h) = r.highest
             && a.sequence <= h
         {
@@ -1055,21 +1098,47 @@ impl<P: Clone + Ord + Hash> LivePlanner<P> {
                 }
                 return (Verdict::Accept, Vec::new());
             }
-            return (
-                Verdict::Stale(format!(
-                    "sequence {} is not after {h}: late, replayed or rewound",
-                    a.sequence
-                )),
-                Vec::new(),
-            );
+            // Overtaken in gossip by a later one: fetched now. A second
+            // copy finds no hole.
+            if r.holes.remove(&a.sequence).is_none() || r.has(a.sequence) {
+                return (
+                    Verdict::Stale(format!(
+                        "sequence {} is not after {h}: late, replayed or rewound",
+                        a.sequence
+                    )),
+                    Vec::new(),
+                );
+            }
+        } else {
+            if let Some(h) = r.highest {
+                let skipped = a.sequence - h - 1;
+                if skipped <= MAX_HOLES {
+                    for s in h + 1..a.sequence {
+                        r.holes.insert(
+                            s,
+                            Hole {
+                                since: now,
+                                passed: false,
+                            },
+                        );
+                    }
+                }
+            }
+            r.highest = Some(a.sequence);
+            let oldest = a.sequence.saturating_sub(MAX_UNANNOUNCED_AGE);
+            r.unannounced.retain(|s| *s >= oldest);
+            let kept = r.holes.split_off(&oldest);
+            forgotten = std::mem::replace(&mut r.holes, kept).into_iter().collect();
         }
-        r.highest = Some(a.sequence);
-        let oldest = a.sequence.saturating_sub(MAX_UNANNOUNCED_AGE);
-        r.unannounced.retain(|s| *s >= oldest);
         // Only a segment already complete from the origin is not fetched
         // again; one still coming from it is fetched from peers as well,
         // in case the origin fails.
         let proxied = r.window.iter().any(|w| w.sequence == a.sequence);
+        for (sequence, hole) in forgotten {
+            let age = now.saturating_duration_since(hole.since);
+            let reason = MissReason::NeverAnnounced;
+            self.count_missed(a.rendition, sequence, reason, age, "never announced".into());
+        }
         self.parts |= a.part.is_some();
         self.last_heard = now;
         if let Some(d) = a.manifest.duration_us.filter(|d| *d > 0) {
@@ -1604,6 +1673,10 @@ impl<P: Clone + Ord + Hash> LivePlanner<P> {
                     p.passed = true;
                 }
             }
+            let hole_deadline = self.config.deadline(last_duration_us);
+            for h in r.holes.values_mut() {
+                h.passed |= now >= h.since + hole_deadline;
+            }
         }
         for r in 0..self.renditions.len() {
             self.list(r as u16, now);
@@ -1684,6 +1757,10 @@ impl<P: Clone + Ord + Hash> LivePlanner<P> {
                 if !p.passed && newest.is_some_and(|n| n > *seq) {
                     at(Some(p.due(&self.config, self.last_duration_us)));
                 }
+            }
+            let hole_deadline = self.deadline(self.last_duration_us);
+            for h in r.holes.values().filter(|h| !h.passed) {
+                at(Some(h.since + hole_deadline));
             }
             for p in r.pending.values() {
                 match &p.stage {
@@ -1893,8 +1970,8 @@ mod tests {
         let (_, _, a5) = segment(5, 20);
         let (_, _, a4) = segment(4, 20);
         assert_eq!(p.offer(&a5, Some(1), t, 1_000).0, Verdict::Accept);
-        // Again, or an older one arriving late by another path: not
-        // forwarded, and its forwarder did nothing wrong.
+        // Again, or one from before this viewer's first (it joined
+        // after it): not forwarded, and its forwarder did nothing wrong.
         assert!(matches!(
             p.offer(&a5, Some(1), t, 1_000),
             (Verdict::Stale(_), ref asked) if asked.is_empty()
@@ -2368,6 +2445,73 @@ mod tests {
         finish(&mut p, 1, &shards1, due, 5_000);
         assert_eq!(listed(&p), vec![(0, false), (1, false), (2, false)]);
         assert_eq!(p.stats().late, 1);
+    }
+
+    #[test]
+    fn an_announcement_overtaken_in_gossip_is_fetched_and_listed_in_its_place() {
+        let t = Instant::now();
+        let mut p = LivePlanner::<u32>::new(LiveConfig::default(), 0, false, t);
+        p.add_peer(1, t);
+        complete(&mut p, 0, t, 1_000);
+        // 2's announcement comes before 1's: 2 waits for 1 in the
+        // playlist, as for a unit still being fetched.
+        complete(&mut p, 2, t, 1_000);
+        assert_eq!(listed(&p), vec![(0, false)]);
+        let (_, shards1, a1) = segment(1, 32);
+        let (verdict, actions) = p.offer(&a1, Some(1), t, 1_000);
+        assert_eq!(verdict, Verdict::Accept);
+        assert!(!wants(&actions).is_empty(), "1 is fetched");
+        finish(&mut p, 1, &shards1, t, 1_000);
+        assert_eq!(listed(&p), vec![(0, false), (1, false), (2, false)]);
+        assert_eq!((p.stats().missed, p.stats().late), (0, 0));
+        // A second copy of it is a replay.
+        assert!(matches!(
+            p.offer(&a1, Some(1), t, 1_000).0,
+            Verdict::Stale(_)
+        ));
+    }
+
+    #[test]
+    fn a_lost_announcement_holds_the_playlist_until_its_deadline_then_counts_missed() {
+        let t = Instant::now();
+        let mut p = LivePlanner::<u32>::new(LiveConfig::default(), 0, false, t);
+        complete(&mut p, 0, t, 1_000);
+        complete(&mut p, 2, t, 1_000);
+        // 2 s segments: 1 is due 4 s after 2 showed it was skipped.
+        let due = t + Duration::from_secs(4);
+        assert_eq!(p.next_timeout(), Some(due));
+        p.handle_timeout(due);
+        assert_eq!(listed(&p), vec![(0, false), (1, true), (2, false)]);
+        assert!(
+            p.next_timeout().is_none_or(|n| n > due),
+            "no timer in the past"
+        );
+        assert_eq!(p.stats().missed, 0, "it may still come");
+        // Announcements move on: once they are far past it, it is missed.
+        for seq in 3..=2 + MAX_UNANNOUNCED_AGE {
+            complete(&mut p, seq, due, 5_000);
+        }
+        assert_eq!(p.stats().missed, 1);
+        let missed = p.take_missed();
+        assert_eq!(
+            (missed[0].sequence, missed[0].reason),
+            (1, MissReason::NeverAnnounced)
+        );
+        // Its announcement after that is stale.
+        let (_, _, a1) = segment(1, 32);
+        assert!(matches!(
+            p.offer(&a1, Some(1), due, 5_000).0,
+            Verdict::Stale(_)
+        ));
+    }
+
+    #[test]
+    fn a_broadcaster_starting_again_far_ahead_leaves_no_holes_to_wait_for() {
+        let t = Instant::now();
+        let mut p = LivePlanner::<u32>::new(LiveConfig::default(), 0, false, t);
+        complete(&mut p, 0, t, 1_000);
+        complete(&mut p, 2 + MAX_HOLES, t, 1_000);
+        assert_eq!(listed(&p).last(), Some(&(2 + MAX_HOLES, false)));
     }
 
     #[test]
