@@ -99,6 +99,12 @@ struct Spared<P> {
     quota: usize,
     until: Instant,
     asked: usize,
+    /// Positions it answered DONT_HAVE for: it publishes them, so they
+    /// were rationed, not missing ("not now"); it is asked for them again
+    /// at `retry`.
+    refused: BTreeSet<usize>,
+    /// `until`, or a request timeout after a refusal that came later.
+    retry: Instant,
     /// `until` has passed and the group was scheduled since.
     lapsed: bool,
 }
@@ -145,14 +151,20 @@ impl<P: Clone + Ord> GroupFetch<P> {
     /// Asks `peer` for at most `quota` blocks before `until`, while other
     /// peers may get the rest: a live source that every viewer can reach
     /// should send each shard to a few viewers, not every shard to all.
-    /// After `until` it is asked like any other peer, so the deadline
-    /// holds even when no other viewer has the blocks.
+    /// A block it refuses (DONT_HAVE: the source has sent it to its share
+    /// of viewers) does not count against the quota, so the next block is
+    /// asked of it at once: the source's first copies then cover every
+    /// block, whichever ones the viewers that reach it start at. After
+    /// `until` it is asked like any other peer, for what it refused too,
+    /// so the deadline holds even when no other viewer has the blocks.
     pub fn spare(&mut self, peer: P, quota: usize, until: Instant) {
         self.spared = Some(Spared {
             peer,
             quota,
             until,
             asked: 0,
+            refused: BTreeSet::new(),
+            retry: until,
             lapsed: false,
         });
     }
@@ -292,6 +304,15 @@ impl<P: Clone + Ord> GroupFetch<P> {
                 // A DONT_HAVE for a want-block frees the slot at once.
                 if self.requested.get(&i).is_some_and(|(p, _)| p == peer) {
                     self.requested.remove(&i);
+                    let timeout = self.config.block_timeout;
+                    if let Some(s) = self.spared.as_mut().filter(|s| s.peer == *peer) {
+                        s.refused.insert(i);
+                        if now < s.until {
+                            s.asked = s.asked.saturating_sub(1);
+                        } else {
+                            s.retry = s.retry.max(now + timeout);
+                        }
+                    }
                 }
             }
         }
@@ -343,6 +364,16 @@ impl<P: Clone + Ord> GroupFetch<P> {
         if let Some(s) = self.spared.as_mut().filter(|s| now >= s.until) {
             s.lapsed = true;
         }
+        if let Some(s) = self.spared.as_mut().filter(|s| now >= s.retry) {
+            // What it refused, it is asked for now.
+            let refused = std::mem::take(&mut s.refused);
+            if !refused.is_empty() && self.peers.contains(&s.peer) {
+                if let Some(lacks) = self.lacks.get_mut(&s.peer) {
+                    lacks.retain(|i| !refused.contains(i));
+                }
+                self.has.entry(s.peer.clone()).or_default().extend(refused);
+            }
+        }
         let silent: Vec<P> = self
             .probed
             .iter()
@@ -363,11 +394,11 @@ impl<P: Clone + Ord> GroupFetch<P> {
         if self.cancelled || self.is_complete() {
             return None;
         }
-        let spare_ends = self
-            .spared
-            .as_ref()
-            .filter(|s| !s.lapsed && s.asked >= s.quota)
-            .map(|s| s.until);
+        let spare_ends = self.spared.as_ref().and_then(|s| {
+            let holds_back = (!s.lapsed && s.asked >= s.quota).then_some(s.until);
+            let refused = (!s.refused.is_empty()).then_some(s.retry);
+            holds_back.into_iter().chain(refused).min()
+        });
         self.requested
             .values()
             .map(|(_, at)| *at)
@@ -663,6 +694,37 @@ mod tests {
         // Past the wait the source is asked for what nobody else has.
         let later = want_blocks(&g.tick(t + Duration::from_secs(1)));
         assert_eq!(later, vec![(1, cids[5])]);
+    }
+
+    #[test]
+    fn a_refusal_from_the_spared_source_moves_to_the_next_block_until_the_wait_ends() {
+        let cids = shards(3);
+        let mut g = GroupFetch::new(FetchConfig::default(), cids.clone(), 3);
+        let t = Instant::now();
+        let until = t + Duration::from_secs(1);
+        let timeout = FetchConfig::default().block_timeout;
+        g.spare(1u32, 1, until);
+        // The source holds everything: one block, its quota.
+        assert_eq!(want_blocks(&g.add_holder(1, t)), vec![(1, cids[0])]);
+        // Refused (sent to its share of viewers already): the next block
+        // is asked of it at once, within the same quota of one.
+        let next = g.on_presence(&1, &cids[0], false, t);
+        assert_eq!(want_blocks(&next), vec![(1, cids[1])]);
+        assert!(want_blocks(&g.on_block(&cids[1], t)).is_empty(), "quota");
+        assert_eq!(g.next_deadline(), Some(until));
+        // Once the wait is over it is asked like any peer, for the refused
+        // block too (two in flight per peer).
+        let mut later = want_blocks(&g.tick(until));
+        later.sort();
+        let mut expected = vec![(1, cids[0]), (1, cids[2])];
+        expected.sort();
+        assert_eq!(later, expected);
+        // Refused again after the wait (the ration outlived it): asked
+        // again a request timeout later, not at once and not never.
+        assert!(want_blocks(&g.on_presence(&1, &cids[0], false, until)).is_empty());
+        assert!(want_blocks(&g.on_block(&cids[2], until)).is_empty());
+        assert_eq!(g.next_deadline(), Some(until + timeout));
+        assert_eq!(want_blocks(&g.tick(until + timeout)), vec![(1, cids[0])]);
     }
 
     #[test]
