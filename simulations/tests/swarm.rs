@@ -84,16 +84,19 @@ fn without_the_ration_every_viewer_turns_to_the_broadcaster() {
 
 #[test]
 fn pacing_keeps_a_thin_broadcaster_uplink_from_collapsing() {
-    // A hundred viewers on a 5 Mb/s broadcaster. Unpaced, every copy it
-    // is asked for queues in its uplink, where a viewer's cancel cannot
-    // reach it and announcements wait behind it: segments arrive later
-    // than the viewers give them up.
-    let thin = SwarmParams {
+    // A hundred viewers on a 5 Mb/s broadcaster, with no ration to hold
+    // their asks back (with one, a refusal closes the want, and this
+    // audience no longer overwhelms the uplink either way). Unpaced,
+    // every copy it is asked for queues in its uplink, where a viewer's
+    // cancel cannot reach it and announcements wait behind it: segments
+    // arrive later than the viewers give them up.
+    let mut thin = SwarmParams {
         viewers: 100,
         segments: 4,
         source_uplink: 5_000_000 / 8,
         ..SwarmParams::default()
     };
+    thin.live.ration_window = Duration::ZERO;
     let paced = swarm::run(&thin).unwrap();
     everyone_gets_everything(&paced);
     let unpaced = swarm::run(&SwarmParams {
