@@ -207,6 +207,11 @@ struct PeerWant {
     want_type: WantType,
     priority: i32,
     send_dont_have: bool,
+    /// Refused under a ration: closed once its DONT_HAVE is handed out,
+    /// and never served meanwhile. It keeps its place in the wantlist
+    /// until then, so a peer that asks without reading still holds no
+    /// more answers than its wantlist.
+    refused: bool,
 }
 
 #[derive(Default)]
@@ -270,6 +275,9 @@ impl PeerState {
                 reply.presences.push((cid, presence));
                 reply.queued_presences += 1;
                 self.queued_presences += 1;
+                if self.wants.get(&cid).is_some_and(|w| w.refused) {
+                    self.wants.remove(&cid);
+                }
             }
         }
     }
@@ -514,9 +522,10 @@ impl<P: Clone + Eq + Hash> Engine<P> {
                     want_type: e.want_type,
                     priority: e.priority,
                     send_dont_have: e.send_dont_have,
+                    refused: false,
                 },
             );
-            let open_block = before.is_some_and(|w| w.want_type == WantType::Block);
+            let open_block = before.is_some_and(|w| w.want_type == WantType::Block && !w.refused);
             match (e.want_type, store.block_size(&e.cid)) {
                 (WantType::Have, Some(_)) => {
                     state.answer(e.cid, Presence::Have);
@@ -571,13 +580,16 @@ impl<P: Clone + Eq + Hash> Engine<P> {
             if self.rationed.get(&cid) == Some(&0) {
                 state.deferred.pop_front();
                 if state.wants.get(&cid).is_some_and(|w| w.send_dont_have) {
-                    // Refused, not queued: a viewer asks again once it has
-                    // given other viewers their time. Kept open, every
-                    // refused want was served at the ration's end
-                    // (`shoal-sim swarm --home`, 1000 viewers: up to 5.5
-                    // copies of each shard once viewers ask for another
-                    // shard when refused).
-                    state.wants.remove(&cid);
+                    // Refused, not queued: closed once its DONT_HAVE goes
+                    // out, and a viewer asks again once it has given
+                    // other viewers their time. Kept open, every refused
+                    // want was served at the ration's end (`shoal-sim
+                    // swarm --home`, 1000 viewers: up to 5.5 copies of
+                    // each shard once viewers ask for another shard when
+                    // refused).
+                    if let Some(w) = state.wants.get_mut(&cid) {
+                        w.refused = true;
+                    }
                     state.answer(cid, Presence::DontHave);
                 }
                 continue;
@@ -770,7 +782,12 @@ impl<P: Clone + Eq + Hash> Engine<P> {
         let waiting: Vec<(P, WantType)> = self
             .peers
             .iter()
-            .filter_map(|(p, s)| s.wants.get(cid).map(|w| (p.clone(), w.want_type)))
+            .filter_map(|(p, s)| {
+                s.wants
+                    .get(cid)
+                    .filter(|w| !w.refused)
+                    .map(|w| (p.clone(), w.want_type))
+            })
             .filter(|(_, t)| haves || *t == WantType::Block)
             .collect();
         for (peer, want_type) in waiting {
@@ -985,6 +1002,40 @@ mod tests {
         out.clear();
         e.end_ration(&cid, &store, &mut out);
         assert!(out.is_empty());
+    }
+
+    #[test]
+    fn refusals_a_peer_does_not_read_hold_no_more_than_its_wantlist() {
+        let config = EngineConfig {
+            max_peer_wants: 2,
+            max_queued_presences: 1,
+            ..EngineConfig::default()
+        };
+        let mut e = Engine::new(config);
+        let mut store = Store::default();
+        let cids: Vec<Cid> = (0u8..6).map(|i| cid_of(Codec::Raw, &[i])).collect();
+        for c in &cids {
+            store.0.insert(*c, 5);
+            e.ration(*c, 0);
+        }
+        let mut out = Vec::new();
+        // Three asks: two fit the wantlist; both are refused, and one
+        // DONT_HAVE goes out (the other waits for room).
+        let asks = |range: std::ops::Range<usize>| {
+            wants_msg(
+                cids[range]
+                    .iter()
+                    .map(|c| want(*c, WantType::Block, true))
+                    .collect(),
+            )
+        };
+        e.on_message(&1, asks(0..3), &store, &mut out);
+        assert_eq!(e.dropped_wants(&1), 1);
+        // The peer reads nothing and asks on: the refusal still waiting
+        // keeps its place, so only one more fits, and the rest is dropped.
+        e.on_message(&1, asks(3..6), &store, &mut out);
+        assert_eq!(e.dropped_wants(&1), 3);
+        assert_eq!(e.peer_want_count(&1), 2);
     }
 
     #[test]
