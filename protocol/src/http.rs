@@ -146,9 +146,20 @@ impl GatewayPath {
     }
 }
 
+/// A channel id as shoal spells it (base58btc). Multibase reads the same
+/// key in other bases too, the identity base among them (`\0` then the
+/// raw bytes, `%` and control characters included): a path names a
+/// channel one way only (found by the `gateway_paths` fuzz target).
 fn channel_of(text: &str) -> Result<ChannelId, PathError> {
-    text.parse()
-        .map_err(|e: crate::channel::ChannelError| PathError::BadChannel(e.to_string()))
+    let id: ChannelId = text
+        .parse()
+        .map_err(|e: crate::channel::ChannelError| PathError::BadChannel(e.to_string()))?;
+    if id.to_string() != text {
+        return Err(PathError::BadChannel(format!(
+            "{text:?} is not spelled as shoal writes channel ids (base58btc, starting with z): use {id}"
+        )));
+    }
+    Ok(id)
 }
 
 fn root_of(text: &str) -> Result<Cid, PathError> {
@@ -521,6 +532,16 @@ mod tests {
             GatewayPath::parse(&format!("/live/{}x/index.m3u8", channel())),
             Err(PathError::BadChannel(_))
         ));
+        // The same key in another base (base32 here; the fuzzer found
+        // the identity base, raw bytes after a NUL) is not its spelling.
+        let id = channel();
+        let raw = multibase::encode(multibase::Base::Base32Lower, id.as_bytes());
+        let Err(PathError::BadChannel(why)) =
+            GatewayPath::parse(&format!("/live/{raw}/index.m3u8"))
+        else {
+            panic!("another spelling of a channel id is a bad request");
+        };
+        assert!(why.contains(&id.to_string()), "{why}");
     }
 
     #[test]
