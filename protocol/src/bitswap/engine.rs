@@ -38,8 +38,10 @@
 //!   [`EngineConfig::max_paced_bytes`] of such blocks are queued for all
 //!   peers together, the rest wait here, in turn, where a cancel still
 //!   stops them. A broadcaster's uplink is the scarcest link of a live
-//!   channel; a copy handed to the transport goes out even when its viewer
-//!   got the shard elsewhere meanwhile, and announcements wait behind it.
+//!   channel, and a viewer's is often slower than the stream; a copy
+//!   handed to the transport goes out even when its viewer got the shard
+//!   elsewhere meanwhile, and announcements and the node's own asks wait
+//!   behind it.
 //!   A peer whose messages are slow to write ([`Engine::write_slow`]: a
 //!   viewer cut off, or one that stopped reading) keeps what it holds, but
 //!   its bytes no longer count against the others and it gets no more
@@ -75,15 +77,16 @@ pub struct EngineConfig {
     /// runs banned honest peers so). 4096 shards are the last 290 live
     /// segments of 14 shards, about 400 KiB.
     pub remembered_received: usize,
-    /// Bytes of *paced* blocks ([`Engine::pace`]: the shards of live
-    /// segments this node published) queued for all peers together and not
-    /// yet sent. The rest wait in the engine, where a cancel still stops
-    /// them; once queued, a block goes out even if its peer got it
-    /// elsewhere meanwhile. 128 KiB is 50 ms of a 20 Mb/s uplink and a
-    /// millisecond of a gigabit one.
+    /// Bytes of *paced* blocks ([`Engine::pace`]: the blocks of live
+    /// segments, published here or fetched) queued for all peers together
+    /// and not yet sent. The rest wait in the engine, where a cancel still
+    /// stops them; once queued, a block goes out even if its peer got it
+    /// elsewhere meanwhile. 128 KiB is 50 ms of a 20 Mb/s uplink, a
+    /// millisecond of a gigabit one, and two seconds of a 0.5 Mb/s home
+    /// uplink (then a viewer's own asks wait behind at most that).
     pub max_paced_bytes: usize,
-    /// Paced blocks remembered, oldest forgotten first: a broadcaster's
-    /// window of segments is well inside 4096 shards.
+    /// Paced blocks remembered, oldest forgotten first: a node's window of
+    /// segments is well inside 4096 shards.
     pub max_paced_blocks: usize,
     /// HAVE/DONT_HAVE answers handed to the node for one peer and not yet
     /// reported written. 8192 is one full message of presences (about
@@ -743,8 +746,8 @@ impl<P: Clone + Eq + Hash> Engine<P> {
     }
 
     /// Paces `cid` from now on: its copies count against
-    /// [`EngineConfig::max_paced_bytes`]. A live broadcaster paces each
-    /// shard it publishes.
+    /// [`EngineConfig::max_paced_bytes`]. A live node paces the blocks of
+    /// every segment it publishes or fetches.
     pub fn pace(&mut self, cid: Cid) {
         if self.paced.insert(cid) {
             self.paced_order.push_back(cid);

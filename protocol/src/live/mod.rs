@@ -26,6 +26,8 @@ mod broadcast;
 mod parts;
 mod planner;
 mod session;
+#[cfg(test)]
+pub(crate) mod testing;
 
 pub use broadcast::{Broadcast, BroadcastAction, KEEP_SEGMENTS};
 pub use parts::{ListedPart, PartSegment, PartsView, group_parts};

@@ -914,21 +914,31 @@ impl<P: Clone + Ord + Hash> LivePlanner<P> {
     /// and shards of the segments in its windows and of those it fetches
     /// or checks (a manifest still being fetched names no shards yet).
     pub fn holds(&self, held: &mut std::collections::BTreeSet<Cid>) {
-        for r in &self.renditions {
-            for w in &r.window {
-                held.insert(w.manifest);
-                held.extend(w.shards.iter().copied());
-            }
-            for p in r.pending.values() {
-                held.insert(p.manifest_cid);
-                match &p.stage {
-                    Stage::Manifest(_) => {}
+        held.extend(self.blocks().copied());
+    }
+
+    /// Whether `cid` is one of the blocks [`LivePlanner::holds`] names.
+    pub fn has_block(&self, cid: &Cid) -> bool {
+        self.blocks().any(|c| c == cid)
+    }
+
+    fn blocks(&self) -> impl Iterator<Item = &Cid> {
+        self.renditions.iter().flat_map(|r| {
+            let window = r
+                .window
+                .iter()
+                .flat_map(|w| std::iter::once(&w.manifest).chain(&w.shards));
+            let pending = r.pending.values().flat_map(|p| {
+                let shards: &[Cid] = match &p.stage {
+                    Stage::Manifest(_) => &[],
                     Stage::Shards { manifest, .. } | Stage::Checking { manifest } => {
-                        held.extend(manifest.shards.iter().copied())
+                        &manifest.shards
                     }
-                }
-            }
-        }
+                };
+                std::iter::once(&p.manifest_cid).chain(shards)
+            });
+            window.chain(pending)
+        })
     }
 
     /// The complete segments of a rendition, oldest first.

@@ -411,6 +411,11 @@ impl<P: Clone + Ord + Hash> LiveSession<P> {
         self.planner.holds(held);
     }
 
+    /// Whether `cid` is one of the blocks [`LiveSession::holds`] names.
+    pub fn has_block(&self, cid: &Cid) -> bool {
+        self.planner.has_block(cid)
+    }
+
     /// Changes how many complete segments each rendition keeps.
     pub fn set_window(&mut self, window: usize, now: Instant) {
         let actions = self.planner.set_window(window);
@@ -902,9 +907,7 @@ impl<P: Clone + Ord + Hash> LiveSession<P> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::block::{self, Codec};
     use crate::channel::{CHANNEL_VERSION, ChannelKey, Origin};
-    use crate::manifest::SegmentManifest;
 
     const K: u16 = 2;
     const M: u16 = 1;
@@ -922,34 +925,7 @@ mod tests {
 
     /// A segment's shards and its announcement, signed by `key`.
     fn segment(key: &ChannelKey, seq: u64) -> (Vec<(Cid, Vec<u8>)>, Vec<u8>) {
-        let shards: Vec<Vec<u8>> = (0..usize::from(K + M))
-            .map(|i| vec![(seq as u8).wrapping_mul(16) + i as u8; SIZE])
-            .collect();
-        let cids: Vec<Cid> = shards
-            .iter()
-            .map(|s| block::cid_of(Codec::Raw, s))
-            .collect();
-        let data: Vec<u8> = shards[..usize::from(K)].concat();
-        let manifest = SegmentManifest {
-            version: 1,
-            index: seq,
-            length: data.len() as u64,
-            duration_us: Some(2_000_000),
-            hash: block::sha256_multihash(&block::sha256(&data)).to_bytes(),
-            k: K,
-            m: M,
-            shard_size: SIZE as u32,
-            shards: cids.clone(),
-        };
-        let announcement = key.announce(
-            0,
-            seq,
-            1_000_000,
-            &format!("seg{seq}.ts"),
-            b"source",
-            manifest.to_block().1,
-        );
-        (cids.into_iter().zip(shards).collect(), announcement)
+        super::super::testing::segment(key, seq, K, M, SIZE, b"source")
     }
 
     fn session(now: Instant) -> LiveSession<u32> {
