@@ -22,7 +22,10 @@
 //!   lab, then in the model (`shoal_sim::swarm::scenario`), side by side
 //!   with what lies beyond the targets (latency within the larger of 15%
 //!   and the mean round trip, offload within 3 points, the broadcaster's
-//!   bytes within 10%, the same misses).
+//!   bytes within 10%, the same misses), the model's latency over seeds
+//!   1-8, and how late the lab's links wrote their packets (what a busy
+//!   machine adds to every delay). `SHOAL_BENCH_UPLINK_MBPS` sets every
+//!   host's uplink (10 Mb/s by default).
 
 use std::io::{Read, Write};
 use std::net::SocketAddr;
@@ -31,7 +34,7 @@ use std::time::{Duration, Instant};
 
 use shoal_sim::swarm::SessionSummary;
 use shoal_sim::swarm::scenario::{Figures, LiveScenario};
-use shoal_tests::lab::{Host, Lab, LabNode, LinkSpec};
+use shoal_tests::lab::{Host, Lab, LabNode, LinkSpec, WireLateness};
 use shoal_tests::lab_live::Stream;
 use shoal_tests::{cpu_share, cpu_ticks};
 
@@ -298,6 +301,9 @@ struct LabRun {
     /// they took.
     cpu: f64,
     wall: f64,
+    /// How late the links' threads wrote packets over the measured
+    /// segments.
+    wires: WireLateness,
 }
 
 /// Runs `scenario` on the lab: four segments to warm up, then
@@ -308,6 +314,7 @@ fn run_lab(scenario: &LiveScenario) -> Option<LabRun> {
     stream.play(&stream.all(), 0, 4, Duration::from_secs(120));
     let before = cpu_ticks();
     let recovery = stream_recovery(&stream);
+    let wires_before = stream.lab.wire_lateness();
     let at = shoal_tests::lab_live::encoder_at(&stream.hls);
     let started = Instant::now();
     stream.play(
@@ -318,6 +325,7 @@ fn run_lab(scenario: &LiveScenario) -> Option<LabRun> {
     );
     let cpu = cpu_share(before, cpu_ticks());
     let wall = started.elapsed().as_secs_f64();
+    let wires = stream.lab.wire_lateness().since(&wires_before);
     let after = stream_recovery(&stream);
     let stats: Vec<serde_json::Value> = stream
         .viewers
@@ -349,7 +357,22 @@ fn run_lab(scenario: &LiveScenario) -> Option<LabRun> {
         startup_ms: quantile(&mut startup, 0.5),
         cpu,
         wall,
+        wires,
     })
+}
+
+/// The links' lateness in a few words.
+fn lateness(w: &WireLateness) -> String {
+    let share = |n: u64| 100.0 * n as f64 / w.packets.max(1) as f64;
+    format!(
+        "{} packets, mean {:.2} ms late, over 2 / 10 / 50 ms: {:.2} / {:.3} / {:.3}%, worst {:.0} ms",
+        w.packets,
+        w.mean_us() / 1000.0,
+        share(w.over_2ms),
+        share(w.over_10ms),
+        share(w.over_50ms),
+        w.max_us as f64 / 1000.0,
+    )
 }
 
 fn limited(cpu: f64) -> &'static str {
@@ -383,6 +406,7 @@ fn live(viewers: usize) {
         run.wall,
         limited(run.cpu),
     );
+    println!("     lab links: {}", lateness(&run.wires));
 }
 
 fn lives() {
@@ -396,16 +420,29 @@ fn lives() {
 
 /// The same scenario on the lab and in the model, side by side, with
 /// what lies beyond the cross-check's targets.
+/// Seeds the model runs each cross-checked scenario with.
+const MODEL_SEEDS: u64 = 8;
+
 fn crosscheck() {
+    // SHOAL_BENCH_UPLINK_MBPS: every host's uplink (10 Mb/s unless set);
+    // far above the stream's rate, it takes TCP's congestion control at
+    // a full link out of the comparison.
+    let uplink_mbps = env_list("SHOAL_BENCH_UPLINK_MBPS", &[10])
+        .first()
+        .copied()
+        .unwrap_or(10) as u64;
     println!(
-        "crosscheck: one scenario (a broadcaster and N viewers at 20-100 ms, 10 Mb/s uplinks, \
+        "crosscheck: one scenario (a broadcaster and N viewers at 20-100 ms, {uplink_mbps} Mb/s uplinks, \
          a 1.5 Mb/s stream) on the lab and in the model (seed 1), every viewer's session statistics"
     );
     println!(
         "  N  | p50 lab / model | p95 lab / model | offload lab / model | broadcaster MB lab / model | missed | lab TCP resent / timeouts | beyond target"
     );
     for n in env_list("SHOAL_BENCH_VIEWERS", &[5, 10, 20]) {
-        let scenario = LiveScenario::spread(n, LIVE_SEGMENTS as u64 + 12);
+        let scenario = LiveScenario {
+            uplink: uplink_mbps * 1_000_000 / 8,
+            ..LiveScenario::spread(n, LIVE_SEGMENTS as u64 + 12)
+        };
         let Some(lab) = run_lab(&scenario) else {
             return;
         };
@@ -414,11 +451,24 @@ fn crosscheck() {
             segments: lab.figures.segments.max(1),
             ..scenario.clone()
         };
-        let report = match shoal_sim::swarm::run(&modelled.swarm_params(1)) {
-            Ok(r) => r,
-            Err(e) => panic!("the model refused the scenario: {e}"),
+        // Seed 1 is the model's figure; seeds 2-8 give its own spread
+        // (who trades with whom, the rotations, gossip's timing).
+        let seeds: Vec<Figures> = (1..=MODEL_SEEDS)
+            .map(
+                |seed| match shoal_sim::swarm::run(&modelled.swarm_params(seed)) {
+                    Ok(r) => Figures::of_model(&r, scenario.segment_bytes),
+                    Err(e) => panic!("the model refused the scenario: {e}"),
+                },
+            )
+            .collect();
+        let model = seeds[0].clone();
+        let range = |f: fn(&Figures) -> f64| {
+            let v = seeds.iter().map(f);
+            let lo = v.clone().fold(f64::INFINITY, f64::min);
+            (lo, v.fold(f64::NEG_INFINITY, f64::max))
         };
-        let model = Figures::of_model(&report, scenario.segment_bytes);
+        let (p50_lo, p50_hi) = range(|f| f.p50_ms);
+        let (p95_lo, p95_hi) = range(|f| f.p95_ms);
         let l = &lab.figures;
         let beyond = Figures::differences(l, &model, scenario.mean_rtt());
         println!(
@@ -441,6 +491,12 @@ fn crosscheck() {
                 beyond.join("; ")
             },
             limited(lab.cpu),
+        );
+        println!(
+            "     model seeds 1-{MODEL_SEEDS}: p50 {p50_lo:.0}-{p50_hi:.0} ms, p95 {p95_lo:.0}-{p95_hi:.0} ms; \
+             lab machine CPU {:.0}%; lab links: {}",
+            100.0 * lab.cpu,
+            lateness(&lab.wires),
         );
     }
 }

@@ -39,7 +39,7 @@ use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -213,9 +213,90 @@ impl XorShift {
     }
 }
 
+/// How late the links' threads wrote packets against the delay drawn for
+/// them: what the machine (threads waiting for a core) adds to the
+/// links, summed over every link of a lab.
+#[derive(Default)]
+struct Lateness {
+    packets: AtomicU64,
+    over_2ms: AtomicU64,
+    over_10ms: AtomicU64,
+    over_50ms: AtomicU64,
+    total_us: AtomicU64,
+    max_us: AtomicU64,
+}
+
+impl Lateness {
+    fn add(&self, late: Duration) {
+        let us = late.as_micros() as u64;
+        self.packets.fetch_add(1, Ordering::Relaxed);
+        for (limit, counter) in [
+            (2_000, &self.over_2ms),
+            (10_000, &self.over_10ms),
+            (50_000, &self.over_50ms),
+        ] {
+            if us > limit {
+                counter.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.total_us.fetch_add(us, Ordering::Relaxed);
+        self.max_us.fetch_max(us, Ordering::Relaxed);
+    }
+
+    /// The counts so far, and the largest lateness since the last take.
+    fn take(&self) -> WireLateness {
+        WireLateness {
+            packets: self.packets.load(Ordering::Relaxed),
+            over_2ms: self.over_2ms.load(Ordering::Relaxed),
+            over_10ms: self.over_10ms.load(Ordering::Relaxed),
+            over_50ms: self.over_50ms.load(Ordering::Relaxed),
+            total_us: self.total_us.load(Ordering::Relaxed),
+            max_us: self.max_us.swap(0, Ordering::Relaxed),
+        }
+    }
+}
+
+/// Packets the lab's links carried, and how late their threads wrote
+/// them (see [`Lab::wire_lateness`]).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct WireLateness {
+    pub packets: u64,
+    pub over_2ms: u64,
+    pub over_10ms: u64,
+    pub over_50ms: u64,
+    pub total_us: u64,
+    pub max_us: u64,
+}
+
+impl WireLateness {
+    /// What happened between `before` and `self` (the largest lateness
+    /// is since `before` was taken).
+    pub fn since(&self, before: &WireLateness) -> WireLateness {
+        WireLateness {
+            packets: self.packets - before.packets,
+            over_2ms: self.over_2ms - before.over_2ms,
+            over_10ms: self.over_10ms - before.over_10ms,
+            over_50ms: self.over_50ms - before.over_50ms,
+            total_us: self.total_us - before.total_us,
+            max_us: self.max_us,
+        }
+    }
+
+    pub fn mean_us(&self) -> f64 {
+        self.total_us as f64 / self.packets.max(1) as f64
+    }
+}
+
 /// Carries packets from `from` to `to`, each after `delay ± jitter`, in
 /// order, until `stop`.
-fn carry(from: Arc<OwnedFd>, to: Arc<OwnedFd>, spec: LinkSpec, seed: u64, stop: Arc<AtomicBool>) {
+fn carry(
+    from: Arc<OwnedFd>,
+    to: Arc<OwnedFd>,
+    spec: LinkSpec,
+    seed: u64,
+    stop: Arc<AtomicBool>,
+    lateness: Arc<Lateness>,
+) {
     let mut queue: VecDeque<(Instant, Vec<u8>)> = VecDeque::new();
     let mut queued = 0usize;
     let mut last_due = Instant::now();
@@ -264,9 +345,10 @@ fn carry(from: Arc<OwnedFd>, to: Arc<OwnedFd>, spec: LinkSpec, seed: u64, stop: 
         }
         let now = Instant::now();
         while queue.front().is_some_and(|(due, _)| *due <= now) {
-            let Some((_, packet)) = queue.pop_front() else {
+            let Some((due, packet)) = queue.pop_front() else {
                 break;
             };
+            lateness.add(now.duration_since(due));
             queued -= packet.len();
             // SAFETY: writing a whole packet from a valid buffer; a full
             // device queue drops it, as a wire would.
@@ -285,6 +367,7 @@ pub struct Lab {
     hosts: Vec<Host>,
     stop: Arc<AtomicBool>,
     wires: Vec<JoinHandle<()>>,
+    lateness: Arc<Lateness>,
     /// Descriptors of the TUN devices, closed after the wires stop.
     tuns: Vec<Arc<OwnedFd>>,
     processes: std::sync::Mutex<Vec<std::process::Child>>,
@@ -360,6 +443,7 @@ impl Lab {
             hosts: Vec::new(),
             stop: Arc::new(AtomicBool::new(false)),
             wires: Vec::new(),
+            lateness: Arc::default(),
             tuns: Vec::new(),
             processes: Default::default(),
             _one_at_a_time: guard,
@@ -450,8 +534,10 @@ impl Lab {
         }
         for (from, to, s) in [(&fa, &fb, seed), (&fb, &fa, seed.rotate_left(17))] {
             let (from, to, stop) = (from.clone(), to.clone(), self.stop.clone());
-            self.wires
-                .push(std::thread::spawn(move || carry(from, to, spec, s, stop)));
+            let lateness = self.lateness.clone();
+            self.wires.push(std::thread::spawn(move || {
+                carry(from, to, spec, s, stop, lateness)
+            }));
         }
         self.tuns.extend([fa, fb]);
         Ok(())
@@ -538,11 +624,18 @@ impl Lab {
                 i as u64,
             )
             .expect("the host's link to the core");
-            ip_in(
-                &ns,
-                &["route", "add", "default", "via", &core_side.to_string()],
-            )
-            .unwrap();
+            let via = core_side.to_string();
+            let mut route = vec!["route", "add", "default", "via", &via];
+            // SHOAL_LAB_INITCWND=N starts every TCP flight at N segments
+            // (Linux: 10, about 14 KB): the model sends at the uplink's
+            // rate from the first byte, and a live shard is larger than
+            // TCP's first flight, so the cross-check can tell how much of
+            // a gap TCP's window makes.
+            let initcwnd = std::env::var("SHOAL_LAB_INITCWND").unwrap_or_default();
+            if !initcwnd.is_empty() {
+                route.extend(["initcwnd", &initcwnd, "initrwnd", &initcwnd]);
+            }
+            ip_in(&ns, &route).unwrap();
             public
         };
         // The host's loss chain, reached from both directions of its link.
@@ -619,6 +712,13 @@ impl Lab {
             .unwrap_or_else(|e| e.into_inner())
             .push(child);
         Ok(pid)
+    }
+
+    /// How late the links' threads have written packets so far, against
+    /// the delay drawn for each: on a busy machine they wait for a core,
+    /// and that wait adds to every link's delay. Resets the largest.
+    pub fn wire_lateness(&self) -> WireLateness {
+        self.lateness.take()
     }
 
     pub fn hosts(&self) -> &[Host] {
