@@ -25,7 +25,7 @@
 //!   bytes within 10%, the same misses), the model's latency over seeds
 //!   1-8, and how late the lab's links wrote their packets (what a busy
 //!   machine adds to every delay). `SHOAL_BENCH_UPLINK_MBPS` sets every
-//!   host's uplink (10 Mb/s by default).
+//!   host's uplink in Mb/s (10 by default, held to 1-10,000).
 
 use std::io::{Read, Write};
 use std::net::SocketAddr;
@@ -430,7 +430,8 @@ fn crosscheck() {
     let uplink_mbps = env_list("SHOAL_BENCH_UPLINK_MBPS", &[10])
         .first()
         .copied()
-        .unwrap_or(10) as u64;
+        .unwrap_or(10)
+        .clamp(1, 10_000) as u64;
     println!(
         "crosscheck: one scenario (a broadcaster and N viewers at 20-100 ms, {uplink_mbps} Mb/s uplinks, \
          a 1.5 Mb/s stream) on the lab and in the model (seed 1), every viewer's session statistics"
