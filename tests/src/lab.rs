@@ -201,6 +201,21 @@ fn in_ns(ns: &str, program: &str, args: &[&str]) -> std::io::Result<()> {
     run("ip", &all)
 }
 
+/// A host's default route, via `via`. SHOAL_LAB_INITCWND=N starts every
+/// TCP flight from the host at N segments (Linux: 10, about 14 KB): the
+/// model's window starts from Linux's, and a live shard is larger than
+/// that first flight, so the cross-check can tell how much of a gap
+/// TCP's window makes.
+fn host_route(ns: &str, via: Ipv4Addr) -> std::io::Result<()> {
+    let via = via.to_string();
+    let initcwnd = std::env::var("SHOAL_LAB_INITCWND").unwrap_or_default();
+    let mut route = vec!["route", "add", "default", "via", &via];
+    if !initcwnd.is_empty() {
+        route.extend(["initcwnd", &initcwnd, "initrwnd", &initcwnd]);
+    }
+    ip_in(ns, &route)
+}
+
 /// A small generator for jitter draws (no need for a crate).
 struct XorShift(u64);
 
@@ -273,11 +288,11 @@ impl WireLateness {
     /// is since `before` was taken).
     pub fn since(&self, before: &WireLateness) -> WireLateness {
         WireLateness {
-            packets: self.packets - before.packets,
-            over_2ms: self.over_2ms - before.over_2ms,
-            over_10ms: self.over_10ms - before.over_10ms,
-            over_50ms: self.over_50ms - before.over_50ms,
-            total_us: self.total_us - before.total_us,
+            packets: self.packets.saturating_sub(before.packets),
+            over_2ms: self.over_2ms.saturating_sub(before.over_2ms),
+            over_10ms: self.over_10ms.saturating_sub(before.over_10ms),
+            over_50ms: self.over_50ms.saturating_sub(before.over_50ms),
+            total_us: self.total_us.saturating_sub(before.total_us),
             max_us: self.max_us,
         }
     }
@@ -610,11 +625,7 @@ impl Lab {
                  }",
             )
             .expect("the home router's NAT");
-            ip_in(
-                &ns,
-                &["route", "add", "default", "via", &lan_router.to_string()],
-            )
-            .unwrap();
+            host_route(&ns, lan_router).expect("the host's default route");
             lan_host
         } else {
             self.wire(
@@ -624,18 +635,7 @@ impl Lab {
                 i as u64,
             )
             .expect("the host's link to the core");
-            let via = core_side.to_string();
-            let mut route = vec!["route", "add", "default", "via", &via];
-            // SHOAL_LAB_INITCWND=N starts every TCP flight at N segments
-            // (Linux: 10, about 14 KB): the model sends at the uplink's
-            // rate from the first byte, and a live shard is larger than
-            // TCP's first flight, so the cross-check can tell how much of
-            // a gap TCP's window makes.
-            let initcwnd = std::env::var("SHOAL_LAB_INITCWND").unwrap_or_default();
-            if !initcwnd.is_empty() {
-                route.extend(["initcwnd", &initcwnd, "initrwnd", &initcwnd]);
-            }
-            ip_in(&ns, &route).unwrap();
+            host_route(&ns, core_side).expect("the host's default route");
             public
         };
         // The host's loss chain, reached from both directions of its link.

@@ -102,9 +102,11 @@ enum Class {
     Fast,
     /// The spared source once its wait is over: asked for what no other
     /// peer with room has. It holds every block and is often the least
-    /// loaded candidate, so asked like any peer it kept sending copies
-    /// that the viewers around had by then (the swarm model, 10,000
-    /// viewers: 4.06 copies of each shard).
+    /// loaded candidate; asked like any peer, it could be asked for
+    /// blocks other viewers with room hold. (In the swarm model at 1000
+    /// viewers this alone changed nothing measurable; the broadcaster's
+    /// extra copies came from viewers with slow uplinks, which the pacing
+    /// of every node's live blocks fixed.)
     SourceAfterWait,
     /// Peers that let a request time out: asked only when no other will
     /// serve.
