@@ -44,6 +44,15 @@ pub struct FetchConfig {
     /// asked. A 410 KiB shard takes 33 ms at 100 Mb/s; 5 s allows for a
     /// congested link without stalling a live segment for long.
     pub block_timeout: Duration,
+    /// A want-block outstanding this long no longer holds one of the
+    /// `need` places: another block is asked for beside it, and whichever
+    /// `need` blocks arrive first complete the group (the rest are
+    /// cancelled). It is still awaited, until `block_timeout`. Off by
+    /// default: a file's fetch would spend its links on shards beyond `k`.
+    /// Live segments hedge (`LiveConfig::fetch`), because a shard waits
+    /// behind whatever its sender queued for others, and the viewer has
+    /// no other way to hear that it should ask elsewhere.
+    pub hedge_after: Option<Duration>,
 }
 
 impl Default for FetchConfig {
@@ -52,6 +61,7 @@ impl Default for FetchConfig {
             max_in_flight_per_peer: 2,
             max_in_flight_per_peer_total: 8,
             block_timeout: Duration::from_secs(5),
+            hedge_after: None,
         }
     }
 }
@@ -90,6 +100,9 @@ pub struct GroupFetch<P> {
     /// Requests other groups of the same fetch have outstanding, per
     /// peer ([`GroupFetch::set_others`]).
     others: BTreeMap<P, usize>,
+    /// Positions whose request is past [`FetchConfig::hedge_after`]: still
+    /// awaited, no longer counted against `need`.
+    hedged: BTreeSet<usize>,
     cancelled: bool,
 }
 
@@ -152,6 +165,7 @@ impl<P: Clone + Ord> GroupFetch<P> {
             order: (0..cids.len()).collect(),
             spared: None,
             others: BTreeMap::new(),
+            hedged: BTreeSet::new(),
             cancelled: false,
             cids,
         }
@@ -382,6 +396,14 @@ impl<P: Clone + Ord> GroupFetch<P> {
             self.requested.remove(&i);
             self.slow.insert(peer);
         }
+        if let Some(hedge) = self.config.hedge_after {
+            let hedged = self
+                .requested
+                .iter()
+                .filter(|(_, (_, at))| now.duration_since(*at) >= hedge)
+                .map(|(i, _)| *i);
+            self.hedged.extend(hedged);
+        }
         if let Some(s) = self.spared.as_mut().filter(|s| now >= s.until) {
             s.lapsed = true;
         }
@@ -420,12 +442,19 @@ impl<P: Clone + Ord> GroupFetch<P> {
             let refused = (!s.refused.is_empty()).then_some(s.retry);
             holds_back.into_iter().chain(refused).min()
         });
+        let hedges = self.config.hedge_after.into_iter().flat_map(|hedge| {
+            self.requested
+                .iter()
+                .filter(|(i, _)| !self.hedged.contains(*i))
+                .map(move |(_, (_, at))| *at + hedge)
+        });
         self.requested
             .values()
             .map(|(_, at)| *at)
             .chain(self.probed.values().copied())
             .map(|at| at + self.config.block_timeout)
             .chain(spare_ends)
+            .chain(hedges)
             .min()
     }
 
@@ -524,7 +553,11 @@ impl<P: Clone + Ord> GroupFetch<P> {
         for (p, _) in self.requested.values() {
             *load.entry(p.clone()).or_default() += 1;
         }
-        while self.done.len() + self.requested.len() < self.need {
+        let requested = &self.requested;
+        self.hedged.retain(|i| requested.contains_key(i));
+        // Requests past their hedge time leave their place to another.
+        let mut counted = self.requested.len() - self.hedged.len();
+        while self.done.len() + counted < self.need {
             // The first block (data shards come first) that is neither
             // received nor requested and that a usable peer has, from the
             // least loaded such peer; a block only slow peers have waits
@@ -554,6 +587,7 @@ impl<P: Clone + Ord> GroupFetch<P> {
                 s.asked += 1;
             }
             *load.entry(peer.clone()).or_default() += 1;
+            counted += 1;
             self.requested.insert(i, (peer.clone(), now));
             out.push(FetchAction::WantBlock {
                 peer,
@@ -796,6 +830,56 @@ mod tests {
         assert!(want_blocks(&g.tick(t + Duration::from_millis(500))).is_empty());
         let moved = want_blocks(&g.tick(t + Duration::from_secs(1)));
         assert_eq!(moved, vec![(2, cids[0])]);
+    }
+
+    #[test]
+    fn a_request_past_its_hedge_time_makes_room_for_another_block() {
+        let cids = shards(4); // any 2 of 4
+        let config = FetchConfig {
+            hedge_after: Some(Duration::from_millis(300)),
+            ..FetchConfig::default()
+        };
+        let mut g = GroupFetch::new(config, cids.clone(), 2);
+        let t = Instant::now();
+        let _ = g.add_peer(1u32, t);
+        let _ = g.add_peer(2u32, t);
+        let mut first = Vec::new();
+        for c in &cids {
+            first.extend(want_blocks(&g.on_presence(&1, c, true, t)));
+        }
+        assert_eq!(first.len(), 2, "{first:?}");
+        assert_eq!(g.next_deadline(), Some(t + Duration::from_millis(300)));
+        assert!(want_blocks(&g.tick(t + Duration::from_millis(200))).is_empty());
+        // Past the hedge time both requests leave their places: two more
+        // blocks are asked for, of a peer with room, beside them.
+        let at = t + Duration::from_millis(300);
+        let _ = g.on_presence(&2, &cids[2], true, at);
+        let hedged = want_blocks(&g.on_presence(&2, &cids[3], true, at));
+        assert!(hedged.is_empty(), "nothing before the tick: {hedged:?}");
+        let hedged = want_blocks(&g.tick(at));
+        assert_eq!(hedged, vec![(2, cids[2]), (2, cids[3])]);
+        // Each request is hedged once: next are the new requests'.
+        assert_eq!(g.next_deadline(), Some(at + Duration::from_millis(300)));
+        // Whichever two arrive first complete the group; the rest are
+        // cancelled.
+        let _ = g.on_block(&cids[3], at);
+        let done = g.on_block(&cids[0], at);
+        assert!(g.is_complete());
+        assert!(done.contains(&FetchAction::Cancel { cid: cids[1] }));
+        assert!(done.contains(&FetchAction::Cancel { cid: cids[2] }));
+    }
+
+    #[test]
+    fn a_group_without_a_hedge_time_waits_for_its_requests() {
+        let cids = shards(4);
+        let mut g = GroupFetch::new(FetchConfig::default(), cids.clone(), 2);
+        let t = Instant::now();
+        let _ = g.add_peer(1u32, t);
+        for c in &cids {
+            let _ = g.on_presence(&1, c, true, t);
+        }
+        let later = t + Duration::from_secs(1);
+        assert!(want_blocks(&g.tick(later)).is_empty());
     }
 
     #[test]
