@@ -211,8 +211,9 @@ impl Default for LiveConfig {
                 // A shard not in 300 ms waits in its sender's queue behind
                 // others' copies: ask for another beside it. In
                 // `shoal-sim swarm --home`, 1000 viewers, seeds 1-3, this
-                // took p95 from 2.1-2.3 s to 1.8-1.9 s (BENCHMARKS,
-                // "Hedged requests").
+                // took p95 from 2.19-2.43 s to 1.89-2.14 s, for 0.2-0.3
+                // more copies of each shard (BENCHMARKS, "Where a hop's
+                // time goes, and hedged requests").
                 hedge_after: Some(Duration::from_millis(300)),
                 ..FetchConfig::default()
             },
