@@ -208,10 +208,20 @@ fn in_ns(ns: &str, program: &str, args: &[&str]) -> std::io::Result<()> {
 /// TCP's window makes.
 fn host_route(ns: &str, via: Ipv4Addr) -> std::io::Result<()> {
     let via = via.to_string();
-    let initcwnd = std::env::var("SHOAL_LAB_INITCWND").unwrap_or_default();
+    let initcwnd = match std::env::var("SHOAL_LAB_INITCWND") {
+        Ok(v) if !v.trim().is_empty() => match v.trim().parse::<u32>() {
+            Ok(n @ 1..=1000) => Some(n.to_string()),
+            _ => {
+                return Err(std::io::Error::other(format!(
+                    "SHOAL_LAB_INITCWND={v:?}: give a number of segments from 1 to 1000"
+                )));
+            }
+        },
+        _ => None,
+    };
     let mut route = vec!["route", "add", "default", "via", &via];
-    if !initcwnd.is_empty() {
-        route.extend(["initcwnd", &initcwnd, "initrwnd", &initcwnd]);
+    if let Some(n) = &initcwnd {
+        route.extend(["initcwnd", n, "initrwnd", n]);
     }
     ip_in(ns, &route)
 }

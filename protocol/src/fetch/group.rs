@@ -872,7 +872,15 @@ mod tests {
     #[test]
     fn a_group_without_a_hedge_time_waits_for_its_requests() {
         let cids = shards(4);
-        let mut g = GroupFetch::new(FetchConfig::default(), cids.clone(), 2);
+        // Room for all four at peer 1, so only the missing hedge keeps
+        // the last two unasked.
+        let config = FetchConfig {
+            max_in_flight_per_peer: 4,
+            max_in_flight_per_peer_total: 4,
+            hedge_after: None,
+            ..FetchConfig::default()
+        };
+        let mut g = GroupFetch::new(config, cids.clone(), 2);
         let t = Instant::now();
         let _ = g.add_peer(1u32, t);
         for c in &cids {
