@@ -103,8 +103,16 @@ pub struct GroupFetch<P> {
     /// Positions whose request is past [`FetchConfig::hedge_after`]: still
     /// awaited, no longer counted against `need`.
     hedged: BTreeSet<usize>,
+    /// How long each peer has lately taken to deliver a block asked of
+    /// it ([`GroupFetch::set_service_times`]).
+    service: BTreeMap<P, Duration>,
     cancelled: bool,
 }
+
+/// The delivery time assumed for a peer not yet timed: a hop at the
+/// design's 10-50 ms links. Lower than a slow uplink's, so a peer not yet
+/// tried is tried before one known to be slow.
+pub const DEFAULT_SERVICE_TIME: Duration = Duration::from_millis(100);
 
 /// Which peers a block is asked of first. Any `need` blocks will do, so
 /// every open block is tried with the peers of one class before any is
@@ -166,6 +174,7 @@ impl<P: Clone + Ord> GroupFetch<P> {
             spared: None,
             others: BTreeMap::new(),
             hedged: BTreeSet::new(),
+            service: BTreeMap::new(),
             cancelled: false,
             cids,
         }
@@ -466,6 +475,26 @@ impl<P: Clone + Ord> GroupFetch<P> {
         self.others = others;
     }
 
+    /// How long each peer lately took to deliver a block asked of it
+    /// (peers not listed: [`DEFAULT_SERVICE_TIME`]). Among the peers
+    /// with room, the one expected to deliver first is asked: its time
+    /// for each block it already has to send plus this one. A viewer on
+    /// a home uplink below the stream's rate has shards too, and a
+    /// request it takes waits there seconds.
+    pub fn set_service_times(&mut self, service: BTreeMap<P, Duration>) {
+        self.service = service;
+    }
+
+    /// The peer asked for `cid` and when, while the request is
+    /// outstanding.
+    pub fn request_of(&self, cid: &Cid) -> Option<(&P, Instant)> {
+        let positions = self.index.get(cid)?;
+        positions
+            .iter()
+            .find_map(|i| self.requested.get(i))
+            .map(|(p, at)| (p, *at))
+    }
+
     /// The peer of each request outstanding.
     pub fn outstanding(&self) -> impl Iterator<Item = &P> {
         self.requested.values().map(|(p, _)| p)
@@ -508,8 +537,9 @@ impl<P: Clone + Ord> GroupFetch<P> {
     }
 
     /// The peer to ask for block `i`: one that has it and has room, the
-    /// least loaded first (counting what other groups asked of it), of
-    /// the best class `class` allows ([`Class`]).
+    /// one expected to deliver first (its service time for each block
+    /// it has to send, counting what other groups asked of it), of the
+    /// best class `class` allows ([`Class`]).
     fn holder(&self, i: usize, load: &BTreeMap<P, usize>, now: Instant, class: Class) -> Option<P> {
         let max = self.config.max_in_flight_per_peer;
         let max_total = self.config.max_in_flight_per_peer_total.max(max);
@@ -539,7 +569,12 @@ impl<P: Clone + Ord> GroupFetch<P> {
             })
             .map(|(p, _)| (class_of(p), p))
             .filter(|(c, _)| *c <= class)
-            .min_by_key(|(c, p)| (*c, load_of(p) + others_of(p)))
+            .min_by_key(|(c, p)| {
+                let service = self.service.get(*p).copied();
+                let queued = u32::try_from(1 + load_of(p) + others_of(p)).unwrap_or(u32::MAX);
+                let service = service.unwrap_or(DEFAULT_SERVICE_TIME);
+                (*c, service.saturating_mul(queued))
+            })
             .map(|(_, p)| p.clone())
     }
 
@@ -910,6 +945,38 @@ mod tests {
         // request is one by now), and the source fills it.
         let late = t + FetchConfig::default().block_timeout;
         assert_eq!(want_blocks(&g.tick(late)), vec![(1, cids[0])]);
+    }
+
+    #[test]
+    fn the_peer_expected_to_deliver_first_is_asked() {
+        let cids = shards(3);
+        let config = FetchConfig {
+            max_in_flight_per_peer: 3,
+            max_in_flight_per_peer_total: 3,
+            ..FetchConfig::default()
+        };
+        let mut g = GroupFetch::new(config, cids.clone(), 3);
+        let ms = Duration::from_millis;
+        // Peer 1 delivers in 40 ms, peer 2 is not yet timed, peer 3 is
+        // on a slow uplink.
+        g.set_service_times(BTreeMap::from([(1u32, ms(40)), (3, ms(400))]));
+        let t = Instant::now();
+        // Every peer busy elsewhere while they say what they have, so
+        // that the choice is made knowing all three.
+        g.set_others(BTreeMap::from([(1, 3), (2, 3), (3, 3)]));
+        for peer in [3, 2, 1] {
+            let _ = g.add_peer(peer, t);
+            for c in &cids {
+                assert!(want_blocks(&g.on_presence(&peer, c, true, t)).is_empty());
+            }
+        }
+        g.set_others(BTreeMap::new());
+        let asked = want_blocks(&g.reschedule(t));
+        // Peer 1 with a block queued (80 ms) beats peer 2's first (100
+        // ms, assumed); with two (120 ms) it does not. Peer 3 (400 ms)
+        // is never asked while the others will do.
+        let to: Vec<u32> = asked.iter().map(|(p, _)| *p).collect();
+        assert_eq!(to, vec![1, 1, 2], "{asked:?}");
     }
 
     #[test]

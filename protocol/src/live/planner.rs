@@ -56,9 +56,11 @@ pub const SOURCE_COPIES: usize = 2;
 /// quota, holds the broadcaster to its copies.
 const MIN_SOURCE_QUOTA: usize = 2;
 
-/// Tells a new fetch which peers are slow lately.
-fn remember_slow<P: Clone + Ord>(
+/// Tells a new fetch which peers are slow lately, and how long each
+/// took to deliver.
+fn remember_peers<P: Clone + Ord>(
     slow: &BTreeMap<P, Instant>,
+    service: &BTreeMap<P, (Duration, Instant)>,
     fetch: &mut GroupFetch<P>,
     now: Instant,
 ) {
@@ -67,7 +69,22 @@ fn remember_slow<P: Clone + Ord>(
             fetch.mark_slow(peer.clone());
         }
     }
+    let fresh = service
+        .iter()
+        .filter(|(_, (_, at))| now.saturating_duration_since(*at) < SLOW_MEMORY)
+        .map(|(p, (took, _))| (p.clone(), *took));
+    fetch.set_service_times(fresh.collect());
 }
+
+/// How much a new delivery time moves a peer's estimate: a quarter, so
+/// that a peer whose queue filled (or emptied) is seen within a segment's
+/// few blocks, while one slow block does not undo a fast record.
+const SERVICE_GAIN: u32 = 4;
+
+/// A peer is passed over when choosing whom a segment asks while its
+/// delivery time is above this, and other candidates are left: a 25 kB
+/// shard on a 0.5 Mb/s uplink takes 400 ms before any queue.
+const SLOW_SERVICE: Duration = Duration::from_millis(300);
 
 /// How long a peer whose requests timed out counts as slow for later
 /// segments: asked only for shards nobody faster has. A viewer whose
@@ -634,6 +651,11 @@ pub struct LivePlanner<P> {
     /// Peers whose requests timed out lately, and until when they count
     /// as slow ([`SLOW_MEMORY`]).
     slow: BTreeMap<P, Instant>,
+    /// Each candidate's delivery time (want-block to block), averaged
+    /// ([`SERVICE_GAIN`]), and when it last delivered; only peers in
+    /// `peers`. Forgotten after [`SLOW_MEMORY`] without a delivery, so a
+    /// peer once slow is tried again.
+    service: BTreeMap<P, (Duration, Instant)>,
     http: bool,
     renditions: Vec<Rendition<P>>,
     stats: LiveStats,
@@ -670,6 +692,7 @@ impl<P: Clone + Ord + Hash> LivePlanner<P> {
             peers: BTreeSet::new(),
             source: None,
             slow: BTreeMap::new(),
+            service: BTreeMap::new(),
             http,
             renditions: Vec::new(),
             wall: None,
@@ -1038,6 +1061,7 @@ impl<P: Clone + Ord + Hash> LivePlanner<P> {
     /// asked it asks another candidate instead.
     pub fn peer_gone(&mut self, peer: &P, now: Instant) -> Vec<LiveAction<P>> {
         self.peers.remove(peer);
+        self.service.remove(peer);
         let mut out = self.each_fetch(|f| f.on_peer_gone(peer, now));
         let candidates: Vec<P> = self.peers.iter().cloned().collect();
         let source = self.source.as_ref();
@@ -1310,9 +1334,10 @@ impl<P: Clone + Ord + Hash> LivePlanner<P> {
         out
     }
 
-    /// Tells a new fetch which peers are slow lately.
-    fn remember_slow(&self, fetch: &mut GroupFetch<P>, now: Instant) {
-        remember_slow(&self.slow, fetch, now);
+    /// Tells a new fetch which peers are slow lately, and how long each
+    /// took to deliver.
+    fn remember_peers(&self, fetch: &mut GroupFetch<P>, now: Instant) {
+        remember_peers(&self.slow, &self.service, fetch, now);
     }
 
     fn shard_fetch(&self, m: &SegmentManifest, sequence: u64, now: Instant) -> GroupFetch<P> {
@@ -1321,7 +1346,7 @@ impl<P: Clone + Ord + Hash> LivePlanner<P> {
             m.shards.clone(),
             usize::from(m.k),
         );
-        self.remember_slow(&mut fetch, now);
+        self.remember_peers(&mut fetch, now);
         let n = m.shards.len().max(1);
         fetch.rotate((self.rotation.wrapping_add(sequence as usize)) % n);
         // Sparing the source pays only when other viewers can trade; a
@@ -1369,17 +1394,21 @@ impl<P: Clone + Ord + Hash> LivePlanner<P> {
     /// different selection for each segment and viewer) for a segment's
     /// blocks.
     fn start(&mut self, rendition: u16, sequence: u64, now: Instant) -> Vec<LiveAction<P>> {
-        let mut others: Vec<(u64, P)> = self
+        let mut others: Vec<((bool, u64), P)> = self
             .peers
             .iter()
             .filter(|p| Some(*p) != self.source.as_ref())
             .map(|p| {
                 let mut h = std::collections::hash_map::DefaultHasher::new();
                 (self.rotation, sequence, p).hash(&mut h);
-                (h.finish(), p.clone())
+                // Peers lately slow to deliver come last.
+                let slow = self.service.get(p).is_some_and(|(took, at)| {
+                    *took > SLOW_SERVICE && now.saturating_duration_since(*at) < SLOW_MEMORY
+                });
+                ((slow, h.finish()), p.clone())
             })
             .collect();
-        others.sort_by_key(|(h, _)| *h);
+        others.sort_by_key(|(key, _)| *key);
         let chosen: Vec<P> = self
             .source
             .iter()
@@ -1416,6 +1445,9 @@ impl<P: Clone + Ord + Hash> LivePlanner<P> {
         sender: Option<&P>,
         now: Instant,
     ) -> Vec<LiveAction<P>> {
+        if let Some(sender) = sender {
+            self.time_delivery(cid, sender, now);
+        }
         let mut out = Vec::new();
         let mut counted = false;
         let mut advanced = Vec::new();
@@ -1433,7 +1465,7 @@ impl<P: Clone + Ord + Hash> LivePlanner<P> {
                                     m.shards.clone(),
                                     usize::from(m.k),
                                 );
-                                remember_slow(&self.slow, &mut fetch, now);
+                                remember_peers(&self.slow, &self.service, &mut fetch, now);
                                 let n = m.shards.len().max(1);
                                 fetch.rotate(self.rotation.wrapping_add(*seq as usize) % n);
                                 p.stage = Stage::Shards { manifest: m, fetch };
@@ -1484,6 +1516,29 @@ impl<P: Clone + Ord + Hash> LivePlanner<P> {
             out.extend(self.start(r, seq, now));
         }
         out
+    }
+
+    /// Updates `sender`'s delivery time if it sent a block it was asked
+    /// for.
+    fn time_delivery(&mut self, cid: &Cid, sender: &P, now: Instant) {
+        if !self.peers.contains(sender) {
+            return;
+        }
+        let asked = self
+            .renditions
+            .iter()
+            .flat_map(|r| r.pending.values())
+            .find_map(|p| match &p.stage {
+                Stage::Manifest(g) | Stage::Shards { fetch: g, .. } => g.request_of(cid),
+                Stage::Checking { .. } => None,
+            });
+        let Some((peer, at)) = asked.filter(|(p, _)| *p == sender) else {
+            return;
+        };
+        let took = now.saturating_duration_since(at);
+        let entry = self.service.entry(peer.clone()).or_insert((took, now));
+        entry.0 = entry.0 - entry.0 / SERVICE_GAIN + took / SERVICE_GAIN;
+        entry.1 = now;
     }
 
     /// The caller checked a segment handed out by [`LiveAction::Check`]:
@@ -1713,6 +1768,8 @@ impl<P: Clone + Ord + Hash> LivePlanner<P> {
         // Peers whose requests timed out are slow for the next segments
         // too.
         self.slow.retain(|_, until| *until > now);
+        self.service
+            .retain(|_, (_, at)| now.saturating_duration_since(*at) < SLOW_MEMORY);
         for r in &self.renditions {
             for p in r.pending.values() {
                 if let Stage::Manifest(g) | Stage::Shards { fetch: g, .. } = &p.stage {
@@ -2261,6 +2318,53 @@ mod tests {
         assert_eq!(from_source_before_the_wait(3), usize::from(K));
         // Five viewers share 12 at 3 each: the source is spared.
         assert_eq!(from_source_before_the_wait(5), 3);
+    }
+
+    #[test]
+    fn a_peer_slow_to_deliver_is_asked_last_by_the_next_segments() {
+        let t = Instant::now();
+        let config = LiveConfig {
+            fetch_peers: 1,
+            ..LiveConfig::default()
+        };
+        let mut p = LivePlanner::<u32>::new(config, 0, false, t);
+        for peer in 1..=3 {
+            p.add_peer(peer, t);
+        }
+        let asked_about = |out: &[LiveAction<u32>]| -> BTreeSet<u32> {
+            out.iter()
+                .filter_map(|x| match x {
+                    LiveAction::Fetch(FetchAction::WantHave { peer, .. }) => Some(*peer),
+                    _ => None,
+                })
+                .collect()
+        };
+        // The source (1) and one other viewer are asked for segment 1.
+        let (_, shards, a) = segment(1, 32);
+        let out = p.offer(&a, Some(1), t, 1_000).1;
+        let chosen = asked_about(&out);
+        assert_eq!(chosen.len(), 1, "{chosen:?}");
+        let slow = *chosen.iter().next().unwrap();
+        let mut out = Vec::new();
+        for s in &shards {
+            out.extend(p.on_presence(&slow, &block::cid_of(Codec::Raw, s), true, t));
+        }
+        let (_, cid) = *wants(&out)
+            .iter()
+            .find(|(peer, _)| *peer == slow)
+            .expect("the viewer is asked for a shard");
+        let i = a.manifest.shards.iter().position(|c| *c == cid).unwrap();
+        // It takes 400 ms to deliver: a home uplink below the stream's rate.
+        let later = t + Duration::from_millis(400);
+        let _ = p.on_block(&cid, &shards[i], Some(&slow), later);
+        // The next segments ask the other viewer, whatever their turn.
+        for seq in 2..10 {
+            let (_, _, a) = segment(seq, 32);
+            let out = p.offer(&a, Some(1), later, 1_000).1;
+            let chosen = asked_about(&out);
+            assert_eq!(chosen.len(), 1, "segment {seq}: {chosen:?}");
+            assert!(!chosen.contains(&slow), "segment {seq} asked {slow}");
+        }
     }
 
     #[test]
