@@ -42,6 +42,7 @@ use std::time::{Duration, Instant};
 
 use crate::bitswap::{
     BlockSource, Engine, EngineConfig, Message, Misbehaviour, Outgoing, Output, Presence, WantType,
+    uplink::UplinkBudget,
 };
 use crate::block::Cid;
 use crate::channel::{ChannelError, ChannelId, ChannelRecord, check_origin};
@@ -443,6 +444,9 @@ pub struct NodeMachine<P, S> {
     publisher_of: fn(&[u8]) -> Option<P>,
     clock: WallClock,
     engine: Engine<P>,
+    /// The engine's budget of paced bytes, from how fast messages are
+    /// written.
+    uplink: UplinkBudget<P>,
     connected: BTreeSet<P>,
     banned: BTreeMap<P, Instant>,
     sessions: BTreeMap<ChannelId, LiveSession<P>>,
@@ -470,6 +474,7 @@ pub struct NodeMachine<P, S> {
 impl<P: Clone + Ord + Hash, S: BlockSource + BlockLookup> NodeMachine<P, S> {
     pub fn new(config: MachineConfig, me: Identity<P>, store: S, clock: WallClock) -> Self {
         let engine = Engine::new(config.engine.clone());
+        let uplink = UplinkBudget::new(config.engine.max_paced_bytes);
         let rewards = Rewards::new(me.wallet, me.deployment, config.ledger.clone());
         NodeMachine {
             local: me.peer,
@@ -479,6 +484,7 @@ impl<P: Clone + Ord + Hash, S: BlockSource + BlockLookup> NodeMachine<P, S> {
             next_epoch: next_epoch_start(&clock, clock.at),
             clock,
             engine,
+            uplink,
             connected: BTreeSet::new(),
             banned: BTreeMap::new(),
             sessions: BTreeMap::new(),
@@ -647,6 +653,7 @@ impl<P: Clone + Ord + Hash, S: BlockSource + BlockLookup> NodeMachine<P, S> {
         let was = self.connected.remove(peer);
         // What we had asked it for is asked of others by the machines.
         let _ = self.engine.peer_disconnected(peer);
+        self.uplink.peer_gone(peer);
         self.sends.remove(peer);
         for s in self.sessions.values_mut() {
             s.handle_peer_gone(peer, now);
@@ -716,6 +723,11 @@ impl<P: Clone + Ord + Hash, S: BlockSource + BlockLookup> NodeMachine<P, S> {
         };
         self.engine
             .sent(&peer, bytes, presences, &serving, &mut out);
+        if bytes > 0
+            && let Some(budget) = self.uplink.written(&peer, now)
+        {
+            self.engine.set_paced_limit(budget, &serving, &mut out);
+        }
         self.route(out, now);
         self.settle(now);
     }
@@ -728,6 +740,7 @@ impl<P: Clone + Ord + Hash, S: BlockSource + BlockLookup> NodeMachine<P, S> {
             store: &self.store,
             serve: !self.config.no_upload,
         };
+        self.uplink.peer_stuck(&peer);
         self.engine.write_slow(&peer, &serving, &mut out);
         self.route(out, now);
     }
@@ -1502,6 +1515,9 @@ impl<P: Clone + Ord + Hash, S: BlockSource + BlockLookup> NodeMachine<P, S> {
                 }
                 if !message.blocks.is_empty() {
                     self.count_upload(&message.blocks, message.block_bytes);
+                }
+                if message.block_bytes > 0 {
+                    self.uplink.handed(&peer, now);
                 }
                 self.actions.push_back(Action::Send { peer, message });
             }

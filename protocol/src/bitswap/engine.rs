@@ -303,6 +303,10 @@ pub struct Engine<P> {
     paced_order: VecDeque<Cid>,
     /// Bytes of paced blocks queued for all peers.
     paced_queued: usize,
+    /// The paced bytes that may be queued now: at most
+    /// [`EngineConfig::max_paced_bytes`], lowered while the uplink is
+    /// slow ([`Engine::set_paced_limit`]).
+    paced_limit: usize,
     /// Peers whose next block waits for room among the paced bytes, in
     /// turn.
     starved: VecDeque<P>,
@@ -311,7 +315,6 @@ pub struct Engine<P> {
 impl<P: Clone + Eq + Hash> Engine<P> {
     pub fn new(config: EngineConfig) -> Self {
         Engine {
-            config,
             peers: HashMap::new(),
             wants: HashMap::new(),
             received: VecDeque::new(),
@@ -320,8 +323,25 @@ impl<P: Clone + Eq + Hash> Engine<P> {
             paced: HashSet::new(),
             paced_order: VecDeque::new(),
             paced_queued: 0,
+            paced_limit: config.max_paced_bytes,
             starved: VecDeque::new(),
+            config,
         }
+    }
+
+    /// Lets `limit` bytes of paced blocks be queued for all peers
+    /// together, at most [`EngineConfig::max_paced_bytes`]: the node
+    /// lowers it while its uplink writes slowly
+    /// ([`super::uplink::UplinkBudget`]). Raised, the blocks waiting for
+    /// room go out.
+    pub fn set_paced_limit(
+        &mut self,
+        limit: usize,
+        store: &impl BlockSource,
+        out: &mut Vec<Output<P>>,
+    ) {
+        self.paced_limit = limit.min(self.config.max_paced_bytes);
+        self.pump(store, out);
     }
 
     pub fn peer_connected(&mut self, peer: P) {
@@ -607,10 +627,7 @@ impl<P: Clone + Eq + Hash> Engine<P> {
                 // Served again once what it holds is written (`sent`).
                 break;
             }
-            if paced
-                && self.paced_queued > 0
-                && self.paced_queued + size > self.config.max_paced_bytes
-            {
+            if paced && self.paced_queued > 0 && self.paced_queued + size > self.paced_limit {
                 if !self.starved.contains(peer) {
                     self.starved.push_back(peer.clone());
                 }
@@ -698,7 +715,7 @@ impl<P: Clone + Eq + Hash> Engine<P> {
     /// room freed by a peer that left is used on the next event.
     fn pump(&mut self, store: &impl BlockSource, out: &mut Vec<Output<P>>) {
         let mut turns = self.starved.len();
-        while turns > 0 && self.paced_queued < self.config.max_paced_bytes {
+        while turns > 0 && self.paced_queued < self.paced_limit {
             turns -= 1;
             let Some(next) = self.starved.pop_front() else {
                 break;

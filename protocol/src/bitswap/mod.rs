@@ -3,6 +3,7 @@
 //! connection handler in `shoal-node` only moves the bytes.
 
 pub mod engine;
+pub mod uplink;
 pub mod wire;
 
 /// Protocol ids, newest first: what shoal offers and accepts.
