@@ -35,9 +35,10 @@
 //!   broadcaster rations each new shard, so its upload stays a few copies
 //!   of the stream however many watch (BitTorrent's super-seeding).
 //! - A block can be *paced* ([`Engine::pace`]): at most
-//!   [`EngineConfig::max_paced_bytes`] of such blocks are queued for all
-//!   peers together, the rest wait here, in turn, where a cancel still
-//!   stops them. A broadcaster's uplink is the scarcest link of a live
+//!   [`EngineConfig::max_paced_bytes`] of such blocks (less while the
+//!   node finds its uplink slow: [`Engine::set_paced_limit`]) are queued
+//!   for all peers together, the rest wait here, in turn, where a cancel
+//!   still stops them. A broadcaster's uplink is the scarcest link of a live
 //!   channel, and a viewer's is often slower than the stream; a copy
 //!   handed to the transport goes out even when its viewer got the shard
 //!   elsewhere meanwhile, and announcements and the node's own asks wait
@@ -83,7 +84,9 @@ pub struct EngineConfig {
     /// stops them; once queued, a block goes out even if its peer got it
     /// elsewhere meanwhile. 128 KiB is 50 ms of a 20 Mb/s uplink, a
     /// millisecond of a gigabit one, and two seconds of a 0.5 Mb/s home
-    /// uplink (then a viewer's own asks wait behind at most that).
+    /// uplink (then a viewer's own asks wait behind at most that), so
+    /// this is a ceiling: the node lowers the budget while its writes
+    /// are slow ([`super::uplink::UplinkBudget`]).
     pub max_paced_bytes: usize,
     /// Paced blocks remembered, oldest forgotten first: a node's window of
     /// segments is well inside 4096 shards.
@@ -1122,6 +1125,42 @@ mod tests {
             &mut out,
         );
         assert_eq!(served(&out), vec![5]);
+    }
+
+    #[test]
+    fn a_lowered_paced_limit_holds_copies_back_until_it_is_raised() {
+        let config = EngineConfig {
+            max_paced_bytes: 250,
+            ..EngineConfig::default()
+        };
+        let mut e = Engine::new(config);
+        let mut store = Store::default();
+        let live = cid_of(Codec::Raw, b"live shard");
+        store.0.insert(live, 100);
+        e.pace(live);
+        let mut out = Vec::new();
+        // The uplink is slow: room for one copy, not two.
+        e.set_paced_limit(150, &store, &mut out);
+        for p in 1u32..=3 {
+            e.on_message(
+                &p,
+                wants_msg(vec![want(live, WantType::Block, true)]),
+                &store,
+                &mut out,
+            );
+        }
+        let served = |out: &[Output<u32>]| -> usize {
+            sends(out)
+                .iter()
+                .filter(|(_, m)| m.blocks.contains(&live))
+                .count()
+        };
+        assert_eq!(served(&out), 1);
+        // Raised past the ceiling, it stops at the ceiling: the waiting
+        // copies go out as far as it allows, two in all.
+        out.clear();
+        e.set_paced_limit(usize::MAX, &store, &mut out);
+        assert_eq!(served(&out), 1);
     }
 
     #[test]
