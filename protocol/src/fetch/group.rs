@@ -877,21 +877,32 @@ mod tests {
         assert_eq!(moved, vec![(2, cids[0])]);
     }
 
-    #[test]
-    fn a_request_past_its_hedge_time_makes_room_for_another_block() {
-        let cids = shards(4); // any 2 of 4
+    /// A group, its blocks, its start, and the want-blocks it sent first.
+    type Started = (GroupFetch<u32>, Vec<Cid>, Instant, Vec<(u32, Cid)>);
+
+    /// Any 2 of 4 blocks, hedged after 300 ms, with `peers` as
+    /// candidates, the first of which says it has all four.
+    fn hedging_group(peers: &[u32]) -> Started {
+        let cids = shards(4);
         let config = FetchConfig {
             hedge_after: Some(Duration::from_millis(300)),
             ..FetchConfig::default()
         };
         let mut g = GroupFetch::new(config, cids.clone(), 2);
         let t = Instant::now();
-        let _ = g.add_peer(1u32, t);
-        let _ = g.add_peer(2u32, t);
+        for p in peers {
+            let _ = g.add_peer(*p, t);
+        }
         let mut first = Vec::new();
         for c in &cids {
-            first.extend(want_blocks(&g.on_presence(&1, c, true, t)));
+            first.extend(want_blocks(&g.on_presence(&peers[0], c, true, t)));
         }
+        (g, cids, t, first)
+    }
+
+    #[test]
+    fn a_request_past_its_hedge_time_makes_room_for_another_block() {
+        let (mut g, cids, t, first) = hedging_group(&[1, 2]);
         assert_eq!(first.len(), 2, "{first:?}");
         assert_eq!(g.next_deadline(), Some(t + Duration::from_millis(300)));
         assert!(want_blocks(&g.tick(t + Duration::from_millis(200))).is_empty());
@@ -916,18 +927,7 @@ mod tests {
 
     #[test]
     fn a_hedge_goes_to_a_fast_peer_never_to_the_source_past_its_wait() {
-        let cids = shards(4); // any 2 of 4
-        let config = FetchConfig {
-            hedge_after: Some(Duration::from_millis(300)),
-            ..FetchConfig::default()
-        };
-        let mut g = GroupFetch::new(config, cids.clone(), 2);
-        let t = Instant::now();
-        let _ = g.add_peer(2u32, t);
-        let mut first = Vec::new();
-        for c in &cids {
-            first.extend(want_blocks(&g.on_presence(&2, c, true, t)));
-        }
+        let (mut g, cids, t, first) = hedging_group(&[2]);
         assert_eq!(first, vec![(2, cids[0]), (2, cids[1])]);
         // The source's wait is already over and it has room: a place
         // that opens without a hedge would be its to fill.
