@@ -17,8 +17,9 @@
 //! - A block nobody wants (which is what a corrupted block looks like
 //!   once its CID is computed from its bytes) gets the peer disconnected:
 //!   [`Output::Disconnect`]. A block we want is taken from whoever sends
-//!   it, and a copy of one we cancelled or received lately is only late,
-//!   also from a peer that reconnected since we asked it.
+//!   it, and a copy of one we received or gave up lately is only late,
+//!   also from a peer that reconnected since we asked it (one record for
+//!   the node, [`EngineConfig::remembered_settled`], not one per peer).
 //! - Memory per peer is bounded: at most [`EngineConfig::max_peer_wants`]
 //!   open wants, [`EngineConfig::max_queued_bytes`] of blocks and
 //!   [`EngineConfig::max_queued_presences`] HAVE/DONT_HAVE answers handed
@@ -69,15 +70,17 @@ pub struct EngineConfig {
     /// full messages: enough to keep a fast link busy, small enough that a
     /// slow peer cannot hold much memory.
     pub max_queued_bytes: usize,
-    /// Cancelled asks remembered per peer, so that a block already on its
-    /// way when we cancelled is not taken for an unrequested one.
-    pub remembered_cancels: usize,
-    /// Blocks received lately (from anyone), remembered so that a copy a
-    /// peer sent before a reconnection made us forget what we had asked
-    /// it is not taken for an unrequested one (the network lab's loaded
-    /// runs banned honest peers so). 4096 shards are the last 290 live
-    /// segments of 14 shards, about 400 KiB.
-    pub remembered_received: usize,
+    /// Blocks we stopped wanting lately, remembered so that a copy
+    /// already on its way is not taken for an unrequested one: received
+    /// (from anyone, or stored by another path), also when a reconnection
+    /// since made us forget what we had asked the sender (the network
+    /// lab's loaded runs banned honest peers so), or given up
+    /// ([`Engine::cancel`]). One record for the whole node, not one per
+    /// peer: a late copy comes within seconds, and 1024 remembered
+    /// cancels for each of a few hundred peers were most of a node's
+    /// memory in the swarm model (232 of 436 MB at 300 viewers). 4096
+    /// shards are the last 290 live segments of 14 shards, about 700 KiB.
+    pub remembered_settled: usize,
     /// Bytes of *paced* blocks ([`Engine::pace`]: the blocks of live
     /// segments, published here or fetched) queued for all peers together
     /// and not yet sent. The rest wait in the engine, where a cancel still
@@ -102,8 +105,7 @@ impl Default for EngineConfig {
         EngineConfig {
             max_peer_wants: 8192,
             max_queued_bytes: 16 << 20,
-            remembered_cancels: 1024,
-            remembered_received: 4096,
+            remembered_settled: 4096,
             max_paced_bytes: 128 << 10,
             max_paced_blocks: 4096,
             max_queued_presences: super::wire::MAX_PRESENCES_PER_MESSAGE,
@@ -235,9 +237,6 @@ struct PeerState {
     slow: bool,
     /// Our wants sent to this peer.
     asked: HashMap<Cid, WantType>,
-    /// Our recently cancelled asks, oldest first.
-    cancelled: VecDeque<Cid>,
-    cancelled_set: HashSet<Cid>,
     /// Entries dropped because the wantlist was full.
     dropped_wants: u64,
     /// Answers waiting for room, one per CID, in the order they were
@@ -295,10 +294,10 @@ pub struct Engine<P> {
     peers: HashMap<P, PeerState>,
     /// Our open wants and their type.
     wants: HashMap<Cid, WantType>,
-    /// Blocks received lately, oldest first
-    /// ([`EngineConfig::remembered_received`]).
-    received: VecDeque<Cid>,
-    received_set: HashSet<Cid>,
+    /// Blocks received or given up lately, oldest first
+    /// ([`EngineConfig::remembered_settled`]).
+    settled: VecDeque<Cid>,
+    settled_set: HashSet<Cid>,
     /// Rationed blocks and how many more peers each may be sent to.
     rationed: HashMap<Cid, usize>,
     /// Paced blocks, and the order they were paced in.
@@ -320,8 +319,8 @@ impl<P: Clone + Eq + Hash> Engine<P> {
         Engine {
             peers: HashMap::new(),
             wants: HashMap::new(),
-            received: VecDeque::new(),
-            received_set: HashSet::new(),
+            settled: VecDeque::new(),
+            settled_set: HashSet::new(),
             rationed: HashMap::new(),
             paced: HashSet::new(),
             paced_order: VecDeque::new(),
@@ -418,21 +417,18 @@ impl<P: Clone + Eq + Hash> Engine<P> {
         });
     }
 
-    /// Gives up on `cid`: cancels it with every peer asked.
+    /// Gives up on `cid`: cancels it with every peer asked. A copy that
+    /// arrives later is only late.
     pub fn cancel(&mut self, cid: &Cid, out: &mut Vec<Output<P>>) {
         self.wants.remove(cid);
+        self.remember_settled(*cid);
         self.cancel_asks(cid, None, out);
     }
 
     /// Cancels our asks for `cid` with every peer but `except`.
     fn cancel_asks(&mut self, cid: &Cid, except: Option<&P>, out: &mut Vec<Output<P>>) {
-        let limit = self.config.remembered_cancels;
         for (peer, state) in &mut self.peers {
-            if state.asked.remove(cid).is_none() {
-                continue;
-            }
-            remember_cancel(state, *cid, limit);
-            if Some(peer) == except {
+            if state.asked.remove(cid).is_none() || Some(peer) == except {
                 continue;
             }
             out.push(Output::Send {
@@ -478,8 +474,7 @@ impl<P: Clone + Eq + Hash> Engine<P> {
                 return;
             };
             let asked = state.asked.contains_key(&block.cid) || self.wants.contains_key(&block.cid);
-            let late =
-                state.cancelled_set.contains(&block.cid) || self.received_set.contains(&block.cid);
+            let late = self.settled_set.contains(&block.cid);
             if !asked && !late {
                 out.push(Output::Disconnect {
                     peer: peer.clone(),
@@ -488,7 +483,7 @@ impl<P: Clone + Eq + Hash> Engine<P> {
                 return;
             }
             if self.wants.remove(&block.cid).is_some() {
-                self.remember_received(block.cid);
+                self.remember_settled(block.cid);
                 self.cancel_asks(&block.cid, Some(peer), out);
                 out.push(Output::Received {
                     peer: peer.clone(),
@@ -741,17 +736,17 @@ impl<P: Clone + Eq + Hash> Engine<P> {
         self.serve_waiting(cid, true, store, out);
         // A block we wanted that arrived by another path (an import, HTTP).
         if self.wants.remove(cid).is_some() {
-            self.remember_received(*cid);
+            self.remember_settled(*cid);
             self.cancel_asks(cid, None, out);
         }
     }
 
-    fn remember_received(&mut self, cid: Cid) {
-        if self.received_set.insert(cid) {
-            self.received.push_back(cid);
-            while self.received.len() > self.config.remembered_received {
-                if let Some(old) = self.received.pop_front() {
-                    self.received_set.remove(&old);
+    fn remember_settled(&mut self, cid: Cid) {
+        if self.settled_set.insert(cid) {
+            self.settled.push_back(cid);
+            while self.settled.len() > self.config.remembered_settled {
+                if let Some(old) = self.settled.pop_front() {
+                    self.settled_set.remove(&old);
                 }
             }
         }
@@ -838,17 +833,6 @@ impl<P: Clone + Eq + Hash> Engine<P> {
     #[cfg(test)]
     fn dropped_wants(&self, peer: &P) -> u64 {
         self.peers.get(peer).map_or(0, |s| s.dropped_wants)
-    }
-}
-
-fn remember_cancel(state: &mut PeerState, cid: Cid, limit: usize) {
-    if state.cancelled_set.insert(cid) {
-        state.cancelled.push_back(cid);
-        while state.cancelled.len() > limit {
-            if let Some(old) = state.cancelled.pop_front() {
-                state.cancelled_set.remove(&old);
-            }
-        }
     }
 }
 
@@ -1384,6 +1368,57 @@ mod tests {
             vec![Output::Disconnect {
                 peer: 3,
                 reason: Misbehaviour::UnrequestedBlock(y.cid)
+            }]
+        );
+    }
+
+    #[test]
+    fn a_copy_of_a_block_given_up_is_late_until_the_node_forgets_it() {
+        let config = EngineConfig {
+            remembered_settled: 2,
+            ..EngineConfig::default()
+        };
+        let mut e = Engine::new(config);
+        let store = Store::default();
+        let block = |d: &[u8]| WireBlock {
+            cid: cid_of(Codec::Raw, d),
+            data: d.to_vec(),
+        };
+        let msg = |b: &WireBlock| Message {
+            blocks: vec![b.clone()],
+            ..Message::default()
+        };
+        let (x, y, z) = (block(b"x"), block(b"y"), block(b"z"));
+        let mut out = Vec::new();
+        for p in [1u32, 2, 3] {
+            e.peer_connected(p);
+        }
+        for b in [&x, &y] {
+            e.want(&1, b.cid, WantType::Block, &mut out);
+            e.want(&2, b.cid, WantType::Have, &mut out);
+        }
+        e.cancel(&x.cid, &mut out);
+        out.clear();
+        // Both peers asked for x were cancelled; their copies, already on
+        // their way, are late.
+        e.on_message(&1, msg(&x), &store, &mut out);
+        e.on_message(&2, msg(&x), &store, &mut out);
+        assert!(out.is_empty(), "{out:?}");
+        // The record is the node's, bounded: two more settled blocks (y
+        // given up, z received) push x out, and a copy of x is then
+        // unrequested.
+        e.cancel(&y.cid, &mut out);
+        e.want(&3, z.cid, WantType::Block, &mut out);
+        e.on_message(&3, msg(&z), &store, &mut out);
+        out.clear();
+        e.on_message(&2, msg(&y), &store, &mut out);
+        assert!(out.is_empty(), "y is still late: {out:?}");
+        e.on_message(&1, msg(&x), &store, &mut out);
+        assert_eq!(
+            out,
+            vec![Output::Disconnect {
+                peer: 1,
+                reason: Misbehaviour::UnrequestedBlock(x.cid)
             }]
         );
     }
