@@ -860,6 +860,22 @@ mod tests {
         }
     }
 
+    /// A raw block of `data`.
+    fn block(data: &[u8]) -> WireBlock {
+        WireBlock {
+            cid: cid_of(Codec::Raw, data),
+            data: data.to_vec(),
+        }
+    }
+
+    /// A message carrying `b` alone.
+    fn msg(b: &WireBlock) -> Message {
+        Message {
+            blocks: vec![b.clone()],
+            ..Message::default()
+        }
+    }
+
     fn wants_msg(entries: Vec<WantEntry>) -> Message {
         Message {
             wantlist: entries,
@@ -1331,15 +1347,7 @@ mod tests {
     fn a_wanted_block_is_taken_from_anyone_and_a_lately_received_one_is_only_late() {
         let mut e = Engine::new(EngineConfig::default());
         let store = Store::default();
-        let block = |d: &[u8]| WireBlock {
-            cid: cid_of(Codec::Raw, d),
-            data: d.to_vec(),
-        };
         let x = block(b"x");
-        let msg = |b: &WireBlock| Message {
-            blocks: vec![b.clone()],
-            ..Message::default()
-        };
         let mut out = Vec::new();
         for p in [1u32, 2, 3] {
             e.peer_connected(p);
@@ -1380,14 +1388,6 @@ mod tests {
         };
         let mut e = Engine::new(config);
         let store = Store::default();
-        let block = |d: &[u8]| WireBlock {
-            cid: cid_of(Codec::Raw, d),
-            data: d.to_vec(),
-        };
-        let msg = |b: &WireBlock| Message {
-            blocks: vec![b.clone()],
-            ..Message::default()
-        };
         let (x, y, z) = (block(b"x"), block(b"y"), block(b"z"));
         let mut out = Vec::new();
         for p in [1u32, 2, 3] {
