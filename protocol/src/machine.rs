@@ -721,13 +721,14 @@ impl<P: Clone + Ord + Hash, S: BlockSource + BlockLookup> NodeMachine<P, S> {
             store: &self.store,
             serve: !self.config.no_upload,
         };
-        self.engine
-            .sent(&peer, bytes, presences, &serving, &mut out);
+        // The budget first: the room this write frees is refilled under it.
         if bytes > 0
             && let Some(budget) = self.uplink.written(&peer, now)
         {
             self.engine.set_paced_limit(budget, &serving, &mut out);
         }
+        self.engine
+            .sent(&peer, bytes, presences, &serving, &mut out);
         self.route(out, now);
         self.settle(now);
     }
@@ -1794,19 +1795,22 @@ mod tests {
             .collect()
     }
 
-    #[test]
-    fn a_viewer_paces_the_blocks_of_live_segments_it_stores_and_nothing_else() {
-        let t = Instant::now();
-        const SIZE: usize = 64;
-        let mut config = MachineConfig::default();
-        // Room for one shard at a time.
-        config.engine.max_paced_bytes = SIZE;
-        let mut m = machine(config, None, t);
+    /// A viewer of a channel, connected to peer 1, that has stored every
+    /// shard of the channel's segment 0 (`k + m` shards of `size` bytes);
+    /// the shards' CIDs.
+    fn viewer_holding_a_segment(
+        config: MachineConfig,
+        k: u16,
+        m: u16,
+        size: usize,
+        t: Instant,
+    ) -> (NodeMachine<u32, Store>, Vec<Cid>) {
+        let mut node = machine(config, None, t);
         let key = ChannelKey::from_seed(&[2; 32]);
-        m.watch(key.id(), Vec::new(), t).unwrap();
-        m.handle(Input::Connected(1), t);
-        let (shards, announcement) = crate::live::testing::segment(&key, 0, 2, 1, SIZE, b"source");
-        m.handle(
+        node.watch(key.id(), Vec::new(), t).unwrap();
+        node.handle(Input::Connected(1), t);
+        let (shards, announcement) = crate::live::testing::segment(&key, 0, k, m, size, b"source");
+        node.handle(
             Input::Gossip {
                 topic: key.id().topic(0),
                 data: announcement,
@@ -1814,19 +1818,31 @@ mod tests {
             },
             t,
         );
-        // The segment's shards, and a block of no live segment, enter the
-        // store.
+        let mut stored = Vec::new();
+        for (cid, data) in shards {
+            node.store_mut().0.insert(cid, data);
+            stored.push(cid);
+        }
+        node.handle(Input::Stored(stored.clone()), t);
+        drain(&mut node);
+        (node, stored)
+    }
+
+    #[test]
+    fn a_viewer_paces_the_blocks_of_live_segments_it_stores_and_nothing_else() {
+        let t = Instant::now();
+        const SIZE: usize = 64;
+        let mut config = MachineConfig::default();
+        // Room for one shard at a time.
+        config.engine.max_paced_bytes = SIZE;
+        let (mut m, shards) = viewer_holding_a_segment(config, 2, 1, SIZE, t);
+        // A block of no live segment enters the store too.
         let other = vec![7u8; SIZE];
         let other_cid = block::cid_of(Codec::Raw, &other);
-        let mut stored = vec![other_cid];
         m.store_mut().0.insert(other_cid, other);
-        for (cid, data) in &shards {
-            m.store_mut().0.insert(*cid, data.clone());
-            stored.push(*cid);
-        }
-        m.handle(Input::Stored(stored), t);
+        m.handle(Input::Stored(vec![other_cid]), t);
         drain(&mut m);
-        let (s0, s1) = (shards[0].0, shards[1].0);
+        let (s0, s1) = (shards[0], shards[1]);
         let ask = Message {
             wantlist: vec![
                 want(other_cid, WantType::Block, false),
@@ -1852,6 +1868,42 @@ mod tests {
             t,
         );
         assert_eq!(blocks_to(1, &drain(&mut m)), vec![s1]);
+    }
+
+    #[test]
+    fn slow_writes_lower_the_paced_budget_and_fewer_shards_wait_on_the_uplink() {
+        let t = Instant::now();
+        const SIZE: usize = 16 << 10;
+        let mut config = MachineConfig::default();
+        // Room for four shards while writes are quick.
+        config.engine.max_paced_bytes = 4 * SIZE;
+        let (mut m, shards) = viewer_holding_a_segment(config, 16, 4, SIZE, t);
+        let ask = Message {
+            wantlist: shards
+                .iter()
+                .map(|c| want(*c, WantType::Block, false))
+                .collect(),
+            ..Message::default()
+        };
+        m.handle(wants(ask), t);
+        assert_eq!(blocks_to(1, &drain(&mut m)).len(), 4);
+        // Each message takes a second to write: the first report opens a
+        // period of timing, four more shards take the room it frees...
+        let sent = |m: &mut NodeMachine<u32, Store>, at| {
+            m.handle(
+                Input::Sent {
+                    to: 1,
+                    bytes: 4 * SIZE,
+                    presences: 0,
+                },
+                at,
+            );
+            blocks_to(1, &drain(m)).len()
+        };
+        assert_eq!(sent(&mut m, t + Duration::from_secs(1)), 4);
+        // ... and the second, a period later and as slow, halves the
+        // budget: two shards wait on the uplink now, not four.
+        assert_eq!(sent(&mut m, t + Duration::from_secs(2)), 2);
     }
 
     #[test]
